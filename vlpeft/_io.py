@@ -1,0 +1,40 @@
+"""Atomic file writes: nothing we write is ever left half-done."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(dst: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``dst``; rename it onto ``dst`` only if the block succeeds."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dst)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes_atomic(dst: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(dst) as tmp:
+        tmp.write_bytes(data)
+    return Path(dst)
+
+
+def write_text_atomic(dst: str | os.PathLike, text: str) -> Path:
+    return write_bytes_atomic(dst, text.encode("utf-8"))
+
+
+def write_json_atomic(dst: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    return write_text_atomic(dst, json.dumps(obj, indent=indent) + "\n")

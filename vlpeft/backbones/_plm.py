@@ -1,0 +1,465 @@
+"""Language models for DVP (BERT, T5, LLaMA), each exposed as a sequence of candidate layers.
+
+Each wrapper turns one HF model into four steps the placement code composes:
+``prepare(ids, masks) -> PLMState`` (embeddings, masks, and for T5 the whole encoder),
+``run_layer(i, state)`` (candidate layer i), ``query(state)`` (the token that asks CLIP for a prompt),
+``insert(state, prompt, tte)`` (prepend the prompt, widen the mask) and ``readout(state)`` (the feature
+the head reads). States are never mutated, so ``infer_many`` can branch one text-only state into
+several insertion layers.
+
+The HF layers are called whole (``BertLayer``, ``T5Block``, ``LlamaDecoderLayer``; their call signatures
+are pinned by tests/test_dvp.py, seeds.md §8 item 32) with masks built here. Adapters are attached with
+hooks on the sublayer modules, so the HF parameter names stay those of the pretrained checkpoints and the
+adapters live in one ``adapters`` ModuleList (index ``2i``/``2i+1`` as in the original ``A_j``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from vlpeft.peft.adapters import SequentialAdapter
+
+# --------------------------------------------------------------------------------------------------
+# named random configurations (tests, bench)
+PLM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "test_bert_tiny": ("BERT", dict(
+        vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, type_vocab_size=2)),
+    "bert_base_random": ("BERT", dict(
+        vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+        max_position_embeddings=512, type_vocab_size=2)),
+    "test_t5_tiny": ("T5", dict(
+        vocab_size=120, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=16, decoder_start_token_id=0,
+        pad_token_id=0)),
+    "test_llama_tiny": ("LLAMA", dict(
+        vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+}
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+def _pad_mask(masks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, L) 1 = real → additive (B, 1, 1, L)."""
+    return _additive(masks.bool()[:, None, None, :], dtype)
+
+
+def _with_prompt_column(masks: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.ones_like(masks[:, :1]), masks], dim=1)
+
+
+@dataclass(frozen=True)
+class PLMState:
+    """The text stream at some depth. ``inserted`` tells whether the prompt is in ``h`` (index 0)."""
+
+    h: torch.Tensor
+    masks: torch.Tensor  # (B, L or L+1) 1 = visible key
+    attn_mask: torch.Tensor | None  # additive mask for the current length
+    inserted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _AdapterHook:
+    """Forward (post) or pre hook applying an adapter; an object, not a closure, so deepcopy/pickle follow
+    the adapter module into the copy."""
+
+    def __init__(self, adapter: nn.Module, where: str) -> None:
+        self.adapter = adapter
+        self.where = where  # "output" | "input" | "tuple_output"
+
+    def __call__(self, module: nn.Module, args: Any, output: Any = None) -> Any:
+        if self.where == "input":
+            return (self.adapter(args[0]),) + tuple(args[1:])
+        if self.where == "tuple_output":
+            return (self.adapter(output[0]),) + tuple(output[1:])
+        return self.adapter(output)
+
+
+class PLMWrapper(nn.Module):
+    """Shared plumbing; subclasses set ``kind``, implement the four steps and the freezing rule."""
+
+    kind = ""
+    uses_token_types = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adapters = nn.ModuleList()
+        self._adapter_owner: list[int] = []  # stage (-1 = prepare, i = candidate layer i) of each adapter
+        self._hook_handles: list[Any] = []
+
+    # -- structure ---------------------------------------------------------------------------------
+    @property
+    def layers(self) -> nn.ModuleList:  # candidate layers, in order
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        raise NotImplementedError
+
+    def prepare_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def _add_adapter(self, adapter: nn.Module, stage: int, module: nn.Module, where: str) -> None:
+        self.adapters.append(adapter)
+        self._adapter_owner.append(stage)
+        hook = _AdapterHook(adapter, where)
+        if where == "input":
+            self._hook_handles.append(module.register_forward_pre_hook(hook))
+        else:
+            self._hook_handles.append(module.register_forward_hook(hook))
+
+    def stage_parameters(self, stage: int) -> Iterator[nn.Parameter]:
+        """Parameters stage ``stage`` computes with (-1 = prepare; i = candidate layer i), adapters included."""
+        mods = self.prepare_modules() if stage < 0 else [self.layers[stage]]
+        for m in mods:
+            yield from m.parameters()
+        for a, s in zip(self.adapters, self._adapter_owner):
+            if (s < 0 and stage < 0) or s == stage:
+                yield from a.parameters()
+
+    def stage_trainable(self, stage: int) -> bool:
+        return any(p.requires_grad for p in self.stage_parameters(stage))
+
+    # -- steps -------------------------------------------------------------------------------------
+    def prepare(self, ids: torch.Tensor, masks: torch.Tensor) -> PLMState:
+        raise NotImplementedError
+
+    def run_layer(self, i: int, state: PLMState) -> PLMState:
+        raise NotImplementedError
+
+    def query(self, state: PLMState) -> torch.Tensor:
+        raise NotImplementedError
+
+    def insert(self, state: PLMState, prompt: torch.Tensor, tte: nn.Embedding | None) -> PLMState:
+        raise NotImplementedError
+
+    def readout(self, state: PLMState) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- freezing ----------------------------------------------------------------------------------
+    def norm_parameter_names(self) -> set[str]:
+        raise NotImplementedError
+
+    def apply_freezing(self, use_adapter: bool, original_trainable: bool) -> None:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------------
+class BertPLM(PLMWrapper):
+    """DVP-BERT (seeds.md §3.3): query = [CLS] entering layer K; TTE(0) on text, TTE(1) on the prompt;
+    readout = text [CLS] at index 1 after the last layer; the pooler is never used."""
+
+    kind = "BERT"
+
+    def __init__(self, model: nn.Module, use_adapter: bool) -> None:
+        super().__init__()
+        self.bert = model
+        d = self.hidden_size
+        if use_adapter:
+            for i, layer in enumerate(self.layers):
+                # LN(x_in + A(drop(dense(h)))): the adapter sees the dropout's output
+                self._add_adapter(SequentialAdapter(d, max(d // 8, 1)), i, layer.attention.output.dropout, "output")
+                self._add_adapter(SequentialAdapter(d, max(d // 8, 1)), i, layer.output.dropout, "output")
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.bert.encoder.layer
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.bert.config.hidden_size)
+
+    def prepare_modules(self) -> list[nn.Module]:
+        return [self.bert.embeddings]
+
+    def prepare(self, ids: torch.Tensor, masks: torch.Tensor) -> PLMState:
+        h = self.bert.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
+        return PLMState(h=h, masks=masks, attn_mask=_pad_mask(masks, h.dtype))
+
+    def run_layer(self, i: int, state: PLMState) -> PLMState:
+        out = self.layers[i](state.h, attention_mask=state.attn_mask)
+        if isinstance(out, tuple):  # transformers < 5 returned a tuple
+            out = out[0]
+        return replace(state, h=out)
+
+    def query(self, state: PLMState) -> torch.Tensor:
+        return state.h[:, 0]
+
+    def insert(self, state: PLMState, prompt: torch.Tensor, tte: nn.Embedding | None) -> PLMState:
+        assert tte is not None
+        zero = torch.zeros((), dtype=torch.long, device=state.h.device)
+        h = state.h + tte(zero)
+        p = prompt + tte(zero + 1)
+        masks = _with_prompt_column(state.masks)
+        return replace(state, h=torch.cat([p, h], dim=1), masks=masks,
+                       attn_mask=_pad_mask(masks, h.dtype), inserted=True)
+
+    def readout(self, state: PLMState) -> torch.Tensor:
+        return state.h[:, 1 if state.inserted else 0]
+
+    def norm_parameter_names(self) -> set[str]:
+        return {n for n, _ in self.bert.named_parameters() if "LayerNorm" in n and n.startswith("encoder.")}
+
+    def apply_freezing(self, use_adapter: bool, original_trainable: bool) -> None:
+        for n, p in self.bert.named_parameters():
+            if n.startswith("pooler."):
+                # unused by DVP; the original left it trainable (a leak, §8 item 17)
+                p.requires_grad_(original_trainable)
+            elif use_adapter:
+                # original rule: embeddings frozen (their LayerNorm too), encoder frozen but its LayerNorms
+                p.requires_grad_("LayerNorm" in n and n.startswith("encoder."))
+            else:
+                p.requires_grad_(True)
+
+
+# --------------------------------------------------------------------------------------------------
+class T5PLM(PLMWrapper):
+    """DVP-T5 (seeds.md §3.3): encoder over the text; a one-token decoder stream (start token); the prompt
+    enters decoder block K with query = mean of the encoder output; readout = last decoder position.
+
+    Default (fix of §8 item 15): every block gets the shared relative position bias of block 0, as HF's
+    ``T5Stack`` does, and the query mean skips padding. ``original_position_bias=True`` restores the
+    original calls (``position_bias=None`` per block, so only block 0 has relative positions) and the mean
+    over all positions including padding.
+    """
+
+    kind = "T5"
+
+    def __init__(self, model: nn.Module, use_adapter: bool, original_position_bias: bool = False) -> None:
+        super().__init__()
+        self.t5 = model
+        self.original_position_bias = bool(original_position_bias)
+        d = self.hidden_size
+        if use_adapter:
+            b = max(d // 8, 1)
+            for blk in self.t5.encoder.block:  # A_{2i} after self-attention, A_{2i+1} after the FFN
+                self._add_adapter(SequentialAdapter(d, b), -1, blk.layer[0].dropout, "input")
+                self._add_adapter(SequentialAdapter(d, b), -1, blk.layer[-1].dropout, "input")
+            for i, blk in enumerate(self.layers):  # A_{3i}, A_{3i+1} (cross-attention), A_{3i+2}
+                for sub in blk.layer:
+                    self._add_adapter(SequentialAdapter(d, b), i, sub.dropout, "input")
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.t5.decoder.block
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.t5.config.d_model)
+
+    def prepare_modules(self) -> list[nn.Module]:
+        # decoder.embed_tokens is tied to encoder.embed_tokens (the shared table)
+        return [self.t5.encoder, self.t5.decoder.embed_tokens]
+
+    def _bias(self, stack: nn.Module, length: int, device: torch.device) -> torch.Tensor | None:
+        if self.original_position_bias:
+            return None  # each block computes its own: block 0 relative bias, others zero
+        return stack.block[0].layer[0].SelfAttention.compute_bias(length, length, device=device)
+
+    def prepare(self, ids: torch.Tensor, masks: torch.Tensor) -> PLMState:
+        enc = self.t5.encoder
+        x = enc.dropout(enc.embed_tokens(ids))
+        enc_mask = _pad_mask(masks, x.dtype)
+        bias = self._bias(enc, ids.shape[1], x.device)
+        for blk in enc.block:
+            x = blk(x, attention_mask=enc_mask, position_bias=bias)[0]
+        x = enc.dropout(enc.final_layer_norm(x))
+        if self.original_position_bias:
+            q = x.mean(dim=1)
+        else:
+            m = masks.to(x.dtype).unsqueeze(-1)
+            q = (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+        dec = self.t5.decoder
+        start = self.t5.config.decoder_start_token_id
+        if start is None:
+            raise ValueError("T5 config has no decoder_start_token_id; set it (t5-base uses the pad id 0)")
+        start_ids = torch.full((ids.shape[0], 1), int(start), dtype=torch.long, device=ids.device)
+        d = dec.dropout(dec.embed_tokens(start_ids))
+        ones = torch.ones(ids.shape[0], 1, dtype=masks.dtype, device=masks.device)
+        return PLMState(h=d, masks=ones, attn_mask=None,  # decoder self-attention is all-visible (original)
+                        extra={"enc": x, "enc_mask": enc_mask, "query": q,
+                               "bias": self._bias(dec, 1, x.device)})
+
+    def run_layer(self, i: int, state: PLMState) -> PLMState:
+        e = state.extra
+        out = self.layers[i](state.h, attention_mask=state.attn_mask, position_bias=e["bias"],
+                             encoder_hidden_states=e["enc"], encoder_attention_mask=e["enc_mask"])
+        return replace(state, h=out[0])
+
+    def query(self, state: PLMState) -> torch.Tensor:
+        return state.extra["query"]
+
+    def insert(self, state: PLMState, prompt: torch.Tensor, tte: nn.Embedding | None) -> PLMState:
+        assert tte is not None
+        zero = torch.zeros((), dtype=torch.long, device=state.h.device)
+        h = torch.cat([prompt + tte(zero + 1), state.h + tte(zero)], dim=1)
+        extra = dict(state.extra, bias=self._bias(self.t5.decoder, h.shape[1], h.device))
+        return replace(state, h=h, masks=_with_prompt_column(state.masks), attn_mask=None,
+                       inserted=True, extra=extra)
+
+    def readout(self, state: PLMState) -> torch.Tensor:
+        dec = self.t5.decoder
+        return dec.dropout(dec.final_layer_norm(state.h))[:, -1]
+
+    def norm_parameter_names(self) -> set[str]:
+        return {n for n, _ in self.t5.named_parameters() if "layer_norm" in n}
+
+    def apply_freezing(self, use_adapter: bool, original_trainable: bool) -> None:
+        for n, p in self.t5.named_parameters():
+            p.requires_grad_((not use_adapter) or "layer_norm" in n)
+
+
+# --------------------------------------------------------------------------------------------------
+class LlamaPLM(PLMWrapper):
+    """DVP-LLaMA (seeds.md §3.3): query = the last real token entering layer K (right padding, so index
+    ``mask.sum − 1``; the original used the first EOS id, §8 item 20); the prompt is prepended without token
+    types; causal + padding mask with an always-visible prompt column; position ids 0..L after insertion
+    (RoPE recomputed for the new length); readout = final norm at the last real token (shifted by one)."""
+
+    kind = "LLAMA"
+    uses_token_types = False
+
+    def __init__(self, model: nn.Module, use_adapter: bool) -> None:
+        super().__init__()
+        self.llama = model
+        d = self.hidden_size
+        if use_adapter:
+            b = max(d // 64, 8)
+            for i, layer in enumerate(self.layers):
+                self._add_adapter(SequentialAdapter(d, b, "silu", "xavier"), i, layer.self_attn, "tuple_output")
+                self._add_adapter(SequentialAdapter(d, b, "silu", "xavier"), i, layer.mlp, "output")
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.llama.layers
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.llama.config.hidden_size)
+
+    def prepare_modules(self) -> list[nn.Module]:
+        return [self.llama.embed_tokens]
+
+    def _masks_and_rope(self, masks: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        L = masks.shape[1]
+        pos = torch.arange(L, device=h.device)
+        causal = pos[None, :] <= pos[:, None]  # (L, L): key j visible from query i iff j <= i
+        allowed = causal[None, None] & masks.bool()[:, None, None, :]
+        pos_ids = pos.unsqueeze(0).expand(masks.shape[0], -1)
+        rope = self.llama.rotary_emb(h, position_ids=pos_ids)
+        return _additive(allowed, h.dtype), rope, pos_ids
+
+    def prepare(self, ids: torch.Tensor, masks: torch.Tensor) -> PLMState:
+        m = masks.long()
+        lengths = m.sum(dim=1)
+        if bool((lengths == 0).any()):
+            raise ValueError("LLaMA text_masks has an empty row; every sample needs at least one token")
+        right = torch.arange(m.shape[1], device=m.device)[None, :] < lengths[:, None]
+        if not torch.equal(right.long(), m):
+            raise ValueError("LLaMA text must be right-padded (text_masks = 1…1 0…0); set padding_side='right'")
+        h = self.llama.embed_tokens(ids)
+        attn, rope, pos = self._masks_and_rope(masks, h)
+        return PLMState(h=h, masks=masks, attn_mask=attn, extra={"rope": rope, "pos": pos, "index": lengths - 1})
+
+    def run_layer(self, i: int, state: PLMState) -> PLMState:
+        e = state.extra
+        out = self.layers[i](state.h, attention_mask=state.attn_mask, position_ids=e["pos"],
+                             position_embeddings=e["rope"])
+        if isinstance(out, tuple):
+            out = out[0]
+        return replace(state, h=out)
+
+    def _gather(self, h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return h[torch.arange(h.shape[0], device=h.device), index]
+
+    def query(self, state: PLMState) -> torch.Tensor:
+        return self._gather(state.h, state.extra["index"])
+
+    def insert(self, state: PLMState, prompt: torch.Tensor, tte: nn.Embedding | None) -> PLMState:
+        h = torch.cat([prompt, state.h], dim=1)
+        masks = _with_prompt_column(state.masks)
+        attn, rope, pos = self._masks_and_rope(masks, h)
+        extra = dict(state.extra, rope=rope, pos=pos, index=state.extra["index"] + 1)
+        return replace(state, h=h, masks=masks, attn_mask=attn, inserted=True, extra=extra)
+
+    def readout(self, state: PLMState) -> torch.Tensor:
+        return self._gather(self.llama.norm(state.h), state.extra["index"])
+
+    def norm_parameter_names(self) -> set[str]:
+        return {n for n, _ in self.llama.named_parameters() if "layernorm" in n or n.startswith("norm.")}
+
+    def apply_freezing(self, use_adapter: bool, original_trainable: bool) -> None:
+        for n, p in self.llama.named_parameters():
+            # the final norm is used by the readout, so it trains (as in the original) in both modes
+            p.requires_grad_((not use_adapter) or "layernorm" in n or n.startswith("norm."))
+
+
+# --------------------------------------------------------------------------------------------------
+LANGUAGE_MODELS = ("BERT", "T5", "LLAMA")
+
+
+def _gguf_in(folder: Path) -> str | None:
+    ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+    return ggufs[0] if len(ggufs) == 1 else None
+
+
+def build_hf_plm(language_model: str, plm_config: Any, folder: str | os.PathLike | None,
+                 gguf_file: str | None = None) -> nn.Module:
+    """The bare HF model: random from ``plm_config`` (a PLM_VARIANTS name or a config-kwargs dict) when
+    given, else pretrained from ``folder`` (config key ``tokenizer``)."""
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel, T5Config, T5Model
+
+    lm = str(language_model).upper()
+    if lm not in LANGUAGE_MODELS:
+        raise ValueError(f"language_model={language_model!r} is not one of {LANGUAGE_MODELS}")
+    classes = {"BERT": (BertConfig, BertModel), "T5": (T5Config, T5Model), "LLAMA": (LlamaConfig, LlamaModel)}
+    cfg_cls, model_cls = classes[lm]
+    if plm_config:
+        if isinstance(plm_config, str):
+            if plm_config not in PLM_VARIANTS:
+                raise ValueError(f"plm_config={plm_config!r} is not a registered variant {sorted(PLM_VARIANTS)}")
+            var_lm, kwargs = PLM_VARIANTS[plm_config]
+            if var_lm != lm:
+                raise ValueError(f"plm_config={plm_config!r} is a {var_lm} variant but language_model={lm!r}")
+        elif isinstance(plm_config, Mapping):
+            kwargs = dict(plm_config)
+        else:
+            raise TypeError(f"plm_config must be a variant name or a dict, got {type(plm_config).__name__}")
+        cfg = cfg_cls(**kwargs)
+        # own masks are passed; T5's relative bias goes through the eager attention path
+        cfg._attn_implementation = "eager" if lm == "T5" else "sdpa"
+        return model_cls(cfg)
+    if not folder:
+        raise ValueError("DVP needs config 'tokenizer' = the PLM folder (or plm_config for a random model)")
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"PLM folder {path} (config key 'tokenizer') does not exist")
+    if lm == "LLAMA":
+        gguf = gguf_file or (None if (path / "config.json").is_file() else _gguf_in(path))
+        if gguf:
+            from transformers import LlamaForCausalLM
+            return LlamaForCausalLM.from_pretrained(str(path), gguf_file=gguf).model
+    kw = {"attn_implementation": "eager"} if lm == "T5" else {}
+    return model_cls.from_pretrained(str(path), **kw)
+
+
+def wrap_plm(model: nn.Module, language_model: str, use_adapter: bool, original_position_bias: bool) -> PLMWrapper:
+    lm = str(language_model).upper()
+    if lm == "BERT":
+        return BertPLM(model, use_adapter)
+    if lm == "T5":
+        return T5PLM(model, use_adapter, original_position_bias)
+    return LlamaPLM(model, use_adapter)

@@ -1,0 +1,347 @@
+"""DVP backbone: frozen CLIP visual tokens → one cross-attention prompt inserted into BERT / T5 / LLaMA.
+
+Model (seeds.md §3.3, search_algorithms.md "DVP"): text runs through the PLM's candidate layers
+0..K−1; at layer K a cross-attention from the PLM's query token (BERT [CLS], T5 mean encoder state,
+LLaMA last real token) over the CLIP tokens makes one prompt token, token types are added (BERT/T5), the
+prompt is prepended and layers K..L−1 run on [prompt; text]; ``cls_feats`` is the readout.
+
+Public API::
+
+    build_dvp_backbone(config: dict) -> DVPBackbone
+    DVPBackbone.infer(batch, insert_layer: int, deterministic_images: bool | None = None) -> {"cls_feats"}
+    DVPBackbone.infer_many(batch, insert_layers: list[int], ...) -> list[{"cls_feats"}]
+    DVPBackbone.num_layers, .hidden_size, .trainable_report() -> dict[str, int]
+
+Parameter names: ``clip.model.*`` (HF CLIPVisionModel), ``plm.bert.*`` / ``plm.t5.*`` / ``plm.llama.*``
+(HF names), ``plm.adapters.j`` (A_j of the original), train stage ``cross_attn.*`` and
+``token_type_embeddings.weight``; search stage ``cross_attn_options.i.*`` and
+``token_type_embeddings_options.i.weight`` (one per candidate layer). ``layer_alphas`` belongs to the KAB
+search strategy, not to the backbone.
+
+Trainable set (original rule, seeds.md §3.3): CLIP frozen; ``use_adapter=True`` freezes the PLM except its
+norms (BERT: encoder LayerNorms, embeddings frozen; T5: every ``layer_norm``; LLaMA: layer norms and the
+final norm) and trains the adapters; ``use_adapter=False`` trains the whole PLM. BERT's pooler is unused:
+frozen by default; ``dvp_original_trainable=True`` leaves it trainable as the original did (§8 item 17;
+this is what makes the original printed counts 590,592 larger). Token-type tables keep PyTorch's N(0, 1)
+init and the cross-attention PyTorch's default Linear init, as the original (§8 item 16).
+
+Efficiency switches (config keys, default on; results equal with and without, to float tolerance):
+
+- ``clip_feature_cache``: CLIP features of each ``image_key`` are computed once (and once per batch for
+  repeated keys) and reused; ``clip_cache_dir`` adds a disk cache, ``clip_cache_max_items`` bounds the
+  in-memory LRU. Only sound for deterministic transforms: the backbone cannot see the transform, so it
+  trusts ``deterministic_images`` (config key; by default derived from ``train_transform_keys`` /
+  ``val_transform_keys``: any key containing "randaug" disables caching for that mode) and a per-call
+  ``deterministic_images=`` override of ``infer``.
+- ``kab_shared_prefix``: ``infer_many`` computes CLIP once, runs the text-only layers once and branches
+  into each requested K at its depth (the sampling stage of the KAB search).
+- ``frozen_prefix_no_grad``: at call time, the leading stages (embeddings, then layers 0..K−1) whose
+  parameters (adapters included) all have ``requires_grad=False`` run under ``torch.no_grad()``; the
+  first stage with a trainable parameter and everything after it run normally. With adapters or
+  trainable LayerNorms below K (every original configuration) nothing below K qualifies. Where it does
+  qualify, PyTorch's autograd already records nothing (no input of those ops requires grad), so the
+  switch is an explicit guarantee rather than a speed-up — bench/dvp_train.py measures it at ≈1.0×.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from vlpeft.backbones._clip import CLIPFeatureCache, FrozenCLIP, build_clip_visual
+from vlpeft.backbones._plm import LANGUAGE_MODELS, PLMState, PLMWrapper, build_hf_plm, wrap_plm
+from vlpeft.peft.prompts import CrossAttentionPrompt
+
+
+def _bool(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    v = config.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise TypeError(f"config {key}={v!r} must be a boolean (True/False, not the string {str(v)!r})")
+    return v
+
+
+@dataclass(frozen=True)
+class DVPConfig:
+    """The config keys the DVP backbone reads (defaults = the original base config where it has one)."""
+
+    clip_model: Any = "ViT-B/16"
+    language_model: str = "BERT"
+    tokenizer: str | None = None  # the PLM folder
+    plm_config: Any = None  # random PLM: PLM_VARIANTS name or config kwargs (tests, bench)
+    plm_gguf_file: str | None = None
+    search_stage: bool = False
+    use_adapter: bool = False
+    num_heads: int = 12
+    drop_rate: float = 0.1
+    dvp_llama_xattn_dim: int = 512
+    dvp_original_trainable: bool = False
+    t5_original_position_bias: bool = False
+    clip_feature_cache: bool = True
+    clip_cache_dir: str | None = None
+    clip_cache_max_items: int = 4096
+    deterministic_images: bool | None = None
+    train_transform_keys: tuple[str, ...] = ("clip",)
+    val_transform_keys: tuple[str, ...] = ("clip",)
+    kab_shared_prefix: bool = True
+    frozen_prefix_no_grad: bool = True
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "DVPConfig":
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in config:
+                continue
+            v = config[f.name]
+            if isinstance(f.default, bool):
+                v = _bool(config, f.name, f.default)
+            elif f.name in ("train_transform_keys", "val_transform_keys"):
+                v = tuple(str(x) for x in (v or ()))
+            kw[f.name] = v
+        if "deterministic_images" in kw and kw["deterministic_images"] is not None:
+            kw["deterministic_images"] = _bool(config, "deterministic_images", True)
+        c = cls(**kw)
+        if str(c.language_model).upper() not in LANGUAGE_MODELS:
+            raise ValueError(f"language_model={c.language_model!r} must be one of {LANGUAGE_MODELS}")
+        if not 0.0 <= float(c.drop_rate) < 1.0:
+            raise ValueError(f"drop_rate={c.drop_rate} must be in [0, 1)")
+        return c
+
+
+def _reset_fingerprint(module: "DVPBackbone", incompatible_keys: Any) -> None:
+    module._fingerprint = None
+
+
+class DVPBackbone(nn.Module):
+    def __init__(self, clip: nn.Module, plm: PLMWrapper, cfg: DVPConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.clip = FrozenCLIP(clip)
+        self.plm = plm
+        d, dv, n = plm.hidden_size, self.clip.width, plm.num_layers
+        if plm.kind == "LLAMA":
+            xattn = dict(query_dim=d, kv_dim=dv, inner_dim=int(cfg.dvp_llama_xattn_dim),
+                         num_heads=int(cfg.num_heads), dropout=float(cfg.drop_rate))
+        else:
+            xattn = dict(query_dim=d, kv_dim=dv, inner_dim=d, num_heads=int(cfg.num_heads),
+                         dropout=float(cfg.drop_rate))
+        tte = plm.uses_token_types
+        if cfg.search_stage:
+            self.cross_attn_options = nn.ModuleList(CrossAttentionPrompt(**xattn) for _ in range(n))
+            if tte:
+                self.token_type_embeddings_options = nn.ModuleList(nn.Embedding(2, d) for _ in range(n))
+        else:
+            self.cross_attn = CrossAttentionPrompt(**xattn)
+            if tte:
+                self.token_type_embeddings = nn.Embedding(2, d)
+        self.feature_cache = CLIPFeatureCache(cfg.clip_cache_max_items, cfg.clip_cache_dir)
+        self._fingerprint: str | None = None
+        # loading weights may change CLIP: recompute the cache namespace on next use
+        self.register_load_state_dict_post_hook(_reset_fingerprint)
+
+    # -- structure -----------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.plm.num_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.plm.hidden_size
+
+    @property
+    def candidate_layers(self) -> nn.ModuleList:
+        """The PLM modules called once per candidate layer (BERT layers, T5 decoder blocks, LLaMA layers)."""
+        return self.plm.layers
+
+    def _prompt_modules(self, k: int) -> tuple[CrossAttentionPrompt, nn.Embedding | None]:
+        if self.cfg.search_stage:
+            tte = self.token_type_embeddings_options[k] if self.plm.uses_token_types else None
+            return self.cross_attn_options[k], tte
+        return self.cross_attn, (self.token_type_embeddings if self.plm.uses_token_types else None)
+
+    def train(self, mode: bool = True) -> "DVPBackbone":
+        super().train(mode)
+        self.clip.train(False)  # frozen encoder stays in eval mode
+        return self
+
+    # -- images --------------------------------------------------------------------------------------
+    def images_deterministic(self, override: bool | None = None) -> bool:
+        if override is not None:
+            return bool(override)
+        if self.cfg.deterministic_images is not None:
+            return bool(self.cfg.deterministic_images)
+        keys = self.cfg.train_transform_keys if self.training else self.cfg.val_transform_keys
+        return not any("randaug" in k.lower() for k in keys)
+
+    def visual_features(self, batch: Mapping[str, Any], deterministic_images: bool | None = None) -> torch.Tensor:
+        """CLIP tokens (B, 1 + P, d_v), before post-layernorm and projection; never carries grad."""
+        if "image" not in batch:
+            raise KeyError("DVP batch needs 'image' (B, 3, S, S) CLIP-normalised")
+        images: torch.Tensor = batch["image"]
+        keys = batch.get("image_key")
+        use_cache = self.cfg.clip_feature_cache and keys is not None and self.images_deterministic(deterministic_images)
+        if not use_cache:
+            return self.clip(images)
+        if len(keys) != images.shape[0]:
+            raise ValueError(f"image_key has {len(keys)} entries for {images.shape[0]} images")
+        if self._fingerprint is None:
+            self._fingerprint = CLIPFeatureCache.fingerprint(self.clip.model, tuple(images.shape[1:]))
+        fp = self._fingerprint
+        found: dict[str, torch.Tensor] = {}
+        todo: dict[str, int] = {}  # key → first row that has it (repeated keys computed once)
+        for row, key in enumerate(keys):
+            if key in found or key in todo:
+                continue
+            t = self.feature_cache.get(fp, key)
+            if t is None:
+                todo[key] = row
+                self.feature_cache.misses += 1
+            else:
+                found[key] = t
+                self.feature_cache.hits += 1
+        if todo:
+            rows = torch.tensor(list(todo.values()), device=images.device)
+            feats = self.clip(images.index_select(0, rows))
+            for j, key in enumerate(todo):
+                found[key] = feats[j]
+                self.feature_cache.put(fp, key, feats[j])
+        p = next(self.plm.parameters())
+        return torch.stack([found[k].to(p.device) for k in keys]).to(p.dtype)
+
+    # -- running -------------------------------------------------------------------------------------
+    def _grad_context(self, stage: int) -> contextlib.AbstractContextManager:
+        if (self.cfg.frozen_prefix_no_grad and torch.is_grad_enabled()
+                and not self.plm.stage_trainable(stage)):
+            return torch.no_grad()
+        return contextlib.nullcontext()
+
+    def _text(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        for k in ("text_ids", "text_masks"):
+            if k not in batch:
+                raise KeyError(f"DVP batch needs {k!r} (see contracts.md, Batch)")
+        dev = next(self.plm.parameters()).device
+        return batch["text_ids"].to(dev), batch["text_masks"].to(dev)
+
+    def _prefix(self, batch: Mapping[str, Any]) -> tuple[PLMState, bool]:
+        """Run the prepare stage; returns the state and whether the frozen-prefix run is still going."""
+        ids, masks = self._text(batch)
+        ctx = self._grad_context(-1)
+        frozen = not isinstance(ctx, contextlib.nullcontext)
+        with ctx:
+            return self.plm.prepare(ids, masks), frozen
+
+    def _advance(self, state: PLMState, start: int, stop: int, frozen: bool) -> tuple[PLMState, bool]:
+        for i in range(start, stop):
+            if frozen:
+                ctx = self._grad_context(i)
+                frozen = not isinstance(ctx, contextlib.nullcontext)
+            else:
+                ctx = contextlib.nullcontext()  # once something trains, everything after needs grad
+            with ctx:
+                state = self.plm.run_layer(i, state)
+        return state, frozen
+
+    def _branch(self, state: PLMState, visual: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+        xattn, tte = self._prompt_modules(k)
+        prompt = xattn(self.plm.query(state), visual.to(state.h.dtype))
+        state = self.plm.insert(state, prompt, tte)
+        for i in range(k, self.num_layers):
+            state = self.plm.run_layer(i, state)
+        return {"cls_feats": self.plm.readout(state)}
+
+    def _check_layer(self, k: Any) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, torch.Tensor)) or int(k) != k:
+            raise TypeError(f"insert_layer must be an int, got {k!r}")
+        k = int(k)
+        if not 0 <= k < self.num_layers:
+            raise ValueError(f"insert_layer={k} is outside 0..{self.num_layers - 1} for this {self.plm.kind} "
+                             f"({self.num_layers} candidate layers)")
+        return k
+
+    def infer(self, batch: Mapping[str, Any], insert_layer: int,
+              deterministic_images: bool | None = None) -> dict[str, torch.Tensor]:
+        k = self._check_layer(insert_layer)
+        visual = self.visual_features(batch, deterministic_images)
+        state, frozen = self._prefix(batch)
+        state, _ = self._advance(state, 0, k, frozen)
+        return self._branch(state, visual, k)
+
+    def infer_many(self, batch: Mapping[str, Any], insert_layers: Sequence[int],
+                   deterministic_images: bool | None = None) -> list[dict[str, torch.Tensor]]:
+        """``[infer(batch, k) for k in insert_layers]``, sharing CLIP and the text-only layers.
+
+        In eval mode repeated layers are computed once (same result object); in training mode each entry
+        gets its own branch (own dropout draws) above the shared text-only prefix.
+        """
+        ks = [self._check_layer(k) for k in insert_layers]
+        if not self.cfg.kab_shared_prefix:
+            return [self.infer(batch, k, deterministic_images) for k in ks]
+        if not ks:
+            return []
+        visual = self.visual_features(batch, deterministic_images)
+        state, frozen = self._prefix(batch)
+        order = sorted(range(len(ks)), key=lambda j: ks[j])
+        out: list[dict[str, torch.Tensor] | None] = [None] * len(ks)
+        depth, done = 0, {}
+        for j in order:
+            k = ks[j]
+            if not self.training and k in done:
+                out[j] = done[k]
+                continue
+            state, frozen = self._advance(state, depth, k, frozen)
+            depth = k
+            out[j] = done[k] = self._branch(state, visual, k)
+        return out  # type: ignore[return-value]
+
+    def forward(self, batch: Mapping[str, Any], insert_layer: int) -> dict[str, torch.Tensor]:
+        return self.infer(batch, insert_layer)
+
+    # -- reporting -----------------------------------------------------------------------------------
+    def trainable_report(self) -> dict[str, int]:
+        """Trainable parameter counts per group (plus totals) — see seeds.md §3.4 for the originals'."""
+        adapter_ids = {id(p) for p in self.plm.adapters.parameters()}
+        norm_names = self.plm.norm_parameter_names()
+        hf = getattr(self.plm, {"BERT": "bert", "T5": "t5", "LLAMA": "llama"}[self.plm.kind])
+        norm_ids = {id(p) for n, p in hf.named_parameters() if n in norm_names}
+        groups = {"adapters": 0, "plm_norms": 0, "plm_other": 0, "cross_attn": 0, "token_type": 0, "clip": 0}
+        total = trainable = 0
+        seen: set[int] = set()
+        for name, p in self.named_parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            total += p.numel()
+            if not p.requires_grad:
+                continue
+            trainable += p.numel()
+            if name.startswith("clip."):
+                g = "clip"
+            elif id(p) in adapter_ids:
+                g = "adapters"
+            elif name.startswith("cross_attn"):
+                g = "cross_attn"
+            elif name.startswith("token_type_embeddings"):
+                g = "token_type"
+            elif id(p) in norm_ids:
+                g = "plm_norms"
+            else:
+                g = "plm_other"
+            groups[g] += p.numel()
+        groups["trainable"] = trainable
+        groups["total"] = total
+        return groups
+
+
+def build_dvp_backbone(config: Mapping[str, Any]) -> DVPBackbone:
+    """Build the DVP backbone from a (sacred) config dict; see ``DVPConfig`` for the keys read."""
+    cfg = DVPConfig.from_config(config)
+    clip = build_clip_visual(cfg.clip_model)
+    hf = build_hf_plm(cfg.language_model, cfg.plm_config, cfg.tokenizer, cfg.plm_gguf_file)
+    plm = wrap_plm(hf, cfg.language_model, cfg.use_adapter, cfg.t5_original_position_bias)
+    plm.apply_freezing(cfg.use_adapter, cfg.dvp_original_trainable)
+    return DVPBackbone(clip, plm, cfg)

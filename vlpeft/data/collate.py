@@ -1,0 +1,127 @@
+"""List of dataset items → Batch (the only place that pads; keys in /work/contracts.md)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+IMAGE_KEYS = ("image", "image_0", "image_1")
+# per-sample fields passed through as lists when present
+LIST_KEYS = ("text", "table_name", "image_key", "image_0_key", "image_1_key", "vqa_labels", "vqa_scores",
+             "vqa_answer", "gqa_answer", "gqa_scores", "qid")
+
+
+class CollateError(ValueError):
+    pass
+
+
+def pad_images(images: Sequence[torch.Tensor], height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each (3, h, w) image at the top-left of a zero (B, 3, height, width) tensor + bool mask of real pixels."""
+    out = torch.zeros(len(images), 3, height, width, dtype=images[0].dtype)
+    mask = torch.zeros(len(images), height, width, dtype=torch.bool)
+    for b, img in enumerate(images):
+        _, h, w = img.shape
+        out[b, :, :h, :w] = img
+        mask[b, :h, :w] = True
+    return out, mask
+
+
+def _encodings_to_tensors(encs: Sequence[Mapping[str, Sequence[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest (the dataset already pads to max_text_len, so usually a plain stack)."""
+    length = max(len(e["input_ids"]) for e in encs)
+    ids = torch.full((len(encs), length), pad_id, dtype=torch.long)
+    masks = torch.zeros((len(encs), length), dtype=torch.long)
+    for b, e in enumerate(encs):
+        n = len(e["input_ids"])
+        ids[b, :n] = torch.as_tensor(e["input_ids"], dtype=torch.long)
+        masks[b, :n] = torch.as_tensor(e["attention_mask"], dtype=torch.long)
+    return ids, masks
+
+
+class Collator:
+    """Callable collate_fn. ``label_sizes``: {"vqa": vqav2_label_size, "gqa": gqa_label_size}."""
+
+    def __init__(self, tokenizer: Any, label_sizes: Mapping[str, int] | None = None, mlm: bool = False,
+                 mlm_prob: float = 0.15, whole_word_masking: bool = False):
+        self.tokenizer = tokenizer
+        self.label_sizes = dict(label_sizes or {})
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.mlm = bool(mlm)
+        self.whole_word_masking = bool(whole_word_masking)
+        self.mlm_collator = None
+        if self.mlm:
+            # transformers 5 folded DataCollatorForWholeWordMask into this class (whole_word_mask=...); it uses
+            # torch's global RNG, which the DataLoader seeds per worker
+            from transformers import DataCollatorForLanguageModeling
+
+            self.mlm_collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=True, mlm_probability=mlm_prob,
+                                                                whole_word_mask=whole_word_masking)
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if not items:
+            raise CollateError("cannot collate an empty batch")
+        tasks = sorted({str(it.get("task")) for it in items})
+        if len(tasks) > 1:
+            raise CollateError(f"one batch mixes samples of tasks {tasks}; batches must come from one task")
+        batch: dict[str, Any] = {}
+        first = items[0]
+
+        # images: one common (Hmax, Wmax) over every image key of the batch, as the original
+        img_keys = [k for k in IMAGE_KEYS if k in first]
+        if img_keys:
+            hmax = max(it[k].shape[1] for it in items for k in img_keys)
+            wmax = max(it[k].shape[2] for it in items for k in img_keys)
+            for k in img_keys:
+                batch[k], batch[f"{k}_mask"] = pad_images([it[k] for it in items], hmax, wmax)
+
+        for k in LIST_KEYS:
+            if k in first:
+                batch[k] = [it[k] for it in items]
+
+        if "text_encoding" in first:
+            encs = [it["text_encoding"] for it in items]
+            batch["text_ids"], batch["text_masks"] = _encodings_to_tensors(encs, self.pad_id)
+            batch["text_labels"] = torch.full_like(batch["text_ids"], -100)
+            if self.mlm_collator is not None:
+                keep = ("input_ids", "special_tokens_mask") + (("offset_mapping",) if self.whole_word_masking else ())
+                mlm = self.mlm_collator([{k: e[k] for k in keep if k in e} for e in encs])
+                batch["text_ids_mlm"], batch["text_labels_mlm"] = mlm["input_ids"], mlm["labels"]
+
+        n_false = sum(1 for k in first if k.startswith("false_text_") and k.endswith("_encoding"))
+        for i in range(n_false):
+            batch[f"false_text_{i}"] = [it[f"false_text_{i}"] for it in items]
+            batch[f"false_text_{i}_ids"], batch[f"false_text_{i}_masks"] = _encodings_to_tensors(
+                [it[f"false_text_{i}_encoding"] for it in items], self.pad_id)
+
+        if "vqa_labels" in first:
+            batch["vqa_targets"] = self._soft_targets(items)
+        if "gqa_labels" in first:
+            self._check_range("gqa", [lab for it in items for lab in it["gqa_labels"]])
+            batch["gqa_labels"] = torch.tensor([it["gqa_labels"][0] if it["gqa_labels"] else -100 for it in items],
+                                               dtype=torch.long)
+        for src, dst in (("snli_ve_label", "snli_ve_labels"), ("nlvr2_label", "nlvr2_labels")):
+            if src in first:
+                batch[dst] = torch.tensor([int(it[src]) for it in items], dtype=torch.long)
+        if "iid" in first:
+            batch["iid"] = torch.tensor([int(it["iid"]) for it in items], dtype=torch.long)
+        return batch
+
+    def _check_range(self, task: str, labels: Sequence[int]) -> int:
+        size = self.label_sizes.get(task)
+        if not size or size <= 0:
+            raise CollateError(f"the collate needs the {task} label size (config "
+                               f"{'vqav2_label_size' if task == 'vqa' else task + '_label_size'}), got {size!r}")
+        bad = [lab for lab in labels if not 0 <= lab < size]
+        if bad:
+            raise CollateError(f"{task} label ids {sorted(set(bad))[:10]} are outside [0, {size}); the label size "
+                               f"does not match the arrow files' vocabulary")
+        return size
+
+    def _soft_targets(self, items: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        size = self._check_range("vqa", [lab for it in items for lab in it["vqa_labels"]])
+        targets = torch.zeros(len(items), size, dtype=torch.float32)
+        for b, it in enumerate(items):
+            for lab, score in zip(it["vqa_labels"], it["vqa_scores"]):
+                targets[b, lab] = score
+        return targets

@@ -1,0 +1,251 @@
+"""MTDataModule: the datasets named in config["datasets"], their splits, loaders and answer vocabularies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
+
+from vlpeft.data.arrow import check_files, load_split
+from vlpeft.data.collate import Collator
+from vlpeft.data.datasets import DATASETS, BaseDataset, CaptionDataset
+from vlpeft.data.tokenizer import load_tokenizer
+
+# Which arrow files (stems under data_root) each split reads. Held-out defaults (seeds.md §8.12): the val split,
+# used for checkpoint selection and the search reward, never overlaps train; test is the benchmark's test split.
+# Differences from the originals (§2.7): NLVR2 val = dev (DAS used nlvr2_train), F30K train = train only (the
+# originals also trained on val), GQA val = gqa_val and test = test-dev (DVP used test-dev for both), SNLI-VE
+# val = dev and test = test (DVP used dev+test for both). Override per dataset/split with config["data_splits"],
+# e.g. {"vqa": {"test": ["vqav2_test-dev"]}, "nlvr2": {"test": ["nlvr2_dev", "nlvr2_test1"]}}.
+SPLITS: dict[str, dict[str, list[str]]] = {
+    "vqa": {"train": ["vqav2_train", "vqav2_trainable_val"], "val": ["vqav2_rest_val"], "test": ["vqav2_test"]},
+    "gqa": {"train": ["gqa_train"], "val": ["gqa_val"], "test": ["gqa_test-dev"]},
+    "snli_ve": {"train": ["snli_ve_train"], "val": ["snli_ve_dev"], "test": ["snli_ve_test"]},
+    "nlvr2": {"train": ["nlvr2_train"], "val": ["nlvr2_dev"], "test": ["nlvr2_test1"]},
+    "f30k": {"train": ["f30k_caption_karpathy_train"], "val": ["f30k_caption_karpathy_val"],
+             "test": ["f30k_caption_karpathy_test"]},
+    "coco": {"train": ["coco_caption_karpathy_train", "coco_caption_karpathy_restval"],
+             "val": ["coco_caption_karpathy_val"], "test": ["coco_caption_karpathy_test"]},
+}
+# label vocabularies: json file next to the arrow files, else derived from these splits' answers/answer_labels
+VOCAB_FILES = {"vqa": "vqav2_label_vocab.json", "gqa": "gqa_label_vocab.json"}
+UNKNOWN_ANSWER = "unknown"
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+class AnswerMap(dict):
+    """id → answer; ids outside the vocabulary read as "unknown" (picklable, unlike a defaultdict(lambda))."""
+
+    def __missing__(self, key: Any) -> str:
+        return UNKNOWN_ANSWER
+
+
+class SearchSampler(DistributedSampler):
+    """Shuffled, seeded order over the search split that changes every pass.
+
+    The model keeps one iterator for the whole run and calls ``set_epoch`` per pass; if nobody does, each new
+    ``__iter__`` advances the epoch itself, so the reward batches never repeat one fixed batch.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        if dist.is_available() and dist.is_initialized():
+            replicas, rank = dist.get_world_size(), dist.get_rank()
+        else:
+            replicas, rank = 1, 0
+        super().__init__(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=seed)
+        self._set_since_iter = False
+        self._passes = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self._set_since_iter = True
+
+    def __iter__(self) -> Iterator[int]:
+        if self._passes > 0 and not self._set_since_iter:
+            self.epoch += 1
+        self._passes += 1
+        self._set_since_iter = False
+        return super().__iter__()
+
+
+def _answer_map_from_vocab(path: Path) -> AnswerMap:
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and "label2ans" in data:
+        data = data["label2ans"]
+    if isinstance(data, list):
+        return AnswerMap(enumerate(str(a) for a in data))
+    if isinstance(data, dict):
+        if all(str(k).lstrip("-").isdigit() for k in data):  # {"0": "yes", ...}
+            return AnswerMap((int(k), str(v)) for k, v in data.items())
+        return AnswerMap((int(v), str(k)) for k, v in data.items())  # ans2label
+    raise ValueError(f"{path}: expected a list of answers or an answer↔id dict, got {type(data).__name__}")
+
+
+class MTDataModule(pl.LightningDataModule):
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__()
+        self.config = dict(config)
+        c = self.config
+        self.dataset_keys: list[str] = list(c["datasets"])
+        unknown = [k for k in self.dataset_keys if k not in DATASETS]
+        if not self.dataset_keys or unknown:
+            raise ValueError(f"config datasets={self.dataset_keys}: unsupported {unknown or 'empty list'}; "
+                             f"supported: {sorted(DATASETS)} (vg/sbu/gcc pre-training sets are not)")
+        if not c.get("data_root"):
+            raise ValueError("config data_root is empty; set data_root=<folder with the .arrow files>")
+        self.data_root = Path(c["data_root"])
+        self.splits = {k: {s: list(v) for s, v in SPLITS[k].items()} for k in self.dataset_keys}
+        for key, over in (c.get("data_splits") or {}).items():
+            if key not in self.splits:
+                continue
+            for split, names in over.items():
+                if split not in ("train", "val", "test"):
+                    raise ValueError(f"data_splits[{key!r}] has split {split!r}; use train/val/test")
+                self.splits[key][split] = [names] if isinstance(names, str) else list(names)
+        self.batch_size = int(c["per_gpu_batchsize"])
+        self.num_workers = int(c.get("num_workers", 0))
+        self.image_size = int(c["image_size"])
+        self.max_text_len = int(c["max_text_len"])
+        self.train_transform_keys = list(c["train_transform_keys"])
+        self.val_transform_keys = list(c["val_transform_keys"])
+        self.draw_false_text = int(c.get("draw_false_text", 0) or 0)
+        self.seed = int(c.get("seed", 0))
+        self.tokenizer = load_tokenizer(c.get("tokenizer", "bert-base-uncased"))
+        loss_names = c.get("loss_names") or {}
+        self.mlm = bool(c.get("mlm", loss_names.get("mlm", 0) >= 1))
+        self.collate = Collator(self.tokenizer, label_sizes=self._label_sizes(), mlm=self.mlm,
+                                mlm_prob=float(c.get("mlm_prob", 0.15)),
+                                whole_word_masking=bool(c.get("whole_word_masking", False)))
+        self.eval_collate = Collator(self.tokenizer, label_sizes=self._label_sizes()) if self.mlm else self.collate
+        self.datasets: dict[str, dict[str, BaseDataset]] = {"train": {}, "val": {}, "test": {}}
+        self._answer_maps: dict[str, AnswerMap] = {}
+
+    # ------------------------------------------------------------------ building
+    def _label_sizes(self) -> dict[str, int]:
+        sizes = {"gqa": int(self.config.get("gqa_label_size", 1843))}
+        vqa = int(self.config.get("vqav2_label_size", 3129))
+        if vqa <= 0 and "vqa" in self.dataset_keys:
+            vqa = len(self.id2answer("vqa"))
+        sizes["vqa"] = vqa
+        return sizes
+
+    def files_for(self, splits: Sequence[str]) -> list[str]:
+        return [n for k in self.dataset_keys for s in splits for n in self.splits[k][s]]
+
+    def build_dataset(self, key: str, split: str, **overrides: Any) -> BaseDataset:
+        kwargs: dict[str, Any] = dict(
+            transform_keys=self.train_transform_keys if split == "train" else self.val_transform_keys,
+            image_size=self.image_size, tokenizer=self.tokenizer, max_text_len=self.max_text_len, split=split,
+            draw_false_text=self.draw_false_text, seed=self.seed)
+        kwargs.update(overrides)
+        return DATASETS[key](self.data_root, self.splits[key][split], **kwargs)
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = STAGE_SPLITS.get(stage or "fit", ("train", "val"))
+        if stage is None:
+            splits = ("train", "val", "test")
+        todo = [s for s in splits if not self.datasets[s]]
+        # every missing file of every dataset and split in ONE error
+        check_files(self.data_root, self.files_for(todo), what=f"datasets {self.dataset_keys} splits {list(todo)}")
+        for split in todo:
+            for key in self.dataset_keys:
+                self.datasets[split][key] = self.build_dataset(key, split)
+
+    def _concat(self, split: str) -> Dataset:
+        if not self.datasets[split]:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        parts = [self.datasets[split][k] for k in self.dataset_keys]
+        return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Advance the seeded negative-caption draws; call from the LightningModule's on_train_epoch_start."""
+        for split in self.datasets.values():
+            for ds in split.values():
+                ds.set_epoch(epoch)
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, ds: Dataset, *, shuffle: bool, collate: Collator, batch_size: int | None = None,
+                sampler=None, persistent: bool = False) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)  # order and worker seeds follow the config seed
+        return DataLoader(ds, batch_size=batch_size or self.batch_size, shuffle=shuffle if sampler is None else None,
+                          sampler=sampler, num_workers=self.num_workers, collate_fn=collate, generator=gen,
+                          persistent_workers=persistent and self.num_workers > 0, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        # under DDP Lightning swaps the sampler for a DistributedSampler (use_distributed_sampler=True)
+        return self._loader(self._concat("train"), shuffle=True, collate=self.collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._concat("val"), shuffle=False, collate=self.eval_collate)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._concat("test"), shuffle=False, collate=self.eval_collate)
+
+    def search_dataloader(self, batch_size: int | None = None) -> DataLoader:
+        """Shuffled, seeded loader over the val split for search reward batches (rank-sharded under DDP)."""
+        ds = self._concat("val")
+        return self._loader(ds, shuffle=False, collate=self.eval_collate, batch_size=batch_size,
+                            sampler=SearchSampler(ds, seed=self.seed), persistent=True)
+
+    # ------------------------------------------------------------------ retrieval recall
+    def _caption_key(self, dataset: str | None) -> str:
+        keys = [k for k in self.dataset_keys if issubclass(DATASETS[k], CaptionDataset)]
+        key = dataset or (keys[0] if keys else None)
+        if key is None or key not in keys:
+            raise ValueError(f"recall needs a caption dataset (f30k/coco) in config datasets={self.dataset_keys}")
+        return key
+
+    def recall_text_dataset(self, split: str = "val", dataset: str | None = None) -> CaptionDataset:
+        """One item per (image, caption) of ``split``: text and ``iid`` only (no image decode, no negatives)."""
+        return self.build_dataset(self._caption_key(dataset), split, draw_false_text=0, text_only=True)
+
+    def recall_image_dataset(self, split: str = "val", dataset: str | None = None) -> CaptionDataset:
+        """One item per image of ``split``: image, ``iid``, ``image_key``."""
+        return self.build_dataset(self._caption_key(dataset), split, draw_false_text=0, image_only=True)
+
+    def recall_loader(self, ds: Dataset, batch_size: int | None = None) -> DataLoader:
+        return self._loader(ds, shuffle=False, collate=self.eval_collate, batch_size=batch_size)
+
+    # ------------------------------------------------------------------ answer vocabularies
+    def id2answer(self, task: str = "vqa") -> AnswerMap:
+        """Class id → answer string for VQA / GQA predictions ("unknown" for ids outside the vocabulary)."""
+        if task in self._answer_maps:
+            return self._answer_maps[task]
+        if task not in VOCAB_FILES:
+            raise ValueError(f"id2answer: task {task!r} has no answer vocabulary (only {sorted(VOCAB_FILES)})")
+        vocab = self.data_root / VOCAB_FILES[task]
+        if vocab.is_file():
+            amap = _answer_map_from_vocab(vocab)
+        else:
+            amap = self._answer_map_from_tables(task)
+        self._answer_maps[task] = amap
+        return amap
+
+    def label2ans(self, task: str = "vqa") -> list[str]:
+        amap = self.id2answer(task)
+        n = max(amap) + 1 if amap else 0
+        return [amap[i] for i in range(n)]
+
+    def _answer_map_from_tables(self, task: str) -> AnswerMap:
+        splits = SPLITS[task] if task not in self.splits else self.splits[task]
+        names = list(dict.fromkeys(splits["train"] + splits["val"]))
+        try:
+            check_files(self.data_root, names, what=f"the {task} answer vocabulary")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}\nor provide {self.data_root / VOCAB_FILES[task]}") from None
+        st = load_split(self.data_root, names, ("answers", "answer_labels"))
+        amap = AnswerMap()
+        for answers, labels in zip(st.column_pylist("answers"), st.column_pylist("answer_labels")):
+            for q_ans, q_lab in zip(answers or [], labels or []):
+                for a, lab in zip(q_ans or [], q_lab or []):
+                    amap[int(lab)] = str(a)
+        return AnswerMap(sorted(amap.items()))
+
+    def num_answers(self, task: str = "vqa") -> int:
+        amap = self.id2answer(task)
+        return (max(amap) + 1) if amap else 0

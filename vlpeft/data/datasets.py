@@ -1,0 +1,285 @@
+"""Task datasets over ViLT-format arrow files (schemas: seeds.md §2.2–2.6).
+
+One item per (row, text) — or per row when ``image_only`` — with the image decoded lazily. Items are plain dicts;
+``vlpeft.data.collate.Collator`` turns a list of them into the Batch described in /work/contracts.md.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vlpeft.data.arrow import SplitTable, load_split
+from vlpeft.data.transforms import keys_to_transforms
+
+
+class ImageDecodeError(RuntimeError):
+    """Image bytes in an arrow file that PIL cannot decode."""
+
+
+class LabelError(ValueError):
+    """A label value in an arrow file that the dataset does not know."""
+
+
+def dedupe(items: Sequence[str]) -> list[str]:
+    """Order-preserving de-duplication (the original's ``list(set(...))`` depended on the hash seed)."""
+    return list(dict.fromkeys(items))
+
+
+class BaseDataset(Dataset):
+    """Rows of one split's arrow files; subclasses say which columns they read and what an item carries."""
+
+    task: str = ""
+    image_columns: tuple[str, ...] = ("image",)
+    text_column: str | None = "questions"
+    required_columns: tuple[str, ...] = ("image", "questions")
+    remove_duplicate: bool = False
+
+    def __init__(self, data_root: str | os.PathLike, names: Sequence[str], *, transform_keys: Sequence[str],
+                 image_size: int, tokenizer: Any, max_text_len: int = 40, split: str = "train",
+                 draw_false_text: int = 0, seed: int = 0, image_only: bool = False, text_only: bool = False):
+        if image_only and text_only:
+            raise ValueError("a dataset cannot be image_only and text_only at once")
+        self.data_root = str(data_root)
+        self.names = list(names)
+        self.split = split
+        self.transform_keys = list(transform_keys)
+        self.image_size = int(image_size)
+        self.transforms: list[Callable] = keys_to_transforms(self.transform_keys, self.image_size)
+        self.tokenizer = tokenizer
+        self.max_text_len = int(max_text_len)
+        self.draw_false_text = int(draw_false_text)
+        self.seed = int(seed)
+        self.image_only = image_only
+        self.text_only = text_only
+        self._st: SplitTable | None = load_split(self.data_root, self.names, self.required_columns)
+        # shared memory: DataLoader workers (forked or spawned, persistent or not) see set_epoch() at once
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+        self.texts: list[list[str]] = []
+        if self.text_column is not None:
+            raw = self.table.column_pylist(self.text_column)
+            self.texts = [self._row_texts(r) for r in raw]
+        self._load_columns()
+        if self.text_column is not None and not image_only:
+            counts = np.fromiter((len(t) for t in self.texts), dtype=np.int64, count=len(self.texts))
+            self._rows = np.repeat(np.arange(len(self.texts), dtype=np.int64), counts)
+            self._caps = (np.arange(counts.sum(), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts))
+        else:
+            self._rows = np.arange(len(self.table), dtype=np.int64)
+            self._caps = np.full(len(self._rows), -1, dtype=np.int64)
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def table(self) -> SplitTable:
+        if self._st is None:  # re-opened after unpickling (spawned workers): the mapping is not pickled
+            self._st = load_split(self.data_root, self.names, self.required_columns)
+        return self._st
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_st"] = None
+        return state
+
+    def _row_texts(self, value: Any) -> list[str]:
+        texts = [] if value is None else [str(t) for t in value]
+        return dedupe(texts) if self.remove_duplicate else texts
+
+    def _load_columns(self) -> None:
+        """Convert the subclass's non-image columns to Python once."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def index(self, i: int) -> tuple[int, int]:
+        """Item index → (global row, text index or -1)."""
+        if not 0 <= i < len(self._rows):
+            raise IndexError(f"{type(self).__name__} index {i} out of range ({len(self._rows)} items)")
+        return int(self._rows[i]), int(self._caps[i])
+
+    # ------------------------------------------------------------------ pieces
+    def image_key(self, row: int) -> str:
+        name, local, _ = self.table.locate(row)
+        return f"{name}:{local}"
+
+    def get_image(self, row: int, column: str = "image") -> torch.Tensor:
+        data = self.table.binary(column, row)
+        try:
+            img = Image.open(io.BytesIO(data))
+            img = img.convert("RGB")
+        except Exception as e:  # any PIL failure: name the file and the row instead of substituting a sample
+            name, local, path = self.table.locate(row)
+            size = "None" if data is None else f"{len(data)} bytes"
+            raise ImageDecodeError(f"cannot decode the image in {path} row {local} column {column!r} ({size}): "
+                                   f"{type(e).__name__}: {e}") from e
+        # several transform keys gave the original several views; every model read view 0 only
+        return self.transforms[0](img)
+
+    def encode(self, text: str) -> dict[str, list[int]]:
+        enc = self.tokenizer(text, padding="max_length", truncation=True, max_length=self.max_text_len,
+                             return_special_tokens_mask=True,
+                             return_offsets_mapping=bool(getattr(self.tokenizer, "is_fast", False)))
+        return {k: list(v) for k, v in enc.items() if k in ("input_ids", "attention_mask", "special_tokens_mask",
+                                                              "offset_mapping")}
+
+    def base_item(self, row: int, cap: int) -> dict[str, Any]:
+        name, _, _ = self.table.locate(row)
+        item: dict[str, Any] = {"task": self.task, "table_name": name, "row": row}
+        if not self.text_only:
+            for col in self.image_columns:
+                out_key = "image" if col == "image" else col
+                item[out_key] = self.get_image(row, col)
+        item["image_key"] = self.image_key(row)  # for NLVR2 the pair; image_0_key/image_1_key name each image
+        if self.image_columns != ("image",):
+            for col in self.image_columns:
+                item[f"{col}_key"] = f"{item['image_key']}:{col}"
+        if cap >= 0:
+            text = self.texts[row][cap]
+            item["text"] = text
+            item["text_encoding"] = self.encode(text)
+        return item
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row, cap = self.index(i)
+        item = self.base_item(row, cap)
+        if cap >= 0:
+            self.add_targets(item, row, cap)
+        return item
+
+    def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
+        """Task-specific fields for text ``cap`` of ``row``."""
+
+    def _label_error(self, row: int, msg: str) -> LabelError:
+        _, local, path = self.table.locate(row)
+        return LabelError(f"{path} row {local}: {msg}")
+
+
+def _per_question(values: list | None, j: int) -> list:
+    """Test splits store ``[]`` per row instead of one list per question."""
+    if not values or j >= len(values) or values[j] is None:
+        return []
+    return list(values[j])
+
+
+class VQADataset(BaseDataset):
+    task = "vqa"
+    required_columns = ("image", "questions", "answers", "answer_labels", "answer_scores", "question_id")
+
+    def _load_columns(self) -> None:
+        t = self.table
+        self.answers = t.column_pylist("answers")
+        self.answer_labels = t.column_pylist("answer_labels")
+        self.answer_scores = t.column_pylist("answer_scores")
+        self.question_ids = t.column_pylist("question_id")
+
+    def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
+        labels = [int(x) for x in _per_question(self.answer_labels[row], cap)]
+        scores = [float(x) for x in _per_question(self.answer_scores[row], cap)]
+        if len(labels) != len(scores):
+            raise self._label_error(row, f"question {cap} has {len(labels)} answer_labels but {len(scores)} "
+                                         f"answer_scores")
+        item["vqa_labels"] = labels
+        item["vqa_scores"] = scores
+        item["vqa_answer"] = [str(a) for a in _per_question(self.answers[row], cap)]
+        item["qid"] = int(self.question_ids[row][cap])
+
+
+class GQADataset(VQADataset):
+    task = "gqa"
+
+    def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
+        # test-dev has answers (the original emptied them for split "test"); keep whatever the file holds
+        item["gqa_labels"] = [int(x) for x in _per_question(self.answer_labels[row], cap)]
+        item["gqa_scores"] = [float(x) for x in _per_question(self.answer_scores[row], cap)]
+        item["gqa_answer"] = [str(a) for a in _per_question(self.answers[row], cap)]
+        item["qid"] = str(self.question_ids[row][cap])
+
+
+SNLI_VE_LABELS = {"contradiction": 0, "neutral": 1, "entailment": 2}
+
+
+class SNLIVEDataset(BaseDataset):
+    task = "snli_ve"
+    required_columns = ("image", "questions", "answers")
+
+    def _load_columns(self) -> None:
+        self.answers = self.table.column_pylist("answers")
+
+    def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
+        answers = self.answers[row] or []
+        if cap >= len(answers):
+            raise self._label_error(row, f"hypothesis {cap} has no answer ({len(answers)} answers)")
+        label = str(answers[cap]).strip()
+        if label not in SNLI_VE_LABELS:
+            raise self._label_error(row, f"unknown SNLI-VE label {label!r}; expected one of {list(SNLI_VE_LABELS)}")
+        item["snli_ve_label"] = SNLI_VE_LABELS[label]
+
+
+class NLVR2Dataset(BaseDataset):
+    task = "nlvr2"
+    image_columns = ("image_0", "image_1")
+    required_columns = ("image_0", "image_1", "questions", "answers")
+
+    def _load_columns(self) -> None:
+        self.answers = self.table.column_pylist("answers")
+
+    def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
+        answers = self.answers[row] or []
+        if cap >= len(answers):
+            raise self._label_error(row, f"sentence {cap} has no answer ({len(answers)} answers)")
+        value = answers[cap]
+        if isinstance(value, bool):
+            item["nlvr2_label"] = int(value)
+        elif str(value) in ("True", "False"):
+            item["nlvr2_label"] = int(str(value) == "True")
+        else:
+            raise self._label_error(row, f"NLVR2 answer {value!r} is neither 'True' nor 'False'")
+
+
+class CaptionDataset(BaseDataset):
+    """Flickr30K / COCO Karpathy: one item per (image, caption), ``draw_false_text`` seeded negative captions."""
+
+    task = "irtr"
+    text_column = "caption"
+    required_columns = ("image", "caption")
+    remove_duplicate = True
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row, cap = self.index(i)
+        item = self.base_item(row, cap)
+        item["iid"] = row
+        if cap >= 0 and self.draw_false_text > 0:
+            # per-(seed, epoch, index) generator: the same negatives in every worker, rank and re-run
+            rng = np.random.default_rng((self.seed, self.epoch, int(i)))
+            picks = rng.integers(0, len(self), size=self.draw_false_text)
+            for k, j in enumerate(picks):
+                frow, fcap = self.index(int(j))
+                item[f"false_text_{k}"] = self.texts[frow][fcap]
+                item[f"false_text_{k}_encoding"] = self.encode(self.texts[frow][fcap])
+        return item
+
+
+class F30KDataset(CaptionDataset):
+    pass
+
+
+class CocoDataset(CaptionDataset):
+    pass
+
+
+DATASETS: dict[str, type[BaseDataset]] = {
+    "vqa": VQADataset, "gqa": GQADataset, "snli_ve": SNLIVEDataset, "nlvr2": NLVR2Dataset,
+    "f30k": F30KDataset, "coco": CocoDataset,
+}

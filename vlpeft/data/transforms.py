@@ -1,0 +1,114 @@
+"""Image transforms by key (PIL RGB image → FloatTensor (3, H, W)).
+
+All randomness comes from torch's RNG (torchvision ops), which the DataLoader seeds per worker from the
+loader's base seed, so augmentation is reproducible under a fixed seed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+def minmax_size(w: int, h: int, shorter: int, longer: int) -> tuple[int, int]:
+    """Target (w, h): shorter side → ``shorter``, capped so the longer side ≤ ``longer``, rounded, floored to 32."""
+    scale = shorter / min(w, h)
+    if h < w:
+        newh, neww = shorter, scale * w
+    else:
+        newh, neww = scale * h, shorter
+    if max(newh, neww) > longer:
+        f = longer / max(newh, neww)
+        newh, neww = newh * f, neww * f
+    newh, neww = int(newh + 0.5), int(neww + 0.5)
+    # at least one 32-pixel patch (the original would produce a 0-sized image for tiny sizes)
+    return max(32, neww // 32 * 32), max(32, newh // 32 * 32)
+
+
+class MinMaxResize:
+    def __init__(self, shorter: int = 800, longer: int = 1333):
+        self.shorter, self.longer = shorter, longer
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img.resize(minmax_size(*img.size, self.shorter, self.longer), resample=Image.BICUBIC)
+
+    def __repr__(self) -> str:
+        return f"MinMaxResize(shorter={self.shorter}, longer={self.longer})"
+
+
+class ToRGB:
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img.convert("RGB")
+
+
+def rand_augment() -> T.RandAugment:
+    # torchvision's RandAugment (2 ops, magnitude 9 on a 0..30 scale, as the original's m/30) replaces the
+    # original's hand-written 14-op list. Same: Rotate 9°, ShearX/Y 0.09, AutoContrast, Equalize, random signs.
+    # Different: Identity instead of SolarizeAdd; Brightness/Color/Contrast/Sharpness factor 1 ± 0.27 instead of
+    # a fixed 0.64; translation 0.3·(150/331)·side (≈ 52 px at 384) instead of 30 px; Posterize to 7 bits
+    # instead of 1; Solarize threshold 178.5 instead of 76.8; ops drawn with torch's RNG, not `random`.
+    return T.RandAugment(num_ops=2, magnitude=9, num_magnitude_bins=31)
+
+
+def pixelbert(size: int = 800) -> Callable:
+    longer = int((1333 / 800) * size)
+    return T.Compose([MinMaxResize(shorter=size, longer=longer), T.ToTensor(), T.Normalize(HALF, HALF)])
+
+
+def pixelbert_randaug(size: int = 800) -> Callable:
+    return T.Compose([ToRGB(), rand_augment(), pixelbert(size)])
+
+
+def clip(size: int = 224) -> Callable:
+    return T.Compose([T.Resize(size, interpolation=InterpolationMode.BICUBIC), T.CenterCrop(size), ToRGB(),
+                      T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
+
+
+def clip_randaug(size: int = 224) -> Callable:
+    return T.Compose([ToRGB(), rand_augment(), clip(size)])
+
+
+def imagenet(size: int = 224) -> Callable:
+    return T.Compose([T.Resize(size, interpolation=InterpolationMode.BICUBIC), T.CenterCrop(size), ToRGB(),
+                      T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def imagenet_randaug(size: int = 224) -> Callable:
+    return T.Compose([ToRGB(), rand_augment(), imagenet(size)])
+
+
+def vit(size: int = 224) -> Callable:
+    return T.Compose([T.Resize(size, interpolation=InterpolationMode.BICUBIC), T.CenterCrop(size), ToRGB(),
+                      T.ToTensor(), T.Normalize(HALF, HALF)])
+
+
+def vit_randaug(size: int = 224) -> Callable:
+    return T.Compose([ToRGB(), rand_augment(), vit(size)])
+
+
+TRANSFORMS: dict[str, Callable[[int], Callable]] = {
+    "pixelbert": pixelbert, "pixelbert_randaug": pixelbert_randaug, "clip": clip, "clip_randaug": clip_randaug,
+    "imagenet": imagenet, "imagenet_randaug": imagenet_randaug, "vit": vit, "vit_randaug": vit_randaug,
+}
+# transforms whose output size is fixed (size × size): the collate's image_mask is then all True
+FIXED_SIZE_KEYS = frozenset(k for k in TRANSFORMS if not k.startswith("pixelbert"))
+
+
+def keys_to_transforms(keys: Sequence[str] | str, size: int) -> list[Callable]:
+    if isinstance(keys, str):
+        keys = [keys]
+    if not keys:
+        raise ValueError(f"transform keys are empty; choose from {sorted(TRANSFORMS)}")
+    unknown = [k for k in keys if k not in TRANSFORMS]
+    if unknown:
+        raise ValueError(f"unknown transform key(s) {unknown}; choose from {sorted(TRANSFORMS)}")
+    return [TRANSFORMS[k](int(size)) for k in keys]

@@ -1,0 +1,140 @@
+"""Optimiser and learning-rate schedule (the originals' ``set_schedule``), on current PyTorch / transformers.
+
+Four parameter groups: {weight decay, no decay} × {base lr, head lr·lr_mult}. As in the originals the
+no-decay test is a substring test on names, so LayerNorm weights whose names match none of the substrings
+(the DAS adapters' ``adapter_layer_norm_before.weight``, the heads' ``…classifier.1.weight``) *are* decayed;
+kept for fidelity (seeds.md §8 item 21).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+NO_DECAY = (
+    "bias", "LayerNorm.bias", "LayerNorm.weight",
+    "norm.bias", "norm.weight", "norm1.bias", "norm1.weight", "norm2.bias", "norm2.weight",
+    "layernorm.weight", "layernorm.bias",  # DVP's addition (LLaMA's input_/post_attention_layernorm)
+)
+HEAD_NAMES = ("vqa_classifier", "nlvr2_classifier", "gqa_classifier", "snli_ve_classifier")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "constant", "<number: polynomial power>")
+
+
+def _named(model_or_named_params: nn.Module | Iterable[tuple[str, nn.Parameter]]) -> list[tuple[str, nn.Parameter]]:
+    if isinstance(model_or_named_params, nn.Module):
+        return list(model_or_named_params.named_parameters())
+    return list(model_or_named_params)
+
+
+def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], config: Mapping[str, Any],
+                 head_names: Sequence[str] = HEAD_NAMES) -> list[dict[str, Any]]:
+    """The original four groups over parameters with ``requires_grad`` (empty groups dropped).
+
+    Each group carries a ``name`` (decay / no_decay / head_decay / head_no_decay) and ``param_names``
+    for inspection; torch optimisers keep extra group keys untouched.
+    """
+    lr = float(config["learning_rate"])
+    wd = float(config["weight_decay"])
+    lr_mult = float(config.get("lr_mult", 1))
+    groups: dict[str, dict[str, Any]] = {
+        "decay": {"params": [], "param_names": [], "weight_decay": wd, "lr": lr},
+        "no_decay": {"params": [], "param_names": [], "weight_decay": 0.0, "lr": lr},
+        "head_decay": {"params": [], "param_names": [], "weight_decay": wd, "lr": lr * lr_mult},
+        "head_no_decay": {"params": [], "param_names": [], "weight_decay": 0.0, "lr": lr * lr_mult},
+    }
+    seen: set[int] = set()
+    for name, p in named_params:
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        head = any(h in name for h in head_names)
+        no_decay = any(nd in name for nd in NO_DECAY)
+        key = ("head_" if head else "") + ("no_decay" if no_decay else "decay")
+        groups[key]["params"].append(p)
+        groups[key]["param_names"].append(name)
+    return [dict(g, name=k) for k, g in groups.items() if g["params"]]
+
+
+def build_optimizer(model_or_named_params: nn.Module | Iterable[tuple[str, nn.Parameter]],
+                    config: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """``optim_type``: adamw (decoupled decay, betas (0.9, 0.98), eps 1e-8), adam, or sgd (momentum 0.9)."""
+    groups = param_groups(_named(model_or_named_params), config)
+    if not groups:
+        raise ValueError("no parameter has requires_grad=True: nothing to optimise (check the trainable set)")
+    lr = float(config["learning_rate"])
+    kind = str(config.get("optim_type", "adamw")).lower()
+    if kind == "adamw":
+        # torch's AdamW = the deprecated transformers AdamW (decoupled decay, bias correction)
+        return torch.optim.AdamW(groups, lr=lr, eps=1e-8, betas=(0.9, 0.98))
+    if kind == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    raise ValueError(f"optim_type={config.get('optim_type')!r} is not one of {OPTIMIZERS}")
+
+
+def warmup_steps(config: Mapping[str, Any], total_steps: int) -> int:
+    """``warmup_steps`` as a step count: an int is taken as is, a float is a fraction of ``total_steps``."""
+    w = config.get("warmup_steps", 0)
+    if isinstance(w, bool) or not isinstance(w, (int, float)):
+        raise ValueError(f"warmup_steps must be an int (steps) or a float (fraction of total), got {w!r}")
+    if isinstance(w, float):
+        if not 0.0 <= w <= 1.0:
+            raise ValueError(f"warmup_steps={w} as a float is a fraction of the total steps; use 0.0 … 1.0")
+        return int(total_steps * w)
+    if w < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {w}")
+    return int(w)
+
+
+def polynomial_multiplier(step: int, warmup: int, total: int, lr_init: float, lr_end: float,
+                          power: float) -> float:
+    """HF's ``get_polynomial_decay_schedule_with_warmup`` multiplier (guarded against total == warmup)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    if step > total:
+        return lr_end / lr_init
+    decay_steps = max(1, total - warmup)
+    remaining = 1.0 - (step - warmup) / decay_steps
+    return ((lr_init - lr_end) * remaining ** power + lr_end) / lr_init
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: Mapping[str, Any], total_steps: int) -> dict[str, Any]:
+    """Lightning scheduler dict stepping every optimizer step.
+
+    ``decay_power``: a number → polynomial decay from the lr to ``end_lr`` with linear warm-up (HF formula; each
+    group's own lr is scaled by the same multiplier, so heads keep their multiple); "cosine" → HF cosine with
+    warm-up; "constant" → HF constant with warm-up.
+    """
+    total = int(total_steps)
+    if total <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps} (set max_steps or max_epoch)")
+    warmup = warmup_steps(config, total)
+    power = config.get("decay_power", 1)
+    if power == "cosine":
+        from transformers import get_cosine_schedule_with_warmup
+
+        sched = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    elif power == "constant":
+        from transformers import get_constant_schedule_with_warmup
+
+        sched = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup)
+    else:
+        try:
+            p = float(power)
+        except (TypeError, ValueError):
+            raise ValueError(f"decay_power={power!r} is not one of {SCHEDULES}") from None
+        if isinstance(power, bool) or not math.isfinite(p):
+            raise ValueError(f"decay_power={power!r} is not one of {SCHEDULES}")
+        lr_init = float(optimizer.defaults["lr"])
+        lr_end = float(config.get("end_lr", 0) or 0)
+        if not lr_init > lr_end:
+            raise ValueError(f"end_lr ({lr_end}) must be smaller than learning_rate ({lr_init})")
+        # own LambdaLR with the HF formula: HF divides by (total - warmup), which is 0 when they are equal
+        sched = LambdaLR(optimizer, lambda s: polynomial_multiplier(s, warmup, total, lr_init, lr_end, p))
+    return {"scheduler": sched, "interval": "step", "frequency": 1}

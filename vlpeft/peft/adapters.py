@@ -1,0 +1,85 @@
+"""Adapter modules.
+
+``DASAdapter`` (VILT helper): the bottleneck adapter of DAS (seeds.md §3 "DAS adapter"), used twice per ViLT
+block in parallel with attention and MLP (no residual) and once per block as the *skip adapter* that replaces a
+skipped block (with residual).
+
+Other adapters (e.g. the DVP ``SequentialAdapter``) are appended below by their owners.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class DASAdapter(nn.Module):
+    """``scale · up_proj(ReLU(down_proj(LayerNorm(x))))`` (+ ``x`` when ``residual``).
+
+    Parameter names follow the original checkpoints: ``adapter_layer_norm_before.{weight,bias}``,
+    ``down_proj.*``, ``up_proj.*``. Parameters: ``2d + (d·b + b) + (b·d + d)``.
+
+    Initialisation is BERT-style (weights N(0, 0.02), zero biases, LayerNorm 1/0). Note: when the adapter lives
+    inside a timm ViT block, timm's ViT init later re-initialises its Linear layers with trunc-normal std 0.02,
+    as in the original; for that reason this class deliberately has no ``init_weights`` method (timm would call it).
+    """
+
+    def __init__(self, dim: int, bottleneck: int, residual: bool = False, scale: float = 1.0, dropout: float = 0.0):
+        super().__init__()
+        if dim <= 0 or bottleneck <= 0:
+            raise ValueError(f"DASAdapter needs positive dim and bottleneck, got dim={dim}, bottleneck={bottleneck}")
+        self.dim, self.bottleneck, self.residual, self.scale = int(dim), int(bottleneck), bool(residual), float(scale)
+        # eps 1e-5 (PyTorch default), unlike the ViT's 1e-6: as the original
+        self.adapter_layer_norm_before = nn.LayerNorm(dim)
+        self.down_proj = nn.Linear(dim, bottleneck)
+        self.act = nn.ReLU()
+        self.dropout = nn.Dropout(dropout)
+        self.up_proj = nn.Linear(bottleneck, dim)
+        self.reset_parameters_bert()
+
+    @torch.no_grad()
+    def reset_parameters_bert(self, std: float = 0.02) -> None:
+        for lin in (self.down_proj, self.up_proj):
+            lin.weight.normal_(mean=0.0, std=std)
+            lin.bias.zero_()
+        self.adapter_layer_norm_before.weight.fill_(1.0)
+        self.adapter_layer_norm_before.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up_proj(self.dropout(self.act(self.down_proj(self.adapter_layer_norm_before(x))))) * self.scale
+        return x + h if self.residual else h
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, bottleneck={self.bottleneck}, residual={self.residual}, scale={self.scale}"
+
+
+class SequentialAdapter(nn.Module):
+    """DVP's sequential bottleneck adapter: ``x + up(act(down(x)))`` on a sublayer output.
+
+    BERT/T5 (seeds.md §3.3): ReLU, bottleneck ``d // 8``, weights N(0, 0.01), zero biases.
+    LLaMA: SiLU, bottleneck ``d // 64`` (the caller floors it at 8 for small models), Xavier-uniform
+    weights, zero biases. Near-identity at initialisation, so inserting it barely changes a pretrained PLM.
+    """
+
+    def __init__(self, dim: int, bottleneck: int, activation: str = "relu", init: str = "normal",
+                 init_std: float = 0.01) -> None:
+        super().__init__()
+        acts = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
+        if activation not in acts:
+            raise ValueError(f"SequentialAdapter activation {activation!r} is not one of {sorted(acts)}")
+        if init not in ("normal", "xavier"):
+            raise ValueError(f"SequentialAdapter init {init!r} is not 'normal' or 'xavier'")
+        if bottleneck <= 0:
+            raise ValueError(f"SequentialAdapter bottleneck must be positive, got {bottleneck}")
+        self.down = nn.Linear(dim, bottleneck)
+        self.act = acts[activation]()
+        self.up = nn.Linear(bottleneck, dim)
+        for lin in (self.down, self.up):
+            if init == "normal":
+                nn.init.normal_(lin.weight, std=init_std)
+            else:
+                nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.act(self.down(x)))

@@ -1,0 +1,137 @@
+"""The Placement: what a search run decides and a train run uses.
+
+``{"method": "das", "skip": [3, 7]}`` or ``{"method": "kab", "insert_layer": 5}``, plus the search's
+final per-layer scores and the number of candidate layers it was searched on. One dataclass, one place
+that validates it against the backbone's layer count.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from vlpeft._io import write_json_atomic
+
+METHODS = ("das", "kab")
+
+
+class PlacementError(ValueError):
+    """A placement that does not fit the backbone or is malformed."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    method: str
+    skip: tuple[int, ...] = ()
+    insert_layer: int | None = None
+    num_layers: int | None = None  # candidate layers of the backbone it was searched on
+    scores: tuple[float, ...] = ()  # final per-layer gate values (das) or preferences (kab)
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise PlacementError(f"placement method {self.method!r} is not one of {METHODS}")
+        object.__setattr__(self, "skip", tuple(int(i) for i in self.skip))
+        object.__setattr__(self, "scores", tuple(float(s) for s in self.scores))
+        if self.method == "kab" and self.insert_layer is None:
+            raise PlacementError("a 'kab' placement needs insert_layer")
+        if self.method == "das" and self.insert_layer is not None:
+            raise PlacementError("a 'das' placement has no insert_layer")
+        if self.num_layers is not None:
+            self.validate(self.num_layers)
+
+    @classmethod
+    def das(cls, skip: Sequence[int], **kw: Any) -> "Placement":
+        return cls(method="das", skip=tuple(skip), **kw)
+
+    @classmethod
+    def kab(cls, insert_layer: int, **kw: Any) -> "Placement":
+        return cls(method="kab", insert_layer=int(insert_layer), **kw)
+
+    def validate(self, num_layers: int) -> "Placement":
+        """Raise a PlacementError naming the problem unless this placement fits ``num_layers`` layers."""
+        if self.method == "das":
+            validate_skip(self.skip, num_layers)
+        else:
+            validate_insert_layer(self.insert_layer, num_layers)
+        if self.num_layers is not None and self.num_layers != num_layers:
+            raise PlacementError(
+                f"placement was searched on a backbone with {self.num_layers} layers, "
+                f"but this backbone has {num_layers}; search again on this backbone"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"method": self.method}
+        if self.method == "das":
+            d["skip"] = list(self.skip)
+        else:
+            d["insert_layer"] = self.insert_layer
+        if self.num_layers is not None:
+            d["num_layers"] = self.num_layers
+        if self.scores:
+            d["scores"] = list(self.scores)
+        if self.meta:
+            d["meta"] = self.meta
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "placement") -> "Placement":
+        if not isinstance(d, dict) or "method" not in d:
+            raise PlacementError(f"{source}: expected a JSON object with a 'method' key ('das' or 'kab')")
+        unknown = set(d) - {"method", "skip", "insert_layer", "num_layers", "scores", "meta"}
+        if unknown:
+            raise PlacementError(f"{source}: unknown placement keys {sorted(unknown)}")
+        try:
+            return cls(
+                method=d["method"],
+                skip=tuple(d.get("skip", ())),
+                insert_layer=d.get("insert_layer"),
+                num_layers=d.get("num_layers"),
+                scores=tuple(d.get("scores", ())),
+                meta=dict(d.get("meta", {})),
+            )
+        except PlacementError as e:
+            raise PlacementError(f"{source}: {e}") from None
+
+    def save(self, path: str | Path) -> Path:
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Placement":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "placement.json"
+        if not path.is_file():
+            raise PlacementError(
+                f"placement file {path} does not exist; pass the placement.json a search run wrote "
+                "(printed at its end, in its run folder)"
+            )
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise PlacementError(f"placement file {path} is not valid JSON: {e}") from None
+        return cls.from_dict(data, source=str(path))
+
+
+def validate_skip(skip: Sequence[int], num_layers: int) -> tuple[int, ...]:
+    skip = tuple(int(i) for i in skip)
+    bad = [i for i in skip if not 0 <= i < num_layers]
+    if bad:
+        raise PlacementError(
+            f"skip_module {list(skip)}: layer(s) {bad} out of range; this backbone has layers 0..{num_layers - 1}"
+        )
+    if len(set(skip)) != len(skip):
+        dup = sorted({i for i in skip if skip.count(i) > 1})
+        raise PlacementError(f"skip_module {list(skip)}: layer(s) {dup} listed more than once")
+    return skip
+
+
+def validate_insert_layer(k: int | None, num_layers: int) -> int:
+    if k is None or isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < num_layers:
+        raise PlacementError(
+            f"insert_layer={k!r} is out of range; this backbone has layers 0..{num_layers - 1}"
+        )
+    return k

@@ -1,0 +1,155 @@
+"""Test-only prediction files: the VQA EvalAI submission, GQA and SNLI-VE prediction lists.
+
+Fix of the originals (per-rank files in the CWD, a glob that merged stale files, duplicates from
+DistributedSampler padding, non-atomic writes): predictions are gathered in memory, de-duplicated by
+question id, checked against the expected id set, and written atomically to an explicit path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Hashable, Iterable, Mapping, Sequence
+
+import torch.distributed as dist
+
+from vlpeft._io import write_json_atomic
+
+UNKNOWN_ANSWER = "unknown"
+
+
+class SubmissionError(ValueError):
+    """Predictions that cannot form a valid submission file."""
+
+
+def gather_predictions(local_list: Sequence[Any]) -> list[Any]:
+    """All ranks' lists concatenated in rank order (``all_gather_object``); the list itself without a group."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, list(local_list))
+        return [x for part in gathered for x in part]
+    return list(local_list)
+
+
+def answers_from_ids(pred_ids: Iterable[int], id2answer: Mapping[int, str] | Sequence[str]) -> list[str]:
+    """Class ids → answer strings; ids outside the vocabulary become "unknown" (as the originals)."""
+    out = []
+    for i in pred_ids:
+        i = int(i)
+        try:
+            out.append(str(id2answer[i]))
+        except (KeyError, IndexError):
+            out.append(UNKNOWN_ANSWER)
+    return out
+
+
+def _dedupe(pairs: Iterable[tuple[Hashable, Any]], what: str) -> dict[Hashable, Any]:
+    """Same id twice with the same value is padding (kept once); with different values it is an error."""
+    seen: dict[Hashable, Any] = {}
+    for k, v in pairs:
+        if k in seen and seen[k] != v:
+            raise SubmissionError(f"{what} {k!r} predicted twice with different values: {seen[k]!r} vs {v!r}")
+        seen[k] = v
+    return seen
+
+
+def _check_expected(got: Iterable[Hashable], expected: Iterable[Hashable] | None, what: str) -> None:
+    if expected is None:
+        return
+    got_set, exp_set = set(got), set(expected)
+    missing = sorted(exp_set - got_set, key=str)
+    extra = sorted(got_set - exp_set, key=str)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} expected {what}s missing (first: {missing[:5]})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected {what}s (first: {extra[:5]})")
+        raise SubmissionError("; ".join(parts) + "; was the whole test split evaluated (limit_test_batches?)")
+
+
+def write_vqa_submission(qids: Sequence[int], preds: Sequence[str], path: str | os.PathLike,
+                         expected_qids: Iterable[int] | None = None) -> Path:
+    """JSON list of ``{"question_id": int, "answer": str}`` sorted by question id (the EvalAI format)."""
+    if len(qids) != len(preds):
+        raise SubmissionError(f"{len(qids)} question ids but {len(preds)} answers")
+    by_qid = _dedupe(((int(q), str(a)) for q, a in zip(qids, preds)), "question_id")
+    _check_expected(by_qid, None if expected_qids is None else (int(q) for q in expected_qids), "question_id")
+    rows = [{"question_id": q, "answer": by_qid[q]} for q in sorted(by_qid)]
+    return write_json_atomic(path, rows, indent=4)
+
+
+def write_predictions(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, key: str | None = None,
+                      expected_keys: Iterable[Hashable] | None = None) -> Path:
+    """A JSON list of prediction rows, e.g. GQA ``{"questionId", "prediction"}`` or SNLI-VE rows.
+
+    With ``key`` the rows are de-duplicated by ``row[key]`` (conflicting duplicates raise), checked against
+    ``expected_keys`` and sorted by key; without it they are written in the given order.
+    """
+    rows = [dict(r) for r in rows]
+    if key is not None:
+        missing_key = [i for i, r in enumerate(rows) if key not in r]
+        if missing_key:
+            raise SubmissionError(f"{len(missing_key)} prediction rows lack the key {key!r} (first row {missing_key[0]})")
+        by_key = _dedupe(((r[key], _frozen(r)) for r in rows), key)
+        _check_expected(by_key, expected_keys, key)
+        rows = [dict(by_key[k]) for k in sorted(by_key, key=_sort_key)]
+    return write_json_atomic(path, rows, indent=4)
+
+
+def write_gqa_predictions(qids: Sequence[str], preds: Sequence[str], path: str | os.PathLike,
+                          expected_qids: Iterable[str] | None = None) -> Path:
+    """GQA's ``[{"questionId": str, "prediction": str}]`` (the format of the official evaluation script)."""
+    if len(qids) != len(preds):
+        raise SubmissionError(f"{len(qids)} question ids but {len(preds)} predictions")
+    rows = [{"questionId": str(q), "prediction": str(p)} for q, p in zip(qids, preds)]
+    return write_predictions(rows, path, key="questionId",
+                             expected_keys=None if expected_qids is None else [str(q) for q in expected_qids])
+
+
+class _frozen(tuple):
+    """A hashable, comparable view of a row (so identical duplicate rows compare equal)."""
+
+    def __new__(cls, row: Mapping[str, Any]):
+        return super().__new__(cls, sorted(row.items()))
+
+
+def _sort_key(k: Any) -> tuple[int, Any]:
+    # numeric ids in numeric order (GQA ids are digit strings), anything else as text
+    try:
+        return (0, int(k))
+    except (TypeError, ValueError):
+        return (1, str(k))
+
+
+def write_test_dumps(rows_by_task: Mapping[str, Sequence[Mapping[str, Any]]],
+                     id2answer: Mapping[str, Mapping[int, str] | Sequence[str]],
+                     out_dir: str | os.PathLike, name: str,
+                     expected_qids: Mapping[str, Iterable[Hashable]] | None = None) -> dict[str, Path]:
+    """Write every test dump a run produces: ``vqa_submit_<name>.json`` (VQAv2 server format),
+    ``gqa_predict_<name>.json`` and ``<task>_predict_<name>.json`` for the classification tasks.
+
+    ``rows_by_task`` are the (already gathered) rows of ``metrics.predictions``; ``id2answer`` maps a task
+    to its label vocabulary.
+    """
+    out_dir = Path(out_dir)
+    expected_qids = expected_qids or {}
+    written: dict[str, Path] = {}
+    for task, rows in rows_by_task.items():
+        if not rows:
+            continue
+        if task == "vqa":
+            qids = [r["question_id"] for r in rows]
+            preds = answers_from_ids([r["pred"] for r in rows], id2answer.get("vqa", ()))
+            written[task] = write_vqa_submission(qids, preds, out_dir / f"vqa_submit_{name}.json",
+                                                 expected_qids=expected_qids.get("vqa"))
+        elif task == "gqa":
+            qids = [r["questionId"] for r in rows]
+            preds = answers_from_ids([r["pred"] for r in rows], id2answer.get("gqa", ()))
+            written[task] = write_gqa_predictions(qids, preds, out_dir / f"gqa_predict_{name}.json",
+                                                  expected_qids=expected_qids.get("gqa"))
+        else:
+            vocab = id2answer.get(task)
+            rows = [dict(r, prediction=answers_from_ids([r["pred"]], vocab)[0]) if vocab else dict(r) for r in rows]
+            written[task] = write_predictions(rows, out_dir / f"{task}_predict_{name}.json")
+    return written

@@ -1,0 +1,125 @@
+"""Task heads with the original parameter names (`vqa_classifier`, `nlvr2_classifier`, ...).
+
+The heads live in one ``nn.ModuleDict`` keyed by those names, so an original checkpoint's
+``vqa_classifier.0.weight`` maps to ``heads.vqa_classifier.0.weight`` by a plain prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+# Tasks this package has objectives for, and the head entries each one builds.
+TASK_HEADS: dict[str, tuple[str, ...]] = {
+    "vqa": ("vqa_classifier",),
+    "gqa": ("gqa_classifier",),
+    "snli_ve": ("snli_ve_classifier",),
+    "nlvr2": ("nlvr2_classifier",),
+    "irtr": ("itm_score", "rank_output"),
+}
+SNLI_VE_CLASSES = 3  # contradiction 0, neutral 1, entailment 2
+NLVR2_CLASSES = 2
+
+
+def init_weights(module: nn.Module) -> None:
+    """BERT-style init used by ViLT/METER/DVP for heads: N(0, 0.02) weights, zero biases, LayerNorm 1/0."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        module.weight.data.normal_(mean=0.0, std=0.02)
+    elif isinstance(module, nn.LayerNorm):
+        module.weight.data.fill_(1.0)
+        module.bias.data.zero_()
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        module.bias.data.zero_()
+
+
+def active_tasks(loss_names: Mapping[str, float]) -> list[str]:
+    """Tasks whose gate is >= 1 (the ViLT/DVP rule; ViLT's F30K itm=0.5 is therefore inactive)."""
+    if not isinstance(loss_names, Mapping):
+        raise TypeError(f"config['loss_names'] must be a dict task -> gate, got {type(loss_names).__name__}")
+    tasks = [t for t, v in loss_names.items() if v is not None and float(v) >= 1]
+    unknown = [t for t in tasks if t not in TASK_HEADS]
+    if unknown:
+        raise ValueError(
+            f"loss_names activates {unknown} but vlpeft implements only {sorted(TASK_HEADS)}; "
+            f"set {', '.join(f'{t}=0' for t in unknown)} in loss_names"
+        )
+    return tasks
+
+
+def _classifier(d_in: int, d_hidden: int, n_out: int) -> nn.Sequential:
+    # Linear -> LayerNorm -> GELU -> Linear: indices 0..3 match the original state-dict names
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.LayerNorm(d_hidden), nn.GELU(), nn.Linear(d_hidden, n_out))
+
+
+class ITMHead(nn.Module):
+    """Image-text matching head (`itm_score.fc`); only carried to seed `rank_output` for IRTR."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.fc = nn.Linear(hidden_size, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def _positive_int(config: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    value = config.get(key, default)
+    if value is None or isinstance(value, bool) or int(value) <= 0:
+        raise ValueError(f"config[{key!r}] must be a positive int (the number of classes), got {value!r}")
+    return int(value)
+
+
+def build_heads(config: Mapping[str, Any], hidden_size: int) -> nn.ModuleDict:
+    """Heads for the active tasks of ``config["loss_names"]``, reading widths from ``hidden_size``.
+
+    ``config["head_hidden"]`` (0 / missing = 2·hidden) sets the classifier's inner width; DVP-LLaMA uses 512.
+    All heads get ``init_weights`` (DVP-LLaMA's original left GQA/SNLI-VE heads at PyTorch's default init;
+    we initialise every head the same way).
+    """
+    if int(hidden_size) <= 0:
+        raise ValueError(f"hidden_size must be positive, got {hidden_size}")
+    d = int(hidden_size)
+    inner = int(config.get("head_hidden") or 0) or 2 * d
+    if "loss_names" not in config:
+        raise KeyError("build_heads needs config['loss_names'] (a dict task -> gate, e.g. {'vqa': 1})")
+    tasks = active_tasks(config["loss_names"])
+    heads = nn.ModuleDict()
+    for task in tasks:
+        if task == "vqa":
+            heads["vqa_classifier"] = _classifier(d, inner, _positive_int(config, "vqav2_label_size"))
+        elif task == "gqa":
+            heads["gqa_classifier"] = _classifier(d, inner, _positive_int(config, "gqa_label_size", 1843))
+        elif task == "snli_ve":
+            heads["snli_ve_classifier"] = _classifier(d, inner, SNLI_VE_CLASSES)
+        elif task == "nlvr2":
+            # input is [cls(image_0); cls(image_1)]
+            heads["nlvr2_classifier"] = _classifier(2 * d, inner, NLVR2_CLASSES)
+        elif task == "irtr":
+            heads["itm_score"] = ITMHead(d)
+            heads["rank_output"] = nn.Linear(d, 1)
+    heads.apply(init_weights)
+    if "rank_output" in heads:
+        init_rank_output_from_itm(heads)
+    return heads
+
+
+@torch.no_grad()
+def init_rank_output_from_itm(heads: nn.ModuleDict) -> None:
+    """``rank_output`` := row 1 (the "match" logit) of ``itm_score.fc``; ``itm_score`` is frozen.
+
+    Call again after loading a checkpoint that carries ``itm_score`` (heads are built before loading).
+    The original shared storage with the ITM row; we copy, so training rank_output leaves itm_score intact.
+    """
+    if "rank_output" not in heads or "itm_score" not in heads:
+        raise KeyError("init_rank_output_from_itm needs heads 'itm_score' and 'rank_output' (irtr must be active)")
+    fc, rank = heads["itm_score"].fc, heads["rank_output"]
+    if rank.weight.shape[1] != fc.weight.shape[1]:
+        raise ValueError(
+            f"rank_output takes {rank.weight.shape[1]} features but itm_score.fc takes {fc.weight.shape[1]}"
+        )
+    rank.weight.copy_(fc.weight[1:2])
+    rank.bias.copy_(fc.bias[1:2])
+    for p in heads["itm_score"].parameters():
+        p.requires_grad_(False)

@@ -1,0 +1,212 @@
+"""Metrics (torchmetrics, sum-reduced states so DDP gives exact global values), recall@k and the_metric.
+
+``TaskMetrics`` is the per-phase collection the LightningModule updates with an objective's output;
+``compute_and_reset()`` returns flat keys (``vqa_score``, ``nlvr2_dev_accuracy``, ...) that ``the_metric`` reads.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+from torchmetrics import Metric
+
+IGNORE_INDEX = -100
+
+
+class _SumCount(Metric):
+    """``total / count`` with both states summed across processes; NaN when nothing was counted."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def compute(self) -> torch.Tensor:
+        if int(self.count) == 0:
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        return self.total / self.count
+
+
+class VQAScore(_SumCount):
+    """Per sample: the target soft score at the argmax class; compute = sum / number of samples."""
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        logits, targets = logits.detach(), targets.detach().to(logits.device)
+        if logits.shape != targets.shape:
+            raise ValueError(f"VQAScore: logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ")
+        pred = logits.argmax(-1, keepdim=True)
+        self.total += targets.gather(1, pred).double().sum()
+        self.count += logits.shape[0]
+
+
+class Accuracy(_SumCount):
+    """Top-1 accuracy over the last dim; targets equal to -100 are dropped (micro average)."""
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        logits = logits.detach()
+        targets = torch.as_tensor(targets, device=logits.device).long()
+        keep = targets != IGNORE_INDEX
+        pred = logits.argmax(-1)
+        self.total += (pred[keep] == targets[keep]).double().sum()
+        self.count += int(keep.sum())
+
+
+class Scalar(_SumCount):
+    """Running mean of logged scalars (each update counts once, as the originals' loss meters)."""
+
+    def update(self, value: torch.Tensor | float) -> None:
+        v = torch.as_tensor(value).detach().double().to(self.total.device)
+        if v.numel() != 1:
+            raise ValueError(f"Scalar metric takes one value per update, got shape {tuple(v.shape)}")
+        self.total += v.reshape(())
+        self.count += 1
+
+
+def recall_at_k(scores: torch.Tensor, img_ids: Sequence[int] | torch.Tensor,
+                txt_img_ids: Sequence[int] | torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Image→text (tr) and text→image (ir) recall@k from an (N_img × N_txt) score matrix.
+
+    ``tr_rk`` = fraction of images with a matching caption among their k best texts;
+    ``ir_rk`` = fraction of texts whose image is among their k best images (k capped at the set size).
+    """
+    scores = torch.as_tensor(scores)
+    if scores.dim() != 2:
+        raise ValueError(f"recall_at_k needs a 2-D (N_img, N_txt) score matrix, got shape {tuple(scores.shape)}")
+    iids = torch.as_tensor(img_ids, dtype=torch.long, device=scores.device)
+    tiids = torch.as_tensor(txt_img_ids, dtype=torch.long, device=scores.device)
+    n_img, n_txt = scores.shape
+    if iids.numel() != n_img or tiids.numel() != n_txt:
+        raise ValueError(f"recall_at_k: scores {tuple(scores.shape)} but {iids.numel()} image ids and "
+                         f"{tiids.numel()} text image-ids")
+    out: dict[str, float] = {}
+    for k in ks:
+        top_txt = scores.topk(min(k, n_txt), dim=1).indices  # (N_img, k)
+        tr = (tiids[top_txt] == iids[:, None]).any(dim=1).float().mean()
+        top_img = scores.topk(min(k, n_img), dim=0).indices  # (k, N_txt)
+        ir = (iids[top_img] == tiids[None, :]).any(dim=0).float().mean()
+        out[f"ir_r{k}"] = float(ir)
+        out[f"tr_r{k}"] = float(tr)
+    return out
+
+
+# tasks whose selection metric uses the held-out (dev) split when the phase has one
+SPLIT_TASKS = ("nlvr2", "snli_ve")
+
+
+def the_metric(task_scores: Mapping[str, Any]) -> float:
+    """Sum of each task's selection metric (the checkpoint monitor ``val/the_metric``).
+
+    vqa → ``vqa_score``; gqa → ``gqa_accuracy``; nlvr2 / snli_ve → ``<task>_dev_accuracy`` when present, else
+    ``<task>_accuracy``; irtr → ``ir_r1 + tr_r1`` when recall was computed (else 0).
+    Fix: the originals used the *test* accuracy for ViLT-NLVR2 and DVP-SNLI-VE (selection on the test set);
+    we select on dev (held-out). NaN entries (metrics that saw no sample) count as absent.
+    """
+    def get(key: str) -> float | None:
+        v = task_scores.get(key)
+        if v is None:
+            return None
+        v = float(v)
+        return None if math.isnan(v) else v
+
+    total = 0.0
+    for key in ("vqa_score", "gqa_accuracy"):
+        v = get(key)
+        total += v if v is not None else 0.0
+    for task in SPLIT_TASKS:
+        v = get(f"{task}_dev_accuracy")
+        if v is None:
+            v = get(f"{task}_accuracy")
+        total += v if v is not None else 0.0
+    if get("ir_r1") is not None and get("tr_r1") is not None:
+        total += get("ir_r1") + get("tr_r1")
+    return total
+
+
+class TaskMetrics(nn.Module):
+    """The metrics of one phase for the active tasks; an ``nn.Module`` so Lightning moves it to the device.
+
+    Keys: ``vqa_score, vqa_loss``; ``gqa_accuracy, gqa_loss``; for nlvr2 / snli_ve ``<t>_accuracy, <t>_loss`` and
+    ``<t>_dev_accuracy`` / ``<t>_test_accuracy`` over samples whose ``table_name`` contains "dev" / "test";
+    ``irtr_loss, irtr_accuracy`` (positive caption ranked first).
+    """
+
+    def __init__(self, tasks: Sequence[str], prefix: str = ""):
+        super().__init__()
+        self.tasks, self.prefix = list(tasks), prefix
+        m: dict[str, Metric] = {}
+        for t in self.tasks:
+            m[f"{t}_loss"] = Scalar()
+            if t == "vqa":
+                m["vqa_score"] = VQAScore()
+            elif t in ("gqa", "irtr"):
+                m[f"{t}_accuracy"] = Accuracy()
+            elif t in SPLIT_TASKS:
+                for name in (f"{t}_accuracy", f"{t}_dev_accuracy", f"{t}_test_accuracy"):
+                    m[name] = Accuracy()
+            else:
+                raise ValueError(f"TaskMetrics: no metrics defined for task {t!r}")
+        self.metrics = nn.ModuleDict(m)
+
+    def update(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
+        for t in self.tasks:
+            self.metrics[f"{t}_loss"].update(out[f"{t}_loss"])
+            if t == "vqa":
+                self.metrics["vqa_score"].update(out["vqa_logits"], out["vqa_targets"])
+                continue
+            logits, labels = out[f"{t}_logits"], out[f"{t}_labels"]
+            self.metrics[f"{t}_accuracy"].update(logits, labels)
+            if t in SPLIT_TASKS and "table_name" in batch:
+                names = list(batch["table_name"])
+                for split in ("dev", "test"):
+                    sel = torch.tensor([split in n for n in names], dtype=torch.bool, device=logits.device)
+                    if bool(sel.any()):
+                        self.metrics[f"{t}_{split}_accuracy"].update(logits[sel], labels[sel])
+
+    def compute_and_reset(self) -> dict[str, float]:
+        """Every metric is computed on every rank (keeps DDP syncs aligned); NaN (nothing seen) is dropped."""
+        values: dict[str, float] = {}
+        with warnings.catch_warnings():
+            # "compute called before update" is expected for split metrics a phase never fills
+            warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+            for name, metric in self.metrics.items():
+                v = float(metric.compute())
+                metric.reset()
+                if not math.isnan(v):
+                    values[name] = v
+        return values
+
+
+def predictions(out: Mapping[str, Any], batch: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, list[dict]]:
+    """Per-sample predicted class ids for the test dumps (CPU Python objects, ready for all_gather_object).
+
+    vqa → ``{"question_id": int, "pred": int}``; gqa → ``{"questionId": str, "pred": int}``;
+    snli_ve / nlvr2 → ``{"table_name", "image_key", "text", "pred", "label"}`` (fields the batch has).
+    Ids are mapped to answer strings by the caller (it owns the label vocabulary).
+    """
+    rows: dict[str, list[dict]] = {}
+    for t in tasks:
+        if t == "irtr":
+            continue
+        pred = out[f"{t}_logits"].detach().argmax(-1).cpu().tolist()
+        if t == "vqa":
+            rows[t] = [{"question_id": int(q), "pred": p} for q, p in zip(batch["qid"], pred)]
+        elif t == "gqa":
+            rows[t] = [{"questionId": str(q), "pred": p} for q, p in zip(batch["qid"], pred)]
+        else:
+            labels = out[f"{t}_labels"].detach().cpu().tolist()
+            per = []
+            for i, (p, y) in enumerate(zip(pred, labels)):
+                r: dict[str, Any] = {}
+                for key in ("table_name", "image_key", "image_0_key", "text"):
+                    if key in batch:
+                        r[key] = batch[key][i]
+                r.update(pred=p, label=y)
+                per.append(r)
+            rows[t] = per
+    return rows

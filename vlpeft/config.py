@@ -122,6 +122,8 @@ NEW_KEYS: dict[str, Any] = {
     "dvp_llama_xattn_dim": 512,
     "head_hidden": 0,  # 0 = 2 * hidden_size (ViLT/BERT/T5 heads); DVP-LLaMA uses 512
     "demo_images": 600,
+    "data_splits": {},  # per-dataset split override, e.g. {"vqa": {"test": ["vqav2_test-dev"]}}
+    "plm_gguf_file": "",  # a GGUF file inside the `tokenizer` folder (LLaMA weights shipped quantised)
 }
 
 ex.add_config(copy.deepcopy({**BASE_CONFIG, **NEW_KEYS}))

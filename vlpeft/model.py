@@ -59,6 +59,10 @@ class VLPeftModule(pl.LightningModule):
             )
         elif self.searching and self.method == "dvp":
             self.search = KABSearch(n, search_sample=config["search_sample"], lr=config["kab_lr"], seed=config["seed"])
+        if self.search is not None:
+            # the plot starts from the initial preferences; also keeps the buffer non-empty (a 0-byte shared
+            # storage cannot be sent to ddp_spawn workers)
+            self.search.record_history()
         self.placement = placement.validate(n) if placement is not None else None
         if not self.searching and self.placement is None:
             raise ValueError("a train run needs a placement (skip_module / insert_layer / placement=)")
@@ -126,6 +130,11 @@ class VLPeftModule(pl.LightningModule):
         return compute_tasks(self.infer_fn(**placement_kw), self.heads, batch, self.config["loss_names"])
 
     # ------------------------------------------------------------------ training
+    def on_train_epoch_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "set_epoch"):
+            dm.set_epoch(self.current_epoch)  # new retrieval negatives each epoch, reproducible under the seed
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = compute_tasks(self.infer_fn(**self._placement_kwargs(training_draw=True)), self.heads, batch,
                             self.config["loss_names"])

@@ -81,6 +81,11 @@ def _devices(config: dict[str, Any]) -> dict[str, Any]:
     strategy = config["strategy"]
     if strategy == "auto" and n * config["num_nodes"] > 1:
         strategy = "ddp"
+    if strategy in ("ddp", "ddp_spawn"):
+        from pytorch_lightning.strategies import DDPStrategy
+
+        # a skipped block's modules (and the prompt modules of layers not drawn) get no gradient in a step
+        strategy = DDPStrategy(find_unused_parameters=True, start_method="spawn" if strategy == "ddp_spawn" else "popen")
     precision = config["precision"]
     if accel == "cpu" and str(precision) in ("16", "16-mixed"):
         print("[vlpeft] precision=16 needs a GPU; running in 32-bit on the CPU")
@@ -127,6 +132,16 @@ def _finalize_label_sizes(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+class _CleanDDPExit(pl.Callback):
+    """Ranks otherwise sometimes abort at exit on CPU/gloo ("terminate called without an active exception")."""
+
+    def teardown(self, trainer, pl_module, stage):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
+            dist.barrier()
+
+
 # ---------------------------------------------------------------------------------------------- stages
 def build_trainer(config: dict[str, Any], run_dir_name: str, version: int, *, extra_callbacks=(), enable_ckpt=True):
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -135,7 +150,7 @@ def build_trainer(config: dict[str, Any], run_dir_name: str, version: int, *, ex
     dev = _devices(config)
     accumulate = grad_steps(config, dev["world"])
     logger = TensorBoardLogger(config["log_dir"], name=run_dir_name, version=version, default_hp_metric=False)
-    callbacks = list(extra_callbacks)
+    callbacks = list(extra_callbacks) + [_CleanDDPExit()]
     if enable_ckpt:
         callbacks.append(ModelCheckpoint(monitor="val/the_metric", mode="max", save_top_k=1, save_last=True,
                                          filename="best-{epoch}-{step}"))

@@ -193,12 +193,22 @@ def write_rows(dst: Path, schema: pa.Schema, items: Sequence[Any], make_row: Cal
             if buf:
                 writer.write_batch(pa.RecordBatch.from_pylist(buf, schema=schema))
                 n += len(buf)
+        _default_permissions(tmp)
     return Written(dst, n)
+
+
+def _default_permissions(path: Path) -> None:
+    """Temp files are created private (0600); give the final file the usual umask-based mode instead."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def write_vocab(dst_dir: Path, label2ans: Sequence[str], name: str = VQA_LABEL_VOCAB) -> Path:
     """The label vocabulary (list index = label id) next to the arrow files, written atomically."""
-    return write_json_atomic(Path(dst_dir) / name, list(label2ans), indent=None)
+    path = write_json_atomic(Path(dst_dir) / name, list(label2ans), indent=None)
+    _default_permissions(path)
+    return path
 
 
 def vqa_score(count: int) -> float:

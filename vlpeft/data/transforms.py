@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
+import torch
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
@@ -45,6 +47,30 @@ class MinMaxResize:
         return f"MinMaxResize(shorter={self.shorter}, longer={self.longer})"
 
 
+class ToNormalizedTensor:
+    """ToTensor + Normalize in one numpy pass (same values to ~1e-6).
+
+    Why not torchvision's pair: with the main process's intra-op threads, those two tensor ops took ~45 ms per
+    384x512 image on the 2-core dev machine (vs ~2 ms here), which made num_workers=0 loading 5x slower.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        self._scale = (1.0 / (255.0 * self.std)).astype(np.float32)
+        self._shift = (self.mean / self.std).astype(np.float32)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        arr = np.asarray(img, dtype=np.float32)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        arr = arr * self._scale - self._shift  # (x/255 - mean)/std
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+    def __repr__(self) -> str:
+        return f"ToNormalizedTensor(mean={self.mean.tolist()}, std={self.std.tolist()})"
+
+
 class ToRGB:
     def __call__(self, img: Image.Image) -> Image.Image:
         return img.convert("RGB")
@@ -61,7 +87,7 @@ def rand_augment() -> T.RandAugment:
 
 def pixelbert(size: int = 800) -> Callable:
     longer = int((1333 / 800) * size)
-    return T.Compose([MinMaxResize(shorter=size, longer=longer), T.ToTensor(), T.Normalize(HALF, HALF)])
+    return T.Compose([MinMaxResize(shorter=size, longer=longer), ToNormalizedTensor(HALF, HALF)])
 
 
 def pixelbert_randaug(size: int = 800) -> Callable:
@@ -70,7 +96,7 @@ def pixelbert_randaug(size: int = 800) -> Callable:
 
 def clip(size: int = 224) -> Callable:
     return T.Compose([T.Resize(size, interpolation=InterpolationMode.BICUBIC), T.CenterCrop(size), ToRGB(),
-                      T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
+                      ToNormalizedTensor(CLIP_MEAN, CLIP_STD)])
 
 
 def clip_randaug(size: int = 224) -> Callable:
@@ -79,7 +105,7 @@ def clip_randaug(size: int = 224) -> Callable:
 
 def imagenet(size: int = 224) -> Callable:
     return T.Compose([T.Resize(size, interpolation=InterpolationMode.BICUBIC), T.CenterCrop(size), ToRGB(),
-                      T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+                      ToNormalizedTensor(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def imagenet_randaug(size: int = 224) -> Callable:
@@ -88,7 +114,7 @@ def imagenet_randaug(size: int = 224) -> Callable:
 
 def vit(size: int = 224) -> Callable:
     return T.Compose([T.Resize(size, interpolation=InterpolationMode.BICUBIC), T.CenterCrop(size), ToRGB(),
-                      T.ToTensor(), T.Normalize(HALF, HALF)])
+                      ToNormalizedTensor(HALF, HALF)])
 
 
 def vit_randaug(size: int = 224) -> Callable:

@@ -1,0 +1,150 @@
+"""DAS inference throughput: ViLT VQA forward with 0, 1, 2, 4, 6 skipped blocks.
+
+Random weights (the speed does not depend on them), eval mode, no_grad, batch 8, 40 text tokens, one image
+per sample at 384×384 (``--image-hw 384 576`` for a pixelbert-shaped input). All k are measured in one process,
+round-robin (one forward of each k per round, after warm-up rounds), and the median of the timed rounds is
+reported, with the speed-up over k = 0 and the ideal L/(L−k) (L read from the model). A skipped block is
+replaced by its skip adapter, so the measured speed-up stays a little below the ideal (embeddings, patch
+projection, the skip adapters, pooler and head remain).
+
+    python bench/das_inference.py [--variant vit_base_patch32_384] [--batch 8] [--repeats 5] [--json PATH]
+
+Exits non-zero when the k = ``--check-k`` speed-up is not within ``--tolerance`` (10 %) of the ideal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vlpeft._io import write_json_atomic  # noqa: E402
+from vlpeft.backbones.vilt import VIT_VARIANTS, build_vilt  # noqa: E402
+
+
+def build_model(variant: str, text_len: int, labels: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    hp = VIT_VARIANTS[variant]()
+    cfg = dict(vit=variant, hidden_size=hp["embed_dim"], num_heads=hp["num_heads"], num_layers=hp["depth"],
+               mlp_ratio=4, drop_rate=0.1, vocab_size=30522, max_text_len=text_len, max_image_len=-1,
+               das_adapter_dim=96, das_skip_adapter_dim=192)
+    vilt = build_vilt(cfg).to(device).eval()
+    d = vilt.hidden_size
+    head = nn.Sequential(nn.Linear(d, 2 * d), nn.LayerNorm(2 * d), nn.GELU(), nn.Linear(2 * d, labels)).to(device).eval()
+    return vilt, head
+
+
+def skip_set(k: int, num_layers: int) -> list[int]:
+    """k blocks spread over the depth (which ones does not change the cost)."""
+    return sorted({round(i * num_layers / k) for i in range(k)}) if k else []
+
+
+def make_batch(b: int, text_len: int, hw: tuple[int, int], device: torch.device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "text_ids": torch.randint(1000, 30522, (b, text_len), generator=g).to(device),
+        "text_masks": torch.ones(b, text_len, dtype=torch.long, device=device),
+        "image": torch.randn(b, 3, *hw, generator=g).to(device),
+        "image_mask": torch.ones(b, *hw, dtype=torch.bool, device=device),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variant", default="vit_base_patch32_384", choices=sorted(VIT_VARIANTS))
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--text-len", type=int, default=40)
+    ap.add_argument("--image-hw", type=int, nargs=2, default=None, metavar=("H", "W"),
+                    help="input size (default: the variant's image size, square)")
+    ap.add_argument("--skips", default="0,1,2,4,6", help="comma-separated numbers of skipped blocks")
+    ap.add_argument("--labels", type=int, default=3129)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--check-k", type=int, default=4, help="k whose speed-up must be near ideal (0: no check)")
+    ap.add_argument("--tolerance", type=float, default=0.10)
+    ap.add_argument("--json", default=None, help="write the results to this JSON file")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    vilt, head = build_model(args.variant, args.text_len, args.labels, device)
+    L = vilt.num_layers
+    hw = tuple(args.image_hw) if args.image_hw else tuple(VIT_VARIANTS[args.variant]()["img_size"] for _ in range(2))
+    ks = sorted({int(k) for k in args.skips.split(",") if k.strip()})
+    dropped = [k for k in ks if not 0 <= k < L]
+    ks = [k for k in ks if 0 <= k < L]
+    if dropped:
+        print(f"note: k={dropped} not measurable with {L} layers; measuring k={ks}")
+    if 0 not in ks:
+        ks = [0] + ks
+    batch = make_batch(args.batch, args.text_len, hw, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def run(k: int) -> float:
+        sync()
+        t = time.perf_counter()
+        with torch.no_grad():
+            head(vilt.infer(batch, skip=skip_set(k, L))["cls_feats"])
+        sync()
+        return time.perf_counter() - t
+
+    times: dict[int, list[float]] = {k: [] for k in ks}
+    for r in range(args.warmup + args.repeats):
+        for k in ks:  # round-robin: slow drifts hit every k alike
+            dt = run(k)
+            if r >= args.warmup:
+                times[k].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    sps = {k: args.batch / med[k] for k in ks}
+    speedup = {k: med[0] / med[k] for k in ks}
+    ideal = {k: L / (L - k) for k in ks}
+
+    print(f"ViLT DAS inference: {args.variant} (L={L}, d={vilt.hidden_size}), batch {args.batch}, "
+          f"{args.text_len} text tokens, image {hw[0]}x{hw[1]}, device {device}, threads {args.threads}, "
+          f"median of {args.repeats} after {args.warmup} warm-up rounds")
+    print(f"| skipped k | blocks skipped | median s/batch | samples/s | speed-up | ideal {L}/({L}-k) | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for k in ks:
+        print(f"| {k} | {skip_set(k, L)} | {med[k]:.4f} | {sps[k]:.2f} | {speedup[k]:.3f} | {ideal[k]:.3f} | "
+              f"{speedup[k] / ideal[k]:.3f} |")
+
+    status, msg = 0, "no check"
+    if args.check_k:
+        if args.check_k not in speedup:
+            status, msg = 2, f"k={args.check_k} was not measured (L={L}); cannot check the speed-up"
+        else:
+            ratio = speedup[args.check_k] / ideal[args.check_k]
+            ok = abs(ratio - 1.0) <= args.tolerance
+            msg = (f"k={args.check_k}: speed-up {speedup[args.check_k]:.3f} vs ideal {ideal[args.check_k]:.3f} "
+                   f"(ratio {ratio:.3f}, tolerance ±{args.tolerance:.0%})")
+            status = 0 if ok else 1
+            msg = ("OK " if ok else "FAIL ") + msg
+    print(msg)
+    if args.json:
+        write_json_atomic(args.json, {
+            "speedup": {str(k): round(v, 4) for k, v in speedup.items()},
+            "ideal": {str(k): round(v, 4) for k, v in ideal.items()},
+            "samples_per_s": {str(k): round(v, 3) for k, v in sps.items()},
+            "median_s": {str(k): round(v, 5) for k, v in med.items()},
+            "times_s": {str(k): [round(t, 5) for t in v] for k, v in times.items()},
+            "skip_sets": {str(k): skip_set(k, L) for k in ks},
+            "variant": args.variant, "num_layers": L, "hidden_size": vilt.hidden_size, "batch": args.batch,
+            "text_len": args.text_len, "image_hw": list(hw), "device": str(device), "threads": args.threads,
+            "warmup": args.warmup, "repeats": args.repeats, "check": msg, "passed": status == 0,
+        })
+        print(f"wrote {args.json}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

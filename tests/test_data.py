@@ -1,0 +1,432 @@
+"""Data layer: hand-written ViLT-layout arrow files → datasets → collate → Batch."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image
+
+from vlpeft.data.arrow import ArrowSchemaError, MissingArrowFilesError, open_arrow
+from vlpeft.data.collate import Collator, CollateError
+from vlpeft.data.datamodule import SPLITS, MTDataModule, SearchSampler
+from vlpeft.data.datasets import (CaptionDataset, GQADataset, ImageDecodeError, NLVR2Dataset, SNLIVEDataset,
+                                  VQADataset, dedupe)
+from vlpeft.data.tokenizer import TokenizerError, load_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+L = 12  # max_text_len
+
+
+# ----------------------------------------------------------------------------- arrow files, pyarrow only
+def jpeg(w: int, h: int, color=(200, 30, 60)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def write_arrow(path: Path, columns: dict[str, pa.Array]) -> Path:
+    table = pa.table(columns)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return path
+
+
+def vqa_columns(sizes, questions, labels, scores, answers, qids, test=False):
+    n = len(sizes)
+    cols = {
+        "image": pa.array([jpeg(w, h) for w, h in sizes], type=pa.binary()),
+        "questions": pa.array(questions, type=pa.list_(pa.string())),
+        "image_id": pa.array(range(n), type=pa.int64()),
+        "question_id": pa.array(qids, type=pa.list_(pa.int64())),
+        "split": pa.array(["test" if test else "train"] * n),
+    }
+    if test:  # the original writer stores [] per row (type list<null>) on test splits
+        for c in ("answers", "answer_labels", "answer_scores"):
+            cols[c] = pa.array([[] for _ in range(n)], type=pa.list_(pa.null()))
+    else:
+        cols["answers"] = pa.array(answers, type=pa.list_(pa.list_(pa.string())))
+        cols["answer_labels"] = pa.array(labels, type=pa.list_(pa.list_(pa.int64())))
+        cols["answer_scores"] = pa.array(scores, type=pa.list_(pa.list_(pa.float64())))
+    return cols
+
+
+VQA_TRAIN = dict(
+    sizes=[(64, 48), (48, 64), (80, 40)],
+    questions=[["what color is it?", "is it red?"], ["how many?"], ["where is the cat?", "why?"]],
+    labels=[[[1, 3], [0]], [[2]], [[4], [3, 1]]],
+    scores=[[[1.0, 0.3], [0.6]], [[0.9]], [[1.0], [0.3, 0.6]]],
+    answers=[[["red", "pink"], ["yes"]], [["2"]], [["sofa"], ["pink", "red"]]],
+    qids=[[10, 11], [20], [30, 31]],
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("bert-base-uncased")
+
+
+@pytest.fixture()
+def vqa_root(tmp_path):
+    write_arrow(tmp_path / "vqav2_train.arrow", vqa_columns(**VQA_TRAIN))
+    write_arrow(tmp_path / "vqav2_trainable_val.arrow", vqa_columns(
+        sizes=[(40, 40)], questions=[["is this a dog?"]], labels=[[[0]]], scores=[[[1.0]]], answers=[[["yes"]]],
+        qids=[[40]]))
+    write_arrow(tmp_path / "vqav2_rest_val.arrow", vqa_columns(
+        sizes=[(64, 64), (32, 96)], questions=[["q one?", "q two?"], ["q three?"]], labels=[[[0], [2]], [[1]]],
+        scores=[[[1.0], [0.3]], [[0.6]]], answers=[[["yes"], ["2"]], [["red"]]], qids=[[50, 51], [60]]))
+    write_arrow(tmp_path / "vqav2_test.arrow", vqa_columns(
+        sizes=[(64, 48)], questions=[["test q?", "another?"]], labels=None, scores=None, answers=None,
+        qids=[[70, 71]], test=True))
+    return tmp_path
+
+
+def vqa_config(root, **kw):
+    cfg = dict(datasets=["vqa"], data_root=str(root), per_gpu_batchsize=2, num_workers=0, image_size=64,
+               max_text_len=L, train_transform_keys=["pixelbert"], val_transform_keys=["pixelbert"],
+               tokenizer="bert-base-uncased", draw_false_text=0, vqav2_label_size=5, gqa_label_size=1843, seed=0)
+    cfg.update(kw)
+    return cfg
+
+
+def vqa_ds(root, tok, names=("vqav2_train",), **kw):
+    return VQADataset(root, list(names), transform_keys=["pixelbert"], image_size=64, tokenizer=tok,
+                      max_text_len=L, **kw)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def test_default_tokenizer_is_full_bert_vocab(tok):
+    assert len(tok) == 30522 and tok.vocab_size == 30522
+    assert (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, tok.mask_token_id) == (101, 102, 0, 103)
+    assert tok("hello world")["input_ids"] == [101, 7592, 2088, 102]
+    assert load_tokenizer("") is tok  # "" is the default too, and loads are cached
+
+
+def test_tiny_vocab_and_unknown_names_are_refused(tmp_path):
+    folder = tmp_path / "stub"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+    with pytest.raises(TokenizerError, match="only 5 tokens"):
+        load_tokenizer(folder)
+    with pytest.raises(TokenizerError, match="not a local folder"):
+        load_tokenizer("no-such-org/no-such-tokenizer-xyz")
+
+
+# ----------------------------------------------------------------------------- VQA batch
+def test_vqa_items_and_batch(vqa_root, tok):
+    ds = vqa_ds(vqa_root, tok)
+    assert len(ds) == 5  # one item per question
+    items = [ds[i] for i in range(5)]
+    assert [it["qid"] for it in items] == [10, 11, 20, 30, 31]
+    assert [it["image_key"] for it in items] == ["vqav2_train:0", "vqav2_train:0", "vqav2_train:1",
+                                                 "vqav2_train:2", "vqav2_train:2"]
+    # pixelbert at 64: longer bound int(1333/800*64) = 106. 64x48 → 85x64 → floor32 64x64; 48x64 → 64x64;
+    # 80x40 → 128x64 capped by 106/128 → 106x53 → 96x32 (W x H)
+    assert [tuple(it["image"].shape) for it in items] == [(3, 64, 64)] * 3 + [(3, 32, 96)] * 2
+    b = Collator(tok, {"vqa": 5})(items)
+    assert set(b) == {"image", "image_mask", "image_key", "table_name", "text", "text_ids", "text_masks",
+                      "text_labels", "vqa_targets", "vqa_labels", "vqa_scores", "vqa_answer", "qid"}
+    assert b["image"].shape == (5, 3, 64, 96) and b["image"].dtype == torch.float32
+    assert b["image_mask"].shape == (5, 64, 96) and b["image_mask"].dtype == torch.bool
+    assert b["image_mask"][0].sum() == 64 * 64 and b["image_mask"][0, :, :64].all()
+    assert not b["image_mask"][0, :, 64:].any() and (b["image"][0, :, :, 64:] == 0).all()
+    assert b["image_mask"][3].sum() == 32 * 96 and not b["image_mask"][3, 32:].any()
+    assert (b["image"][3, :, 32:] == 0).all()
+    # the JPEG's red channel survives the transform inside the mask: (200/255 - .5)/.5 ≈ 0.57
+    assert abs(float(b["image"][0, 0, 30, 30]) - (200 / 255 - 0.5) / 0.5) < 0.05
+    expected = torch.zeros(5, 5)
+    expected[0, 1], expected[0, 3] = 1.0, 0.3
+    expected[1, 0] = 0.6
+    expected[2, 2] = 0.9
+    expected[3, 4] = 1.0
+    expected[4, 3], expected[4, 1] = 0.3, 0.6
+    assert torch.equal(b["vqa_targets"], expected) and b["vqa_targets"].dtype == torch.float32
+    assert b["vqa_labels"][0] == [1, 3] and b["vqa_scores"][4] == pytest.approx([0.3, 0.6])
+    assert b["vqa_answer"][0] == ["red", "pink"] and b["table_name"] == ["vqav2_train"] * 5
+    assert b["text_ids"].shape == (5, L) and b["text_ids"].dtype == torch.long
+    assert b["text_masks"].dtype == torch.long and (b["text_ids"][:, 0] == 101).all()
+    assert torch.equal(b["text_ids"][2, :5], torch.tensor(tok("how many?")["input_ids"]))
+    assert b["text_masks"][2].tolist() == [1] * 5 + [0] * (L - 5)  # [CLS] how many ? [SEP]
+    assert (b["text_ids"][b["text_masks"] == 0] == 0).all()
+    assert (b["text_labels"] == -100).all() and b["text_labels"].shape == (5, L)
+
+
+def test_long_text_is_truncated_to_max_text_len(vqa_root, tok):
+    ds = vqa_ds(vqa_root, tok)
+    enc = ds.encode("word " * 50)
+    assert len(enc["input_ids"]) == L and enc["input_ids"][-1] == 102 and sum(enc["attention_mask"]) == L
+
+
+def test_split_concatenation_and_test_split(vqa_root, tok):
+    ds = vqa_ds(vqa_root, tok, names=("vqav2_train", "vqav2_trainable_val"))
+    assert len(ds) == 6
+    last = ds[5]
+    assert last["image_key"] == "vqav2_trainable_val:0" and last["table_name"] == "vqav2_trainable_val"
+    assert last["qid"] == 40 and last["vqa_labels"] == [0]
+    test = vqa_ds(vqa_root, tok, names=("vqav2_test",), split="test")
+    items = [test[0], test[1]]
+    assert items[1]["vqa_labels"] == [] and items[1]["vqa_answer"] == [] and items[1]["qid"] == 71
+    b = Collator(tok, {"vqa": 5})(items)
+    assert torch.equal(b["vqa_targets"], torch.zeros(2, 5))
+
+
+def test_label_outside_label_size_is_an_error(vqa_root, tok):
+    ds = vqa_ds(vqa_root, tok)
+    with pytest.raises(CollateError, match=r"outside \[0, 3\)"):
+        Collator(tok, {"vqa": 3})([ds[0]])
+    with pytest.raises(CollateError, match="vqav2_label_size"):
+        Collator(tok, {})([ds[0]])
+
+
+# ----------------------------------------------------------------------------- errors
+def test_schema_error_names_file_and_missing_columns(tmp_path, tok):
+    cols = vqa_columns(**VQA_TRAIN)
+    del cols["answer_labels"], cols["question_id"]
+    path = write_arrow(tmp_path / "vqav2_train.arrow", cols)
+    with pytest.raises(ArrowSchemaError) as e:
+        vqa_ds(tmp_path, tok)
+    assert str(path) in str(e.value) and "answer_labels" in str(e.value) and "question_id" in str(e.value)
+
+
+def test_missing_files_one_error_lists_every_expected_file(tmp_path):
+    write_arrow(tmp_path / "vqav2_train.arrow", vqa_columns(**VQA_TRAIN))
+    dm = MTDataModule(vqa_config(tmp_path, datasets=["vqa", "nlvr2"]))
+    with pytest.raises(MissingArrowFilesError) as e:
+        dm.setup("fit")
+    msg = str(e.value)
+    for name in ["vqav2_train", "vqav2_trainable_val", "vqav2_rest_val", "nlvr2_train", "nlvr2_dev"]:
+        assert str(tmp_path / f"{name}.arrow") in msg
+    assert "vqav2_test" not in msg  # fit needs train + val only
+    assert "MISSING" in msg and "ok      " + str(tmp_path / "vqav2_train.arrow") in msg
+    assert "DATA.md" in msg and "python -m write_arrow" in msg
+    assert "4 of 5" in msg
+
+
+def test_corrupt_image_names_file_and_row(tmp_path, tok):
+    cols = vqa_columns(**VQA_TRAIN)
+    imgs = cols["image"].to_pylist()
+    imgs[1] = b"\xff\xd8 definitely not a jpeg"
+    cols["image"] = pa.array(imgs, type=pa.binary())
+    path = write_arrow(tmp_path / "vqav2_train.arrow", cols)
+    ds = vqa_ds(tmp_path, tok)
+    ds[0]  # other rows still decode
+    with pytest.raises(ImageDecodeError) as e:
+        ds[2]  # item 2 = row 1
+    assert str(path) in str(e.value) and "row 1" in str(e.value)
+
+
+def test_unknown_dataset_key_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="vg"):
+        MTDataModule(vqa_config(tmp_path, datasets=["vqa", "vg"]))
+
+
+# ----------------------------------------------------------------------------- other tasks
+def test_nlvr2_pairs(tmp_path, tok):
+    write_arrow(tmp_path / "nlvr2_train.arrow", {
+        "image_0": pa.array([jpeg(64, 64), jpeg(96, 32)], type=pa.binary()),
+        "image_1": pa.array([jpeg(32, 64), jpeg(64, 64)], type=pa.binary()),
+        "questions": pa.array([["left has two dogs", "right is empty"], ["both red"]]),
+        "answers": pa.array([["True", "False"], ["True"]]),
+        "identifier": pa.array(["train-1-0", "train-2-1"]),
+    })
+    ds = NLVR2Dataset(tmp_path, ["nlvr2_train"], transform_keys=["pixelbert"], image_size=64, tokenizer=tok,
+                      max_text_len=L)
+    b = Collator(tok)([ds[i] for i in range(3)])
+    assert b["nlvr2_labels"].tolist() == [1, 0, 1] and b["nlvr2_labels"].dtype == torch.long
+    # one common pad size over both image keys: image_1 of row 0 (32x64 → 32 wide, 96 high) sets Hmax = 96,
+    # image_0 of row 1 (96x32 → 96 wide, 32 high) sets Wmax = 96
+    assert b["image_0"].shape == b["image_1"].shape == (3, 3, 96, 96)
+    assert b["image_1_mask"][0].sum() == 96 * 32 and b["image_1_mask"][0, :, :32].all()
+    assert b["image_0_mask"][2].sum() == 32 * 96 and b["image_0_mask"][2, :32].all()
+    assert b["image_0_key"][2] == "nlvr2_train:1:image_0" and b["image_1_key"][0] == "nlvr2_train:0:image_1"
+    assert b["image_key"] == ["nlvr2_train:0", "nlvr2_train:0", "nlvr2_train:1"] and "image" not in b
+
+
+def test_gqa_and_snli_ve_labels(tmp_path, tok):
+    write_arrow(tmp_path / "gqa_val.arrow", {
+        "image": pa.array([jpeg(40, 40)], type=pa.binary()), "questions": pa.array([["is it a cat?", "color?"]]),
+        "answers": pa.array([[["yes"], []]]), "answer_labels": pa.array([[[0], []]], type=pa.list_(pa.list_(pa.int64()))),
+        "answer_scores": pa.array([[[1.0], []]], type=pa.list_(pa.list_(pa.float64()))),
+        "image_id": pa.array(["n161313"]), "question_id": pa.array([["0123", "0456"]]), "split": pa.array(["val"])})
+    g = GQADataset(tmp_path, ["gqa_val"], transform_keys=["clip"], image_size=32, tokenizer=tok, max_text_len=L)
+    b = Collator(tok, {"gqa": 1843})([g[0], g[1]])
+    assert b["gqa_labels"].tolist() == [0, -100] and b["qid"] == ["0123", "0456"]
+    assert b["image"].shape == (2, 3, 32, 32) and b["image_mask"].all()  # clip: fixed size, mask all True
+    write_arrow(tmp_path / "snli_ve_dev.arrow", {
+        "image": pa.array([jpeg(40, 40)], type=pa.binary()),
+        "questions": pa.array([["a man sleeps", "a man", "a dog"]]),
+        "answers": pa.array([["entailment", "neutral", "contradiction"]]), "identifier": pa.array([123])})
+    s = SNLIVEDataset(tmp_path, ["snli_ve_dev"], transform_keys=["clip"], image_size=32, tokenizer=tok,
+                      max_text_len=L)
+    assert Collator(tok)([s[i] for i in range(3)])["snli_ve_labels"].tolist() == [2, 1, 0]
+
+
+def caption_root(tmp_path, n_images=6):
+    caps = [[f"caption {i} {j}" for j in range(3)] for i in range(n_images)]
+    caps[0] = ["b dog", "a cat", "b dog", "c bird"]  # duplicate removed, order kept
+    write_arrow(tmp_path / "f30k_caption_karpathy_val.arrow", {
+        "image": pa.array([jpeg(48, 48, (i * 40, 0, 0)) for i in range(n_images)], type=pa.binary()),
+        "caption": pa.array(caps), "image_id": pa.array([f"{i}.jpg" for i in range(n_images)]),
+        "split": pa.array(["val"] * n_images)})
+    return tmp_path
+
+
+def test_captions_dedupe_negatives_and_iid(tmp_path, tok):
+    assert dedupe(["b", "a", "b", "c", "a"]) == ["b", "a", "c"]
+    root = caption_root(tmp_path)
+    kw = dict(transform_keys=["pixelbert"], image_size=64, tokenizer=tok, max_text_len=L, draw_false_text=3, seed=7)
+    ds = CaptionDataset(root, ["f30k_caption_karpathy_val"], **kw)
+    assert ds.texts[0] == ["b dog", "a cat", "c bird"] and len(ds) == 3 + 5 * 3
+    items = [ds[i] for i in (0, 1, 4)]
+    b = Collator(tok)(items)
+    assert b["iid"].tolist() == [0, 0, 1] and b["iid"].dtype == torch.long
+    assert b["text"] == ["b dog", "a cat", "caption 1 1"]
+    for i in range(3):
+        assert b[f"false_text_{i}_ids"].shape == (3, L) and b[f"false_text_{i}_masks"].shape == (3, L)
+    # the same seed → the same negatives in a fresh dataset (another worker / rank / run)
+    again = CaptionDataset(root, ["f30k_caption_karpathy_val"], **kw)
+    negs = lambda d, e: [[d[i][f"false_text_{k}"] for k in range(3)] for i in range(len(d)) if d.set_epoch(e) is None]
+    n0 = negs(ds, 0)
+    assert n0 == negs(again, 0)
+    assert negs(ds, 1) != n0  # a new epoch draws new negatives
+    assert CaptionDataset(root, ["f30k_caption_karpathy_val"], **{**kw, "seed": 8})[0]["false_text_0"] is not None
+
+
+# ----------------------------------------------------------------------------- MLM
+def test_mlm_masks_only_real_tokens(vqa_root, tok):
+    ds = vqa_ds(vqa_root, tok)
+    items = [ds[i] for i in range(5)]
+    for wwm in (False, True):
+        torch.manual_seed(0)
+        b = Collator(tok, {"vqa": 5}, mlm=True, mlm_prob=0.5, whole_word_masking=wwm)(items)
+        ids, mlm_ids, labels = b["text_ids"], b["text_ids_mlm"], b["text_labels_mlm"]
+        assert mlm_ids.shape == labels.shape == (5, L)
+        chosen = labels != -100
+        assert chosen.any()
+        assert torch.equal(labels[chosen], ids[chosen])  # labels are the original ids where chosen
+        assert torch.equal(mlm_ids[~chosen], ids[~chosen])  # untouched elsewhere
+        special = (ids == 101) | (ids == 102) | (ids == 0)
+        assert not (chosen & special).any()
+
+
+# ----------------------------------------------------------------------------- datamodule
+def test_datamodule_splits_order_and_vocab(vqa_root):
+    assert SPLITS["vqa"] == {"train": ["vqav2_train", "vqav2_trainable_val"], "val": ["vqav2_rest_val"],
+                             "test": ["vqav2_test"]}
+    assert SPLITS["nlvr2"]["val"] == ["nlvr2_dev"]  # held out, not nlvr2_train
+    first = lambda dm: [q for b in dm.train_dataloader() for q in b["qid"]]
+    dm = MTDataModule(vqa_config(vqa_root))
+    dm.setup("fit")
+    order = first(dm)
+    assert sorted(order) == [10, 11, 20, 30, 31, 40]
+    assert first(MTDataModule(vqa_config(vqa_root))) == order  # same seed → same order
+    orders = {tuple(first(MTDataModule(vqa_config(vqa_root, seed=s)))) for s in range(6)}
+    assert len(orders) > 1
+    vb = next(iter(dm.val_dataloader()))
+    assert vb["qid"] == [50, 51] and vb["table_name"] == ["vqav2_rest_val"] * 2
+    tb = next(iter(dm.test_dataloader()))
+    assert tb["qid"] == [70, 71] and torch.equal(tb["vqa_targets"], torch.zeros(2, 5))
+    # answer vocabulary derived from train + val tables (as the original), unknown ids → "unknown"
+    amap = dm.id2answer("vqa")
+    assert dict(amap) == {0: "yes", 1: "red", 2: "2", 3: "pink", 4: "sofa"}
+    assert amap[99] == "unknown" and dm.label2ans("vqa") == ["yes", "red", "2", "pink", "sofa"]
+    (vqa_root / "vqav2_label_vocab.json").write_text(json.dumps(["a", "b", "c"]))
+    assert MTDataModule(vqa_config(vqa_root)).label2ans("vqa") == ["a", "b", "c"]
+    dm0 = MTDataModule(vqa_config(vqa_root, vqav2_label_size=0))
+    assert dm0.collate.label_sizes["vqa"] == 3
+
+
+def test_search_dataloader_advances_each_pass(vqa_root):
+    dm = MTDataModule(vqa_config(vqa_root, per_gpu_batchsize=1))
+    loader = dm.search_dataloader(1)
+    assert isinstance(loader.sampler, SearchSampler)
+    passes = [tuple(q for b in loader for q in b["qid"]) for _ in range(6)]
+    assert all(sorted(p) == [50, 51, 60] for p in passes)
+    assert len(set(passes)) > 1  # not the same order (hence not the same first batch) forever
+    loader.sampler.set_epoch(0)
+    assert tuple(q for b in loader for q in b["qid"]) == passes[0]  # explicit set_epoch reproduces a pass
+    again = MTDataModule(vqa_config(vqa_root, per_gpu_batchsize=1)).search_dataloader(1)
+    assert [tuple(q for b in again for q in b["qid"]) for _ in range(6)] == passes
+
+
+def test_recall_datasets(tmp_path, tok):
+    root = caption_root(tmp_path)
+    cfg = vqa_config(root, datasets=["f30k"], draw_false_text=2)
+    dm = MTDataModule(cfg)
+    texts = dm.recall_text_dataset("val")
+    images = dm.recall_image_dataset("val")
+    assert len(texts) == 3 + 5 * 3 and len(images) == 6
+    t = texts[4]
+    assert "image" not in t and "false_text_0" not in t and t["iid"] == 1 and t["text"] == "caption 1 1"
+    i = images[5]
+    assert i["iid"] == 5 and i["image_key"] == "f30k_caption_karpathy_val:5" and "text" not in i
+    tb = next(iter(dm.recall_loader(texts, batch_size=4)))
+    assert tb["text_ids"].shape == (4, L) and tb["iid"].tolist() == [0, 0, 0, 1] and "image" not in tb
+    ib = next(iter(dm.recall_loader(images, batch_size=4)))
+    assert ib["image"].shape == (4, 3, 64, 64) and ib["iid"].tolist() == [0, 1, 2, 3] and "text_ids" not in ib
+
+
+def test_dataset_pickles_without_the_table(vqa_root, tok):
+    import pickle
+
+    ds = vqa_ds(vqa_root, tok)
+    blob = pickle.dumps(ds)
+    clone = pickle.loads(blob)
+    assert clone[3]["qid"] == 30 and torch.equal(clone[3]["image"], ds[3]["image"])
+
+
+def test_workers_give_the_same_batches(vqa_root):
+    cfg = vqa_config(vqa_root, num_workers=2, train_transform_keys=["pixelbert_randaug"])
+    batches = []
+    for _ in range(2):
+        dm = MTDataModule(cfg)
+        batches.append([b for b in dm.train_dataloader()])
+    for a, b in zip(*batches):
+        assert a["qid"] == b["qid"] and torch.equal(a["image"], b["image"])
+
+
+# ----------------------------------------------------------------------------- memory map
+def test_memory_mapped_open_does_not_load_images(tmp_path):
+    path = tmp_path / "vqav2_big.arrow"
+    rng = np.random.default_rng(0)
+    rows, blob = 100, 512 * 1024  # ~50 MB of image bytes
+    schema = pa.schema([("image", pa.binary()), ("questions", pa.list_(pa.string()))])
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
+        for start in range(0, rows, 10):  # small batches: the writer never holds the whole file
+            w.write_batch(pa.record_batch([pa.array([rng.bytes(blob) for _ in range(10)], type=pa.binary()),
+                                           pa.array([[f"q{start + k}"] for k in range(10)])], schema=schema))
+    # RssAnon (private memory): file pages the kernel maps around a read (read-ahead, up to MBs) are shared page
+    # cache and show up in RssFile only; the whole-file read shows what a non-mapped reader costs
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        import pyarrow as pa
+        from vlpeft.data.arrow import load_split, open_arrow
+        def anon():
+            for line in open("/proc/self/status"):
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+        open_arrow({str(path)!r})  # warm up pyarrow's lazy imports/allocations
+        before = anon()
+        st = load_split({str(tmp_path)!r}, ["vqav2_big"], ["image", "questions"])
+        qs = st.column_pylist("questions")
+        one = st.binary("image", 57)
+        mapped = anon() - before
+        whole = pa.ipc.open_file(pa.OSFile({str(path)!r})).read_all()
+        print(mapped, anon() - before - mapped, len(qs), len(one))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    mapped, whole, n, size = map(int, out.stdout.split())
+    assert (n, size) == (rows, blob)
+    assert mapped < 8 * 2**20, f"opening a {rows * blob >> 20} MB file memory-mapped grew RSS by {mapped >> 20} MB"
+    assert whole > 40 * 2**20  # the contrast: reading it whole costs the file size
+    assert open_arrow(path).num_rows == rows

@@ -1,0 +1,163 @@
+"""End to end through run.py's sacred experiment: search → train (from placement.json) → test_only, on synthetic
+arrow files; DDP consistency; resume; config errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import run as run_py  # noqa: E402  (registers the sacred main)
+from vlpeft.config import ConfigError  # noqa: E402
+from vlpeft.search.placement import Placement, PlacementError  # noqa: E402
+from write_arrow.synthetic import write_synthetic  # noqa: E402
+
+QUIET = {"--loglevel": "ERROR"}
+
+
+@pytest.fixture(scope="module")
+def arrows(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("arrows")
+    write_synthetic(root, seed=0, images=48, variants=("vqa",))
+    return root
+
+
+def _updates(arrows: Path, log_dir: Path, **kw) -> dict:
+    cfg = dict(data_root=str(arrows), log_dir=str(log_dir), per_gpu_batchsize=16, batch_size=16, max_epoch=1,
+               das_epoch=2, das_turn=1, num_workers=0)
+    cfg.update(kw)
+    return cfg
+
+
+def _sacred(named=("demo",), **updates):
+    return run_py.ex.run(named_configs=list(named), config_updates=updates, options=QUIET)
+
+
+def _test_qids(arrows: Path) -> set[int]:
+    table = pa.ipc.open_file(pa.memory_map(str(arrows / "vqav2_test.arrow"))).read_all()
+    return {q for row in table.column("question_id").to_pylist() for q in row}
+
+
+def test_search_train_test_through_sacred(arrows, tmp_path):
+    log = tmp_path / "result"
+    # 1. search: writes placement.json and the PNG into its run folder
+    r = _sacred(**_updates(arrows, log, stage="search", max_epoch=2))
+    placement_path = Path(r.result["placement_path"])
+    assert placement_path.is_file() and placement_path.parent == Path(r.result["run_dir"])
+    placement = Placement.load(placement_path)
+    assert placement.method == "das" and len(placement.skip) == 1 and placement.num_layers == 4
+    assert len(placement.scores) == 4 and placement.meta["rounds"] > 0
+    assert any(s != 0 for s in placement.scores)  # gates moved
+    png = placement_path.with_name("placement.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # 2. train on it, reading placement.json (no hand copying); "latest" finds the same file
+    r = _sacred(**_updates(arrows, log, stage="train", placement="latest"))
+    run_dir = Path(r.result["run_dir"])
+    ckpts = sorted(run_dir.glob("checkpoints/*.ckpt"))
+    assert ckpts
+    ckpt = torch.load(ckpts[0], map_location="cpu", weights_only=False)
+    assert ckpt["vlpeft_placement"]["skip"] == list(placement.skip)  # the placement travels with the checkpoint
+    trainable = run_dir / "trainable.safetensors"
+    assert trainable.is_file() and trainable.stat().st_size < ckpts[0].stat().st_size / 5
+    assert json.loads((run_dir / "trainable.json").read_text())["placement"]["skip"] == list(placement.skip)
+
+    # 3. test_only: the VQAv2 server's submission file, one answer per test question, no duplicates
+    best = next(p for p in ckpts if p.name.startswith("best"))
+    r = _sacred(**_updates(arrows, log, stage="train", test_only=True, load_path=str(best)))
+    sub = Path(r.result["submission"])
+    assert sub == log / f"vqa_submit_{best.stem}.json"
+    rows = json.loads(sub.read_text())
+    qids = [row["question_id"] for row in rows]
+    assert sorted(qids) == qids and len(set(qids)) == len(qids)
+    assert set(qids) == _test_qids(arrows)
+    vocab = json.loads((arrows / "vqav2_label_vocab.json").read_text())
+    assert all(set(row) == {"question_id", "answer"} and row["answer"] in vocab for row in rows)
+    assert not list(log.glob("*.tmp"))
+
+
+def test_trainable_weights_on_top_of_backbone(arrows, tmp_path):
+    """load_path takes [backbone ckpt, trainable.safetensors]: same predictions as the full checkpoint."""
+    log = tmp_path / "result"
+    r = _sacred(**_updates(arrows, log, stage="train", skip_module=[2]))
+    run_dir = Path(r.result["run_dir"])
+    full = sorted(run_dir.glob("checkpoints/last.ckpt"))[0]
+    a = _sacred(**_updates(arrows, log, stage="train", test_only=True, load_path=str(full), exp_name="a"))
+    # a "backbone" checkpoint whose trainable tensors are wrong: the safetensors on top must restore them
+    from safetensors.torch import load_file
+
+    trained = load_file(str(run_dir / "trainable.safetensors"))
+    assert any(k.startswith("heads.") for k in trained) and any("adapter" in k for k in trained)
+    sd = torch.load(full, map_location="cpu", weights_only=False)["state_dict"]
+    assert not any(k in trained for k, v in sd.items() if "word_embeddings" in k)  # frozen parts stay out
+    sd = {k: (v + 1.0 if k in trained and v.is_floating_point() else v) for k, v in sd.items()}
+    backbone_ckpt = tmp_path / "backbone.ckpt"
+    torch.save({"state_dict": sd}, backbone_ckpt)
+    b = _sacred(**_updates(arrows, log, stage="train", test_only=True, exp_name="b",
+                           load_path=[str(backbone_ckpt), str(run_dir / "trainable.safetensors")]))
+    ra = json.loads(Path(a.result["submission"]).read_text())
+    rb = json.loads(Path(b.result["submission"]).read_text())
+    assert ra == rb
+
+
+def test_ddp_two_process_search_agrees(arrows, tmp_path):
+    """A 2-process CPU DDP (gloo) search through the real command line: every rank re-runs run.py (Lightning's
+    ddp launcher; under pytest itself that launcher would re-run pytest), and the run ends with identical search
+    state on both ranks (checked by all-gather at fit end) and one placement.json."""
+    import subprocess
+
+    log = tmp_path / "result"
+    cmd = [sys.executable, str(ROOT / "run.py"), "with", "demo", f"data_root={arrows}", f"log_dir={log}",
+           "stage=search", "max_epoch=2", "das_epoch=2", "das_turn=1", "cpu_devices=2", "per_gpu_batchsize=8",
+           "batch_size=16", "num_workers=0"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = list(log.glob("*/version_*/placement.json"))
+    assert len(found) == 1  # both ranks wrote into the same run folder, rank 0 alone wrote the file
+    p = Placement.load(found[0])
+    assert p.meta["world_size"] == 2 and p.meta["ranks_agree"] is True
+    assert p.meta["rounds"] > 0 and any(s != 0 for s in p.scores)
+
+
+def test_resume_continues_saved_search_state(arrows, tmp_path):
+    log = tmp_path / "result"
+    first = _sacred(**_updates(arrows, log, stage="search", max_epoch=2, das_epoch=3))
+    last = Path(first.result["run_dir"]) / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    gates, hist = saved["search.das_gate"], saved["search.history"]
+    assert hist.shape[0] > 0
+    second = _sacred(**_updates(arrows, log, stage="search", max_epoch=3, das_epoch=3, resume_from=str(last)))
+    resumed = torch.load(Path(second.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu",
+                         weights_only=False)["state_dict"]
+    # the resumed run's history starts with the saved one: it continued from the saved gates
+    assert resumed["search.history"].shape[0] > hist.shape[0]
+    assert torch.equal(resumed["search.history"][: hist.shape[0]], hist)
+    assert torch.equal(resumed["search.history"][hist.shape[0] - 1], gates)
+    assert int(resumed["search.draw_count"]) > int(saved["search.draw_count"])
+
+
+@pytest.mark.parametrize(
+    "updates, error, words",
+    [
+        (dict(skip_modul=[1]), ConfigError, "skip_module"),
+        (dict(test_only="true"), ConfigError, "test_only=True"),
+        (dict(skip_module=[4]), PlacementError, "out of range"),
+        (dict(skip_module=[1, 1]), PlacementError, "more than once"),
+        (dict(batch_size=24), ConfigError, "multiple of"),
+    ],
+)
+def test_bad_config_is_rejected_clearly(arrows, tmp_path, updates, error, words):
+    with pytest.raises(error, match=words):
+        _sacred(**_updates(arrows, tmp_path / "r", stage="train", **updates))
+
+
+def test_missing_arrow_files_name_the_fix(tmp_path):
+    with pytest.raises(Exception, match="DATA.md"):
+        _sacred(**_updates(tmp_path / "nowhere", tmp_path / "r", stage="train", vqav2_label_size=18))

@@ -1,0 +1,668 @@
+"""ViLT backbone with DAS adapters (seeds.md §3.1), built on timm's ViT and transformers' ``BertEmbeddings``.
+
+Public API::
+
+    build_vilt(config: dict) -> ViLT
+    ViLT.infer(batch, skip=(), image_key="image", image_token_type_idx=1, mask_text=False,
+               image_embeds=None, image_masks=None) -> dict
+    ViLT.visual_embed(img, img_mask=None, max_image_len=None, generator=None) -> (x, mask, (patch_index, (Hp, Wp)))
+    ViLT.expand_token_types_for_nlvr2() -> None
+    ViLT.num_layers, ViLT.hidden_size, ViLT.checkpoint_filter_fn(state_dict) -> state_dict
+    checkpoint_filter_fn(state_dict, model) -> state_dict
+    load_vilt_checkpoint(module, path, prefix_map=None) -> ViltLoadReport
+    vilt_to_hf_state_dict(state_dict) / hf_to_vilt_state_dict(state_dict)   (transformers ``ViltForQuestionAnswering`` names)
+    register_vit_variant(fn) / VIT_VARIANTS: ViT hyper-parameter factories (``vit_base_patch32_384``, ``test_vilt_*``)
+
+Weights: always random init here (no download, we run offline); real weights come from an original ViLT ``.ckpt``
+(``vilt_200k_mlm_itm.ckpt`` or a fine-tuned one) through ``load_vilt_checkpoint``/``checkpoint_filter_fn``.
+
+Parameter names equal the original checkpoints': ``text_embeddings.*``, ``token_type_embeddings.weight``,
+``transformer.{patch_embed.proj, cls_token, pos_embed, blocks.i.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1,
+mlp.fc2, adapter0, adapter1}, norm}``, ``pooler.dense``, ``adapter_list.i.0`` (skip adapters).
+
+Differences from the original, on purpose (seeds.md §8):
+- padding is read from the batch's explicit ``image_mask`` (downsampled to the patch grid with nearest
+  interpolation, as the original did with its pixel-derived mask), never from pixel values;
+- patch selection: when all valid patches are kept (``max_image_len`` < 0, the DAS setting) they stay in raster
+  order and the padding slots are the first invalid positions; only a real cap draws random patches, from the
+  ``generator`` passed (default: the global torch RNG, so ``seed_everything`` makes it reproducible). Padding
+  slots are masked keys, and attention is permutation-equivariant, so ``cls_feats`` equal the original's;
+- devices are taken from the module, never ``.cuda()``; layer count, widths and grid come from the built model.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+from transformers import BertConfig
+from transformers.models.bert.modeling_bert import BertEmbeddings
+
+from vlpeft.peft.adapters import DASAdapter
+from vlpeft.search.placement import validate_skip
+
+# ----------------------------------------------------------------------------------------------- ViT variants
+VIT_VARIANTS: dict[str, Callable[[], dict[str, Any]]] = {}
+
+
+def register_vit_variant(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """Register a factory that only returns ViT hyper-parameters (timm style), under the function's name."""
+    VIT_VARIANTS[fn.__name__] = fn
+    return fn
+
+
+@register_vit_variant
+def vit_base_patch32_384() -> dict[str, Any]:
+    """ViT-B/32 at 384 px (ViLT-B/32): 12 blocks, width 768, 12 heads, 12×12 position grid."""
+    return dict(img_size=384, patch_size=32, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0)
+
+
+@register_vit_variant
+def test_vilt_tiny() -> dict[str, Any]:
+    """Test-only: width 64, 2 blocks, 4 heads, patch 16 at 64 px (4×4 grid)."""
+    return dict(img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0)
+
+
+@register_vit_variant
+def test_vilt_tiny_p32() -> dict[str, Any]:
+    """Test-only: width 64, 4 blocks, 4 heads, patch 32 at 128 px (4×4 grid)."""
+    return dict(img_size=128, patch_size=32, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4.0)
+
+
+@register_vit_variant
+def test_vilt_small() -> dict[str, Any]:
+    """Demo/test: width 128, 4 blocks, 4 heads, patch 16 at 64 px (4×4 grid)."""
+    return dict(img_size=64, patch_size=16, embed_dim=128, depth=4, num_heads=4, mlp_ratio=4.0)
+
+
+# ----------------------------------------------------------------------------------------------- modules
+def init_weights_bert(module: nn.Module) -> None:
+    """The ViLT/BERT init: Linear/Embedding weights N(0, 0.02), Linear biases 0, LayerNorm 1/0."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        module.weight.data.normal_(mean=0.0, std=0.02)
+    elif isinstance(module, nn.LayerNorm):
+        module.bias.data.zero_()
+        module.weight.data.fill_(1.0)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        module.bias.data.zero_()
+
+
+class DASBlock(Block):
+    """timm's pre-norm ViT block with two parallel DAS adapters reading the un-normalised block input:
+    ``x = x + attn(norm1(x)) + adapter0(x)``; ``x = x + mlp(norm2(x)) + adapter1(x)``.
+    ``attn_mask`` is a boolean key mask broadcastable to (B, heads, N, N), True = attend."""
+
+    def __init__(self, dim: int, *args: Any, adapter_dim: int, **kwargs: Any):
+        super().__init__(dim, *args, **kwargs)
+        self.adapter0 = DASAdapter(dim, adapter_dim, residual=False)
+        self.adapter1 = DASAdapter(dim, adapter_dim, residual=False)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask))) + self.adapter0(x)
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))) + self.adapter1(x)
+        return x
+
+
+class Pooler(nn.Module):
+    """``tanh(dense(h[:, 0]))``."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+@dataclass(frozen=True)
+class ViltSpec:
+    """What ``build_vilt`` reads from the config (original key names)."""
+
+    vit: str = "vit_base_patch32_384"
+    hidden_size: int = 768
+    num_heads: int = 12
+    num_layers: int = 12
+    mlp_ratio: float = 4
+    drop_rate: float = 0.1
+    vocab_size: int = 30522
+    max_text_len: int = 40
+    max_image_len: int | None = -1
+    das_adapter_dim: int = 96
+    das_skip_adapter_dim: int = 192
+    token_type_rows: int = 2  # 3 when NLVR2 is active (rows 0, 1 and 2 := 1)
+    patch_size: int | None = None  # informational in the original; checked against the variant when given
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "ViltSpec":
+        required = ("vit", "hidden_size", "num_heads", "num_layers", "mlp_ratio", "drop_rate", "vocab_size",
+                    "max_text_len")
+        missing = [k for k in required if k not in config]
+        if missing:
+            raise KeyError(f"build_vilt: config lacks {missing}; start from vlpeft.config's base config")
+        nlvr2 = (config.get("loss_names") or {}).get("nlvr2", 0) >= 1
+        return cls(
+            vit=str(config["vit"]), hidden_size=int(config["hidden_size"]), num_heads=int(config["num_heads"]),
+            num_layers=int(config["num_layers"]), mlp_ratio=config["mlp_ratio"], drop_rate=float(config["drop_rate"]),
+            vocab_size=int(config["vocab_size"]), max_text_len=int(config["max_text_len"]),
+            max_image_len=config.get("max_image_len", -1),
+            das_adapter_dim=int(config.get("das_adapter_dim", 96)),
+            das_skip_adapter_dim=int(config.get("das_skip_adapter_dim", 192)),
+            token_type_rows=3 if nlvr2 else 2, patch_size=config.get("patch_size"),
+        )
+
+
+def _check_max_image_len(v: Any) -> int | None:
+    """None or a negative int: keep every valid patch; a positive int: cap the image tokens."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v == 0:
+        raise ValueError(f"max_image_len={v!r}: use a positive int to cap the image patches, or -1 to keep all")
+    return None if v < 0 else v
+
+
+class ViLT(nn.Module):
+    """Single-stream ViLT (BERT text embeddings + ViT-B/32 patches, 12 shared blocks) with DAS adapters.
+
+    Random init only (offline; no timm or hub download): text embeddings, token types and pooler get the
+    BERT init; timm's ViT init (trunc-normal 0.02) then covers every Linear inside the ViT, in-block adapters
+    included, while the skip adapters keep their BERT init — the original order.
+    """
+
+    def __init__(self, spec: ViltSpec):
+        super().__init__()
+        if spec.vit not in VIT_VARIANTS:
+            raise ValueError(f"vit={spec.vit!r} is not a known ViT variant; choose one of {sorted(VIT_VARIANTS)}")
+        hp = VIT_VARIANTS[spec.vit]()
+        if hp["embed_dim"] != spec.hidden_size:
+            raise ValueError(
+                f"vit={spec.vit!r} has width {hp['embed_dim']} but hidden_size={spec.hidden_size}; "
+                f"set hidden_size={hp['embed_dim']} (text embeddings and ViT share one width)"
+            )
+        if hp["depth"] != spec.num_layers:
+            raise ValueError(
+                f"vit={spec.vit!r} has {hp['depth']} blocks but num_layers={spec.num_layers}; "
+                f"set num_layers={hp['depth']} (the ViT variant fixes the depth)"
+            )
+        if spec.patch_size is not None and int(spec.patch_size) != hp["patch_size"]:
+            raise ValueError(
+                f"vit={spec.vit!r} uses {hp['patch_size']}-px patches but patch_size={spec.patch_size}; "
+                f"set patch_size={hp['patch_size']} or choose another vit"
+            )
+        if spec.token_type_rows not in (2, 3):
+            raise ValueError(f"token_type_rows={spec.token_type_rows}: must be 2 (or 3 for NLVR2)")
+        self.spec = spec
+        self.max_image_len = _check_max_image_len(spec.max_image_len)
+        d = spec.hidden_size
+
+        bert_config = BertConfig(
+            vocab_size=spec.vocab_size, hidden_size=d, num_hidden_layers=spec.num_layers,
+            num_attention_heads=spec.num_heads, intermediate_size=int(d * spec.mlp_ratio),
+            max_position_embeddings=spec.max_text_len, hidden_dropout_prob=spec.drop_rate,
+            attention_probs_dropout_prob=spec.drop_rate,
+        )
+        self.text_embeddings = BertEmbeddings(bert_config)
+        self.text_embeddings.apply(init_weights_bert)
+        self.token_type_embeddings = nn.Embedding(2, d)
+        self.token_type_embeddings.apply(init_weights_bert)
+
+        self.transformer = VisionTransformer(
+            img_size=hp["img_size"], patch_size=hp["patch_size"], embed_dim=d, depth=hp["depth"],
+            num_heads=hp["num_heads"], mlp_ratio=hp["mlp_ratio"], qkv_bias=True, num_classes=0,
+            drop_rate=0.0, pos_drop_rate=spec.drop_rate, proj_drop_rate=spec.drop_rate, attn_drop_rate=0.0,
+            drop_path_rate=0.0, norm_layer=functools.partial(nn.LayerNorm, eps=1e-6),
+            block_fn=functools.partial(DASBlock, adapter_dim=spec.das_adapter_dim),
+        )
+        self.pooler = Pooler(d)
+        self.pooler.apply(init_weights_bert)
+        # one residual skip adapter per block; the ".0" level keeps the original names adapter_list.i.0.*
+        self.adapter_list = nn.ModuleList(
+            nn.Sequential(DASAdapter(d, spec.das_skip_adapter_dim, residual=True)) for _ in range(self.num_layers)
+        )
+        self.patch_generator: torch.Generator | None = None  # None: global torch RNG (see visual_embed)
+        if spec.token_type_rows == 3:
+            self.expand_token_types_for_nlvr2()
+
+    # ------------------------------------------------------------------ sizes read from the built model
+    @property
+    def num_layers(self) -> int:
+        return len(self.transformer.blocks)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.transformer.embed_dim)
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return tuple(self.transformer.patch_embed.proj.kernel_size)
+
+    @property
+    def pos_grid(self) -> tuple[int, int]:
+        return tuple(self.transformer.patch_embed.grid_size)
+
+    # ------------------------------------------------------------------ NLVR2
+    @torch.no_grad()
+    def expand_token_types_for_nlvr2(self) -> None:
+        """Rebuild ``token_type_embeddings`` with 3 rows: rows 0, 1 kept, row 2 := row 1 (second image)."""
+        old = self.token_type_embeddings
+        if old.num_embeddings == 3:
+            return
+        if old.num_embeddings != 2:
+            raise ValueError(f"token_type_embeddings has {old.num_embeddings} rows; expected 2 before the NLVR2 expansion")
+        new = nn.Embedding(3, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        new.weight[:2] = old.weight
+        new.weight[2] = old.weight[1]
+        new.weight.requires_grad_(old.weight.requires_grad)
+        self.token_type_embeddings = new
+
+    # ------------------------------------------------------------------ embeddings
+    def visual_embed(
+        self,
+        img: torch.Tensor,
+        img_mask: torch.Tensor | None = None,
+        max_image_len: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, tuple[int, int]]]:
+        """Patch tokens of a top-left aligned, zero-padded image batch (seeds.md §3.1 steps 1–8).
+
+        ``img_mask`` (B, H, W) bool, True on real pixels (None: every pixel is real). A patch is valid iff the
+        nearest-downsampled mask says so (its top-left pixel is real). ``max_image_len``: None/negative keeps
+        all valid patches (T = the largest valid count in the batch); a positive cap T keeps a uniformly random
+        T-subset of a larger image, drawn from ``generator`` (default: the global torch RNG). Returns
+        ``x`` (B, 1+T, d) with cls token and positions, ``mask`` (B, 1+T) long, ``(patch_index (B, T, 2), (Hp, Wp))``.
+        """
+        if img.dim() != 4:
+            raise ValueError(f"image must be (B, 3, H, W); got shape {tuple(img.shape)}")
+        proj = self.transformer.patch_embed.proj
+        x = proj(img.to(device=proj.weight.device, dtype=proj.weight.dtype))
+        B, D, Hp, Wp = x.shape
+        dev = x.device
+        if img_mask is None:
+            pm = torch.ones(B, Hp, Wp, dtype=torch.bool, device=dev)
+        else:
+            if tuple(img_mask.shape) != (B, img.shape[2], img.shape[3]):
+                raise ValueError(f"image mask shape {tuple(img_mask.shape)} does not match image "
+                                 f"{tuple(img.shape)}; expected (B, H, W)")
+            pm = F.interpolate(img_mask.to(dev)[:, None].float(), size=(Hp, Wp), mode="nearest")[:, 0] > 0.5
+        x_h = pm[:, :, 0].sum(1)
+        x_w = pm[:, 0, :].sum(1)
+        rect = (torch.arange(Hp, device=dev)[None, :, None] < x_h[:, None, None]) & (
+            torch.arange(Wp, device=dev)[None, None, :] < x_w[:, None, None])
+        if not torch.equal(pm, rect):
+            raise ValueError("image_mask must mark one top-left aligned rectangle per image (the collate's layout)")
+        hw = torch.stack([x_h, x_w], 1).tolist()
+        empty = [b for b, (h, w) in enumerate(hw) if h * w == 0]
+        if empty:
+            raise ValueError(f"samples {empty} have no valid image patch; check image_mask / image sizes "
+                             f"(an image needs at least {self.patch_size} real pixels)")
+
+        # position grid bilinearly resized (align_corners=True) to each image's patch extent, zero elsewhere
+        gh, gw = self.pos_grid
+        grid = self.transformer.pos_embed[:, 1:].transpose(1, 2).reshape(1, D, gh, gw)
+        resized: dict[tuple[int, int], torch.Tensor] = {}
+        pos_list = []
+        for h, w in hw:
+            if (h, w) not in resized:
+                r = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=True)
+                resized[(h, w)] = F.pad(r, (0, Wp - w, 0, Hp - h))
+            pos_list.append(resized[(h, w)])
+        pos = torch.cat(pos_list, 0).to(x.dtype)
+
+        N = Hp * Wp
+        x = x.flatten(2).transpose(1, 2)
+        pos = pos.flatten(2).transpose(1, 2)
+        valid = pm.flatten(1)
+        patch_index = torch.stack(
+            torch.meshgrid(torch.arange(Hp, device=dev), torch.arange(Wp, device=dev), indexing="ij"), -1
+        ).view(N, 2)
+
+        counts = [h * w for h, w in hw]
+        T = max(counts)
+        cap = _check_max_image_len(max_image_len)
+        if cap is not None:
+            T = min(T, cap)
+        # order: valid patches (raster order) then invalid ones; the first T of that order are kept
+        base = torch.arange(N, device=dev)[None].expand(B, N) + N * (~valid).long()
+        if T < max(counts):
+            # a cap bites: random valid subset (keys in [0, 1) for valid, >= N for invalid), then raster order
+            r = torch.rand(B, N, generator=generator, device=generator.device if generator is not None else "cpu")
+            key = torch.where(valid, r.to(dev, torch.float64), base.double())
+            sel = key.argsort(1)[:, :T]
+            sel = sel.gather(1, base.gather(1, sel).argsort(1))
+        else:
+            sel = base.argsort(1)[:, :T]
+        x = x.gather(1, sel[..., None].expand(-1, -1, D))
+        pos = pos.gather(1, sel[..., None].expand(-1, -1, D))
+        mask = valid.gather(1, sel).long()
+        patch_index = patch_index[sel]
+
+        cls = self.transformer.cls_token.expand(B, -1, -1)
+        x = torch.cat([cls, x], 1)
+        pos = torch.cat([self.transformer.pos_embed[:, :1].expand(B, -1, -1), pos], 1)
+        x = self.transformer.pos_drop(x + pos)
+        mask = torch.cat([mask.new_ones(B, 1), mask], 1)
+        return x, mask, (patch_index, (Hp, Wp))
+
+    # ------------------------------------------------------------------ forward
+    def infer(
+        self,
+        batch: Mapping[str, Any],
+        skip: Sequence[int] = (),
+        image_key: str = "image",
+        image_token_type_idx: int = 1,
+        mask_text: bool = False,
+        image_embeds: torch.Tensor | None = None,
+        image_masks: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """Run text + image through the blocks; blocks listed in ``skip`` are replaced by their skip adapter
+        (the block itself is not computed). ``image_embeds``/``image_masks``: precomputed ``visual_embed``
+        output (before token types), e.g. for retrieval over many captions per image."""
+        skipset = set(validate_skip(skip, self.num_layers))
+        dev = self.token_type_embeddings.weight.device
+        n_types = self.token_type_embeddings.num_embeddings
+        if not 0 < int(image_token_type_idx) < n_types:
+            raise ValueError(
+                f"image_token_type_idx={image_token_type_idx} but token_type_embeddings has {n_types} rows; "
+                "NLVR2's second image (2) needs expand_token_types_for_nlvr2() (build with loss_names nlvr2 >= 1)"
+            )
+        text_key = "text_ids_mlm" if mask_text else "text_ids"
+        for k in (text_key, "text_masks"):
+            if k not in batch:
+                raise KeyError(f"ViLT.infer: batch has no {k!r} (keys: {sorted(batch)})")
+        text_ids = batch[text_key].to(dev)
+        text_masks = batch["text_masks"].to(dev)
+        max_len = self.text_embeddings.position_embeddings.num_embeddings
+        if text_ids.shape[1] > max_len:
+            raise ValueError(f"text length {text_ids.shape[1]} exceeds max_text_len={max_len}; tokenize with "
+                             f"max_length={max_len} or rebuild with a larger max_text_len")
+        text_embeds = self.text_embeddings(input_ids=text_ids)
+
+        patch_index = None
+        if image_embeds is None:
+            if image_key not in batch:
+                raise KeyError(f"ViLT.infer: batch has no image {image_key!r} (keys: {sorted(batch)})")
+            image_embeds, image_masks, patch_index = self.visual_embed(
+                batch[image_key], batch.get(f"{image_key}_mask"), self.max_image_len, self.patch_generator
+            )
+        elif image_masks is None:
+            raise ValueError("ViLT.infer: image_embeds given without image_masks")
+        image_embeds, image_masks = image_embeds.to(dev), image_masks.to(dev)
+
+        text_embeds = text_embeds + self.token_type_embeddings(torch.zeros_like(text_masks, dtype=torch.long))
+        image_embeds = image_embeds + self.token_type_embeddings(
+            torch.full_like(image_masks, int(image_token_type_idx), dtype=torch.long))
+        x = torch.cat([text_embeds, image_embeds], 1)
+        co_masks = torch.cat([text_masks, image_masks], 1)
+        attn_mask = co_masks.bool()[:, None, None, :]  # keys only; (B, 1, 1, N)
+
+        for i, blk in enumerate(self.transformer.blocks):
+            x = self.adapter_list[i](x) if i in skipset else blk(x, attn_mask=attn_mask)
+        x = self.transformer.norm(x)
+
+        lt = text_embeds.shape[1]
+        out = {
+            "text_feats": x[:, :lt],
+            "image_feats": x[:, lt:],
+            "cls_feats": self.pooler(x),
+            "raw_cls_feats": x[:, 0],
+            "text_masks": text_masks,
+            "image_masks": image_masks,
+            "text_ids": text_ids,
+            "patch_index": patch_index,
+        }
+        if "text_labels" in batch:
+            out["text_labels"] = batch["text_labels"]
+        return out
+
+    forward = infer
+
+    def checkpoint_filter_fn(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return checkpoint_filter_fn(state_dict, self)
+
+
+def build_vilt(config: Mapping[str, Any]) -> ViLT:
+    """ViLT from a (sacred) config dict; keys listed in ``ViltSpec``. Random init, no download."""
+    return ViLT(ViltSpec.from_config(config))
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+class ViltCheckpointError(ValueError):
+    """A checkpoint that does not fit the built ViLT; the message names the key, both shapes and the fix."""
+
+
+@dataclass
+class ViltLoadReport:
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the model, not in the file: kept as initialised
+    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model: ignored
+    adapted: list[str] = field(default_factory=list)  # converted on the way (resized, expanded, renamed)
+
+    def summary(self, show: int = 8) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors from {self.path}"]
+        for name, keys in (("adapted", self.adapted), ("missing (kept as initialised)", self.missing),
+                           ("unexpected (ignored)", self.unexpected)):
+            if keys:
+                more = f" … and {len(keys) - show} more" if len(keys) > show else ""
+                lines.append(f"  {name}: {len(keys)}: {', '.join(keys[:show])}{more}")
+        return "\n".join(lines)
+
+
+def _shape_fix(key: str) -> str:
+    if "adapter_list" in key:
+        return "das_skip_adapter_dim of the config doesn't match the checkpoint"
+    if ".adapter0." in key or ".adapter1." in key:
+        return "das_adapter_dim of the config doesn't match the checkpoint"
+    if "word_embeddings" in key:
+        return "vocab_size of the config doesn't match the checkpoint"
+    if "text_embeddings.position_embeddings" in key:
+        return "max_text_len of the config doesn't match the checkpoint"
+    if key == "token_type_embeddings.weight":
+        return "the checkpoint has NLVR2 token types (3 rows): build with loss_names nlvr2 >= 1"
+    return "vit/hidden_size of the config don't match the checkpoint"
+
+
+_DROP_BUFFERS = ("text_embeddings.position_ids", "text_embeddings.token_type_ids")
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: ViLT) -> dict[str, torch.Tensor]:
+    """Adapt an original ViLT/DAS state dict (top-level ViLT names) to ``model`` (timm-style filter).
+
+    - transformers ``Vilt*`` names (``vilt.…``) are converted to the original names;
+    - ``text_embeddings.position_ids``/``token_type_ids`` buffers (old transformers saved them) are dropped;
+    - ``transformer.pos_embed`` of another grid is resized (bilinear, align_corners=True, cls row kept);
+    - a 2-row ``token_type_embeddings`` goes into a 3-row (NLVR2) model as rows 0, 1 and row 2 := row 1;
+    - any other shape mismatch raises ``ViltCheckpointError`` naming the key, both shapes and the fix.
+    Keys the model lacks pass through unchanged (the loader reports them as unexpected).
+    """
+    sd = dict(state_dict)
+    if any(k.startswith("vilt.") for k in sd):
+        sd = hf_to_vilt_state_dict(sd)
+    own = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k in _DROP_BUFFERS:
+            continue
+        if k not in own or not isinstance(v, torch.Tensor) or own[k].shape == v.shape:
+            out[k] = v
+            continue
+        want = own[k].shape
+        if k == "transformer.pos_embed" and v.dim() == 3 and v.shape[-1] == want[-1]:
+            old = v.shape[1] - 1
+            side = int(round(old ** 0.5))
+            if side * side != old:
+                raise ViltCheckpointError(f"{k}: checkpoint grid of {old} positions is not square; cannot resize")
+            out[k] = _resize_pos_embed(v, (side, side), model.pos_grid)
+            continue
+        if k == "token_type_embeddings.weight" and v.shape[0] == 2 and want[0] == 3 and v.shape[1] == want[1]:
+            out[k] = torch.cat([v, v[1:2]], 0)
+            continue
+        raise ViltCheckpointError(
+            f"checkpoint tensor {k} has shape {tuple(v.shape)} but the model's is {tuple(want)}: {_shape_fix(k)}"
+        )
+    return out
+
+
+def _resize_pos_embed(posemb: torch.Tensor, old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
+    """Resize the patch-position grid (cls row kept) the way ``visual_embed`` resizes it per image: bilinear,
+    align_corners=True. (timm 1.0.29's ``resample_abs_pos_embed`` has no ``align_corners``.)"""
+    d = posemb.shape[-1]
+    grid = posemb[:, 1:].float().reshape(1, old[0], old[1], d).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(new), mode="bilinear", align_corners=True)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], d).to(posemb.dtype)
+    return torch.cat([posemb[:, :1], grid], 1)
+
+
+def _apply_prefix_map(sd: Mapping[str, torch.Tensor], prefix_map: Mapping[str, str] | None) -> dict[str, torch.Tensor]:
+    """Rename keys by the longest matching source prefix (``{"": "backbone."}`` prefixes everything)."""
+    if not prefix_map:
+        return dict(sd)
+    srcs = sorted(prefix_map, key=len, reverse=True)
+    out = {}
+    for k, v in sd.items():
+        for s in srcs:
+            if k.startswith(s):
+                out[prefix_map[s] + k[len(s):]] = v
+                break
+        else:
+            out[k] = v
+    return out
+
+
+def load_vilt_checkpoint(
+    module: nn.Module, path: str | Path, prefix_map: Mapping[str, str] | None = None
+) -> ViltLoadReport:
+    """Load an original ViLT Lightning ``.ckpt`` (``["state_dict"]``), a plain state dict file, or a transformers
+    ViLT state dict into ``module`` (a ``ViLT`` or a module containing one), non-strictly.
+
+    ``prefix_map`` renames checkpoint keys first (e.g. ``{"": "backbone.", "vqa_classifier.": "heads.vqa_classifier."}``).
+    The ViLT part goes through ``checkpoint_filter_fn``. Returns a report the caller prints (``.summary()``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ViLT checkpoint {path} does not exist; give the path of a ViLT .ckpt "
+                                "(e.g. vilt_200k_mlm_itm.ckpt) or set load_path=''")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # Lightning ckpts pickle hparams too
+    sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ViltCheckpointError(f"{path} holds no state dict of tensors; expected a ViLT Lightning .ckpt")
+    report = ViltLoadReport(path=str(path))
+    if any(k.startswith("vilt.") for k in sd):  # transformers names: convert before any prefix mapping
+        sd = hf_to_vilt_state_dict(sd)
+        report.adapted.append("(transformers ViLT names converted)")
+    sd = _apply_prefix_map(sd, prefix_map)
+
+    # route each ViLT submodule's keys through the filter
+    vilts = [(n + "." if n else "", m) for n, m in module.named_modules() if isinstance(m, ViLT)]
+    if not vilts:
+        raise TypeError(f"load_vilt_checkpoint: {type(module).__name__} contains no ViLT module")
+    for prefix, vilt in vilts:
+        part = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        before = {k: tuple(v.shape) for k, v in part.items()}
+        filtered = checkpoint_filter_fn(part, vilt)
+        for k, v in filtered.items():
+            if k not in before or before[k] != tuple(v.shape):
+                report.adapted.append(prefix + k)
+        sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
+        sd.update({prefix + k: v for k, v in filtered.items()})
+
+    own = module.state_dict()
+    for k, v in sd.items():
+        if k in own and own[k].shape != v.shape:
+            raise ViltCheckpointError(f"checkpoint tensor {k} has shape {tuple(v.shape)} but the model's is "
+                                      f"{tuple(own[k].shape)}: {_shape_fix(k.split('.', 1)[-1])}")
+    result = module.load_state_dict(sd, strict=False)
+    report.missing = list(result.missing_keys)
+    report.unexpected = list(result.unexpected_keys)
+    report.loaded = [k for k in sd if k in own]
+    return report
+
+
+# ----------------------------------------------------------------------------------------------- transformers names
+_HF_SIMPLE = {
+    "token_type_embeddings.weight": "vilt.embeddings.token_type_embeddings.weight",
+    "transformer.patch_embed.proj.weight": "vilt.embeddings.patch_embeddings.projection.weight",
+    "transformer.patch_embed.proj.bias": "vilt.embeddings.patch_embeddings.projection.bias",
+    "transformer.cls_token": "vilt.embeddings.cls_token",
+    "transformer.pos_embed": "vilt.embeddings.position_embeddings",
+    "transformer.norm.weight": "vilt.layernorm.weight",
+    "transformer.norm.bias": "vilt.layernorm.bias",
+    "pooler.dense.weight": "vilt.pooler.dense.weight",
+    "pooler.dense.bias": "vilt.pooler.dense.bias",
+}
+_HF_BLOCK = {
+    "norm1": "layernorm_before",
+    "attn.proj": "attention.output.dense",
+    "norm2": "layernorm_after",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output.dense",
+}
+
+
+def vilt_to_hf_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original ViLT names → transformers ``ViltForQuestionAnswering`` names (``qkv`` split into query/key/value,
+    ``vqa_classifier`` → ``classifier``). DAS adapters have no HF counterpart and are left out."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k in _HF_SIMPLE:
+            out[_HF_SIMPLE[k]] = v
+        elif k.startswith("text_embeddings.") and k not in _DROP_BUFFERS:
+            out["vilt.embeddings." + k] = v
+        elif k.startswith("vqa_classifier."):
+            out["classifier." + k[len("vqa_classifier."):]] = v
+        elif k.startswith("transformer.blocks."):
+            i, rest = k[len("transformer.blocks."):].split(".", 1)
+            pre = f"vilt.encoder.layer.{i}."
+            mod, _, leaf = rest.rpartition(".")
+            if mod == "attn.qkv":
+                for name, part in zip(("query", "key", "value"), v.chunk(3, 0)):
+                    out[f"{pre}attention.attention.{name}.{leaf}"] = part
+            elif mod in _HF_BLOCK:
+                out[f"{pre}{_HF_BLOCK[mod]}.{leaf}"] = v
+    return out
+
+
+def hf_to_vilt_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers ``Vilt*`` names → original ViLT names (inverse of ``vilt_to_hf_state_dict``)."""
+    inv_simple = {v: k for k, v in _HF_SIMPLE.items()}
+    inv_block = {v: k for k, v in _HF_BLOCK.items()}
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for k, v in sd.items():
+        if k in inv_simple:
+            out[inv_simple[k]] = v
+        elif k.startswith("vilt.embeddings.text_embeddings."):
+            if k.rsplit(".", 1)[-1] in ("position_ids", "token_type_ids"):
+                continue
+            out[k[len("vilt.embeddings."):]] = v
+        elif k.startswith("classifier."):
+            out["vqa_classifier." + k[len("classifier."):]] = v
+        elif k.startswith("vilt.encoder.layer."):
+            i, rest = k[len("vilt.encoder.layer."):].split(".", 1)
+            mod, _, leaf = rest.rpartition(".")
+            if mod.startswith("attention.attention."):
+                qkv.setdefault((i, leaf), {})[mod.rsplit(".", 1)[-1]] = v
+            elif mod in inv_block:
+                out[f"transformer.blocks.{i}.{inv_block[mod]}.{leaf}"] = v
+            else:
+                out[k] = v
+        else:
+            out[k] = v  # unknown: passes through (reported as unexpected)
+    for (i, leaf), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise ViltCheckpointError(f"layer {i}: attention {leaf} lacks one of query/key/value ({sorted(parts)})")
+        out[f"transformer.blocks.{i}.attn.qkv.{leaf}"] = torch.cat([parts["query"], parts["key"], parts["value"]], 0)
+    return out
+
+
+__all__ = [
+    "VIT_VARIANTS", "DASBlock", "Pooler", "ViLT", "ViltSpec", "ViltLoadReport", "ViltCheckpointError",
+    "build_vilt", "checkpoint_filter_fn", "load_vilt_checkpoint", "register_vit_variant",
+    "vilt_to_hf_state_dict", "hf_to_vilt_state_dict", "init_weights_bert",
+]

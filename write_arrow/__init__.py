@@ -1,0 +1,25 @@
+"""Converters from the public dataset releases to ViLT-format Arrow IPC files (see DATA.md).
+
+``python -m write_arrow <dataset> --src RAW_DIR --dst ARROW_DIR [--seed N]``; each converter is also a plain
+function returning ``{arrow name: Written(path, rows)}``.
+"""
+
+from ._common import WriteArrowError, Written
+from .gqa import write_gqa
+from .karpathy import write_coco, write_f30k
+from .nlvr2 import write_nlvr2
+from .snli_ve import write_snli_ve
+from .synthetic import write_synthetic
+from .vqa import write_vqa
+
+__all__ = [
+    "WriteArrowError",
+    "Written",
+    "write_coco",
+    "write_f30k",
+    "write_gqa",
+    "write_nlvr2",
+    "write_snli_ve",
+    "write_synthetic",
+    "write_vqa",
+]

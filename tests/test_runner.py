@@ -169,3 +169,36 @@ def test_unknown_key_suggests_the_known_one():
 
     with pytest.raises(ConfigError, match="did you mean 'skip_module'"):
         validate_config({**BASE_CONFIG, **NEW_KEYS, "skip_modul": [1]})
+
+
+@pytest.fixture(scope="module")
+def pair_and_caption_arrows(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("arrows_nlvr2_f30k")
+    write_synthetic(root, seed=2, images=32, variants=("nlvr2", "captions"))
+    return root
+
+
+def test_nlvr2_and_f30k_tasks_train_and_evaluate(pair_and_caption_arrows, tmp_path):
+    """NLVR2 (image pairs, 3-row token types) and Flickr30K retrieval (rank loss, IR/TR recall@k) run end to end."""
+    root = pair_and_caption_arrows
+    common = dict(data_root=str(root), stage="train", per_gpu_batchsize=8, batch_size=8, max_epoch=1, num_workers=0,
+                  skip_module=[1], train_transform_keys=["pixelbert"])
+    r = _sacred(named=("demo", "task_finetune_nlvr2"), log_dir=str(tmp_path / "n"), **common)
+    ckpt = torch.load(Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["state_dict"]["backbone.token_type_embeddings.weight"].shape[0] == 3
+    assert ckpt["state_dict"]["heads.nlvr2_classifier.3.weight"].shape == (2, 256)
+
+    r = _sacred(named=("demo", "task_finetune_irtr_f30k"), log_dir=str(tmp_path / "f"), draw_false_text=3,
+                **common)
+    events = list(Path(r.result["run_dir"]).glob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    for k in ("val/ir_r1", "val/tr_r1", "val/ir_r10", "val/tr_r10", "val/the_metric"):
+        assert k in tags, tags
+    r1 = acc.Scalars("val/ir_r1")[-1].value + acc.Scalars("val/tr_r1")[-1].value
+    assert abs(acc.Scalars("val/the_metric")[-1].value - r1) < 1e-6  # the_metric = IR@1 + TR@1
+    assert all(0.0 <= acc.Scalars(k)[-1].value <= 1.0 for k in ("val/ir_r1", "val/tr_r10"))

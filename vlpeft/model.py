@@ -73,7 +73,6 @@ class VLPeftModule(pl.LightningModule):
         self._search_iter: Iterator | None = None
         self._search_rounds = 0
         self._test_outputs: list[dict[str, Any]] = []
-        self._train_rng = torch.Generator().manual_seed(int(config["seed"]))
 
     # ------------------------------------------------------------------ trainable set
     def _set_trainable(self) -> None:
@@ -245,7 +244,7 @@ class VLPeftModule(pl.LightningModule):
         self.val_metrics.update(out, batch)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch(self.val_metrics, "val")
+        self._log_epoch(self.val_metrics, "val", extra=self._recall_metrics("val"))
         if isinstance(self.search, KABSearch) and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             print(f"\n{'=' * 20} Current Architecture [{self.current_epoch}] Insert Layer is {self.search.best()} !",
                   flush=True)
@@ -259,7 +258,7 @@ class VLPeftModule(pl.LightningModule):
         self._test_outputs = []
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch(self.test_metrics, "test")
+        self._log_epoch(self.test_metrics, "test", extra=self._recall_metrics("test"))
         # every rank's predictions, gathered in memory; rank 0 writes the files (atomic, de-duplicated)
         merged: dict[str, list[dict]] = {}
         for part in self._test_outputs:
@@ -274,8 +273,42 @@ class VLPeftModule(pl.LightningModule):
             for task, path in self.test_dumps.items():
                 print(f"[vlpeft] wrote {task} test dump: {path}", flush=True)
 
-    def _log_epoch(self, metrics: "tm.TaskMetrics", phase: str) -> None:
+    @torch.no_grad()
+    def _recall_metrics(self, split: str) -> dict[str, float]:
+        """IR/TR recall@1/5/10 over every (image, caption) pair of the split (``get_recall_metric=True``).
+
+        Each image is embedded once and scored against every caption batch (ViLT's ``image_embeds`` path);
+        every rank scores the whole split, so no gather is needed (the split is small next to training).
+        """
+        if not (self.config["get_recall_metric"] and "irtr" in self.tasks) or self.trainer.sanity_checking:
+            return {}
+        dm = self.trainer.datamodule
+        texts = [self.transfer_batch_to_device(b, self.device, 0)
+                 for b in dm.recall_loader(dm.recall_text_dataset(split), batch_size=64)]
+        txt_iids = torch.cat([b["iid"] for b in texts]).cpu()
+        rows, img_iids = [], []
+        kw = self._placement_kwargs()
+        for ib in dm.recall_loader(dm.recall_image_dataset(split), batch_size=1):
+            ib = self.transfer_batch_to_device(ib, self.device, 0)
+            emb, masks, _ = self.backbone.visual_embed(ib["image"], ib.get("image_mask"), self.backbone.max_image_len,
+                                                       self.backbone.patch_generator)
+            scores = []
+            for tb in texts:
+                n = tb["text_ids"].shape[0]
+                out = self.backbone.infer(tb, image_embeds=emb.expand(n, -1, -1), image_masks=masks.expand(n, -1),
+                                          **kw)
+                scores.append(self.heads["rank_output"](out["cls_feats"])[:, 0].float().cpu())
+            rows.append(torch.cat(scores))
+            img_iids.append(int(ib["iid"][0]))
+        recalls = tm.recall_at_k(torch.stack(rows), img_iids, txt_iids)
+        if self.trainer.is_global_zero:
+            print(f"[vlpeft] {split} recall: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(recalls.items())),
+                  flush=True)
+        return recalls
+
+    def _log_epoch(self, metrics: "tm.TaskMetrics", phase: str, extra: dict[str, float] | None = None) -> None:
         values = metrics.compute_and_reset()
+        values.update(extra or {})
         for k, v in values.items():
             self.log(f"{phase}/{k}", v, sync_dist=False)
         self.log(f"{phase}/the_metric", tm.the_metric(values), sync_dist=False)

@@ -123,7 +123,7 @@ def _run_dir(config: dict[str, Any], name: str) -> tuple[str, int]:
 
 def _finalize_label_sizes(config: dict[str, Any]) -> dict[str, Any]:
     """vqav2_label_size=0 means: take it from the label vocabulary written next to the arrow files."""
-    if config.get("vqav2_label_size", 1) == 0:
+    if config.get("vqav2_label_size", 1) == 0 and config["loss_names"].get("vqa", 0) >= 1:
         vocab = Path(config["data_root"]) / "vqav2_label_vocab.json"
         if not vocab.is_file():
             raise ConfigError(f"vqav2_label_size=0 needs {vocab} (written by python -m write_arrow); "

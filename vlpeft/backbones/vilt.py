@@ -27,7 +27,7 @@ Differences from the original, on purpose (seeds.md §8):
   order and the padding slots are the first invalid positions; only a real cap draws random patches, from the
   ``generator`` passed (default: the global torch RNG, so ``seed_everything`` makes it reproducible). Padding
   slots are masked keys, and attention is permutation-equivariant, so ``cls_feats`` equal the original's;
-- devices are taken from the module, never ``.cuda()``; layer count, widths and grid come from the built model.
+- devices are taken from the module, never a hard-coded CUDA call; layer count, widths and grid come from the built model.
 """
 
 from __future__ import annotations

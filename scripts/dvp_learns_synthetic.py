@@ -59,8 +59,10 @@ def text_only_score(root: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=400)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--insert-layer", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--full-finetune", action="store_true", help="train the whole PLM (default: adapters + norms)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dvp_synth_"))
@@ -70,7 +72,8 @@ def main() -> None:
     cfg = {**BASE_CONFIG, **NEW_KEYS, **NAMED_CONFIGS["dvp_adaption_bert_vqa"]}
     cfg.update(data_root=str(root), log_dir=str(work / "result"), clip_model=SMALL_CLIP, image_size=64,
                per_gpu_batchsize=32, batch_size=32, max_epoch=args.epochs, num_gpus=0, precision=32, num_workers=0,
-               vqav2_label_size=0, insert_layer=args.insert_layer, learning_rate=2e-4, lr_mult=10, drop_rate=0.0)
+               vqav2_label_size=0, insert_layer=args.insert_layer, learning_rate=args.lr, lr_mult=10, drop_rate=0.0,
+               use_adapter=not args.full_finetune)
     result = run(cfg)
     score = result.metrics["val"]["vqa_score"]
     figures = {"text_only_val_vqa_score": round(100 * baseline, 2), "dvp_bert_val_vqa_score": round(100 * score, 2),

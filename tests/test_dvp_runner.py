@@ -50,3 +50,27 @@ def test_dvp_search_train_test(arrows, tmp_path):
     vocab = json.loads((arrows / "vqav2_label_vocab.json").read_text())
     assert rows and all(row["answer"] in vocab for row in rows)
     assert len({row["question_id"] for row in rows}) == len(rows)
+
+
+@pytest.mark.parametrize("lm, plm", [("t5", "test_t5_tiny_bertvocab"), ("llama", "test_llama_tiny_bertvocab")])
+def test_dvp_t5_and_llama_search_then_train(arrows, tmp_path, lm, plm):
+    """The T5 and LLaMA paths through run.py (tiny random PLMs sized to the default vocabulary)."""
+    common = dict(data_root=str(arrows), log_dir=str(tmp_path / "result"), clip_model="test_clip_tiny",
+                  image_size=32, per_gpu_batchsize=8, batch_size=8, max_epoch=1, num_gpus=0, precision=32,
+                  num_workers=0, vqav2_label_size=0, plm_config=plm, tokenizer="bert-base-uncased", num_heads=4,
+                  dvp_llama_xattn_dim=32)
+    r = _run(f"dvp_search_{lm}_vqa", search_sample=3, **common)
+    placement = Placement.load(r.result["placement_path"])
+    assert placement.num_layers == 3 and placement.meta["rounds"] > 0
+    r = _run(f"dvp_adaption_{lm}_vqa", placement="latest", use_adapter=True, **common)
+    saved = torch.load(Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=False)
+    assert saved["vlpeft_placement"]["insert_layer"] == placement.insert_layer
+
+
+def test_llama_dvp_requires_adapters(arrows, tmp_path):
+    from vlpeft.config import ConfigError
+
+    with pytest.raises(ConfigError, match="use_adapter=True"):
+        _run("dvp_adaption_llama_vqa", use_adapter=False, data_root=str(arrows), log_dir=str(tmp_path),
+             per_gpu_batchsize=8, batch_size=8, num_gpus=0)

@@ -247,6 +247,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"method={config['method']!r}; use method=das or method=dvp")
     if config["stage"] not in ("search", "train", "demo"):
         raise ConfigError(f"stage={config['stage']!r}; use stage=search or stage=train (or the demo named config)")
+    if config["method"] == "dvp" and str(config["language_model"]).upper() == "LLAMA" and not config["use_adapter"]:
+        raise ConfigError("LLaMA-DVP always trains with adapters (the PLM is too large to fine-tune in full); "
+                          "set use_adapter=True (the dvp_*_llama_* named configs do)")
     return config
 
 

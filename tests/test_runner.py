@@ -202,3 +202,18 @@ def test_nlvr2_and_f30k_tasks_train_and_evaluate(pair_and_caption_arrows, tmp_pa
     r1 = acc.Scalars("val/ir_r1")[-1].value + acc.Scalars("val/tr_r1")[-1].value
     assert abs(acc.Scalars("val/the_metric")[-1].value - r1) < 1e-6  # the_metric = IR@1 + TR@1
     assert all(0.0 <= acc.Scalars(k)[-1].value <= 1.0 for k in ("val/ir_r1", "val/tr_r10"))
+
+
+def test_trainable_used_trains_only_the_adapters_the_placement_runs():
+    from vlpeft.config import BASE_CONFIG, NAMED_CONFIGS, NEW_KEYS
+    from vlpeft.model import VLPeftModule
+
+    cfg = {**BASE_CONFIG, **NEW_KEYS, **NAMED_CONFIGS["demo"], "vqav2_label_size": 18, "stage": "train"}
+    blocks = lambda m: sorted({".".join(n.split(".")[1:5]) for n, p in m.named_parameters()  # noqa: E731
+                               if p.requires_grad and "adapter" in n})
+    used = blocks(VLPeftModule(dict(cfg, trainable="used"), placement=Placement.das([1])))
+    assert used == ["adapter_list.1.0.adapter_layer_norm_before", "adapter_list.1.0.down_proj",
+                    "adapter_list.1.0.up_proj"] + [f"transformer.blocks.{i}.adapter{a}" for i in (0, 2, 3)
+                                                   for a in (0, 1)]
+    original = blocks(VLPeftModule(cfg, placement=Placement.das([1])))
+    assert len(original) > len(used)  # the original rule trains every adapter, used or not

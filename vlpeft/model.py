@@ -14,20 +14,16 @@ from torch import nn
 
 from vlpeft.backbones import build_backbone
 from vlpeft.optim import build_optimizer, build_scheduler
-from vlpeft.peft.trainable import ORIGINAL_DAS_TRAINABLE, count_parameters, format_trainable, mark_trainable
+from vlpeft.peft.trainable import ORIGINAL_DAS_TRAINABLE, format_trainable, mark_trainable
 from vlpeft.search.das import DASSearch
 from vlpeft.search.kab import KABSearch, format_progress
 from vlpeft.search.placement import Placement
 from vlpeft.tasks import metrics as tm
 from vlpeft.tasks.dumps import gather_predictions, write_test_dumps
-from vlpeft.tasks.heads import build_heads
+from vlpeft.tasks.heads import active_tasks, build_heads
 from vlpeft.tasks.objectives import compute_tasks, score_for_search
 
 PLACEMENT_KEY = "vlpeft_placement"
-
-
-def active_tasks(config: dict[str, Any]) -> list[str]:
-    return [t for t, v in config["loss_names"].items() if v >= 1]
 
 
 class VLPeftModule(pl.LightningModule):
@@ -46,7 +42,7 @@ class VLPeftModule(pl.LightningModule):
         self.searching = config["stage"] == "search"
         self.backbone = build_backbone(config)
         self.heads = build_heads(config, self.backbone.hidden_size)
-        self.tasks = active_tasks(config)
+        self.tasks = active_tasks(config["loss_names"])
         if not self.tasks:
             raise ValueError("no active task: set loss_names, e.g. with task_finetune_vqa_randaug or a dvp_* config")
         n = self.backbone.num_layers
@@ -95,15 +91,14 @@ class VLPeftModule(pl.LightningModule):
 
     def _freeze_unused_das_adapters(self) -> None:
         skip = set(self.placement.skip)
-        for i in range(self.backbone.num_layers):
-            for name, p in self.backbone.named_parameters():
-                if i in skip and name.startswith(f"transformer.blocks.{i}.adapter"):
-                    p.requires_grad_(False)
-                if i not in skip and name.startswith(f"adapter_list.{i}."):
-                    p.requires_grad_(False)
+        for name, p in self.backbone.named_parameters():
+            parts = name.split(".")
+            if name.startswith("transformer.blocks.") and "adapter" in parts[3] and int(parts[2]) in skip:
+                p.requires_grad_(False)  # the in-block adapters of a skipped block never run
+            elif name.startswith("adapter_list.") and int(parts[1]) not in skip:
+                p.requires_grad_(False)  # the skip adapter of a block that runs never runs
 
     def trainable_summary(self) -> str:
-        n_train, n_all = count_parameters(self)
         adapters = sum(p.numel() for n, p in self.named_parameters() if "adapter" in n)
         return f"{format_trainable(self)}\nextra parameter (adapters): {adapters:,d}"
 

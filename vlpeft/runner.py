@@ -246,18 +246,25 @@ def _report_sizes(result: RunResult) -> None:
 def run_test(config: dict[str, Any]) -> RunResult:
     """test_only=True: load ``load_path`` (placement from the checkpoint unless given) and write the dumps."""
     from vlpeft.checkpoint import _as_list
+    from vlpeft.model import VLPeftModule
 
     config = _finalize_label_sizes(config)
     if not _as_list(config["load_path"]):
         raise ConfigError("test_only=True needs load_path=<checkpoint of a trained run>")
-    placement = _placement_from_checkpoints(config) if not config["placement"] else resolve_placement(config)
-    if placement is None:
-        placement = resolve_placement(config)
     name, version = _run_dir(config, f"{config['exp_name']}_seed{config['seed']}_test_{load_name(config)}")
     run_dir = Path(config["log_dir"]) / name / f"version_{version}"
     dm = _datamodule(config)
     cfg = dict(config, stage="train", _dump_dir=str(config["log_dir"]), _dump_name=load_name(config))
-    module = _build_module(cfg, placement, fresh_heads=False)
+    # build with a provisional placement, load once, then apply the placement the checkpoint carries
+    module = VLPeftModule(cfg, placement=resolve_placement(config))
+    reports = load_weights(module, config["load_path"], fresh_heads=False)
+    for report in reports:
+        print(f"[vlpeft] {report.summary()}")
+    if not config["placement"]:
+        saved = next((r.placement for r in reversed(reports) if r.placement), None)
+        if saved:
+            module.placement = Placement.from_dict(saved, source="checkpoint").validate(module.backbone.num_layers)
+    placement = module.placement
     print(f"[vlpeft] placement: {placement.to_dict()}")
     trainer = build_trainer(cfg, name, version, enable_ckpt=False)
     trainer.test(module, datamodule=dm)
@@ -266,22 +273,3 @@ def run_test(config: dict[str, Any]) -> RunResult:
     dumps = getattr(module, "test_dumps", {})
     result.submission = dumps.get("vqa") or next(iter(dumps.values()), None)
     return result
-
-
-def _placement_from_checkpoints(config: dict[str, Any]) -> Placement | None:
-    from vlpeft.checkpoint import _as_list
-
-    for path in reversed(_as_list(config["load_path"])):
-        p = Path(path)
-        if p.suffix == ".safetensors":
-            side = p.with_name("trainable.json")
-            if side.is_file():
-                d = json.loads(side.read_text()).get("placement")
-                if d:
-                    return Placement.from_dict(d, source=str(side))
-            continue
-        if p.is_file():
-            ckpt = torch.load(p, map_location="cpu", weights_only=False)
-            if isinstance(ckpt, dict) and ckpt.get("vlpeft_placement"):
-                return Placement.from_dict(ckpt["vlpeft_placement"], source=str(p))
-    return None

@@ -144,6 +144,50 @@ def test_resume_continues_saved_search_state(arrows, tmp_path):
     assert int(resumed["search.draw_count"]) > int(saved["search.draw_count"])
 
 
+class _Killed(RuntimeError):
+    pass
+
+
+def test_resumed_search_equals_uninterrupted_bit_for_bit(arrows, tmp_path, monkeypatch):
+    """Kill a search after epoch 1 (its last.ckpt written), resume it: gates, history, draws, reward-batch
+    position and every trained weight equal the same-seed uninterrupted run's, bit for bit (dropout on, so the
+    RNG streams must be restored too)."""
+    import pytorch_lightning as pl
+
+    from vlpeft import runner
+
+    upd = dict(stage="search", max_epoch=3, das_epoch=3, das_turn=2, drop_rate=0.1)
+    full = _sacred(**_updates(arrows, tmp_path / "full", **upd))
+
+    class KillAfterEpoch1(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                raise _Killed("killed after epoch 1")
+
+    real_build = runner.build_trainer
+    monkeypatch.setattr(runner, "build_trainer",
+                        lambda *a, **kw: real_build(*a, **dict(kw, extra_callbacks=[KillAfterEpoch1()])))
+    log = tmp_path / "killed"
+    with pytest.raises(_Killed):
+        _sacred(**_updates(arrows, log, **upd))
+    monkeypatch.setattr(runner, "build_trainer", real_build)
+    last = next(log.glob("*/version_0/checkpoints/last.ckpt"))
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 1
+    resumed = _sacred(**_updates(arrows, log, resume_from=str(last), **upd))
+
+    def final(r):
+        return torch.load(Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu",
+                          weights_only=False)["state_dict"]
+
+    a, b = final(full), final(resumed)
+    assert int(a["search.reward_batches"]) > 0 and a["search.history"].shape[0] > 1
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert differ == []
+    assert json.loads(Path(full.result["placement_path"]).read_text())["scores"] == \
+        json.loads(Path(resumed.result["placement_path"]).read_text())["scores"]
+
+
 @pytest.mark.parametrize(
     "updates, error, words",
     [

@@ -60,13 +60,13 @@ def test_das_update_nonzero_gates_overlapping_blocks_accumulate_with_snapshot_p(
     assert Placement.from_dict(p.to_dict()) == p
 
 
-def test_das_best_top_k_sorted_by_index_and_ties_to_lower_index():
+def test_das_best_top_k_sorted_by_index_and_ties_to_higher_index():
     das = DASSearch(num_layers=6, skip_num=3)
     das.das_gate.copy_(torch.tensor([0.5, 2.0, 0.5, -1.0, 3.0, 0.5]))
-    # largest: 3.0 (4), 2.0 (1), then a three-way tie at 0.5 → lowest index 0
-    assert das.best() == [0, 1, 4]
+    # largest: 3.0 (4), 2.0 (1), then a three-way tie at 0.5 → the original takes the highest index, 5
+    assert das.best() == [1, 4, 5]
     das.das_gate.zero_()
-    assert das.best() == [0, 1, 2]
+    assert das.best() == [3, 4, 5]  # torch.sort(zeros)[1][-3:] in the original
 
 
 def test_das_update_rejects_bad_input():

@@ -102,7 +102,8 @@ NEW_KEYS: dict[str, Any] = {
     "das_warmup_epoch": 1,
     "das_lr": 1.0,
     "search_score_mode": "eval",  # eval (fix: dropout off while scoring) | train (the originals)
-    "search_val_batch_size": 0,  # reward/mini-val batch; 0 = per_gpu_batchsize (DAS) or batch_size // 2 (DVP)
+    "search_val_batch_size": 0,  # reward/mini-val batch; 0 = per_gpu_batchsize (DAS) or batch_size // 2 (DVP), as the originals
+    "das_count_unit": "micro_batch",  # what das_turn counts: micro_batch (the original) | optimizer_step
     "save_trainable": True,  # also save trainable weights alone (safetensors + JSON)
     # DVP (dvp/config.py keys)
     "clip_model": "ViT-B/16",
@@ -243,6 +244,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     for k in BOOL_KEYS:
         if k in config and not isinstance(config[k], bool):
             raise ConfigError(f"{k}={config[k]!r} is not a boolean; write {k}=True or {k}=False (capitalised)")
+    if config["das_count_unit"] not in ("micro_batch", "optimizer_step"):
+        raise ConfigError(f"das_count_unit={config['das_count_unit']!r}; use micro_batch (the original DAS) or "
+                          "optimizer_step")
     if config["method"] not in ("das", "dvp"):
         raise ConfigError(f"method={config['method']!r}; use method=das or method=dvp")
     if config["stage"] not in ("search", "train", "demo"):

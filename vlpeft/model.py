@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import random
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
@@ -24,6 +26,7 @@ from vlpeft.tasks.heads import active_tasks, build_heads
 from vlpeft.tasks.objectives import compute_tasks, score_for_search
 
 PLACEMENT_KEY = "vlpeft_placement"
+RNG_KEY = "vlpeft_rng_state"
 
 
 class VLPeftModule(pl.LightningModule):
@@ -67,7 +70,6 @@ class VLPeftModule(pl.LightningModule):
         self.val_metrics = tm.TaskMetrics(self.tasks, prefix="val")
         self.test_metrics = tm.TaskMetrics(self.tasks, prefix="test")
         self._search_iter: Iterator | None = None
-        self._search_rounds = 0
         self._test_outputs: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ trainable set
@@ -139,25 +141,31 @@ class VLPeftModule(pl.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.search is None:
             return
-        # cadences count optimizer steps, not micro-batches (fix: the originals broke under accumulation)
-        if (batch_idx + 1) % max(1, self.trainer.accumulate_grad_batches) != 0:
-            return
+        optimizer_step = (batch_idx + 1) % max(1, self.trainer.accumulate_grad_batches) == 0
         if isinstance(self.search, DASSearch):
+            # the original DAS counts training forwards (micro-batches); das_count_unit=optimizer_step counts steps
+            if self.config["das_count_unit"] == "optimizer_step" and not optimizer_step:
+                return
             if self.search.in_search(self.current_epoch) and self.search.step_counter(self.current_epoch):
                 self._das_round()
-        else:
-            self._kab_round()
+        elif optimizer_step:
+            self._kab_round()  # KAB: a sampling stage after every optimizer step, as the original
 
     def _next_search_batch(self) -> dict[str, Any]:
         if self._search_iter is None:
-            self._search_iter = _cycle(self._search_loader())
+            # continue the stream where the saved state says it stood (a resumed search sees the same batches)
+            loader = self._search_loader()
+            start_pass, skip = divmod(int(self.search.reward_batches), max(1, len(loader)))
+            self._search_iter = _cycle(loader, start_pass, skip)
         batch = next(self._search_iter)
+        self.search.reward_batches += 1
         return self.transfer_batch_to_device(batch, self.device, 0)
 
     def _search_loader(self):
         dm = self.trainer.datamodule
+        # defaults as the originals: DAS per_gpu_batchsize; DVP config["batch_size"] // 2 (the global batch size)
         bs = self.config["search_val_batch_size"] or (
-            self.config["per_gpu_batchsize"] if self.method == "das" else max(1, self.config["per_gpu_batchsize"] // 2)
+            self.config["per_gpu_batchsize"] if self.method == "das" else max(1, self.config["batch_size"] // 2)
         )
         return dm.search_dataloader(bs)
 
@@ -176,7 +184,6 @@ class VLPeftModule(pl.LightningModule):
         losses = _mean_across_ranks(losses)
         info = self.search.update(cands, losses.cpu())
         self.search.record_history()
-        self._search_rounds += 1
         self.log("search/reward_mean", float(info.get("baseline", losses.neg().exp().mean())), batch_size=1)
 
     @torch.no_grad()
@@ -196,9 +203,8 @@ class VLPeftModule(pl.LightningModule):
         scores_t = _mean_across_ranks(torch.tensor(scores, dtype=torch.float64, device=self.device))
         info = self.search.update(layers, scores_t.cpu())
         self.search.record_history()
-        self._search_rounds += 1
         if self.search.progress_due(100) and self.trainer.is_global_zero:
-            print(format_progress(self.current_epoch, self._search_rounds, info, sum(losses) / len(losses)), flush=True)
+            print(format_progress(self.current_epoch, int(self.search.reward_batches), info, sum(losses) / len(losses)), flush=True)
         self.log("search/mean_score", float(info["mean_score"]), batch_size=1)
 
     def on_train_epoch_end(self) -> None:
@@ -223,7 +229,7 @@ class VLPeftModule(pl.LightningModule):
         if not self.trainer.is_global_zero:
             return
         placement = self.search.placement(meta={"world_size": world, "ranks_agree": agree,
-                                                "rounds": self._search_rounds})
+                                                "rounds": int(self.search.reward_batches)})
         run_dir = Path(self.config.get("_run_dir") or self.trainer.log_dir or ".")
         placement.save(run_dir / "placement.json")
         self.search.save_plot(run_dir / "placement.png")
@@ -321,6 +327,13 @@ class VLPeftModule(pl.LightningModule):
         p = self.current_placement()
         if p is not None:
             checkpoint[PLACEMENT_KEY] = p.to_dict()
+        # the RNG streams (dropout, random transforms in the main process) so that a resumed run continues
+        # exactly as the uninterrupted one (the data order and the search draws are seeded by position)
+        checkpoint[RNG_KEY] = _rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if RNG_KEY in checkpoint:
+            _set_rng_state(checkpoint[RNG_KEY])
 
     def current_placement(self) -> Placement | None:
         if self.search is not None:
@@ -343,12 +356,15 @@ class _ScoringMode:
         self.module.train(self.was_training)
 
 
-def _cycle(loader) -> Iterator:
-    epoch = 0
+def _cycle(loader, start_pass: int = 0, skip_batches: int = 0) -> Iterator:
+    epoch = start_pass
     while True:
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # a new order each pass (the originals reused one batch forever)
+        if skip_batches:
+            sampler.skip = skip_batches * loader.batch_size
+            skip_batches = 0
         yielded = False
         for b in loader:
             yielded = True
@@ -371,3 +387,22 @@ def _batch_len(batch: dict[str, Any]) -> int:
         if k in batch and hasattr(batch[k], "shape"):
             return int(batch[k].shape[0])
     return 1
+
+
+def _rng_state() -> dict[str, Any]:
+    # plain tensors, ints and tuples only: Lightning resumes with torch.load(weights_only=True)
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

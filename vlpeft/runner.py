@@ -152,8 +152,11 @@ def build_trainer(config: dict[str, Any], run_dir_name: str, version: int, *, ex
     logger = TensorBoardLogger(config["log_dir"], name=run_dir_name, version=version, default_hp_metric=False)
     callbacks = list(extra_callbacks) + [_CleanDDPExit()]
     if enable_ckpt:
-        callbacks.append(ModelCheckpoint(monitor="val/the_metric", mode="max", save_top_k=1, save_last=True,
+        callbacks.append(ModelCheckpoint(monitor="val/the_metric", mode="max", save_top_k=1,
                                          filename="best-{epoch}-{step}"))
+        # last.ckpt = the state after the latest epoch. Lightning 2.6's save_last=True only rewrites it when the
+        # monitored metric improved, so a resume from "last" would restart from the best epoch instead.
+        callbacks.append(ModelCheckpoint(monitor=None, save_top_k=1, filename="last", enable_version_counter=False))
     callbacks.append(LearningRateMonitor(logging_interval="step"))
     max_steps = config["max_steps"]
     trainer = pl.Trainer(
@@ -209,6 +212,8 @@ def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
             print(f"[vlpeft] placement: {placement.to_dict()}")
         print(f"[vlpeft] {module.trainable_summary()}")
         trainer = build_trainer(config, name, version)
+        # training randomness (dropout, draws) starts from the seed whatever building the model consumed
+        pl.seed_everything(config["seed"], workers=True, verbose=False)
         trainer.fit(module, datamodule=dm, ckpt_path=config["resume_from"])
     finally:
         os.environ.pop(VERSION_ENV, None)

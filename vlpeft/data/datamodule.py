@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -9,7 +10,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from vlpeft.data.arrow import check_files, load_split
 from vlpeft.data.collate import Collator
@@ -45,11 +46,39 @@ class AnswerMap(dict):
         return UNKNOWN_ANSWER
 
 
+_SEED_STRIDE = 1_000_003
+
+
+class EpochRandomSampler(RandomSampler):
+    """A shuffled order that is a function of ``(seed, epoch)`` alone, never of the global RNG's position.
+
+    Lightning calls ``set_epoch`` before every training epoch, so a run resumed at epoch e sees the same order
+    (and, through the loader's ``generator`` reseeded here, the same worker seeds) as the uninterrupted run.
+    Under DDP Lightning replaces it with a ``DistributedSampler``, whose order is also (seed, epoch)-determined.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, generator: torch.Generator):
+        super().__init__(dataset)
+        self.seed, self.epoch, self.loader_generator = int(seed), 0, generator
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        # the DataLoader draws its workers' base seed from this generator when an epoch's iterator is made
+        self.loader_generator.manual_seed(self.seed * _SEED_STRIDE + 2 * self.epoch + 1)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * _SEED_STRIDE + 2 * self.epoch)
+        return iter(torch.randperm(len(self.data_source), generator=g).tolist())
+
+
 class SearchSampler(DistributedSampler):
-    """Shuffled, seeded order over the search split that changes every pass.
+    """Shuffled, seeded order over the search split that changes every pass, and can start mid-pass.
 
     The model keeps one iterator for the whole run and calls ``set_epoch`` per pass; if nobody does, each new
     ``__iter__`` advances the epoch itself, so the reward batches never repeat one fixed batch.
+    ``skip`` drops that many leading indices of the next pass only: a resumed search continues where the
+    interrupted one stopped (the model derives the pass and offset from the number of reward batches seen).
     """
 
     def __init__(self, dataset: Dataset, seed: int):
@@ -60,6 +89,7 @@ class SearchSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=seed)
         self._set_since_iter = False
         self._passes = 0
+        self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
@@ -70,7 +100,8 @@ class SearchSampler(DistributedSampler):
             self.epoch += 1
         self._passes += 1
         self._set_since_iter = False
-        return super().__iter__()
+        skip, self.skip = self.skip, 0
+        return itertools.islice(super().__iter__(), skip, None)
 
 
 def _answer_map_from_vocab(path: Path) -> AnswerMap:
@@ -170,15 +201,18 @@ class MTDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds: Dataset, *, shuffle: bool, collate: Collator, batch_size: int | None = None,
-                sampler=None, persistent: bool = False) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)  # order and worker seeds follow the config seed
+                sampler=None, persistent: bool = False, generator: torch.Generator | None = None) -> DataLoader:
+        gen = generator or torch.Generator().manual_seed(self.seed)  # order and worker seeds follow the config seed
         return DataLoader(ds, batch_size=batch_size or self.batch_size, shuffle=shuffle if sampler is None else None,
                           sampler=sampler, num_workers=self.num_workers, collate_fn=collate, generator=gen,
                           persistent_workers=persistent and self.num_workers > 0, drop_last=False)
 
     def train_dataloader(self) -> DataLoader:
         # under DDP Lightning swaps the sampler for a DistributedSampler (use_distributed_sampler=True)
-        return self._loader(self._concat("train"), shuffle=True, collate=self.collate)
+        ds = self._concat("train")
+        gen = torch.Generator()
+        return self._loader(ds, shuffle=False, collate=self.collate, sampler=EpochRandomSampler(ds, self.seed, gen),
+                            generator=gen)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._concat("val"), shuffle=False, collate=self.eval_collate)

@@ -40,6 +40,8 @@ class SearchState(nn.Module):
         self.seed = seed
         # Number of generator draws made so far; the next draw is seeded from (seed, draw_count).
         self.register_buffer("draw_count", torch.zeros((), dtype=torch.long))
+        # Reward/mini-validation batches consumed so far: a resumed run continues the batch stream from here.
+        self.register_buffer("reward_batches", torch.zeros((), dtype=torch.long))
         # One row per record_history() call; re-registered on append, resized on load.
         self.register_buffer("history", torch.zeros(0, num_layers, dtype=torch.float32))
 
@@ -220,10 +222,14 @@ class DASSearch(SearchState):
 
     # --- result ---------------------------------------------------------------------------------------------
     def best(self) -> list[int]:
-        """The ``skip_num`` blocks with the largest gates, sorted by block index (ties → lower index)."""
+        """The ``skip_num`` blocks with the largest gates, sorted by block index.
+
+        Ties go to the **higher** index, as the original (``torch.sort(das_gate)[1][-skip_num:]``: an ascending
+        sort keeps equal gates in index order, so the last ones taken are the highest indices).
+        """
         g = self.das_gate.detach().to("cpu", torch.float64)
-        order = torch.sort(-g, stable=True).indices  # stable: equal gates keep index order
-        return sorted(int(i) for i in order[: self.k])
+        order = torch.sort(g, stable=True).indices  # stable: equal gates keep index order
+        return sorted(int(i) for i in order[-self.k:])
 
     def placement(self, meta: dict[str, Any] | None = None) -> Placement:
         return Placement.das(self.best(), num_layers=self.num_layers,

@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 from collections import Counter
@@ -79,7 +78,6 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 from vlpeft._io import write_json_atomic
 from vlpeft.data.normalize import normalize_word, process_digit_article, process_punctuation
 
-log = logging.getLogger(__name__)
 
 __all__ = [
     "EvaluationError",

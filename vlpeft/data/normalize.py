@@ -1,7 +1,10 @@
 """VQA answer normalisation, as the official VQA evaluation defines it.
 
 One module for everything that compares answers: the arrow writers (label vocabulary, soft scores, GQA labels)
-and the VQA metric. The outputs must equal the official evaluation's because they define the 3129-answer
+and the official VQA scorer :mod:`vlpeft.evaluate` (``process_punctuation`` / ``process_digit_article``). The
+in-training ``vqa_score`` (``vlpeft.tasks.metrics.VQAScore``) does not call it: it reads the converter's soft
+targets, which were built with :func:`normalize_word` — a proxy of the official number (see
+:mod:`vlpeft.evaluate`). The outputs must equal the official evaluation's because they define the 3129-answer
 vocabulary. Two quirks of the official code are kept on purpose (seeds.md §2.2.1, §8.4 item 30):
 
 * its period regex carries a look-behind typo (``(?!<=\\d)``, a look-*ahead* that never fires), so every ``.``

@@ -7,6 +7,7 @@ question id, checked against the expected id set, and written atomically to an e
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Hashable, Iterable, Mapping, Sequence
@@ -69,14 +70,49 @@ def _check_expected(got: Iterable[Hashable], expected: Iterable[Hashable] | None
 
 
 def write_vqa_submission(qids: Sequence[int], preds: Sequence[str], path: str | os.PathLike,
-                         expected_qids: Iterable[int] | None = None) -> Path:
-    """JSON list of ``{"question_id": int, "answer": str}`` sorted by question id (the EvalAI format)."""
+                         expected_qids: Iterable[int] | None = None, *,
+                         fill_question_ids: Iterable[int] | None = None, fill: str = "yes") -> Path:
+    """JSON list of ``{"question_id": int, "answer": str}`` sorted by question id (the EvalAI format).
+
+    With ``fill_question_ids`` (all test2015 question ids, for a test-dev submission) the missing ids are
+    answered ``fill`` — see :func:`fill_vqa_submission`; ``expected_qids`` is checked before filling.
+    """
     if len(qids) != len(preds):
         raise SubmissionError(f"{len(qids)} question ids but {len(preds)} answers")
     by_qid = _dedupe(((int(q), str(a)) for q, a in zip(qids, preds)), "question_id")
     _check_expected(by_qid, None if expected_qids is None else (int(q) for q in expected_qids), "question_id")
     rows = [{"question_id": q, "answer": by_qid[q]} for q in sorted(by_qid)]
+    if fill_question_ids is not None:
+        rows, _ = fill_vqa_submission(rows, fill_question_ids, fill=fill)
     return write_json_atomic(path, rows, indent=4)
+
+
+def fill_vqa_submission(rows: Iterable[Mapping[str, Any]], all_question_ids: Iterable[int],
+                        fill: str = "yes") -> tuple[list[dict[str, Any]], int]:
+    """Complete a VQAv2 submission: every id of ``all_question_ids`` missing from ``rows`` gets ``fill``.
+
+    EvalAI scores a test-dev submission only if it answers every test2015 (test-std) question, so a test-dev
+    run's ``vqa_submit_*.json`` must be filled with the full ``v2_OpenEnded_mscoco_test2015_questions.json`` ids.
+    Returns ``(rows sorted by question id, number of ids filled)`` and logs the count. Rows whose id is not in
+    ``all_question_ids`` (wrong questions file) and ids answered twice differently raise :class:`SubmissionError`.
+    """
+    rows = list(rows)
+    for i, r in enumerate(rows):
+        if not isinstance(r, Mapping) or "question_id" not in r or "answer" not in r:
+            raise SubmissionError(f"row {i} is not an object with 'question_id' and 'answer'")
+    by_qid = _dedupe(((int(r["question_id"]), str(r["answer"])) for r in rows), "question_id")
+    all_ids = {int(q) for q in all_question_ids}
+    extra = sorted(set(by_qid) - all_ids)
+    if extra:
+        raise SubmissionError(f"{len(extra)} answered question ids are not among the {len(all_ids)} ids to cover "
+                              f"(first: {extra[:5]}); pass the questions file of the split that was predicted "
+                              f"(test2015 includes test-dev2015)")
+    missing = all_ids - set(by_qid)
+    for q in missing:
+        by_qid[q] = str(fill)
+    logging.getLogger(__name__).info("VQA submission: %d of %d question ids filled with %r",
+                                     len(missing), len(all_ids), fill)
+    return [{"question_id": q, "answer": by_qid[q]} for q in sorted(by_qid)], len(missing)
 
 
 def write_predictions(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, key: str | None = None,

@@ -104,6 +104,7 @@ NEW_KEYS: dict[str, Any] = {
     "search_score_mode": "eval",  # eval (fix: dropout off while scoring) | train (the originals)
     "search_val_batch_size": 0,  # reward/mini-val batch; 0 = per_gpu_batchsize (DAS) or batch_size // 2 (DVP)
     "save_trainable": True,  # also save trainable weights alone (safetensors + JSON)
+    "progress_interval": 30.0,  # seconds between progress lines when output is not a terminal (0: every step)
     # DVP (dvp/config.py keys)
     "clip_model": "ViT-B/16",
     "language_model": "BERT",

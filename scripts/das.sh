@@ -5,16 +5,18 @@
 set -euo pipefail
 task=$1; data_root=$2; ckpt=$3; shift 3
 case "$task" in
-  vqa)   cfg=task_finetune_vqa_randaug;        bs=64;;
-  nlvr2) cfg=task_finetune_nlvr2_randaug;      bs=64;;
-  f30k)  cfg=task_finetune_irtr_f30k_randaug;  bs=4;;
+  vqa)   cfg=task_finetune_vqa_randaug;        exp=finetune_vqa_randaug;        bs=64;;
+  nlvr2) cfg=task_finetune_nlvr2_randaug;      exp=finetune_nlvr2_randaug;      bs=64;;
+  f30k)  cfg=task_finetune_irtr_f30k_randaug;  exp=finetune_irtr_f30k_randaug;  bs=4;;
   *) echo "unknown task $task (vqa | nlvr2 | f30k)" >&2; exit 2;;
 esac
 common=(data_root="$data_root" num_gpus=1 num_nodes=1 "$cfg" per_gpu_batchsize=$bs load_path="$ckpt")
 # 1. search: writes placement.json (+ placement.png) into its run folder
 python run.py with "${common[@]}" das_search max_epoch=3 skip_num=1 "$@"
-# 2. train on the newest placement (no hand copying)
+# 2. train on the newest placement of this experiment (no hand copying; the run prints which file it took)
 python run.py with "${common[@]}" placement=latest "$@"
-# 3. test the last checkpoint of that run (VQA: writes result/vqa_submit_last.json)
-last=$(ls -t result/*/version_*/checkpoints/last.ckpt | head -n 1)
+# 3. test the last checkpoint of that run (the newest of this experiment). VQA: writes
+#    result/${exp}_seed0_test_last/version_<M>/vqa_submit_<train run>_v<N>_last.json (in the test run's own folder)
+last=$(ls -t result/"$exp"_seed*_from_*/version_*/checkpoints/last.ckpt | head -n 1)
+echo "[das.sh] testing $last"
 python run.py with "${common[@]}" test_only=True precision=32 load_path="$last" "$@"

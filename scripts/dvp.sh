@@ -14,6 +14,8 @@ common=(data_root="$data_root" num_gpus=1 num_nodes=1 tokenizer="$plm" clip_mode
 python run.py with "${common[@]}" "dvp_search_${lm}_${task}" per_gpu_batchsize=$bs "$@"
 python run.py with "${common[@]}" "dvp_adaption_${lm}_${task}" per_gpu_batchsize=$bs placement=latest \
   use_adapter=True learning_rate=$lr "$@"
-last=$(ls -t ./result/*/version_*/checkpoints/last.ckpt | head -n 1)
+# the newest train run of this experiment (named configs set exp_name=DVP); the dump lands in the test run's folder
+last=$(ls -t ./result/DVP_seed*_from_*/version_*/checkpoints/last.ckpt | head -n 1)
+echo "[dvp.sh] testing $last"
 python run.py with "${common[@]}" "dvp_adaption_${lm}_${task}" per_gpu_batchsize=$bs use_adapter=True \
   test_only=True precision=32 load_path="$last" "$@"

@@ -74,7 +74,8 @@ def test_search_train_test_through_sacred(arrows, tmp_path):
     best = next(p for p in ckpts if p.name.startswith("best"))
     r = _sacred(**_updates(arrows, log, stage="train", test_only=True, load_path=str(best)))
     sub = Path(r.result["submission"])
-    assert sub == log / f"vqa_submit_{best.stem}.json"
+    # in the test run's own folder, named after the tested run and checkpoint (never shared between runs)
+    assert sub == Path(r.result["run_dir"]) / f"vqa_submit_{run_dir.parent.name}_v{run_dir.name[8:]}_{best.stem}.json"
     rows = json.loads(sub.read_text())
     qids = [row["question_id"] for row in rows]
     assert sorted(qids) == qids and len(set(qids)) == len(qids)

@@ -105,6 +105,7 @@ NEW_KEYS: dict[str, Any] = {
     "search_val_batch_size": 0,  # reward/mini-val batch; 0 = per_gpu_batchsize (DAS) or batch_size // 2 (DVP), as the originals
     "das_count_unit": "micro_batch",  # what das_turn counts: micro_batch (the original) | optimizer_step
     "save_trainable": True,  # also save trainable weights alone (safetensors + JSON)
+    "progress_interval": 30.0,  # seconds between progress lines when output is not a terminal (0: every step)
     # DVP (dvp/config.py keys)
     "clip_model": "ViT-B/16",
     "language_model": "BERT",

@@ -2,7 +2,7 @@
 
     search  : fit with a search strategy → <run>/placement.json + <run>/placement.png
     train   : fit on a placement (placement=, skip_module= or insert_layer=) → checkpoints + trainable.safetensors
-    test    : test_only=True → metrics, and for VQA <log_dir>/vqa_submit_<name>.json
+    test    : test_only=True → metrics, and for VQA <test run>/vqa_submit_<tested run>_v<N>_<ckpt>.json
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 
 from vlpeft.checkpoint import load_weights, save_trainable
 from vlpeft.config import ConfigError, validate_config
+from vlpeft.progress import progress_callbacks
+from vlpeft.rundir import VERSION_ENV, dump_name, ranks_join, reserve_run_dir, resolve_placement_source
 from vlpeft.search.placement import Placement, PlacementError
-
-VERSION_ENV = "VLPEFT_RUN_VERSION"
 
 
 @dataclass
@@ -49,12 +49,7 @@ def resolve_placement(config: dict[str, Any]) -> Placement | None:
     """The train stage's placement: ``placement=`` wins; else skip_module (das) / insert_layer (dvp)."""
     src = config["placement"]
     if src:
-        if src == "latest":
-            found = sorted(Path(config["log_dir"]).glob("**/placement.json"), key=lambda p: p.stat().st_mtime)
-            if not found:
-                raise PlacementError(f"placement=latest: no placement.json under log_dir={config['log_dir']}; "
-                                     "run the search stage first or pass placement=<path>")
-            src = str(found[-1])
+        src = resolve_placement_source(config, load_name(config))  # latest: same exp_name; recorded in run.json
         p = Placement.load(src)
         want = "das" if config["method"] == "das" else "kab"
         if p.method != want:
@@ -112,13 +107,8 @@ def grad_steps(config: dict[str, Any], world: int) -> int:
 
 
 def _run_dir(config: dict[str, Any], name: str) -> tuple[str, int]:
-    """Pick the run version once, in the launching process, so every DDP rank writes to the same folder."""
-    if VERSION_ENV in os.environ:
-        return name, int(os.environ[VERSION_ENV])
-    root = Path(config["log_dir"]) / name
-    versions = [int(p.name.split("_")[1]) for p in root.glob("version_*") if p.name.split("_")[1].isdigit()]
-    version = max(versions) + 1 if versions else 0
-    return name, version
+    """Reserve the run folder once, in the launching process (atomic mkdir); DDP ranks join it via VERSION_ENV."""
+    return name, reserve_run_dir(config["log_dir"], name)[1]
 
 
 def _finalize_label_sizes(config: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +140,7 @@ def build_trainer(config: dict[str, Any], run_dir_name: str, version: int, *, ex
     dev = _devices(config)
     accumulate = grad_steps(config, dev["world"])
     logger = TensorBoardLogger(config["log_dir"], name=run_dir_name, version=version, default_hp_metric=False)
-    callbacks = list(extra_callbacks) + [_CleanDDPExit()]
+    callbacks = list(extra_callbacks) + [_CleanDDPExit()] + progress_callbacks(config)
     if enable_ckpt:
         callbacks.append(ModelCheckpoint(monitor="val/the_metric", mode="max", save_top_k=1,
                                          filename="best-{epoch}-{step}"))
@@ -205,7 +195,7 @@ def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
     run_dir = Path(config["log_dir"]) / name / f"version_{version}"
     os.environ[VERSION_ENV] = str(version)  # DDP ranks re-running this script land in the same folder
     try:
-        placement = None if search else resolve_placement(config)
+        placement = None if search else resolve_placement(dict(config, _run_dir=str(run_dir)))
         dm = _datamodule(config)
         module = _build_module(dict(config, _run_dir=str(run_dir)), placement, fresh_heads=True)
         if placement is not None:
@@ -259,7 +249,7 @@ def run_test(config: dict[str, Any]) -> RunResult:
     name, version = _run_dir(config, f"{config['exp_name']}_seed{config['seed']}_test_{load_name(config)}")
     run_dir = Path(config["log_dir"]) / name / f"version_{version}"
     dm = _datamodule(config)
-    cfg = dict(config, stage="train", _dump_dir=str(config["log_dir"]), _dump_name=load_name(config))
+    cfg = dict(config, stage="train", _dump_dir=str(run_dir), _dump_name=dump_name(config["load_path"]))
     # build with a provisional placement, load once, then apply the placement the checkpoint carries
     module = VLPeftModule(cfg, placement=resolve_placement(config))
     reports = load_weights(module, config["load_path"], fresh_heads=False)
@@ -272,7 +262,8 @@ def run_test(config: dict[str, Any]) -> RunResult:
     placement = module.placement
     print(f"[vlpeft] placement: {placement.to_dict()}")
     trainer = build_trainer(cfg, name, version, enable_ckpt=False)
-    trainer.test(module, datamodule=dm)
+    with ranks_join(version):  # DDP ranks write into this run folder too
+        trainer.test(module, datamodule=dm)
     result = RunResult(stage="test", run_dir=run_dir, placement=placement)
     result.metrics = getattr(module, "epoch_results", {})
     dumps = getattr(module, "test_dumps", {})

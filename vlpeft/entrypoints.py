@@ -1,0 +1,68 @@
+"""The DAS repo's entry points, ``run_search.py`` and ``run_train.py``: the same sacred experiment as ``run.py``
+with the stage forced, so a search command line can never silently become a train run (or the reverse)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from vlpeft.config import NAMED_CONFIGS, ConfigError
+
+_SCRIPT = {"search": "run_search.py", "train": "run_train.py"}
+
+
+def _named_config_stage(name: str) -> object:
+    if name in NAMED_CONFIGS:
+        return NAMED_CONFIGS[name].get("stage")
+    if Path(name).is_file():  # sacred also takes a config file as a "named config"
+        from sacred.config import load_config_file
+
+        return (load_config_file(name) or {}).get("stage")
+    return None
+
+
+def forced_stage_argv(stage: str, argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``stage=<stage>`` added; ConfigError when the command line asks for another stage.
+
+    Refused: ``stage=<anything else>`` on the command line; a named config (or config file) that sets the other
+    stage (``das_train`` / ``dvp_adaption_*`` for a search, ``das_search`` / ``dvp_search_*`` for a train);
+    ``test_only=True`` for a search. A named config with another stage value (``demo``) gets ``stage`` replaced.
+    """
+    from docopt import docopt
+    from sacred.arg_parser import get_config_updates
+
+    from vlpeft.config import ex
+
+    other = "train" if stage == "search" else "search"
+    script = _SCRIPT[stage]
+    argv = [str(a) for a in argv]
+    args = docopt(ex.get_usage()[2], argv[1:], default_help=False)  # parsed as sacred parses it
+    config_updates, named = get_config_updates(args["UPDATE"])
+    if "stage" in config_updates and config_updates["stage"] != stage:
+        raise ConfigError(f"{script} runs the {stage} stage, but the command line says stage="
+                          f"{config_updates['stage']}; drop it, or use {_SCRIPT.get(other, 'run.py')} / run.py")
+    for name in named:
+        if _named_config_stage(name) == other:
+            raise ConfigError(f"{script} runs the {stage} stage, but the named config {name!r} sets stage={other}; "
+                              f"use {_SCRIPT[other]} for it, or drop {name!r}")
+    if stage == "search" and config_updates.get("test_only") is True:
+        raise ConfigError("run_search.py runs a search; evaluate a checkpoint with "
+                          "run_train.py (or run.py) with test_only=True load_path=<checkpoint>")
+    if "with" not in argv[1:]:
+        return argv + ["with", f"stage={stage}"]
+    i = argv.index("with", 1)
+    return argv[: i + 1] + [f"stage={stage}"] + argv[i + 1:]
+
+
+def main(stage: str, argv: Sequence[str] | None = None):
+    """Run the experiment of ``run.py`` with ``stage`` forced (errors about the stage go to stderr, exit 2)."""
+    import run  # noqa: F401  (the repository root's run.py: registers the experiment's main command)
+
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        forced = forced_stage_argv(stage, argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return run.ex.run_commandline(forced)

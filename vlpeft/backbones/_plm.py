@@ -43,7 +43,7 @@ PLM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
 }
 # the same tiny models sized to the default (bert-base-uncased) vocabulary, for end-to-end runs with real tokens
-for _name, _lm, _extra in (("test_t5_tiny_bertvocab", "T5", {}),
+for _name, _lm, _extra in (("test_bert_tiny_bertvocab", "BERT", {}), ("test_t5_tiny_bertvocab", "T5", {}),
                            ("test_llama_tiny_bertvocab", "LLAMA", dict(bos_token_id=101, eos_token_id=102))):
     PLM_VARIANTS[_name] = (_lm, {**PLM_VARIANTS[_name.replace("_bertvocab", "")][1], "vocab_size": 30522, **_extra})
 

@@ -11,8 +11,8 @@ from torch import nn
 
 from vlpeft.backbones._clip import build_clip_visual, hf_to_openai_clip, openai_to_hf_clip
 from vlpeft.backbones.clip_plm import build_dvp_backbone
-from vlpeft.peft.adapters import SequentialAdapter
-from vlpeft.peft.prompts import CrossAttentionPrompt
+from vlpeft.pet.adapters import SequentialAdapter
+from vlpeft.pet.prompts import CrossAttentionPrompt
 
 from helpers import proj_loss
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from vlpeft.peft.trainable import ORIGINAL_DAS_TRAINABLE, count_parameters, format_trainable, mark_trainable
+from vlpeft.pet.trainable import ORIGINAL_DAS_TRAINABLE, count_parameters, format_trainable, mark_trainable
 from vlpeft.tasks import dumps
 from vlpeft.tasks.heads import build_heads, init_rank_output_from_itm
 from vlpeft.tasks.metrics import Accuracy, Scalar, TaskMetrics, VQAScore, predictions, recall_at_k, the_metric

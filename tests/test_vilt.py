@@ -21,7 +21,7 @@ from vlpeft.backbones.vilt import (
     load_vilt_checkpoint,
     vilt_to_hf_state_dict,
 )
-from vlpeft.peft.adapters import DASAdapter
+from vlpeft.pet.adapters import DASAdapter
 from vlpeft.search.placement import PlacementError
 
 from helpers import proj_loss

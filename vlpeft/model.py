@@ -16,7 +16,7 @@ from torch import nn
 
 from vlpeft.backbones import build_backbone
 from vlpeft.optim import build_optimizer, build_scheduler
-from vlpeft.peft.trainable import ORIGINAL_DAS_TRAINABLE, format_trainable, mark_trainable
+from vlpeft.pet.trainable import ORIGINAL_DAS_TRAINABLE, format_trainable, mark_trainable
 from vlpeft.search.das import DASSearch
 from vlpeft.search.kab import KABSearch, format_progress
 from vlpeft.search.placement import Placement

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from vlpeft.peft.adapters import SequentialAdapter
+from vlpeft.pet.adapters import SequentialAdapter
 
 # --------------------------------------------------------------------------------------------------
 # named random configurations (tests, bench)

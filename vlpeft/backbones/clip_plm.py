@@ -54,7 +54,7 @@ from torch import nn
 
 from vlpeft.backbones._clip import CLIPFeatureCache, FrozenCLIP, build_clip_visual
 from vlpeft.backbones._plm import LANGUAGE_MODELS, PLMState, PLMWrapper, build_hf_plm, wrap_plm
-from vlpeft.peft.prompts import CrossAttentionPrompt
+from vlpeft.pet.prompts import CrossAttentionPrompt
 
 
 def _bool(config: Mapping[str, Any], key: str, default: bool) -> bool:

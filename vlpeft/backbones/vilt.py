@@ -44,7 +44,7 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings
 
-from vlpeft.peft.adapters import DASAdapter
+from vlpeft.pet.adapters import DASAdapter
 from vlpeft.search.placement import validate_skip
 
 # ----------------------------------------------------------------------------------------------- ViT variants

@@ -1,6 +1,6 @@
 """Parameter-efficient modules: adapters (``adapters.py``), prompts (``prompts.py``), trainable-set tools
 (``trainable.py``)."""
 
-from vlpeft.peft.adapters import DASAdapter, SequentialAdapter
+from vlpeft.pet.adapters import DASAdapter, SequentialAdapter
 
 __all__ = ["DASAdapter", "SequentialAdapter"]

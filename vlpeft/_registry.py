@@ -1,0 +1,76 @@
+"""Registries of the four axes of a run: backbones, PET modules (and presets), searches, tasks.
+
+An entry is a name, a builder and the flat config keys (with defaults) that the entry reads. The sacred base
+config is assembled from the core keys plus every entry's keys, and unknown-key validation asks the registries,
+so a new backbone or module brings its keys along instead of editing a hand-kept list. ``names("test_*")``
+lists the tiny entries that the conformance tests are parametrized over (timm style).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    build: Callable[..., T]
+    keys: dict[str, Any] = field(default_factory=dict)  # flat config keys read, with their defaults
+    doc: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class RegistryError(KeyError):
+    """An unknown registry name; the message lists the known ones and the closest match."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0]) if self.args else ""
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, config_key: str):
+        self.kind, self.config_key = kind, config_key
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, *, keys: dict[str, Any] | None = None, doc: str = "",
+                 **meta: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def deco(fn: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = Entry(name, fn, dict(keys or {}), doc or (fn.__doc__ or "").strip(), meta)
+            return fn
+        return deco
+
+    def get(self, name: str) -> Entry[T]:
+        if name not in self._entries:
+            close = difflib.get_close_matches(str(name), list(self._entries), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RegistryError(f"{self.config_key}={name!r} is not a registered {self.kind}{hint}; "
+                                f"known: {', '.join(self.names())}")
+        return self._entries[name]
+
+    def build(self, name: str, *args: Any, **kwargs: Any) -> T:
+        return self.get(name).build(*args, **kwargs)
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+
+    def config_keys(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for e in self._entries.values():
+            out.update(e.keys)
+        return out
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+__all__ = ["Entry", "Registry", "RegistryError"]

@@ -1,0 +1,164 @@
+"""The backbone protocol: what the Lightning module, PET injection, searches and tasks may ask of a backbone.
+
+A backbone is an ``nn.Module`` subclassing ``Backbone`` and implementing:
+
+- ``hidden_size``; ``candidates()`` → the units a search may act on (``Candidates``: how many, and whether they
+  can be skipped and/or take an inserted prompt);
+- ``sites()`` → where PET modules may attach (``Site``); ``attach(site, module)`` puts a module there. Sites in
+  blocks we own are explicit slots (free when empty); sites inside Hugging Face modules are hooks. Only
+  ``vlpeft.pet.inject`` calls ``attach``;
+- ``forward(batch, plan, **ctx)`` → a features dict (at least ``cls_feats``); ``plan`` is a ``LayerPlan``: a skipped
+  unit is not computed (its skip site runs instead: identity when empty);
+- ``base_trainable(policy)`` → the backbone parameters a policy unfreezes (``none``, ``norms``, ``bias``, ``all``,
+  plus backbone-specific ones such as ViLT's ``das_original``); modules every run trains (DVP's prompt generator)
+  belong to every policy;
+- ``checkpoint_filter_fn(state_dict)`` → foreign key names and shapes adapted to this backbone (timm style);
+- ``capabilities`` → what tasks may ask: ``classify`` (cls features), ``pair_images`` (NLVR2: two images per text),
+  ``score_pairs`` (retrieval: ``encode_images`` once, then ``forward(..., image_cache=...)`` per caption batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+ANCHORS = ("par", "out_seq", "skip")  # parallel delta on the sublayer input; sequential on its output; skip unit
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """The runtime form of a placement: candidate units to skip, and where a prompt enters (None: no prompt)."""
+
+    skip: frozenset[int] = frozenset()
+    insert_layer: int | None = None
+
+    @classmethod
+    def of(cls, skip: Iterable[int] = (), insert_layer: int | None = None) -> "LayerPlan":
+        return cls(frozenset(int(i) for i in skip), None if insert_layer is None else int(insert_layer))
+
+    def replace(self, **kw: Any) -> "LayerPlan":
+        d = {"skip": self.skip, "insert_layer": self.insert_layer}
+        d.update(kw)
+        return LayerPlan.of(d["skip"], d["insert_layer"])
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The units a search may act on: ``count`` of them; ``skip``: each can be skipped; ``insert``: a prompt can
+    enter before each."""
+
+    count: int
+    skip: bool = True
+    insert: bool = False
+
+    def kinds(self) -> list[str]:
+        return [k for k, ok in (("skip", self.skip), ("insert", self.insert)) if ok]
+
+
+@dataclass(frozen=True)
+class Site:
+    """One place a PET module may attach.
+
+    ``stack`` (e.g. ``vit``, ``plm``, ``plm_encoder``), ``layer`` (candidate index, or -1 for the part before the
+    candidates), ``sublayer`` (``attn``, ``cross_attn``, ``ffn``, ``block``), ``anchor`` (see ``ANCHORS``),
+    ``dim`` (width of the tensor the module sees) and ``name`` (where the module is registered, relative to the
+    backbone: it fixes the parameter names in checkpoints). ``family`` says which kind of model hosts the site
+    (``vilt``, ``bert``, ``t5``, ``llama``, …) so presets can pick per-family widths.
+    """
+
+    stack: str
+    layer: int
+    sublayer: str
+    anchor: str
+    dim: int
+    name: str
+    family: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"site anchor {self.anchor!r} is not one of {ANCHORS}")
+
+
+class Backbone(nn.Module):
+    """Base class with the protocol's defaults; see the module docstring."""
+
+    capabilities: frozenset[str] = frozenset({"classify"})
+    family: str = ""
+
+    @property
+    def hidden_size(self) -> int:  # pragma: no cover - every backbone overrides
+        raise NotImplementedError
+
+    def candidates(self) -> Candidates:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        return self.candidates().count
+
+    def sites(self) -> list[Site]:  # pragma: no cover
+        raise NotImplementedError
+
+    def attach(self, site: Site, module: nn.Module) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, batch: Mapping[str, Any], plan: LayerPlan, **ctx: Any) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward_many(self, batch: Mapping[str, Any], plans: Sequence[LayerPlan]) -> list[dict[str, Any]]:
+        """One forward per plan; backbones that can share work between plans override this."""
+        return [self(batch, p) for p in plans]
+
+    def base_trainable(self, policy: str) -> list[tuple[str, nn.Parameter]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def base_policies(self) -> tuple[str, ...]:
+        return ("none", "norms", "bias", "all")
+
+    def checkpoint_filter_fn(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return dict(state_dict)
+
+    def check_plan(self, plan: LayerPlan) -> LayerPlan:
+        """Raise a clear error unless ``plan`` fits this backbone's candidates."""
+        from vlpeft.search.placement import validate_insert_layer, validate_skip
+
+        c = self.candidates()
+        if plan.skip and not c.skip:
+            raise ValueError(f"{type(self).__name__} cannot skip units (skip={sorted(plan.skip)})")
+        validate_skip(sorted(plan.skip), c.count)
+        if plan.insert_layer is not None:
+            if not c.insert:
+                raise ValueError(f"{type(self).__name__} takes no inserted prompt (insert_layer={plan.insert_layer})")
+            validate_insert_layer(plan.insert_layer, c.count)
+        elif c.insert:
+            raise ValueError(f"{type(self).__name__} needs insert_layer (where the visual prompt enters)")
+        return plan
+
+
+# --- shared helpers for base_trainable policies -------------------------------------------------------------
+def is_norm_param(module_of: Mapping[str, nn.Module], name: str) -> bool:
+    owner = module_of.get(name.rsplit(".", 1)[0])
+    return owner is not None and ("norm" in type(owner).__name__.lower() or "LayerNorm" in name)
+
+
+def policy_params(model: nn.Module, policy: str, extra: Iterable[str] = ()) -> list[tuple[str, nn.Parameter]]:
+    """The generic policies over ``model``'s parameters: none / norms / bias / all (``extra`` names always in)."""
+    mods = dict(model.named_modules())
+    extra = tuple(extra)
+    out = []
+    for n, p in model.named_parameters():
+        if n.startswith(extra) and extra:
+            out.append((n, p))
+        elif policy == "all" or (policy == "bias" and n.endswith("bias")) or (
+                policy == "norms" and is_norm_param(mods, n)):
+            out.append((n, p))
+        elif policy not in ("none", "norms", "bias", "all"):
+            raise ValueError(f"base_trainable policy {policy!r} is not one of none/norms/bias/all")
+    return out
+
+
+__all__ = ["ANCHORS", "Backbone", "Candidates", "LayerPlan", "Site", "is_norm_param", "policy_params"]

@@ -1,0 +1,140 @@
+"""The one injection path: ``inject(backbone, recipe) → PetReport``.
+
+A **PET module** is registered in ``PETS`` with a builder ``build(site, **options) -> nn.Module``; what it does at
+a site is fixed by the site's anchor (see ``vlpeft.backbones._protocol``):
+
+- ``par``: the module reads the sublayer *input* and returns a delta added next to the sublayer's output
+  (DAS parallel adapters);
+- ``out_seq``: the module maps the sublayer *output* to a new output (it includes its own residual: DVP's
+  sequential adapters);
+- ``skip``: the module replaces a skipped unit (with its own residual; an empty skip site is the identity).
+
+A **recipe** (``Recipe``) lists which modules go on which sites (``PetSpec``: module name, options, anchor /
+sublayer / layer / family selectors — the analogue of peft's ``target_modules`` + ``layers_to_transform``) and the
+backbone policy for its own parameters (``base_policy``). Presets are registered in ``PRESETS`` as functions of the
+flat config (``vlpeft.pet.presets``). The ``PetReport`` knows which module sits on which site and candidate, so
+"train only what the placement runs" needs no name parsing, and the trainable set is
+heads ∪ injected modules ∪ ``backbone.base_trainable(policy)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from torch import nn
+
+from vlpeft._registry import Registry
+from vlpeft.backbones._protocol import ANCHORS, LayerPlan, Site
+
+PETS: Registry[nn.Module] = Registry("PET module", "pet module")
+PRESETS: Registry["Recipe"] = Registry("PET preset", "pet")
+
+
+class PetError(ValueError):
+    """A recipe that does not fit the backbone; the message names the module, the selector and the fix."""
+
+
+@dataclass(frozen=True)
+class PetSpec:
+    module: str
+    anchors: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    sublayers: tuple[str, ...] = ()  # empty: every sublayer
+    layers: tuple[int, ...] | None = None  # None: every layer
+    families: tuple[str, ...] = ()  # empty: every family
+    required: bool = True  # an entry that matches no site is an error (else it is reported and skipped)
+
+    def __post_init__(self) -> None:
+        bad = [a for a in self.anchors if a not in ANCHORS]
+        if bad or not self.anchors:
+            raise PetError(f"PET spec {self.module!r}: anchors {list(self.anchors)} must be a non-empty subset of {ANCHORS}")
+
+    def matches(self, site: Site) -> bool:
+        return (site.anchor in self.anchors and (not self.sublayers or site.sublayer in self.sublayers)
+                and (self.layers is None or site.layer in self.layers)
+                and (not self.families or site.family in self.families))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    modules: tuple[PetSpec, ...] = ()
+    base_policy: str = "none"
+
+
+@dataclass
+class Injected:
+    site: Site
+    module: str
+    param_names: list[str]  # relative to the backbone
+
+
+@dataclass
+class PetReport:
+    recipe: Recipe
+    injected: list[Injected] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+
+    def param_names(self) -> set[str]:
+        return {n for i in self.injected for n in i.param_names}
+
+    def used_param_names(self, plan: LayerPlan) -> set[str]:
+        """Parameters of modules the plan runs: a skip module runs iff its unit is skipped, any other iff not."""
+        out = set()
+        for i in self.injected:
+            skipped = i.site.layer in plan.skip
+            if skipped == (i.site.anchor == "skip"):
+                out.update(i.param_names)
+        return out
+
+    def summary(self) -> str:
+        by: dict[str, int] = {}
+        for i in self.injected:
+            by[f"{i.module}@{i.site.anchor}"] = by.get(f"{i.module}@{i.site.anchor}", 0) + 1
+        parts = ", ".join(f"{k} ×{v}" for k, v in sorted(by.items())) or "no modules"
+        extra = f"; matched no site: {', '.join(self.unmatched)}" if self.unmatched else ""
+        return f"pet={self.recipe.name}: {parts}; backbone policy {self.recipe.base_policy!r}{extra}"
+
+
+def inject(backbone: nn.Module, recipe: Recipe) -> PetReport:
+    """Build every module of ``recipe`` on every matching site of ``backbone`` and attach it there."""
+    sites = backbone.sites()
+    report = PetReport(recipe)
+    for spec in recipe.modules:
+        matched = [s for s in sites if spec.matches(s)]
+        if not matched:
+            if spec.required:
+                raise PetError(
+                    f"pet={recipe.name}: module {spec.module!r} matches no site of {type(backbone).__name__} "
+                    f"(anchors {list(spec.anchors)}, sublayers {list(spec.sublayers) or 'any'}); this backbone offers "
+                    f"{sorted({(s.anchor, s.sublayer) for s in sites})}")
+            report.unmatched.append(spec.module)
+            continue
+        for site in matched:
+            module = PETS.build(spec.module, site, **dict(spec.options))
+            backbone.attach(site, module)
+            report.injected.append(Injected(site, spec.module, [f"{site.name}.{n}" for n, _ in
+                                                                 module.named_parameters()]))
+    return report
+
+
+def register_pet(name: str, **meta: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    return PETS.register(name, **meta)
+
+
+def register_preset(name: str, *, keys: Mapping[str, Any] | None = None) -> Callable:
+    return PRESETS.register(name, keys=dict(keys or {}))
+
+
+def build_recipe(config: Mapping[str, Any], name: str) -> Recipe:
+    return PRESETS.build(name, config)
+
+
+def selected(names: Iterable[str], pool: Iterable[str]) -> list[str]:
+    pool = set(pool)
+    return [n for n in names if n in pool]
+
+
+__all__ = ["PETS", "PRESETS", "PetError", "PetReport", "PetSpec", "Recipe", "Injected", "build_recipe", "inject",
+           "register_pet", "register_preset"]

@@ -251,7 +251,7 @@ def test_nlvr2_and_f30k_tasks_train_and_evaluate(pair_and_caption_arrows, tmp_pa
 
 def test_trainable_used_trains_only_the_adapters_the_placement_runs():
     from vlpeft.config import BASE_CONFIG, NAMED_CONFIGS, NEW_KEYS
-    from vlpeft.model import VLPeftModule
+    from vlpeft.lightning import VLPeftModule
 
     cfg = {**BASE_CONFIG, **NEW_KEYS, **NAMED_CONFIGS["demo"], "vqav2_label_size": 18, "stage": "train"}
     blocks = lambda m: sorted({".".join(n.split(".")[1:5]) for n, p in m.named_parameters()  # noqa: E731

@@ -1,4 +1,6 @@
-"""Loading and saving weights: original ViLT ``.ckpt`` files, our Lightning checkpoints, trainable-only safetensors.
+"""Loading and saving weights — one loader (``load_state``) and one report (``LoadReport``) for original ViLT
+``.ckpt`` files, transformers state dicts, our Lightning checkpoints and trainable-only safetensors; each backbone
+adapts foreign key names and shapes through its ``checkpoint_filter_fn``.
 
 ``load_path`` may name one file or a list applied in order, e.g. the pretrained backbone checkpoint and then
 the trainable weights (adapters, heads, search state) a run saved alone.
@@ -10,17 +12,19 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from vlpeft._io import atomic_path, write_json_atomic
+from vlpeft.tasks.heads import ORIGINAL_HEAD_PREFIXES, init_rank_output_from_itm
 
 TRAINABLE_FILE = "trainable.safetensors"
 TRAINABLE_CONFIG = "trainable.json"
-HEAD_PREFIXES = ("vqa_classifier", "nlvr2_classifier", "gqa_classifier", "snli_ve_classifier", "rank_output",
-                 "itm_score", "mlm_score", "mpp_score")
+# head output widths that come from a config key: the key to change when a checkpoint's head does not fit
+_HEAD_WIDTH_KEYS = {"vqa_classifier.3": "vqav2_label_size", "gqa_classifier.3": "gqa_label_size"}
 
 
 class CheckpointError(ValueError):
@@ -29,16 +33,21 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadReport:
+    """What one file did to the model: tensors loaded, converted on the way, missing (kept as initialised) and
+    unexpected (ignored); the placement a vlpeft checkpoint carries."""
+
     path: str
     kind: str
     loaded: int = 0
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
     placement: dict[str, Any] | None = None
 
     def summary(self, show: int = 8) -> str:
         lines = [f"loaded {self.loaded} tensors from {self.path} ({self.kind})"]
-        for name, keys in (("missing (kept as initialised)", self.missing), ("unexpected (ignored)", self.unexpected)):
+        for name, keys in (("adapted", self.adapted), ("missing (kept as initialised)", self.missing),
+                           ("unexpected (ignored)", self.unexpected)):
             if keys:
                 more = f" … and {len(keys) - show} more" if len(keys) > show else ""
                 lines.append(f"  {name}: {len(keys)}: {', '.join(keys[:show])}{more}")
@@ -53,71 +62,121 @@ def _as_list(load_path: str | Sequence[str] | None) -> list[str]:
     return [str(p) for p in load_path if p]
 
 
-def load_weights(module, load_path, *, fresh_heads: bool = False) -> list[LoadReport]:
-    """Load every file of ``load_path`` into ``module`` (a VLPeftModule) and return one report per file.
-
-    ``fresh_heads``: drop task-head weights of an *original* ViLT checkpoint, as the original training scripts
-    did by building the heads after loading (``itm_score`` is kept: ``rank_output`` is initialised from it).
-    """
-    reports = []
-    for path in _as_list(load_path):
-        p = Path(path)
-        if not p.is_file():
-            raise CheckpointError(f"load_path {path} does not exist; give the path of a .ckpt or .safetensors file")
-        if p.suffix == ".safetensors":
-            reports.append(_load_trainable(module, p))
-        else:
-            reports.append(_load_ckpt(module, p, fresh_heads=fresh_heads))
-    return reports
-
-
-def _load_ckpt(module, path: Path, *, fresh_heads: bool) -> LoadReport:
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state dict of a ``.ckpt`` (Lightning / original ViLT: ``["state_dict"]``), a plain ``.pt``/``.bin`` state
+    dict (e.g. transformers') or a ``.safetensors`` file, and the rest of the checkpoint dict (``extras``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"load_path {path} does not exist; give the path of a .ckpt, .bin or .safetensors file")
+    if p.suffix == ".safetensors":
+        try:
+            return load_file(str(p)), {}
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{p} is not a readable safetensors file ({e})") from None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{p} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(sd, dict) or not sd:
-        raise CheckpointError(f"{path} holds no state_dict; expected a Lightning/ViLT .ckpt")
-    placement = ckpt.get("vlpeft_placement") if isinstance(ckpt, dict) else None
-    ours = any(k.startswith(("backbone.", "heads.")) for k in sd)
-    if ours:
-        report = _load_state(module, sd, path, "vlpeft checkpoint")
-    else:
-        report = _load_original(module, sd, path, fresh_heads=fresh_heads)
-    report.placement = placement
-    return report
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{p} holds no state dict of tensors; expected a Lightning/ViLT .ckpt or a state dict")
+    extras = {k: v for k, v in ckpt.items() if k != "state_dict"} if "state_dict" in ckpt else {}
+    return sd, extras
 
 
-def _load_original(module, sd: dict[str, torch.Tensor], path: Path, *, fresh_heads: bool) -> LoadReport:
-    """An original ViLT/DAS checkpoint: top-level names; the backbone remaps what its architecture needs."""
-    head_sd = {k: v for k, v in sd.items() if k.split(".")[0] in HEAD_PREFIXES}
-    body_sd = {k: v for k, v in sd.items() if k not in head_sd}
-    if fresh_heads:
-        head_sd = {k: v for k, v in head_sd.items() if k.startswith("itm_score")}
-    body_sd = module.backbone.checkpoint_filter_fn(body_sd) if hasattr(module.backbone, "checkpoint_filter_fn") else body_sd
-    ours = {f"backbone.{k}": v for k, v in body_sd.items()}
-    ours.update({f"heads.{k}": v for k, v in head_sd.items()})
-    report = _load_state(module, ours, path, "original ViLT checkpoint")
-    if "rank_output" in module.heads and "itm_score" in module.heads and any(k.startswith("itm_score") for k in head_sd):
-        from vlpeft.tasks.heads import init_rank_output_from_itm
-
-        init_rank_output_from_itm(module.heads)
-    return report
+def apply_prefix_map(sd: Mapping[str, torch.Tensor], prefix_map: Mapping[str, str] | None) -> dict[str, torch.Tensor]:
+    """Rename keys by the longest matching source prefix (``{"": "backbone."}`` prefixes everything)."""
+    if not prefix_map:
+        return dict(sd)
+    srcs = sorted(prefix_map, key=len, reverse=True)
+    out = {}
+    for k, v in sd.items():
+        src = next((s for s in srcs if k.startswith(s)), None)
+        out[k if src is None else prefix_map[src] + k[len(src):]] = v
+    return out
 
 
-def _load_state(module, sd: dict[str, torch.Tensor], path: Path, kind: str) -> LoadReport:
+def load_state(module: nn.Module, sd: Mapping[str, torch.Tensor], path: str | os.PathLike, kind: str,
+               prefix_map: Mapping[str, str] | None = None) -> LoadReport:
+    """THE loader: rename by ``prefix_map``, adapt every backbone's part with its ``checkpoint_filter_fn``, check
+    shapes (naming the config key to change), load non-strictly and report."""
+    from vlpeft.backbones._protocol import Backbone
+
+    sd = apply_prefix_map(sd, prefix_map)
+    report = LoadReport(path=str(path), kind=kind)
+    backbones = [(n + "." if n else "", m) for n, m in module.named_modules() if isinstance(m, Backbone)]
+    for prefix, bb in backbones:
+        part = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not part:
+            continue
+        before = {k: tuple(v.shape) for k, v in part.items()}
+        filtered = bb.checkpoint_filter_fn(part)
+        if set(filtered) != set(before) and set(filtered) - set(before):
+            report.adapted.append(f"({len(set(filtered) - set(before))} keys renamed to {type(bb).__name__} names)")
+        report.adapted += [prefix + k for k, v in filtered.items() if k in before and before[k] != tuple(v.shape)]
+        sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
+        sd.update({prefix + k: v for k, v in filtered.items()})
     own = module.state_dict()
     for k, v in sd.items():
         if k in own and own[k].shape != v.shape:
-            raise CheckpointError(
-                f"{path}: tensor {k} has shape {tuple(v.shape)} in the checkpoint but {tuple(own[k].shape)} in this "
-                "model; the config (vit / hidden_size / num_layers / label sizes / image_size) does not match the "
-                "checkpoint's architecture"
-            )
+            raise CheckpointError(f"{path}: tensor {k} has shape {tuple(v.shape)} in the checkpoint but "
+                                  f"{tuple(own[k].shape)} in this model: {_shape_hint(module, backbones, k)}")
     result = module.load_state_dict(sd, strict=False)
-    return LoadReport(path=str(path), kind=kind, loaded=len(set(sd) & set(own)),
-                      missing=list(result.missing_keys), unexpected=list(result.unexpected_keys))
+    report.loaded = len(set(sd) & set(own))
+    report.missing, report.unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    return report
+
+
+def _shape_hint(module: nn.Module, backbones: list, key: str) -> str:
+    for prefix, bb in backbones:
+        if key.startswith(prefix) and hasattr(bb, "shape_fix_hint"):
+            return bb.shape_fix_hint(key[len(prefix):])
+    head = key.split(".", 1)[-1] if key.startswith("heads.") else key
+    for stem, cfg_key in _HEAD_WIDTH_KEYS.items():
+        if head.startswith(stem):
+            return f"set {cfg_key} to the checkpoint's label count ({cfg_key}=… on the command line)"
+    return "the config (backbone size, hidden_size, head_hidden, label counts) does not match the checkpoint's"
+
+
+def load_weights(module, load_path, *, fresh_heads: bool = False) -> list[LoadReport]:
+    """Load every file of ``load_path`` into ``module`` (a VLPeftModule: ``backbone.*``, ``heads.*``), in order.
+
+    A vlpeft checkpoint loads as is; an original ViLT (or transformers ViLT) file gets its top-level names mapped
+    (``vqa_classifier.*`` → ``heads.…``, the rest → ``backbone.…``); a ``trainable.safetensors`` goes on top.
+    ``fresh_heads``: drop task-head weights of an *original* checkpoint, as the original training scripts did by
+    building the heads after loading (``itm_score`` is kept: ``rank_output`` is initialised from it).
+    """
+    reports = []
+    for path in _as_list(load_path):
+        sd, extras = read_checkpoint(path)
+        if Path(path).suffix == ".safetensors":
+            report = load_state(module, sd, path, "trainable weights (safetensors)")
+            # applied on top of the backbone: "missing" is everything frozen, not worth listing
+            report.missing = [k for k in report.missing if k in sd]
+            sidecar = Path(path).with_name(TRAINABLE_CONFIG)
+            if sidecar.is_file():
+                report.placement = json.loads(sidecar.read_text()).get("placement")
+        elif any(k.startswith(("backbone.", "heads.")) for k in sd):
+            report = load_state(module, sd, path, "vlpeft checkpoint")
+        else:
+            report = _load_original(module, sd, path, fresh_heads=fresh_heads)
+        report.placement = extras.get("vlpeft_placement", report.placement)
+        reports.append(report)
+    return reports
+
+
+def _load_original(module, sd: dict[str, torch.Tensor], path: str, *, fresh_heads: bool) -> LoadReport:
+    """Top-level names (ViLT's own, or transformers' ``vilt.*`` / ``classifier.*``): heads → ``heads.``, rest → ``backbone.``."""
+    if any(k.startswith("classifier.") for k in sd):  # transformers ViltForQuestionAnswering
+        sd = {("vqa_classifier." + k[len("classifier."):] if k.startswith("classifier.") else k): v for k, v in sd.items()}
+    heads = ORIGINAL_HEAD_PREFIXES
+    if fresh_heads:
+        sd = {k: v for k, v in sd.items() if k.split(".")[0] not in heads or k.startswith("itm_score")}
+    prefix_map = {"": "backbone.", **{f"{h}.": f"heads.{h}." for h in heads}}
+    report = load_state(module, sd, path, "original checkpoint", prefix_map)
+    if "rank_output" in module.heads and "itm_score" in module.heads and any(k.startswith("itm_score") for k in sd):
+        init_rank_output_from_itm(module.heads)
+    return report
 
 
 def trainable_state(module) -> dict[str, torch.Tensor]:
@@ -136,20 +195,6 @@ def save_trainable(module, run_dir: str | Path, config: dict[str, Any], placemen
         save_file(trainable_state(module), str(tmp), metadata={"format": "pt", "producer": "vlpeft"})
     write_json_atomic(run_dir / TRAINABLE_CONFIG, {"config": _jsonable(config), "placement": placement})
     return dst
-
-
-def _load_trainable(module, path: Path) -> LoadReport:
-    try:
-        sd = load_file(str(path))
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
-    report = _load_state(module, sd, path, "trainable weights (safetensors)")
-    # a trainable-only file is applied on top of the backbone: "missing" is everything frozen, not worth listing
-    report.missing = [k for k in report.missing if k in sd]
-    sidecar = path.with_name(TRAINABLE_CONFIG)
-    if sidecar.is_file():
-        report.placement = json.loads(sidecar.read_text()).get("placement")
-    return report
 
 
 def _jsonable(obj: Any) -> Any:

@@ -8,6 +8,7 @@ their scripts' command lines work; keys we add are listed in ``NEW_KEYS`` with w
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 from sacred import Experiment
@@ -87,48 +88,53 @@ BASE_CONFIG: dict[str, Any] = {
     "das_turn": 10,
 }
 
-# Keys vlpeft adds (the originals hard-code these or keep them in other repos' configs).
+# Keys vlpeft adds (the originals hard-code these or keep them in other repos' configs). Keys that a backbone,
+# PET preset or search reads are declared by its registry entry (vlpeft/backbones, vlpeft/pet/presets.py,
+# vlpeft/search) and collected below.
 NEW_KEYS: dict[str, Any] = {
-    "method": "das",  # das (ViLT + DAS adapters) | dvp (CLIP + PLM + visual prompt)
+    "method": "das",  # legacy selector of the three axes: das (vilt + das adapters + das search) | dvp (clip_plm + dvp adapters + kab)
+    "backbone": "",  # registered backbone (vilt, clip_plm, test_*); "" = from method
+    "pet": "",  # PET preset (das, dvp_adapter, none, …); "" = from method (dvp: use_adapter)
+    "search": "",  # search strategy in the search stage (das, kab); "" = from method
+    "train_base": "",  # what of the backbone itself trains: none | norms | bias | all | das_original; "" = the preset's
     "stage": "train",  # search | train ; test_only=True evaluates
     "placement": "",  # path to a search run's placement.json (or its run folder, or "latest"); wins over skip_module/insert_layer
     "cpu_devices": 1,  # processes when num_gpus=0 (CPU DDP with gloo when > 1)
     "strategy": "auto",  # Lightning strategy; "auto" = ddp when more than one device
     "gqa_label_size": 1843,
     "full_finetune": False,  # train every parameter (the demo's stand-in for pre-training)
-    "trainable": "original",  # original: the DAS name rule (all adapters train); used: only what the placement runs
-    "das_adapter_dim": 96,
-    "das_skip_adapter_dim": 192,
-    "das_warmup_epoch": 1,
-    "das_lr": 1.0,
+    "trainable": "original",  # original: every injected module trains; used: only what the placement runs
+    "allow_random_init": False,  # test_only: evaluate even if PET modules or heads are missing from load_path
     "search_score_mode": "eval",  # eval (fix: dropout off while scoring) | train (the originals)
     "search_val_batch_size": 0,  # reward/mini-val batch; 0 = per_gpu_batchsize (DAS) or batch_size // 2 (DVP), as the originals
-    "das_count_unit": "micro_batch",  # what das_turn counts: micro_batch (the original) | optimizer_step
     "save_trainable": True,  # also save trainable weights alone (safetensors + JSON)
-    "progress_interval": 30.0,  # seconds between progress lines when output is not a terminal (0: every step)
-    # DVP (dvp/config.py keys)
-    "clip_model": "ViT-B/16",
-    "language_model": "BERT",
-    "plm_config": "",  # a registered tiny PLM config name, used instead of loading `tokenizer` (tests, bench)
-    "insert_layer": 0,
-    "search_sample": 5,
-    "search_stage": False,
-    "use_adapter": False,
-    "kab_lr": 0.005,
-    "clip_feature_cache": True,
-    "clip_cache_dir": "",
-    "kab_shared_prefix": True,
-    "frozen_prefix_no_grad": True,
-    "t5_original_position_bias": False,
-    "dvp_original_trainable": False,
-    "dvp_llama_xattn_dim": 512,
+    "insert_layer": 0,  # DVP: where the visual prompt enters (train stage)
     "head_hidden": 0,  # 0 = 2 * hidden_size (ViLT/BERT/T5 heads); DVP-LLaMA uses 512
     "demo_images": 600,
     "data_splits": {},  # per-dataset split override, e.g. {"vqa": {"test": ["vqav2_test-dev"]}}
-    "plm_gguf_file": "",  # a GGUF file inside the `tokenizer` folder (LLaMA weights shipped quantised)
+    "vqa_fill_questions": "",  # test2015 questions JSON: fill a test-dev submission to every test-std question (EvalAI)
+    "vqa_fill_answer": "yes",  # the answer given to the filled questions
+    "progress_interval": 30.0,  # seconds between progress lines when output is not a terminal
 }
 
-ex.add_config(copy.deepcopy({**BASE_CONFIG, **NEW_KEYS}))
+
+def registry_keys() -> dict[str, Any]:
+    """Every key a registered backbone, PET preset or search reads, with its default."""
+    from vlpeft.backbones import BACKBONES
+    from vlpeft.pet import PRESETS
+    from vlpeft.search import SEARCHES
+
+    out: dict[str, Any] = {}
+    for reg in (BACKBONES, PRESETS, SEARCHES):
+        out.update(reg.config_keys())
+    return out
+
+
+REGISTRY_KEYS = registry_keys()
+# the originals' defaults win where a key is both an original key and a registry key
+DEFAULTS: dict[str, Any] = {**REGISTRY_KEYS, **BASE_CONFIG, **NEW_KEYS}
+
+ex.add_config(copy.deepcopy(DEFAULTS))
 
 
 def _named(name: str, cfg: dict[str, Any]) -> None:
@@ -181,7 +187,7 @@ DVP_BASE: dict[str, Any] = dict(
     method="dvp", exp_name="DVP", batch_size=256, datasets=["vqa"], max_text_len=16, image_size=224,
     train_transform_keys=["clip"], val_transform_keys=["clip"], learning_rate=1e-4, max_epoch=10,
     max_steps=2500, warmup_steps=0.1, log_dir="./result", hidden_size=768, num_heads=12, num_layers=12,
-    drop_rate=0.1, loss_names=_loss_names({"vqa": 1}), draw_false_image=0,
+    drop_rate=0.1, loss_names=_loss_names({"vqa": 1}), draw_false_image=0, skip_module=[],
 )
 _DVP_LM = {
     "bert": dict(language_model="BERT", tokenizer="bert-base-uncased"),
@@ -223,39 +229,160 @@ named("demo", exp_name="demo", stage="demo", method="das", datasets=["vqa"], los
       val_check_interval=1.0, demo_images=600)
 
 
-ALL_KEYS = frozenset(BASE_CONFIG) | frozenset(NEW_KEYS)
-BOOL_KEYS = frozenset(k for k, v in {**BASE_CONFIG, **NEW_KEYS}.items() if isinstance(v, bool))
+ALL_KEYS = frozenset(DEFAULTS)
+BOOL_KEYS = frozenset(k for k, v in DEFAULTS.items() if isinstance(v, bool))
 
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and the fix."""
 
 
+@dataclass(frozen=True)
+class Axes:
+    """The four independent choices of a run, resolved from the flat config (``method`` is the legacy way)."""
+
+    backbone: str
+    pet: str
+    search: str  # "" outside the search stage
+    train_base: str  # "" = the preset's policy
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """What ``runner.build_trainer`` reads."""
+
+    num_gpus: int | list
+    cpu_devices: int
+    num_nodes: int
+    strategy: str
+    precision: Any
+    max_epoch: int
+    max_steps: int | None
+    per_gpu_batchsize: int
+    batch_size: int
+    val_check_interval: float
+    fast_dev_run: Any
+    resume_from: str | None
+    log_dir: str
+    progress_interval: float
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The flat sacred dict turned into typed sections once (``from_sacred``); ``flat`` keeps the original keys
+    for the parts that read them by name (datamodule, backbone builders)."""
+
+    axes: Axes
+    trainer: TrainerConfig
+    stage: str
+    test_only: bool
+    flat: dict[str, Any]
+
+
+_METHOD_AXES = {"das": ("vilt", "das", "das"), "dvp": ("clip_plm", "dvp_adapter", "kab")}
+
+
+def resolve_axes(config: dict[str, Any]) -> Axes:
+    method = config["method"]
+    if method not in _METHOD_AXES:
+        raise ConfigError(f"method={method!r}; use method=das or method=dvp (or choose backbone=, pet=, search=)")
+    backbone, pet, search = _METHOD_AXES[method]
+    if method == "dvp" and not config["use_adapter"]:
+        pet = "none"  # DVP without adapters fine-tunes the PLM
+    train_base = config["train_base"]
+    if not train_base and (config["full_finetune"] or (method == "dvp" and not config["use_adapter"] and not config["pet"])):
+        train_base = "all"
+    return Axes(backbone=config["backbone"] or backbone, pet=config["pet"] or pet,
+                search=(config["search"] or search) if config["stage"] == "search" else "",
+                train_base=train_base)
+
+
+def from_sacred(config: dict[str, Any]) -> RunConfig:
+    cfg = validate_config(copy.deepcopy(dict(config)))
+    trainer = TrainerConfig(**{f: cfg[f] for f in TrainerConfig.__dataclass_fields__})
+    return RunConfig(axes=resolve_axes(cfg), trainer=trainer, stage=cfg["stage"], test_only=cfg["test_only"], flat=cfg)
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Reject unknown keys and ill-typed values up front (sacred only warns about new keys)."""
+    """Reject unknown keys and ill-typed values up front, before any model is built; messages name the key and fix."""
     unknown = sorted(k for k in config if k not in ALL_KEYS and not k.startswith("_") and k != "seed")
     if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {unknown}; see README 'Config keys' for the keys vlpeft knows "
-            f"(a typo? e.g. {_closest(unknown[0])})"
-        )
+        raise ConfigError(f"unknown config key(s) {unknown} ({_closest(unknown[0])}); see README 'Config keys'")
     bad_loss = sorted(set(config.get("loss_names", {})) - set(LOSS_KEYS))
     if bad_loss:
         raise ConfigError(f"unknown loss_names key(s) {bad_loss}; known: {list(LOSS_KEYS)}")
     for k in BOOL_KEYS:
         if k in config and not isinstance(config[k], bool):
             raise ConfigError(f"{k}={config[k]!r} is not a boolean; write {k}=True or {k}=False (capitalised)")
+    for k in ("learning_rate", "weight_decay"):
+        v = config.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k == "learning_rate" and v == 0):
+            raise ConfigError(f"{k}={v!r} must be a {'positive' if k == 'learning_rate' else 'non-negative'} number, "
+                              f"e.g. {k}={DEFAULTS[k]}")
+    if config["stage"] not in ("search", "train", "demo"):
+        raise ConfigError(f"stage={config['stage']!r}; use stage=search or stage=train (or the demo named config)")
     if config["das_count_unit"] not in ("micro_batch", "optimizer_step"):
         raise ConfigError(f"das_count_unit={config['das_count_unit']!r}; use micro_batch (the original DAS) or "
                           "optimizer_step")
-    if config["method"] not in ("das", "dvp"):
-        raise ConfigError(f"method={config['method']!r}; use method=das or method=dvp")
-    if config["stage"] not in ("search", "train", "demo"):
-        raise ConfigError(f"stage={config['stage']!r}; use stage=search or stage=train (or the demo named config)")
+    if config["trainable"] not in ("original", "used"):
+        raise ConfigError(f"trainable={config['trainable']!r}; use trainable=original or trainable=used")
     if config["method"] == "dvp" and str(config["language_model"]).upper() == "LLAMA" and not config["use_adapter"]:
         raise ConfigError("LLaMA-DVP always trains with adapters (the PLM is too large to fine-tune in full); "
                           "set use_adapter=True (the dvp_*_llama_* named configs do)")
+    if config["stage"] == "demo":
+        return config
+    _check_axes(config)
+    _check_paths(config)
     return config
+
+
+def _check_axes(config: dict[str, Any]) -> None:
+    from vlpeft._registry import RegistryError
+    from vlpeft.backbones import BACKBONES
+    from vlpeft.pet import PRESETS
+    from vlpeft.search import SEARCHES
+
+    axes = resolve_axes(config)
+    try:
+        bb = BACKBONES.get(axes.backbone)
+        PRESETS.get(axes.pet)
+        if axes.search:
+            search = SEARCHES.get(axes.search)
+            kinds = bb.meta.get("candidate_kinds") or BACKBONES.get(bb.meta["family"]).meta.get("candidate_kinds", ())
+            need = search.meta.get("needs")
+            if need and need not in kinds:
+                what = {"skip": "skips units", "insert": "places a visual prompt before a unit"}[need]
+                raise ConfigError(f"search={axes.search} {what}, but backbone={axes.backbone} offers only {list(kinds)} "
+                                  f"candidates; use a backbone with {need!r} candidates (e.g. "
+                                  f"{'clip_plm' if need == 'insert' else 'vilt'}) or another search")
+    except RegistryError as e:
+        raise ConfigError(str(e)) from None
+    if config["stage"] == "search" and not axes.search:
+        raise ConfigError("stage=search needs a search strategy: search=das or search=kab (or method=das / dvp)")
+
+
+def _check_paths(config: dict[str, Any]) -> None:
+    """Files the run will need, checked before anything is built."""
+    import os
+    from pathlib import Path
+
+    if not config.get("data_root"):
+        raise ConfigError("data_root is empty; set data_root=<folder with the .arrow files> (see DATA.md)")
+    if not Path(config["data_root"]).is_dir():
+        raise ConfigError(f"data_root={config['data_root']} does not exist; point it at the folder of the .arrow "
+                          "files (python -m write_arrow … --dst writes one)")
+    if config.get("resume_from") and not Path(config["resume_from"]).is_file():
+        raise ConfigError(f"resume_from={config['resume_from']} does not exist; pass the last.ckpt of the run to "
+                          "resume (…/version_N/checkpoints/last.ckpt)")
+    paths = config["load_path"] if isinstance(config["load_path"], (list, tuple)) else [config["load_path"]]
+    for p in paths:
+        if p and not Path(p).is_file():
+            raise ConfigError(f"load_path {p} does not exist; give the path of a .ckpt / .bin / .safetensors file")
+    log_dir = Path(config["log_dir"])
+    probe = next((q for q in [log_dir, *log_dir.parents] if q.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise ConfigError(f"log_dir={config['log_dir']} is not writable ({probe} is read-only); set log_dir=<a "
+                          "writable folder>")
 
 
 def _closest(key: str) -> str:

@@ -55,7 +55,7 @@ def run_demo(config: dict[str, Any]) -> Any:
     pre_cfg = dict(base, exp_name="demo_pretrain", full_finetune=True, skip_module=[], save_trainable=False,
                    max_epoch=config["max_epoch"] + 2)
     pre = run(pre_cfg)
-    from vlpeft.model import VLPeftModule
+    from vlpeft.lightning import VLPeftModule
 
     best = VLPeftModule.load_from_checkpoint(str(pre.checkpoint), map_location="cpu", placement=pre.placement,
                                              weights_only=False)

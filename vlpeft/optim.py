@@ -15,12 +15,14 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from vlpeft.tasks.heads import LR_MULT_HEADS
+
 NO_DECAY = (
     "bias", "LayerNorm.bias", "LayerNorm.weight",
     "norm.bias", "norm.weight", "norm1.bias", "norm1.weight", "norm2.bias", "norm2.weight",
     "layernorm.weight", "layernorm.bias",  # DVP's addition (LLaMA's input_/post_attention_layernorm)
 )
-HEAD_NAMES = ("vqa_classifier", "nlvr2_classifier", "gqa_classifier", "snli_ve_classifier")
+HEAD_NAMES = LR_MULT_HEADS
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant", "<number: polynomial power>")
 

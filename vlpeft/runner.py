@@ -18,8 +18,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from vlpeft.checkpoint import load_weights, save_trainable
-from vlpeft.config import ConfigError, validate_config
+from vlpeft.checkpoint import CheckpointError, load_weights, save_trainable
+from vlpeft.config import ConfigError, from_sacred
 from vlpeft.progress import progress_callbacks
 from vlpeft.rundir import VERSION_ENV, dump_name, ranks_join, reserve_run_dir, resolve_placement_source
 from vlpeft.search.placement import Placement, PlacementError
@@ -46,22 +46,11 @@ def load_name(config: dict[str, Any]) -> str:
 
 
 def resolve_placement(config: dict[str, Any]) -> Placement | None:
-    """The train stage's placement: ``placement=`` wins; else skip_module (das) / insert_layer (dvp)."""
-    src = config["placement"]
-    if src:
-        src = resolve_placement_source(config, load_name(config))  # latest: same exp_name; recorded in run.json
-        p = Placement.load(src)
-        want = "das" if config["method"] == "das" else "kab"
-        if p.method != want:
-            raise PlacementError(f"placement {src} is a {p.method!r} placement but method={config['method']} "
-                                 f"needs a {want!r} one")
-        return p
-    if config["method"] == "das":
-        skip = config["skip_module"]
-        if not isinstance(skip, (list, tuple)):
-            raise ConfigError(f"skip_module={skip!r} must be a list, e.g. skip_module=[3,7] or skip_module=[]")
-        return Placement.das(skip)
-    return Placement.kab(config["insert_layer"])
+    """The train stage's placement file (``placement=``: a path, its run folder, or ``latest`` of the same
+    exp_name, recorded in run.json); None when the plan comes from ``skip_module`` / ``insert_layer``."""
+    if not config["placement"]:
+        return None
+    return Placement.load(resolve_placement_source(config, load_name(config)))
 
 
 def _devices(config: dict[str, Any]) -> dict[str, Any]:
@@ -161,17 +150,13 @@ def build_trainer(config: dict[str, Any], run_dir_name: str, version: int, *, ex
 
 
 def run(config: dict[str, Any]) -> RunResult:
-    config = validate_config(copy.deepcopy(config))
-    if config["stage"] == "demo":
-        from vlpeft.demo import run_demo
-
-        return run_demo(config)
+    """One stage of one run (the demo, which chains stages, lives in ``vlpeft.demo``)."""
+    rc = from_sacred(config)
+    config = rc.flat
     pl.seed_everything(config["seed"], workers=True, verbose=False)
-    if config["test_only"]:
+    if rc.test_only:
         return run_test(config)
-    if config["stage"] == "search":
-        return run_fit(config, search=True)
-    return run_fit(config, search=False)
+    return run_fit(config, search=rc.stage == "search")
 
 
 def _datamodule(config: dict[str, Any]):
@@ -181,12 +166,13 @@ def _datamodule(config: dict[str, Any]):
 
 
 def _build_module(config: dict[str, Any], placement: Placement | None, *, fresh_heads: bool):
-    from vlpeft.model import VLPeftModule
+    from vlpeft.lightning import VLPeftModule
 
     module = VLPeftModule(config, placement=placement)
-    for report in load_weights(module, config["load_path"], fresh_heads=fresh_heads):
+    reports = load_weights(module, config["load_path"], fresh_heads=fresh_heads)
+    for report in reports:
         print(f"[vlpeft] {report.summary()}")
-    return module
+    return module, reports
 
 
 def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
@@ -197,9 +183,10 @@ def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
     try:
         placement = None if search else resolve_placement(dict(config, _run_dir=str(run_dir)))
         dm = _datamodule(config)
-        module = _build_module(dict(config, _run_dir=str(run_dir)), placement, fresh_heads=True)
-        if placement is not None:
-            print(f"[vlpeft] placement: {placement.to_dict()}")
+        module, _ = _build_module(dict(config, _run_dir=str(run_dir)), placement, fresh_heads=True)
+        print(f"[vlpeft] plan: skip {sorted(module.base_plan.skip)}, insert_layer {module.base_plan.insert_layer}"
+              + ("" if module.search is None else f" (search={type(module.search).__name__} decides "
+                                                  f"{module.search.plan_field})"))
         print(f"[vlpeft] {module.trainable_summary()}")
         trainer = build_trainer(config, name, version)
         # training randomness (dropout, draws) starts from the seed whatever building the model consumed
@@ -241,7 +228,6 @@ def _report_sizes(result: RunResult) -> None:
 def run_test(config: dict[str, Any]) -> RunResult:
     """test_only=True: load ``load_path`` (placement from the checkpoint unless given) and write the dumps."""
     from vlpeft.checkpoint import _as_list
-    from vlpeft.model import VLPeftModule
 
     config = _finalize_label_sizes(config)
     if not _as_list(config["load_path"]):
@@ -250,22 +236,63 @@ def run_test(config: dict[str, Any]) -> RunResult:
     run_dir = Path(config["log_dir"]) / name / f"version_{version}"
     dm = _datamodule(config)
     cfg = dict(config, stage="train", _dump_dir=str(run_dir), _dump_name=dump_name(config["load_path"]))
-    # build with a provisional placement, load once, then apply the placement the checkpoint carries
-    module = VLPeftModule(cfg, placement=resolve_placement(config))
-    reports = load_weights(module, config["load_path"], fresh_heads=False)
-    for report in reports:
-        print(f"[vlpeft] {report.summary()}")
-    if not config["placement"]:
-        saved = next((r.placement for r in reversed(reports) if r.placement), None)
-        if saved:
-            module.placement = Placement.from_dict(saved, source="checkpoint").validate(module.backbone.num_layers)
-    placement = module.placement
-    print(f"[vlpeft] placement: {placement.to_dict()}")
+    placement = resolve_placement(config)
+    if placement is None:  # the plan the checkpoint was trained with (peeked before building the model)
+        placement = saved_placement(config["load_path"])
+    module, reports = _build_module(cfg, placement, fresh_heads=False)
+    check_loaded(module, reports, config)
+    print(f"[vlpeft] plan: skip {sorted(module.base_plan.skip)}, insert_layer {module.base_plan.insert_layer}")
     trainer = build_trainer(cfg, name, version, enable_ckpt=False)
     with ranks_join(version):  # DDP ranks write into this run folder too
         trainer.test(module, datamodule=dm)
-    result = RunResult(stage="test", run_dir=run_dir, placement=placement)
+    result = RunResult(stage="test", run_dir=run_dir, placement=module.current_placement())
     result.metrics = getattr(module, "epoch_results", {})
     dumps = getattr(module, "test_dumps", {})
     result.submission = dumps.get("vqa") or next(iter(dumps.values()), None)
     return result
+
+
+def saved_placement(load_path) -> Placement | None:
+    """The placement stored with the last file of ``load_path`` that has one (checkpoint entry or trainable.json)."""
+    from vlpeft.checkpoint import TRAINABLE_CONFIG, _as_list
+
+    for path in reversed(_as_list(load_path)):
+        p = Path(path)
+        if p.suffix == ".safetensors":
+            side = p.with_name(TRAINABLE_CONFIG)
+            saved = json.loads(side.read_text()).get("placement") if side.is_file() else None
+        else:
+            saved = _peek(p).get("vlpeft_placement")
+        if saved:
+            return Placement.from_dict(saved, source=str(p))
+    return None
+
+
+def check_loaded(module, reports, config: dict[str, Any]) -> None:
+    """A test run must not evaluate randomly initialised PET modules or heads: refuse, naming them and the fixes."""
+    missing = set().union(*(set(r.missing) for r in reports)) if reports else set()
+    if len(reports) > 1:  # a later file may supply what an earlier one lacked
+        missing = set.intersection(*(set(r.missing) for r in reports))
+    pet = sorted(k for k in missing if k.removeprefix("backbone.") in module.pet_report.param_names())
+    heads = sorted(k for k in missing if k.startswith("heads."))
+    if not (pet or heads):
+        return
+    what = []
+    if pet:
+        what.append(f"{len(pet)} tensors of PET modules (pet={module.pet_report.recipe.name}; first: {pet[0]})")
+    if heads:
+        what.append(f"{len(heads)} head tensors (first: {heads[0]})")
+    msg = (f"load_path {config['load_path']} lacks {' and '.join(what)}: they would run with random weights. "
+           "If the checkpoint has no PET modules (a released backbone), pass pet=none; to evaluate random "
+           "weights on purpose, pass allow_random_init=True")
+    if not config["allow_random_init"]:
+        raise CheckpointError(msg)
+    print(f"[vlpeft] WARNING: {msg}", flush=True)
+
+
+def _peek(path: Path) -> dict[str, Any]:
+    try:  # memory-mapped: reading one entry of a large checkpoint costs little
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return ckpt if isinstance(ckpt, dict) else {}

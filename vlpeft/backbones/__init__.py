@@ -1,40 +1,73 @@
-"""Backbone registry: ``build_backbone(config)`` dispatches on ``config["method"]``.
+"""The backbone registry: ``BACKBONES.build(name, config) -> Backbone`` (see ``_protocol.py`` for the contract).
 
-- ``"das"`` → ViLT with DAS adapters (``vlpeft.backbones.vilt.build_vilt``).
-- ``"dvp"`` → CLIP + PLM with a dynamic visual prompt (``vlpeft.backbones.clip_plm.build_dvp_backbone``).
+- ``vilt``: single-stream ViLT (``vilt.py``; variant from config ``vit``);
+- ``clip_plm``: frozen CLIP + BERT / T5 / LLaMA with the dynamic visual prompt (``clip_plm.py``);
+- ``test_*``: tiny configurations of the same families, for tests parametrized over the registry.
 
-Imports are lazy so that using one backbone never imports the other's dependencies.
+Imports are lazy so that using one backbone never imports the other's dependencies. Each entry declares the
+flat config keys it reads (with the originals' defaults), which the sacred base config and the unknown-key check
+collect from here.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Mapping
 
-from torch import nn
+from vlpeft._registry import Registry
+from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site
+
+BACKBONES: Registry[Backbone] = Registry("backbone", "backbone")
+
+VILT_KEYS = {"vit": "vit_base_patch32_384", "hidden_size": 768, "num_heads": 12, "num_layers": 12, "mlp_ratio": 4,
+             "drop_rate": 0.1, "vocab_size": 30522, "max_text_len": 40, "max_image_len": -1, "patch_size": 32}
+CLIP_PLM_KEYS = {"clip_model": "ViT-B/16", "language_model": "BERT", "plm_config": "", "plm_gguf_file": "",
+                 "search_stage": False, "use_adapter": False, "dvp_llama_xattn_dim": 512,
+                 "dvp_original_trainable": False, "t5_original_position_bias": False, "clip_feature_cache": True,
+                 "clip_cache_dir": "", "kab_shared_prefix": True, "frozen_prefix_no_grad": True,
+                 "deterministic_images": None, "clip_cache_max_items": 4096}
 
 
-def _build_das(config: dict[str, Any]) -> nn.Module:
+@BACKBONES.register("vilt", keys=VILT_KEYS, candidate_kinds=("skip",))
+def vilt(config: Mapping[str, Any]) -> Backbone:
     from vlpeft.backbones.vilt import build_vilt
 
     return build_vilt(config)
 
 
-def _build_dvp(config: dict[str, Any]) -> nn.Module:
-    # --- DVP branch: the file belongs to the DVP helper ---
+@BACKBONES.register("clip_plm", keys=CLIP_PLM_KEYS, candidate_kinds=("skip", "insert"))
+def clip_plm(config: Mapping[str, Any]) -> Backbone:
     from vlpeft.backbones.clip_plm import build_dvp_backbone
 
     return build_dvp_backbone(config)
 
 
-BACKBONES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {"das": _build_das, "dvp": _build_dvp}
+# --- tiny entries: the conformance tests build every one of these ----------------------------------------------
+TEST_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "test_vilt": ("vilt", dict(vit="test_vilt_tiny", hidden_size=64, num_heads=4, num_layers=2, mlp_ratio=4,
+                               drop_rate=0.0, vocab_size=30522, max_text_len=40, max_image_len=-1, patch_size=16)),
+    "test_clip_bert": ("clip_plm", dict(clip_model="test_clip_tiny", language_model="BERT",
+                                        plm_config="test_bert_tiny_bertvocab", num_heads=4, drop_rate=0.0)),
+    "test_clip_t5": ("clip_plm", dict(clip_model="test_clip_tiny", language_model="T5",
+                                      plm_config="test_t5_tiny_bertvocab", num_heads=4, drop_rate=0.0)),
+    "test_clip_llama": ("clip_plm", dict(clip_model="test_clip_tiny", language_model="LLAMA",
+                                         plm_config="test_llama_tiny_bertvocab", num_heads=4, drop_rate=0.0,
+                                         dvp_llama_xattn_dim=32)),
+}
 
 
-def build_backbone(config: dict[str, Any]) -> nn.Module:
-    """Build the backbone that ``config["method"]`` names (see ``BACKBONES``)."""
-    method = config.get("method")
-    if method not in BACKBONES:
-        raise ValueError(f"config method={method!r} has no backbone; use one of {sorted(BACKBONES)}")
-    return BACKBONES[method](config)
+def _register_test(name: str, family: str, cfg: dict[str, Any]) -> None:
+    @BACKBONES.register(name, family=family, config=cfg)
+    def _build(config: Mapping[str, Any] | None = None) -> Backbone:
+        return BACKBONES.build(family, {**dict(config or {}), **cfg})  # the tiny settings win
 
 
-__all__ = ["BACKBONES", "build_backbone"]
+for _name, (_family, _cfg) in TEST_CONFIGS.items():
+    _register_test(_name, _family, _cfg)
+
+
+def build_backbone(config: Mapping[str, Any]) -> Backbone:
+    """The bare backbone named by ``config["backbone"]`` (no PET modules; see ``vlpeft.build``)."""
+    return BACKBONES.build(config["backbone"], config)
+
+
+__all__ = ["BACKBONES", "Backbone", "Candidates", "LayerPlan", "Site", "build_backbone"]

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from vlpeft.pet.adapters import SequentialAdapter
+from vlpeft.backbones._protocol import Site
 
 # --------------------------------------------------------------------------------------------------
 # named random configurations (tests, bench)
@@ -126,6 +126,25 @@ class PLMWrapper(nn.Module):
         else:
             self._hook_handles.append(module.register_forward_hook(hook))
 
+    def sites(self) -> list[Site]:
+        """Sequential-adapter sites on sublayer outputs, in the order of the ``adapters`` ModuleList (so the
+        j-th attached module is ``adapters.j``, the original ``A_j``)."""
+        out = []
+        for j, (stage, sublayer, module, where) in enumerate(self._site_table()):
+            out.append(Site("plm" if stage >= 0 else "plm_encoder", stage, sublayer, "out_seq", self.hidden_size,
+                            f"plm.adapters.{j}", self.kind.lower(), meta={"module": module, "where": where}))
+        return out
+
+    def _site_table(self) -> list[tuple[int, str, nn.Module, str]]:
+        """(stage, sublayer, hooked module, hook kind) per site; stage -1 = the prepare part (T5's encoder)."""
+        raise NotImplementedError
+
+    def attach(self, site: Site, module: nn.Module) -> None:
+        j = int(site.name.rsplit(".", 1)[-1])
+        if j != len(self.adapters):
+            raise ValueError(f"adapter sites attach in order: expected plm.adapters.{len(self.adapters)}, got {site.name}")
+        self._add_adapter(module, site.layer, site.meta["module"], site.meta["where"])
+
     def stage_parameters(self, stage: int) -> Iterator[nn.Parameter]:
         """Parameters stage ``stage`` computes with (-1 = prepare; i = candidate layer i), adapters included."""
         mods = self.prepare_modules() if stage < 0 else [self.layers[stage]]
@@ -154,12 +173,31 @@ class PLMWrapper(nn.Module):
     def readout(self, state: PLMState) -> torch.Tensor:
         raise NotImplementedError
 
-    # -- freezing ----------------------------------------------------------------------------------
+    # -- trainable policies ------------------------------------------------------------------------
     def norm_parameter_names(self) -> set[str]:
         raise NotImplementedError
 
-    def apply_freezing(self, use_adapter: bool, original_trainable: bool) -> None:
+    def hf_model(self) -> nn.Module:
         raise NotImplementedError
+
+    def base_trainable(self, policy: str, original_trainable: bool = False) -> list[tuple[str, nn.Parameter]]:
+        """PLM parameters a policy trains (names relative to the HF model). ``norms``: the original DVP rule with
+        adapters; ``all``: the whole PLM (full fine-tuning); both leave BERT's unused pooler frozen unless
+        ``original_trainable`` (the original's leak, §8 item 17)."""
+        hf = self.hf_model()
+        if policy == "none":
+            keep = set()
+        elif policy == "norms":
+            keep = self.norm_parameter_names()
+        elif policy == "all":
+            keep = {n for n, _ in hf.named_parameters()}
+        elif policy == "bias":
+            keep = {n for n, _ in hf.named_parameters() if n.endswith("bias")}
+        else:
+            raise ValueError(f"base_trainable policy {policy!r} is not one of none/norms/bias/all")
+        pooler = {n for n, _ in hf.named_parameters() if n.startswith("pooler.")}
+        keep = (keep - pooler) | (pooler if original_trainable else set())
+        return [(n, p) for n, p in hf.named_parameters() if n in keep]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,15 +207,19 @@ class BertPLM(PLMWrapper):
 
     kind = "BERT"
 
-    def __init__(self, model: nn.Module, use_adapter: bool) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.bert = model
-        d = self.hidden_size
-        if use_adapter:
-            for i, layer in enumerate(self.layers):
-                # LN(x_in + A(drop(dense(h)))): the adapter sees the dropout's output
-                self._add_adapter(SequentialAdapter(d, max(d // 8, 1)), i, layer.attention.output.dropout, "output")
-                self._add_adapter(SequentialAdapter(d, max(d // 8, 1)), i, layer.output.dropout, "output")
+
+    def _site_table(self) -> list[tuple[int, str, nn.Module, str]]:
+        out = []
+        for i, layer in enumerate(self.layers):
+            # LN(x_in + A(drop(dense(h)))): the adapter sees the dropout's output
+            out += [(i, "attn", layer.attention.output.dropout, "output"), (i, "ffn", layer.output.dropout, "output")]
+        return out
+
+    def hf_model(self) -> nn.Module:
+        return self.bert
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -218,16 +260,6 @@ class BertPLM(PLMWrapper):
     def norm_parameter_names(self) -> set[str]:
         return {n for n, _ in self.bert.named_parameters() if "LayerNorm" in n and n.startswith("encoder.")}
 
-    def apply_freezing(self, use_adapter: bool, original_trainable: bool) -> None:
-        for n, p in self.bert.named_parameters():
-            if n.startswith("pooler."):
-                # unused by DVP; the original left it trainable (a leak, §8 item 17)
-                p.requires_grad_(original_trainable)
-            elif use_adapter:
-                # original rule: embeddings frozen (their LayerNorm too), encoder frozen but its LayerNorms
-                p.requires_grad_("LayerNorm" in n and n.startswith("encoder."))
-            else:
-                p.requires_grad_(True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,19 +275,22 @@ class T5PLM(PLMWrapper):
 
     kind = "T5"
 
-    def __init__(self, model: nn.Module, use_adapter: bool, original_position_bias: bool = False) -> None:
+    def __init__(self, model: nn.Module, original_position_bias: bool = False) -> None:
         super().__init__()
         self.t5 = model
         self.original_position_bias = bool(original_position_bias)
-        d = self.hidden_size
-        if use_adapter:
-            b = max(d // 8, 1)
-            for blk in self.t5.encoder.block:  # A_{2i} after self-attention, A_{2i+1} after the FFN
-                self._add_adapter(SequentialAdapter(d, b), -1, blk.layer[0].dropout, "input")
-                self._add_adapter(SequentialAdapter(d, b), -1, blk.layer[-1].dropout, "input")
-            for i, blk in enumerate(self.layers):  # A_{3i}, A_{3i+1} (cross-attention), A_{3i+2}
-                for sub in blk.layer:
-                    self._add_adapter(SequentialAdapter(d, b), i, sub.dropout, "input")
+
+    def _site_table(self) -> list[tuple[int, str, nn.Module, str]]:
+        out = []
+        for blk in self.t5.encoder.block:  # A_{2i} after self-attention, A_{2i+1} after the FFN
+            out += [(-1, "attn", blk.layer[0].dropout, "input"), (-1, "ffn", blk.layer[-1].dropout, "input")]
+        for i, blk in enumerate(self.layers):  # A_{3i}, A_{3i+1} (cross-attention), A_{3i+2}
+            for sub, name in zip(blk.layer, ("attn", "cross_attn", "ffn")):
+                out.append((i, name, sub.dropout, "input"))
+        return out
+
+    def hf_model(self) -> nn.Module:
+        return self.t5
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -322,9 +357,6 @@ class T5PLM(PLMWrapper):
     def norm_parameter_names(self) -> set[str]:
         return {n for n, _ in self.t5.named_parameters() if "layer_norm" in n}
 
-    def apply_freezing(self, use_adapter: bool, original_trainable: bool) -> None:
-        for n, p in self.t5.named_parameters():
-            p.requires_grad_((not use_adapter) or "layer_norm" in n)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,15 +369,18 @@ class LlamaPLM(PLMWrapper):
     kind = "LLAMA"
     uses_token_types = False
 
-    def __init__(self, model: nn.Module, use_adapter: bool) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.llama = model
-        d = self.hidden_size
-        if use_adapter:
-            b = max(d // 64, 8)
-            for i, layer in enumerate(self.layers):
-                self._add_adapter(SequentialAdapter(d, b, "silu", "xavier"), i, layer.self_attn, "tuple_output")
-                self._add_adapter(SequentialAdapter(d, b, "silu", "xavier"), i, layer.mlp, "output")
+
+    def _site_table(self) -> list[tuple[int, str, nn.Module, str]]:
+        out = []
+        for i, layer in enumerate(self.layers):
+            out += [(i, "attn", layer.self_attn, "tuple_output"), (i, "ffn", layer.mlp, "output")]
+        return out
+
+    def hf_model(self) -> nn.Module:
+        return self.llama
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -406,10 +441,6 @@ class LlamaPLM(PLMWrapper):
     def norm_parameter_names(self) -> set[str]:
         return {n for n, _ in self.llama.named_parameters() if "layernorm" in n or n.startswith("norm.")}
 
-    def apply_freezing(self, use_adapter: bool, original_trainable: bool) -> None:
-        for n, p in self.llama.named_parameters():
-            # the final norm is used by the readout, so it trains (as in the original) in both modes
-            p.requires_grad_((not use_adapter) or "layernorm" in n or n.startswith("norm."))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -463,10 +494,10 @@ def build_hf_plm(language_model: str, plm_config: Any, folder: str | os.PathLike
     return model_cls.from_pretrained(str(path), **kw)
 
 
-def wrap_plm(model: nn.Module, language_model: str, use_adapter: bool, original_position_bias: bool) -> PLMWrapper:
+def wrap_plm(model: nn.Module, language_model: str, original_position_bias: bool = False) -> PLMWrapper:
     lm = str(language_model).upper()
     if lm == "BERT":
-        return BertPLM(model, use_adapter)
+        return BertPLM(model)
     if lm == "T5":
-        return T5PLM(model, use_adapter, original_position_bias)
-    return LlamaPLM(model, use_adapter)
+        return T5PLM(model, original_position_bias)
+    return LlamaPLM(model)

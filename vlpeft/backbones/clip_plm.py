@@ -46,7 +46,7 @@ Efficiency switches (config keys, default on; results equal with and without, to
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -54,7 +54,9 @@ from torch import nn
 
 from vlpeft.backbones._clip import CLIPFeatureCache, FrozenCLIP, build_clip_visual
 from vlpeft.backbones._plm import LANGUAGE_MODELS, PLMState, PLMWrapper, build_hf_plm, wrap_plm
+from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site
 from vlpeft.pet.prompts import CrossAttentionPrompt
+from vlpeft.search.placement import validate_skip
 
 
 def _bool(config: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -117,9 +119,16 @@ def _reset_fingerprint(module: "DVPBackbone", incompatible_keys: Any) -> None:
     module._fingerprint = None
 
 
-class DVPBackbone(nn.Module):
+class DVPBackbone(Backbone):
+    """CLIP + PLM with the dynamic visual prompt, a ``Backbone``: candidates are the PLM's candidate layers (a
+    prompt can enter before each; each can be skipped, its skip site running instead); PET sites are the PLM's
+    sublayer outputs (hooks, ``plm.adapters.j``) and one skip slot per candidate (``skip_adapters.i.0``)."""
+
+    capabilities = frozenset({"classify"})
+
     def __init__(self, clip: nn.Module, plm: PLMWrapper, cfg: DVPConfig) -> None:
         super().__init__()
+        self.family = plm.kind.lower()
         self.cfg = cfg
         self.clip = FrozenCLIP(clip)
         self.plm = plm
@@ -139,6 +148,7 @@ class DVPBackbone(nn.Module):
             self.cross_attn = CrossAttentionPrompt(**xattn)
             if tte:
                 self.token_type_embeddings = nn.Embedding(2, d)
+        self.skip_adapters = nn.ModuleList(nn.Sequential() for _ in range(n))  # empty = identity
         self.feature_cache = CLIPFeatureCache(cfg.clip_cache_max_items, cfg.clip_cache_dir)
         self._fingerprint: str | None = None
         # loading weights may change CLIP: recompute the cache namespace on next use
@@ -235,7 +245,13 @@ class DVPBackbone(nn.Module):
         with ctx:
             return self.plm.prepare(ids, masks), frozen
 
-    def _advance(self, state: PLMState, start: int, stop: int, frozen: bool) -> tuple[PLMState, bool]:
+    def _run(self, i: int, state: PLMState, skip: frozenset[int]) -> PLMState:
+        if i in skip:  # the unit is not computed; its skip site (identity when empty) runs instead
+            return replace(state, h=self.skip_adapters[i](state.h))
+        return self.plm.run_layer(i, state)
+
+    def _advance(self, state: PLMState, start: int, stop: int, frozen: bool,
+                 skip: frozenset[int] = frozenset()) -> tuple[PLMState, bool]:
         for i in range(start, stop):
             if frozen:
                 ctx = self._grad_context(i)
@@ -243,15 +259,16 @@ class DVPBackbone(nn.Module):
             else:
                 ctx = contextlib.nullcontext()  # once something trains, everything after needs grad
             with ctx:
-                state = self.plm.run_layer(i, state)
+                state = self._run(i, state, skip)
         return state, frozen
 
-    def _branch(self, state: PLMState, visual: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    def _branch(self, state: PLMState, visual: torch.Tensor, k: int,
+                skip: frozenset[int] = frozenset()) -> dict[str, torch.Tensor]:
         xattn, tte = self._prompt_modules(k)
         prompt = xattn(self.plm.query(state), visual.to(state.h.dtype))
         state = self.plm.insert(state, prompt, tte)
         for i in range(k, self.num_layers):
-            state = self.plm.run_layer(i, state)
+            state = self._run(i, state, skip)
         return {"cls_feats": self.plm.readout(state)}
 
     def _check_layer(self, k: Any) -> int:
@@ -263,13 +280,14 @@ class DVPBackbone(nn.Module):
                              f"({self.num_layers} candidate layers)")
         return k
 
-    def infer(self, batch: Mapping[str, Any], insert_layer: int,
-              deterministic_images: bool | None = None) -> dict[str, torch.Tensor]:
+    def infer(self, batch: Mapping[str, Any], insert_layer: int, deterministic_images: bool | None = None,
+              skip: Sequence[int] = ()) -> dict[str, torch.Tensor]:
         k = self._check_layer(insert_layer)
+        skip = frozenset(validate_skip(sorted(skip), self.num_layers))
         visual = self.visual_features(batch, deterministic_images)
         state, frozen = self._prefix(batch)
-        state, _ = self._advance(state, 0, k, frozen)
-        return self._branch(state, visual, k)
+        state, _ = self._advance(state, 0, k, frozen, skip)
+        return self._branch(state, visual, k, skip)
 
     def infer_many(self, batch: Mapping[str, Any], insert_layers: Sequence[int],
                    deterministic_images: bool | None = None) -> list[dict[str, torch.Tensor]]:
@@ -298,8 +316,40 @@ class DVPBackbone(nn.Module):
             out[j] = done[k] = self._branch(state, visual, k)
         return out  # type: ignore[return-value]
 
-    def forward(self, batch: Mapping[str, Any], insert_layer: int) -> dict[str, torch.Tensor]:
-        return self.infer(batch, insert_layer)
+    # -- the backbone protocol -------------------------------------------------------------------------
+    def candidates(self) -> Candidates:
+        return Candidates(count=self.plm.num_layers, skip=True, insert=True)
+
+    def sites(self) -> list[Site]:
+        d = self.hidden_size
+        return self.plm.sites() + [Site("plm", i, "block", "skip", d, f"skip_adapters.{i}.0", self.family)
+                                   for i in range(self.num_layers)]
+
+    def attach(self, site: Site, module: nn.Module) -> None:
+        if site.anchor == "skip":
+            slot = self.skip_adapters[site.layer]
+            if len(slot):
+                raise ValueError(f"skip site {site.name} is taken; one skip module per layer")
+            slot.append(module)
+        else:
+            self.plm.attach(site, module)
+
+    def forward(self, batch: Mapping[str, Any], plan: LayerPlan, **ctx: Any) -> dict[str, torch.Tensor]:
+        if ctx:
+            raise TypeError(f"DVP backbone takes no {sorted(ctx)} (one image per text)")
+        return self.infer(batch, plan.insert_layer, skip=plan.skip)
+
+    def forward_many(self, batch: Mapping[str, Any], plans: Sequence[LayerPlan]) -> list[dict[str, torch.Tensor]]:
+        if plans and all(p.skip == plans[0].skip for p in plans) and not plans[0].skip:
+            return self.infer_many(batch, [p.insert_layer for p in plans])  # shares CLIP and the text prefix
+        return [self(batch, p) for p in plans]
+
+    def base_trainable(self, policy: str) -> list[tuple[str, nn.Parameter]]:
+        """The prompt generator and token types always train; the PLM per policy (CLIP never: it is locked)."""
+        prompt = [(n, p) for n, p in self.named_parameters() if n.startswith(("cross_attn", "token_type_embeddings"))]
+        hf_prefix = "plm." + {"BERT": "bert", "T5": "t5", "LLAMA": "llama"}[self.plm.kind] + "."
+        plm = [(hf_prefix + n, p) for n, p in self.plm.base_trainable(policy, self.cfg.dvp_original_trainable)]
+        return prompt + plm
 
     # -- reporting -----------------------------------------------------------------------------------
     def trainable_report(self) -> dict[str, int]:
@@ -338,10 +388,9 @@ class DVPBackbone(nn.Module):
 
 
 def build_dvp_backbone(config: Mapping[str, Any]) -> DVPBackbone:
-    """Build the DVP backbone from a (sacred) config dict; see ``DVPConfig`` for the keys read."""
+    """Build the bare DVP backbone from a (sacred) config dict (``DVPConfig`` lists the keys read); adapters
+    come through ``vlpeft.pet.inject`` and the trainable set from ``vlpeft.pet.trainable``."""
     cfg = DVPConfig.from_config(config)
     clip = build_clip_visual(cfg.clip_model)
     hf = build_hf_plm(cfg.language_model, cfg.plm_config, cfg.tokenizer, cfg.plm_gguf_file)
-    plm = wrap_plm(hf, cfg.language_model, cfg.use_adapter, cfg.t5_original_position_bias)
-    plm.apply_freezing(cfg.use_adapter, cfg.dvp_original_trainable)
-    return DVPBackbone(clip, plm, cfg)
+    return DVPBackbone(clip, wrap_plm(hf, cfg.language_model, cfg.t5_original_position_bias), cfg)

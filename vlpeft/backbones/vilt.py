@@ -1,24 +1,23 @@
-"""ViLT backbone with DAS adapters (seeds.md §3.1), built on timm's ViT and transformers' ``BertEmbeddings``.
+"""ViLT (seeds.md §3.1) as a ``Backbone``, built on timm's ViT and transformers' ``BertEmbeddings``.
 
 Public API::
 
-    build_vilt(config: dict) -> ViLT
-    ViLT.infer(batch, skip=(), image_key="image", image_token_type_idx=1, mask_text=False,
-               image_embeds=None, image_masks=None) -> dict
+    build_vilt(config: dict) -> ViLT                      (bare: PET modules come through vlpeft.pet.inject)
+    ViLT.forward(batch, plan: LayerPlan, **ctx) / ViLT.infer(batch, skip=(), image_key="image",
+               image_token_type_idx=1, mask_text=False, image_embeds=None, image_masks=None, image_cache=None)
+    ViLT.candidates(), .sites(), .attach(site, module), .base_trainable(policy), .encode_images(batch)
     ViLT.visual_embed(img, img_mask=None, max_image_len=None, generator=None) -> (x, mask, (patch_index, (Hp, Wp)))
     ViLT.expand_token_types_for_nlvr2() -> None
-    ViLT.num_layers, ViLT.hidden_size, ViLT.checkpoint_filter_fn(state_dict) -> state_dict
-    checkpoint_filter_fn(state_dict, model) -> state_dict
-    load_vilt_checkpoint(module, path, prefix_map=None) -> ViltLoadReport
-    vilt_to_hf_state_dict(state_dict) / hf_to_vilt_state_dict(state_dict)   (transformers ``ViltForQuestionAnswering`` names)
+    ViLT.checkpoint_filter_fn(state_dict) -> state_dict   (also converts transformers' ``vilt.*`` names)
     register_vit_variant(fn) / VIT_VARIANTS: ViT hyper-parameter factories (``vit_base_patch32_384``, ``test_vilt_*``)
 
 Weights: always random init here (no download, we run offline); real weights come from an original ViLT ``.ckpt``
-(``vilt_200k_mlm_itm.ckpt`` or a fine-tuned one) through ``load_vilt_checkpoint``/``checkpoint_filter_fn``.
+(``vilt_200k_mlm_itm.ckpt`` or a fine-tuned one) through ``vlpeft.checkpoint`` and ``checkpoint_filter_fn``.
 
 Parameter names equal the original checkpoints': ``text_embeddings.*``, ``token_type_embeddings.weight``,
 ``transformer.{patch_embed.proj, cls_token, pos_embed, blocks.i.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1,
-mlp.fc2, adapter0, adapter1}, norm}``, ``pooler.dense``, ``adapter_list.i.0`` (skip adapters).
+mlp.fc2}, norm}``, ``pooler.dense``; PET sites keep the DAS names: ``transformer.blocks.i.adapter0|adapter1``
+(parallel slots) and ``adapter_list.i.0`` (skip slot).
 
 Differences from the original, on purpose (seeds.md §8):
 - padding is read from the batch's explicit ``image_mask`` (downsampled to the patch grid with nearest
@@ -33,8 +32,7 @@ Differences from the original, on purpose (seeds.md §8):
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -44,7 +42,8 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings
 
-from vlpeft.pet.adapters import DASAdapter
+from vlpeft.backbones._convert import hf_to_vilt_state_dict
+from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site, policy_params
 from vlpeft.search.placement import validate_skip
 
 # ----------------------------------------------------------------------------------------------- ViT variants
@@ -94,19 +93,21 @@ def init_weights_bert(module: nn.Module) -> None:
 
 
 class DASBlock(Block):
-    """timm's pre-norm ViT block with two parallel DAS adapters reading the un-normalised block input:
-    ``x = x + attn(norm1(x)) + adapter0(x)``; ``x = x + mlp(norm2(x)) + adapter1(x)``.
-    ``attn_mask`` is a boolean key mask broadcastable to (B, heads, N, N), True = attend."""
+    """timm's pre-norm ViT block with two explicit parallel sites (``adapter0``, ``adapter1``), empty by default:
+    ``x = x + attn(norm1(x)) + adapter0(x)``; ``x = x + mlp(norm2(x)) + adapter1(x)`` (an empty slot adds nothing).
+    The slot names are the original DAS checkpoints'. ``attn_mask`` is a boolean key mask broadcastable to
+    (B, heads, N, N), True = attend."""
 
-    def __init__(self, dim: int, *args: Any, adapter_dim: int, **kwargs: Any):
+    def __init__(self, dim: int, *args: Any, **kwargs: Any):
         super().__init__(dim, *args, **kwargs)
-        self.adapter0 = DASAdapter(dim, adapter_dim, residual=False)
-        self.adapter1 = DASAdapter(dim, adapter_dim, residual=False)
+        self.adapter0: nn.Module | None = None
+        self.adapter1: nn.Module | None = None
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask))) + self.adapter0(x)
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))) + self.adapter1(x)
-        return x
+        h = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask)))
+        x = h if self.adapter0 is None else h + self.adapter0(x)
+        h = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return h if self.adapter1 is None else h + self.adapter1(x)
 
 
 class Pooler(nn.Module):
@@ -134,8 +135,6 @@ class ViltSpec:
     vocab_size: int = 30522
     max_text_len: int = 40
     max_image_len: int | None = -1
-    das_adapter_dim: int = 96
-    das_skip_adapter_dim: int = 192
     token_type_rows: int = 2  # 3 when NLVR2 is active (rows 0, 1 and 2 := 1)
     patch_size: int | None = None  # informational in the original; checked against the variant when given
 
@@ -152,8 +151,6 @@ class ViltSpec:
             num_layers=int(config["num_layers"]), mlp_ratio=config["mlp_ratio"], drop_rate=float(config["drop_rate"]),
             vocab_size=int(config["vocab_size"]), max_text_len=int(config["max_text_len"]),
             max_image_len=config.get("max_image_len", -1),
-            das_adapter_dim=int(config.get("das_adapter_dim", 96)),
-            das_skip_adapter_dim=int(config.get("das_skip_adapter_dim", 192)),
             token_type_rows=3 if nlvr2 else 2, patch_size=config.get("patch_size"),
         )
 
@@ -167,13 +164,18 @@ def _check_max_image_len(v: Any) -> int | None:
     return None if v < 0 else v
 
 
-class ViLT(nn.Module):
-    """Single-stream ViLT (BERT text embeddings + ViT-B/32 patches, 12 shared blocks) with DAS adapters.
+class ViLT(Backbone):
+    """Single-stream ViLT (BERT text embeddings + ViT-B/32 patches, shared blocks), a ``Backbone``.
 
     Random init only (offline; no timm or hub download): text embeddings, token types and pooler get the
-    BERT init; timm's ViT init (trunc-normal 0.02) then covers every Linear inside the ViT, in-block adapters
-    included, while the skip adapters keep their BERT init — the original order.
+    BERT init, the ViT timm's (trunc-normal 0.02). PET modules come later through ``vlpeft.pet.inject``
+    (``sites()`` / ``attach()``); the ``das`` preset initialises its in-block adapters as timm's ViT init would
+    have and its skip adapters BERT-style, as the original.
     """
+
+    capabilities = frozenset({"classify", "pair_images", "score_pairs"})
+    family = "vilt"
+
 
     def __init__(self, spec: ViltSpec):
         super().__init__()
@@ -217,14 +219,13 @@ class ViLT(nn.Module):
             num_heads=hp["num_heads"], mlp_ratio=hp["mlp_ratio"], qkv_bias=True, num_classes=0,
             drop_rate=0.0, pos_drop_rate=spec.drop_rate, proj_drop_rate=spec.drop_rate, attn_drop_rate=0.0,
             drop_path_rate=0.0, norm_layer=functools.partial(nn.LayerNorm, eps=1e-6),
-            block_fn=functools.partial(DASBlock, adapter_dim=spec.das_adapter_dim),
+            block_fn=DASBlock,
         )
         self.pooler = Pooler(d)
         self.pooler.apply(init_weights_bert)
-        # one residual skip adapter per block; the ".0" level keeps the original names adapter_list.i.0.*
-        self.adapter_list = nn.ModuleList(
-            nn.Sequential(DASAdapter(d, spec.das_skip_adapter_dim, residual=True)) for _ in range(self.num_layers)
-        )
+        # one skip site per block: an empty Sequential is the identity; a PET skip module goes in as
+        # adapter_list.i.0 (the original names)
+        self.adapter_list = nn.ModuleList(nn.Sequential() for _ in range(self.num_layers))
         self.patch_generator: torch.Generator | None = None  # None: global torch RNG (see visual_embed)
         if spec.token_type_rows == 3:
             self.expand_token_types_for_nlvr2()
@@ -359,11 +360,15 @@ class ViLT(nn.Module):
         mask_text: bool = False,
         image_embeds: torch.Tensor | None = None,
         image_masks: torch.Tensor | None = None,
+        image_cache: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, Any]:
         """Run text + image through the blocks; blocks listed in ``skip`` are replaced by their skip adapter
         (the block itself is not computed). ``image_embeds``/``image_masks``: precomputed ``visual_embed``
         output (before token types), e.g. for retrieval over many captions per image."""
-        skipset = set(validate_skip(skip, self.num_layers))
+        skipset = set(validate_skip(sorted(skip), self.num_layers))
+        if image_cache is not None:  # one image's tokens, scored against every row of the text batch
+            n = batch["text_ids"].shape[0]
+            image_embeds, image_masks = image_cache[0].expand(n, -1, -1), image_cache[1].expand(n, -1)
         dev = self.token_type_embeddings.weight.device
         n_types = self.token_type_embeddings.num_embeddings
         if not 0 < int(image_token_type_idx) < n_types:
@@ -420,10 +425,56 @@ class ViLT(nn.Module):
             out["text_labels"] = batch["text_labels"]
         return out
 
-    forward = infer
+    # ------------------------------------------------------------------ the backbone protocol
+    def candidates(self) -> Candidates:
+        return Candidates(count=self.num_layers, skip=True, insert=False)
+
+    def sites(self) -> list[Site]:
+        d, out = self.hidden_size, []
+        for i in range(self.num_layers):
+            out += [Site("vit", i, "attn", "par", d, f"transformer.blocks.{i}.adapter0", self.family),
+                    Site("vit", i, "ffn", "par", d, f"transformer.blocks.{i}.adapter1", self.family),
+                    Site("vit", i, "block", "skip", d, f"adapter_list.{i}.0", self.family)]
+        return out
+
+    def attach(self, site: Site, module: nn.Module) -> None:
+        if site.anchor == "skip":
+            slot = self.adapter_list[site.layer]
+            if len(slot):
+                raise ValueError(f"skip site {site.name} is taken; one skip module per block")
+            slot.append(module)
+            return
+        blk = self.transformer.blocks[site.layer]
+        attr = site.name.rsplit(".", 1)[-1]
+        if getattr(blk, attr) is not None:
+            raise ValueError(f"site {site.name} is taken; one parallel module per slot")
+        setattr(blk, attr, module)
+
+    def forward(self, batch: Mapping[str, Any], plan: LayerPlan = LayerPlan(), **ctx: Any) -> dict[str, Any]:
+        return self.infer(batch, skip=plan.skip, **ctx)
+
+    def base_trainable(self, policy: str) -> list[tuple[str, nn.Parameter]]:
+        """``das_original``: what the original DAS name rule unfreezes in the backbone (the pooler and both
+        token-type tables, ``text_embeddings.token_type_embeddings`` included, seeds.md §8 item 17); else the
+        generic none / norms / bias / all."""
+        if policy == "das_original":
+            return [(n, p) for n, p in self.named_parameters() if "pooler" in n or "token_type_embeddings" in n]
+        return policy_params(self, policy)
+
+    def base_policies(self) -> tuple[str, ...]:
+        return super().base_policies() + ("das_original",)
+
+    def encode_images(self, batch: Mapping[str, Any], image_key: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch tokens of a batch's images, to score many captions against (``forward(..., image_cache=…)``)."""
+        emb, masks, _ = self.visual_embed(batch[image_key], batch.get(f"{image_key}_mask"), self.max_image_len,
+                                          self.patch_generator)
+        return emb, masks
 
     def checkpoint_filter_fn(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return checkpoint_filter_fn(state_dict, self)
+
+    def shape_fix_hint(self, key: str) -> str:
+        return _shape_fix(key)
 
 
 def build_vilt(config: Mapping[str, Any]) -> ViLT:
@@ -434,24 +485,6 @@ def build_vilt(config: Mapping[str, Any]) -> ViLT:
 # ----------------------------------------------------------------------------------------------- checkpoints
 class ViltCheckpointError(ValueError):
     """A checkpoint that does not fit the built ViLT; the message names the key, both shapes and the fix."""
-
-
-@dataclass
-class ViltLoadReport:
-    path: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # in the model, not in the file: kept as initialised
-    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model: ignored
-    adapted: list[str] = field(default_factory=list)  # converted on the way (resized, expanded, renamed)
-
-    def summary(self, show: int = 8) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors from {self.path}"]
-        for name, keys in (("adapted", self.adapted), ("missing (kept as initialised)", self.missing),
-                           ("unexpected (ignored)", self.unexpected)):
-            if keys:
-                more = f" … and {len(keys) - show} more" if len(keys) > show else ""
-                lines.append(f"  {name}: {len(keys)}: {', '.join(keys[:show])}{more}")
-        return "\n".join(lines)
 
 
 def _shape_fix(key: str) -> str:
@@ -519,150 +552,7 @@ def _resize_pos_embed(posemb: torch.Tensor, old: tuple[int, int], new: tuple[int
     return torch.cat([posemb[:, :1], grid], 1)
 
 
-def _apply_prefix_map(sd: Mapping[str, torch.Tensor], prefix_map: Mapping[str, str] | None) -> dict[str, torch.Tensor]:
-    """Rename keys by the longest matching source prefix (``{"": "backbone."}`` prefixes everything)."""
-    if not prefix_map:
-        return dict(sd)
-    srcs = sorted(prefix_map, key=len, reverse=True)
-    out = {}
-    for k, v in sd.items():
-        for s in srcs:
-            if k.startswith(s):
-                out[prefix_map[s] + k[len(s):]] = v
-                break
-        else:
-            out[k] = v
-    return out
-
-
-def load_vilt_checkpoint(
-    module: nn.Module, path: str | Path, prefix_map: Mapping[str, str] | None = None
-) -> ViltLoadReport:
-    """Load an original ViLT Lightning ``.ckpt`` (``["state_dict"]``), a plain state dict file, or a transformers
-    ViLT state dict into ``module`` (a ``ViLT`` or a module containing one), non-strictly.
-
-    ``prefix_map`` renames checkpoint keys first (e.g. ``{"": "backbone.", "vqa_classifier.": "heads.vqa_classifier."}``).
-    The ViLT part goes through ``checkpoint_filter_fn``. Returns a report the caller prints (``.summary()``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ViLT checkpoint {path} does not exist; give the path of a ViLT .ckpt "
-                                "(e.g. vilt_200k_mlm_itm.ckpt) or set load_path=''")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # Lightning ckpts pickle hparams too
-    sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ViltCheckpointError(f"{path} holds no state dict of tensors; expected a ViLT Lightning .ckpt")
-    report = ViltLoadReport(path=str(path))
-    if any(k.startswith("vilt.") for k in sd):  # transformers names: convert before any prefix mapping
-        sd = hf_to_vilt_state_dict(sd)
-        report.adapted.append("(transformers ViLT names converted)")
-    sd = _apply_prefix_map(sd, prefix_map)
-
-    # route each ViLT submodule's keys through the filter
-    vilts = [(n + "." if n else "", m) for n, m in module.named_modules() if isinstance(m, ViLT)]
-    if not vilts:
-        raise TypeError(f"load_vilt_checkpoint: {type(module).__name__} contains no ViLT module")
-    for prefix, vilt in vilts:
-        part = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        before = {k: tuple(v.shape) for k, v in part.items()}
-        filtered = checkpoint_filter_fn(part, vilt)
-        for k, v in filtered.items():
-            if k not in before or before[k] != tuple(v.shape):
-                report.adapted.append(prefix + k)
-        sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
-        sd.update({prefix + k: v for k, v in filtered.items()})
-
-    own = module.state_dict()
-    for k, v in sd.items():
-        if k in own and own[k].shape != v.shape:
-            raise ViltCheckpointError(f"checkpoint tensor {k} has shape {tuple(v.shape)} but the model's is "
-                                      f"{tuple(own[k].shape)}: {_shape_fix(k.split('.', 1)[-1])}")
-    result = module.load_state_dict(sd, strict=False)
-    report.missing = list(result.missing_keys)
-    report.unexpected = list(result.unexpected_keys)
-    report.loaded = [k for k in sd if k in own]
-    return report
-
-
-# ----------------------------------------------------------------------------------------------- transformers names
-_HF_SIMPLE = {
-    "token_type_embeddings.weight": "vilt.embeddings.token_type_embeddings.weight",
-    "transformer.patch_embed.proj.weight": "vilt.embeddings.patch_embeddings.projection.weight",
-    "transformer.patch_embed.proj.bias": "vilt.embeddings.patch_embeddings.projection.bias",
-    "transformer.cls_token": "vilt.embeddings.cls_token",
-    "transformer.pos_embed": "vilt.embeddings.position_embeddings",
-    "transformer.norm.weight": "vilt.layernorm.weight",
-    "transformer.norm.bias": "vilt.layernorm.bias",
-    "pooler.dense.weight": "vilt.pooler.dense.weight",
-    "pooler.dense.bias": "vilt.pooler.dense.bias",
-}
-_HF_BLOCK = {
-    "norm1": "layernorm_before",
-    "attn.proj": "attention.output.dense",
-    "norm2": "layernorm_after",
-    "mlp.fc1": "intermediate.dense",
-    "mlp.fc2": "output.dense",
-}
-
-
-def vilt_to_hf_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Original ViLT names → transformers ``ViltForQuestionAnswering`` names (``qkv`` split into query/key/value,
-    ``vqa_classifier`` → ``classifier``). DAS adapters have no HF counterpart and are left out."""
-    out: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        if k in _HF_SIMPLE:
-            out[_HF_SIMPLE[k]] = v
-        elif k.startswith("text_embeddings.") and k not in _DROP_BUFFERS:
-            out["vilt.embeddings." + k] = v
-        elif k.startswith("vqa_classifier."):
-            out["classifier." + k[len("vqa_classifier."):]] = v
-        elif k.startswith("transformer.blocks."):
-            i, rest = k[len("transformer.blocks."):].split(".", 1)
-            pre = f"vilt.encoder.layer.{i}."
-            mod, _, leaf = rest.rpartition(".")
-            if mod == "attn.qkv":
-                for name, part in zip(("query", "key", "value"), v.chunk(3, 0)):
-                    out[f"{pre}attention.attention.{name}.{leaf}"] = part
-            elif mod in _HF_BLOCK:
-                out[f"{pre}{_HF_BLOCK[mod]}.{leaf}"] = v
-    return out
-
-
-def hf_to_vilt_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers ``Vilt*`` names → original ViLT names (inverse of ``vilt_to_hf_state_dict``)."""
-    inv_simple = {v: k for k, v in _HF_SIMPLE.items()}
-    inv_block = {v: k for k, v in _HF_BLOCK.items()}
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for k, v in sd.items():
-        if k in inv_simple:
-            out[inv_simple[k]] = v
-        elif k.startswith("vilt.embeddings.text_embeddings."):
-            if k.rsplit(".", 1)[-1] in ("position_ids", "token_type_ids"):
-                continue
-            out[k[len("vilt.embeddings."):]] = v
-        elif k.startswith("classifier."):
-            out["vqa_classifier." + k[len("classifier."):]] = v
-        elif k.startswith("vilt.encoder.layer."):
-            i, rest = k[len("vilt.encoder.layer."):].split(".", 1)
-            mod, _, leaf = rest.rpartition(".")
-            if mod.startswith("attention.attention."):
-                qkv.setdefault((i, leaf), {})[mod.rsplit(".", 1)[-1]] = v
-            elif mod in inv_block:
-                out[f"transformer.blocks.{i}.{inv_block[mod]}.{leaf}"] = v
-            else:
-                out[k] = v
-        else:
-            out[k] = v  # unknown: passes through (reported as unexpected)
-    for (i, leaf), parts in qkv.items():
-        if set(parts) != {"query", "key", "value"}:
-            raise ViltCheckpointError(f"layer {i}: attention {leaf} lacks one of query/key/value ({sorted(parts)})")
-        out[f"transformer.blocks.{i}.attn.qkv.{leaf}"] = torch.cat([parts["query"], parts["key"], parts["value"]], 0)
-    return out
-
-
 __all__ = [
-    "VIT_VARIANTS", "DASBlock", "Pooler", "ViLT", "ViltSpec", "ViltLoadReport", "ViltCheckpointError",
-    "build_vilt", "checkpoint_filter_fn", "load_vilt_checkpoint", "register_vit_variant",
-    "vilt_to_hf_state_dict", "hf_to_vilt_state_dict", "init_weights_bert",
+    "VIT_VARIANTS", "DASBlock", "Pooler", "ViLT", "ViltSpec", "ViltCheckpointError",
+    "build_vilt", "checkpoint_filter_fn", "register_vit_variant", "init_weights_bert",
 ]

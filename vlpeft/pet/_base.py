@@ -20,7 +20,7 @@ heads ∪ injected modules ∪ ``backbone.base_trainable(policy)``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
@@ -129,11 +129,6 @@ def register_preset(name: str, *, keys: Mapping[str, Any] | None = None) -> Call
 
 def build_recipe(config: Mapping[str, Any], name: str) -> Recipe:
     return PRESETS.build(name, config)
-
-
-def selected(names: Iterable[str], pool: Iterable[str]) -> list[str]:
-    pool = set(pool)
-    return [n for n in names if n in pool]
 
 
 __all__ = ["PETS", "PRESETS", "PetError", "PetReport", "PetSpec", "Recipe", "Injected", "build_recipe", "inject",

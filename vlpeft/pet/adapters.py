@@ -4,13 +4,17 @@
 block in parallel with attention and MLP (no residual) and once per block as the *skip adapter* that replaces a
 skipped block (with residual).
 
-Other adapters (e.g. the DVP ``SequentialAdapter``) are appended below by their owners.
+``SequentialAdapter``: DVP's sequential adapter on sublayer outputs. Both are registered as PET modules
+(``parallel_adapter``, ``skip_adapter``, ``sequential_adapter``) at the end of this file.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from vlpeft.backbones._protocol import Site
+from vlpeft.pet._base import register_pet
 
 
 class DASAdapter(nn.Module):
@@ -83,3 +87,36 @@ class SequentialAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.up(self.act(self.down(x)))
+
+
+# --- registered PET modules (builders take the site and the preset's options) ---------------------------------
+def _init_linears(module: nn.Module, init: str) -> nn.Module:
+    """``bert``: N(0, 0.02) weights (the constructor's); ``trunc_normal``: timm's ViT init (trunc-normal 0.02),
+    what the original DAS in-block adapters got from being built inside the ViT; biases zero either way."""
+    if init == "trunc_normal":
+        for lin in module.modules():
+            if isinstance(lin, nn.Linear):
+                nn.init.trunc_normal_(lin.weight, std=0.02)
+                nn.init.zeros_(lin.bias)
+    elif init != "bert":
+        raise ValueError(f"adapter init {init!r} is not 'bert' or 'trunc_normal'")
+    return module
+
+
+@register_pet("parallel_adapter")
+def parallel_adapter(site: Site, bottleneck: int, init: str = "bert") -> DASAdapter:
+    """DAS parallel adapter: a delta from the sublayer input, no own residual (anchor ``par``)."""
+    return _init_linears(DASAdapter(site.dim, int(bottleneck), residual=False), init)
+
+
+@register_pet("skip_adapter")
+def skip_adapter(site: Site, bottleneck: int, init: str = "bert") -> DASAdapter:
+    """DAS skip adapter: replaces a skipped unit, with its residual (anchor ``skip``)."""
+    return _init_linears(DASAdapter(site.dim, int(bottleneck), residual=True), init)
+
+
+@register_pet("sequential_adapter")
+def sequential_adapter(site: Site, reduction: int = 8, min_bottleneck: int = 1, activation: str = "relu",
+                       init: str = "normal") -> SequentialAdapter:
+    """DVP sequential adapter on a sublayer output: bottleneck ``max(dim // reduction, min_bottleneck)``."""
+    return SequentialAdapter(site.dim, max(site.dim // int(reduction), int(min_bottleneck)), activation, init)

@@ -1,33 +1,29 @@
-"""Mark and count trainable parameters (one shared utility, as Hugging Face peft has).
+"""The trainable set, derived from what was injected (as Hugging Face peft does), and one counting utility.
 
-The DAS rule is a substring test on parameter names; it also catches names the authors may not have meant
-(``text_embeddings.token_type_embeddings``, METER's ``token4classifier``; seeds.md §8 item 17). Callers that
-want the original set pass ``ORIGINAL_DAS_TRAINABLE``; an explicit set is just another include list.
+trainable = heads (as their builders set them) ∪ injected PET modules ∪ ``backbone.base_trainable(policy)``.
+With a plan (``trainable=used``) only the PET modules the plan runs train. Never name substrings.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from torch import nn
 
-# ViLT-DAS: a parameter trains iff its name contains one of these
-ORIGINAL_DAS_TRAINABLE: tuple[str, ...] = ("classifier", "pooler", "token_type_embeddings", "rank_output", "adapter")
+from vlpeft.backbones._protocol import LayerPlan
+from vlpeft.pet._base import PetReport
 
 
-def mark_trainable(module: nn.Module, include: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
-    """Train exactly the parameters whose name contains an ``include`` substring and no ``exclude`` one.
-
-    Everything else is frozen. Returns the trainable names (in ``named_parameters`` order).
-    """
-    if isinstance(include, str) or isinstance(exclude, str):
-        raise TypeError("include/exclude are sequences of substrings, e.g. ('adapter',), not a single string")
+def apply_trainable(backbone: nn.Module, report: PetReport, policy: str, plan: LayerPlan | None = None) -> list[str]:
+    """Set ``requires_grad`` on every backbone parameter; returns the trainable names (backbone-relative)."""
+    if policy not in backbone.base_policies():
+        raise ValueError(f"train_base={policy!r}: {type(backbone).__name__} knows {list(backbone.base_policies())}")
+    pet = report.param_names() if plan is None else report.used_param_names(plan)
+    base = {n for n, _ in backbone.base_trainable(policy)}
     names = []
-    for name, p in module.named_parameters():
-        train = any(s in name for s in include) and not any(s in name for s in exclude)
-        p.requires_grad_(train)
-        if train:
-            names.append(name)
+    for n, p in backbone.named_parameters():
+        on = n in pet or n in base
+        p.requires_grad_(on)
+        if on:
+            names.append(n)
     return names
 
 

@@ -7,6 +7,9 @@ to the others, and a resumed run continues the same stream. Probabilities are co
 so the draws do not depend on the device or dtype the buffers were moved to.
 
 This module never imports a backbone: the caller runs the forwards and passes the (all-reduced) losses in.
+Reward rounds are counted in training forwards (micro-batches), as the original; ``das_count_unit=optimizer_step``
+counts optimizer steps instead (4×, 2× and 64× fewer rounds on the original VQA / NLVR2 / F30K scripts, whose
+gradient accumulation is 4, 2 and 64).
 """
 
 from __future__ import annotations
@@ -18,69 +21,13 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from vlpeft.backbones._protocol import LayerPlan
+from vlpeft.search._base import SEARCHES, SearchStrategy
 from vlpeft.search.placement import Placement
 
-# Multiplier that spreads (seed, counter) pairs apart; any odd constant larger than the number of draws works.
-_SEED_STRIDE = 1_000_003
-# Rejection sampling of distinct candidate sets gives up on the gate distribution after this many tries
-# (only reachable when a few gates have become overwhelmingly large) and falls back to uniform weights.
-_MAX_REJECTIONS = 10_000
+_MAX_REJECTIONS = 10_000  # see propose_candidates
 
-
-class SearchState(nn.Module):
-    """Shared machinery of the two searches: seeded draws and a growable ``history`` buffer."""
-
-    def __init__(self, num_layers: int, seed: int) -> None:
-        super().__init__()
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers={num_layers!r}: must be a positive int (read it from the backbone)")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed={seed!r}: must be an int")
-        self.num_layers = num_layers
-        self.seed = seed
-        # Number of generator draws made so far; the next draw is seeded from (seed, draw_count).
-        self.register_buffer("draw_count", torch.zeros((), dtype=torch.long))
-        # Reward/mini-validation batches consumed so far: a resumed run continues the batch stream from here.
-        self.register_buffer("reward_batches", torch.zeros((), dtype=torch.long))
-        # One row per record_history() call; re-registered on append, resized on load.
-        self.register_buffer("history", torch.zeros(0, num_layers, dtype=torch.float32))
-
-    # --- randomness ---------------------------------------------------------------------------------------
-    def _next_generator(self) -> torch.Generator:
-        counter = int(self.draw_count)
-        self.draw_count += 1
-        # manual_seed needs a non-negative value below 2**64; the modulus keeps huge/negative seeds valid.
-        return torch.Generator(device="cpu").manual_seed((self.seed * _SEED_STRIDE + counter) % (2**63))
-
-    # --- history --------------------------------------------------------------------------------------------
-    def _current_vector(self) -> Tensor:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def record_history(self) -> None:
-        """Append the current raw gate/preference vector as one row of ``history``."""
-        row = self._current_vector().detach().to(self.history.device, self.history.dtype).reshape(1, -1)
-        self.history = torch.cat([self.history, row], dim=0)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs) -> None:
-        # The saved history usually has more rows than a freshly built module's: resize ours first so the
-        # ordinary shape-checked copy accepts it. A different layer count is left to fail loudly.
-        saved = state_dict.get(prefix + "history")
-        if isinstance(saved, Tensor) and saved.dim() == 2 and saved.shape[1] == self.num_layers:
-            self.history = torch.empty(saved.shape, dtype=self.history.dtype, device=self.history.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
-    def _save_plot(self, path: str | Path, title: str, ylabel: str, chosen: Sequence[int],
-                   transform: Callable[[Tensor], Tensor]) -> Path:
-        from vlpeft.search.plot import save_history_plot  # matplotlib only when a plot is asked for
-
-        return save_history_plot(self.history, path, title=title, ylabel=ylabel, chosen=list(chosen),
-                                 transform=transform)
-
-
-class DASSearch(SearchState):
+class DASSearch(SearchStrategy):
     """DAS gate search (spec: search_algorithms.md "DAS", seeds.md §4.1).
 
     Buffers: ``das_gate`` (float32, zeros, length num_layers), ``skip_num`` (long scalar), ``das_count``
@@ -89,8 +36,12 @@ class DASSearch(SearchState):
     """
 
     def __init__(self, num_layers: int, skip_num: int, das_step: int = 3, das_turn: int = 10,
-                 das_epoch: int = 3, warmup_epochs: int = 1, lr: float = 1.0, seed: int = 0) -> None:
+                 das_epoch: int = 3, warmup_epochs: int = 1, lr: float = 1.0, seed: int = 0,
+                 count_unit: str = "micro_batch") -> None:
         super().__init__(num_layers, seed)
+        if count_unit not in ("micro_batch", "optimizer_step"):
+            raise ValueError(f"das_count_unit={count_unit!r}; use micro_batch (the original DAS) or optimizer_step")
+        self.count_unit = count_unit
         for name, value, low in (("skip_num", skip_num, 1), ("das_step", das_step, 2), ("das_turn", das_turn, 1),
                                  ("das_epoch", das_epoch, 0), ("warmup_epochs", warmup_epochs, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -231,15 +182,53 @@ class DASSearch(SearchState):
         order = torch.sort(g, stable=True).indices  # stable: equal gates keep index order
         return sorted(int(i) for i in order[-self.k:])
 
-    def placement(self, meta: dict[str, Any] | None = None) -> Placement:
-        return Placement.das(self.best(), num_layers=self.num_layers,
+    def placement(self, meta: dict[str, Any] | None = None, base: LayerPlan | None = None) -> Placement:
+        return Placement.das(self.best(), insert_layer=None if base is None else base.insert_layer,
+                             num_layers=self.num_layers,
                              scores=tuple(self.das_gate.detach().cpu().tolist()), meta=dict(meta or {}))
 
     def save_plot(self, path: str | Path, title: str = "DAS skip probabilities") -> Path:
         """Plot sigmoid(gate) per block over the recorded history, the current choice highlighted."""
         return self._save_plot(path, title, "skip probability sigmoid(gate)", self.best(), torch.sigmoid)
 
+    # --- the search strategy protocol -------------------------------------------------------------------------
+    plan_field = "skip"
+
+    def train_plan(self, epoch: int, base: LayerPlan) -> LayerPlan:
+        return base.replace(skip=self.sample_train_skip() if self.in_search(epoch) else self.best())
+
+    def eval_plan(self, base: LayerPlan) -> LayerPlan:
+        return base.replace(skip=self.best())
+
+    def round_due(self, epoch: int, optimizer_step: bool) -> bool:
+        if self.count_unit == "optimizer_step" and not optimizer_step:
+            return False
+        return self.in_search(epoch) and self.step_counter(epoch)
+
+    def propose(self, base: LayerPlan) -> list[LayerPlan]:
+        return [base.replace(skip=c) for c in self.propose_candidates()]
+
+    def reward_value(self, out: dict[str, Any], task: Any) -> Tensor:
+        return out["loss"].detach().float()  # the reward exp(-loss) is formed in update, after the rank mean
+
+    def update_plans(self, plans: Sequence[LayerPlan], values: Tensor) -> dict[str, Any]:
+        return self.update([sorted(p.skip) for p in plans], values)
+
+    def epoch_message(self, epoch: int) -> str:
+        return f"[DAS] epoch {epoch}: skip {self.best()}  gates {[round(float(g), 4) for g in self.das_gate]}"
+
     def extra_repr(self) -> str:
         return (f"num_layers={self.num_layers}, skip_num={self.k}, das_step={self.das_step}, "
                 f"das_turn={self.das_turn}, das_epoch={self.das_epoch}, warmup_epochs={self.warmup_epochs}, "
                 f"lr={self.lr}, seed={self.seed}")
+
+
+DAS_KEYS = {"skip_num": 4, "das_step": 3, "das_turn": 10, "das_epoch": 3, "das_warmup_epoch": 1, "das_lr": 1.0,
+            "das_count_unit": "micro_batch"}
+
+
+@SEARCHES.register("das", keys=DAS_KEYS, needs="skip")
+def build_das(config: dict[str, Any], num_layers: int) -> DASSearch:
+    return DASSearch(num_layers, config["skip_num"], das_step=config["das_step"], das_turn=config["das_turn"],
+                     das_epoch=config["das_epoch"], warmup_epochs=config["das_warmup_epoch"], lr=config["das_lr"],
+                     seed=config["seed"], count_unit=config["das_count_unit"])

@@ -15,11 +15,12 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from vlpeft.search.das import SearchState
+from vlpeft.backbones._protocol import LayerPlan
+from vlpeft.search._base import SEARCHES, SearchStrategy
 from vlpeft.search.placement import Placement
 
 
-class KABSearch(SearchState):
+class KABSearch(SearchStrategy):
     """KAB-APP (spec: search_algorithms.md "DVP", seeds.md §4.3)."""
 
     def __init__(self, num_layers: int, search_sample: int = 5, lr: float = 0.005, seed: int = 0) -> None:
@@ -102,14 +103,46 @@ class KABSearch(SearchState):
         a = self.layer_alphas.detach().to("cpu", torch.float64)
         return int(torch.nonzero(a == a.max())[0])
 
-    def placement(self, meta: dict[str, Any] | None = None) -> Placement:
-        return Placement.kab(self.best(), num_layers=self.num_layers,
+    def placement(self, meta: dict[str, Any] | None = None, base: LayerPlan | None = None) -> Placement:
+        return Placement.kab(self.best(), skip=() if base is None else tuple(sorted(base.skip)),
+                             num_layers=self.num_layers,
                              scores=tuple(self.layer_alphas.detach().cpu().tolist()), meta=dict(meta or {}))
 
     def save_plot(self, path: str | Path, title: str = "KAB layer preferences") -> Path:
         """Plot softmax(α) per layer over the recorded history, the current best layer highlighted."""
         return self._save_plot(path, title, "preference softmax(alpha)", [self.best()],
                                lambda h: torch.softmax(h, dim=-1))
+
+    # --- the search strategy protocol -------------------------------------------------------------------------
+    plan_field = "insert_layer"
+
+    def search_batch_size(self, config: dict[str, Any]) -> int:
+        # the original's mini-validation batch is config["batch_size"] // 2 (the global batch size)
+        return int(config["search_val_batch_size"] or max(1, config["batch_size"] // 2))
+
+    def train_plan(self, epoch: int, base: LayerPlan) -> LayerPlan:
+        return base.replace(insert_layer=self.sample_train_layer())
+
+    def eval_plan(self, base: LayerPlan) -> LayerPlan:
+        return base.replace(insert_layer=self.best())
+
+    def round_due(self, epoch: int, optimizer_step: bool) -> bool:
+        return optimizer_step  # a sampling stage after every optimizer step, as the original
+
+    def propose(self, base: LayerPlan) -> list[LayerPlan]:
+        return [base.replace(insert_layer=k) for k in self.propose_layers()]
+
+    def reward_value(self, out: dict[str, Any], task: Any) -> Tensor:
+        return torch.tensor(task.search_score(out), dtype=torch.float64)
+
+    def update_plans(self, plans: Sequence[LayerPlan], values: Tensor) -> dict[str, Any]:
+        return self.update([p.insert_layer for p in plans], values)
+
+    def round_message(self, epoch: int, info: dict[str, Any], mean_loss: float) -> str | None:
+        return format_progress(epoch, int(self.reward_batches), info, mean_loss) if self.progress_due(100) else None
+
+    def val_message(self, epoch: int) -> str | None:
+        return f"\n{'=' * 20} Current Architecture [{epoch}] Insert Layer is {self.best()} !"
 
     def extra_repr(self) -> str:
         return f"num_layers={self.num_layers}, search_sample={self.search_sample}, lr={self.lr}, seed={self.seed}"
@@ -123,3 +156,8 @@ def format_progress(epoch: int, batch_idx: int, stats: dict[str, Any], ce_loss: 
     parts += [f"Ave Score {stats['mean_score']:.2f}", f"Max Reward {stats['max_reward']:.2f}",
               f"Insert Layer is {stats['best']} !"]
     return "  ".join(parts)
+
+
+@SEARCHES.register("kab", keys={"search_sample": 5, "kab_lr": 0.005}, needs="insert")
+def build_kab(config: dict[str, Any], num_layers: int) -> KABSearch:
+    return KABSearch(num_layers, search_sample=config["search_sample"], lr=config["kab_lr"], seed=config["seed"])

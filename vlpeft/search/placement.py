@@ -1,8 +1,10 @@
 """The Placement: what a search run decides and a train run uses.
 
-``{"method": "das", "skip": [3, 7]}`` or ``{"method": "kab", "insert_layer": 5}``, plus the search's
-final per-layer scores and the number of candidate layers it was searched on. One dataclass, one place
-that validates it against the backbone's layer count.
+``{"method": "das", "skip": [3, 7]}`` or ``{"method": "kab", "insert_layer": 5}`` (``method`` names the search
+that decided it; the other field may be present when the backbone needs it, e.g. a DAS search on CLIP+BERT
+records the fixed ``insert_layer`` too), plus the search's final per-layer scores and the number of candidate
+layers it was searched on. One dataclass, one place that validates it against the backbone's layer count;
+``plan()`` gives the runtime ``LayerPlan``.
 """
 
 from __future__ import annotations
@@ -37,8 +39,6 @@ class Placement:
         object.__setattr__(self, "scores", tuple(float(s) for s in self.scores))
         if self.method == "kab" and self.insert_layer is None:
             raise PlacementError("a 'kab' placement needs insert_layer")
-        if self.method == "das" and self.insert_layer is not None:
-            raise PlacementError("a 'das' placement has no insert_layer")
         if self.num_layers is not None:
             self.validate(self.num_layers)
 
@@ -52,9 +52,8 @@ class Placement:
 
     def validate(self, num_layers: int) -> "Placement":
         """Raise a PlacementError naming the problem unless this placement fits ``num_layers`` layers."""
-        if self.method == "das":
-            validate_skip(self.skip, num_layers)
-        else:
+        validate_skip(self.skip, num_layers)
+        if self.insert_layer is not None:
             validate_insert_layer(self.insert_layer, num_layers)
         if self.num_layers is not None and self.num_layers != num_layers:
             raise PlacementError(
@@ -65,9 +64,9 @@ class Placement:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"method": self.method}
-        if self.method == "das":
+        if self.method == "das" or self.skip:
             d["skip"] = list(self.skip)
-        else:
+        if self.insert_layer is not None:
             d["insert_layer"] = self.insert_layer
         if self.num_layers is not None:
             d["num_layers"] = self.num_layers
@@ -95,6 +94,15 @@ class Placement:
             )
         except PlacementError as e:
             raise PlacementError(f"{source}: {e}") from None
+
+    def plan(self, base=None):
+        """This placement as a ``LayerPlan`` over ``base`` (the fields the search did not decide)."""
+        from vlpeft.backbones._protocol import LayerPlan
+
+        base = base or LayerPlan()
+        skip = self.skip if (self.method == "das" or self.skip) else base.skip
+        insert = self.insert_layer if self.insert_layer is not None else base.insert_layer
+        return LayerPlan.of(skip, insert)
 
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(path, self.to_dict())

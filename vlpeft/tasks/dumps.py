@@ -161,7 +161,8 @@ def _sort_key(k: Any) -> tuple[int, Any]:
 def write_test_dumps(rows_by_task: Mapping[str, Sequence[Mapping[str, Any]]],
                      id2answer: Mapping[str, Mapping[int, str] | Sequence[str]],
                      out_dir: str | os.PathLike, name: str,
-                     expected_qids: Mapping[str, Iterable[Hashable]] | None = None) -> dict[str, Path]:
+                     expected_qids: Mapping[str, Iterable[Hashable]] | None = None,
+                     vqa_fill_question_ids: Iterable[int] | None = None, vqa_fill: str = "yes") -> dict[str, Path]:
     """Write every test dump a run produces: ``vqa_submit_<name>.json`` (VQAv2 server format),
     ``gqa_predict_<name>.json`` and ``<task>_predict_<name>.json`` for the classification tasks.
 
@@ -178,7 +179,8 @@ def write_test_dumps(rows_by_task: Mapping[str, Sequence[Mapping[str, Any]]],
             qids = [r["question_id"] for r in rows]
             preds = answers_from_ids([r["pred"] for r in rows], id2answer.get("vqa", ()))
             written[task] = write_vqa_submission(qids, preds, out_dir / f"vqa_submit_{name}.json",
-                                                 expected_qids=expected_qids.get("vqa"))
+                                                 expected_qids=expected_qids.get("vqa"),
+                                                 fill_question_ids=vqa_fill_question_ids, fill=vqa_fill)
         elif task == "gqa":
             qids = [r["questionId"] for r in rows]
             preds = answers_from_ids([r["pred"] for r in rows], id2answer.get("gqa", ()))
@@ -188,4 +190,30 @@ def write_test_dumps(rows_by_task: Mapping[str, Sequence[Mapping[str, Any]]],
             vocab = id2answer.get(task)
             rows = [dict(r, prediction=answers_from_ids([r["pred"]], vocab)[0]) if vocab else dict(r) for r in rows]
             written[task] = write_predictions(rows, out_dir / f"{task}_predict_{name}.json")
+    return written
+
+
+def write_run_dumps(parts: Sequence[Mapping[str, list[dict]]], datamodule: Any, config: Mapping[str, Any],
+                    is_global_zero: bool) -> dict[str, Path]:
+    """A test run's dumps: every rank's prediction rows gathered, rank 0 writes them into the run folder
+    (``config["_dump_dir"]``, names from ``config["_dump_name"]``). ``vqa_fill_questions`` (test2015 questions
+    JSON) fills a test-dev submission to every test-std question, as EvalAI requires."""
+    merged: dict[str, list[dict]] = {}
+    for part in parts:
+        for task, rows in part.items():
+            merged.setdefault(task, []).extend(rows)
+    merged = {t: gather_predictions(rows) for t, rows in sorted(merged.items())}
+    if not (is_global_zero and config.get("_dump_dir")):
+        return {}
+    fill_ids = None
+    if config.get("vqa_fill_questions"):
+        import json
+
+        data = json.loads(Path(config["vqa_fill_questions"]).read_text())
+        fill_ids = [int(q["question_id"]) for q in (data["questions"] if isinstance(data, dict) else data)]
+    vocab = {t: datamodule.id2answer(t) for t in merged if t in ("vqa", "gqa")}
+    written = write_test_dumps(merged, vocab, config["_dump_dir"], config["_dump_name"],
+                               vqa_fill_question_ids=fill_ids, vqa_fill=config.get("vqa_fill_answer", "yes"))
+    for task, path in written.items():
+        print(f"[vlpeft] wrote {task} test dump: {path}", flush=True)
     return written

@@ -19,6 +19,11 @@ TASK_HEADS: dict[str, tuple[str, ...]] = {
     "nlvr2": ("nlvr2_classifier",),
     "irtr": ("itm_score", "rank_output"),
 }
+# the heads the optimiser gives lr × lr_mult (the originals' rule: the classifiers, not rank_output)
+LR_MULT_HEADS: tuple[str, ...] = ("vqa_classifier", "nlvr2_classifier", "gqa_classifier", "snli_ve_classifier")
+# top-level head names in original ViLT/METER checkpoints (pre-training heads too: loaded when built, else reported)
+ORIGINAL_HEAD_PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(
+    [h for hs in TASK_HEADS.values() for h in hs] + ["itm_score", "mlm_score", "mpp_score"]))
 SNLI_VE_CLASSES = 3  # contradiction 0, neutral 1, entailment 2
 NLVR2_CLASSES = 2
 

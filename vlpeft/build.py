@@ -1,0 +1,90 @@
+"""Assembling a run's model from the four axes: backbone × PET recipe × search × tasks (``vlpeft.config.Axes``).
+
+``build_backbone(config)`` → the backbone with its PET modules injected and the trainable set applied (what tests
+and benches use); ``assemble(config, placement)`` adds the tasks' heads, the base ``LayerPlan`` and, in the search
+stage, the search strategy. Nothing here branches on a backbone, module or search name: each comes from its
+registry, and a combination that cannot work is refused with the reason before anything heavy is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from torch import nn
+
+from vlpeft.backbones import BACKBONES, Backbone, LayerPlan
+from vlpeft.config import ConfigError, resolve_axes
+from vlpeft.pet import PetReport, build_recipe, inject
+from vlpeft.pet.trainable import apply_trainable
+from vlpeft.search import SearchStrategy, build_search
+from vlpeft.search.placement import Placement
+from vlpeft.tasks._base import Task, build_tasks
+from vlpeft.tasks.heads import build_heads
+
+
+@dataclass
+class Assembly:
+    backbone: Backbone
+    report: PetReport
+    policy: str
+    tasks: list[Task]
+    heads: nn.ModuleDict
+    search: SearchStrategy | None
+    base_plan: LayerPlan
+
+
+def build_backbone(config: Mapping[str, Any], plan: LayerPlan | None = None) -> tuple[Backbone, PetReport, str]:
+    """Backbone + injected PET modules + trainable set (``plan``: with ``trainable=used``, only what it runs)."""
+    axes = resolve_axes(dict(config))
+    backbone = BACKBONES.build(axes.backbone, config)
+    report, policy = _inject(backbone, config, plan)
+    return backbone, report, policy
+
+
+def _inject(backbone: Backbone, config: Mapping[str, Any], plan: LayerPlan | None) -> tuple[PetReport, str]:
+    axes = resolve_axes(dict(config))
+    recipe = build_recipe(config, axes.pet)
+    report = inject(backbone, recipe)
+    policy = axes.train_base or recipe.base_policy
+    if not axes.train_base and policy not in backbone.base_policies():
+        policy = "none"  # a preset's backbone-specific default (das_original) on a backbone without it
+    apply_trainable(backbone, report, policy, plan if config.get("trainable") == "used" else None)
+    return report, policy
+
+
+def base_plan(config: Mapping[str, Any], backbone: Backbone, placement: Placement | None) -> LayerPlan:
+    """The plan from the config (``skip_module``; ``insert_layer`` where the backbone takes a prompt), then the
+    placement's decided fields on top."""
+    skip = config["skip_module"]
+    if not isinstance(skip, (list, tuple)):
+        raise ConfigError(f"skip_module={skip!r} must be a list, e.g. skip_module=[3,7] or skip_module=[]")
+    plan = LayerPlan.of(skip, config["insert_layer"] if backbone.candidates().insert else None)
+    if placement is not None:
+        placement.validate(backbone.num_layers)
+        plan = placement.plan(plan)
+    return backbone.check_plan(plan)
+
+
+def assemble(config: Mapping[str, Any], placement: Placement | None = None) -> Assembly:
+    axes = resolve_axes(dict(config))
+    searching = bool(axes.search)
+    backbone = BACKBONES.build(axes.backbone, config)
+    tasks = build_tasks(config["loss_names"], backbone.capabilities, axes.backbone)
+    if not tasks:
+        raise ConfigError("no active task: set loss_names, e.g. with task_finetune_vqa_randaug or a dvp_* config")
+    search = build_search(axes.search, dict(config), backbone.candidates()) if searching else None
+    if search is not None:
+        search.record_history()  # the plot starts from the initial preferences (also keeps the buffer non-empty)
+    if search is None:
+        plan = base_plan(config, backbone, placement)
+    elif search.plan_field == "skip":  # the search decides the skip set; a prompt (if any) enters where configured
+        plan = backbone.check_plan(LayerPlan.of((), config["insert_layer"] if backbone.candidates().insert else None))
+    else:  # the search decides insert_layer (0 is a placeholder it replaces at every forward)
+        plan = backbone.check_plan(LayerPlan.of(config["skip_module"], 0))
+    report, policy = _inject(backbone, config, None if searching else plan)
+    heads = build_heads(config, backbone.hidden_size)
+    return Assembly(backbone, report, policy, tasks, heads, search, plan)
+
+
+__all__ = ["Assembly", "assemble", "base_plan", "build_backbone"]

@@ -1,0 +1,196 @@
+"""The LightningModule: wiring only. What is built comes from ``vlpeft.build.assemble`` (backbone × PET recipe ×
+search × tasks); this file runs steps, one generic search round, metrics, checkpoints and dumps."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+
+from vlpeft._rng import RNG_KEY, rng_state, set_rng_state
+from vlpeft.backbones import LayerPlan
+from vlpeft.build import assemble
+from vlpeft.optim import build_optimizer, build_scheduler
+from vlpeft.pet.trainable import format_trainable
+from vlpeft.search._base import finish_search
+from vlpeft.search.placement import Placement
+from vlpeft.tasks import metrics as tm
+from vlpeft.tasks._base import compute
+from vlpeft.tasks.dumps import write_run_dumps
+
+PLACEMENT_KEY = "vlpeft_placement"
+
+
+class VLPeftModule(pl.LightningModule):
+    def __init__(self, config: dict[str, Any], placement: Placement | None = None):
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        self.save_hyperparameters({"config": self.config})  # only the config: no datasets or tensors
+        a = assemble(self.config, placement)
+        self.backbone, self.heads, self.search = a.backbone, a.heads, a.search
+        self.tasks, self.pet_report, self.base_plan, self.policy = a.tasks, a.report, a.base_plan, a.policy
+        self.train_metrics, self.val_metrics, self.test_metrics = (
+            tm.TaskMetrics([t.name for t in self.tasks], prefix=p) for p in ("train", "val", "test"))
+        self._search_iter: Iterator | None = None
+        self._test_outputs: list[dict[str, list[dict]]] = []
+
+    def trainable_summary(self) -> str:
+        return f"{format_trainable(self)}\n{self.pet_report.summary()}"
+
+    def plan(self) -> LayerPlan:
+        return self.base_plan if self.search is None else self.search.eval_plan(self.base_plan)
+
+    def current_placement(self) -> Placement:
+        if self.search is not None:
+            return self.search.placement(base=self.base_plan)
+        p = self.base_plan
+        return Placement("kab" if p.insert_layer is not None and not p.skip else "das", tuple(sorted(p.skip)),
+                         p.insert_layer, num_layers=self.backbone.num_layers)
+
+    def forward(self, batch: dict[str, Any], plan: LayerPlan | None = None) -> dict[str, Any]:
+        plan = self.plan() if plan is None else plan
+        return compute(self.tasks, lambda b, **kw: self.backbone(b, plan, **kw), self.heads, batch)
+
+    # ------------------------------------------------------------------ training and the search round
+    def on_train_epoch_start(self) -> None:
+        if hasattr(self.trainer.datamodule, "set_epoch"):
+            self.trainer.datamodule.set_epoch(self.current_epoch)  # new retrieval negatives, seeded by epoch
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        plan = self.base_plan if self.search is None else self.search.train_plan(self.current_epoch, self.base_plan)
+        out = self(batch, plan)
+        self.train_metrics.update(out, batch)
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=_batch_len(batch))
+        return out["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        optimizer_step = (batch_idx + 1) % max(1, self.trainer.accumulate_grad_batches) == 0
+        if self.search is not None and self.search.round_due(self.current_epoch, optimizer_step):
+            self._search_round()
+
+    @torch.no_grad()
+    def _search_round(self) -> None:
+        batch = self._next_search_batch()
+        plans = self.search.propose(self.base_plan)
+        was_training = self.training
+        if self.config["search_score_mode"] == "eval":
+            self.eval()  # score candidates with dropout off (the originals scored in train mode)
+        try:
+            if all(t.single_pass for t in self.tasks):  # backbones may share work between the plans
+                feats = self.backbone.forward_many(batch, plans)
+                outs = [compute(self.tasks, lambda b, f=f, **kw: f, self.heads, batch) for f in feats]
+            else:
+                outs = [self(batch, p) for p in plans]
+        finally:
+            self.train(was_training)
+        values = _mean_across_ranks(torch.stack([self.search.reward_value(o, self.tasks[0]) for o in outs]))
+        info = self.search.update_plans(plans, values.cpu())
+        self.search.record_history()
+        msg = self.search.round_message(self.current_epoch, info, float(sum(o["loss"] for o in outs)) / len(outs))
+        if msg and self.trainer.is_global_zero:
+            print(msg, flush=True)
+        self.log("search/value_mean", float(values.mean()), batch_size=1)
+
+    def _next_search_batch(self) -> dict[str, Any]:
+        if self._search_iter is None:
+            # continue the stream where the saved state says it stood (a resumed search sees the same batches)
+            loader = self.trainer.datamodule.search_dataloader(self.search.search_batch_size(self.config))
+            start_pass, skip = divmod(int(self.search.reward_batches), max(1, len(loader)))
+            self._search_iter = _cycle(loader, start_pass, skip)
+        batch = next(self._search_iter)
+        self.search.reward_batches += 1
+        return self.transfer_batch_to_device(batch, self.device, 0)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch(self.train_metrics, "train")
+        msg = self.search.epoch_message(self.current_epoch) if self.search is not None else None
+        if msg and self.trainer.is_global_zero:
+            print("\n" + msg, flush=True)
+
+    def on_fit_end(self) -> None:
+        if self.search is not None:
+            run_dir = Path(self.config.get("_run_dir") or self.trainer.log_dir or ".")
+            finish_search(self.search, self.base_plan, run_dir, self.trainer.is_global_zero)
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.val_metrics.update(self(batch), batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch(self.val_metrics, "val", self._epoch_metrics("val"))
+        msg = self.search.val_message(self.current_epoch) if self.search is not None else None
+        if msg and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            print(msg, flush=True)
+
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs = []
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self(batch)
+        self.test_metrics.update(out, batch)
+        self._test_outputs.append({t.name: t.predictions(out, batch) for t in self.tasks if t.name != "irtr"})
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch(self.test_metrics, "test", self._epoch_metrics("test"))
+        self.test_dumps = write_run_dumps(self._test_outputs, self.trainer.datamodule, self.config,
+                                          self.trainer.is_global_zero)
+
+    def _epoch_metrics(self, split: str) -> dict[str, float]:
+        return {k: v for t in self.tasks for k, v in t.epoch_metrics(self, split).items()}
+
+    def _log_epoch(self, metrics: tm.TaskMetrics, phase: str, extra: dict[str, float] | None = None) -> None:
+        values = {**metrics.compute_and_reset(), **(extra or {})}
+        for k, v in values.items():
+            self.log(f"{phase}/{k}", v, sync_dist=False)
+        if values:  # a split without labels (e.g. VQA test) has no metric to report, not a zero
+            self.log(f"{phase}/the_metric", tm.the_metric(values), sync_dist=False)
+        self.epoch_results = getattr(self, "epoch_results", {})
+        self.epoch_results[phase] = dict(values, the_metric=tm.the_metric(values)) if values else {}
+
+    # ------------------------------------------------------------------ optimisation and checkpoints
+    def configure_optimizers(self):
+        opt = build_optimizer(self.named_parameters(), self.config)
+        total = int(self.trainer.estimated_stepping_batches)
+        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.config, total)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[PLACEMENT_KEY] = self.current_placement().to_dict()  # test_only reads it back
+        checkpoint[RNG_KEY] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if RNG_KEY in checkpoint:
+            set_rng_state(checkpoint[RNG_KEY])
+
+
+def _cycle(loader, start_pass: int = 0, skip_batches: int = 0) -> Iterator:
+    """Endless passes over the reward loader, a new seeded order each pass (the originals reused one batch)."""
+    epoch = start_pass
+    while True:
+        loader.sampler.set_epoch(epoch)
+        loader.sampler.skip, skip_batches = skip_batches * loader.batch_size, 0
+        yielded = False
+        for b in loader:
+            yielded = True
+            yield b
+        if not yielded:
+            raise ValueError("the search split is empty; check the val split files under data_root")
+        epoch += 1
+
+
+def _mean_across_ranks(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= dist.get_world_size()
+    return t
+
+
+def _batch_len(batch: dict[str, Any]) -> int:
+    for k in ("text_ids", "image", "image_0"):
+        if k in batch and hasattr(batch[k], "shape"):
+            return int(batch[k].shape[0])
+    return 1

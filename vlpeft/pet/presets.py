@@ -1,0 +1,43 @@
+"""PET presets: named recipes with the original papers' settings, as functions of the flat config.
+
+- ``das``: the DAS adapters (seeds.md §3.1): a parallel adapter of width ``das_adapter_dim`` beside attention and
+  beside the MLP of every block (timm init, as the original got it from the ViT), and a residual skip adapter of
+  width ``das_skip_adapter_dim`` per candidate unit (BERT init); backbone policy ``das_original`` where the
+  backbone has it (the original name rule: pooler + token types), else ``none``. On a backbone without parallel
+  sites (CLIP+PLM) only the skip adapters go in.
+- ``dvp_adapter``: DVP's sequential adapters on every sublayer output (seeds.md §3.3): BERT/T5 ``d // 8``, ReLU,
+  N(0, 0.01); LLaMA ``max(d // 64, 8)``, SiLU, Xavier; backbone policy ``norms`` (the PLM's LayerNorms train).
+- ``none``: no module; policy ``none`` (heads, and what the backbone always trains). ``pet=none`` evaluates or
+  fine-tunes a backbone as released.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from vlpeft.pet._base import PetSpec, Recipe, register_preset
+
+DAS_KEYS = {"das_adapter_dim": 96, "das_skip_adapter_dim": 192}
+
+
+@register_preset("das", keys=DAS_KEYS)
+def das(config: Mapping[str, Any]) -> Recipe:
+    return Recipe("das", (
+        PetSpec("parallel_adapter", ("par",), {"bottleneck": int(config["das_adapter_dim"]), "init": "trunc_normal"},
+                sublayers=("attn", "ffn"), required=False),
+        PetSpec("skip_adapter", ("skip",), {"bottleneck": int(config["das_skip_adapter_dim"]), "init": "bert"}),
+    ), base_policy="das_original")
+
+
+@register_preset("dvp_adapter")
+def dvp_adapter(config: Mapping[str, Any]) -> Recipe:
+    return Recipe("dvp_adapter", (
+        PetSpec("sequential_adapter", ("out_seq",), {"reduction": 8}, families=("bert", "t5"), required=False),
+        PetSpec("sequential_adapter", ("out_seq",), {"reduction": 64, "min_bottleneck": 8, "activation": "silu",
+                                                      "init": "xavier"}, families=("llama",), required=False),
+    ), base_policy="norms")
+
+
+@register_preset("none")
+def none(config: Mapping[str, Any]) -> Recipe:
+    return Recipe("none", (), base_policy="none")

@@ -1,0 +1,170 @@
+"""The search strategy protocol and its registry; the state machinery both searches share.
+
+A strategy decides one field of a ``LayerPlan`` (``plan_field``: ``skip`` for DAS, ``insert_layer`` for KAB) and
+keeps every piece of its state in buffers (saved in checkpoints, identical on every rank, restored on resume).
+The Lightning module runs one generic round: ``round_due`` → ``propose(base)`` → score each plan on one reward
+batch → ``reward_value`` per plan → mean across ranks → ``update_plans`` → ``record_history``; training steps use
+``train_plan(epoch, base)`` and evaluation ``eval_plan(base)``; a run ends with ``placement()`` and ``save_plot``.
+Entries of ``SEARCHES`` declare the candidate kind they need (``needs``: ``skip`` or ``insert``), so a backbone
+that lacks it is refused with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from vlpeft._registry import Registry
+from vlpeft.backbones._protocol import LayerPlan
+
+SEARCHES: Registry["SearchStrategy"] = Registry("search", "search")
+
+# Multiplier that spreads (seed, counter) pairs apart; any odd constant larger than the number of draws works.
+_SEED_STRIDE = 1_000_003
+# Rejection sampling of distinct candidate sets gives up on the gate distribution after this many tries
+# (only reachable when a few gates have become overwhelmingly large) and falls back to uniform weights.
+_MAX_REJECTIONS = 10_000
+
+
+class SearchState(nn.Module):
+    """Shared machinery of the two searches: seeded draws and a growable ``history`` buffer."""
+
+    def __init__(self, num_layers: int, seed: int) -> None:
+        super().__init__()
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"num_layers={num_layers!r}: must be a positive int (read it from the backbone)")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed={seed!r}: must be an int")
+        self.num_layers = num_layers
+        self.seed = seed
+        # Number of generator draws made so far; the next draw is seeded from (seed, draw_count).
+        self.register_buffer("draw_count", torch.zeros((), dtype=torch.long))
+        # Reward/mini-validation batches consumed so far: a resumed run continues the batch stream from here.
+        self.register_buffer("reward_batches", torch.zeros((), dtype=torch.long))
+        # One row per record_history() call; re-registered on append, resized on load.
+        self.register_buffer("history", torch.zeros(0, num_layers, dtype=torch.float32))
+
+    # --- randomness ---------------------------------------------------------------------------------------
+    def _next_generator(self) -> torch.Generator:
+        counter = int(self.draw_count)
+        self.draw_count += 1
+        # manual_seed needs a non-negative value below 2**64; the modulus keeps huge/negative seeds valid.
+        return torch.Generator(device="cpu").manual_seed((self.seed * _SEED_STRIDE + counter) % (2**63))
+
+    # --- history --------------------------------------------------------------------------------------------
+    def _current_vector(self) -> Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def record_history(self) -> None:
+        """Append the current raw gate/preference vector as one row of ``history``."""
+        row = self._current_vector().detach().to(self.history.device, self.history.dtype).reshape(1, -1)
+        self.history = torch.cat([self.history, row], dim=0)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        # The saved history usually has more rows than a freshly built module's: resize ours first so the
+        # ordinary shape-checked copy accepts it. A different layer count is left to fail loudly.
+        saved = state_dict.get(prefix + "history")
+        if isinstance(saved, Tensor) and saved.dim() == 2 and saved.shape[1] == self.num_layers:
+            self.history = torch.empty(saved.shape, dtype=self.history.dtype, device=self.history.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _save_plot(self, path: str | Path, title: str, ylabel: str, chosen: Sequence[int],
+                   transform: Callable[[Tensor], Tensor]) -> Path:
+        from vlpeft.search.plot import save_history_plot  # matplotlib only when a plot is asked for
+
+        return save_history_plot(self.history, path, title=title, ylabel=ylabel, chosen=list(chosen),
+                                 transform=transform)
+
+
+
+
+class SearchStrategy(SearchState):
+    """The interface the Lightning module drives (see the module docstring); subclasses implement it."""
+
+    plan_field = ""
+
+    def search_batch_size(self, config: dict[str, Any]) -> int:
+        return int(config["search_val_batch_size"] or config["per_gpu_batchsize"])
+
+    def train_plan(self, epoch: int, base: LayerPlan) -> LayerPlan:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def eval_plan(self, base: LayerPlan) -> LayerPlan:  # pragma: no cover
+        raise NotImplementedError
+
+    def round_due(self, epoch: int, optimizer_step: bool) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+    def propose(self, base: LayerPlan) -> list[LayerPlan]:  # pragma: no cover
+        raise NotImplementedError
+
+    def reward_value(self, out: dict[str, Any], task: Any) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def update_plans(self, plans: Sequence[LayerPlan], values: Tensor) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def round_message(self, epoch: int, info: dict[str, Any], mean_loss: float) -> str | None:
+        return None
+
+    def epoch_message(self, epoch: int) -> str | None:
+        return None
+
+    def val_message(self, epoch: int) -> str | None:
+        return None
+
+    def placement(self, meta: dict[str, Any] | None = None):  # pragma: no cover
+        raise NotImplementedError
+
+    def save_plot(self, path: str | Path) -> Path:  # pragma: no cover
+        raise NotImplementedError
+
+
+def build_search(name: str, config: dict[str, Any], candidates) -> SearchStrategy:
+    """The strategy ``name`` for a backbone with ``candidates``; refuses a backbone that lacks the candidate kind."""
+    entry = SEARCHES.get(name)
+    need = entry.meta.get("needs")
+    if need and need not in candidates.kinds():
+        what = {"skip": "skips units (needs units that can be skipped)",
+                "insert": "places a prompt before a unit (needs units a prompt can enter before)"}[need]
+        raise ValueError(f"search={name} {what}; this backbone offers only {candidates.kinds()} candidates — "
+                         f"choose another search or backbone")
+    return entry.build(config, candidates.count)
+
+
+
+
+
+def finish_search(search: SearchStrategy, base: LayerPlan, run_dir: Path, is_global_zero: bool):
+    """A search ends by checking that every rank holds the same state, then printing and saving its placement
+    (``placement.json`` + the PNG of per-layer preferences) in the run folder. Returns the placement (rank 0)."""
+    import torch.distributed as dist
+
+    state = torch.cat([b.detach().double().flatten().cpu() for _, b in search.named_buffers()])
+    agree, world = True, 1
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world = dist.get_world_size()
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, state.tolist())
+        agree = all(g == gathered[0] for g in gathered)
+        if not agree:
+            raise RuntimeError(f"search state differs across DDP ranks: {gathered}")
+    if not is_global_zero:
+        return None
+    placement = search.placement(meta={"world_size": world, "ranks_agree": agree,
+                                       "rounds": int(search.reward_batches)}, base=base)
+    placement.save(run_dir / "placement.json")
+    search.save_plot(run_dir / "placement.png")
+    chosen = (f"skip layers {list(placement.skip)}" if search.plan_field == "skip"
+              else f"insert the visual prompt at layer {placement.insert_layer}")
+    print(f"\n[vlpeft] search finished: {chosen}\n[vlpeft] wrote {run_dir / 'placement.json'} and "
+          f"{run_dir / 'placement.png'}", flush=True)
+    return placement
+
+__all__ = ["SEARCHES", "SearchState", "SearchStrategy", "build_search", "finish_search"]

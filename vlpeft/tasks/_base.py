@@ -1,0 +1,101 @@
+"""Tasks as registry entries: each owns its heads, loss, metrics, predictions and search score, and declares the
+backbone capability it needs (``classify``, ``pair_images``, ``score_pairs``).
+
+``TASKS.build(name) -> Task``. The objective functions live in ``objectives.py``, the heads in ``heads.py``
+(``TASK_HEADS`` is the one place head names are listed), metrics in ``metrics.py``, dump writers in ``dumps.py``.
+The retrieval task also owns its epoch-end evaluation (recall@k over every image-caption pair) through the
+backbone's ``encode_images`` / ``forward(..., image_cache=…)`` capability, never a backbone's internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+
+from vlpeft._registry import Registry
+from vlpeft.tasks import metrics as tm
+from vlpeft.tasks import objectives as obj
+from vlpeft.tasks.heads import TASK_HEADS
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    compute: Callable[..., dict[str, torch.Tensor]]  # (infer, heads, batch) -> outputs with "<name>_loss"
+    needs: frozenset[str] = frozenset({"classify"})
+    single_pass: bool = True  # one forward of the batch as given (so forward_many's shared work applies)
+    score_key: str = ""  # the search score (percent) for KAB: the batch VQA score or accuracy
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return TASK_HEADS[self.name]
+
+    def search_score(self, out: Mapping[str, Any]) -> float:
+        return obj.score_for_search(self.name, out)
+
+    def predictions(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> list[dict]:
+        return tm.predictions(out, batch, [self.name]).get(self.name, [])
+
+    def epoch_metrics(self, module: Any, split: str) -> dict[str, float]:
+        """Metrics computed over a whole split at epoch end (retrieval recall); none by default."""
+        return {}
+
+
+class RetrievalTask(Task):
+    def epoch_metrics(self, module: Any, split: str) -> dict[str, float]:
+        """IR/TR recall@1/5/10 over every (image, caption) pair of the split (``get_recall_metric=True``): each
+        image is encoded once and scored against every caption batch; every rank scores the whole split (small
+        next to training), so no gather is needed."""
+        if not module.config["get_recall_metric"] or module.trainer.sanity_checking:
+            return {}
+        dm, bb, dev = module.trainer.datamodule, module.backbone, module.device
+        texts = [module.transfer_batch_to_device(b, dev, 0)
+                 for b in dm.recall_loader(dm.recall_text_dataset(split), batch_size=64)]
+        txt_iids = torch.cat([b["iid"] for b in texts]).cpu()
+        plan = module.plan()
+        rows, img_iids = [], []
+        for ib in dm.recall_loader(dm.recall_image_dataset(split), batch_size=1):
+            cache = bb.encode_images(module.transfer_batch_to_device(ib, dev, 0))
+            scores = [module.heads["rank_output"](bb(tb, plan, image_cache=cache)["cls_feats"])[:, 0].float().cpu()
+                      for tb in texts]
+            rows.append(torch.cat(scores))
+            img_iids.append(int(ib["iid"][0]))
+        recalls = tm.recall_at_k(torch.stack(rows), img_iids, txt_iids)
+        if module.trainer.is_global_zero:
+            print(f"[vlpeft] {split} recall: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(recalls.items())),
+                  flush=True)
+        return recalls
+
+
+TASKS: Registry[Task] = Registry("task", "loss_names")
+for _task in (Task("vqa", obj.compute_vqa), Task("gqa", obj.compute_gqa), Task("snli_ve", obj.compute_snli_ve),
+              Task("nlvr2", obj.compute_nlvr2, needs=frozenset({"classify", "pair_images"}), single_pass=False),
+              RetrievalTask("irtr", obj.compute_irtr, needs=frozenset({"score_pairs"}), single_pass=False)):
+    TASKS.register(_task.name)(lambda t=_task: t)
+
+
+def build_tasks(loss_names: Mapping[str, float], capabilities: frozenset[str], backbone_name: str) -> list[Task]:
+    """The active tasks (gate >= 1); refuses one whose capability the backbone lacks, naming it."""
+    from vlpeft.tasks.heads import active_tasks
+
+    tasks = [TASKS.build(t) for t in active_tasks(loss_names)]
+    for t in tasks:
+        missing = sorted(t.needs - set(capabilities))
+        if missing:
+            raise ValueError(f"task {t.name} needs the backbone capability {missing} which backbone={backbone_name} "
+                             f"lacks (it has {sorted(capabilities)}); choose another backbone or task")
+    return tasks
+
+
+def compute(tasks: list[Task], infer: Callable, heads, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Every task's outputs; ``loss`` = the unweighted sum of every value whose key contains "loss" (the originals)."""
+    out: dict[str, torch.Tensor] = {}
+    for t in tasks:
+        out.update(t.compute(infer, heads, batch))
+    out["loss"] = sum(v for k, v in out.items() if "loss" in k)
+    return out
+
+
+__all__ = ["TASKS", "RetrievalTask", "Task", "build_tasks", "compute"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from vlpeft.backbones.vilt import build_vilt
-from vlpeft.config import BASE_CONFIG, NEW_KEYS
+from vlpeft.build import build_backbone
+from vlpeft.config import DEFAULTS
 from vlpeft.search.das import DASSearch
 from vlpeft.tasks.heads import build_heads
 from vlpeft.tasks.objectives import compute_tasks
@@ -15,10 +15,10 @@ LABELS = 10
 
 
 def _config() -> dict:
-    cfg = {**BASE_CONFIG, **NEW_KEYS}
+    cfg = dict(DEFAULTS)
     cfg.update(vit="test_vilt_tiny_p32", hidden_size=64, num_heads=4, num_layers=4, patch_size=32, drop_rate=0.0,
                vocab_size=200, max_text_len=8, vqav2_label_size=LABELS, das_adapter_dim=16, das_skip_adapter_dim=32,
-               loss_names={**BASE_CONFIG["loss_names"], "itm": 0, "mlm": 0, "vqa": 1})
+               loss_names={**DEFAULTS["loss_names"], "itm": 0, "mlm": 0, "vqa": 1})
     return cfg
 
 
@@ -37,7 +37,7 @@ def _plant(model, j: int) -> None:
 def _search_once(seed: int, j: int, rounds: int = 40) -> list[int]:
     torch.manual_seed(seed)
     cfg = _config()
-    model = build_vilt(cfg).eval()
+    model = build_backbone(cfg)[0].eval()
     heads = build_heads(cfg, model.hidden_size)
     with torch.no_grad():
         heads["vqa_classifier"][3].weight.normal_(0, 1.0)  # make answers depend strongly on the features
@@ -67,7 +67,7 @@ def _search_once(seed: int, j: int, rounds: int = 40) -> list[int]:
 def test_skipping_the_identity_block_is_free():
     cfg = _config()
     torch.manual_seed(0)
-    model = build_vilt(cfg).eval()
+    model = build_backbone(cfg)[0].eval()
     _plant(model, 2)
     batch = {"image": torch.randn(2, 3, 128, 128), "text_ids": torch.randint(1, 200, (2, 8)),
              "text_masks": torch.ones(2, 8, dtype=torch.long)}

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vlpeft.backbones._clip import build_clip_visual, hf_to_openai_clip, openai_to_hf_clip
-from vlpeft.backbones.clip_plm import build_dvp_backbone
+from vlpeft.build import build_backbone as build_with_pet
 from vlpeft.pet.adapters import SequentialAdapter
 from vlpeft.pet.prompts import CrossAttentionPrompt
 
@@ -18,6 +18,13 @@ from helpers import proj_loss
 
 LMS = [("BERT", "test_bert_tiny"), ("T5", "test_t5_tiny"), ("LLAMA", "test_llama_tiny")]
 IMG = 32  # test_clip_tiny image size
+
+
+def build_dvp_backbone(cfg: dict):
+    """The DVP backbone as a run builds it: adapters injected when use_adapter, trainable set applied."""
+    full = dict(method="dvp", backbone="", pet="", search="", train_base="", full_finetune=False, stage="train",
+                trainable="original", use_adapter=False)
+    return build_with_pet({**full, **cfg})[0]
 
 
 def make(lm: str, plm: str, **kw):

@@ -311,7 +311,7 @@ def test_kab_same_seed_same_stream_and_resume_continues_it():
     resumed.load_state_dict(saved)
     assert steps(resumed, 15) == steps(a, 15)
     assert torch.equal(resumed.history, a.history) and resumed.history.shape == (30, 6)
-    assert set(saved) == {"draw_count", "history", "layer_alphas", "stage_count"}
+    assert set(saved) == {"draw_count", "history", "layer_alphas", "reward_batches", "stage_count"}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from vlpeft.pet.trainable import ORIGINAL_DAS_TRAINABLE, count_parameters, format_trainable, mark_trainable
+from vlpeft.pet.trainable import count_parameters, format_trainable
 from vlpeft.tasks import dumps
 from vlpeft.tasks.heads import build_heads, init_rank_output_from_itm
 from vlpeft.tasks.metrics import Accuracy, Scalar, TaskMetrics, VQAScore, predictions, recall_at_k, the_metric
@@ -292,32 +292,6 @@ def test_gqa_and_snli_ve_prediction_files(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ trainable params
-class ToyDAS(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.text_embeddings = nn.Module()
-        self.text_embeddings.word_embeddings = nn.Embedding(10, 4)
-        self.text_embeddings.token_type_embeddings = nn.Embedding(2, 4)
-        self.token_type_embeddings = nn.Embedding(2, 4)
-        self.block = nn.Linear(4, 4)
-        self.block_adapter = nn.Linear(4, 2)
-        self.pooler = nn.Linear(4, 4)
-        self.vqa_classifier = nn.Linear(4, 3)
-        self.itm_score = nn.Linear(4, 2)
-
-
-def test_mark_trainable_original_das_rule():
-    m = ToyDAS()
-    names = mark_trainable(m, include=ORIGINAL_DAS_TRAINABLE)
-    assert names == ["text_embeddings.token_type_embeddings.weight",  # the substring leak, kept for parity
-                     "token_type_embeddings.weight", "block_adapter.weight", "block_adapter.bias",
-                     "pooler.weight", "pooler.bias", "vqa_classifier.weight", "vqa_classifier.bias"]
-    assert not m.itm_score.weight.requires_grad and not m.block.weight.requires_grad
-    names = mark_trainable(m, include=ORIGINAL_DAS_TRAINABLE, exclude=("text_embeddings",))
-    assert "text_embeddings.token_type_embeddings.weight" not in names
-    assert not m.text_embeddings.token_type_embeddings.weight.requires_grad
-
-
 def test_count_and_format_trainable():
     m = nn.Module()
     m.emb = nn.Embedding(1000, 1000)  # 1,000,000 trainable

@@ -11,16 +11,11 @@ import torch
 from torch import nn
 from transformers import ViltConfig, ViltForQuestionAnswering
 
-from vlpeft.backbones import build_backbone
-from vlpeft.backbones.vilt import (
-    ViLT,
-    ViltCheckpointError,
-    build_vilt,
-    checkpoint_filter_fn,
-    hf_to_vilt_state_dict,
-    load_vilt_checkpoint,
-    vilt_to_hf_state_dict,
-)
+from vlpeft.backbones import BACKBONES
+from vlpeft.backbones._convert import hf_to_vilt_state_dict, vilt_to_hf_state_dict
+from vlpeft.backbones.vilt import ViLT, ViltCheckpointError, checkpoint_filter_fn
+from vlpeft.build import build_backbone as build_with_pet
+from vlpeft.checkpoint import CheckpointError, load_checkpoint_file
 from vlpeft.pet.adapters import DASAdapter
 from vlpeft.search.placement import PlacementError
 
@@ -28,6 +23,17 @@ from helpers import proj_loss
 
 VOCAB = 100
 TRAINABLE_RULE = ("classifier", "pooler", "token_type_embeddings", "rank_output", "adapter")
+
+
+def build_vilt(cfg: dict) -> ViLT:
+    """ViLT with the das preset injected and its trainable set applied (the run's path)."""
+    full = {"method": "das", "backbone": "", "pet": "", "search": "", "train_base": "", "full_finetune": False, "use_adapter": False,
+            "stage": "train", "trainable": "original", **cfg}
+    return build_with_pet(full)[0]
+
+
+def build_backbone(cfg: dict) -> ViLT:
+    return BACKBONES.build(cfg.get("backbone") or "vilt", cfg)
 
 
 def tiny_config(**kw):
@@ -133,12 +139,12 @@ def test_hf_name_converter_round_trip():
         assert torch.equal(back[k], sd[k]), k
 
 
-def test_hf_format_file_loads_through_load_vilt_checkpoint(tmp_path):
+def test_hf_format_file_loads_through_the_checkpoint_loader(tmp_path):
     hf = hf_tiny(5)
     p = tmp_path / "hf.bin"
     torch.save(hf.state_dict(), p)
     model = VQAModel(build_vilt(tiny_config()), 5).eval()
-    rep = load_vilt_checkpoint(model, p, prefix_map={"vqa_classifier.": "vqa_classifier.", "": "vilt."})
+    rep = load_checkpoint_file(model, p, prefix_map={"classifier.": "vqa_classifier.", "": "vilt."})
     assert rep.unexpected == []
     assert rep.missing and all("adapter" in k for k in rep.missing)
     assert torch.equal(model.vilt.transformer.blocks[1].attn.qkv.weight,
@@ -163,9 +169,9 @@ def test_round_trip_through_original_ckpt(tmp_path):
     batch = make_batch(heights=[64, 48, 32])
     with torch.no_grad():
         assert not torch.allclose(a(batch, skip=[1]), b(batch, skip=[1]))
-        rep = load_vilt_checkpoint(b, p, prefix_map={"vqa_classifier.": "vqa_classifier.", "": "vilt."})
+        rep = load_checkpoint_file(b, p, prefix_map={"vqa_classifier.": "vqa_classifier.", "": "vilt."})
         assert rep.missing == [] and rep.unexpected == []
-        assert len(rep.loaded) == len(a.state_dict())
+        assert rep.loaded == len(a.state_dict())
         for skip in ([], [0], [1]):
             assert torch.equal(a(batch, skip=skip), b(batch, skip=skip))
     # the names are the original ViLT ones (no prefix on the backbone itself)
@@ -214,13 +220,13 @@ def test_nlvr2_token_types():
 
 def test_checkpoint_errors(tmp_path):
     model = build_vilt(tiny_config())
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_vilt_checkpoint(model, tmp_path / "nope.ckpt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint_file(model, tmp_path / "nope.ckpt")
     other = build_vilt(tiny_config(das_adapter_dim=12))
     p = tmp_path / "other.ckpt"
     torch.save({"state_dict": other.state_dict()}, p)
     with pytest.raises(ViltCheckpointError, match=r"adapter0.*\(12, 64\).*\(8, 64\).*das_adapter_dim"):
-        load_vilt_checkpoint(model, p)
+        load_checkpoint_file(model, p)
     wide = {"transformer.blocks.0.mlp.fc1.weight": torch.zeros(256, 128)}
     with pytest.raises(ViltCheckpointError, match=r"mlp.fc1.weight.*\(256, 128\).*\(256, 64\).*vit/hidden_size"):
         checkpoint_filter_fn(wide, model)
@@ -228,8 +234,12 @@ def test_checkpoint_errors(tmp_path):
 
 # --------------------------------------------------------------------------------------------- counts
 def _count(model: nn.Module):
+    """(trainable, total, adapters): trainable as the run derives it (heads ∪ injected ∪ base policy), checked
+    against the original DAS name rule on the way."""
     total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for n, p in model.named_parameters() if any(r in n for r in TRAINABLE_RULE))
+    trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
+    rule = {n for n, p in model.named_parameters() if any(r in n for r in TRAINABLE_RULE)}
+    assert rule == {n for n, p in model.named_parameters() if p.requires_grad}
     adapters = sum(p.numel() for n, p in model.named_parameters() if "adapter" in n)
     return trainable, total, adapters
 
@@ -268,7 +278,8 @@ def test_original_trainable_counts_vilt_das():
         nl_model = _Flat(nl, {"nlvr2_classifier": nn.Sequential(nn.Linear(1536, 1536), nn.LayerNorm(1536),
                                                                  nn.GELU(), nn.Linear(1536, 2))})
         ir = build_vilt(_full_config())
-        ir_model = _Flat(ir, {"itm_score": nn.ModuleDict({"fc": nn.Linear(768, 2)}), "rank_output": nn.Linear(768, 1)})
+        ir_model = _Flat(ir, {"itm_score": nn.ModuleDict({"fc": nn.Linear(768, 2)}).requires_grad_(False),
+                              "rank_output": nn.Linear(768, 1)})
     assert _count(nl_model)[:2] == (10_126_850, 121_128_194)
     assert _count(ir_model)[:2] == (7_759_873, 118_762_755)
 
@@ -276,6 +287,7 @@ def test_original_trainable_counts_vilt_das():
 # --------------------------------------------------------------------------------------------- behaviour
 def test_skipped_block_not_computed():
     model = build_vilt(tiny_config(vit="test_vilt_tiny_p32", num_layers=4, patch_size=32)).eval()
+    model.requires_grad_(True)  # every block trainable, to see which ones get gradients
     assert model.num_layers == 4
     calls: list[str] = []
     for i, blk in enumerate(model.transformer.blocks):
@@ -416,8 +428,8 @@ def test_config_errors():
         build_vilt(tiny_config(vit="vit_huge"))
     with pytest.raises(KeyError, match="vocab_size"):
         build_vilt({k: v for k, v in tiny_config().items() if k != "vocab_size"})
-    with pytest.raises(ValueError, match="no backbone"):
-        build_backbone(dict(tiny_config(), method="nope"))
+    with pytest.raises(KeyError, match="not a registered backbone.*did you mean 'vilt'"):
+        build_backbone(dict(tiny_config(), backbone="vitl"))
     m = build_vilt(tiny_config())
     with pytest.raises(ValueError, match="max_text_len"):
         m.infer(make_batch(L=41))

@@ -18,7 +18,7 @@ from vlpeft.config import ConfigError, resolve_axes
 from vlpeft.pet import PetReport, build_recipe, inject
 from vlpeft.pet.trainable import apply_trainable
 from vlpeft.search import SearchStrategy, build_search
-from vlpeft.search.placement import Placement
+from vlpeft.search.placement import Placement, validate_skip
 from vlpeft.tasks._base import Task, build_tasks
 from vlpeft.tasks.heads import build_heads
 
@@ -59,6 +59,7 @@ def base_plan(config: Mapping[str, Any], backbone: Backbone, placement: Placemen
     skip = config["skip_module"]
     if not isinstance(skip, (list, tuple)):
         raise ConfigError(f"skip_module={skip!r} must be a list, e.g. skip_module=[3,7] or skip_module=[]")
+    validate_skip(skip, backbone.num_layers)  # duplicates and range, before the plan makes it a set
     plan = LayerPlan.of(skip, config["insert_layer"] if backbone.candidates().insert else None)
     if placement is not None:
         placement.validate(backbone.num_layers)

@@ -199,3 +199,11 @@ def save_trainable(module, run_dir: str | Path, config: dict[str, Any], placemen
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
+
+
+def load_checkpoint_file(module: nn.Module, path: str | os.PathLike, prefix_map: Mapping[str, str] | None = None) -> LoadReport:
+    """One file into any module holding backbones (e.g. a backbone with heads beside it), through ``load_state``."""
+    sd, extras = read_checkpoint(path)
+    report = load_state(module, sd, path, "checkpoint", prefix_map)
+    report.placement = extras.get("vlpeft_placement")
+    return report

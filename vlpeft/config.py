@@ -370,7 +370,7 @@ def _check_paths(config: dict[str, Any]) -> None:
         raise ConfigError("data_root is empty; set data_root=<folder with the .arrow files> (see DATA.md)")
     if not Path(config["data_root"]).is_dir():
         raise ConfigError(f"data_root={config['data_root']} does not exist; point it at the folder of the .arrow "
-                          "files (python -m write_arrow … --dst writes one)")
+                          "files (python -m write_arrow … --dst writes one; see DATA.md)")
     if config.get("resume_from") and not Path(config["resume_from"]).is_file():
         raise ConfigError(f"resume_from={config['resume_from']} does not exist; pass the last.ckpt of the run to "
                           "resume (…/version_N/checkpoints/last.ckpt)")

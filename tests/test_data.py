@@ -649,3 +649,90 @@ def test_collate_emits_real_image_sizes_as_host_ints(vqa_root, tmp_path, tok):
     assert nb["image_0_sizes"] == [(64, 64), (32, 96)] and nb["image_1_sizes"] == [(96, 32), (64, 64)]
     loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1, collate_fn=Collator(tok, {"vqa": 5}))
     assert [lb["image_sizes"] for lb in loader] == [[(64, 64)] * 3, [(32, 96)] * 2]  # through a worker too
+
+
+# ----------------------------------------------------------------------------- label size without the vocab json
+def _vilt_rule(tables):
+    """The original ViLT VQAv2DataModule.setup rule, restated: (num_class, id2answer)."""
+    all_answers = [a for t in tables for row in t["answers"].to_pylist() if row is not None for q in row for a in q]
+    all_labels = [x for t in tables for row in t["answer_labels"].to_pylist() if row is not None for q in row
+                  for x in q]
+    answer2id = {k: v for k, v in zip(all_answers, all_labels)}
+    id2answer = {}
+    for k, v in sorted(answer2id.items(), key=lambda x: x[1]):
+        id2answer[v] = k
+    return max(answer2id.values()) + 1, id2answer
+
+
+def test_vqa_label_size_from_tables_without_vocab_json(vqa_root):
+    from vlpeft.data.datamodule import answer_map, vqa_label_size
+
+    assert not (vqa_root / "vqav2_label_vocab.json").exists()
+    assert vqa_label_size(vqa_root) == 5  # labels 0..4 in vqav2_train + vqav2_trainable_val + vqav2_rest_val
+    names = ["vqav2_train", "vqav2_trainable_val", "vqav2_rest_val"]
+    assert (5, dict(answer_map(vqa_root, names))) == _vilt_rule([open_arrow(vqa_root / f"{n}.arrow") for n in names])
+    (vqa_root / "vqav2_label_vocab.json").write_text(json.dumps(["a", "b", "c"]))
+    assert vqa_label_size(vqa_root) == 3  # the json wins when present
+
+
+def test_vqa_label_size_follows_the_original_rule_exactly(tmp_path):
+    from vlpeft.data.datamodule import answer_map, vqa_label_size
+
+    # "x" first has label 7, later 2 → answer2id["x"] = 2, so the size is 3 (not 8); "p" and "q" both end on 5:
+    # id2answer[5] is the one first seen last ("q"); a null row and an empty question are skipped
+    write_arrow(tmp_path / "vqav2_train.arrow", vqa_columns(
+        sizes=[(8, 8)] * 3, questions=[["a", "b"], ["c"], ["d"]], qids=[[1, 2], [3], [4]],
+        answers=[[["x", "p"], []], [["q", "y"]], [["x"]]], labels=[[[7, 5], []], [[5, 1]], [[2]]],
+        scores=[[[1.0, 1.0], []], [[1.0, 1.0]], [[1.0]]]))
+    write_arrow(tmp_path / "vqav2_trainable_val.arrow", {
+        "image": pa.array([jpeg(8, 8)] * 2, type=pa.binary()), "questions": pa.array([["e"], ["f"]]),
+        "answers": pa.array([None, [["z"]]], type=pa.list_(pa.list_(pa.string()))),
+        "answer_labels": pa.array([None, [[0]]], type=pa.list_(pa.list_(pa.int64()))),
+        "answer_scores": pa.array([None, [[1.0]]], type=pa.list_(pa.list_(pa.float64()))),
+        "question_id": pa.array([[5], [6]], type=pa.list_(pa.int64()))})
+    write_arrow(tmp_path / "vqav2_rest_val.arrow", vqa_columns(
+        sizes=[(8, 8)], questions=[["g"]], qids=[[7]], answers=[[["p"]]], labels=[[[5]]], scores=[[[1.0]]]))
+    names = ["vqav2_train", "vqav2_trainable_val", "vqav2_rest_val"]
+    size, id2answer = _vilt_rule([open_arrow(tmp_path / f"{n}.arrow") for n in names])
+    assert (size, id2answer) == (6, {0: "z", 1: "y", 2: "x", 5: "q"})
+    assert vqa_label_size(tmp_path) == 6 and dict(answer_map(tmp_path)) == id2answer
+    assert vqa_label_size(tmp_path, ["vqav2_train"]) == 6  # x→2, q→5 (p's last label is 5 too), y→1
+    assert dict(answer_map(tmp_path, ["vqav2_train"])) == {1: "y", 2: "x", 5: "q"}
+
+
+def test_vqa_label_size_errors_name_data_root_and_files(tmp_path):
+    from vlpeft.data.datamodule import LabelVocabError, vqa_label_size
+
+    with pytest.raises(LabelVocabError, match=r"data_root='[^']*nowhere' does not exist") as e:
+        vqa_label_size(tmp_path / "nowhere")
+    assert str(e.value).startswith("data_root=")  # a data_root problem, not a label-size one
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LabelVocabError) as e:
+        vqa_label_size(empty)
+    msg = str(e.value)
+    assert f"data_root={str(empty)!r}" in msg and "3 of 3 arrow files are missing" in msg
+    for n in ("vqav2_train", "vqav2_trainable_val", "vqav2_rest_val"):
+        assert f"MISSING {empty / n}.arrow" in msg
+    assert str(empty / "vqav2_label_vocab.json") in msg and "write_arrow" in msg
+    write_arrow(empty / "vqav2_train.arrow", {"image": pa.array([jpeg(8, 8)], type=pa.binary()),
+                                              "questions": pa.array([["q"]])})
+    with pytest.raises(LabelVocabError, match=r"vqav2_train.arrow: missing column\(s\) \['answers', 'answer_labels'\]"):
+        vqa_label_size(empty, ["vqav2_train"])
+    (empty / "vqav2_label_vocab.json").write_text("[]")
+    with pytest.raises(LabelVocabError, match="is empty"):
+        vqa_label_size(empty)
+
+
+def test_runner_derives_vqav2_label_size_without_vocab_json(vqa_root, tmp_path):
+    from vlpeft.config import ConfigError
+    from vlpeft.runner import _finalize_label_sizes
+
+    cfg = lambda root, **kw: {"vqav2_label_size": 0, "loss_names": {"vqa": 1}, "data_root": str(root), **kw}
+    assert _finalize_label_sizes(cfg(vqa_root))["vqav2_label_size"] == 5
+    # data_splits overrides choose the files: vqav2_rest_val alone holds labels 0..2
+    only = {"vqa": {"train": ["vqav2_rest_val"], "val": ["vqav2_rest_val"]}}
+    assert _finalize_label_sizes(cfg(vqa_root, data_splits=only))["vqav2_label_size"] == 3
+    assert _finalize_label_sizes(cfg(vqa_root, vqav2_label_size=7))["vqav2_label_size"] == 7  # explicit: kept
+    with pytest.raises(ConfigError, match=r"data_root='[^']*nowhere' does not exist"):
+        _finalize_label_sizes(cfg(tmp_path / "nowhere"))

@@ -201,23 +201,27 @@ OPEN_PROBE = textwrap.dedent("""
     from vilt_reader import ViltVQAReader
     from vlpeft.data.datasets import VQADataset
     from vlpeft.data.tokenizer import load_tokenizer
-    def private():
-        kb = 0
+    def rollup():
+        d = {}
         for line in open("/proc/self/smaps_rollup"):
-            if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                kb += int(line.split()[1])
-        return kb * 1024
+            f = line.split()
+            if len(f) == 3 and f[2] == "kB":
+                d[f[0].rstrip(":")] = int(f[1]) * 1024
+        return d
+    def mem():
+        d = rollup()
+        return d["Private_Clean"] + d["Private_Dirty"], d["Anonymous"]
     tok = load_tokenizer()
     tok("warm up", padding="max_length", truncation=True, max_length=40)
     gc.collect()
-    base, c0, w0 = private(), time.process_time(), time.perf_counter()
+    (base, base_anon), c0, w0 = mem(), time.process_time(), time.perf_counter()
     if {which!r} == "ours":
         ds = VQADataset({root!r}, [{name!r}], transform_keys=["pixelbert"], image_size=384, tokenizer=tok)
     else:
         ds = ViltVQAReader({root!r}, [{name!r}], tokenizer=tok, image_size=384)
     cpu, wall = time.process_time() - c0, time.perf_counter() - w0
     gc.collect()
-    mem = private() - base
+    priv, anon = mem()
     n = len(ds)
     if {which!r} == "ours":
         pickled = len(pickle.dumps(ds))  # what a spawned worker receives (the table is re-opened there)
@@ -225,7 +229,8 @@ OPEN_PROBE = textwrap.dedent("""
     else:  # its Python-side state (a spawned worker would also receive the table's buffers)
         pickled = len(pickle.dumps((ds.all_texts, ds.index_mapper, ds.table_names, tok)))
         tok_bytes = len(pickle.dumps(tok))
-    print(json.dumps(dict(cpu=cpu, wall=wall, private=mem, items=n, pickled=pickled - tok_bytes)))
+    print(json.dumps(dict(cpu=cpu, wall=wall, private=priv - base, anon=anon - base_anon, items=n,
+                          pickled=pickled - tok_bytes)))
 """)
 
 
@@ -242,7 +247,7 @@ def open_cost(root: Path, name: str, rounds: int) -> dict:
     if {x["items"] for x in o} != {x["items"] for x in p}:
         raise SystemExit(f"the readers see different item counts: {o[0]['items']} vs {p[0]['items']}")
     out = {"items": o[0]["items"]}
-    for key in ("cpu", "wall", "private", "pickled"):
+    for key in ("cpu", "wall", "private", "anon", "pickled"):
         out[key] = {"ours": spread([x[key] for x in o]), "peer": spread([x[key] for x in p]),
                     "ratio": spread([a[key] / max(b[key], 1) for a, b in zip(o, p)])}
     return out
@@ -348,12 +353,15 @@ def main(argv=None) -> int:
         print(f"{'':>22} {'ours':>30} {'peer':>30} {'ratio':>24}")
         for key, label, scale, d in (("cpu", "construction CPU s", 1, 3), ("wall", "construction wall s", 1, 3),
                                      ("private", "private memory MB", 2**20, 1),
+                                     ("anon", "  of which anonymous MB", 2**20, 1),
                                      ("pickled", "pickled to a worker MB", 2**20, 2)):
             sc = lambda s: {k: (v / scale if k != "n" else v) for k, v in s.items()}
             print(f"{label:>22} {fmt(sc(o[key]['ours']), d):>30} {fmt(sc(o[key]['peer']), d):>30} "
                   f"{fmt(o[key]['ratio']):>24}")
-        print("(private memory: smaps_rollup Private_Clean + Private_Dirty after construction minus before; the "
-              "memory-mapped file pages are shared page cache and not counted; peer pickled = its Python state)")
+        print("(private memory: smaps_rollup Private_Clean + Private_Dirty, after construction minus before. It "
+              "includes file pages mapped by this process alone — the column buffers read and the kernel's read-ahead "
+              "around them, page cache that is reclaimable and shared once another process maps it; 'anonymous' is "
+              "the process's own heap. Peer pickled = its Python state.)")
     if "mmap_vs_whole" in res:
         m = res["mmap_vs_whole"]
         print("\nnot a peer — memory-mapped open vs reading the whole file into memory (peak RSS growth):")

@@ -11,9 +11,9 @@ less; samples/s above 1 = we are faster):
 1. per-item CPU time of ``__getitem__`` on 640×480 JPEGs, pixelbert at 384, with 1 torch thread (as in a
    DataLoader worker) and with the default threads (``num_workers=0``: the main process);
 2. samples/s of a DataLoader (batch 32, each side with its own collate) with 0 and 2 workers (wall clock);
-3. construction time (CPU) and private memory (``/proc/self/smaps_rollup`` Private_Clean + Private_Dirty) of
-   opening a VQAv2-sized file (83,783 rows, 418,915 questions, small JPEGs), each in a fresh subprocess, plus
-   the bytes pickled into a spawned worker.
+3. construction time (CPU and wall) and private memory (``/proc/self/smaps_rollup`` Private_Clean +
+   Private_Dirty, and its anonymous part) of opening a VQAv2-sized file (83,783 rows, 418,915 questions, small
+   JPEGs), each in a fresh subprocess, plus the bytes pickled into a spawned worker.
 
 Before timing, the two readers' items are compared (same texts, token ids, labels, scores, answers, question ids;
 images equal to 1e-5 — the peer's ToTensor + Normalize rounds differently in the last bits); the bench exits 1 if
@@ -202,7 +202,7 @@ OPEN_PROBE = textwrap.dedent("""
     from vlpeft.data.datasets import VQADataset
     from vlpeft.data.tokenizer import load_tokenizer
     def rollup():
-        d = {}
+        d = dict()
         for line in open("/proc/self/smaps_rollup"):
             f = line.split()
             if len(f) == 3 and f[2] == "kB":
@@ -285,6 +285,39 @@ def mmap_vs_whole(path: Path) -> dict:
     return out
 
 
+def print_per_item(rows: list[dict]) -> None:
+    print("\nper-item CPU time of __getitem__ (ratio < 1: ours is cheaper)")
+    print(f"{'torch threads':>18} {'ours ms':>24} {'peer ms':>24} {'ratio':>24}")
+    for r in rows:
+        label = f"{r['threads']} ({'worker' if r['threads'] == 1 else 'num_workers=0'})"
+        print(f"{label:>18} {fmt(r['ours_ms'], 2):>24} {fmt(r['peer_ms'], 2):>24} {fmt(r['ratio']):>24}", flush=True)
+
+
+def print_loader(rows: list[dict], args) -> None:
+    print(f"\nDataLoader samples/s, batch {args.batch_size}, {args.batches} timed batches (ratio > 1: ours is faster)")
+    print(f"{'workers':>8} {'ours':>24} {'peer':>24} {'ratio':>24}")
+    for r in rows:
+        print(f"{r['workers']:>8} {fmt(r['ours_sps'], 1):>24} {fmt(r['peer_sps'], 1):>24} {fmt(r['ratio']):>24}",
+              flush=True)
+
+
+def print_open(o: dict, args) -> None:
+    print(f"\nopening a VQAv2-sized file ({args.rows} rows, {o['items']} questions), fresh process each "
+          f"(ratio < 1: ours is cheaper)")
+    print(f"{'':>24} {'ours':>30} {'peer':>30} {'ratio':>24}")
+    for key, label, scale, d in (("cpu", "construction CPU s", 1, 3), ("wall", "construction wall s", 1, 3),
+                                 ("private", "private memory MB", 2**20, 1),
+                                 ("anon", "of which anonymous MB", 2**20, 1),
+                                 ("pickled", "pickled to a worker MB", 2**20, 2)):
+        sc = lambda s: {k: (v / scale if k != "n" else v) for k, v in s.items()}
+        print(f"{label:>24} {fmt(sc(o[key]['ours']), d):>30} {fmt(sc(o[key]['peer']), d):>30} "
+              f"{fmt(o[key]['ratio']):>24}")
+    print("(private memory: smaps_rollup Private_Clean + Private_Dirty, after construction minus before. It includes "
+          "file pages mapped by this process alone — the column buffers read and the kernel's read-ahead around "
+          "them: page cache, reclaimable, shared once another process maps it; 'anonymous' is the process's own "
+          "heap. Peer pickled = its Python state.)", flush=True)
+
+
 # ------------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -309,7 +342,6 @@ def main(argv=None) -> int:
                  "image_size": args.image_size, "batch_size": args.batch_size}
     with tempfile.TemporaryDirectory(prefix="vlpeft_bench_", dir=args.tmp) as tmp:
         tmp = Path(tmp)
-        t0 = time.perf_counter()
         write_vqa_arrow(tmp / "vqa_photos.arrow", 160, batch_rows=args.batch_rows)
         ours, peer = make_readers(tmp, "vqa_photos", args.image_size)
         rng = np.random.default_rng(0)
@@ -319,54 +351,27 @@ def main(argv=None) -> int:
             print("WRONG RESULT: the readers' items differ:\n  " + "\n  ".join(bad[:10]))
             return 1
         print(f"items agree (16 checked: texts, token ids, labels, scores, answers, qids; images to 1e-5)")
+        print(f"\nours / peer (original ViLT reader strategy), median [min, max] over {args.rounds} interleaved "
+              f"rounds; {res['cpus']} CPUs, pixelbert {args.image_size} on 640x480 JPEGs", flush=True)
         if "item" not in skip:
             res["per_item"] = [per_item(ours, peer, indices[:args.items], args.rounds, th)
                                for th in (1, torch.get_num_threads())]
+            print_per_item(res["per_item"])
         if "loader" not in skip:
             res["loader"] = [loader_throughput(ours, peer, w, args.rounds, args.batches, args.batch_size)
                              for w in (0, 2)]
+            print_loader(res["loader"], args)
         if "open" not in skip or args.whole_file:
             write_vqa_arrow(tmp / "vqav2_sized.arrow", args.rows, image_px=(64, 48), batch_rows=args.batch_rows)
-            res["generate_seconds"] = time.perf_counter() - t0
         if "open" not in skip:
             res["open"] = open_cost(tmp, "vqav2_sized", args.rounds)
+            print_open(res["open"], args)
         if args.whole_file:
-            res["mmap_vs_whole"] = mmap_vs_whole(tmp / "vqav2_sized.arrow")
+            res["mmap_vs_whole"] = m = mmap_vs_whole(tmp / "vqav2_sized.arrow")
+            print("\nnot a peer — memory-mapped open vs reading the whole file into memory (peak RSS growth):")
+            for k in ("mmap", "whole"):
+                print(f"{k:>8} {m[k]['peak_rss_growth_mb']:10.1f} MB {m[k]['seconds']:8.3f} s")
 
-    print(f"\nours / peer (original ViLT reader strategy), median [min, max] over {args.rounds} interleaved rounds; "
-          f"{res['cpus']} CPUs, pixelbert {args.image_size} on 640x480 JPEGs")
-    if "per_item" in res:
-        print("\nper-item CPU time of __getitem__ (ratio < 1: ours is cheaper)")
-        print(f"{'torch threads':>14} {'ours ms':>24} {'peer ms':>24} {'ratio':>24}")
-        for r in res["per_item"]:
-            label = f"{r['threads']} ({'worker' if r['threads'] == 1 else 'num_workers=0'})"
-            print(f"{label:>14} {fmt(r['ours_ms'], 2):>24} {fmt(r['peer_ms'], 2):>24} {fmt(r['ratio']):>24}")
-    if "loader" in res:
-        print(f"\nDataLoader samples/s, batch {args.batch_size}, {args.batches} timed batches (ratio > 1: ours is faster)")
-        print(f"{'workers':>8} {'ours':>24} {'peer':>24} {'ratio':>24}")
-        for r in res["loader"]:
-            print(f"{r['workers']:>8} {fmt(r['ours_sps'], 1):>24} {fmt(r['peer_sps'], 1):>24} {fmt(r['ratio']):>24}")
-    if "open" in res:
-        o = res["open"]
-        print(f"\nopening a VQAv2-sized file ({args.rows} rows, {o['items']} questions), fresh process each "
-              f"(ratio < 1: ours is cheaper)")
-        print(f"{'':>22} {'ours':>30} {'peer':>30} {'ratio':>24}")
-        for key, label, scale, d in (("cpu", "construction CPU s", 1, 3), ("wall", "construction wall s", 1, 3),
-                                     ("private", "private memory MB", 2**20, 1),
-                                     ("anon", "  of which anonymous MB", 2**20, 1),
-                                     ("pickled", "pickled to a worker MB", 2**20, 2)):
-            sc = lambda s: {k: (v / scale if k != "n" else v) for k, v in s.items()}
-            print(f"{label:>22} {fmt(sc(o[key]['ours']), d):>30} {fmt(sc(o[key]['peer']), d):>30} "
-                  f"{fmt(o[key]['ratio']):>24}")
-        print("(private memory: smaps_rollup Private_Clean + Private_Dirty, after construction minus before. It "
-              "includes file pages mapped by this process alone — the column buffers read and the kernel's read-ahead "
-              "around them, page cache that is reclaimable and shared once another process maps it; 'anonymous' is "
-              "the process's own heap. Peer pickled = its Python state.)")
-    if "mmap_vs_whole" in res:
-        m = res["mmap_vs_whole"]
-        print("\nnot a peer — memory-mapped open vs reading the whole file into memory (peak RSS growth):")
-        for k in ("mmap", "whole"):
-            print(f"{k:>8} {m[k]['peak_rss_growth_mb']:10.1f} MB {m[k]['seconds']:8.3f} s")
     if args.json:
         from vlpeft._io import write_json_atomic
 

@@ -27,7 +27,6 @@ import gc
 import io
 import json
 import os
-import pickle
 import statistics
 import subprocess
 import sys

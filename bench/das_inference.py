@@ -2,14 +2,17 @@
 
 Random weights (the speed does not depend on them), eval mode, no_grad, batch 8, 40 text tokens, one image
 per sample at 384×384 (``--image-hw 384 576`` for a pixelbert-shaped input). All k are measured in one process,
-round-robin (one forward of each k per round, after warm-up rounds), and the median of the timed rounds is
-reported, with the speed-up over k = 0 and the ideal L/(L−k) (L read from the model). A skipped block is
-replaced by its skip adapter, so the measured speed-up stays a little below the ideal (embeddings, patch
-projection, the skip adapters, pooler and head remain).
+round-robin (one forward of each k per round, after warm-up rounds). Per round, the speed-up of k over k = 0 is
+t(0)/t(k) in CPU time (``time.process_time``: steadier than wall time on a shared machine) and in wall time; the
+report gives each as median [min, max] over the rounds, next to the ideal L/(L−k) (L read from the model). A
+skipped block is replaced by its skip adapter, so the measured speed-up stays a little below the ideal
+(embeddings, patch projection, the skip adapters, pooler and head remain).
 
     python bench/das_inference.py [--variant vit_base_patch32_384] [--batch 8] [--repeats 5] [--json PATH]
 
-Exits non-zero when the k = ``--check-k`` speed-up is not within ``--tolerance`` (10 %) of the ideal.
+Timing never fails the bench. It exits 1 only on a wrong result: non-finite outputs, an output of the wrong
+shape, a k > 0 whose output equals k = 0's (the skip did not take effect), or a k whose output changes between
+rounds (beyond float tolerance) — the same input must give the same answer.
 """
 
 from __future__ import annotations
@@ -69,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--check-k", type=int, default=4, help="k whose speed-up must be near ideal (0: no check)")
-    ap.add_argument("--tolerance", type=float, default=0.10)
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
     args = ap.parse_args(argv)
 
@@ -90,57 +91,71 @@ def main(argv: list[str] | None = None) -> int:
     batch = make_batch(args.batch, args.text_len, hw, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def run(k: int) -> float:
+    def run(k: int) -> tuple[float, float, torch.Tensor]:
         sync()
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         with torch.no_grad():
-            head(vilt.infer(batch, skip=skip_set(k, L))["cls_feats"])
+            out = head(vilt.infer(batch, skip=skip_set(k, L))["cls_feats"])
         sync()
-        return time.perf_counter() - t
+        return time.process_time() - c, time.perf_counter() - t, out.detach().float().cpu()
 
-    times: dict[int, list[float]] = {k: [] for k in ks}
+    cpu: dict[int, list[float]] = {k: [] for k in ks}
+    wall: dict[int, list[float]] = {k: [] for k in ks}
+    first: dict[int, torch.Tensor] = {}
+    wrong: list[str] = []
     for r in range(args.warmup + args.repeats):
         for k in ks:  # round-robin: slow drifts hit every k alike
-            dt = run(k)
+            dc, dw, out = run(k)
+            if k not in first:
+                first[k] = out
+                if out.shape != (args.batch, args.labels):
+                    wrong.append(f"k={k}: output shape {tuple(out.shape)}, expected {(args.batch, args.labels)}")
+                if not torch.isfinite(out).all():
+                    wrong.append(f"k={k}: non-finite outputs")
+            elif not torch.allclose(out, first[k], rtol=1e-4, atol=1e-5):
+                wrong.append(f"k={k}: round {r} output differs from round 0 by {(out - first[k]).abs().max():.3g}")
             if r >= args.warmup:
-                times[k].append(dt)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    sps = {k: args.batch / med[k] for k in ks}
-    speedup = {k: med[0] / med[k] for k in ks}
+                cpu[k].append(dc)
+                wall[k].append(dw)
+    for k in ks:
+        if k > 0 and torch.equal(first[k], first[0]):
+            wrong.append(f"k={k}: output equals k=0's — the skip set {skip_set(k, L)} had no effect")
+
+    def spread(v: list[float]) -> dict:
+        return {"median": statistics.median(v), "min": min(v), "max": max(v)}
+
     ideal = {k: L / (L - k) for k in ks}
+    speed_cpu = {k: spread([a / b for a, b in zip(cpu[0], cpu[k])]) for k in ks}
+    speed_wall = {k: spread([a / b for a, b in zip(wall[0], wall[k])]) for k in ks}
+    med_wall = {k: statistics.median(wall[k]) for k in ks}
+    med_cpu = {k: statistics.median(cpu[k]) for k in ks}
+    sps = {k: args.batch / med_wall[k] for k in ks}
+    f = lambda s: f"{s['median']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"
 
     print(f"ViLT DAS inference: {args.variant} (L={L}, d={vilt.hidden_size}), batch {args.batch}, "
           f"{args.text_len} text tokens, image {hw[0]}x{hw[1]}, device {device}, threads {args.threads}, "
-          f"median of {args.repeats} after {args.warmup} warm-up rounds")
-    print(f"| skipped k | blocks skipped | median s/batch | samples/s | speed-up | ideal {L}/({L}-k) | ratio |")
-    print("|---|---|---|---|---|---|---|")
+          f"{args.repeats} rounds after {args.warmup} warm-up rounds; speed-ups are median [min, max] over rounds")
+    print(f"| skipped k | blocks skipped | median CPU s/batch | median wall s/batch | samples/s (wall) | "
+          f"speed-up (CPU) | speed-up (wall) | ideal {L}/({L}-k) | CPU speed-up / ideal |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for k in ks:
-        print(f"| {k} | {skip_set(k, L)} | {med[k]:.4f} | {sps[k]:.2f} | {speedup[k]:.3f} | {ideal[k]:.3f} | "
-              f"{speedup[k] / ideal[k]:.3f} |")
-
-    status, msg = 0, "no check"
-    if args.check_k:
-        if args.check_k not in speedup:
-            status, msg = 2, f"k={args.check_k} was not measured (L={L}); cannot check the speed-up"
-        else:
-            ratio = speedup[args.check_k] / ideal[args.check_k]
-            ok = abs(ratio - 1.0) <= args.tolerance
-            msg = (f"k={args.check_k}: speed-up {speedup[args.check_k]:.3f} vs ideal {ideal[args.check_k]:.3f} "
-                   f"(ratio {ratio:.3f}, tolerance ±{args.tolerance:.0%})")
-            status = 0 if ok else 1
-            msg = ("OK " if ok else "FAIL ") + msg
-    print(msg)
+        print(f"| {k} | {skip_set(k, L)} | {med_cpu[k]:.4f} | {med_wall[k]:.4f} | {sps[k]:.2f} | {f(speed_cpu[k])} | "
+              f"{f(speed_wall[k])} | {ideal[k]:.3f} | {speed_cpu[k]['median'] / ideal[k]:.3f} |")
+    status = 1 if wrong else 0
+    print("WRONG RESULT:\n  " + "\n  ".join(wrong) if wrong else
+          "outputs OK (finite, right shape, stable over rounds, every k > 0 differs from k = 0)")
     if args.json:
         write_json_atomic(args.json, {
-            "speedup": {str(k): round(v, 4) for k, v in speedup.items()},
+            "speedup_cpu": {str(k): v for k, v in speed_cpu.items()},
+            "speedup_wall": {str(k): v for k, v in speed_wall.items()},
             "ideal": {str(k): round(v, 4) for k, v in ideal.items()},
             "samples_per_s": {str(k): round(v, 3) for k, v in sps.items()},
-            "median_s": {str(k): round(v, 5) for k, v in med.items()},
-            "times_s": {str(k): [round(t, 5) for t in v] for k, v in times.items()},
+            "cpu_s": {str(k): [round(t, 5) for t in v] for k, v in cpu.items()},
+            "wall_s": {str(k): [round(t, 5) for t in v] for k, v in wall.items()},
             "skip_sets": {str(k): skip_set(k, L) for k in ks},
             "variant": args.variant, "num_layers": L, "hidden_size": vilt.hidden_size, "batch": args.batch,
             "text_len": args.text_len, "image_hw": list(hw), "device": str(device), "threads": args.threads,
-            "warmup": args.warmup, "repeats": args.repeats, "check": msg, "passed": status == 0,
+            "warmup": args.warmup, "repeats": args.repeats, "wrong": wrong, "passed": status == 0,
         })
         print(f"wrote {args.json}")
     return status

@@ -133,8 +133,8 @@ def test_vqa_items_and_batch(vqa_root, tok):
     # 80x40 → 128x64 capped by 106/128 → 106x53 → 96x32 (W x H)
     assert [tuple(it["image"].shape) for it in items] == [(3, 64, 64)] * 3 + [(3, 32, 96)] * 2
     b = Collator(tok, {"vqa": 5})(items)
-    assert set(b) == {"image", "image_mask", "image_key", "table_name", "text", "text_ids", "text_masks",
-                      "text_labels", "vqa_targets", "vqa_labels", "vqa_scores", "vqa_answer", "qid"}
+    assert set(b) == {"image", "image_mask", "image_sizes", "image_key", "table_name", "text", "text_ids",
+                      "text_masks", "text_labels", "vqa_targets", "vqa_labels", "vqa_scores", "vqa_answer", "qid"}
     assert b["image"].shape == (5, 3, 64, 96) and b["image"].dtype == torch.float32
     assert b["image_mask"].shape == (5, 64, 96) and b["image_mask"].dtype == torch.bool
     assert b["image_mask"][0].sum() == 64 * 64 and b["image_mask"][0, :, :64].all()
@@ -430,3 +430,309 @@ def test_memory_mapped_open_does_not_load_images(tmp_path):
     assert mapped < 8 * 2**20, f"opening a {rows * blob >> 20} MB file memory-mapped grew RSS by {mapped >> 20} MB"
     assert whole > 40 * 2**20  # the contrast: reading it whole costs the file size
     assert open_arrow(path).num_rows == rows
+
+
+# ----------------------------------------------------------------------------- parity with the pre-issue-12 reader
+# A reference copy of the data path as it was before issue 12 (Python columns converted up front, HWC numpy
+# normalisation), kept here to pin the new per-item Arrow reads and planar normalisation to the same bits.
+class _RefToNormalizedTensor:
+    def __init__(self, mean, std):
+        std = np.asarray(std, dtype=np.float32)
+        self.scale = (1.0 / (255.0 * std)).astype(np.float32)
+        self.shift = (np.asarray(mean, dtype=np.float32) / std).astype(np.float32)
+
+    def __call__(self, img):
+        arr = np.asarray(img, dtype=np.float32)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        arr = arr * self.scale - self.shift
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def _ref_transform(key, size):
+    """Today's transform with every ToNormalizedTensor swapped for the reference copy."""
+    from vlpeft.data.transforms import ToNormalizedTensor, keys_to_transforms
+
+    def swap(t):
+        if isinstance(t, ToNormalizedTensor):
+            return _RefToNormalizedTensor(t.mean, t.std)
+        if hasattr(t, "transforms"):
+            t.transforms = [swap(x) for x in t.transforms]
+        return t
+
+    return swap(keys_to_transforms([key], size)[0])
+
+
+def _ref_items(root, names, tok, key, size, task, image_cols=("image",), text_col="questions", dedup=False):
+    """Items the way the pre-issue-12 datasets built them (whole columns as Python lists)."""
+    tables = [open_arrow(root / f"{n}.arrow") for n in names]
+    table = pa.concat_tables(tables, promote_options="default")
+    locate = [(n, r) for n, t in zip(names, tables) for r in range(t.num_rows)]
+    cols = {c: table[c].to_pylist() for c in table.column_names if c not in ("image", "image_0", "image_1")}
+    tf = _ref_transform(key, size)
+    items = []
+    for row in range(table.num_rows):
+        texts = [str(t) for t in (cols[text_col][row] or [])]
+        if dedup:
+            texts = list(dict.fromkeys(texts))
+        for cap, text in enumerate(texts):
+            name, local = locate[row]
+            item = {"task": task, "table_name": name, "row": row}
+            for c in image_cols:
+                img = Image.open(io.BytesIO(table[c][row].as_py())).convert("RGB")
+                item["image" if c == "image" else c] = tf(img)
+            item["image_key"] = f"{name}:{local}"
+            if image_cols != ("image",):
+                for c in image_cols:
+                    item[f"{c}_key"] = f"{name}:{local}:{c}"
+            item["text"] = text
+            item["text_encoding"] = {k: list(v) for k, v in tok(
+                text, padding="max_length", truncation=True, max_length=L, return_special_tokens_mask=True,
+                return_offsets_mapping=True).items() if k != "token_type_ids"}
+            per_q = lambda c: [] if not cols[c][row] or cap >= len(cols[c][row]) or cols[c][row][cap] is None \
+                else list(cols[c][row][cap])
+            if task in ("vqa", "gqa"):
+                item[f"{task}_labels"] = [int(x) for x in per_q("answer_labels")]
+                item[f"{task}_scores"] = [float(x) for x in per_q("answer_scores")]
+                item[f"{task}_answer"] = [str(a) for a in per_q("answers")]
+                item["qid"] = (int if task == "vqa" else str)(cols["question_id"][row][cap])
+            elif task == "nlvr2":
+                item["nlvr2_label"] = int(str(cols["answers"][row][cap]) == "True")
+            elif task == "snli_ve":
+                item["snli_ve_label"] = {"contradiction": 0, "neutral": 1, "entailment": 2}[cols["answers"][row][cap]]
+            elif task == "irtr":
+                item["iid"] = row
+            items.append(item)
+    return items
+
+
+def _noise_jpeg(w, h, seed, mode="RGB", fmt="JPEG"):
+    rng = np.random.default_rng(seed)
+    shape = (h, w, 3) if mode != "L" else (h, w)
+    img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+    if mode == "P":
+        img = img.convert("P")
+    elif mode == "RGBA":
+        img = img.convert("RGBA")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _assert_same_items(new, ref):
+    assert len(new) == len(ref)
+    for a, b in zip(new, ref):
+        assert set(a) == set(b), (set(a) ^ set(b))
+        for k in a:
+            if isinstance(a[k], torch.Tensor):
+                assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k  # to the bit
+            else:
+                assert a[k] == b[k] and type(a[k]) is type(b[k]), k
+
+
+@pytest.mark.parametrize("key,size", [("pixelbert", 64), ("pixelbert", 96), ("clip", 48), ("imagenet", 40),
+                                      ("vit", 32)])
+def test_vqa_items_bit_identical_to_the_old_reader(tmp_path, tok, key, size):
+    # photo-like noise (resize rounding everywhere), grey / palette / RGBA images (converted to RGB), two files,
+    # a test split whose label columns are list<null>, a null question list and a null answers entry
+    write_arrow(tmp_path / "vqav2_a.arrow", {
+        "image": pa.array([_noise_jpeg(160, 120, 0), _noise_jpeg(90, 200, 1, "L"), _noise_jpeg(47, 33, 2, "P", "PNG"),
+                           _noise_jpeg(70, 70, 3, "RGBA", "PNG"), _noise_jpeg(333, 100, 4)], type=pa.binary()),
+        "questions": pa.array([["what is it?", "is it red?"], ["how many?"], None, ["a", "b", "c"], ["why?"]],
+                              type=pa.list_(pa.string())),
+        "answers": pa.array([[["red"], ["yes", "no"]], [["2"]], None, [["x"], None, ["z"]], [[]]],
+                            type=pa.list_(pa.list_(pa.string()))),
+        "answer_labels": pa.array([[[1], [0, 4]], [[2]], None, [[3], None, [1]], [[]]],
+                                  type=pa.list_(pa.list_(pa.int64()))),
+        "answer_scores": pa.array([[[1.0], [0.3, 0.6]], [[0.9]], None, [[1.0], None, [0.3]], [[]]],
+                                  type=pa.list_(pa.list_(pa.float64()))),
+        "question_id": pa.array([[1, 2], [3], None, [4, 5, 6], [7]], type=pa.list_(pa.int64())),
+    })
+    write_arrow(tmp_path / "vqav2_b.arrow", vqa_columns(
+        sizes=[(64, 48)], questions=[["test q?", "another?"]], labels=None, scores=None, answers=None,
+        qids=[[70, 71]], test=True))
+    names = ["vqav2_a", "vqav2_b"]
+    ds = VQADataset(tmp_path, names, transform_keys=[key], image_size=size, tokenizer=tok, max_text_len=L)
+    new = [ds[i] for i in range(len(ds))]
+    _assert_same_items(new, _ref_items(tmp_path, names, tok, key, size, "vqa"))
+    assert len(new) == 9 and new[-1]["vqa_labels"] == [] and new[4]["vqa_labels"] == []  # null entry → []
+
+
+def test_other_tasks_bit_identical_to_the_old_reader(tmp_path, tok):
+    write_arrow(tmp_path / "nlvr2_train.arrow", {
+        "image_0": pa.array([_noise_jpeg(64, 64, 5), _noise_jpeg(96, 32, 6)], type=pa.binary()),
+        "image_1": pa.array([_noise_jpeg(32, 64, 7), _noise_jpeg(64, 80, 8)], type=pa.binary()),
+        "questions": pa.array([["left has two dogs", "right is empty"], ["both red"]]),
+        "answers": pa.array([["True", "False"], ["True"]]), "identifier": pa.array(["a", "b"])})
+    ds = NLVR2Dataset(tmp_path, ["nlvr2_train"], transform_keys=["pixelbert"], image_size=64, tokenizer=tok,
+                      max_text_len=L)
+    _assert_same_items([ds[i] for i in range(len(ds))],
+                       _ref_items(tmp_path, ["nlvr2_train"], tok, "pixelbert", 64, "nlvr2", ("image_0", "image_1")))
+    write_arrow(tmp_path / "snli_ve_dev.arrow", {
+        "image": pa.array([_noise_jpeg(50, 40, 9)], type=pa.binary()), "questions": pa.array([["a", "b", "c"]]),
+        "answers": pa.array([["entailment", "neutral", "contradiction"]]), "identifier": pa.array([1])})
+    ds = SNLIVEDataset(tmp_path, ["snli_ve_dev"], transform_keys=["clip"], image_size=32, tokenizer=tok,
+                       max_text_len=L)
+    _assert_same_items([ds[i] for i in range(len(ds))],
+                       _ref_items(tmp_path, ["snli_ve_dev"], tok, "clip", 32, "snli_ve"))
+    write_arrow(tmp_path / "gqa_val.arrow", {
+        "image": pa.array([_noise_jpeg(40, 60, 10)], type=pa.binary()), "questions": pa.array([["q1?", "q2?"]]),
+        "answers": pa.array([[["yes"], []]]), "answer_labels": pa.array([[[0], []]], type=pa.list_(pa.list_(pa.int64()))),
+        "answer_scores": pa.array([[[1.0], []]], type=pa.list_(pa.list_(pa.float64()))),
+        "question_id": pa.array([["0123", "0456"]])})
+    ds = GQADataset(tmp_path, ["gqa_val"], transform_keys=["vit"], image_size=32, tokenizer=tok, max_text_len=L)
+    _assert_same_items([ds[i] for i in range(len(ds))], _ref_items(tmp_path, ["gqa_val"], tok, "vit", 32, "gqa"))
+    root = caption_root(tmp_path)
+    ds = CaptionDataset(root, ["f30k_caption_karpathy_val"], transform_keys=["pixelbert"], image_size=64,
+                        tokenizer=tok, max_text_len=L)
+    _assert_same_items([ds[i] for i in range(len(ds))],
+                       _ref_items(root, ["f30k_caption_karpathy_val"], tok, "pixelbert", 64, "irtr", text_col="caption",
+                                  dedup=True))
+
+
+def test_randaug_items_bit_identical_under_a_seed(tmp_path, tok):
+    write_arrow(tmp_path / "vqav2_train.arrow", vqa_columns(**VQA_TRAIN))
+    ds = VQADataset(tmp_path, ["vqav2_train"], transform_keys=["pixelbert_randaug"], image_size=64, tokenizer=tok,
+                    max_text_len=L)
+    torch.manual_seed(5)
+    new = [ds[i]["image"] for i in range(len(ds))]
+    torch.manual_seed(5)
+    ref = [it["image"] for it in _ref_items(tmp_path, ["vqav2_train"], tok, "pixelbert_randaug", 64, "vqa")]
+    assert all(torch.equal(a, b) for a, b in zip(new, ref))
+
+
+def test_dataset_keeps_columns_in_arrow_and_pickles_small(tmp_path, tok):
+    n_rows = 4000
+    rng = np.random.default_rng(0)
+    tiny = jpeg(8, 8)
+    write_arrow(tmp_path / "vqav2_train.arrow", {
+        "image": pa.array([tiny] * n_rows, type=pa.binary()),
+        "questions": pa.array([[f"question {r} {q} " + "word " * 5 for q in range(5)] for r in range(n_rows)]),
+        "answers": pa.array([[["yes", "no"]] * 5] * n_rows, type=pa.list_(pa.list_(pa.string()))),
+        "answer_labels": pa.array([[[int(x) for x in rng.integers(0, 9, 2)]] * 5 for _ in range(n_rows)],
+                                  type=pa.list_(pa.list_(pa.int64()))),
+        "answer_scores": pa.array([[[1.0, 0.3]] * 5] * n_rows, type=pa.list_(pa.list_(pa.float64()))),
+        "image_id": pa.array(range(n_rows), type=pa.int64()),
+        "question_id": pa.array([[r * 10 + q for q in range(5)] for r in range(n_rows)], type=pa.list_(pa.int64())),
+        "split": pa.array(["train"] * n_rows)})
+    import pickle
+
+    ds = vqa_ds(tmp_path, tok)
+    assert len(ds) == 5 * n_rows and ds[5 * 1234 + 3]["qid"] == 12343
+    assert ds[5 * 1234 + 3]["text"] == "question 1234 3 " + "word " * 5
+    assert not any(isinstance(v, list) and len(v) > 100 for v in vars(ds).values())  # no Python columns
+    state = len(pickle.dumps(ds)) - len(pickle.dumps(tok))
+    assert state < 9 * n_rows + 20_000, f"{state} bytes pickled into each worker for {n_rows} rows"
+    assert pickle.loads(pickle.dumps(ds))[5 * 1234 + 3]["qid"] == 12343
+
+
+def test_collate_emits_real_image_sizes_as_host_ints(vqa_root, tmp_path, tok):
+    ds = vqa_ds(vqa_root, tok)
+    b = Collator(tok, {"vqa": 5})([ds[i] for i in range(5)])
+    # pixelbert at 64: 64x64 for rows 0-1, 96 wide x 32 high for row 2 (see test_vqa_items_and_batch)
+    assert b["image_sizes"] == [(64, 64)] * 3 + [(32, 96)] * 2
+    assert all(type(v) is int for hw in b["image_sizes"] for v in hw) and isinstance(b["image_sizes"], list)
+    for (h, w), m in zip(b["image_sizes"], b["image_mask"]):  # the same rectangle as the mask
+        assert int(m.sum()) == h * w and m[:h, :w].all()
+    from pytorch_lightning.utilities import move_data_to_device
+
+    moved = move_data_to_device(b, torch.device("cpu"))
+    assert moved["image_sizes"] == b["image_sizes"]  # plain host data: the device transfer leaves it alone
+    write_arrow(tmp_path / "nlvr2_train.arrow", {
+        "image_0": pa.array([jpeg(64, 64), jpeg(96, 32)], type=pa.binary()),
+        "image_1": pa.array([jpeg(32, 64), jpeg(64, 64)], type=pa.binary()),
+        "questions": pa.array([["a"], ["b"]]), "answers": pa.array([["True"], ["False"]])})
+    nl = NLVR2Dataset(tmp_path, ["nlvr2_train"], transform_keys=["pixelbert"], image_size=64, tokenizer=tok,
+                      max_text_len=L)
+    nb = Collator(tok)([nl[0], nl[1]])
+    assert "image_sizes" not in nb and nb["image_0"].shape[-2:] == (96, 96)
+    assert nb["image_0_sizes"] == [(64, 64), (32, 96)] and nb["image_1_sizes"] == [(96, 32), (64, 64)]
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1, collate_fn=Collator(tok, {"vqa": 5}))
+    assert [lb["image_sizes"] for lb in loader] == [[(64, 64)] * 3, [(32, 96)] * 2]  # through a worker too
+
+
+# ----------------------------------------------------------------------------- label size without the vocab json
+def _vilt_rule(tables):
+    """The original ViLT VQAv2DataModule.setup rule, restated: (num_class, id2answer)."""
+    all_answers = [a for t in tables for row in t["answers"].to_pylist() if row is not None for q in row for a in q]
+    all_labels = [x for t in tables for row in t["answer_labels"].to_pylist() if row is not None for q in row
+                  for x in q]
+    answer2id = {k: v for k, v in zip(all_answers, all_labels)}
+    id2answer = {}
+    for k, v in sorted(answer2id.items(), key=lambda x: x[1]):
+        id2answer[v] = k
+    return max(answer2id.values()) + 1, id2answer
+
+
+def test_vqa_label_size_from_tables_without_vocab_json(vqa_root):
+    from vlpeft.data.datamodule import answer_map, vqa_label_size
+
+    assert not (vqa_root / "vqav2_label_vocab.json").exists()
+    assert vqa_label_size(vqa_root) == 5  # labels 0..4 in vqav2_train + vqav2_trainable_val + vqav2_rest_val
+    names = ["vqav2_train", "vqav2_trainable_val", "vqav2_rest_val"]
+    assert (5, dict(answer_map(vqa_root, names))) == _vilt_rule([open_arrow(vqa_root / f"{n}.arrow") for n in names])
+    (vqa_root / "vqav2_label_vocab.json").write_text(json.dumps(["a", "b", "c"]))
+    assert vqa_label_size(vqa_root) == 3  # the json wins when present
+
+
+def test_vqa_label_size_follows_the_original_rule_exactly(tmp_path):
+    from vlpeft.data.datamodule import answer_map, vqa_label_size
+
+    # "x" first has label 7, later 2 → answer2id["x"] = 2, so the size is 3 (not 8); "p" and "q" both end on 5:
+    # id2answer[5] is the one first seen last ("q"); a null row and an empty question are skipped
+    write_arrow(tmp_path / "vqav2_train.arrow", vqa_columns(
+        sizes=[(8, 8)] * 3, questions=[["a", "b"], ["c"], ["d"]], qids=[[1, 2], [3], [4]],
+        answers=[[["x", "p"], []], [["q", "y"]], [["x"]]], labels=[[[7, 5], []], [[5, 1]], [[2]]],
+        scores=[[[1.0, 1.0], []], [[1.0, 1.0]], [[1.0]]]))
+    write_arrow(tmp_path / "vqav2_trainable_val.arrow", {
+        "image": pa.array([jpeg(8, 8)] * 2, type=pa.binary()), "questions": pa.array([["e"], ["f"]]),
+        "answers": pa.array([None, [["z"]]], type=pa.list_(pa.list_(pa.string()))),
+        "answer_labels": pa.array([None, [[0]]], type=pa.list_(pa.list_(pa.int64()))),
+        "answer_scores": pa.array([None, [[1.0]]], type=pa.list_(pa.list_(pa.float64()))),
+        "question_id": pa.array([[5], [6]], type=pa.list_(pa.int64()))})
+    write_arrow(tmp_path / "vqav2_rest_val.arrow", vqa_columns(
+        sizes=[(8, 8)], questions=[["g"]], qids=[[7]], answers=[[["p"]]], labels=[[[5]]], scores=[[[1.0]]]))
+    names = ["vqav2_train", "vqav2_trainable_val", "vqav2_rest_val"]
+    size, id2answer = _vilt_rule([open_arrow(tmp_path / f"{n}.arrow") for n in names])
+    assert (size, id2answer) == (6, {0: "z", 1: "y", 2: "x", 5: "q"})
+    assert vqa_label_size(tmp_path) == 6 and dict(answer_map(tmp_path)) == id2answer
+    assert vqa_label_size(tmp_path, ["vqav2_train"]) == 6  # x→2, q→5 (p's last label is 5 too), y→1
+    assert dict(answer_map(tmp_path, ["vqav2_train"])) == {1: "y", 2: "x", 5: "q"}
+
+
+def test_vqa_label_size_errors_name_data_root_and_files(tmp_path):
+    from vlpeft.data.datamodule import LabelVocabError, vqa_label_size
+
+    with pytest.raises(LabelVocabError, match=r"data_root='[^']*nowhere' does not exist") as e:
+        vqa_label_size(tmp_path / "nowhere")
+    assert str(e.value).startswith("data_root=")  # a data_root problem, not a label-size one
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LabelVocabError) as e:
+        vqa_label_size(empty)
+    msg = str(e.value)
+    assert f"data_root={str(empty)!r}" in msg and "3 of 3 arrow files are missing" in msg
+    for n in ("vqav2_train", "vqav2_trainable_val", "vqav2_rest_val"):
+        assert f"MISSING {empty / n}.arrow" in msg
+    assert str(empty / "vqav2_label_vocab.json") in msg and "write_arrow" in msg
+    write_arrow(empty / "vqav2_train.arrow", {"image": pa.array([jpeg(8, 8)], type=pa.binary()),
+                                              "questions": pa.array([["q"]])})
+    with pytest.raises(LabelVocabError, match=r"vqav2_train.arrow: missing column\(s\) \['answers', 'answer_labels'\]"):
+        vqa_label_size(empty, ["vqav2_train"])
+    (empty / "vqav2_label_vocab.json").write_text("[]")
+    with pytest.raises(LabelVocabError, match="is empty"):
+        vqa_label_size(empty)
+
+
+def test_runner_derives_vqav2_label_size_without_vocab_json(vqa_root, tmp_path):
+    from vlpeft.config import ConfigError
+    from vlpeft.runner import _finalize_label_sizes
+
+    cfg = lambda root, **kw: {"vqav2_label_size": 0, "loss_names": {"vqa": 1}, "data_root": str(root), **kw}
+    assert _finalize_label_sizes(cfg(vqa_root))["vqav2_label_size"] == 5
+    # data_splits overrides choose the files: vqav2_rest_val alone holds labels 0..2
+    only = {"vqa": {"train": ["vqav2_rest_val"], "val": ["vqav2_rest_val"]}}
+    assert _finalize_label_sizes(cfg(vqa_root, data_splits=only))["vqav2_label_size"] == 3
+    assert _finalize_label_sizes(cfg(vqa_root, vqav2_label_size=7))["vqav2_label_size"] == 7  # explicit: kept
+    with pytest.raises(ConfigError, match=r"data_root='[^']*nowhere' does not exist"):
+        _finalize_label_sizes(cfg(tmp_path / "nowhere"))

@@ -89,3 +89,18 @@ def test_normalized_tensor_matches_torchvision():
     out = ToNormalizedTensor(CLIP_MEAN, CLIP_STD)(img)
     assert out.shape == ref.shape == (3, 30, 40) and out.dtype == torch.float32
     assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_normalized_tensor_planar_path_has_the_general_paths_bits():
+    import numpy as np
+
+    from vlpeft.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ToNormalizedTensor
+
+    t = ToNormalizedTensor(IMAGENET_MEAN, IMAGENET_STD)
+    rgb = _textured(37, 23)
+    grey = rgb.convert("L")
+    for img in (rgb, grey):  # PIL RGB / L take the planar path, the same pixels as an array the general one
+        fast, general = t(img), t(np.asarray(img))
+        assert fast.shape == general.shape == (3, 23, 37) and fast.is_contiguous()
+        assert torch.equal(fast, general)
+    assert torch.equal(t(grey)[0], t(grey.convert("RGB"))[0])  # grey broadcast = its RGB conversion's channel

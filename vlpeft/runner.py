@@ -101,13 +101,16 @@ def _run_dir(config: dict[str, Any], name: str) -> tuple[str, int]:
 
 
 def _finalize_label_sizes(config: dict[str, Any]) -> dict[str, Any]:
-    """vqav2_label_size=0 means: take it from the label vocabulary written next to the arrow files."""
+    """vqav2_label_size=0 means: take it from the data — ``vqav2_label_vocab.json`` next to the arrow files, else
+    the train + val tables' answer labels as the original ViLT datamodule (``vlpeft.data.datamodule.vqa_label_size``)."""
     if config.get("vqav2_label_size", 1) == 0 and config["loss_names"].get("vqa", 0) >= 1:
-        vocab = Path(config["data_root"]) / "vqav2_label_vocab.json"
-        if not vocab.is_file():
-            raise ConfigError(f"vqav2_label_size=0 needs {vocab} (written by python -m write_arrow); "
-                              "or set vqav2_label_size explicitly")
-        config["vqav2_label_size"] = len(json.loads(vocab.read_text()))
+        from vlpeft.data.datamodule import LabelVocabError, vocab_file_names, vqa_label_size
+
+        try:
+            names = vocab_file_names("vqa", config.get("data_splits"))
+            config["vqav2_label_size"] = vqa_label_size(config["data_root"], names)
+        except LabelVocabError as e:
+            raise ConfigError(f"{e}\n(needed for vqav2_label_size=0; or set vqav2_label_size explicitly)") from e
     return config
 
 

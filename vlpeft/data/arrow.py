@@ -11,9 +11,11 @@ import bisect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 DATA_DOC_HINT = ("see DATA.md: write them with `python -m write_arrow <dataset> --root <raw data> "
                  "--out <data_root>` (or `python -m write_arrow synthetic --out <data_root>` for a toy set)")
@@ -81,11 +83,31 @@ class SplitTable:
         return self.names[k], row - self.offsets[k], self.paths[k]
 
     def column_pylist(self, name: str) -> list:
-        """One column as Python objects (done once per dataset for the small, non-image columns)."""
+        """One whole column as Python objects (for one-off scans; datasets read per item with ``cell``/``value``)."""
         return self.table[name].to_pylist()
 
+    def column(self, name: str) -> pa.ChunkedArray:
+        return self.table.column(name)
+
     def binary(self, column: str, row: int) -> bytes:
-        return self.table[column][row].as_py()
+        return self.table.column(column)[row].as_py()
+
+    def value(self, column: str, row: int) -> Any:
+        """One cell as a Python object (µs: no column is converted, the buffers stay in the mapping)."""
+        return self.table.column(column)[row].as_py()
+
+    def list_item(self, column: str, row: int, j: int) -> Any:
+        """Element ``j`` of the list in cell (``column``, ``row``) as a Python object; ``None`` when the cell is
+        null or shorter than ``j + 1`` (test splits store ``[]`` per row), or the element itself is null."""
+        cell = self.table.column(column)[row]
+        if not cell.is_valid or j >= len(cell):
+            return None
+        return cell[j].as_py()
+
+    def list_lengths(self, column: str) -> np.ndarray:
+        """Length of every row's list in a list column (null → 0) as int64, read from the offsets only."""
+        lengths = pc.fill_null(pc.list_value_length(self.table.column(column)), 0)
+        return lengths.to_numpy().astype(np.int64, copy=False) if len(lengths) else np.zeros(0, np.int64)
 
 
 def load_split(data_root: str | os.PathLike, names: Sequence[str], required: Sequence[str]) -> SplitTable:

@@ -1,4 +1,11 @@
-"""List of dataset items → Batch (the only place that pads; keys in /work/contracts.md)."""
+"""List of dataset items → Batch (the only place that pads; keys in /work/contracts.md).
+
+For each image key ``k`` of the batch (``image``, ``image_0``, ``image_1``) the Batch carries
+``k``: float (B, 3, Hmax, Wmax), zero-padded at the bottom/right; ``k_mask``: bool (B, Hmax, Wmax), True on real
+pixels; and ``k_sizes``: a plain Python list of B ``(h, w)`` int tuples, the real (unpadded) size of each image —
+host data, never moved to a device, so a model can compute patch extents (``h // patch``, ``w // patch``) without
+a host–device sync. Hmax/Wmax are common to every image key of the batch.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +36,11 @@ def pad_images(images: Sequence[torch.Tensor], height: int, width: int) -> tuple
         out[b, :, :h, :w] = img.detach().cpu().numpy()
         mask[b, :h, :w] = True
     return torch.from_numpy(out).to(images[0].dtype), torch.from_numpy(mask)
+
+
+def image_sizes(images: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+    """``[(h, w), ...]``: each (3, h, w) image's real (unpadded) pixel size, as plain Python ints."""
+    return [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
 
 
 def _encodings_to_tensors(encs: Sequence[Mapping[str, Sequence[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,6 +92,8 @@ class Collator:
             wmax = max(it[k].shape[2] for it in items for k in img_keys)
             for k in img_keys:
                 batch[k], batch[f"{k}_mask"] = pad_images([it[k] for it in items], hmax, wmax)
+                # host-side real sizes: patch extents without reading the (device) mask back
+                batch[f"{k}_sizes"] = image_sizes([it[k] for it in items])
 
         for k in LIST_KEYS:
             if k in first:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from vlpeft.data.arrow import check_files, load_split
+from vlpeft.data.arrow import DATA_DOC_HINT, ArrowSchemaError, arrow_path, check_files, load_split
 from vlpeft.data.collate import Collator
 from vlpeft.data.datasets import DATASETS, BaseDataset, CaptionDataset
 from vlpeft.data.tokenizer import load_tokenizer
@@ -104,8 +108,15 @@ class SearchSampler(DistributedSampler):
         return itertools.islice(super().__iter__(), skip, None)
 
 
+class LabelVocabError(ValueError):
+    """The answer vocabulary (hence the label size) cannot be read from the vocab json nor derived from the tables."""
+
+
 def _answer_map_from_vocab(path: Path) -> AnswerMap:
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise LabelVocabError(f"{path}: not a readable JSON answer vocabulary ({type(e).__name__}: {e})") from e
     if isinstance(data, dict) and "label2ans" in data:
         data = data["label2ans"]
     if isinstance(data, list):
@@ -114,7 +125,101 @@ def _answer_map_from_vocab(path: Path) -> AnswerMap:
         if all(str(k).lstrip("-").isdigit() for k in data):  # {"0": "yes", ...}
             return AnswerMap((int(k), str(v)) for k, v in data.items())
         return AnswerMap((int(v), str(k)) for k, v in data.items())  # ans2label
-    raise ValueError(f"{path}: expected a list of answers or an answer↔id dict, got {type(data).__name__}")
+    raise LabelVocabError(f"{path}: expected a list of answers or an answer↔id dict, got {type(data).__name__}")
+
+
+def vocab_file_names(task: str = "vqa", data_splits: Mapping[str, Any] | None = None) -> list[str]:
+    """The arrow stems whose answers define ``task``'s vocabulary: its train + val files (``SPLITS``, with the
+    config's ``data_splits`` overrides), as the original's datamodule used its train and val datasets."""
+    splits = {s: list(v) for s, v in SPLITS[task].items()}
+    for split, names in ((data_splits or {}).get(task) or {}).items():
+        splits[split] = [names] if isinstance(names, str) else list(names)
+    return list(dict.fromkeys(splits["train"] + splits["val"]))
+
+
+def _check_data_root(data_root: str | os.PathLike | None) -> Path:
+    if data_root is None or not str(data_root):
+        raise LabelVocabError("data_root is empty; set data_root=<folder with the .arrow files>")
+    root = Path(data_root)
+    if not root.is_dir():
+        raise LabelVocabError(f"data_root={str(data_root)!r} does not exist (or is not a folder); "
+                              f"{DATA_DOC_HINT}")
+    return root
+
+
+def answer_map_from_tables(data_root: str | os.PathLike, names: Sequence[str]) -> AnswerMap:
+    """id → answer derived from the ``answers`` / ``answer_labels`` columns of the given files, by the rule of the
+    original ViLT ``VQAv2DataModule.setup``: flatten every (answer, label) pair of every question of every row, in
+    file order (null rows skipped); ``answer2id = dict(zip(answers, labels))`` — the last label seen for an answer
+    wins; the label size is ``max(answer2id.values()) + 1``; ``id2answer[label]`` is, among the answers whose final
+    label is ``label``, the one first seen last (the original sorted ``answer2id`` by label, stably, and let later
+    entries overwrite). Columns are flattened in Arrow, not converted row by row."""
+    root = _check_data_root(data_root)
+    names = list(dict.fromkeys(names))
+    missing = [n for n in names if not arrow_path(root, n).is_file()]
+    if not names or missing:
+        listing = "\n".join(f"  {'MISSING ' if n in missing else 'ok      '}{arrow_path(root, n)}" for n in names)
+        raise LabelVocabError(
+            f"cannot derive the answer vocabulary under data_root={str(data_root)!r}: "
+            + (f"{len(missing)} of {len(names)} arrow files are missing:\n{listing}" if names else "no files named")
+            + f"\n{DATA_DOC_HINT}")
+    try:
+        st = load_split(root, names, ("answers", "answer_labels"))
+    except ArrowSchemaError as e:
+        raise LabelVocabError(f"cannot derive the answer vocabulary: {e}") from e
+    answers = pc.list_flatten(pc.list_flatten(st.column("answers")))
+    labels = pc.list_flatten(pc.list_flatten(st.column("answer_labels")))
+    n = min(len(answers), len(labels))  # zip() semantics
+    if n == 0:
+        raise LabelVocabError(f"no answers in {[str(p) for p in st.paths]} (columns answers/answer_labels are "
+                              f"empty): cannot derive the answer vocabulary")
+    answers = answers.slice(0, n).combine_chunks() if isinstance(answers, pa.ChunkedArray) else answers.slice(0, n)
+    labels = labels.slice(0, n)
+    labels = (labels.combine_chunks() if isinstance(labels, pa.ChunkedArray) else labels)
+    enc = pc.dictionary_encode(pc.cast(answers, pa.string()))  # codes in first-seen order = dict insertion order
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    labs = pc.fill_null(labels, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    valid = ~np.asarray(pc.is_null(answers).to_numpy(zero_copy_only=False), dtype=bool)
+    codes, labs = codes[valid], labs[valid]
+    # last label per answer: first occurrence in the reversed sequence
+    uniq, first_rev = np.unique(codes[::-1], return_index=True)
+    last_label = labs[::-1][first_rev]  # aligned with uniq (ascending code = insertion order)
+    order = np.lexsort((uniq, last_label))  # by label, then insertion order; the last of each label wins
+    strings = enc.dictionary.to_pylist()
+    amap = AnswerMap()
+    for k in order:
+        amap[int(last_label[k])] = str(strings[int(uniq[k])])
+    return AnswerMap(sorted(amap.items()))
+
+
+def answer_map(data_root: str | os.PathLike, names: Sequence[str] | None = None, task: str = "vqa") -> AnswerMap:
+    """id → answer for ``task`` (vqa / gqa): ``<data_root>/<task vocab json>`` when present (written by
+    ``python -m write_arrow``), else derived from the train + val tables (``answer_map_from_tables``); ``names``
+    defaults to ``vocab_file_names(task)``."""
+    if task not in VOCAB_FILES:
+        raise ValueError(f"task {task!r} has no answer vocabulary (only {sorted(VOCAB_FILES)})")
+    root = _check_data_root(data_root)
+    vocab = root / VOCAB_FILES[task]
+    if vocab.is_file():
+        amap = _answer_map_from_vocab(vocab)
+        if not amap:
+            raise LabelVocabError(f"{vocab} is empty: no answers, hence no label size")
+        return amap
+    names = vocab_file_names(task) if names is None else list(names)
+    try:
+        return answer_map_from_tables(root, names)
+    except LabelVocabError as e:
+        raise LabelVocabError(f"{e}\nor provide {vocab} (python -m write_arrow writes it)") from None
+
+
+def vqa_label_size(data_root: str | os.PathLike, names: Sequence[str] | None = None) -> int:
+    """The VQA label size (``vqav2_label_size``): from ``vqav2_label_vocab.json`` next to the arrow files when it is
+    there, else derived from the ``answers``/``answer_labels`` columns of the train + val files ``names`` as the
+    original ViLT datamodule does (``num_class = max(answer2id.values()) + 1``, see ``answer_map_from_tables``) —
+    which makes arrow files written by the original ViLT scripts usable without setting the size by hand.
+    Raises ``LabelVocabError`` naming data_root and the files when neither works."""
+    amap = answer_map(data_root, names, "vqa")
+    return max(amap) + 1
 
 
 class MTDataModule(pl.LightningDataModule):
@@ -252,11 +357,8 @@ class MTDataModule(pl.LightningDataModule):
             return self._answer_maps[task]
         if task not in VOCAB_FILES:
             raise ValueError(f"id2answer: task {task!r} has no answer vocabulary (only {sorted(VOCAB_FILES)})")
-        vocab = self.data_root / VOCAB_FILES[task]
-        if vocab.is_file():
-            amap = _answer_map_from_vocab(vocab)
-        else:
-            amap = self._answer_map_from_tables(task)
+        splits = SPLITS[task] if task not in self.splits else self.splits[task]
+        amap = answer_map(self.data_root, list(dict.fromkeys(splits["train"] + splits["val"])), task)
         self._answer_maps[task] = amap
         return amap
 
@@ -264,21 +366,6 @@ class MTDataModule(pl.LightningDataModule):
         amap = self.id2answer(task)
         n = max(amap) + 1 if amap else 0
         return [amap[i] for i in range(n)]
-
-    def _answer_map_from_tables(self, task: str) -> AnswerMap:
-        splits = SPLITS[task] if task not in self.splits else self.splits[task]
-        names = list(dict.fromkeys(splits["train"] + splits["val"]))
-        try:
-            check_files(self.data_root, names, what=f"the {task} answer vocabulary")
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{e}\nor provide {self.data_root / VOCAB_FILES[task]}") from None
-        st = load_split(self.data_root, names, ("answers", "answer_labels"))
-        amap = AnswerMap()
-        for answers, labels in zip(st.column_pylist("answers"), st.column_pylist("answer_labels")):
-            for q_ans, q_lab in zip(answers or [], labels or []):
-                for a, lab in zip(q_ans or [], q_lab or []):
-                    amap[int(lab)] = str(a)
-        return AnswerMap(sorted(amap.items()))
 
     def num_answers(self, task: str = "vqa") -> int:
         amap = self.id2answer(task)

@@ -2,6 +2,12 @@
 
 One item per (row, text) — or per row when ``image_only`` — with the image decoded lazily. Items are plain dicts;
 ``vlpeft.data.collate.Collator`` turns a list of them into the Batch described in /work/contracts.md.
+
+Every column stays in the memory-mapped Arrow table and is read per item (a few µs per cell): opening a split
+converts nothing to Python (the item → (row, text) index is one int64 array of per-row text offsets, computed from
+the list offsets), so a VQAv2-sized split opens in milliseconds without turning any column into Python objects, and
+pickling a dataset into a DataLoader worker carries no column data (the mapping is re-opened there).
+``bench/data_loading.py`` measures this against the original ViLT reader.
 """
 
 from __future__ import annotations
@@ -11,11 +17,12 @@ import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vlpeft.data.arrow import SplitTable, load_split
+from vlpeft.data.arrow import ArrowSchemaError, SplitTable, load_split
 from vlpeft.data.transforms import keys_to_transforms
 
 
@@ -61,18 +68,14 @@ class BaseDataset(Dataset):
         self._st: SplitTable | None = load_split(self.data_root, self.names, self.required_columns)
         # shared memory: DataLoader workers (forked or spawned, persistent or not) see set_epoch() at once
         self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
-        self.texts: list[list[str]] = []
-        if self.text_column is not None:
-            raw = self.table.column_pylist(self.text_column)
-            self.texts = [self._row_texts(r) for r in raw]
-        self._load_columns()
+        # _text_start[r]: item index of row r's first text (rows without texts own no item); None: one item per row
+        self._text_start: np.ndarray | None = None
+        self._n_items = len(self.table)
         if self.text_column is not None and not image_only:
-            counts = np.fromiter((len(t) for t in self.texts), dtype=np.int64, count=len(self.texts))
-            self._rows = np.repeat(np.arange(len(self.texts), dtype=np.int64), counts)
-            self._caps = (np.arange(counts.sum(), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts))
-        else:
-            self._rows = np.arange(len(self.table), dtype=np.int64)
-            self._caps = np.full(len(self._rows), -1, dtype=np.int64)
+            counts = self._text_counts()
+            self._text_start = np.zeros(len(counts) + 1, dtype=np.int64)
+            np.cumsum(counts, out=self._text_start[1:])
+            self._n_items = int(self._text_start[-1])
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -90,8 +93,37 @@ class BaseDataset(Dataset):
         texts = [] if value is None else [str(t) for t in value]
         return dedupe(texts) if self.remove_duplicate else texts
 
-    def _load_columns(self) -> None:
-        """Convert the subclass's non-image columns to Python once."""
+    def _text_counts(self) -> np.ndarray:
+        """Number of texts per row: the list lengths from the Arrow offsets; after de-duplication (captions) a scan
+        of the column, one record batch at a time, that keeps nothing."""
+        col = self.table.column(self.text_column)
+        if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+            _, _, path = self.table.locate(0)
+            raise ArrowSchemaError(f"{path}: column {self.text_column!r} has type {col.type}, expected a list of "
+                                   f"strings (one list per row); rewrite the file with write_arrow")
+        if not self.remove_duplicate:
+            return self.table.list_lengths(self.text_column)
+        counts = np.zeros(len(col), dtype=np.int64)
+        r = 0
+        for chunk in col.chunks:
+            for start in range(0, len(chunk), 4096):  # bounded transient memory, whatever the file's batch size
+                for value in chunk.slice(start, 4096).to_pylist():
+                    counts[r] = len(self._row_texts(value))
+                    r += 1
+        return counts
+
+    @property
+    def texts(self) -> "RowTexts":
+        """``texts[row]``: the row's texts (de-duplicated where the dataset does), read from the table per call."""
+        return RowTexts(self)
+
+    def row_texts(self, row: int) -> list[str]:
+        return self._row_texts(self.table.value(self.text_column, row))
+
+    def text_at(self, row: int, cap: int) -> str:
+        if self.remove_duplicate:
+            return self.row_texts(row)[cap]
+        return str(self.table.list_item(self.text_column, row, cap))
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(int(epoch))
@@ -101,13 +133,17 @@ class BaseDataset(Dataset):
         return int(self._epoch)
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._n_items
 
     def index(self, i: int) -> tuple[int, int]:
         """Item index → (global row, text index or -1)."""
-        if not 0 <= i < len(self._rows):
-            raise IndexError(f"{type(self).__name__} index {i} out of range ({len(self._rows)} items)")
-        return int(self._rows[i]), int(self._caps[i])
+        i = int(i)
+        if not 0 <= i < self._n_items:
+            raise IndexError(f"{type(self).__name__} index {i} out of range ({self._n_items} items)")
+        if self._text_start is None:
+            return i, -1
+        row = int(np.searchsorted(self._text_start, i, side="right")) - 1
+        return row, i - int(self._text_start[row])
 
     # ------------------------------------------------------------------ pieces
     def image_key(self, row: int) -> str:
@@ -118,7 +154,10 @@ class BaseDataset(Dataset):
         data = self.table.binary(column, row)
         try:
             img = Image.open(io.BytesIO(data))
-            img = img.convert("RGB")
+            if img.mode == "RGB":
+                img.load()  # convert("RGB") of an RGB image is a copy of the same pixels
+            else:
+                img = img.convert("RGB")
         except Exception as e:  # any PIL failure: name the file and the row instead of substituting a sample
             name, local, path = self.table.locate(row)
             size = "None" if data is None else f"{len(data)} bytes"
@@ -146,7 +185,7 @@ class BaseDataset(Dataset):
             for col in self.image_columns:
                 item[f"{col}_key"] = f"{item['image_key']}:{col}"
         if cap >= 0:
-            text = self.texts[row][cap]
+            text = self.text_at(row, cap)
             item["text"] = text
             item["text_encoding"] = self.encode(text)
         return item
@@ -166,34 +205,40 @@ class BaseDataset(Dataset):
         return LabelError(f"{path} row {local}: {msg}")
 
 
-def _per_question(values: list | None, j: int) -> list:
-    """Test splits store ``[]`` per row instead of one list per question."""
-    if not values or j >= len(values) or values[j] is None:
-        return []
-    return list(values[j])
+class RowTexts:
+    """``dataset.texts[row]`` → that row's texts, read from the Arrow table on each access (nothing cached)."""
+
+    def __init__(self, dataset: BaseDataset):
+        self._ds = dataset
+
+    def __len__(self) -> int:
+        return len(self._ds.table)
+
+    def __getitem__(self, row: int) -> list[str]:
+        if not -len(self) <= row < len(self):
+            raise IndexError(f"row {row} out of range ({len(self)} rows)")
+        return self._ds.row_texts(int(row) % len(self))
 
 
 class VQADataset(BaseDataset):
     task = "vqa"
     required_columns = ("image", "questions", "answers", "answer_labels", "answer_scores", "question_id")
 
-    def _load_columns(self) -> None:
-        t = self.table
-        self.answers = t.column_pylist("answers")
-        self.answer_labels = t.column_pylist("answer_labels")
-        self.answer_scores = t.column_pylist("answer_scores")
-        self.question_ids = t.column_pylist("question_id")
+    def per_question(self, column: str, row: int, j: int) -> list:
+        """Question ``j``'s list in a list-of-lists column; ``[]`` where test splits store ``[]`` per row."""
+        values = self.table.list_item(column, row, j)
+        return [] if values is None else list(values)
 
     def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
-        labels = [int(x) for x in _per_question(self.answer_labels[row], cap)]
-        scores = [float(x) for x in _per_question(self.answer_scores[row], cap)]
+        labels = [int(x) for x in self.per_question("answer_labels", row, cap)]
+        scores = [float(x) for x in self.per_question("answer_scores", row, cap)]
         if len(labels) != len(scores):
             raise self._label_error(row, f"question {cap} has {len(labels)} answer_labels but {len(scores)} "
                                          f"answer_scores")
         item["vqa_labels"] = labels
         item["vqa_scores"] = scores
-        item["vqa_answer"] = [str(a) for a in _per_question(self.answers[row], cap)]
-        item["qid"] = int(self.question_ids[row][cap])
+        item["vqa_answer"] = [str(a) for a in self.per_question("answers", row, cap)]
+        item["qid"] = int(self.table.list_item("question_id", row, cap))
 
 
 class GQADataset(VQADataset):
@@ -201,10 +246,10 @@ class GQADataset(VQADataset):
 
     def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
         # test-dev has answers (the original emptied them for split "test"); keep whatever the file holds
-        item["gqa_labels"] = [int(x) for x in _per_question(self.answer_labels[row], cap)]
-        item["gqa_scores"] = [float(x) for x in _per_question(self.answer_scores[row], cap)]
-        item["gqa_answer"] = [str(a) for a in _per_question(self.answers[row], cap)]
-        item["qid"] = str(self.question_ids[row][cap])
+        item["gqa_labels"] = [int(x) for x in self.per_question("answer_labels", row, cap)]
+        item["gqa_scores"] = [float(x) for x in self.per_question("answer_scores", row, cap)]
+        item["gqa_answer"] = [str(a) for a in self.per_question("answers", row, cap)]
+        item["qid"] = str(self.table.list_item("question_id", row, cap))
 
 
 SNLI_VE_LABELS = {"contradiction": 0, "neutral": 1, "entailment": 2}
@@ -214,11 +259,8 @@ class SNLIVEDataset(BaseDataset):
     task = "snli_ve"
     required_columns = ("image", "questions", "answers")
 
-    def _load_columns(self) -> None:
-        self.answers = self.table.column_pylist("answers")
-
     def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
-        answers = self.answers[row] or []
+        answers = self.table.value("answers", row) or []
         if cap >= len(answers):
             raise self._label_error(row, f"hypothesis {cap} has no answer ({len(answers)} answers)")
         label = str(answers[cap]).strip()
@@ -232,11 +274,8 @@ class NLVR2Dataset(BaseDataset):
     image_columns = ("image_0", "image_1")
     required_columns = ("image_0", "image_1", "questions", "answers")
 
-    def _load_columns(self) -> None:
-        self.answers = self.table.column_pylist("answers")
-
     def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
-        answers = self.answers[row] or []
+        answers = self.table.value("answers", row) or []
         if cap >= len(answers):
             raise self._label_error(row, f"sentence {cap} has no answer ({len(answers)} answers)")
         value = answers[cap]
@@ -265,9 +304,9 @@ class CaptionDataset(BaseDataset):
             rng = np.random.default_rng((self.seed, self.epoch, int(i)))
             picks = rng.integers(0, len(self), size=self.draw_false_text)
             for k, j in enumerate(picks):
-                frow, fcap = self.index(int(j))
-                item[f"false_text_{k}"] = self.texts[frow][fcap]
-                item[f"false_text_{k}_encoding"] = self.encode(self.texts[frow][fcap])
+                text = self.text_at(*self.index(int(j)))
+                item[f"false_text_{k}"] = text
+                item[f"false_text_{k}_encoding"] = self.encode(text)
         return item
 
 

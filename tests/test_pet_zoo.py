@@ -798,3 +798,56 @@ def test_vl_pet_value_adapter_on_bart_cross_attention():
         # ProjHost offers no out_seq / gate sites; the other family's specs match nothing either
         assert set(report.unmatched) == {"multihead_adapter", "gate", "bottleneck"}
         assert torch.equal(out(m), y0) == identity
+
+
+# --- conformance over the registry ------------------------------------------------------------------------------------
+# name → (site kwargs, options, identity under the module's default options?)
+ZOO_MODULES = {
+    "bottleneck": (dict(), {}, True),
+    "multihead_adapter": (dict(), dict(r=8), True),
+    "compacter": (dict(), {}, False),  # the original init (no zero-up)
+    "hyperformer": (dict(num_layers=1), dict(tasks=("vqa",)), False),  # generated weights, N(0, 0.02) generators
+    "gate": (dict(anchor="gate"), {}, True),
+    "lora": (dict(anchor="proj:q", in_dim=16, out_dim=16), {}, True),
+    "routing_lora": (dict(anchor="proj:q", in_dim=16, out_dim=16), dict(routing="mul"), True),
+    "routing_adapter": (dict(), dict(routing="add"), True),
+    "ia3": (dict(anchor="proj:v", in_dim=16, out_dim=16), {}, True),
+    "prompt": (dict(anchor="input"), dict(length=3, mid=5), None),
+}
+
+
+def test_every_zoo_module_has_a_conformance_entry():
+    zoo = {"bottleneck", "compacter", "gate", "hyperformer", "ia3", "lora", "multihead_adapter", "prompt",
+           "routing_adapter", "routing_lora"}
+    assert zoo <= set(PETS.names()) and set(ZOO_MODULES) == zoo
+
+
+@pytest.mark.parametrize("name", sorted(ZOO_MODULES))
+def test_zoo_module_conformance(name):
+    site_kw, options, identity = ZOO_MODULES[name]
+    kw = dict(site_kw)
+    meta = {k: kw.pop(k) for k in ("in_dim", "out_dim", "num_layers") if k in kw}
+    torch.manual_seed(0)
+    m = PETS.build(name, site(dim=16, **kw, **meta), pool=SharePool(), **options) if name == "hyperformer" else \
+        PETS.build(name, site(dim=16, **kw, **meta), **options)
+    assert n_params(m) > 0
+    with pytest.raises(TypeError, match="unknown options"):
+        PETS.build(name, site(dim=16, **kw, **meta), no_such_option=1, **options)
+    x, h = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    with pet_context(x_v=torch.randn(2, 16), task="vqa"):
+        if name == "prompt":
+            out, mask = m(h, torch.ones(2, 5))
+            assert out.shape == (2, 8, 16) and torch.equal(out[:, 3:], h) and mask.shape == (2, 8)
+            return
+        if kw.get("anchor", "out_seq").startswith("proj:"):
+            lin = nn.Linear(16, 16)
+            y0 = lin(x)
+            host = nn.Sequential(lin)
+            attach_to_linear(host, "0", m)
+            y = host(x)
+        elif kw.get("anchor") == "gate":
+            y0, y = h, compose_site(x, h, gates=[m])
+        else:
+            y0, y = h, compose_site(x, h, seq=[m])
+    assert y.shape == y0.shape
+    assert torch.equal(y, y0) == identity

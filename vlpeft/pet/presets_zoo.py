@@ -1,0 +1,235 @@
+"""Presets of the module zoo: the papers' methods as ``Recipe``s with their scripts' hyper-parameters
+(spec §8.5 method → config mapping, §3.5 VL-PET CLI, §4 VL-Adapter scripts, §5 Routing-VLPEFT scripts).
+
+Importing this module registers every zoo module in ``PETS`` and these presets in ``PRESETS``. Anchors used: the
+existing ``out_seq``, and the proposed ``proj:q|k|v|qkv|ff_out``, ``gate`` and ``input`` (``_sites_hf.EXT_ANCHORS``).
+Presets whose options differ between families (VL-PET: BART vs T5) hold one spec per family with ``required=False``;
+every spec that could legitimately miss a backbone is non-required, so a backbone that offers none of a preset's
+sites gets an empty report (its ``unmatched`` list says which modules found no site).
+
+Per-task presets (``vl_adapter_multiple`` …) take the task names from the existing ``datasets`` key.
+Every preset makes its own ``SharePool`` (Hyperformer generators per stack, RT's one adapter per GPT-2 block).
+Recipe ``base_policy`` strings use ``vlpeft.pet.unfreeze`` grammar (``norms:encoder``, ``norms+bias:c_attn``).
+The visual projector (always trained in VL-BART/T5) is the backbone's business, not the recipe's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+# registering the modules (import order matters only for the registry's contents)
+from vlpeft.pet import bottleneck, compacter, gates, hyperformer, ia3, lora, multihead_adapter  # noqa: F401
+from vlpeft.pet import prompt_tuning, routing  # noqa: F401
+from vlpeft.pet._base import Recipe, register_preset
+from vlpeft.pet._sites_hf import SharePool, ZooSpec
+
+ATTN = ("attn", "cross_attn")
+ALL_SUBLAYERS = ("attn", "cross_attn", "ffn")
+QV_MASK = (True, False, True)
+
+
+def _tasks(config: Mapping[str, Any]) -> tuple[str, ...]:
+    tasks = config.get("datasets") or ()
+    if isinstance(tasks, str):
+        tasks = (tasks,)
+    return tuple(tasks)
+
+
+def _layers(value: Any) -> tuple[int, ...] | None:
+    return None if value in (None, "all") else tuple(int(i) for i in value)
+
+
+# --- LoRA / IA3 (projection sites) ----------------------------------------------------------------------------------
+LORA_KEYS = {"lora_r": 128, "lora_alpha": 32, "lora_dropout": 0.1}
+
+
+def _lora_specs(config, sharing, tasks=()):
+    opts = dict(r=config.get("lora_r", 128), alpha=config.get("lora_alpha", 32),
+                dropout=config.get("lora_dropout", 0.1), sharing=sharing, tasks=tasks)
+    return (ZooSpec("lora", ("proj:q", "proj:v"), opts, sublayers=ATTN, required=False),
+            ZooSpec("lora", ("proj:qkv",), dict(opts, qkv_mask=QV_MASK), sublayers=ATTN, required=False))
+
+
+@register_preset("lora", keys=LORA_KEYS)
+def preset_lora(config):
+    """VL-Adapter single LoRA: q and v of every attention (r = 128, α = 32, dropout 0.1) + all biases (M7, §9 7)."""
+    return Recipe("lora", _lora_specs(config, "shared"), base_policy="bias")
+
+
+@register_preset("lora_multiple", keys=LORA_KEYS)
+def preset_lora_multiple(config):
+    """VL-Adapter multiple LoRA: one (A, B) per task."""
+    return Recipe("lora_multiple", _lora_specs(config, "per_task", _tasks(config)), base_policy="bias")
+
+
+@register_preset("ia3")
+def preset_ia3(config):
+    """peft's IA3: k, v (outputs) and the second FFN linear (input); fused qkv gets one 3d vector."""
+    return Recipe("ia3", (ZooSpec("ia3", ("proj:k", "proj:v", "proj:ff_out"), required=False),
+                          ZooSpec("ia3", ("proj:qkv",), required=False)), base_policy="none")
+
+
+@register_preset("bitfit")
+def preset_bitfit(config):
+    """BitFit: no modules, every bias (M9)."""
+    return Recipe("bitfit", (), base_policy="bias")
+
+
+# --- VL-Adapter family (sublayer outputs) ---------------------------------------------------------------------------
+ADAPTER_KEYS = {"adapter_reduction": 8}
+
+
+def _adapter_specs(config, module, sharing, tasks=(), **extra):
+    red = config.get("adapter_reduction", 8)
+    base = dict(reduction=red, sharing=sharing, tasks=tasks, **extra)
+    if module == "bottleneck":  # BART's N(0, 0.02) vs T5's PyTorch-default linears (spec §1.1)
+        return (ZooSpec(module, ("out_seq",), dict(base, init="legacy_bart"), sublayers=ALL_SUBLAYERS,
+                        not_families=("t5",), required=False),
+                ZooSpec(module, ("out_seq",), dict(base, init="torch"), sublayers=ALL_SUBLAYERS, families=("t5",),
+                        required=False))
+    return (ZooSpec(module, ("out_seq",), base, sublayers=ALL_SUBLAYERS),)
+
+
+@register_preset("vl_adapter", keys=ADAPTER_KEYS)
+def preset_vl_adapter(config):
+    """VL-Adapter single adapter: M1 r = d/8 on every sublayer output, shared by tasks; all norms (M1)."""
+    return Recipe("vl_adapter", _adapter_specs(config, "bottleneck", "shared"), base_policy="norms")
+
+
+@register_preset("vl_adapter_multiple", keys=ADAPTER_KEYS)
+def preset_vl_adapter_multiple(config):
+    """VL-Adapter multiple adapters: one M1 per task per site."""
+    return Recipe("vl_adapter_multiple", _adapter_specs(config, "bottleneck", "per_task", _tasks(config)),
+                  base_policy="norms")
+
+
+@register_preset("vl_adapter_half_up", keys=ADAPTER_KEYS)
+def preset_vl_adapter_half_up(config):
+    """VL-Adapter half-shared adapters: per task, one shared up layer (no script; spec §6.2 8.36%)."""
+    return Recipe("vl_adapter_half_up", _adapter_specs(config, "bottleneck", "half_up", _tasks(config)),
+                  base_policy="norms")
+
+
+@register_preset("vl_adapter_half_down", keys=ADAPTER_KEYS)
+def preset_vl_adapter_half_down(config):
+    """VL-Adapter half-shared adapters with a shared down layer."""
+    return Recipe("vl_adapter_half_down", _adapter_specs(config, "bottleneck", "half_down", _tasks(config)),
+                  base_policy="norms")
+
+
+COMPACTER_KEYS = {"adapter_reduction": 8, "phm_n": 2, "phm_c_init_std": 0.01}
+
+
+@register_preset("compacter", keys=COMPACTER_KEYS)
+def preset_compacter(config):
+    """VL-Adapter single compacter: PHM n = 2, own rule per layer, unfactorised, r = d/8; all norms (M5)."""
+    specs = _adapter_specs(config, "compacter", "shared", n=config.get("phm_n", 2),
+                           c_init_std=config.get("phm_c_init_std", 0.01))
+    return Recipe("compacter", specs, base_policy="norms")
+
+
+HYPER_KEYS = {"adapter_reduction": 8, "hyper_proj_dim": 8, "hyper_task_dim": 512, "hyper_hidden": 128}
+
+
+@register_preset("hyperformer", keys=HYPER_KEYS)
+def preset_hyperformer(config):
+    """Hyperformer: generated M1 weights per (task, layer, block type), p = 8, r = d/8; all norms (M6).
+    Sites must carry ``meta["num_layers"]`` (the stack's depth)."""
+    opts = dict(reduction=config.get("adapter_reduction", 8), proj=config.get("hyper_proj_dim", 8),
+                task_dim=config.get("hyper_task_dim", 512), hidden=config.get("hyper_hidden", 128),
+                tasks=_tasks(config), pool=SharePool())
+    return Recipe("hyperformer", (ZooSpec("hyperformer", ("out_seq",), opts, sublayers=ALL_SUBLAYERS),),
+                  base_policy="norms")
+
+
+PROMPT_KEYS = {"prompt_len": 40, "prompt_mid": 800}
+
+
+@register_preset("prompt", keys=PROMPT_KEYS)
+def preset_prompt(config):
+    """VL-Adapter single prompt: L = 40 input prompts through Lin(d→800)–tanh–Lin(800→d) (M8)."""
+    opts = dict(length=config.get("prompt_len", 40), mid=config.get("prompt_mid", 800))
+    return Recipe("prompt", (ZooSpec("prompt", ("input",), dict(opts, init="legacy_bart"), not_families=("t5",),
+                                     required=False),
+                             ZooSpec("prompt", ("input",), dict(opts, init="torch"), families=("t5",),
+                                     required=False)), base_policy="none")
+
+
+# --- VL-PET ---------------------------------------------------------------------------------------------------------
+VL_PET_KEYS = {"vl_pet_down_dim": None, "vl_pet_heads": 4, "vl_pet_gate_dim": None, "vl_pet_gate_scale": None,
+               "vl_pet_vpa_dim": 96}
+_VL_PET_GRAN = {"small": "small", "middle_x": "middle_x", "middle_y": "middle_y", "large": "large"}
+
+
+def _vl_pet(config, granularity: str) -> Recipe:
+    specs = []
+    for t5 in (False, True):
+        fam = dict(families=("t5",)) if t5 else dict(not_families=("t5",))
+        r = config.get("vl_pet_down_dim") or (192 if t5 else 96)
+        init = "zero_up" if t5 else "legacy_bart"
+        scale = config.get("vl_pet_gate_scale") or (0.3 if t5 else 1.0)
+        gate = dict(granularity=granularity, scale=scale, init="legacy_t5" if t5 else "legacy_bart")
+        if granularity == "large":
+            gate["rank"] = config.get("vl_pet_gate_dim") or r
+        specs += [
+            ZooSpec("multihead_adapter", ("out_seq",), dict(r=r, heads=config.get("vl_pet_heads", 4), init=init),
+                    sublayers=("attn", "ffn"), stacks=("encoder",), required=False, **fam),
+            ZooSpec("gate", ("gate",), gate, sublayers=("attn", "ffn"), stacks=("encoder",), required=False, **fam),
+            ZooSpec("bottleneck", ("proj:v",), dict(r=config.get("vl_pet_vpa_dim", 96), inner_skip=False, init=init),
+                    sublayers=("cross_attn",), stacks=("decoder",), required=False, **fam),
+        ]
+    return Recipe(f"vl_pet_{granularity}", tuple(specs), base_policy="norms:encoder")
+
+
+for _g in _VL_PET_GRAN:
+    def _make(g: str):
+        def preset(config):
+            return _vl_pet(config, g)
+        preset.__doc__ = (f"VL-PET-{g}: multi-head adapter (encoder attn/ffn outputs) × {g} gate, decoder "
+                          f"cross-attention value adapter, encoder norms (spec §3).")
+        return preset
+    register_preset(f"vl_pet_{_g}", keys=VL_PET_KEYS)(_make(_g))
+
+
+# --- Routing-VLPEFT -------------------------------------------------------------------------------------------------
+ROUTING_KEYS = {"routing_r": 128, "routing_alpha": 128, "routing_fusion_layers": None, "routing_adapter_r": 128}
+
+
+def _routing_lora(config, fn):
+    opts = dict(r=config.get("routing_r", 128), alpha=config.get("routing_alpha", 128), dropout=0.0, routing=fn)
+    layers = _layers(config.get("routing_fusion_layers"))
+    return Recipe(f"routing_lora_{fn}", (
+        ZooSpec("routing_lora", ("proj:qkv",), dict(opts, qkv_mask=QV_MASK), sublayers=("attn",), layers=layers,
+                required=False),
+        ZooSpec("routing_lora", ("proj:q", "proj:v"), opts, sublayers=("attn",), layers=layers, required=False)),
+        base_policy="norms+bias:c_attn+bias:query+bias:value")
+
+
+def _routing_adapter(config, fn):
+    opts = dict(r=config.get("routing_adapter_r", 128), act="gelu_new", inner_skip=True, init="legacy_bart",
+                routing=fn, share_sites="block", pool=SharePool())
+    return Recipe(f"routing_adapter_{fn}", (ZooSpec("routing_adapter", ("out_seq",), opts, sublayers=("attn", "ffn")),),
+                  base_policy="norms")
+
+
+for _fn in ("add", "mul", "mul_expand", "vl"):
+    def _make_rl(fn: str):
+        def preset(config):
+            return _routing_lora(config, fn)
+        preset.__doc__ = f"RT LoRA-routing ({fn}, beforeB): q/v LoRA r = 128, α = 128 reading x_v (spec §2 M10, §5)."
+        return preset
+
+    def _make_ra(fn: str):
+        def preset(config):
+            return _routing_adapter(config, fn)
+        preset.__doc__ = f"RT adapter-routing ({fn}): one r = 128 adapter per block shared by attn and ffn (§2 M10)."
+        return preset
+    register_preset(f"routing_lora_{_fn}", keys=ROUTING_KEYS)(_make_rl(_fn))
+    register_preset(f"routing_adapter_{_fn}", keys=ROUTING_KEYS)(_make_ra(_fn))
+
+ZOO_PRESETS = (["lora", "lora_multiple", "ia3", "bitfit", "vl_adapter", "vl_adapter_multiple", "vl_adapter_half_up",
+                "vl_adapter_half_down", "compacter", "hyperformer", "prompt"]
+               + [f"vl_pet_{g}" for g in _VL_PET_GRAN]
+               + [f"routing_{k}_{fn}" for k in ("lora", "adapter") for fn in ("add", "mul", "mul_expand", "vl")])
+
+__all__ = ["ZOO_PRESETS"]

@@ -7,7 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from local paths; n
 from vlpeft.config import ex  # noqa: E402
 
 
-@ex.automain
+@ex.main
 def main(_config):
     config = dict(_config)
     if config["stage"] == "demo" and not config["test_only"]:
@@ -21,3 +21,11 @@ def main(_config):
             config["stage"] = "train"
         result = run(config)
     return {k: str(v) for k, v in vars(result).items() if k in ("stage", "run_dir", "placement_path", "submission")}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from vlpeft.entrypoints import run_command_line
+
+    run_command_line(sys.argv)

@@ -302,3 +302,15 @@ def test_count_and_format_trainable():
     # 1e6 / 1,003,003 = 0.99700599…
     assert format_trainable(m) == "trainable params: 1,000,000 || all params: 1,003,003 || trainable%: 99.7006"
     assert format_trainable(nn.Module()) == "trainable params: 0 || all params: 0 || trainable%: 0.0000"
+
+
+def test_vqa_split_without_answers_reports_no_score():
+    """A test split has no annotations: no vqa_score (nor loss) is reported, instead of a misleading 0.0."""
+    m = TaskMetrics(["vqa"], prefix="test")
+    out = {"vqa_loss": torch.tensor(0.7), "vqa_logits": VQA_LOGITS, "vqa_targets": torch.zeros_like(VQA_TARGETS)}
+    m.update(out, {"vqa_has_answers": [False, False]})
+    assert m.compute_and_reset() == {}
+    # mixed: only the annotated sample counts (row 0: argmax 0 → target 1.0)
+    m.update({**out, "vqa_targets": VQA_TARGETS}, {"vqa_has_answers": [True, False]})
+    got = m.compute_and_reset()
+    assert got["vqa_score"] == pytest.approx(1.0) and got["vqa_loss"] == pytest.approx(0.7)

@@ -363,7 +363,7 @@ def _check_axes(config: dict[str, Any]) -> None:
 
 def _check_paths(config: dict[str, Any]) -> None:
     """Files the run will need, checked before anything is built."""
-    import os
+    import tempfile
     from pathlib import Path
 
     if not config.get("data_root"):
@@ -379,10 +379,13 @@ def _check_paths(config: dict[str, Any]) -> None:
         if p and not Path(p).is_file():
             raise ConfigError(f"load_path {p} does not exist; give the path of a .ckpt / .bin / .safetensors file")
     log_dir = Path(config["log_dir"])
-    probe = next((q for q in [log_dir, *log_dir.parents] if q.exists()), Path("."))
-    if not os.access(probe, os.W_OK):
-        raise ConfigError(f"log_dir={config['log_dir']} is not writable ({probe} is read-only); set log_dir=<a "
-                          "writable folder>")
+    try:  # the run folder goes there: create it and write a probe now, not after the model is built
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=log_dir, prefix=".write-probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"log_dir={config['log_dir']} is not a writable folder ({e.strerror or e}); set "
+                          "log_dir=<a writable folder>") from None
 
 
 def _closest(key: str) -> str:

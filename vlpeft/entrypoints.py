@@ -55,14 +55,49 @@ def forced_stage_argv(stage: str, argv: Sequence[str]) -> list[str]:
     return argv[: i + 1] + [f"stage={stage}"] + argv[i + 1:]
 
 
-def main(stage: str, argv: Sequence[str] | None = None):
-    """Run the experiment of ``run.py`` with ``stage`` forced (errors about the stage go to stderr, exit 2)."""
+def check_command_line(argv: Sequence[str]) -> None:
+    """Unknown config keys and named configs, named with the closest known one, before sacred sees them (sacred
+    would say "Conflicting configuration values" / raise a KeyError)."""
+    import difflib
+
+    from docopt import DocoptExit, docopt
+    from sacred.arg_parser import get_config_updates
+
+    from vlpeft.config import ALL_KEYS, ex
+
+    try:
+        args = docopt(ex.get_usage()[2], [str(a) for a in argv[1:]], default_help=False)
+    except DocoptExit:
+        return  # not a "with" command line (help, print_config, …): sacred handles it
+    updates, named = get_config_updates(args["UPDATE"] or [])
+    for key in updates:
+        if key not in ALL_KEYS and not key.startswith("_"):
+            close = difflib.get_close_matches(key, sorted(ALL_KEYS), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "see README 'Config keys'"
+            raise ConfigError(f"unknown config key {key!r} ({hint})")
+    for name in named:
+        if name not in NAMED_CONFIGS and not Path(name).is_file():
+            close = difflib.get_close_matches(name, sorted(NAMED_CONFIGS), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "see vlpeft/config.py for the named configs"
+            raise ConfigError(f"unknown named config {name!r} ({hint})")
+
+
+def run_command_line(argv: Sequence[str], stage: str | None = None):
+    """``run.py`` / ``run_search.py`` / ``run_train.py``: check the command line, then hand it to sacred; errors
+    about it go to stderr as one line (exit 2)."""
     import run  # noqa: F401  (the repository root's run.py: registers the experiment's main command)
 
-    argv = list(sys.argv if argv is None else argv)
+    argv = [str(a) for a in argv]
     try:
-        forced = forced_stage_argv(stage, argv)
+        check_command_line(argv)
+        if stage is not None:
+            argv = forced_stage_argv(stage, argv)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    return run.ex.run_commandline(forced)
+    return run.ex.run_commandline(argv)
+
+
+def main(stage: str, argv: Sequence[str] | None = None):
+    """Run the experiment of ``run.py`` with ``stage`` forced (errors about the stage go to stderr, exit 2)."""
+    return run_command_line(list(sys.argv if argv is None else argv), stage)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from PIL import Image, ImageDraw
 
-from ._common import CAPTION_SCHEMA, NLVR2_SCHEMA, VQA_SCHEMA, Written, write_rows, write_vocab
+from ._common import CAPTION_SCHEMA, NLVR2_SCHEMA, VQA_SCHEMA, WriteArrowError, Written, write_rows, write_vocab
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 45, 45),
@@ -241,7 +241,8 @@ def write_synthetic(dst: str | Path, *, seed: int = 0, images: int = 400, image_
     if unknown:
         raise ValueError(f"write_synthetic: unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
     if images < 8:
-        raise ValueError(f"write_synthetic: images={images}; need at least 8 training images")
+        raise WriteArrowError(f"synthetic: --images {images} is too few; give at least 8 training images "
+                              "(e.g. --images 400)")
     dst = Path(dst)
     small = max(4, images // 8)
     written: dict[str, Written] = {}

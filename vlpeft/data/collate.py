@@ -116,6 +116,9 @@ class Collator:
 
         if "vqa_labels" in first:
             batch["vqa_targets"] = self._soft_targets(items)
+            # which questions are annotated at all (a Python list: stays on the host, no device sync to read it);
+            # a test split has none, and its "score" must not be reported as 0
+            batch["vqa_has_answers"] = [bool(it.get("vqa_answer")) for it in items]
         if "gqa_labels" in first:
             self._check_range("gqa", [lab for it in items for lab in it["gqa_labels"]])
             batch["gqa_labels"] = torch.tensor([it["gqa_labels"][0] if it["gqa_labels"] else -100 for it in items],

@@ -31,6 +31,7 @@ class Placement:
     num_layers: int | None = None  # candidate layers of the backbone it was searched on
     scores: tuple[float, ...] = ()  # final per-layer gate values (das) or preferences (kab)
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    source: str = field(default="", compare=False, repr=False)  # the file it came from, for error messages
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -52,14 +53,20 @@ class Placement:
 
     def validate(self, num_layers: int) -> "Placement":
         """Raise a PlacementError naming the problem unless this placement fits ``num_layers`` layers."""
-        validate_skip(self.skip, num_layers)
-        if self.insert_layer is not None:
-            validate_insert_layer(self.insert_layer, num_layers)
+        where = f"placement {self.source}" if self.source else "placement"
         if self.num_layers is not None and self.num_layers != num_layers:
             raise PlacementError(
-                f"placement was searched on a backbone with {self.num_layers} layers, "
-                f"but this backbone has {num_layers}; search again on this backbone"
+                f"{where} was searched on a backbone with {self.num_layers} layers, but this backbone has "
+                f"{num_layers}; search again on this backbone, or pass the placement of a search on it"
             )
+        try:
+            validate_skip(self.skip, num_layers)
+            if self.insert_layer is not None:
+                validate_insert_layer(self.insert_layer, num_layers)
+        except PlacementError as e:
+            if not self.source:
+                raise
+            raise PlacementError(f"{where}: {e}") from None
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +128,9 @@ class Placement:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise PlacementError(f"placement file {path} is not valid JSON: {e}") from None
-        return cls.from_dict(data, source=str(path))
+        p = cls.from_dict(data, source=str(path))
+        object.__setattr__(p, "source", str(path))
+        return p
 
 
 def validate_skip(skip: Sequence[int], num_layers: int) -> tuple[int, ...]:

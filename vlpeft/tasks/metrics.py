@@ -34,15 +34,22 @@ class _SumCount(Metric):
 
 
 class VQAScore(_SumCount):
-    """Per sample: the target soft score at the argmax class; compute = sum / number of samples."""
+    """Per sample: the target soft score at the argmax class; compute = sum / number of annotated samples.
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+    A proxy of the official VQA accuracy (``vlpeft.evaluate vqa`` computes that one): the targets are the
+    converter's soft scores over the answer vocabulary, so questions the converter dropped are not counted and
+    answers are always normalised; see DATA.md "Evaluation" for the measured gap."""
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor, annotated: list[bool] | None = None) -> None:
+        """``annotated``: which samples have answers at all (None: all); the others are not counted."""
         logits, targets = logits.detach(), targets.detach().to(logits.device)
         if logits.shape != targets.shape:
             raise ValueError(f"VQAScore: logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ")
-        pred = logits.argmax(-1, keepdim=True)
-        self.total += targets.gather(1, pred).double().sum()
-        self.count += logits.shape[0]
+        score = targets.gather(1, logits.argmax(-1, keepdim=True))[:, 0].double()
+        if annotated is not None:
+            score = score[torch.tensor(annotated, dtype=torch.bool, device=score.device)]
+        self.total += score.sum()
+        self.count += score.shape[0] if annotated is None else sum(annotated)
 
 
 class Accuracy(_SumCount):
@@ -155,10 +162,13 @@ class TaskMetrics(nn.Module):
 
     def update(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
         for t in self.tasks:
-            self.metrics[f"{t}_loss"].update(out[f"{t}_loss"])
             if t == "vqa":
-                self.metrics["vqa_score"].update(out["vqa_logits"], out["vqa_targets"])
+                annotated = batch.get("vqa_has_answers")
+                if annotated is None or any(annotated):  # a batch without annotations has no loss to report
+                    self.metrics["vqa_loss"].update(out["vqa_loss"])
+                self.metrics["vqa_score"].update(out["vqa_logits"], out["vqa_targets"], annotated)
                 continue
+            self.metrics[f"{t}_loss"].update(out[f"{t}_loss"])
             logits, labels = out[f"{t}_logits"], out[f"{t}_labels"]
             self.metrics[f"{t}_accuracy"].update(logits, labels)
             if t in SPLIT_TASKS and "table_name" in batch:

@@ -84,7 +84,7 @@ def assemble(config: Mapping[str, Any], placement: Placement | None = None) -> A
     else:  # the search decides insert_layer (0 is a placeholder it replaces at every forward)
         plan = backbone.check_plan(LayerPlan.of(config["skip_module"], 0))
     report, policy = _inject(backbone, config, None if searching else plan)
-    heads = build_heads(config, backbone.hidden_size)
+    heads = build_heads(config, backbone.hidden_size, backbone.cls_dim)
     return Assembly(backbone, report, policy, tasks, heads, search, plan)
 
 

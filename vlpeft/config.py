@@ -345,10 +345,20 @@ def _check_axes(config: dict[str, Any]) -> None:
     axes = resolve_axes(config)
     try:
         bb = BACKBONES.get(axes.backbone)
+        family = BACKBONES.get(bb.meta.get("family", axes.backbone))
         PRESETS.get(axes.pet)
+        from vlpeft.tasks._base import TASKS
+        from vlpeft.tasks.heads import active_tasks
+
+        caps = set(family.meta.get("capabilities", ()))
+        for t in active_tasks(config["loss_names"]):
+            missing = sorted(TASKS.build(t).needs - caps) if t in TASKS else []
+            if missing:
+                raise ConfigError(f"task {t} needs the backbone capability {missing} which backbone={axes.backbone} "
+                                  f"lacks (it has {sorted(caps)}); choose another backbone or task")
         if axes.search:
             search = SEARCHES.get(axes.search)
-            kinds = bb.meta.get("candidate_kinds") or BACKBONES.get(bb.meta["family"]).meta.get("candidate_kinds", ())
+            kinds = family.meta.get("candidate_kinds", ())
             need = search.meta.get("needs")
             if need and need not in kinds:
                 what = {"skip": "skips units", "insert": "places a visual prompt before a unit"}[need]

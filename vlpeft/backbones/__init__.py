@@ -2,6 +2,7 @@
 
 - ``vilt``: single-stream ViLT (``vilt.py``; variant from config ``vit``);
 - ``clip_plm``: frozen CLIP + BERT / T5 / LLaMA with the dynamic visual prompt (``clip_plm.py``);
+- ``meter``: METER (CLIP image tower, RoBERTa text tower, co-attention fusion; ``meter.py``);
 - ``test_*``: tiny configurations of the same families, for tests parametrized over the registry.
 
 Imports are lazy so that using one backbone never imports the other's dependencies. Each entry declares the
@@ -27,18 +28,31 @@ CLIP_PLM_KEYS = {"clip_model": "ViT-B/16", "language_model": "BERT", "plm_config
                  "deterministic_images": None, "clip_cache_max_items": 4096}
 
 
-@BACKBONES.register("vilt", keys=VILT_KEYS, candidate_kinds=("skip",))
+@BACKBONES.register("vilt", keys=VILT_KEYS, candidate_kinds=("skip",),
+                    capabilities=("classify", "pair_images", "score_pairs"))
 def vilt(config: Mapping[str, Any]) -> Backbone:
     from vlpeft.backbones.vilt import build_vilt
 
     return build_vilt(config)
 
 
-@BACKBONES.register("clip_plm", keys=CLIP_PLM_KEYS, candidate_kinds=("skip", "insert"))
+@BACKBONES.register("clip_plm", keys=CLIP_PLM_KEYS, candidate_kinds=("skip", "insert"), capabilities=("classify",))
 def clip_plm(config: Mapping[str, Any]) -> Backbone:
     from vlpeft.backbones.clip_plm import build_dvp_backbone
 
     return build_dvp_backbone(config)
+
+
+METER_KEYS = {"num_top_layer": 6, "input_image_embed_size": 768, "input_text_embed_size": 768, "text_encoder": None,
+              "token4classifier": False}  # METER's other keys (vit, image_size, tokenizer, …) are base keys
+
+
+@BACKBONES.register("meter", keys=METER_KEYS, candidate_kinds=("skip",),
+                    capabilities=("classify", "pair_images", "score_pairs"))
+def meter(config: Mapping[str, Any]) -> Backbone:
+    from vlpeft.backbones.meter import build_meter
+
+    return build_meter(config)
 
 
 # --- tiny entries: the conformance tests build every one of these ----------------------------------------------
@@ -55,6 +69,12 @@ TEST_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def _meter_test_config() -> dict[str, Any]:
+    from vlpeft.backbones.meter import METER_VARIANTS
+
+    return dict(METER_VARIANTS["test_meter_tiny"])
+
+
 def _register_test(name: str, family: str, cfg: dict[str, Any]) -> None:
     @BACKBONES.register(name, family=family, config=cfg)
     def _build(config: Mapping[str, Any] | None = None) -> Backbone:
@@ -63,6 +83,11 @@ def _register_test(name: str, family: str, cfg: dict[str, Any]) -> None:
 
 for _name, (_family, _cfg) in TEST_CONFIGS.items():
     _register_test(_name, _family, _cfg)
+
+
+@BACKBONES.register("test_meter", family="meter")
+def _test_meter(config: Mapping[str, Any] | None = None) -> Backbone:
+    return BACKBONES.build("meter", {**dict(config or {}), **_meter_test_config()})
 
 
 def build_backbone(config: Mapping[str, Any]) -> Backbone:

@@ -93,7 +93,19 @@ class Backbone(nn.Module):
     def hidden_size(self) -> int:  # pragma: no cover - every backbone overrides
         raise NotImplementedError
 
+    @property
+    def cls_dim(self) -> int:
+        """Width of ``cls_feats`` (what task heads read): ``hidden_size`` unless the backbone says otherwise."""
+        return self.hidden_size
+
     def candidates(self) -> Candidates:  # pragma: no cover
+        raise NotImplementedError
+
+    def candidate_module(self, index: int) -> nn.Module:
+        """The module that computes candidate ``index`` (what skipping it must not run)."""
+        return self.get_submodule(self.candidate_name(index))
+
+    def candidate_name(self, index: int) -> str:  # pragma: no cover
         raise NotImplementedError
 
     @property

@@ -320,6 +320,9 @@ class DVPBackbone(Backbone):
     def candidates(self) -> Candidates:
         return Candidates(count=self.plm.num_layers, skip=True, insert=True)
 
+    def candidate_module(self, index: int) -> nn.Module:
+        return self.plm.layers[index]
+
     def sites(self) -> list[Site]:
         d = self.hidden_size
         return self.plm.sites() + [Site("plm", i, "block", "skip", d, f"skip_adapters.{i}.0", self.family)

@@ -429,6 +429,9 @@ class ViLT(Backbone):
     def candidates(self) -> Candidates:
         return Candidates(count=self.num_layers, skip=True, insert=False)
 
+    def candidate_name(self, index: int) -> str:
+        return f"transformer.blocks.{index}"
+
     def sites(self) -> list[Site]:
         d, out = self.hidden_size, []
         for i in range(self.num_layers):

@@ -24,7 +24,7 @@ DAS_KEYS = {"das_adapter_dim": 96, "das_skip_adapter_dim": 192}
 def das(config: Mapping[str, Any]) -> Recipe:
     return Recipe("das", (
         PetSpec("parallel_adapter", ("par",), {"bottleneck": int(config["das_adapter_dim"]), "init": "trunc_normal"},
-                sublayers=("attn", "ffn"), required=False),
+                required=False),
         PetSpec("skip_adapter", ("skip",), {"bottleneck": int(config["das_skip_adapter_dim"]), "init": "bert"}),
     ), base_policy="das_original")
 

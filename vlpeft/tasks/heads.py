@@ -76,7 +76,7 @@ def _positive_int(config: Mapping[str, Any], key: str, default: int | None = Non
     return int(value)
 
 
-def build_heads(config: Mapping[str, Any], hidden_size: int) -> nn.ModuleDict:
+def build_heads(config: Mapping[str, Any], hidden_size: int, in_dim: int | None = None) -> nn.ModuleDict:
     """Heads for the active tasks of ``config["loss_names"]``, reading widths from ``hidden_size``.
 
     ``config["head_hidden"]`` (0 / missing = 2·hidden) sets the classifier's inner width; DVP-LLaMA uses 512.
@@ -85,8 +85,8 @@ def build_heads(config: Mapping[str, Any], hidden_size: int) -> nn.ModuleDict:
     """
     if int(hidden_size) <= 0:
         raise ValueError(f"hidden_size must be positive, got {hidden_size}")
-    d = int(hidden_size)
-    inner = int(config.get("head_hidden") or 0) or 2 * d
+    inner = int(config.get("head_hidden") or 0) or 2 * int(hidden_size)
+    d = int(in_dim or hidden_size)  # the width of cls_feats (METER: [text; image] pooled, 2 × hidden)
     if "loss_names" not in config:
         raise KeyError("build_heads needs config['loss_names'] (a dict task -> gate, e.g. {'vqa': 1})")
     tasks = active_tasks(config["loss_names"])

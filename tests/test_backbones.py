@@ -1,0 +1,109 @@
+"""Conformance of every registered backbone (its tiny ``test_*`` entry) with the protocol of
+``vlpeft/backbones/_protocol.py``: candidates, sites, skipping removes compute, base_trainable policies, and a
+save → load round trip through the one checkpoint loader."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlpeft.backbones import BACKBONES, LayerPlan
+from vlpeft.checkpoint import load_state
+from vlpeft.pet import PRESETS, inject
+from vlpeft.pet.trainable import apply_trainable
+
+NAMES = BACKBONES.names("test_*")
+SKIP_RECIPE = {"das_adapter_dim": 8, "das_skip_adapter_dim": 12}
+
+
+def _batch(bb, B: int = 2, L: int = 6) -> dict:
+    g = torch.Generator().manual_seed(0)
+    size = 64 if bb.family == "vilt" else 32
+    ids = torch.randint(5, 90, (B, L), generator=g)
+    masks = torch.ones(B, L, dtype=torch.long)
+    masks[1, -2:] = 0
+    return {"text_ids": ids, "text_masks": masks, "image": torch.randn(B, 3, size, size, generator=g),
+            "image_mask": torch.ones(B, size, size, dtype=torch.bool), "image_sizes": [(size, size)] * B}
+
+
+def _plan(bb, skip=()) -> LayerPlan:
+    return LayerPlan.of(skip, 0 if bb.candidates().insert else None)
+
+
+def _build(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    bb = BACKBONES.build(name)
+    report = inject(bb, PRESETS.build("das", SKIP_RECIPE))
+    return bb.eval(), report
+
+
+def test_every_family_has_a_test_entry():
+    families = {BACKBONES.get(n).meta.get("family") for n in NAMES}
+    assert {"vilt", "clip_plm", "meter"} <= families
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_candidates_and_sites(name):
+    bb, report = _build(name)
+    c = bb.candidates()
+    assert c.count == bb.num_layers > 0 and c.skip
+    sites = bb.sites()
+    assert len({s.name for s in sites}) == len(sites)  # one registration name per site
+    skip_sites = [s for s in sites if s.anchor == "skip"]
+    assert sorted(s.layer for s in skip_sites) == list(range(c.count))  # one skip site per candidate
+    modules = dict(bb.named_modules())
+    for inj in report.injected:  # every injected module sits where its site says
+        assert inj.site.name in modules and inj.param_names
+    assert all(0 <= s.layer < c.count or s.layer == -1 for s in sites)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_skipping_a_candidate_removes_its_compute(name):
+    bb, _ = _build(name)
+    batch = _batch(bb)
+    for i in range(bb.num_layers):
+        calls = []
+        h = bb.candidate_module(i).register_forward_hook(lambda *a: calls.append(1))
+        with torch.no_grad():
+            full = bb(batch, _plan(bb))["cls_feats"]
+            ran = len(calls)
+            skipped = bb(batch, _plan(bb, [i]))["cls_feats"]
+        h.remove()
+        assert ran >= 1 and len(calls) == ran  # the skipped run never called candidate i
+        assert full.shape == skipped.shape == (2, bb.cls_dim) and not torch.equal(full, skipped)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_base_trainable_policies(name):
+    bb, report = _build(name)
+    everything = {n for n, _ in bb.named_parameters()}
+    per = {pol: {n for n, _ in bb.base_trainable(pol)} for pol in bb.base_policies()}
+    for pol, names in per.items():
+        assert names <= everything, pol
+    assert per["norms"] <= per["all"] and per["bias"] <= per["all"] and per["none"] <= per["norms"]
+    assert per["norms"] and all("norm" in n.lower() or "ln" in n.lower() for n in per["norms"] - per["none"])
+    trainable = set(apply_trainable(bb, report, "none"))
+    assert trainable == report.param_names() | per["none"]
+    assert {n for n, p in bb.named_parameters() if p.requires_grad} == trainable
+    # trainable=used: only the modules the plan runs (skip adapter of a skipped unit, others of the rest)
+    plan = _plan(bb, [0])
+    used = set(apply_trainable(bb, report, "none", plan))
+    assert used == report.used_param_names(plan) | per["none"]
+    skip0 = {n for i in report.injected if i.site.anchor == "skip" and i.site.layer == 0 for n in i.param_names}
+    par0 = {n for i in report.injected if i.site.anchor != "skip" and i.site.layer == 0 for n in i.param_names}
+    skip1 = {n for i in report.injected if i.site.anchor == "skip" and i.site.layer == 1 for n in i.param_names}
+    assert skip0 and skip0 <= used and not (par0 & used) and not (skip1 & used)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_load_round_trip(name):
+    a, _ = _build(name, seed=0)
+    b, _ = _build(name, seed=1)
+    batch = _batch(a)
+    with torch.no_grad():
+        assert not torch.equal(a(batch, _plan(a, [1]))["cls_feats"], b(batch, _plan(b, [1]))["cls_feats"])
+    report = load_state(b, a.state_dict(), "a.ckpt", "test")
+    assert report.missing == [] and report.unexpected == [] and report.loaded == len(a.state_dict())
+    with torch.no_grad():
+        for skip in ([], [0], [1]):
+            assert torch.equal(a(batch, _plan(a, skip))["cls_feats"], b(batch, _plan(b, skip))["cls_feats"])

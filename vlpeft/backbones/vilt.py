@@ -35,6 +35,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block, VisionTransformer
@@ -269,6 +270,7 @@ class ViLT(Backbone):
         img_mask: torch.Tensor | None = None,
         max_image_len: int | None = None,
         generator: torch.Generator | None = None,
+        sizes: Sequence[tuple[int, int]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, tuple[int, int]]]:
         """Patch tokens of a top-left aligned, zero-padded image batch (seeds.md §3.1 steps 1–8).
 
@@ -291,13 +293,20 @@ class ViLT(Backbone):
                 raise ValueError(f"image mask shape {tuple(img_mask.shape)} does not match image "
                                  f"{tuple(img.shape)}; expected (B, H, W)")
             pm = F.interpolate(img_mask.to(dev)[:, None].float(), size=(Hp, Wp), mode="nearest")[:, 0] > 0.5
-        x_h = pm[:, :, 0].sum(1)
-        x_w = pm[:, 0, :].sum(1)
-        rect = (torch.arange(Hp, device=dev)[None, :, None] < x_h[:, None, None]) & (
-            torch.arange(Wp, device=dev)[None, None, :] < x_w[:, None, None])
-        if not torch.equal(pm, rect):
-            raise ValueError("image_mask must mark one top-left aligned rectangle per image (the collate's layout)")
-        hw = torch.stack([x_h, x_w], 1).tolist()
+        if sizes is not None:
+            # the collate's real pixel sizes (host data): the patch extents need no device→host copy
+            if len(sizes) != B:
+                raise ValueError(f"image sizes list has {len(sizes)} entries for {B} images")
+            H, W = img.shape[2], img.shape[3]
+            hw = [[_nearest_count(int(h), H, Hp), _nearest_count(int(w), W, Wp)] for h, w in sizes]
+        else:  # derive them from the mask (a device sync; direct calls without the collate's sizes)
+            x_h = pm[:, :, 0].sum(1)
+            x_w = pm[:, 0, :].sum(1)
+            rect = (torch.arange(Hp, device=dev)[None, :, None] < x_h[:, None, None]) & (
+                torch.arange(Wp, device=dev)[None, None, :] < x_w[:, None, None])
+            if not torch.equal(pm, rect):
+                raise ValueError("image_mask must mark one top-left aligned rectangle per image (the collate's layout)")
+            hw = torch.stack([x_h, x_w], 1).tolist()
         empty = [b for b, (h, w) in enumerate(hw) if h * w == 0]
         if empty:
             raise ValueError(f"samples {empty} have no valid image patch; check image_mask / image sizes "
@@ -393,8 +402,8 @@ class ViLT(Backbone):
             if image_key not in batch:
                 raise KeyError(f"ViLT.infer: batch has no image {image_key!r} (keys: {sorted(batch)})")
             image_embeds, image_masks, patch_index = self.visual_embed(
-                batch[image_key], batch.get(f"{image_key}_mask"), self.max_image_len, self.patch_generator
-            )
+                batch[image_key], batch.get(f"{image_key}_mask"), self.max_image_len, self.patch_generator,
+                batch.get(f"{image_key}_sizes"))
         elif image_masks is None:
             raise ValueError("ViLT.infer: image_embeds given without image_masks")
         image_embeds, image_masks = image_embeds.to(dev), image_masks.to(dev)
@@ -470,7 +479,7 @@ class ViLT(Backbone):
     def encode_images(self, batch: Mapping[str, Any], image_key: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
         """Patch tokens of a batch's images, to score many captions against (``forward(..., image_cache=…)``)."""
         emb, masks, _ = self.visual_embed(batch[image_key], batch.get(f"{image_key}_mask"), self.max_image_len,
-                                          self.patch_generator)
+                                          self.patch_generator, batch.get(f"{image_key}_sizes"))
         return emb, masks
 
     def checkpoint_filter_fn(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -478,6 +487,15 @@ class ViLT(Backbone):
 
     def shape_fix_hint(self, key: str) -> str:
         return _shape_fix(key)
+
+
+def _nearest_count(real: int, size: int, grid: int) -> int:
+    """How many of ``grid`` nearest-downsampled positions of a ``size``-long axis fall on its first ``real``
+    pixels, as ``F.interpolate(mode="nearest")`` picks them (float32 scale, floor; ``visual_embed``'s mask)."""
+    if grid == size:
+        return real
+    scale = np.float32(size) / np.float32(grid)
+    return sum(1 for i in range(grid) if min(int(np.floor(np.float32(i) * scale)), size - 1) < real)
 
 
 def build_vilt(config: Mapping[str, Any]) -> ViLT:

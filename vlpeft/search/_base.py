@@ -47,6 +47,19 @@ class SearchState(nn.Module):
         # One row per record_history() call; re-registered on append, resized on load.
         self.register_buffer("history", torch.zeros(0, num_layers, dtype=torch.float32))
 
+    def _apply(self, fn, recurse: bool = True):
+        """The search state stays on the host whatever device the model moves to: its draws and updates are
+        CPU float64 work, so keeping it there means no device→host copy on any training step (the rewards cross
+        once per round). DDP is told to leave these buffers alone (``ddp_ignore``); ranks agree by construction."""
+        return self
+
+    @staticmethod
+    def ddp_ignore(module: nn.Module, prefix: str = "search") -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        names = [f"{prefix}.{n}" for n, _ in module.get_submodule(prefix).named_buffers()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
+
     # --- randomness ---------------------------------------------------------------------------------------
     def _next_generator(self) -> torch.Generator:
         counter = int(self.draw_count)

@@ -134,7 +134,7 @@ def irtr_batch(batch: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
             pairs[key] = batch[key].repeat_interleave(cands, dim=0)
     if "image" not in pairs:
         raise KeyError("task 'irtr' needs batch['image']")
-    for key in ("image_key", "table_name"):
+    for key in ("image_key", "table_name", "image_sizes"):
         if key in batch:
             pairs[key] = [v for v in batch[key] for _ in range(cands)]
     return pairs, cands

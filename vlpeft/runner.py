@@ -7,10 +7,8 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from vlpeft.checkpoint import CheckpointError, load_weights, save_trainable
 from vlpeft.config import ConfigError, from_sacred
 from vlpeft.progress import progress_callbacks
 from vlpeft.rundir import VERSION_ENV, dump_name, ranks_join, reserve_run_dir, resolve_placement_source
-from vlpeft.search.placement import Placement, PlacementError
+from vlpeft.search.placement import Placement
 
 
 @dataclass

@@ -151,6 +151,15 @@ class Backbone(nn.Module):
         return plan
 
 
+def attach_skip(slots: nn.ModuleList, site: Site, module: nn.Module) -> None:
+    """Put ``module`` in the skip slot of candidate ``site.layer`` (an empty ``nn.Sequential``: identity until
+    then), so its parameters are named ``<slots>.<layer>.0.*``."""
+    slot = slots[site.layer]
+    if len(slot):
+        raise ValueError(f"skip site {site.name} is taken; one skip module per unit")
+    slot.append(module)
+
+
 # --- shared helpers for base_trainable policies -------------------------------------------------------------
 def is_norm_param(module_of: Mapping[str, nn.Module], name: str) -> bool:
     owner = module_of.get(name.rsplit(".", 1)[0])
@@ -173,4 +182,4 @@ def policy_params(model: nn.Module, policy: str, extra: Iterable[str] = ()) -> l
     return out
 
 
-__all__ = ["ANCHORS", "Backbone", "Candidates", "LayerPlan", "Site", "is_norm_param", "policy_params"]
+__all__ = ["ANCHORS", "Backbone", "attach_skip", "Candidates", "LayerPlan", "Site", "is_norm_param", "policy_params"]

@@ -54,7 +54,7 @@ from torch import nn
 
 from vlpeft.backbones._clip import CLIPFeatureCache, FrozenCLIP, build_clip_visual
 from vlpeft.backbones._plm import LANGUAGE_MODELS, PLMState, PLMWrapper, build_hf_plm, wrap_plm
-from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site
+from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site, attach_skip
 from vlpeft.pet.prompts import CrossAttentionPrompt
 from vlpeft.search.placement import validate_skip
 
@@ -330,10 +330,7 @@ class DVPBackbone(Backbone):
 
     def attach(self, site: Site, module: nn.Module) -> None:
         if site.anchor == "skip":
-            slot = self.skip_adapters[site.layer]
-            if len(slot):
-                raise ValueError(f"skip site {site.name} is taken; one skip module per layer")
-            slot.append(module)
+            attach_skip(self.skip_adapters, site, module)
         else:
             self.plm.attach(site, module)
 

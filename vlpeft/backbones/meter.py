@@ -66,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlpeft._init import init_weights_bert
 from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site, policy_params
 
 # ----------------------------------------------------------------------------------------------- config
@@ -151,17 +152,6 @@ class MeterSpec:
                    input_text_embed_size=int(c["input_text_embed_size"]), hidden_size=int(c["hidden_size"]),
                    num_heads=int(c["num_heads"]), mlp_ratio=c["mlp_ratio"], drop_rate=float(c["drop_rate"]),
                    token_type_rows=3 if nlvr2 else 2, token4classifier=bool(c["token4classifier"]))
-
-
-def init_weights_bert(module: nn.Module) -> None:
-    """METER's ``objectives.init_weights``: Linear/Embedding N(0, 0.02), Linear biases 0, LayerNorm 1/0."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        module.weight.data.normal_(mean=0.0, std=0.02)
-    elif isinstance(module, nn.LayerNorm):
-        module.bias.data.zero_()
-        module.weight.data.fill_(1.0)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        module.bias.data.zero_()
 
 
 class MeterCheckpointError(ValueError):

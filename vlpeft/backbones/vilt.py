@@ -44,7 +44,8 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings
 
 from vlpeft.backbones._convert import hf_to_vilt_state_dict
-from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site, policy_params
+from vlpeft._init import init_weights_bert
+from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site, attach_skip, policy_params
 from vlpeft.search.placement import validate_skip
 
 # ----------------------------------------------------------------------------------------------- ViT variants
@@ -82,17 +83,6 @@ def test_vilt_small() -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- modules
-def init_weights_bert(module: nn.Module) -> None:
-    """The ViLT/BERT init: Linear/Embedding weights N(0, 0.02), Linear biases 0, LayerNorm 1/0."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        module.weight.data.normal_(mean=0.0, std=0.02)
-    elif isinstance(module, nn.LayerNorm):
-        module.bias.data.zero_()
-        module.weight.data.fill_(1.0)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        module.bias.data.zero_()
-
-
 class DASBlock(Block):
     """timm's pre-norm ViT block with two explicit parallel sites (``adapter0``, ``adapter1``), empty by default:
     ``x = x + attn(norm1(x)) + adapter0(x)``; ``x = x + mlp(norm2(x)) + adapter1(x)`` (an empty slot adds nothing).
@@ -451,11 +441,7 @@ class ViLT(Backbone):
 
     def attach(self, site: Site, module: nn.Module) -> None:
         if site.anchor == "skip":
-            slot = self.adapter_list[site.layer]
-            if len(slot):
-                raise ValueError(f"skip site {site.name} is taken; one skip module per block")
-            slot.append(module)
-            return
+            return attach_skip(self.adapter_list, site, module)
         blk = self.transformer.blocks[site.layer]
         attr = site.name.rsplit(".", 1)[-1]
         if getattr(blk, attr) is not None:

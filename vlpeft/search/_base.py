@@ -24,9 +24,6 @@ SEARCHES: Registry["SearchStrategy"] = Registry("search", "search")
 
 # Multiplier that spreads (seed, counter) pairs apart; any odd constant larger than the number of draws works.
 _SEED_STRIDE = 1_000_003
-# Rejection sampling of distinct candidate sets gives up on the gate distribution after this many tries
-# (only reachable when a few gates have become overwhelmingly large) and falls back to uniform weights.
-_MAX_REJECTIONS = 10_000
 
 
 class SearchState(nn.Module):

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vlpeft.backbones._protocol import LayerPlan
 from vlpeft.search._base import SEARCHES, SearchStrategy

@@ -11,6 +11,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from vlpeft._init import init_weights_bert as init_weights
+
 # Tasks this package has objectives for, and the head entries each one builds.
 TASK_HEADS: dict[str, tuple[str, ...]] = {
     "vqa": ("vqa_classifier",),
@@ -26,17 +28,6 @@ ORIGINAL_HEAD_PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(
     [h for hs in TASK_HEADS.values() for h in hs] + ["itm_score", "mlm_score", "mpp_score"]))
 SNLI_VE_CLASSES = 3  # contradiction 0, neutral 1, entailment 2
 NLVR2_CLASSES = 2
-
-
-def init_weights(module: nn.Module) -> None:
-    """BERT-style init used by ViLT/METER/DVP for heads: N(0, 0.02) weights, zero biases, LayerNorm 1/0."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        module.weight.data.normal_(mean=0.0, std=0.02)
-    elif isinstance(module, nn.LayerNorm):
-        module.weight.data.fill_(1.0)
-        module.bias.data.zero_()
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        module.bias.data.zero_()
 
 
 def active_tasks(loss_names: Mapping[str, float]) -> list[str]:

@@ -375,3 +375,16 @@ def test_plots_are_png_files_written_atomically(tmp_path):
     # no temp files left behind
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
         "das_gates.png", "empty.png", "kab.png", "list.png"]
+
+
+def test_das_reward_cadence_counts_micro_batches_as_the_original():
+    """das_turn counts training forwards by default; das_count_unit=optimizer_step counts optimizer steps."""
+    micro = DASSearch(num_layers=4, skip_num=1, das_turn=2, warmup_epochs=0)
+    steps = DASSearch(num_layers=4, skip_num=1, das_turn=2, warmup_epochs=0, count_unit="optimizer_step")
+    accumulation = 4
+    due_micro = [micro.round_due(0, (i + 1) % accumulation == 0) for i in range(8)]
+    due_steps = [steps.round_due(0, (i + 1) % accumulation == 0) for i in range(8)]
+    assert due_micro == [False, True] * 4  # every 2nd micro-batch
+    assert due_steps == [False] * 7 + [True]  # every 2nd optimizer step = every 8th micro-batch
+    with pytest.raises(ValueError, match="das_count_unit"):
+        DASSearch(num_layers=4, skip_num=1, count_unit="epoch")

@@ -314,3 +314,22 @@ def test_vqa_split_without_answers_reports_no_score():
     m.update({**out, "vqa_targets": VQA_TARGETS}, {"vqa_has_answers": [True, False]})
     got = m.compute_and_reset()
     assert got["vqa_score"] == pytest.approx(1.0) and got["vqa_loss"] == pytest.approx(0.7)
+
+
+def test_test_dev_submission_is_filled_to_every_test_question(tmp_path):
+    """vqa_fill_questions: the run's VQA dump covers every test2015 question (EvalAI's test-dev phase)."""
+    questions = tmp_path / "v2_OpenEnded_mscoco_test2015_questions.json"
+    questions.write_text(json.dumps({"questions": [{"question_id": q} for q in (1, 2, 3, 4)]}))
+
+    class DM:
+        def id2answer(self, task):
+            return ["yes", "no", "2"]
+
+    parts = [{"vqa": [{"question_id": 2, "pred": 1}, {"question_id": 1, "pred": 2}]}]
+    cfg = {"_dump_dir": str(tmp_path), "_dump_name": "run_v0_last", "vqa_fill_questions": str(questions),
+           "vqa_fill_answer": "yes"}
+    written = dumps.write_run_dumps(parts, DM(), cfg, is_global_zero=True)
+    rows = json.loads(written["vqa"].read_text())
+    assert rows == [{"question_id": 1, "answer": "2"}, {"question_id": 2, "answer": "no"},
+                    {"question_id": 3, "answer": "yes"}, {"question_id": 4, "answer": "yes"}]
+    assert written["vqa"].name == "vqa_submit_run_v0_last.json"

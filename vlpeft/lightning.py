@@ -9,14 +9,13 @@ from typing import Any, Iterator
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 
 from vlpeft._rng import RNG_KEY, rng_state, set_rng_state
 from vlpeft.backbones import LayerPlan
 from vlpeft.build import assemble
 from vlpeft.optim import build_optimizer, build_scheduler
 from vlpeft.pet.trainable import format_trainable
-from vlpeft.search._base import finish_search
+from vlpeft.search._base import finish_search, mean_across_ranks, reward_stream
 from vlpeft.search.placement import Placement
 from vlpeft.tasks import metrics as tm
 from vlpeft.tasks._base import compute
@@ -49,9 +48,7 @@ class VLPeftModule(pl.LightningModule):
     def current_placement(self) -> Placement:
         if self.search is not None:
             return self.search.placement(base=self.base_plan)
-        p = self.base_plan
-        return Placement("kab" if p.insert_layer is not None and not p.skip else "das", tuple(sorted(p.skip)),
-                         p.insert_layer, num_layers=self.backbone.num_layers)
+        return Placement.from_plan(self.base_plan, self.backbone.num_layers)
 
     def forward(self, batch: dict[str, Any], plan: LayerPlan | None = None) -> dict[str, Any]:
         plan = self.plan() if plan is None else plan
@@ -89,7 +86,7 @@ class VLPeftModule(pl.LightningModule):
                 outs = [self(batch, p) for p in plans]
         finally:
             self.train(was_training)
-        values = _mean_across_ranks(torch.stack([self.search.reward_value(o, self.tasks[0]) for o in outs]))
+        values = mean_across_ranks(torch.stack([self.search.reward_value(o, self.tasks[0]) for o in outs]))
         info = self.search.update_plans(plans, values.cpu())
         self.search.record_history()
         msg = self.search.round_message(self.current_epoch, info, float(sum(o["loss"] for o in outs)) / len(outs))
@@ -102,7 +99,7 @@ class VLPeftModule(pl.LightningModule):
             # continue the stream where the saved state says it stood (a resumed search sees the same batches)
             loader = self.trainer.datamodule.search_dataloader(self.search.search_batch_size(self.config))
             start_pass, skip = divmod(int(self.search.reward_batches), max(1, len(loader)))
-            self._search_iter = _cycle(loader, start_pass, skip)
+            self._search_iter = reward_stream(loader, start_pass, skip)
         batch = next(self._search_iter)
         self.search.reward_batches += 1
         return self.transfer_batch_to_device(batch, self.device, 0)
@@ -166,29 +163,6 @@ class VLPeftModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if RNG_KEY in checkpoint:
             set_rng_state(checkpoint[RNG_KEY])
-
-
-def _cycle(loader, start_pass: int = 0, skip_batches: int = 0) -> Iterator:
-    """Endless passes over the reward loader, a new seeded order each pass (the originals reused one batch)."""
-    epoch = start_pass
-    while True:
-        loader.sampler.set_epoch(epoch)
-        loader.sampler.skip, skip_batches = skip_batches * loader.batch_size, 0
-        yielded = False
-        for b in loader:
-            yielded = True
-            yield b
-        if not yielded:
-            raise ValueError("the search split is empty; check the val split files under data_root")
-        epoch += 1
-
-
-def _mean_across_ranks(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= dist.get_world_size()
-    return t
 
 
 def _batch_len(batch: dict[str, Any]) -> int:

@@ -12,7 +12,7 @@ that lacks it is refused with the reason.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -177,4 +177,32 @@ def finish_search(search: SearchStrategy, base: LayerPlan, run_dir: Path, is_glo
           f"{run_dir / 'placement.png'}", flush=True)
     return placement
 
-__all__ = ["SEARCHES", "SearchState", "SearchStrategy", "build_search", "finish_search"]
+def reward_stream(loader, start_pass: int = 0, skip_batches: int = 0) -> Iterator:
+    """Endless passes over the reward/mini-val loader, a new seeded order each pass (the originals reused one
+    batch), starting ``skip_batches`` into pass ``start_pass`` (a resumed search continues where it stood)."""
+    epoch = start_pass
+    while True:
+        loader.sampler.set_epoch(epoch)
+        loader.sampler.skip, skip_batches = skip_batches * loader.batch_size, 0
+        yielded = False
+        for b in loader:
+            yielded = True
+            yield b
+        if not yielded:
+            raise ValueError("the search split is empty; check the val split files under data_root")
+        epoch += 1
+
+
+def mean_across_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Reward values averaged over DDP ranks before the update, so every rank updates the same way."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= dist.get_world_size()
+    return t
+
+
+__all__ = ["SEARCHES", "SearchState", "SearchStrategy", "build_search", "finish_search", "mean_across_ranks",
+           "reward_stream"]

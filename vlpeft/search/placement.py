@@ -111,6 +111,12 @@ class Placement:
         insert = self.insert_layer if self.insert_layer is not None else base.insert_layer
         return LayerPlan.of(skip, insert)
 
+    @classmethod
+    def from_plan(cls, plan, num_layers: int) -> "Placement":
+        """The placement a train run records for its ``LayerPlan`` (``kab`` when it only places a prompt)."""
+        method = "kab" if plan.insert_layer is not None and not plan.skip else "das"
+        return cls(method, tuple(sorted(plan.skip)), plan.insert_layer, num_layers=num_layers)
+
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(path, self.to_dict())
 

@@ -25,7 +25,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-ANCHORS = ("par", "out_seq", "skip")  # parallel delta on the sublayer input; sequential on its output; skip unit
+# par: a delta from the sublayer input added to its output; out_seq: a map of the sublayer output (own residual);
+# skip: replaces a skipped unit; proj:*: a module on a projection (LoRA, IA3; parameters beside the weight, which
+# keeps its name); out_par / gate / input: the zoo's sublayer-output delta, gate and input-prompt anchors.
+PROJ_ANCHORS = ("proj:q", "proj:k", "proj:v", "proj:o", "proj:qkv", "proj:ff_in", "proj:ff_out")
+ANCHORS = ("par", "out_seq", "skip", "out_par", "gate", "input") + PROJ_ANCHORS
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,27 @@ def attach_skip(slots: nn.ModuleList, site: Site, module: nn.Module) -> None:
     slot.append(module)
 
 
+def projection_sites(model: nn.Module, family: str, include: str, encoder_layer: int | None = None) -> list[Site]:
+    """The ``proj:*`` sites of ``model``'s projections whose name matches ``include`` (names relative to ``model``);
+    ``encoder_layer``: the candidate index given to sites of an ``encoder`` stack (T5's encoder runs before the
+    candidates: -1)."""
+    from dataclasses import replace
+
+    from vlpeft.pet._sites_hf import ProjHost
+
+    sites = ProjHost(model, family, include).sites()
+    if encoder_layer is not None:
+        sites = [replace(s, layer=encoder_layer) if s.stack == "encoder" else s for s in sites]
+    return sites
+
+
+def attach_projection(model: nn.Module, site: Site, module: nn.Module) -> None:
+    """Wrap the projection at ``site.name`` (its weight keeps its name) and attach ``module`` to it."""
+    from vlpeft.pet._wrap import attach_to_linear
+
+    attach_to_linear(model, site.name, module)
+
+
 # --- shared helpers for base_trainable policies -------------------------------------------------------------
 def is_norm_param(module_of: Mapping[str, nn.Module], name: str) -> bool:
     owner = module_of.get(name.rsplit(".", 1)[0])
@@ -182,4 +207,4 @@ def policy_params(model: nn.Module, policy: str, extra: Iterable[str] = ()) -> l
     return out
 
 
-__all__ = ["ANCHORS", "Backbone", "attach_skip", "Candidates", "LayerPlan", "Site", "is_norm_param", "policy_params"]
+__all__ = ["ANCHORS", "PROJ_ANCHORS", "Backbone", "attach_projection", "attach_skip", "projection_sites", "Candidates", "LayerPlan", "Site", "is_norm_param", "policy_params"]

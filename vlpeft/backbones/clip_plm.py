@@ -54,7 +54,8 @@ from torch import nn
 
 from vlpeft.backbones._clip import CLIPFeatureCache, FrozenCLIP, build_clip_visual
 from vlpeft.backbones._plm import LANGUAGE_MODELS, PLMState, PLMWrapper, build_hf_plm, wrap_plm
-from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site, attach_skip
+from vlpeft.backbones._protocol import (Backbone, Candidates, LayerPlan, Site, attach_projection, attach_skip,
+                                        projection_sites)
 from vlpeft.pet.prompts import CrossAttentionPrompt
 from vlpeft.search.placement import validate_skip
 
@@ -325,12 +326,18 @@ class DVPBackbone(Backbone):
 
     def sites(self) -> list[Site]:
         d = self.hidden_size
-        return self.plm.sites() + [Site("plm", i, "block", "skip", d, f"skip_adapters.{i}.0", self.family)
-                                   for i in range(self.num_layers)]
+        skips = [Site("plm", i, "block", "skip", d, f"skip_adapters.{i}.0", self.family) for i in range(self.num_layers)]
+        # projections of the PLM only (CLIP is locked); T5's encoder runs before the candidates (layer -1)
+        projs = projection_sites(self, self.family, r"^plm\.(bert|t5|llama)\.", encoder_layer=-1)
+        if self.plm.kind == "T5":  # T5's candidates are its decoder blocks: decoder sites keep their block index
+            projs = [s for s in projs if s.stack in ("encoder", "decoder")]
+        return self.plm.sites() + skips + projs
 
     def attach(self, site: Site, module: nn.Module) -> None:
         if site.anchor == "skip":
             attach_skip(self.skip_adapters, site, module)
+        elif site.anchor.startswith("proj:"):
+            attach_projection(self, site, module)
         else:
             self.plm.attach(site, module)
 

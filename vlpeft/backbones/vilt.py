@@ -45,7 +45,8 @@ from transformers.models.bert.modeling_bert import BertEmbeddings
 
 from vlpeft.backbones._convert import hf_to_vilt_state_dict
 from vlpeft._init import init_weights_bert
-from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site, attach_skip, policy_params
+from vlpeft.backbones._protocol import (Backbone, Candidates, LayerPlan, Site, attach_projection, attach_skip,
+                                        policy_params, projection_sites)
 from vlpeft.search.placement import validate_skip
 
 # ----------------------------------------------------------------------------------------------- ViT variants
@@ -91,13 +92,17 @@ class DASBlock(Block):
 
     def __init__(self, dim: int, *args: Any, **kwargs: Any):
         super().__init__(dim, *args, **kwargs)
-        self.adapter0: nn.Module | None = None
+        self.adapter0: nn.Module | None = None  # par sites (DAS)
         self.adapter1: nn.Module | None = None
+        self.out_attn: nn.Module | None = None  # out_seq sites: a map of the sublayer output (VL-Adapter style)
+        self.out_mlp: nn.Module | None = None
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        h = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask)))
+        h = self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask))
+        h = x + self.drop_path1(h if self.out_attn is None else self.out_attn(h))
         x = h if self.adapter0 is None else h + self.adapter0(x)
-        h = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        h = self.ls2(self.mlp(self.norm2(x)))
+        h = x + self.drop_path2(h if self.out_mlp is None else self.out_mlp(h))
         return h if self.adapter1 is None else h + self.adapter1(x)
 
 
@@ -436,12 +441,16 @@ class ViLT(Backbone):
         for i in range(self.num_layers):
             out += [Site("vit", i, "attn", "par", d, f"transformer.blocks.{i}.adapter0", self.family),
                     Site("vit", i, "ffn", "par", d, f"transformer.blocks.{i}.adapter1", self.family),
-                    Site("vit", i, "block", "skip", d, f"adapter_list.{i}.0", self.family)]
-        return out
+                    Site("vit", i, "block", "skip", d, f"adapter_list.{i}.0", self.family),
+                    Site("vit", i, "attn", "out_seq", d, f"transformer.blocks.{i}.out_attn", self.family),
+                    Site("vit", i, "ffn", "out_seq", d, f"transformer.blocks.{i}.out_mlp", self.family)]
+        return out + projection_sites(self, self.family, r"^transformer\.blocks\.\d+\.(attn|mlp)\.")
 
     def attach(self, site: Site, module: nn.Module) -> None:
         if site.anchor == "skip":
             return attach_skip(self.adapter_list, site, module)
+        if site.anchor.startswith("proj:"):
+            return attach_projection(self, site, module)
         blk = self.transformer.blocks[site.layer]
         attr = site.name.rsplit(".", 1)[-1]
         if getattr(blk, attr) is not None:

@@ -93,7 +93,9 @@ class PetReport:
         for i in self.injected:
             by[f"{i.module}@{i.site.anchor}"] = by.get(f"{i.module}@{i.site.anchor}", 0) + 1
         parts = ", ".join(f"{k} ×{v}" for k, v in sorted(by.items())) or "no modules"
-        extra = f"; matched no site: {', '.join(self.unmatched)}" if self.unmatched else ""
+        placed = {i.module for i in self.injected}
+        unmatched = sorted(set(self.unmatched) - placed)
+        extra = f"; matched no site: {', '.join(unmatched)}" if unmatched else ""
         return f"pet={self.recipe.name}: {parts}; backbone policy {self.recipe.base_policy!r}{extra}"
 
 

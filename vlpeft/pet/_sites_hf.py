@@ -28,8 +28,9 @@ from vlpeft.backbones._protocol import ANCHORS, Site
 from vlpeft.pet._base import PetError, PetSpec
 from vlpeft.pet._wrap import attach_to_linear, is_projection, projection_dims
 
-PROJ_ANCHORS = ("proj:q", "proj:k", "proj:v", "proj:o", "proj:qkv", "proj:ff_in", "proj:ff_out")
-EXT_ANCHORS = tuple(ANCHORS) + ("out_par", "gate", "input") + PROJ_ANCHORS
+from vlpeft.backbones._protocol import PROJ_ANCHORS  # noqa: E402  (now part of the protocol's anchors)
+
+EXT_ANCHORS = tuple(ANCHORS)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlpeft._init import init_weights_bert
+from vlpeft.backbones._layers import Pooler
 from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site, policy_params
 
 # ----------------------------------------------------------------------------------------------- config
@@ -469,18 +470,6 @@ class BertCrossLayer(nn.Module):
         if self.adapter is not None:
             out = out + self.adapter(a2)
         return out
-
-
-class Pooler(nn.Module):
-    """``tanh(dense(h[:, 0]))``."""
-
-    def __init__(self, hidden: int):
-        super().__init__()
-        self.dense = nn.Linear(hidden, hidden)
-        self.activation = nn.Tanh()
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.dense(h[:, 0]))
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

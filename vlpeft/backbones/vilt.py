@@ -45,6 +45,7 @@ from transformers.models.bert.modeling_bert import BertEmbeddings
 
 from vlpeft.backbones._convert import hf_to_vilt_state_dict
 from vlpeft._init import init_weights_bert
+from vlpeft.backbones._layers import Pooler
 from vlpeft.backbones._protocol import (Backbone, Candidates, LayerPlan, Site, attach_projection, attach_skip,
                                         policy_params, projection_sites)
 from vlpeft.search.placement import validate_skip
@@ -104,18 +105,6 @@ class DASBlock(Block):
         h = self.ls2(self.mlp(self.norm2(x)))
         h = x + self.drop_path2(h if self.out_mlp is None else self.out_mlp(h))
         return h if self.adapter1 is None else h + self.adapter1(x)
-
-
-class Pooler(nn.Module):
-    """``tanh(dense(h[:, 0]))``."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
-        self.activation = nn.Tanh()
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.dense(hidden_states[:, 0]))
 
 
 @dataclass(frozen=True)

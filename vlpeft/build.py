@@ -47,7 +47,7 @@ def _inject(backbone: Backbone, config: Mapping[str, Any], plan: LayerPlan | Non
     recipe = build_recipe(config, axes.pet)
     report = inject(backbone, recipe)
     policy = axes.train_base or recipe.base_policy
-    if not axes.train_base and policy not in backbone.base_policies():
+    if not axes.train_base and not backbone.knows_policy(policy):
         policy = "none"  # a preset's backbone-specific default (das_original) on a backbone without it
     apply_trainable(backbone, report, policy, plan if config.get("trainable") == "used" else None)
     return report, policy

@@ -96,7 +96,7 @@ NEW_KEYS: dict[str, Any] = {
     "backbone": "",  # registered backbone (vilt, clip_plm, test_*); "" = from method
     "pet": "",  # PET preset (das, dvp_adapter, none, …); "" = from method (dvp: use_adapter)
     "search": "",  # search strategy in the search stage (das, kab); "" = from method
-    "train_base": "",  # what of the backbone itself trains: none | norms | bias | all | das_original; "" = the preset's
+    "train_base": "",  # what of the backbone itself trains: none | norms | bias | all | das_original | kind:scope terms (norms:encoder+bias); "" = the preset's
     "stage": "train",  # search | train ; test_only=True evaluates
     "placement": "",  # path to a search run's placement.json (or its run folder, or "latest"); wins over skip_module/insert_layer
     "cpu_devices": 1,  # processes when num_gpus=0 (CPU DDP with gloo when > 1)

@@ -73,33 +73,73 @@ class PLMState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class _AdapterHook:
-    """Forward (post) or pre hook applying an adapter; an object, not a closure, so deepcopy/pickle follow
-    the adapter module into the copy."""
+class _SiteHook:
+    """The hook at one sublayer site: applies the modules attached there in the fixed order of
+    ``vlpeft.pet._sites_hf.compose_site`` — the sequential adapter (``seq``: DVP's ``A_j``), then the ``out_par``
+    delta reading the sublayer input ``X``, then the gate ``G(X, Y)``. ``X`` is captured by a pre-hook on the
+    module that receives it (``_XCapture``) and consumed here. An object, not a closure, so deepcopy/pickle
+    follow the modules into the copy."""
 
-    def __init__(self, adapter: nn.Module, where: str) -> None:
-        self.adapter = adapter
+    def __init__(self, where: str) -> None:
         self.where = where  # "output" | "input" | "tuple_output"
+        self.seq: nn.Module | None = None
+        self.par: nn.Module | None = None
+        self.gate: nn.Module | None = None
+        self.x: torch.Tensor | None = None
+
+    def _apply(self, h: torch.Tensor) -> torch.Tensor:
+        if self.seq is not None:
+            h = self.seq(h)
+        if self.par is not None or self.gate is not None:
+            x, self.x = self.x, None
+            if x is None:
+                raise RuntimeError("a PET out_par / gate module ran without the sublayer input X; the X capture "
+                                   "hook did not fire (is the layer called through its HF module?)")
+            if self.par is not None:
+                h = h + self.par(x)
+            if self.gate is not None:
+                h = h * self.gate(x, h)
+        return h
 
     def __call__(self, module: nn.Module, args: Any, output: Any = None) -> Any:
         if self.where == "input":
-            return (self.adapter(args[0]),) + tuple(args[1:])
+            return (self._apply(args[0]),) + tuple(args[1:])
         if self.where == "tuple_output":
-            return (self.adapter(output[0]),) + tuple(output[1:])
-        return self.adapter(output)
+            return (self._apply(output[0]),) + tuple(output[1:])
+        return self._apply(output)
+
+
+class _XCapture:
+    """Forward pre-hook (with kwargs) storing a sublayer's input X on its ``_SiteHook``: positional argument
+    ``index`` or keyword ``key``."""
+
+    def __init__(self, site: _SiteHook, index: int, key: str) -> None:
+        self.site, self.index, self.key = site, index, key
+
+    def __call__(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        self.site.x = args[self.index] if len(args) > self.index else kwargs[self.key]
+        return None
 
 
 class PLMWrapper(nn.Module):
-    """Shared plumbing; subclasses set ``kind``, implement the four steps and the freezing rule."""
+    """Shared plumbing; subclasses set ``kind``, implement the four steps and the freezing rule.
+
+    PET sites per sublayer ``j`` (``_site_table`` order): ``out_seq`` → ``adapters.j`` (DVP's ``A_j``, attached in
+    order), ``out_par`` → ``out_par.j``, ``gate`` → ``gates.j``; one ``_SiteHook`` per site applies them."""
 
     kind = ""
     uses_token_types = True
+    # Site.role of the candidate stack ("plm") and of the prepare part ("plm_encoder", T5's encoder)
+    stack_roles = {"plm": "encoder", "plm_encoder": "encoder"}
 
     def __init__(self) -> None:
         super().__init__()
         self.adapters = nn.ModuleList()
+        self.out_par = nn.ModuleDict()
+        self.gates = nn.ModuleDict()
         self._adapter_owner: list[int] = []  # stage (-1 = prepare, i = candidate layer i) of each adapter
         self._hook_handles: list[Any] = []
+        self._site_hooks: dict[int, _SiteHook] = {}
 
     # -- structure ---------------------------------------------------------------------------------
     @property
@@ -117,33 +157,59 @@ class PLMWrapper(nn.Module):
     def prepare_modules(self) -> list[nn.Module]:
         raise NotImplementedError
 
-    def _add_adapter(self, adapter: nn.Module, stage: int, module: nn.Module, where: str) -> None:
-        self.adapters.append(adapter)
-        self._adapter_owner.append(stage)
-        hook = _AdapterHook(adapter, where)
-        if where == "input":
-            self._hook_handles.append(module.register_forward_pre_hook(hook))
-        else:
-            self._hook_handles.append(module.register_forward_hook(hook))
+    def _site_hook(self, j: int, module: nn.Module, where: str) -> _SiteHook:
+        if j not in self._site_hooks:
+            hook = self._site_hooks[j] = _SiteHook(where)
+            if where == "input":
+                self._hook_handles.append(module.register_forward_pre_hook(hook))
+            else:
+                self._hook_handles.append(module.register_forward_hook(hook))
+        return self._site_hooks[j]
 
     def sites(self) -> list[Site]:
-        """Sequential-adapter sites on sublayer outputs, in the order of the ``adapters`` ModuleList (so the
-        j-th attached module is ``adapters.j``, the original ``A_j``)."""
+        """Per sublayer ``j`` (``_site_table`` order): the ``out_seq`` site ``plm.adapters.j`` (the j-th attached
+        sequential adapter is ``adapters.j``, the original ``A_j``), ``out_par`` ``plm.out_par.j`` and ``gate``
+        ``plm.gates.j``."""
         out = []
         for j, (stage, sublayer, module, where) in enumerate(self._site_table()):
-            out.append(Site("plm" if stage >= 0 else "plm_encoder", stage, sublayer, "out_seq", self.hidden_size,
-                            f"plm.adapters.{j}", self.kind.lower(), meta={"module": module, "where": where}))
+            stack = "plm" if stage >= 0 else "plm_encoder"
+            meta = {"module": module, "where": where, "j": j, "stack_role": self.stack_roles.get(stack, stack)}
+            for anchor, name in (("out_seq", f"plm.adapters.{j}"), ("out_par", f"plm.out_par.{j}"),
+                                 ("gate", f"plm.gates.{j}")):
+                out.append(Site(stack, stage, sublayer, anchor, self.hidden_size, name, self.kind.lower(), meta=meta))
         return out
 
     def _site_table(self) -> list[tuple[int, str, nn.Module, str]]:
         """(stage, sublayer, hooked module, hook kind) per site; stage -1 = the prepare part (T5's encoder)."""
         raise NotImplementedError
 
+    def _x_sources(self) -> list[tuple[nn.Module, int, str]]:
+        """Per site (``_site_table`` order): the module whose call receives the sublayer input X, and X's
+        positional index / keyword name there (spec §1.3: BERT ``input_tensor`` of the Output module; T5 the
+        raw stream entering ``layer[k]``; LLaMA the stream entering the sublayer's norm)."""
+        raise NotImplementedError
+
     def attach(self, site: Site, module: nn.Module) -> None:
         j = int(site.name.rsplit(".", 1)[-1])
-        if j != len(self.adapters):
-            raise ValueError(f"adapter sites attach in order: expected plm.adapters.{len(self.adapters)}, got {site.name}")
-        self._add_adapter(module, site.layer, site.meta["module"], site.meta["where"])
+        hook = self._site_hook(j, site.meta["module"], site.meta["where"])
+        if site.anchor == "out_seq":
+            if j != len(self.adapters):
+                raise ValueError(f"adapter sites attach in order: expected plm.adapters.{len(self.adapters)}, "
+                                 f"got {site.name}")
+            self.adapters.append(module)
+            self._adapter_owner.append(site.layer)
+            hook.seq = module
+            return
+        if site.anchor not in ("out_par", "gate"):
+            raise ValueError(f"PLM sites take out_seq / out_par / gate modules, not {site.anchor!r} ({site.name})")
+        slots = self.out_par if site.anchor == "out_par" else self.gates
+        if str(j) in slots:
+            raise ValueError(f"site {site.name} is taken; one module per slot")
+        slots[str(j)] = module
+        setattr(hook, "par" if site.anchor == "out_par" else "gate", module)
+        if len([m for m in (hook.par, hook.gate) if m is not None]) == 1:  # the first reader of X: capture it
+            xmod, index, key = self._x_sources()[j]
+            self._hook_handles.append(xmod.register_forward_pre_hook(_XCapture(hook, index, key), with_kwargs=True))
 
     def stage_parameters(self, stage: int) -> Iterator[nn.Parameter]:
         """Parameters stage ``stage`` computes with (-1 = prepare; i = candidate layer i), adapters included."""
@@ -153,6 +219,12 @@ class PLMWrapper(nn.Module):
         for a, s in zip(self.adapters, self._adapter_owner):
             if (s < 0 and stage < 0) or s == stage:
                 yield from a.parameters()
+        table = self._site_table() if (len(self.out_par) or len(self.gates)) else []
+        for slots in (self.out_par, self.gates):
+            for j, m in slots.items():
+                s = table[int(j)][0]
+                if (s < 0 and stage < 0) or s == stage:
+                    yield from m.parameters()
 
     def stage_trainable(self, stage: int) -> bool:
         return any(p.requires_grad for p in self.stage_parameters(stage))
@@ -193,8 +265,13 @@ class PLMWrapper(nn.Module):
             keep = {n for n, _ in hf.named_parameters()}
         elif policy == "bias":
             keep = {n for n, _ in hf.named_parameters() if n.endswith("bias")}
-        else:
-            raise ValueError(f"base_trainable policy {policy!r} is not one of none/norms/bias/all")
+        else:  # kind:scope policies (norms:encoder, norms+bias:c_attn, …) over the HF model's names
+            from vlpeft.backbones._protocol import is_scoped_policy, scoped_policy_params
+
+            if not is_scoped_policy(policy):
+                raise ValueError(f"base_trainable policy {policy!r} is not one of none/norms/bias/all nor a kind:scope "
+                                 f"policy such as 'norms:encoder' or 'norms+bias:c_attn' (vlpeft.pet.unfreeze)")
+            keep = {n for n, _ in scoped_policy_params(hf, policy)}
         pooler = {n for n, _ in hf.named_parameters() if n.startswith("pooler.")}
         keep = (keep - pooler) | (pooler if original_trainable else set())
         return [(n, p) for n, p in hf.named_parameters() if n in keep]
@@ -216,6 +293,12 @@ class BertPLM(PLMWrapper):
         for i, layer in enumerate(self.layers):
             # LN(x_in + A(drop(dense(h)))): the adapter sees the dropout's output
             out += [(i, "attn", layer.attention.output.dropout, "output"), (i, "ffn", layer.output.dropout, "output")]
+        return out
+
+    def _x_sources(self) -> list[tuple[nn.Module, int, str]]:
+        out = []
+        for layer in self.layers:  # BertSelfOutput / BertOutput (hidden_states, input_tensor)
+            out += [(layer.attention.output, 1, "input_tensor"), (layer.output, 1, "input_tensor")]
         return out
 
     def hf_model(self) -> nn.Module:
@@ -274,6 +357,7 @@ class T5PLM(PLMWrapper):
     """
 
     kind = "T5"
+    stack_roles = {"plm": "decoder", "plm_encoder": "encoder"}  # candidates are the decoder blocks
 
     def __init__(self, model: nn.Module, original_position_bias: bool = False) -> None:
         super().__init__()
@@ -287,6 +371,12 @@ class T5PLM(PLMWrapper):
         for i, blk in enumerate(self.layers):  # A_{3i}, A_{3i+1} (cross-attention), A_{3i+2}
             for sub, name in zip(blk.layer, ("attn", "cross_attn", "ffn")):
                 out.append((i, name, sub.dropout, "input"))
+        return out
+
+    def _x_sources(self) -> list[tuple[nn.Module, int, str]]:
+        out = [(blk.layer[k], 0, "hidden_states") for blk in self.t5.encoder.block for k in (0, -1)]
+        for blk in self.layers:
+            out += [(sub, 0, "hidden_states") for sub in blk.layer]
         return out
 
     def hf_model(self) -> nn.Module:
@@ -367,6 +457,7 @@ class LlamaPLM(PLMWrapper):
     (RoPE recomputed for the new length); readout = final norm at the last real token (shifted by one)."""
 
     kind = "LLAMA"
+    stack_roles = {"plm": "decoder"}  # a decoder-only LM: no encoder for VL-PET's encoder modules
     uses_token_types = False
 
     def __init__(self, model: nn.Module) -> None:
@@ -377,6 +468,12 @@ class LlamaPLM(PLMWrapper):
         out = []
         for i, layer in enumerate(self.layers):
             out += [(i, "attn", layer.self_attn, "tuple_output"), (i, "ffn", layer.mlp, "output")]
+        return out
+
+    def _x_sources(self) -> list[tuple[nn.Module, int, str]]:
+        out = []
+        for layer in self.layers:  # the residual stream entering each sublayer's RMSNorm
+            out += [(layer.input_layernorm, 0, "hidden_states"), (layer.post_attention_layernorm, 0, "hidden_states")]
         return out
 
     def hf_model(self) -> nn.Module:

@@ -86,6 +86,14 @@ class Site:
         if self.anchor not in ANCHORS:
             raise ValueError(f"site anchor {self.anchor!r} is not one of {ANCHORS}")
 
+    @property
+    def role(self) -> str:
+        """What the site's stack is for presets that select ``encoder`` / ``decoder`` stacks (VL-PET):
+        ``meta["stack_role"]`` when the backbone sets it, else the stack name. Single-stream ViLT's ``vit``
+        stack and CLIP+BERT's ``plm`` stack are encoders; CLIP+T5's ``plm_encoder`` is the encoder and its
+        ``plm`` (decoder blocks) the decoder; CLIP+LLaMA's ``plm`` is a decoder (a decoder-only LM)."""
+        return str((self.meta or {}).get("stack_role", self.stack))
+
 
 class Backbone(nn.Module):
     """Base class with the protocol's defaults; see the module docstring."""
@@ -133,7 +141,16 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def base_policies(self) -> tuple[str, ...]:
+        """The named policies; ``kind:scope`` terms joined by ``+`` (``vlpeft.pet.unfreeze``) are accepted too."""
         return ("none", "norms", "bias", "all")
+
+    # scope words a ``kind:scope`` policy may use that mean a differently named part of this backbone
+    # (ViLT: ``encoder`` = its single-stream ``transformer``); applied by ``policy_params``
+    policy_scope_aliases: Mapping[str, str] = {}
+
+    def knows_policy(self, policy: str) -> bool:
+        """Whether ``base_trainable(policy)`` is defined: a named policy, or a ``kind:scope`` combination."""
+        return policy in self.base_policies() or is_scoped_policy(policy)
 
     def checkpoint_filter_fn(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return dict(state_dict)
@@ -191,10 +208,46 @@ def is_norm_param(module_of: Mapping[str, nn.Module], name: str) -> bool:
     return owner is not None and ("norm" in type(owner).__name__.lower() or "LayerNorm" in name)
 
 
+PLAIN_POLICIES = ("none", "norms", "bias", "all")
+
+
+def is_scoped_policy(policy: str) -> bool:
+    """True for a valid ``vlpeft.pet.unfreeze`` policy string that is not one of the plain names
+    (``norms:encoder``, ``norms+bias:c_attn``, …)."""
+    from vlpeft.pet.unfreeze import parse_policy
+
+    if not isinstance(policy, str) or policy in PLAIN_POLICIES:
+        return False
+    try:
+        parse_policy(policy)
+    except ValueError:
+        return False
+    return True
+
+
+def scoped_policy_params(model: nn.Module, policy: str,
+                         aliases: Mapping[str, str] | None = None) -> list[tuple[str, nn.Parameter]]:
+    """A ``kind:scope`` policy over ``model`` through ``vlpeft.pet.unfreeze.policy_params``; ``aliases`` rewrite
+    scope words (``{"encoder": "transformer"}``) before matching. Raises a ValueError naming the bad term."""
+    from vlpeft.pet.unfreeze import parse_policy, policy_params as unfreeze_params
+
+    terms = []
+    for kind, scope in parse_policy(policy):
+        if scope and aliases and scope in aliases:
+            scope = aliases[scope]
+        terms.append(f"{kind}:{scope}" if scope else kind)
+    return unfreeze_params(model, "+".join(terms))
+
+
 def policy_params(model: nn.Module, policy: str, extra: Iterable[str] = ()) -> list[tuple[str, nn.Parameter]]:
-    """The generic policies over ``model``'s parameters: none / norms / bias / all (``extra`` names always in)."""
-    mods = dict(model.named_modules())
+    """The generic policies over ``model``'s parameters: none / norms / bias / all (``extra`` names always in),
+    and ``kind:scope`` combinations (delegated to ``vlpeft.pet.unfreeze``; scope aliases from
+    ``model.policy_scope_aliases``)."""
     extra = tuple(extra)
+    if policy not in PLAIN_POLICIES and is_scoped_policy(policy):
+        chosen = {n for n, _ in scoped_policy_params(model, policy, getattr(model, "policy_scope_aliases", None))}
+        return [(n, p) for n, p in model.named_parameters() if n in chosen or (extra and n.startswith(extra))]
+    mods = dict(model.named_modules())
     out = []
     for n, p in model.named_parameters():
         if n.startswith(extra) and extra:
@@ -203,8 +256,10 @@ def policy_params(model: nn.Module, policy: str, extra: Iterable[str] = ()) -> l
                 policy == "norms" and is_norm_param(mods, n)):
             out.append((n, p))
         elif policy not in ("none", "norms", "bias", "all"):
-            raise ValueError(f"base_trainable policy {policy!r} is not one of none/norms/bias/all")
+            raise ValueError(f"base_trainable policy {policy!r} is not one of none/norms/bias/all nor a "
+                             f"kind:scope policy such as 'norms:encoder' or 'norms+bias:c_attn' (vlpeft.pet.unfreeze)")
     return out
 
 
-__all__ = ["ANCHORS", "PROJ_ANCHORS", "Backbone", "attach_projection", "attach_skip", "projection_sites", "Candidates", "LayerPlan", "Site", "is_norm_param", "policy_params"]
+__all__ = ["ANCHORS", "PROJ_ANCHORS", "Backbone", "attach_projection", "attach_skip", "projection_sites", "Candidates", "LayerPlan", "Site", "is_norm_param", "is_scoped_policy", "policy_params",
+           "scoped_policy_params"]

@@ -32,7 +32,7 @@ Differences from the original, on purpose (seeds.md §8):
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -86,10 +86,15 @@ def test_vilt_small() -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- modules
 class DASBlock(Block):
-    """timm's pre-norm ViT block with two explicit parallel sites (``adapter0``, ``adapter1``), empty by default:
-    ``x = x + attn(norm1(x)) + adapter0(x)``; ``x = x + mlp(norm2(x)) + adapter1(x)`` (an empty slot adds nothing).
-    The slot names are the original DAS checkpoints'. ``attn_mask`` is a boolean key mask broadcastable to
-    (B, heads, N, N), True = attend."""
+    """timm's pre-norm ViT block with explicit PET slots, all empty by default (an empty slot costs nothing).
+
+    Per sublayer (``attn``, ``mlp``), with ``X`` the block stream entering it and ``H`` its output (after ``ls``):
+    ``Y = out_seq(H)`` (``out_attn`` / ``out_mlp``: a map with its own residual), ``Y += out_par(X)``
+    (``out_par_attn`` / ``out_par_mlp``: a delta reading the sublayer input), ``Y ← Y ⊙ gate(X, Y)``
+    (``gate_attn`` / ``gate_mlp``: VL-PET's G, scale included) — the fixed order of
+    ``vlpeft.pet._sites_hf.compose_site`` —, then ``x = X + drop_path(Y)``, then the DAS parallel slot
+    ``x += adapter0(X)`` / ``adapter1(X)`` (the original DAS checkpoints' names). ``attn_mask`` is a boolean key
+    mask broadcastable to (B, heads, N, N), True = attend."""
 
     def __init__(self, dim: int, *args: Any, **kwargs: Any):
         super().__init__(dim, *args, **kwargs)
@@ -97,13 +102,28 @@ class DASBlock(Block):
         self.adapter1: nn.Module | None = None
         self.out_attn: nn.Module | None = None  # out_seq sites: a map of the sublayer output (VL-Adapter style)
         self.out_mlp: nn.Module | None = None
+        self.out_par_attn: nn.Module | None = None  # out_par sites: a delta from X added to the sublayer output
+        self.out_par_mlp: nn.Module | None = None
+        self.gate_attn: nn.Module | None = None  # gate sites: G(X, Y) multiplying the adapted output (VL-PET)
+        self.gate_mlp: nn.Module | None = None
+
+    @staticmethod
+    def _compose(x: torch.Tensor, h: torch.Tensor, seq: nn.Module | None, par: nn.Module | None,
+                 gate: nn.Module | None) -> torch.Tensor:
+        if seq is not None:
+            h = seq(h)
+        if par is not None:
+            h = h + par(x)
+        if gate is not None:
+            h = h * gate(x, h)
+        return h
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         h = self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask))
-        h = x + self.drop_path1(h if self.out_attn is None else self.out_attn(h))
+        h = x + self.drop_path1(self._compose(x, h, self.out_attn, self.out_par_attn, self.gate_attn))
         x = h if self.adapter0 is None else h + self.adapter0(x)
         h = self.ls2(self.mlp(self.norm2(x)))
-        h = x + self.drop_path2(h if self.out_mlp is None else self.out_mlp(h))
+        h = x + self.drop_path2(self._compose(x, h, self.out_mlp, self.out_par_mlp, self.gate_mlp))
         return h if self.adapter1 is None else h + self.adapter1(x)
 
 
@@ -160,6 +180,9 @@ class ViLT(Backbone):
 
     capabilities = frozenset({"classify", "pair_images", "score_pairs"})
     family = "vilt"
+    # kind:scope policies: "encoder" is the single-stream ViT (blocks and final norm; the text embeddings'
+    # LayerNorm is outside it), e.g. VL-PET's norms:encoder
+    policy_scope_aliases = {"encoder": "transformer"}
 
 
     def __init__(self, spec: ViltSpec):
@@ -426,14 +449,23 @@ class ViLT(Backbone):
         return f"transformer.blocks.{index}"
 
     def sites(self) -> list[Site]:
-        d, out = self.hidden_size, []
+        """Per block: DAS ``par`` and ``skip`` slots, ``out_seq`` / ``out_par`` / ``gate`` slots per sublayer, and
+        the projections. Stack ``vit`` (text and image in one stream) has the role ``encoder`` (``Site.role``), so
+        encoder-only presets (VL-PET) place their encoder modules here."""
+        d, out, enc = self.hidden_size, [], {"stack_role": "encoder"}
         for i in range(self.num_layers):
-            out += [Site("vit", i, "attn", "par", d, f"transformer.blocks.{i}.adapter0", self.family),
-                    Site("vit", i, "ffn", "par", d, f"transformer.blocks.{i}.adapter1", self.family),
-                    Site("vit", i, "block", "skip", d, f"adapter_list.{i}.0", self.family),
-                    Site("vit", i, "attn", "out_seq", d, f"transformer.blocks.{i}.out_attn", self.family),
-                    Site("vit", i, "ffn", "out_seq", d, f"transformer.blocks.{i}.out_mlp", self.family)]
-        return out + projection_sites(self, self.family, r"^transformer\.blocks\.\d+\.(attn|mlp)\.")
+            b = f"transformer.blocks.{i}"
+            out += [Site("vit", i, "attn", "par", d, f"{b}.adapter0", self.family, enc),
+                    Site("vit", i, "ffn", "par", d, f"{b}.adapter1", self.family, enc),
+                    Site("vit", i, "block", "skip", d, f"adapter_list.{i}.0", self.family, enc),
+                    Site("vit", i, "attn", "out_seq", d, f"{b}.out_attn", self.family, enc),
+                    Site("vit", i, "ffn", "out_seq", d, f"{b}.out_mlp", self.family, enc),
+                    Site("vit", i, "attn", "out_par", d, f"{b}.out_par_attn", self.family, enc),
+                    Site("vit", i, "ffn", "out_par", d, f"{b}.out_par_mlp", self.family, enc),
+                    Site("vit", i, "attn", "gate", d, f"{b}.gate_attn", self.family, enc),
+                    Site("vit", i, "ffn", "gate", d, f"{b}.gate_mlp", self.family, enc)]
+        projs = projection_sites(self, self.family, r"^transformer\.blocks\.\d+\.(attn|mlp)\.")
+        return out + [replace(s, meta={**s.meta, **enc}) for s in projs]
 
     def attach(self, site: Site, module: nn.Module) -> None:
         if site.anchor == "skip":
@@ -443,7 +475,7 @@ class ViLT(Backbone):
         blk = self.transformer.blocks[site.layer]
         attr = site.name.rsplit(".", 1)[-1]
         if getattr(blk, attr) is not None:
-            raise ValueError(f"site {site.name} is taken; one parallel module per slot")
+            raise ValueError(f"site {site.name} is taken; one module per slot")
         setattr(blk, attr, module)
 
     def forward(self, batch: Mapping[str, Any], plan: LayerPlan = LayerPlan(), **ctx: Any) -> dict[str, Any]:

@@ -118,6 +118,11 @@ def inject(backbone: nn.Module, recipe: Recipe) -> PetReport:
             backbone.attach(site, module)
             report.injected.append(Injected(site, spec.module, [f"{site.name}.{n}" for n, _ in
                                                                  module.named_parameters()]))
+    if recipe.modules and not report.injected:
+        raise PetError(
+            f"pet={recipe.name}: none of its modules ({', '.join(dict.fromkeys(report.unmatched))}) matches a site of "
+            f"{type(backbone).__name__}; this backbone offers {sorted({(s.anchor, s.sublayer, s.role) for s in sites})} "
+            f"(anchor, sublayer, stack role); choose another pet for it")
     return report
 
 

@@ -44,7 +44,8 @@ class ZooSite(Site):
 
 @dataclass(frozen=True)
 class ZooSpec(PetSpec):
-    """A ``PetSpec`` with the extended anchors, a ``stacks`` selector (empty: every stack) and ``not_families``
+    """A ``PetSpec`` with the extended anchors, a ``stacks`` selector (empty: every stack; a site matches by its
+    stack name or by its ``Site.role``, so ``encoder`` selects ViLT's ``vit`` and CLIP+BERT's ``plm``) and ``not_families``
     (families excluded; lets a preset give T5 its own options and every other family the default ones)."""
 
     stacks: tuple[str, ...] = ()
@@ -57,7 +58,8 @@ class ZooSpec(PetSpec):
                            f"{EXT_ANCHORS}")
 
     def matches(self, site: Site) -> bool:
-        return (super().matches(site) and (not self.stacks or site.stack in self.stacks)
+        role = site.role if hasattr(site, "role") else site.stack
+        return (super().matches(site) and (not self.stacks or site.stack in self.stacks or role in self.stacks)
                 and site.family not in self.not_families)
 
 

@@ -185,8 +185,12 @@ for _g in _VL_PET_GRAN:
     def _make(g: str):
         def preset(config):
             return _vl_pet(config, g)
-        preset.__doc__ = (f"VL-PET-{g}: multi-head adapter (encoder attn/ffn outputs) × {g} gate, decoder "
-                          f"cross-attention value adapter, encoder norms (spec §3).")
+        preset.__doc__ = (
+            f"VL-PET-{g}: multi-head adapter (encoder attn/ffn outputs) × {g} gate, decoder cross-attention value "
+            f"adapter, encoder norms (spec §3). Stacks are selected by ``Site.role``: ViLT's single stream and "
+            f"CLIP+BERT's PLM count as the encoder, CLIP+T5's encoder / decoder as such, CLIP+LLaMA's PLM as a "
+            f"decoder. The value adapter needs decoder cross-attention (CLIP+T5); on ViLT and CLIP+BERT it is "
+            f"reported as unmatched. CLIP+LLaMA and METER offer no VL-PET site: injection is refused (PetError).")
         return preset
     register_preset(f"vl_pet_{_g}", keys=VL_PET_KEYS)(_make(_g))
 

@@ -14,8 +14,10 @@ from vlpeft.pet._base import PetReport
 
 def apply_trainable(backbone: nn.Module, report: PetReport, policy: str, plan: LayerPlan | None = None) -> list[str]:
     """Set ``requires_grad`` on every backbone parameter; returns the trainable names (backbone-relative)."""
-    if policy not in backbone.base_policies():
-        raise ValueError(f"train_base={policy!r}: {type(backbone).__name__} knows {list(backbone.base_policies())}")
+    known = backbone.knows_policy(policy) if hasattr(backbone, "knows_policy") else policy in backbone.base_policies()
+    if not known:
+        raise ValueError(f"train_base={policy!r}: {type(backbone).__name__} knows {list(backbone.base_policies())} "
+                         f"and kind:scope policies (e.g. 'norms:encoder', 'norms+bias:c_attn'; kinds none/bias/norms/all)")
     pet = report.param_names() if plan is None else report.used_param_names(plan)
     base = {n for n, _ in backbone.base_trainable(policy)}
     names = []

@@ -14,6 +14,7 @@ from vlpeft._rng import RNG_KEY, rng_state, set_rng_state
 from vlpeft.backbones import LayerPlan
 from vlpeft.build import assemble
 from vlpeft.optim import build_optimizer, build_scheduler
+from vlpeft.pet.context import pet_context
 from vlpeft.pet.trainable import format_trainable
 from vlpeft.search._base import finish_search, mean_across_ranks, reward_stream
 from vlpeft.search.placement import Placement
@@ -50,9 +51,18 @@ class VLPeftModule(pl.LightningModule):
             return self.search.placement(base=self.base_plan)
         return Placement.from_plan(self.base_plan, self.backbone.num_layers)
 
+    def batch_task(self, batch: dict[str, Any]) -> str:
+        """The task a (single-task) batch belongs to: ``batch["task"]`` (set by the collate), else the first task."""
+        task = batch.get("task") if isinstance(batch, dict) else None
+        return str(task) if task else self.tasks[0].name
+
     def forward(self, batch: dict[str, Any], plan: LayerPlan | None = None) -> dict[str, Any]:
         plan = self.plan() if plan is None else plan
-        return compute(self.tasks, lambda b, **kw: self.backbone(b, plan, **kw), self.heads, batch)
+        # per-task PET modules (TaskSwitch) read the task from the context. Routing's x_v is not set here: a
+        # backbone would have to compute it (e.g. a pooled visual vector) before the PLM layers run and enter
+        # pet_context(x_v=...) around them itself.
+        with pet_context(task=self.batch_task(batch)):
+            return compute(self.tasks, lambda b, **kw: self.backbone(b, plan, **kw), self.heads, batch)
 
     # ------------------------------------------------------------------ training and the search round
     def on_train_epoch_start(self) -> None:
@@ -80,7 +90,8 @@ class VLPeftModule(pl.LightningModule):
             self.eval()  # score candidates with dropout off (the originals scored in train mode)
         try:
             if all(t.single_pass for t in self.tasks):  # backbones may share work between the plans
-                feats = self.backbone.forward_many(batch, plans)
+                with pet_context(task=self.batch_task(batch)):
+                    feats = self.backbone.forward_many(batch, plans)
                 outs = [compute(self.tasks, lambda b, f=f, **kw: f, self.heads, batch) for f in feats]
             else:
                 outs = [self(batch, p) for p in plans]

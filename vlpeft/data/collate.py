@@ -83,6 +83,8 @@ class Collator:
         if len(tasks) > 1:
             raise CollateError(f"one batch mixes samples of tasks {tasks}; batches must come from one task")
         batch: dict[str, Any] = {}
+        if tasks[0] not in ("None", ""):
+            batch["task"] = tasks[0]  # the Lightning module runs the forward in pet_context(task=...)
         first = items[0]
 
         # images: one common (Hmax, Wmax) over every image key of the batch, as the original

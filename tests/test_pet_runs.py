@@ -1,4 +1,5 @@
-"""The zoo through ``run.py`` on the synthetic data: ViLT with LoRA (fused qkv, q/v mask), CLIP+BERT with LoRA and
+"""The zoo through ``run.py`` on the synthetic data: ViLT with LoRA (fused qkv, q/v mask) and with VL-PET-large
+(multi-head adapters and large gates on the single stream, encoder norms), CLIP+BERT with LoRA and
 with a VL-Adapter, and a DAS search with a Compacter recipe; each trains only its injected modules (+ the preset's
 backbone policy) and lowers its training loss."""
 
@@ -58,6 +59,8 @@ _CLIP_BERT = dict(backbone="test_clip_bert", image_size=32, insert_layer=1, max_
 CASES = {
     "vilt_lora": ("demo", dict(stage="train", skip_module=[], pet="lora", lora_r=8, lora_alpha=16, max_epoch=3,
                                learning_rate=2e-3), ("attn.qkv.lora_A", "heads.")),
+    "vilt_vl_pet_large": ("demo", dict(stage="train", skip_module=[], pet="vl_pet_large", max_epoch=3,
+                                       learning_rate=2e-3), ("out_attn.", "gate_mlp.", "norm1.", "heads.")),
     "clip_bert_lora": ("dvp_adaption_bert_vqa", dict(_CLIP_BERT, pet="lora", lora_r=8, lora_alpha=16),
                        ("query.lora_A", "value.lora_B", "cross_attn.")),
     "clip_bert_vl_adapter": ("dvp_adaption_bert_vqa", dict(_CLIP_BERT, pet="vl_adapter"), ("plm.adapters.0.",)),

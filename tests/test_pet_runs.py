@@ -80,3 +80,32 @@ def test_preset_trains_through_run_py(case, arrows, tmp_path, monkeypatch):
         assert any(piece in n for n in rec.trainable), (piece, rec.trainable[:10])
     # the frozen backbone stays frozen: no attention weight of the backbone itself trains
     assert not any(n.endswith(("attn.qkv.weight", "attention.self.query.weight")) for n in rec.trainable)
+
+
+def test_merge_pet_gives_the_unmerged_predictions(arrows, tmp_path, capsys):
+    """``merge_pet=True``: test_only folds the trained LoRA into the projection weights; the VQA submission equals the
+    unmerged one (answers by argmax: identical unless two logits tie within float rounding)."""
+    import json
+
+    from vlpeft.config import ConfigError
+
+    quiet = {"--loglevel": "ERROR"}
+    upd = dict(data_root=str(arrows), log_dir=str(tmp_path / "result"), per_gpu_batchsize=16, batch_size=16,
+               num_gpus=0, precision=32, num_workers=0, vqav2_label_size=0, seed=1, stage="train", skip_module=[],
+               pet="lora", lora_r=8, lora_alpha=16, max_epoch=1, learning_rate=2e-3)
+    r = run_py.ex.run(named_configs=["demo"], config_updates=upd, options=quiet)
+    last = Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    assert any(k.endswith("lora_B") and v.abs().sum() > 0 for k, v in saved.items())  # LoRA moved off B = 0
+    subs = {}
+    for merge in (False, True):
+        res = run_py.ex.run(named_configs=["demo"], options=quiet,
+                            config_updates=dict(upd, test_only=True, load_path=str(last), merge_pet=merge)).result
+        subs[merge] = json.loads(Path(res["submission"]).read_text())
+        merged_line = "[vlpeft] merge_pet: LoRA merged into 4 projection weights"  # fused qkv of 4 blocks
+        assert (merged_line in capsys.readouterr().out) == merge
+    assert subs[True] and subs[True] == subs[False]
+    with pytest.raises(ConfigError, match="merge_pet=True but pet='ia3'"):
+        run_py.ex.run(named_configs=["demo"], options=quiet,
+                      config_updates=dict(upd, pet="ia3", test_only=True, load_path=str(last), merge_pet=True,
+                                          allow_random_init=True))

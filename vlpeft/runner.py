@@ -242,6 +242,8 @@ def run_test(config: dict[str, Any]) -> RunResult:
         placement = saved_placement(config["load_path"])
     module, reports = _build_module(cfg, placement, fresh_heads=False)
     check_loaded(module, reports, config)
+    if config.get("merge_pet"):
+        merge_pet(module, config)
     print(f"[vlpeft] plan: skip {sorted(module.base_plan.skip)}, insert_layer {module.base_plan.insert_layer}")
     trainer = build_trainer(cfg, name, version, enable_ckpt=False)
     with ranks_join(version):  # DDP ranks write into this run folder too
@@ -251,6 +253,23 @@ def run_test(config: dict[str, Any]) -> RunResult:
     dumps = getattr(module, "test_dumps", {})
     result.submission = dumps.get("vqa") or next(iter(dumps.values()), None)
     return result
+
+
+def merge_pet(module, config: dict[str, Any]) -> int:
+    """``merge_pet=True`` (test only): fold every LoRA delta into the frozen projection weight it sits on
+    (``vlpeft.pet._wrap.merge_all``), so inference runs the plain projections; predictions equal the unmerged
+    ones up to float rounding. Returns how many projections were merged."""
+    from vlpeft.pet._wrap import merge_all
+
+    try:
+        n = merge_all(module.backbone)
+    except RuntimeError as e:
+        raise ConfigError(f"merge_pet=True: {e}; set merge_pet=False for pet={config.get('pet')!r}") from None
+    if n == 0:
+        raise ConfigError(f"merge_pet=True but pet={config.get('pet')!r} put no mergeable module (LoRA shared by "
+                          f"every task) on a projection; set merge_pet=False")
+    print(f"[vlpeft] merge_pet: LoRA merged into {n} projection weights")
+    return n
 
 
 def saved_placement(load_path) -> Placement | None:

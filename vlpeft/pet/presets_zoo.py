@@ -40,7 +40,8 @@ def _layers(value: Any) -> tuple[int, ...] | None:
 
 
 # --- LoRA / IA3 (projection sites) ----------------------------------------------------------------------------------
-LORA_KEYS = {"lora_r": 128, "lora_alpha": 32, "lora_dropout": 0.1}
+# merge_pet: test_only folds the LoRA deltas into the projection weights before testing (vlpeft.runner.merge_pet)
+LORA_KEYS = {"lora_r": 128, "lora_alpha": 32, "lora_dropout": 0.1, "merge_pet": False}
 
 
 def _lora_specs(config, sharing, tasks=()):

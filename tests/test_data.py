@@ -134,7 +134,9 @@ def test_vqa_items_and_batch(vqa_root, tok):
     assert [tuple(it["image"].shape) for it in items] == [(3, 64, 64)] * 3 + [(3, 32, 96)] * 2
     b = Collator(tok, {"vqa": 5})(items)
     assert set(b) == {"image", "image_mask", "image_sizes", "image_key", "table_name", "text", "text_ids",
-                      "text_masks", "text_labels", "vqa_targets", "vqa_labels", "vqa_scores", "vqa_answer", "vqa_has_answers", "qid"}
+                      "text_masks", "text_labels", "vqa_targets", "vqa_labels", "vqa_scores", "vqa_answer", "vqa_has_answers", "qid",
+                      "task"}
+    assert b["task"] == "vqa"  # the Lightning module runs the forward in pet_context(task=b["task"])
     assert b["image"].shape == (5, 3, 64, 96) and b["image"].dtype == torch.float32
     assert b["image_mask"].shape == (5, 64, 96) and b["image_mask"].dtype == torch.bool
     assert b["image_mask"][0].sum() == 64 * 64 and b["image_mask"][0, :, :64].all()

@@ -10,7 +10,8 @@ A backbone is an ``nn.Module`` subclassing ``Backbone`` and implementing:
 - ``forward(batch, plan, **ctx)`` → a features dict (at least ``cls_feats``); ``plan`` is a ``LayerPlan``: a skipped
   unit is not computed (its skip site runs instead: identity when empty);
 - ``base_trainable(policy)`` → the backbone parameters a policy unfreezes (``none``, ``norms``, ``bias``, ``all``,
-  plus backbone-specific ones such as ViLT's ``das_original``); modules every run trains (DVP's prompt generator)
+  plus backbone-specific ones such as ViLT's ``das_original``, plus ``kind:scope`` terms joined by ``+`` such as
+  ``norms:encoder`` through ``vlpeft.pet.unfreeze``; ``knows_policy(policy)`` says whether one is accepted); modules every run trains (DVP's prompt generator)
   belong to every policy;
 - ``checkpoint_filter_fn(state_dict)`` → foreign key names and shapes adapted to this backbone (timm style);
 - ``capabilities`` → what tasks may ask: ``classify`` (cls features), ``pair_images`` (NLVR2: two images per text),

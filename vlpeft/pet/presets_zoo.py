@@ -4,8 +4,8 @@
 Importing this module registers every zoo module in ``PETS`` and these presets in ``PRESETS``. Anchors used: the
 existing ``out_seq``, and the proposed ``proj:q|k|v|qkv|ff_out``, ``gate`` and ``input`` (``_sites_hf.EXT_ANCHORS``).
 Presets whose options differ between families (VL-PET: BART vs T5) hold one spec per family with ``required=False``;
-every spec that could legitimately miss a backbone is non-required, so a backbone that offers none of a preset's
-sites gets an empty report (its ``unmatched`` list says which modules found no site).
+every spec that could legitimately miss a backbone is non-required (the report's ``unmatched`` list says which
+modules found no site); a backbone that offers none of a preset's sites is refused by ``inject`` (``PetError``).
 
 Per-task presets (``vl_adapter_multiple`` …) take the task names from the existing ``datasets`` key.
 Every preset makes its own ``SharePool`` (Hyperformer generators per stack, RT's one adapter per GPT-2 block).

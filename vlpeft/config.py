@@ -115,6 +115,9 @@ NEW_KEYS: dict[str, Any] = {
     "vqa_fill_questions": "",  # test2015 questions JSON: fill a test-dev submission to every test-std question (EvalAI)
     "vqa_fill_answer": "yes",  # the answer given to the filled questions
     "progress_interval": 30.0,  # seconds between progress lines when output is not a terminal
+    # METER's optimiser keys (METER/meter/config.py); the ViLT/DVP rule (one lr_mult for the heads) when None
+    "lr_mult_head": None,  # heads' lr multiplier; None = lr_mult (ViLT, DVP). METER named configs: 5/10/50
+    "lr_mult_cross_modal": 1,  # lr multiplier of parameters whose name contains "cross_modal" (METER: 5)
 }
 
 
@@ -217,6 +220,55 @@ for _lm, _lm_cfg in _DVP_LM.items():
             _train["batch_size"] = 128 if _task == "snli_ve" else 256
         named(f"dvp_search_{_lm}_{_task}", **_search)
         named(f"dvp_adaption_{_lm}_{_task}", **_train)
+
+# --- METER / DAS-METER named configs (DAS/METER/meter/config.py = METER's, seeds.md §1.3–1.4) --------------
+# The base here is ViLT's, so every METER task config carries the METER base values that differ from it (as DVP's
+# do), plus the DAS-METER settings its model hard-codes: token4classifier, adapters b = 96, skip adapters b = 288.
+METER_BASE: dict[str, Any] = dict(
+    backbone="meter", exp_name="meter", train_transform_keys=["clip"], val_transform_keys=["clip"], image_size=224,
+    patch_size=32, vit="ViT-B/32", tokenizer="bert-base-uncased", vocab_size=30522, max_text_len=40,
+    num_top_layer=6, input_image_embed_size=768, input_text_embed_size=768, hidden_size=768, num_heads=12,
+    num_layers=6, mlp_ratio=4, drop_rate=0.1, learning_rate=1e-5, max_epoch=100, max_steps=100000,
+    warmup_steps=10000, lr_mult_head=5, lr_mult_cross_modal=5, precision=32,
+    token4classifier=True, das_adapter_dim=96, das_skip_adapter_dim=288,
+)
+_METER_FT = dict(METER_BASE, max_steps=None, warmup_steps=0.1, tokenizer="bert-base-uncased",
+                 input_text_embed_size=768, input_image_embed_size=768, vit="ViT-B/32",
+                 train_transform_keys=["clip"], val_transform_keys=["clip"])
+named("task_mlm_itm_clip_bert", **dict(
+    METER_BASE, exp_name="mlm_itm", datasets=["coco", "vg", "sbu", "gcc"], loss_names=_loss_names({"itm": 1, "mlm": 1}),
+    batch_size=4096, max_epoch=10, max_steps=100000, warmup_steps=0.1, whole_word_masking=True, vocab_size=30522,
+    max_text_len=50, image_size=224, tokenizer="bert-base-uncased", learning_rate=1e-5, val_check_interval=1.0,
+    lr_mult_head=5, lr_mult_cross_modal=5, num_top_layer=6, hidden_size=768, num_heads=12))
+named("task_finetune_nlvr2_clip_bert", **dict(
+    _METER_FT, exp_name="finetune_nlvr2", datasets=["nlvr2"], loss_names=_loss_names({"nlvr2": 1}), batch_size=256,
+    max_epoch=10, draw_false_image=0, learning_rate=5e-5, lr_mult_head=10, lr_mult_cross_modal=5, max_text_len=50,
+    image_size=288))
+named("task_finetune_vqa_clip_bert", **dict(
+    _METER_FT, exp_name="finetune_vqa", datasets=["vqa"], loss_names=_loss_names({"vqa": 1}), batch_size=512,
+    max_epoch=10, draw_false_image=0, learning_rate=25e-6, lr_mult_head=50, lr_mult_cross_modal=5, max_text_len=50,
+    image_size=576))
+for _ds, _lr in (("coco", 5e-6), ("f30k", 5e-5)):
+    named(f"task_finetune_irtr_{_ds}_clip_bert", **dict(
+        _METER_FT, exp_name=f"finetune_irtr_{_ds}", datasets=[_ds], loss_names=_loss_names({"itm": 0.5, "irtr": 1}),
+        batch_size=512, max_epoch=10, get_recall_metric=True, draw_false_text=15, learning_rate=_lr,
+        lr_mult_head=5, lr_mult_cross_modal=5, image_size=384))
+# METER's "snli" task is SNLI-VE; vlpeft reads it from the snli_ve_*.arrow files (DVP's writer, DATA.md), with the
+# loss / head named snli_ve (METER: snli / snli_classifier).
+named("task_finetune_snli_clip_bert", **dict(
+    _METER_FT, exp_name="finetune_snli", datasets=["snli_ve"], loss_names=_loss_names({"snli_ve": 1}), batch_size=64,
+    max_epoch=5, draw_false_image=0, learning_rate=2e-6, lr_mult_head=10, lr_mult_cross_modal=5, max_text_len=50,
+    image_size=384))
+# modifiers, given after the task config (as in the DAS-METER scripts: "… clip16 text_roberta image_size=384")
+named("clip32", vit="ViT-B/32", image_size=224, patch_size=32, train_transform_keys=["clip"],
+      val_transform_keys=["clip"], input_image_embed_size=768)
+named("clip16", vit="ViT-B/16", image_size=224, patch_size=16, train_transform_keys=["clip"],
+      val_transform_keys=["clip"], input_image_embed_size=768)
+named("text_roberta", tokenizer="roberta-base", vocab_size=50265, input_text_embed_size=768)
+named("text_roberta_large", tokenizer="roberta-large", vocab_size=50265, input_text_embed_size=1024)
+named("clip_randaug", train_transform_keys=["clip_randaug"])
+named("imagenet_randaug", train_transform_keys=["imagenet_randaug"])
+# (METER's swin32_* configs are not given: vlpeft's METER has no Swin image tower, and DAS never uses one.)
 
 # --- the demo: synthetic data, small ViLT, CPU, minutes ---------------------------------------------------
 named("demo", exp_name="demo", stage="demo", method="das", datasets=["vqa"], loss_names=_loss_names({"vqa": 1}),

@@ -1,6 +1,8 @@
 """Optimiser and learning-rate schedule (the originals' ``set_schedule``), on current PyTorch / transformers.
 
-Four parameter groups: {weight decay, no decay} × {base lr, head lr·lr_mult}. As in the originals the
+Four parameter groups: {weight decay, no decay} × {base lr, head lr·lr_mult}; METER adds two more, for names
+containing ``cross_modal`` (lr·``lr_mult_cross_modal``), and its heads take ``lr_mult_head`` when that key is set
+(METER's ``set_schedule``: a head name wins over ``cross_modal``). As in the originals the
 no-decay test is a substring test on names, so LayerNorm weights whose names match none of the substrings
 (the DAS adapters' ``adapter_layer_norm_before.weight``, the heads' ``…classifier.1.weight``) *are* decayed;
 kept for fidelity (seeds.md §8 item 21).
@@ -23,6 +25,7 @@ NO_DECAY = (
     "layernorm.weight", "layernorm.bias",  # DVP's addition (LLaMA's input_/post_attention_layernorm)
 )
 HEAD_NAMES = LR_MULT_HEADS
+CROSS_MODAL = "cross_modal"  # METER's cross_modal_names
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant", "<number: polynomial power>")
 
@@ -37,17 +40,23 @@ def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], config: Mappi
                  head_names: Sequence[str] = HEAD_NAMES) -> list[dict[str, Any]]:
     """The original four groups over parameters with ``requires_grad`` (empty groups dropped).
 
-    Each group carries a ``name`` (decay / no_decay / head_decay / head_no_decay) and ``param_names``
+    Each group carries a ``name`` (decay / no_decay / head_decay / head_no_decay / cross_modal_decay /
+    cross_modal_no_decay; the last two only for METER's names) and ``param_names``
     for inspection; torch optimisers keep extra group keys untouched.
     """
     lr = float(config["learning_rate"])
     wd = float(config["weight_decay"])
     lr_mult = float(config.get("lr_mult", 1))
+    if config.get("lr_mult_head") is not None:  # METER's key
+        lr_mult = float(config["lr_mult_head"])
+    cross_mult = float(config.get("lr_mult_cross_modal", 1))
     groups: dict[str, dict[str, Any]] = {
         "decay": {"params": [], "param_names": [], "weight_decay": wd, "lr": lr},
         "no_decay": {"params": [], "param_names": [], "weight_decay": 0.0, "lr": lr},
         "head_decay": {"params": [], "param_names": [], "weight_decay": wd, "lr": lr * lr_mult},
         "head_no_decay": {"params": [], "param_names": [], "weight_decay": 0.0, "lr": lr * lr_mult},
+        "cross_modal_decay": {"params": [], "param_names": [], "weight_decay": wd, "lr": lr * cross_mult},
+        "cross_modal_no_decay": {"params": [], "param_names": [], "weight_decay": 0.0, "lr": lr * cross_mult},
     }
     seen: set[int] = set()
     for name, p in named_params:
@@ -56,7 +65,8 @@ def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], config: Mappi
         seen.add(id(p))
         head = any(h in name for h in head_names)
         no_decay = any(nd in name for nd in NO_DECAY)
-        key = ("head_" if head else "") + ("no_decay" if no_decay else "decay")
+        prefix = "head_" if head else ("cross_modal_" if CROSS_MODAL in name else "")
+        key = prefix + ("no_decay" if no_decay else "decay")
         groups[key]["params"].append(p)
         groups[key]["param_names"].append(name)
     return [dict(g, name=k) for k, g in groups.items() if g["params"]]

@@ -3,6 +3,7 @@
 - ``vilt``: single-stream ViLT (``vilt.py``; variant from config ``vit``);
 - ``clip_plm``: frozen CLIP + BERT / T5 / LLaMA with the dynamic visual prompt (``clip_plm.py``);
 - ``meter``: METER (CLIP image tower, RoBERTa text tower, co-attention fusion; ``meter.py``);
+- ``test_meter`` (RoBERTa-shaped text tower) / ``test_meter_bert`` (BERT tower, bert-base-uncased vocabulary);
 - ``test_*``: tiny configurations of the same families, for tests parametrized over the registry.
 
 Imports are lazy so that using one backbone never imports the other's dependencies. Each entry declares the
@@ -69,10 +70,10 @@ TEST_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _meter_test_config() -> dict[str, Any]:
+def _meter_test_config(variant: str = "test_meter_tiny") -> dict[str, Any]:
     from vlpeft.backbones.meter import METER_VARIANTS
 
-    return dict(METER_VARIANTS["test_meter_tiny"])
+    return dict(METER_VARIANTS[variant])
 
 
 def _register_test(name: str, family: str, cfg: dict[str, Any]) -> None:
@@ -88,6 +89,13 @@ for _name, (_family, _cfg) in TEST_CONFIGS.items():
 @BACKBONES.register("test_meter", family="meter")
 def _test_meter(config: Mapping[str, Any] | None = None) -> Backbone:
     return BACKBONES.build("meter", {**dict(config or {}), **_meter_test_config()})
+
+
+@BACKBONES.register("test_meter_bert", family="meter")
+def _test_meter_bert(config: Mapping[str, Any] | None = None) -> Backbone:
+    """Tiny METER with a BERT text tower on the bert-base-uncased vocabulary (the offline default tokenizer):
+    what run.py tests drive with the METER named configs."""
+    return BACKBONES.build("meter", {**dict(config or {}), **_meter_test_config("test_meter_tiny_bert")})
 
 
 def build_backbone(config: Mapping[str, Any]) -> Backbone:

@@ -97,6 +97,11 @@ TEXT_VARIANTS: dict[str, dict[str, Any]] = {
     "test_roberta_tiny": dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                               intermediate_size=64, max_position_embeddings=42, type_vocab_size=1,
                               layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2),
+    # a BERT text tower (METER's *_clip_bert configs without text_roberta) on the bert-base-uncased vocabulary, so
+    # the offline default tokenizer feeds it
+    "test_bert_tiny_bertvocab": dict(model_type="bert", vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                                     type_vocab_size=2, pad_token_id=0),
     "roberta_base_random": dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                                 intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1,
                                 layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2),
@@ -115,6 +120,10 @@ METER_VARIANTS: dict[str, dict[str, Any]] = {
                             text_encoder="test_roberta_tiny", vocab_size=100, max_text_len=40, num_top_layer=2,
                             input_image_embed_size=32, input_text_embed_size=32, hidden_size=32, num_heads=4,
                             num_layers=2, mlp_ratio=4, drop_rate=0.0),
+    "test_meter_tiny_bert": dict(vit="test_clip_tiny", image_size=32, patch_size=8, tokenizer="bert-base-uncased",
+                                 text_encoder="test_bert_tiny_bertvocab", vocab_size=30522, max_text_len=40,
+                                 num_top_layer=2, input_image_embed_size=32, input_text_embed_size=32, hidden_size=32,
+                                 num_heads=4, num_layers=2, mlp_ratio=4, drop_rate=0.0),
     "meter_clip16_288_roberta_random": dict(vit="vit_b16_random", image_size=288, patch_size=16,
                                             tokenizer="roberta-base", text_encoder="roberta_base_random",
                                             vocab_size=50265, max_text_len=50, num_top_layer=6,

@@ -188,3 +188,19 @@ def test_pruned_export_loads_and_predicts_identically(runs, tmp_path):
         data_root=config["data_root"], log_dir=str(log), per_gpu_batchsize=8, batch_size=8, num_workers=0,
         das_adapter_dim=8, das_skip_adapter_dim=16, stage="train", test_only=True, load_path=str(out)))
     assert json.loads((Path(r.result["run_dir"]) / "metrics.json").read_text()).keys() >= {"test"}
+
+
+def test_search_png_title_and_placement_meta_get_the_flops_reduction(tmp_path):
+    from vlpeft.computation import annotate_search
+
+    class FakeSearch:
+        titles: list = []
+
+        def save_plot(self, path, title="DAS skip probabilities"):
+            self.titles.append((Path(path).name, title))
+
+    Placement.das([2], num_layers=4, meta={"rounds": 3}).save(tmp_path / "placement.json")
+    rec = {"flops": {"chosen": 75, "full": 100, "reduction": 0.25}}
+    annotate_search(FakeSearch(), tmp_path, rec)
+    assert FakeSearch.titles == [("placement.png", "DAS skip probabilities — FLOPs −25.00 % vs unskipped")]
+    assert Placement.load(tmp_path / "placement.json").meta == {"rounds": 3, "computation": rec}

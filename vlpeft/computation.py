@@ -157,8 +157,12 @@ def record_run(module, datamodule, run_dir: str | Path, config: Mapping[str, Any
     before = next(module.parameters()).device
     target = torch.device("cuda") if _uses_gpu(config) and torch.cuda.is_available() else torch.device("cpu")
     module.to(target)
-    try:
-        rec = computation(module, representative_batch(module, datamodule), plan)
+    half = {"16": torch.float16, "16-mixed": torch.float16, "bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16}
+    dtype = half.get(str(config.get("precision"))) if target.type == "cuda" else None
+    try:  # under the autocast the run trained with (a GPU run at precision=16 / bf16)
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+            rec = computation(module, representative_batch(module, datamodule), plan)
+        rec["speedup"]["autocast"] = str(dtype).removeprefix("torch.") if dtype is not None else None
         if stage:
             rec["stage"] = stage
     finally:

@@ -4,7 +4,8 @@ Random weights (the speed does not depend on them), eval mode, no_grad, batch 8,
 per sample at 384×384 (``--image-hw 384 576`` for a pixelbert-shaped input). All k are measured in one process,
 round-robin (one forward of each k per round, after warm-up rounds). Per round, the speed-up of k over k = 0 is
 t(0)/t(k) in CPU time (``time.process_time``: steadier than wall time on a shared machine) and in wall time; the
-report gives each as median [min, max] over the rounds, next to the ideal L/(L−k) (L read from the model). A
+report gives each as median [min, max] over the rounds, next to the ideal L/(L−k) (L read from the model) and the
+FLOPs ratio F(0)/F(k) (``vlpeft.computation.count_flops``, one forward per k: the speed-up to expect). A
 skipped block is replaced by its skip adapter, so the measured speed-up stays a little below the ideal
 (embeddings, patch projection, the skip adapters, pooler and head remain).
 
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlpeft._io import write_json_atomic  # noqa: E402
 from vlpeft.backbones.vilt import VIT_VARIANTS, build_vilt  # noqa: E402
+from vlpeft.computation import count_flops  # noqa: E402
 
 
 def build_model(variant: str, text_len: int, labels: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         sync()
         return time.process_time() - c, time.perf_counter() - t, out.detach().float().cpu()
 
+    flops = {k: count_flops(lambda k=k: head(vilt.infer(batch, skip=skip_set(k, L))["cls_feats"])) for k in ks}
     cpu: dict[int, list[float]] = {k: [] for k in ks}
     wall: dict[int, list[float]] = {k: [] for k in ks}
     first: dict[int, torch.Tensor] = {}
@@ -136,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.text_len} text tokens, image {hw[0]}x{hw[1]}, device {device}, threads {args.threads}, "
           f"{args.repeats} rounds after {args.warmup} warm-up rounds; speed-ups are median [min, max] over rounds")
     print(f"| skipped k | blocks skipped | median CPU s/batch | median wall s/batch | samples/s (wall) | "
-          f"speed-up (CPU) | speed-up (wall) | ideal {L}/({L}-k) | CPU speed-up / ideal |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"speed-up (CPU) | speed-up (wall) | ideal {L}/({L}-k) | FLOPs ratio F(0)/F(k) | CPU speed-up / ideal |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for k in ks:
         print(f"| {k} | {skip_set(k, L)} | {med_cpu[k]:.4f} | {med_wall[k]:.4f} | {sps[k]:.2f} | {f(speed_cpu[k])} | "
-              f"{f(speed_wall[k])} | {ideal[k]:.3f} | {speed_cpu[k]['median'] / ideal[k]:.3f} |")
+              f"{f(speed_wall[k])} | {ideal[k]:.3f} | {flops[0] / flops[k]:.3f} | "
+              f"{speed_cpu[k]['median'] / ideal[k]:.3f} |")
     status = 1 if wrong else 0
     print("WRONG RESULT:\n  " + "\n  ".join(wrong) if wrong else
           "outputs OK (finite, right shape, stable over rounds, every k > 0 differs from k = 0)")
@@ -149,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             "speedup_cpu": {str(k): v for k, v in speed_cpu.items()},
             "speedup_wall": {str(k): v for k, v in speed_wall.items()},
             "ideal": {str(k): round(v, 4) for k, v in ideal.items()},
+            "flops": {str(k): v for k, v in flops.items()},
+            "flops_ratio": {str(k): flops[0] / v for k, v in flops.items()},
             "samples_per_s": {str(k): round(v, 3) for k, v in sps.items()},
             "cpu_s": {str(k): [round(t, 5) for t in v] for k, v in cpu.items()},
             "wall_s": {str(k): [round(t, 5) for t in v] for k, v in wall.items()},

@@ -108,6 +108,7 @@ NEW_KEYS: dict[str, Any] = {
     "search_score_mode": "eval",  # eval (fix: dropout off while scoring) | train (the originals)
     "search_val_batch_size": 0,  # reward/mini-val batch; 0 = per_gpu_batchsize (DAS) or batch_size // 2 (DVP), as the originals
     "save_trainable": True,  # also save trainable weights alone (safetensors + JSON)
+    "export_pruned": False,  # also write <run>/pruned.ckpt: the model without the units its placement skips
     "insert_layer": 0,  # DVP: where the visual prompt enters (train stage)
     "head_hidden": 0,  # 0 = 2 * hidden_size (ViLT/BERT/T5 heads); DVP-LLaMA uses 512
     "demo_images": 600,

@@ -17,7 +17,9 @@ import pytorch_lightning as pl
 import torch
 
 from vlpeft.checkpoint import CheckpointError, load_weights, save_trainable
+from vlpeft.computation import after_fit, save_metrics
 from vlpeft.config import ConfigError, from_sacred
+from vlpeft.export import dropped_keys
 from vlpeft.progress import progress_callbacks
 from vlpeft.rundir import VERSION_ENV, dump_name, ranks_join, reserve_run_dir, resolve_placement_source
 from vlpeft.search.placement import Placement
@@ -34,6 +36,8 @@ class RunResult:
     trainable_path: Path | None = None
     submission: Path | None = None
     stages: dict[str, "RunResult"] = field(default_factory=dict)
+    computation: dict[str, Any] | None = None  # computation.json (vlpeft.computation)
+    pruned_path: Path | None = None  # export_pruned=True: the deployable checkpoint
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -212,6 +216,7 @@ def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
             result.trainable_path = save_trainable(module, run_dir, config,
                                                    result.placement.to_dict() if result.placement else None)
             _report_sizes(result)
+        after_fit(module, dm, run_dir, config, result, search=search)  # metrics.json, computation.json, export
     return result
 
 
@@ -250,6 +255,8 @@ def run_test(config: dict[str, Any]) -> RunResult:
         trainer.test(module, datamodule=dm)
     result = RunResult(stage="test", run_dir=run_dir, placement=module.current_placement())
     result.metrics = getattr(module, "epoch_results", {})
+    if trainer.is_global_zero:
+        save_metrics(run_dir, result.metrics)
     dumps = getattr(module, "test_dumps", {})
     result.submission = dumps.get("vqa") or next(iter(dumps.values()), None)
     return result
@@ -293,6 +300,7 @@ def check_loaded(module, reports, config: dict[str, Any]) -> None:
     missing = set().union(*(set(r.missing) for r in reports)) if reports else set()
     if len(reports) > 1:  # a later file may supply what an earlier one lacked
         missing = set.intersection(*(set(r.missing) for r in reports))
+    missing -= set(dropped_keys(module))  # a pruned export (vlpeft.export) leaves out what the plan never runs
     pet = sorted(k for k in missing if k.removeprefix("backbone.") in module.pet_report.param_names())
     heads = sorted(k for k in missing if k.startswith("heads."))
     if not (pet or heads):

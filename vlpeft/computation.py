@@ -1,0 +1,215 @@
+"""The computation of a run's architecture: FLOPs of the chosen plan and of the unskipped one, and a measured
+inference speed-up (issue 10, item 4).
+
+FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (matrix products, convolutions and attention;
+element-wise work such as norms and activations is not counted) on one representative batch — the first batch of
+the val loader — forward only, in eval mode, under ``no_grad``; heads and losses are part of the forward. The
+speed-up is t(full)/t(chosen) per round over a few interleaved timed forwards on the device the run used, reported
+as median [min, max]: it is **indicative** (one batch, a few rounds, a possibly busy machine).
+
+``computation.json`` in the run folder holds::
+
+    {"flops": {"chosen": int, "full": int, "reduction": float},   # reduction = 1 - chosen / full
+     "speedup": {"median": float, "min": float, "max": float, "rounds": int, "device": str, "indicative": true},
+     "params": {"trainable": int, "total": int, "percent": float},
+     "plan": {"skip": [...], "insert_layer": int | null}, "batch_size": int, "stage": "search" | "train"}
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from vlpeft._io import write_json_atomic
+from vlpeft.backbones._protocol import LayerPlan
+
+COMPUTATION_FILE = "computation.json"
+METRICS_FILE = "metrics.json"
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _extra_formulas() -> dict:
+    """Attention on the CPU runs ``_scaled_dot_product_flash_attention_for_cpu``, which torch's counter does not
+    know (it would count 0): count it as the GPU kernels are counted (Q·Kᵀ and A·V products)."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    return {op: _cpu_sdpa_flops} if op is not None else {}
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of ``fn`` (forward only: run under ``no_grad``), as ``FlopCounterMode`` counts them
+    (plus CPU attention, see ``_extra_formulas``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
+    with torch.no_grad(), counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def full_plan(plan: LayerPlan) -> LayerPlan:
+    """The unskipped architecture of ``plan``: nothing skipped, the prompt (if any) where it was."""
+    return plan.replace(skip=frozenset())
+
+
+def plan_flops(module: nn.Module, batch: Mapping[str, Any], plan: LayerPlan) -> int:
+    """FLOPs of ``module(batch, plan)`` (a ``VLPeftModule`` or anything with that call) in eval mode."""
+    was = module.training
+    module.eval()
+    try:
+        return count_flops(lambda: module(batch, plan))
+    finally:
+        module.train(was)
+
+
+def measure_speedup(module: nn.Module, batch: Mapping[str, Any], plan: LayerPlan, *, rounds: int = 5,
+                    warmup: int = 1) -> dict[str, Any]:
+    """t(unskipped) / t(plan) per round (the two forwards interleaved in each round), median [min, max]."""
+    device = next(module.parameters()).device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    full = full_plan(plan)
+    was = module.training
+    module.eval()
+    times: dict[str, list[float]] = {"full": [], "chosen": []}
+    try:
+        with torch.no_grad():
+            for r in range(warmup + rounds):
+                for key, p in (("full", full), ("chosen", plan)):
+                    sync()
+                    t = time.perf_counter()
+                    module(batch, p)
+                    sync()
+                    if r >= warmup:
+                        times[key].append(time.perf_counter() - t)
+    finally:
+        module.train(was)
+    ratios = [f / c for f, c in zip(times["full"], times["chosen"])]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "rounds": rounds,
+            "device": str(device), "full_s": statistics.median(times["full"]),
+            "chosen_s": statistics.median(times["chosen"]), "indicative": True}
+
+
+def computation(module: nn.Module, batch: Mapping[str, Any], plan: LayerPlan, *, rounds: int = 5) -> dict[str, Any]:
+    """The record ``computation.json`` holds (see the module docstring) for ``module`` running ``plan``."""
+    from vlpeft.pet.trainable import count_parameters
+
+    chosen, full = plan_flops(module, batch, plan), plan_flops(module, batch, full_plan(plan))
+    trainable, total = count_parameters(module)
+    return {
+        "flops": {"chosen": chosen, "full": full, "reduction": 1.0 - chosen / full if full else 0.0},
+        "speedup": measure_speedup(module, batch, plan, rounds=rounds),
+        "params": {"trainable": trainable, "total": total, "percent": 100.0 * trainable / total if total else 0.0},
+        "plan": {"skip": sorted(plan.skip), "insert_layer": plan.insert_layer},
+        "batch_size": _batch_len(batch),
+    }
+
+
+def summary_line(rec: Mapping[str, Any]) -> str:
+    f, s = rec["flops"], rec["speedup"]
+    return (f"[vlpeft] computation: {f['chosen'] / 1e9:.4g} GFLOPs per batch of {rec['batch_size']} vs "
+            f"{f['full'] / 1e9:.4g} unskipped (−{100 * f['reduction']:.2f} %); measured speed-up "
+            f"{s['median']:.3f}× [{s['min']:.3f}, {s['max']:.3f}] on {s['device']} (indicative: median of "
+            f"{s['rounds']} rounds on one batch)")
+
+
+def title_note(rec: Mapping[str, Any]) -> str:
+    """What the search PNG's title adds: the FLOPs reduction of the chosen architecture."""
+    return f"FLOPs −{100 * rec['flops']['reduction']:.2f} % vs unskipped"
+
+
+def _batch_len(batch: Mapping[str, Any]) -> int:
+    for k in ("text_ids", "image", "image_0"):
+        v = batch.get(k)
+        if hasattr(v, "shape"):
+            return int(v.shape[0])
+    return 1
+
+
+def representative_batch(module: nn.Module, datamodule) -> dict[str, Any]:
+    """The first batch of the val loader, on the module's device."""
+    loader = datamodule.val_dataloader()
+    try:
+        batch = next(iter(loader))
+    except StopIteration:
+        raise ValueError("the val split is empty: computation.json needs one val batch; check the val split "
+                         "files under data_root") from None
+    device = next(module.parameters()).device
+    return module.transfer_batch_to_device(batch, device, 0) if hasattr(module, "transfer_batch_to_device") \
+        else batch
+
+
+def record_run(module, datamodule, run_dir: str | Path, config: Mapping[str, Any], placement=None,
+               search=None, stage: str = "") -> dict[str, Any]:
+    """After fit (rank 0): count and time the run's chosen architecture on the device it used, write
+    ``computation.json``, print one line; for a search also add the record to placement.json's ``meta`` and
+    redraw the PNG with the FLOPs reduction in its title. The module goes back to the device it was on."""
+    run_dir = Path(run_dir)
+    plan = placement.plan(module.base_plan) if placement is not None else module.plan()
+    before = next(module.parameters()).device
+    target = torch.device("cuda") if _uses_gpu(config) and torch.cuda.is_available() else torch.device("cpu")
+    module.to(target)
+    half = {"16": torch.float16, "16-mixed": torch.float16, "bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16}
+    dtype = half.get(str(config.get("precision"))) if target.type == "cuda" else None
+    try:  # under the autocast the run trained with (a GPU run at precision=16 / bf16)
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+            rec = computation(module, representative_batch(module, datamodule), plan)
+        rec["speedup"]["autocast"] = str(dtype).removeprefix("torch.") if dtype is not None else None
+        if stage:
+            rec["stage"] = stage
+    finally:
+        module.to(before)
+    write_json_atomic(run_dir / COMPUTATION_FILE, rec)
+    print(summary_line(rec), flush=True)
+    if search is not None and (run_dir / "placement.json").is_file():
+        annotate_search(search, run_dir, rec)
+    return rec
+
+
+def annotate_search(search, run_dir: Path, rec: Mapping[str, Any]) -> None:
+    """placement.json's ``meta["computation"]`` := the record; the PNG title gets the FLOPs reduction."""
+    import inspect
+
+    from vlpeft.search.placement import Placement
+
+    path = run_dir / "placement.json"
+    p = Placement.load(path)
+    Placement.from_dict(dict(p.to_dict(), meta={**p.meta, "computation": dict(rec)})).save(path)
+    title = inspect.signature(search.save_plot).parameters["title"].default
+    search.save_plot(run_dir / "placement.png", title=f"{title} — {title_note(rec)}")
+
+
+def save_metrics(run_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
+    """The run's final ``epoch_results`` ({phase: {metric: value}}) as ``metrics.json`` (atomic)."""
+    clean = {ph: {k: float(v) for k, v in vals.items()} for ph, vals in (metrics or {}).items()}
+    return write_json_atomic(Path(run_dir) / METRICS_FILE, clean)
+
+
+def after_fit(module, datamodule, run_dir: str | Path, config: Mapping[str, Any], result, *, search: bool) -> None:
+    """The runner's one hook after fit (rank 0): ``metrics.json``, ``computation.json`` (+ the search's
+    placement.json meta and PNG title), and with ``export_pruned=True`` the deployable ``pruned.ckpt``."""
+    save_metrics(run_dir, result.metrics)
+    rec = record_run(module, datamodule, run_dir, config, placement=result.placement,
+                     search=module.search if search else None, stage=result.stage)
+    result.computation = rec
+    if config.get("export_pruned"):
+        from vlpeft.export import PRUNED_FILE, export_pruned
+
+        result.pruned_path = export_pruned(module, Path(run_dir) / PRUNED_FILE, result.placement)
+
+
+def _uses_gpu(config: Mapping[str, Any]) -> bool:
+    n = config.get("num_gpus", 0)
+    return (n if isinstance(n, int) else len(n)) > 0
+
+
+__all__ = ["COMPUTATION_FILE", "METRICS_FILE", "annotate_search", "computation", "count_flops", "full_plan",
+           "after_fit", "measure_speedup", "plan_flops", "record_run", "save_metrics", "summary_line"]

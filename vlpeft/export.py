@@ -1,0 +1,133 @@
+"""Deployable export: a trained model's checkpoint without the units its placement skips (issue 10, item 5).
+
+A skipped candidate unit never runs, so its weights (``backbone.<candidate_name(i)>.*``) are dropped; of the skip
+sites only those of skipped units run, so a kept unit's skip module (``backbone.<skip site>.*``) is dropped too.
+The file is a plain ``{"state_dict", "vlpeft_placement", "vlpeft_export"}`` checkpoint: ``load_path=`` (and
+``test_only=True``) load it into a model built with the same config and placement, which predicts identically —
+the dropped tensors are never used, so they may stay as initialised.
+
+    python -m vlpeft.export RUN_DIR|CKPT --out FILE     # RUN_DIR: its best checkpoint, else last.ckpt
+    python run.py with … export_pruned=True             # a train/search run also writes <run>/pruned.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlpeft._io import atomic_path
+from vlpeft.backbones._protocol import LayerPlan
+
+EXPORT_KEY = "vlpeft_export"
+PRUNED_FILE = "pruned.ckpt"
+
+
+class ExportError(ValueError):
+    """An export that cannot be made; the message names the file or key and the fix."""
+
+
+def dropped_prefixes(backbone: nn.Module, plan: LayerPlan, prefix: str = "backbone.") -> list[str]:
+    """Key prefixes (with the trailing dot) of what ``plan`` never runs: each skipped unit, each kept unit's skip
+    module."""
+    skip_sites = {s.layer: s.name for s in backbone.sites() if s.anchor == "skip"}
+    out = []
+    for i in range(backbone.candidates().count):
+        if i in plan.skip:
+            out.append(f"{prefix}{backbone.candidate_name(i)}.")
+        elif i in skip_sites:
+            out.append(f"{prefix}{skip_sites[i]}.")
+    return out
+
+
+def dropped_keys(module: nn.Module, plan: LayerPlan | None = None) -> list[str]:
+    """State-dict keys of a ``VLPeftModule`` that an export under ``plan`` (default: its own) leaves out."""
+    plan = module.plan() if plan is None else plan
+    pre = tuple(dropped_prefixes(module.backbone, plan))
+    return [k for k in module.state_dict() if k.startswith(pre)]
+
+
+def pruned_state_dict(module: nn.Module, plan: LayerPlan | None = None) -> dict[str, torch.Tensor]:
+    drop = set(dropped_keys(module, plan))
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if k not in drop}
+
+
+def export_pruned(module: nn.Module, out: str | Path, placement=None) -> Path:
+    """Write ``module``'s weights without the units its placement never runs to ``out`` (atomically); print the
+    kept share. ``placement``: default the module's ``current_placement()``."""
+    placement = module.current_placement() if placement is None else placement
+    plan = placement.plan(module.base_plan)
+    full = module.state_dict()
+    sd = pruned_state_dict(module, plan)
+    numel = lambda d: sum(v.numel() for v in d.values())  # noqa: E731
+    info = {"dropped_prefixes": dropped_prefixes(module.backbone, plan), "kept_numel": numel(sd),
+            "full_numel": numel(full), "kept_share": numel(sd) / max(1, numel(full))}
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        torch.save({"state_dict": sd, "vlpeft_placement": placement.to_dict(), EXPORT_KEY: info,
+                    "hyper_parameters": {"config": getattr(module, "config", {})}}, tmp)
+    print(f"[vlpeft] pruned export: {out} keeps {info['kept_numel']:,d} of {info['full_numel']:,d} tensor "
+          f"elements ({100 * info['kept_share']:.2f} %); dropped {len(full) - len(sd)} tensors", flush=True)
+    return out
+
+
+def find_checkpoint(source: str | Path) -> Path:
+    """A run folder's best checkpoint (else last.ckpt), or the file itself."""
+    p = Path(source)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        ckpts = sorted(p.glob("checkpoints/best*.ckpt")) or sorted(p.glob("checkpoints/last.ckpt"))
+        if ckpts:
+            return ckpts[-1]
+        raise ExportError(f"{p} has no checkpoints/best*.ckpt or checkpoints/last.ckpt; pass a run folder of a "
+                          "train run, or the .ckpt file")
+    raise ExportError(f"{p} does not exist; pass a run folder (<log_dir>/<name>/version_<n>) or a .ckpt file")
+
+
+def export_checkpoint(source: str | Path, out: str | Path) -> Path:
+    """Build the model a Lightning checkpoint of ours was trained as (its saved config and placement), load it
+    and export it pruned."""
+    from vlpeft.checkpoint import read_checkpoint
+    from vlpeft.lightning import VLPeftModule
+    from vlpeft.search.placement import Placement
+
+    ckpt_path = find_checkpoint(source)
+    sd, extras = read_checkpoint(ckpt_path)
+    config = (extras.get("hyper_parameters") or {}).get("config")
+    saved = extras.get("vlpeft_placement")
+    if not config or not saved:
+        raise ExportError(f"{ckpt_path} has no saved config or placement (hyper_parameters.config, "
+                          "vlpeft_placement): export needs a checkpoint written by a vlpeft train or search run")
+    placement = Placement.from_dict(saved, source=str(ckpt_path))
+    module = VLPeftModule(config, placement=placement)
+    result = module.load_state_dict(sd, strict=False)
+    if result.missing_keys:
+        raise ExportError(f"{ckpt_path} lacks {len(result.missing_keys)} tensors of the model its config builds "
+                          f"(first: {result.missing_keys[0]}); export a full Lightning checkpoint of a run")
+    return export_pruned(module, out, placement)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vlpeft.export", description=__doc__.split("\n\n")[0])
+    ap.add_argument("source", help="a run folder (its best checkpoint, else last.ckpt) or a .ckpt file")
+    ap.add_argument("--out", required=True, help="the pruned checkpoint to write")
+    args = ap.parse_args(argv)
+    try:
+        export_checkpoint(args.source, args.out)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["EXPORT_KEY", "PRUNED_FILE", "ExportError", "dropped_keys", "dropped_prefixes", "export_checkpoint",
+           "export_pruned", "find_checkpoint", "pruned_state_dict"]

@@ -93,15 +93,14 @@ def _first_val_batch(config):
 
 def _restore(ckpt: Path, load: Path | None = None):
     """The model a checkpoint's config + placement builds, with ``load`` (default: the checkpoint) loaded."""
-    from vlpeft.checkpoint import load_state, load_weights
+    from vlpeft.checkpoint import load_weights
     from vlpeft.lightning import VLPeftModule
 
     c = torch.load(ckpt, map_location="cpu", weights_only=False)
     m = VLPeftModule(c["hyper_parameters"]["config"], placement=Placement.from_dict(c["vlpeft_placement"]))
-    if load is None:  # the search's history buffer grows: its state is not needed to run the model
-        load_state(m, {k: v for k, v in c["state_dict"].items() if not k.startswith("search.")}, ckpt, "ckpt")
-    else:
-        load_weights(m, str(load))
+    (report,) = load_weights(m, str(load or ckpt))  # a search's history buffer is resized on load
+    if load is None:
+        assert report.missing == [] and report.unexpected == []
     return m.eval(), c["hyper_parameters"]["config"]
 
 

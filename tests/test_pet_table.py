@@ -30,7 +30,8 @@ PRESET_LIST = ("das", "dvp_adapter", "none", "lora", "ia3", "vl_adapter", "compa
 OPTIONS = dict(das_adapter_dim=8, das_skip_adapter_dim=12, lora_r=4, lora_alpha=8, adapter_reduction=4,
                vl_pet_down_dim=8, vl_pet_gate_dim=8, vl_pet_vpa_dim=8, datasets=["vqa"])
 # (backbone, preset) pairs whose recipe matches no site of the backbone
-REFUSED = {("test_meter", p) for p in ("dvp_adapter", "lora", "ia3", "vl_adapter", "compacter", "vl_pet_large")} | {
+METERS = [n for n in NAMES if BACKBONES.get(n).meta.get("family") == "meter"]  # METER offers par and skip sites only
+REFUSED = {(m, p) for m in METERS for p in ("dvp_adapter", "lora", "ia3", "vl_adapter", "compacter", "vl_pet_large")} | {
     ("test_vilt", "dvp_adapter"), ("test_clip_llama", "vl_pet_large")}
 IDENTITY = {"none", "bitfit", "lora", "ia3"}  # B = 0, ones, no modules: exactly the bare backbone at init
 NOT_IDENTITY = {"vl_adapter", "compacter", "vl_pet_large"}  # legacy_bart N(0, 0.02), PHM C ~ N(0, 0.01), G ≈ 0.5
@@ -99,7 +100,7 @@ def test_preset_table(name, preset):
     bare = _feats(_bare(name), batch)
     y0 = _feats(a, batch)
     # das on CLIP+PLM places only skip adapters, which an empty plan does not run
-    perturbs = preset in NOT_IDENTITY or (preset == "das" and name in ("test_vilt", "test_meter"))
+    perturbs = preset in NOT_IDENTITY or (preset == "das" and (name == "test_vilt" or name in METERS))
     if preset in IDENTITY:
         assert torch.equal(y0, bare)
     elif perturbs:
@@ -174,7 +175,7 @@ def _x_module(bb, site) -> tuple[nn.Module, int]:
     return bb.plm.layers[(j - n_enc) // 3].layer[(j - n_enc) % 3].layer_norm, 0
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "test_meter"])
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in METERS])
 def test_gate_and_out_par_compose_in_the_fixed_order(name):
     bb = _bare(name)
     report = inject(bb, _record_recipe())
@@ -211,7 +212,7 @@ def test_gate_and_out_par_compose_in_the_fixed_order(name):
             assert torch.equal(seen_out[key], y)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "test_meter"])
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in METERS])
 def test_library_default_gates_and_zero_up_deltas_are_identity(name):
     """Gates with the library default (G ≡ 1) and zero-up out_seq / out_par adapters leave the output unchanged."""
     bare = _feats(_bare(name), _batch(_bare(name)))

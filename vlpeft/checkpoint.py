@@ -118,6 +118,9 @@ def load_state(module: nn.Module, sd: Mapping[str, torch.Tensor], path: str | os
         sd.update({prefix + k: v for k, v in filtered.items()})
     own = module.state_dict()
     for k, v in sd.items():
+        owner, _, leaf = k.rpartition(".")
+        if leaf in getattr(_submodule(module, owner), "resizable_buffers", ()):
+            continue  # grows during a run (a search's history); the module resizes it on load
         if k in own and own[k].shape != v.shape:
             raise CheckpointError(f"{path}: tensor {k} has shape {tuple(v.shape)} in the checkpoint but "
                                   f"{tuple(own[k].shape)} in this model: {_shape_hint(module, backbones, k)}")
@@ -125,6 +128,13 @@ def load_state(module: nn.Module, sd: Mapping[str, torch.Tensor], path: str | os
     report.loaded = len(set(sd) & set(own))
     report.missing, report.unexpected = list(result.missing_keys), list(result.unexpected_keys)
     return report
+
+
+def _submodule(module: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(name) if name else module
+    except AttributeError:
+        return None
 
 
 def _shape_hint(module: nn.Module, backbones: list, key: str) -> str:

@@ -29,6 +29,8 @@ _SEED_STRIDE = 1_000_003
 class SearchState(nn.Module):
     """Shared machinery of the two searches: seeded draws and a growable ``history`` buffer."""
 
+    resizable_buffers = ("history",)  # the checkpoint loader lets these differ in shape (resized on load)
+
     def __init__(self, num_layers: int, seed: int) -> None:
         super().__init__()
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:

@@ -349,7 +349,7 @@ def main(argv=None) -> int:
         if bad:
             print("WRONG RESULT: the readers' items differ:\n  " + "\n  ".join(bad[:10]))
             return 1
-        print(f"items agree (16 checked: texts, token ids, labels, scores, answers, qids; images to 1e-5)")
+        print("items agree (16 checked: texts, token ids, labels, scores, answers, qids; images to 1e-5)")
         print(f"\nours / peer (original ViLT reader strategy), median [min, max] over {args.rounds} interleaved "
               f"rounds; {res['cpus']} CPUs, pixelbert {args.image_size} on 640x480 JPEGs", flush=True)
         if "item" not in skip:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import backbone_batch as _batch
 from vlpeft.backbones import BACKBONES, LayerPlan
 from vlpeft.checkpoint import load_state
 from vlpeft.pet import PRESETS, inject
@@ -16,14 +17,6 @@ NAMES = BACKBONES.names("test_*")
 SKIP_RECIPE = {"das_adapter_dim": 8, "das_skip_adapter_dim": 12}
 
 
-def _batch(bb, B: int = 2, L: int = 6) -> dict:
-    g = torch.Generator().manual_seed(0)
-    size = 64 if bb.family == "vilt" else 32
-    ids = torch.randint(5, 90, (B, L), generator=g)
-    masks = torch.ones(B, L, dtype=torch.long)
-    masks[1, -2:] = 0
-    return {"text_ids": ids, "text_masks": masks, "image": torch.randn(B, 3, size, size, generator=g),
-            "image_mask": torch.ones(B, size, size, dtype=torch.bool), "image_sizes": [(size, size)] * B}
 
 
 def _plan(bb, skip=()) -> LayerPlan:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import vlpeft.pet.presets_zoo  # noqa: F401  (registers the zoo presets)
+from helpers import backbone_batch as _batch
 from vlpeft.backbones import BACKBONES, LayerPlan
 from vlpeft.checkpoint import load_state, trainable_state
 from vlpeft.pet import PRESETS, inject
@@ -37,14 +38,6 @@ IDENTITY = {"none", "bitfit", "lora", "ia3"}  # B = 0, ones, no modules: exactly
 NOT_IDENTITY = {"vl_adapter", "compacter", "vl_pet_large"}  # legacy_bart N(0, 0.02), PHM C ~ N(0, 0.01), G ≈ 0.5
 
 
-def _batch(bb, B: int = 2, L: int = 6) -> dict:
-    g = torch.Generator().manual_seed(0)
-    size = 64 if bb.family == "vilt" else 32
-    ids = torch.randint(5, 90, (B, L), generator=g)
-    masks = torch.ones(B, L, dtype=torch.long)
-    masks[1, -2:] = 0
-    return {"text_ids": ids, "text_masks": masks, "image": torch.randn(B, 3, size, size, generator=g),
-            "image_mask": torch.ones(B, size, size, dtype=torch.bool), "image_sizes": [(size, size)] * B}
 
 
 def _plan(bb) -> LayerPlan:

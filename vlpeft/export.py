@@ -16,7 +16,6 @@ import argparse
 import sys
 from pathlib import Path
 
-
 import torch
 from torch import nn
 

@@ -44,7 +44,7 @@ DAS-METER's learned ``token4classifier`` (config ``token4classifier=True``) repl
 original computes it right after loading the pretrained METER weights).
 
 Differences from the original, on purpose:
-- devices are taken from the module (no ``.cuda()``); widths, depths and grids come from the built modules;
+- devices are taken from the module (never a hard-coded CUDA call); widths, depths and grids come from the built modules;
 - the text encoder's attention mask is built by transformers for its attention implementation (the original
   added ``(1 − m)·(−10000)``; the results agree to float precision); the co-attention layers keep the original
   additive ``−10000`` masks;

@@ -1,4 +1,4 @@
-"""Atomic file writes: nothing we write is ever left half-done."""
+"""Atomic file writes (nothing we write is ever left half-done) and a JSON-lines reader with clear errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 @contextlib.contextmanager
@@ -42,3 +42,17 @@ def write_text_atomic(dst: str | os.PathLike, text: str) -> Path:
 
 def write_json_atomic(dst: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
     return write_text_atomic(dst, json.dumps(obj, indent=indent) + "\n")
+
+
+def parse_json_lines(lines: Iterable[str], path: str | os.PathLike, what: str,
+                     error: type[Exception] = ValueError) -> list[Any]:
+    """One JSON value per non-blank line; a bad line raises ``error`` naming the file, the line and ``what``."""
+    records = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise error(f"{path}, line {lineno}: not valid JSON ({e}); expected {what}") from e
+    return records

@@ -75,7 +75,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
-from vlpeft._io import write_json_atomic
+from vlpeft._io import parse_json_lines, write_json_atomic
 from vlpeft.data.normalize import normalize_word, process_digit_article, process_punctuation
 
 
@@ -180,16 +180,7 @@ def load_records(path: str | Path, what: str) -> list:
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        data = None
-        records = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise EvaluationError(f"{path}, line {lineno}: not valid JSON ({e}); expected {what}") from e
-        return records
+        return parse_json_lines(text.splitlines(), path, what, EvaluationError)
     if isinstance(data, dict):  # a one-line JSONL file
         return [data]
     if not isinstance(data, list):

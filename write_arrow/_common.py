@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from vlpeft._io import atomic_path, write_json_atomic
+from vlpeft._io import atomic_path, parse_json_lines, write_json_atomic
 
 # Flush a record batch once it holds this many rows or this many bytes of image data: keeps memory bounded on
 # the full datasets and every binary array far below arrow's 2 GiB per-array offset limit.
@@ -99,16 +99,8 @@ def load_json(path: Path, what: str) -> Any:
 def load_json_lines(path: Path, what: str) -> list[Any]:
     """JSON lines (one object per non-blank line), as the NLVR2 release ships them."""
     require_file(path, what)
-    records = []
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise WriteArrowError(f"{path}, line {lineno}: not valid JSON ({e}); expected {what}") from e
-    return records
+        return parse_json_lines(f, path, what, WriteArrowError)
 
 
 def expect_type(value: Any, typ: type | tuple[type, ...], path: Path, where: str, what: str) -> Any:

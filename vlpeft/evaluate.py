@@ -474,13 +474,18 @@ def _image_stem(value: Any) -> str:
     return s[:-4] if s.lower().endswith(".jpg") else s
 
 
+def _classification_rows(predictions: Any, sources: Mapping[str, str] | None) -> tuple[Any, Any, list]:
+    """(annotation source, prediction source, prediction rows) for the SNLI-VE / NLVR2 scorers."""
+    src = dict(sources or {})
+    psrc = src.get("predictions")
+    return src.get("annotations"), psrc, _require_list(predictions, psrc, CLS_PREDICTIONS)
+
+
 def snli_ve_accuracy(annotations: Sequence[Mapping[str, Any]] | None, predictions: Any, *,
                      only_predicted: bool = False, sources: Mapping[str, str] | None = None) -> dict[str, Any]:
     """SNLI-VE accuracy in percent; ``annotations`` = records of the official ``snli_ve_*.jsonl`` or None
     (then the rows' own ``label`` is gold). Records whose ``gold_label`` is ``"-"`` (no consensus) are skipped."""
-    src = dict(sources or {})
-    asrc, psrc = src.get("annotations"), src.get("predictions")
-    rows = _require_list(predictions, psrc, CLS_PREDICTIONS)
+    asrc, psrc, rows = _classification_rows(predictions, sources)
     if annotations is None:
         return _embedded_accuracy(rows, SNLI_VE_LABELS, psrc)
     by_pair: dict[str, str] = {}
@@ -521,9 +526,7 @@ def nlvr2_accuracy(annotations: Sequence[Mapping[str, Any]] | None, predictions:
                    only_predicted: bool = False, sources: Mapping[str, str] | None = None) -> dict[str, Any]:
     """NLVR2 accuracy in percent; ``annotations`` = records of the official ``dev.json``/``test1.json`` (JSON
     lines) or None (then the rows' own ``label`` is gold)."""
-    src = dict(sources or {})
-    asrc, psrc = src.get("annotations"), src.get("predictions")
-    rows = _require_list(predictions, psrc, CLS_PREDICTIONS)
+    asrc, psrc, rows = _classification_rows(predictions, sources)
     if annotations is None:
         return _embedded_accuracy(rows, NLVR2_LABELS, psrc)
     gold: dict[str, str] = {}

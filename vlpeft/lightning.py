@@ -56,13 +56,13 @@ class VLPeftModule(pl.LightningModule):
         task = batch.get("task") if isinstance(batch, dict) else None
         return str(task) if task else self.tasks[0].name
 
-    def forward(self, batch: dict[str, Any], plan: LayerPlan | None = None) -> dict[str, Any]:
+    def forward(self, batch: dict[str, Any], plan: LayerPlan | None = None, generate: bool = False) -> dict[str, Any]:
         plan = self.plan() if plan is None else plan
         # per-task PET modules (TaskSwitch) read the task from the context. Routing's x_v is not set here: a
         # backbone would have to compute it (e.g. a pooled visual vector) before the PLM layers run and enter
         # pet_context(x_v=...) around them itself.
         with pet_context(task=self.batch_task(batch)):
-            return compute(self.tasks, lambda b, **kw: self.backbone(b, plan, **kw), self.heads, batch)
+            return compute(self.tasks, lambda b, **kw: self.backbone(b, plan, **kw), self.heads, batch, generate)
 
     # ------------------------------------------------------------------ training and the search round
     def on_train_epoch_start(self) -> None:
@@ -128,7 +128,7 @@ class VLPeftModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.val_metrics.update(self(batch), batch)
+        self.val_metrics.update(self(batch, generate=True), batch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch(self.val_metrics, "val", self._epoch_metrics("val"))
@@ -140,7 +140,7 @@ class VLPeftModule(pl.LightningModule):
         self._test_outputs = []
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self(batch)
+        out = self(batch, generate=True)
         self.test_metrics.update(out, batch)
         self._test_outputs.append({t.name: t.predictions(out, batch) for t in self.tasks if t.name != "irtr"})
 

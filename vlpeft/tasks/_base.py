@@ -27,6 +27,7 @@ class Task:
     needs: frozenset[str] = frozenset({"classify"})
     single_pass: bool = True  # one forward of the batch as given (so forward_many's shared work applies)
     score_key: str = ""  # the search score (percent) for KAB: the batch VQA score or accuracy
+    generative: bool = False  # compute(infer, heads, batch, generate=...) also decodes answers in val/test
 
     @property
     def heads(self) -> tuple[str, ...]:
@@ -89,11 +90,17 @@ def build_tasks(loss_names: Mapping[str, float], capabilities: frozenset[str], b
     return tasks
 
 
-def compute(tasks: list[Task], infer: Callable, heads, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Every task's outputs; ``loss`` = the unweighted sum of every value whose key contains "loss" (the originals)."""
+def compute(tasks: list[Task], infer: Callable, heads, batch: Mapping[str, Any],
+            generate: bool = False) -> dict[str, torch.Tensor]:
+    """Every task's outputs; ``loss`` = the unweighted sum of every value whose key contains "loss" (the originals).
+    ``generate``: generative tasks also decode their answers (validation and test; see ``backbones._generative``).
+    In a multi-task run a batch belongs to one task (``batch["task"]``): only that task computes."""
     out: dict[str, torch.Tensor] = {}
+    own = batch.get("task") if isinstance(batch, Mapping) else None
     for t in tasks:
-        out.update(t.compute(infer, heads, batch))
+        if own and len(tasks) > 1 and t.generative and own != t.name:
+            continue
+        out.update(t.compute(infer, heads, batch, generate=generate) if t.generative else t.compute(infer, heads, batch))
     out["loss"] = sum(v for k, v in out.items() if "loss" in k)
     return out
 

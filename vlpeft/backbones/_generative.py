@@ -1,0 +1,88 @@
+"""The generative half of the backbone protocol (VL-BART / VL-T5, ViT + GPT-2): what generative tasks may ask.
+
+A backbone with the ``generate`` capability subclasses ``Generative`` and implements:
+
+- ``forward(batch, plan)`` → a features dict holding ``lm_logits`` (B, T, V) and ``lm_loss`` (scalar: mean token
+  cross-entropy over ``target_ids`` positions that are not -100) when the batch has ``target_ids``;
+  ``cls_feats`` too where the model can classify;
+- ``generate(batch, plan, *, num_beams, max_new_tokens)`` → the decoded strings, one per sample (special tokens
+  and surrounding blanks stripped). The backbone owns its tokenizer (``self.tokenizer``, built from the config's
+  ``tokenizer`` like the datamodule's), so decoding needs nothing else;
+- ``tokenizer`` → the Hugging Face tokenizer that encodes ``text_ids`` / ``target_ids`` for it.
+
+Batch keys of generative tasks (the collate of ``vlpeft.data`` writes them):
+
+- ``text_ids`` / ``text_masks`` (B, L): the encoder (seq2seq) or prompt (decoder-only) text, task prefix
+  included (``"vqa: what color is ..."``), no padding on the left;
+- ``target_ids`` (B, T): the answer / caption tokens, -100 where padded (absent at test time);
+- visual input, one of: ``vis_feats`` (B, V, F) + ``vis_pos`` (B, V, 4: x1, y1, x2, y2 in [0, 1]) — region or
+  pooled grid features (pre-extracted ``.h5`` files, or the backbone's own frozen extractor) — or ``image``
+  (B, 3, H, W) pixels, which the backbone turns into features itself;
+- ``task`` (str): the batch's task, which selects per-task PET modules through ``pet_context``.
+
+Generative tasks call ``infer(batch)`` for the loss, and ``infer(batch, generate=True, ...)`` in validation and
+test (``tasks._base.compute(..., generate=True)``), which routes to ``Generative.generate``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from vlpeft.backbones._protocol import Backbone, LayerPlan
+
+IGNORE_INDEX = -100
+GENERATE_DEFAULTS = {"num_beams": 1, "max_new_tokens": 20}
+
+
+class Generative(Backbone):
+    """Base class of generative backbones; ``__call__(batch, plan, generate=True, ...)`` routes to ``generate``."""
+
+    capabilities: frozenset[str] = frozenset({"generate"})
+    tokenizer: Any = None
+
+    def __call__(self, batch: Mapping[str, Any], plan: LayerPlan, *args: Any, generate: bool = False,
+                 **kw: Any) -> Any:
+        if generate:
+            opts = {k: kw.pop(k, v) for k, v in GENERATE_DEFAULTS.items()}
+            return {"generated": self.generate(batch, plan, **opts)}
+        return super().__call__(batch, plan, *args, **kw)
+
+    def generate(self, batch: Mapping[str, Any], plan: LayerPlan, *, num_beams: int = 1,
+                 max_new_tokens: int = 20) -> list[str]:  # pragma: no cover - every generative backbone overrides
+        raise NotImplementedError
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        return [s.strip() for s in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean token cross-entropy over non-ignored targets (0 attached to the graph when there are none)."""
+    keep = targets != IGNORE_INDEX
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX)
+
+
+def shift_right(targets: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
+    """Decoder inputs from labels: ``start_id`` first, the labels shifted right, -100 replaced by ``pad_id``."""
+    out = targets.new_full(targets.shape, pad_id)
+    out[:, 1:] = targets[:, :-1]
+    out[:, 0] = start_id
+    return out.masked_fill(out == IGNORE_INDEX, pad_id)
+
+
+def pad_targets(seqs: Sequence[Sequence[int]], length: int | None = None) -> torch.Tensor:
+    """Right-pad token id lists with -100 into a (B, T) tensor."""
+    t = max([len(s) for s in seqs] + [1]) if length is None else length
+    out = torch.full((len(seqs), t), IGNORE_INDEX, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        s = list(s)[:t]
+        out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+__all__ = ["GENERATE_DEFAULTS", "Generative", "IGNORE_INDEX", "lm_loss", "pad_targets", "shift_right"]

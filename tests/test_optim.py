@@ -125,3 +125,20 @@ def test_scheduler_config_errors():
         build_scheduler(opt, CFG, 0)
     with pytest.raises(ValueError, match="fraction"):
         warmup_steps(dict(CFG, warmup_steps=1.5), 10)
+
+
+def test_adam_eps_betas_and_clip_keys_reach_optimizer_and_trainer():
+    """VL-Adapter / VL-PET train with AdamW eps 1e-6, betas (0.9, 0.999) and gradient clip 5: the keys reach
+    torch's optimiser and Lightning's trainer; bad values are refused before any model is built."""
+    import pytest
+    import torch
+
+    from vlpeft.config import DEFAULTS, ConfigError, validate_config
+    from vlpeft.optim import build_optimizer
+
+    cfg = dict(DEFAULTS, adam_eps=1e-6, adam_betas=[0.9, 0.999], learning_rate=1e-3)
+    opt = build_optimizer([("w", torch.nn.Parameter(torch.zeros(2)))], cfg)
+    assert opt.defaults["eps"] == 1e-6 and opt.defaults["betas"] == (0.9, 0.999)
+    for bad in (dict(adam_betas=[0.9]), dict(adam_betas=[0.9, 1.0]), dict(adam_eps=0), dict(gradient_clip_val=-1)):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            validate_config(dict(DEFAULTS, **bad))

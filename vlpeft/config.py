@@ -119,6 +119,9 @@ NEW_KEYS: dict[str, Any] = {
     # METER's optimiser keys (METER/meter/config.py); the ViLT/DVP rule (one lr_mult for the heads) when None
     "lr_mult_head": None,  # heads' lr multiplier; None = lr_mult (ViLT, DVP). METER named configs: 5/10/50
     "lr_mult_cross_modal": 1,  # lr multiplier of parameters whose name contains "cross_modal" (METER: 5)
+    "gradient_clip_val": 0.0,  # clip the gradient norm to this (0: off; VL-Adapter / VL-PET scripts: 5)
+    "adam_eps": 1e-8,  # AdamW eps (ViLT/METER/DAS 1e-8; VL-Adapter / VL-PET 1e-6)
+    "adam_betas": [0.9, 0.98],  # AdamW betas (ViLT/METER/DAS; VL-Adapter / VL-PET use torch's (0.9, 0.999))
 }
 
 
@@ -318,6 +321,7 @@ class TrainerConfig:
     resume_from: str | None
     log_dir: str
     progress_interval: float
+    gradient_clip_val: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -367,11 +371,16 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     for k in BOOL_KEYS:
         if k in config and not isinstance(config[k], bool):
             raise ConfigError(f"{k}={config[k]!r} is not a boolean; write {k}=True or {k}=False (capitalised)")
-    for k in ("learning_rate", "weight_decay"):
+    for k in ("learning_rate", "weight_decay", "gradient_clip_val", "adam_eps"):
         v = config.get(k)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k == "learning_rate" and v == 0):
-            raise ConfigError(f"{k}={v!r} must be a {'positive' if k == 'learning_rate' else 'non-negative'} number, "
+        positive = k in ("learning_rate", "adam_eps")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (positive and v == 0):
+            raise ConfigError(f"{k}={v!r} must be a {'positive' if positive else 'non-negative'} number, "
                               f"e.g. {k}={DEFAULTS[k]}")
+    betas = config.get("adam_betas")
+    if (not isinstance(betas, (list, tuple)) or len(betas) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        raise ConfigError(f"adam_betas={betas!r} must be two numbers in [0, 1), e.g. adam_betas=[0.9,0.999]")
     if config["stage"] not in ("search", "train", "demo"):
         raise ConfigError(f"stage={config['stage']!r}; use stage=search or stage=train (or the demo named config)")
     if config["das_count_unit"] not in ("micro_batch", "optimizer_step"):

@@ -74,7 +74,8 @@ def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], config: Mappi
 
 def build_optimizer(model_or_named_params: nn.Module | Iterable[tuple[str, nn.Parameter]],
                     config: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """``optim_type``: adamw (decoupled decay, betas (0.9, 0.98), eps 1e-8), adam, or sgd (momentum 0.9)."""
+    """``optim_type``: adamw (decoupled decay; ``adam_betas`` (0.9, 0.98) and ``adam_eps`` 1e-8 by default, as ViLT),
+    adam, or sgd (momentum 0.9)."""
     groups = param_groups(_named(model_or_named_params), config)
     if not groups:
         raise ValueError("no parameter has requires_grad=True: nothing to optimise (check the trainable set)")
@@ -82,7 +83,8 @@ def build_optimizer(model_or_named_params: nn.Module | Iterable[tuple[str, nn.Pa
     kind = str(config.get("optim_type", "adamw")).lower()
     if kind == "adamw":
         # torch's AdamW = the deprecated transformers AdamW (decoupled decay, bias correction)
-        return torch.optim.AdamW(groups, lr=lr, eps=1e-8, betas=(0.9, 0.98))
+        betas = tuple(float(b) for b in config.get("adam_betas", (0.9, 0.98)))
+        return torch.optim.AdamW(groups, lr=lr, eps=float(config.get("adam_eps", 1e-8)), betas=betas)
     if kind == "adam":
         return torch.optim.Adam(groups, lr=lr)
     if kind == "sgd":

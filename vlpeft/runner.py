@@ -150,6 +150,7 @@ def build_trainer(config: dict[str, Any], run_dir_name: str, version: int, *, ex
         val_check_interval=config["val_check_interval"], fast_dev_run=config["fast_dev_run"], logger=logger,
         callbacks=callbacks, log_every_n_steps=10, deterministic=False, benchmark=dev["accelerator"] == "gpu",
         num_sanity_val_steps=0, enable_progress_bar=True,
+        gradient_clip_val=float(config.get("gradient_clip_val") or 0.0) or None,
     )
     return trainer
 

@@ -6,7 +6,8 @@ overwrites every parameter with a tensor that is a function of its *name* and sh
 depend on the order in which the code builds modules (only on the original parameter names, which must not
 change either). Dropout is off where the config allows it; data order and search draws are seeded by position.
 
-Checked per case (tolerance 1e-6): the training losses of the first steps, the trainable parameter names, and for
+Checked per case (tolerance 1e-5 relative + 1e-6 absolute: the thread count changes float summation order,
+which moved a 12.0 loss by 2 ulps after 6 steps; a real change of the computation moves it by far more): the training losses of the first steps, the trainable parameter names, and for
 search runs the placement and final gate/preference values (placement.json).
 """
 
@@ -101,13 +102,13 @@ def test_golden(name, arrows, tmp_path, monkeypatch):
     want = json.loads(GOLDEN.read_text())[name]
     got = run_case(name, arrows, tmp_path / "result", monkeypatch)
     assert len(got["losses"]) == STEPS
-    assert got["losses"] == pytest.approx(want["losses"], abs=1e-6, rel=0)
+    assert got["losses"] == pytest.approx(want["losses"], abs=1e-6, rel=1e-5)
     assert got["trainable"] == want["trainable"]
     assert ("placement" in got) == ("placement" in want)
     if "placement" in want:
         gp, wp = got["placement"], want["placement"]
         assert {k: gp[k] for k in gp if k != "scores"} == {k: wp[k] for k in wp if k != "scores"}
-        assert gp["scores"] == pytest.approx(wp["scores"], abs=1e-6, rel=0)
+        assert gp["scores"] == pytest.approx(wp["scores"], abs=1e-6, rel=1e-5)
         assert got["rounds"] == want["rounds"] > 0
 
 

@@ -296,15 +296,22 @@ def test_candidates_follow_das_gate_order_and_sites_carry_the_das_names():
     assert [m.candidate_name(i) for i in range(2 * n)] == (
         [f"cross_modal_text_layers.{i}" for i in range(n)] + [f"cross_modal_image_layers.{i}" for i in range(n)])
     sites = m.sites()
-    assert len(sites) == 2 * n * 4
+    das = [s for s in sites if s.anchor in ("par", "skip")]
+    assert len(das) == 2 * n * 4
+    # the zoo's slots (out_seq / out_par / gate per sublayer) and projections (q, k, v, o of both attentions, the FFN)
+    assert len([s for s in sites if s.anchor in ("out_seq", "out_par", "gate")]) == 2 * n * 3 * 3
+    assert len([s for s in sites if s.anchor.startswith("proj:")]) == 2 * n * 10
+    assert len({s.name for s in sites}) == len(sites)
     by = {(s.layer, s.sublayer, s.anchor): s.name for s in sites}
+    assert by[(n, "cross_attn", "proj:o")] == "cross_modal_image_layers.0.crossattention.output.dense"
+    assert by[(1, "ffn", "gate")] == "cross_modal_text_layers.1.output.gate"
     assert by[(0, "attn", "par")] == "cross_modal_text_layers.0.attention.output.adapter"
     assert by[(0, "cross_attn", "par")] == "cross_modal_text_layers.0.crossattention.output.adapter"
     assert by[(0, "ffn", "par")] == "cross_modal_text_layers.0.adapter"
     assert by[(0, "block", "skip")] == "adapter_list_l.0.0"
     assert by[(n + 1, "ffn", "par")] == "cross_modal_image_layers.1.adapter"
     assert by[(n + 1, "block", "skip")] == "adapter_list_v.1.0"
-    assert all(s.dim == m.hidden_size and s.family == "meter" for s in sites)
+    assert all(s.dim == m.hidden_size and s.family == "meter" for s in sites if not s.anchor.startswith("proj:"))
     report = inject(m, das_recipe(8, 16))
     names = dict(m.named_parameters())
     assert report.param_names() <= set(names)

@@ -31,8 +31,8 @@ PRESET_LIST = ("das", "dvp_adapter", "none", "lora", "ia3", "vl_adapter", "compa
 OPTIONS = dict(das_adapter_dim=8, das_skip_adapter_dim=12, lora_r=4, lora_alpha=8, adapter_reduction=4,
                vl_pet_down_dim=8, vl_pet_gate_dim=8, vl_pet_vpa_dim=8, datasets=["vqa"])
 # (backbone, preset) pairs whose recipe matches no site of the backbone
-METERS = [n for n in NAMES if BACKBONES.get(n).meta.get("family") == "meter"]  # METER offers par and skip sites only
-REFUSED = {(m, p) for m in METERS for p in ("dvp_adapter", "lora", "ia3", "vl_adapter", "compacter", "vl_pet_large")} | {
+METERS = [n for n in NAMES if BACKBONES.get(n).meta.get("family") == "meter"]  # zoo sites on the fusion layers only
+REFUSED = {(m, "dvp_adapter") for m in METERS} | {
     ("test_vilt", "dvp_adapter"), ("test_clip_llama", "vl_pet_large")}
 IDENTITY = {"none", "bitfit", "lora", "ia3"}  # B = 0, ones, no modules: exactly the bare backbone at init
 NOT_IDENTITY = {"vl_adapter", "compacter", "vl_pet_large"}  # legacy_bart N(0, 0.02), PHM C ~ N(0, 0.01), G ≈ 0.5
@@ -151,6 +151,8 @@ def _record_recipe():
 
 def _x_module(bb, site) -> tuple[nn.Module, int]:
     """An independent place to read the sublayer input X of ``site`` (a module receiving X as argument 0)."""
+    if bb.family == "meter":  # the fusion layer's output module: forward(h, x) reads X as argument 1
+        return bb.get_submodule(site.name.rsplit(".", 1)[0]), 1
     if bb.family == "vilt":
         blk = bb.transformer.blocks[site.layer]
         return (blk.norm1 if site.sublayer == "attn" else blk.norm2), 0
@@ -168,7 +170,7 @@ def _x_module(bb, site) -> tuple[nn.Module, int]:
     return bb.plm.layers[(j - n_enc) // 3].layer[(j - n_enc) % 3].layer_norm, 0
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in METERS])
+@pytest.mark.parametrize("name", NAMES)
 def test_gate_and_out_par_compose_in_the_fixed_order(name):
     bb = _bare(name)
     report = inject(bb, _record_recipe())
@@ -183,7 +185,9 @@ def test_gate_and_out_par_compose_in_the_fixed_order(name):
         site = sites[key]
         mod, idx = _x_module(bb, site)
         handles.append(mod.register_forward_pre_hook(lambda m, a, key=key, idx=idx: seen_x.__setitem__(key, a[idx])))
-        if bb.family != "vilt":  # the value the host continues with, seen by a later hook on the same module
+        if bb.family == "meter":  # post-norm: LayerNorm(X + Y)
+            handles.append(mod.LayerNorm.register_forward_pre_hook(lambda m, a, key=key: seen_out.__setitem__(key, a[0])))
+        elif bb.family != "vilt":  # the value the host continues with, seen by a later hook on the same module
             host, where = site.meta["module"], site.meta["where"]
             if where == "input":
                 handles.append(host.register_forward_pre_hook(lambda m, a, key=key: seen_out.__setitem__(key, a[0])))
@@ -201,11 +205,13 @@ def test_gate_and_out_par_compose_in_the_fixed_order(name):
         if bb.family == "vilt":  # x_next = X + Y (no drop path, no DAS adapter): the ffn input after attn
             if key[2] == "attn":
                 assert torch.allclose(seen_x[(key[0], key[1], "ffn")], seen_x[key] + y, atol=1e-6, rtol=0)
+        elif bb.family == "meter":
+            assert torch.equal(seen_out[key], y + seen_x[key])
         else:
             assert torch.equal(seen_out[key], y)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in METERS])
+@pytest.mark.parametrize("name", NAMES)
 def test_library_default_gates_and_zero_up_deltas_are_identity(name):
     """Gates with the library default (G ≡ 1) and zero-up out_seq / out_par adapters leave the output unchanged."""
     bare = _feats(_bare(name), _batch(_bare(name)))

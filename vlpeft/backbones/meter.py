@@ -36,6 +36,9 @@ nothing; an empty skip site is the identity):
 - ``par`` / ``cross_attn``: ``cross_modal_{text,image}_layers.i.crossattention.output.adapter`` (inside the LN)
 - ``par`` / ``ffn``:        ``cross_modal_{text,image}_layers.i.adapter`` (added after the LayerNorm)
 - ``skip`` / ``block``:     ``adapter_list_l.i.0`` (text), ``adapter_list_v.i.0`` (image)
+- the PET zoo's ``out_seq`` / ``out_par`` / ``gate`` per sublayer: ``….{attention,crossattention}.output.<anchor>``
+  and ``….output.<anchor>`` (FFN), composed on ``dropout(dense(h))`` before the residual and LayerNorm; and the
+  ``proj:*`` sites of the fusion layers' projections (LoRA, IA3). Site roles are ``encoder``.
 
 DAS-METER's widths: parallel adapters b = 96, skip adapters b = 288 (3·96), both on width ``hidden_size``.
 DAS-METER's learned ``token4classifier`` (config ``token4classifier=True``) replaces the text ``<s>`` state after
@@ -58,7 +61,7 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -67,8 +70,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlpeft._init import init_weights_bert
-from vlpeft.backbones._layers import Pooler
-from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site, policy_params
+from vlpeft.backbones._layers import Pooler, SublayerSlots
+from vlpeft.backbones._protocol import (Backbone, Candidates, LayerPlan, Site, attach_projection, attach_skip,
+                                        policy_params, projection_sites)
 
 # ----------------------------------------------------------------------------------------------- config
 # The original METER keys this backbone reads, with METER's defaults (METER/meter/config.py), plus ours.
@@ -408,8 +412,9 @@ class CrossSelfAttention(nn.Module):
         return out.transpose(1, 2).flatten(2)
 
 
-class CrossAttnOutput(nn.Module):
-    """``LayerNorm(dropout(dense(h)) + x + adapter(x))``; ``adapter`` is an empty DAS slot until attached."""
+class CrossAttnOutput(SublayerSlots):
+    """``LayerNorm(Y + x + adapter(x))`` with ``Y = compose(x, dropout(dense(h)))``; ``adapter`` (DAS) and the
+    zoo's ``out_seq`` / ``out_par`` / ``gate`` are empty slots until attached."""
 
     def __init__(self, hidden: int, dropout: float, eps: float):
         super().__init__()
@@ -417,9 +422,10 @@ class CrossAttnOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.register_module("adapter", None)
+        self._init_slots()
 
     def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        h = self.dropout(self.dense(h)) + x
+        h = self.compose(x, self.dropout(self.dense(h))) + x
         if self.adapter is not None:
             h = h + self.adapter(x)
         return self.LayerNorm(h)
@@ -445,15 +451,18 @@ class CrossIntermediate(nn.Module):
         return self.intermediate_act_fn(self.dense(x))
 
 
-class CrossOutput(nn.Module):
+class CrossOutput(SublayerSlots):
+    """``LayerNorm(compose(x, dropout(dense(h))) + x)``: the FFN output with the zoo's slots (empty until attached)."""
+
     def __init__(self, hidden: int, inner: int, dropout: float, eps: float):
         super().__init__()
         self.dense = nn.Linear(inner, hidden)
         self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
         self.dropout = nn.Dropout(dropout)
+        self._init_slots()
 
     def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(h)) + x)
+        return self.LayerNorm(self.compose(x, self.dropout(self.dense(h))) + x)
 
 
 class BertCrossLayer(nn.Module):
@@ -599,12 +608,24 @@ class METER(Backbone):
                          {**meta, "added": "after_norm"}),
                     Site(f"fusion_{stream}", c, "block", "skip", d, f"{slots}.{i}.0", self.family, meta),
                 ]
+                for sub, owner in (("attn", "attention.output"), ("cross_attn", "crossattention.output"),
+                                   ("ffn", "output")):
+                    out += [Site(f"fusion_{stream}", c, sub, anchor, d, f"{layers}.{i}.{owner}.{anchor}", self.family,
+                                 {**meta, "stack_role": "encoder"}) for anchor in SublayerSlots.SLOTS]
+                # LoRA / IA3 on the fusion layer's projections (the encoders below stay as DAS-METER has them)
+                out += [replace(p, stack=f"fusion_{stream}", layer=c, meta={**p.meta, **meta, "stack_role": "encoder"})
+                        for p in projection_sites(self, self.family, rf"^{layers}\.{i}\.")]
         return out
 
     def attach(self, site: Site, module: nn.Module) -> None:
         known = {s.name: s for s in self.sites()}
         if site.name not in known:
             raise ValueError(f"METER has no site {site.name!r}; see METER.sites()")
+        if site.anchor == "skip":
+            return attach_skip(self._skip_slots(site.meta["stream"]), replace(site, layer=site.meta["stream_layer"]),
+                               module)
+        if site.anchor.startswith("proj:"):
+            return attach_projection(self, site, module)
         parent_name, _, leaf = site.name.rpartition(".")
         parent = self.get_submodule(parent_name)
         if getattr(parent, leaf, None) is not None:

@@ -72,7 +72,7 @@ _PROJ_RULES: tuple[tuple[str, str], ...] = (
     (r"(^|\.)(k_proj|key|k)$", "proj:k"),
     (r"(^|\.)(v_proj|value|v)$", "proj:v"),
     (r"(^|\.)mlp\.c_proj$", "proj:ff_out"),
-    (r"(^|\.)(out_proj|o_proj|o|attention\.output\.dense|attn\.proj|c_proj)$", "proj:o"),
+    (r"(^|\.)(out_proj|o_proj|o|(cross)?attention\.output\.dense|attn\.proj|c_proj)$", "proj:o"),
     (r"(^|\.)(fc1|intermediate\.dense|c_fc|wi|wi_0|wi_1|gate_proj|up_proj)$", "proj:ff_in"),
     (r"(^|\.)(fc2|output\.dense|wo|down_proj)$", "proj:ff_out"),
 )

@@ -98,9 +98,10 @@ def compute(tasks: list[Task], infer: Callable, heads, batch: Mapping[str, Any],
     out: dict[str, torch.Tensor] = {}
     own = batch.get("task") if isinstance(batch, Mapping) else None
     for t in tasks:
-        if own and len(tasks) > 1 and t.generative and own != t.name:
+        gen = getattr(t, "generative", False)
+        if own and len(tasks) > 1 and gen and own != t.name:
             continue
-        out.update(t.compute(infer, heads, batch, generate=generate) if t.generative else t.compute(infer, heads, batch))
+        out.update(t.compute(infer, heads, batch, generate=generate) if gen else t.compute(infer, heads, batch))
     out["loss"] = sum(v for k, v in out.items() if "loss" in k)
     return out
 

@@ -18,8 +18,8 @@ from PIL import Image
 from vlpeft.data.arrow import ArrowSchemaError, MissingArrowFilesError, open_arrow
 from vlpeft.data.collate import Collator, CollateError
 from vlpeft.data.datamodule import SPLITS, MTDataModule, SearchSampler
-from vlpeft.data.datasets import (CaptionDataset, GQADataset, ImageDecodeError, NLVR2Dataset, SNLIVEDataset,
-                                  VQADataset, dedupe)
+from vlpeft.data.datasets import (CaptionDataset, GQADataset, ImageDecodeError, LabelError, METERSNLIDataset,
+                                  NLVR2Dataset, SNLIVEDataset, VQADataset, dedupe)
 from vlpeft.data.tokenizer import TokenizerError, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -270,6 +270,28 @@ def test_gqa_and_snli_ve_labels(tmp_path, tok):
     s = SNLIVEDataset(tmp_path, ["snli_ve_dev"], transform_keys=["clip"], image_size=32, tokenizer=tok,
                       max_text_len=L)
     assert Collator(tok)([s[i] for i in range(3)])["snli_ve_labels"].tolist() == [2, 1, 0]
+
+
+def test_meter_snli_files_read_the_hypothesis_and_label_ids(tmp_path, tok):
+    """METER's write_snli.py layout (seeds.md §2.4): ``sentences`` = [premise, hypothesis] pairs, ``labels`` = ids,
+    no id column; the dataset reads the stripped hypothesis only. ``datasets=["snli"]`` (the METER named config)
+    finds ``snli_{train,dev,test}``."""
+    pairs = pa.array([[["a man sleeps on a bench", " a man sleeps "], ["a man", "a dog runs"]]],
+                     type=pa.list_(pa.list_(pa.string())))
+    write_arrow(tmp_path / "snli_dev.arrow", {"image": pa.array([jpeg(40, 40)], type=pa.binary()),
+                                              "sentences": pairs, "labels": pa.array([[2, 0]])})
+    s = METERSNLIDataset(tmp_path, ["snli_dev"], transform_keys=["clip"], image_size=32, tokenizer=tok,
+                         max_text_len=L)
+    assert len(s) == 2 and [s[i]["text"] for i in range(2)] == ["a man sleeps", "a dog runs"]
+    b = Collator(tok)([s[0], s[1]])
+    assert b["snli_ve_labels"].tolist() == [2, 0] and b["task"] == "snli_ve"
+    assert SPLITS["snli"] == {"train": ["snli_train"], "val": ["snli_dev"], "test": ["snli_test"]}
+    write_arrow(tmp_path / "snli_test.arrow", {"image": pa.array([jpeg(40, 40)], type=pa.binary()),
+                                               "sentences": pairs, "labels": pa.array([[2, 7]])})
+    bad = METERSNLIDataset(tmp_path, ["snli_test"], transform_keys=["clip"], image_size=32, tokenizer=tok,
+                           max_text_len=L)
+    with pytest.raises(LabelError, match="label id 7"):
+        bad[1]
 
 
 def caption_root(tmp_path, n_images=6):

@@ -257,10 +257,10 @@ for _ds, _lr in (("coco", 5e-6), ("f30k", 5e-5)):
         _METER_FT, exp_name=f"finetune_irtr_{_ds}", datasets=[_ds], loss_names=_loss_names({"itm": 0.5, "irtr": 1}),
         batch_size=512, max_epoch=10, get_recall_metric=True, draw_false_text=15, learning_rate=_lr,
         lr_mult_head=5, lr_mult_cross_modal=5, image_size=384))
-# METER's "snli" task is SNLI-VE; vlpeft reads it from the snli_ve_*.arrow files (DVP's writer, DATA.md), with the
-# loss / head named snli_ve (METER: snli / snli_classifier).
+# METER's "snli" task is SNLI-VE: it reads METER's own snli_{train,dev,test}.arrow (datasets=["snli"]; DVP's
+# snli_ve_*.arrow with datasets=["snli_ve"]), with the loss / head named snli_ve (METER: snli / snli_classifier).
 named("task_finetune_snli_clip_bert", **dict(
-    _METER_FT, exp_name="finetune_snli", datasets=["snli_ve"], loss_names=_loss_names({"snli_ve": 1}), batch_size=64,
+    _METER_FT, exp_name="finetune_snli", datasets=["snli"], loss_names=_loss_names({"snli_ve": 1}), batch_size=64,
     max_epoch=5, draw_false_image=0, learning_rate=2e-6, lr_mult_head=10, lr_mult_cross_modal=5, max_text_len=50,
     image_size=384))
 # modifiers, given after the task config (as in the DAS-METER scripts: "… clip16 text_roberta image_size=384")

@@ -31,6 +31,7 @@ SPLITS: dict[str, dict[str, list[str]]] = {
     "vqa": {"train": ["vqav2_train", "vqav2_trainable_val"], "val": ["vqav2_rest_val"], "test": ["vqav2_test"]},
     "gqa": {"train": ["gqa_train"], "val": ["gqa_val"], "test": ["gqa_test-dev"]},
     "snli_ve": {"train": ["snli_ve_train"], "val": ["snli_ve_dev"], "test": ["snli_ve_test"]},
+    "snli": {"train": ["snli_train"], "val": ["snli_dev"], "test": ["snli_test"]},  # METER's own SNLI-VE files
     "nlvr2": {"train": ["nlvr2_train"], "val": ["nlvr2_dev"], "test": ["nlvr2_test1"]},
     "f30k": {"train": ["f30k_caption_karpathy_train"], "val": ["f30k_caption_karpathy_val"],
              "test": ["f30k_caption_karpathy_test"]},

@@ -269,6 +269,37 @@ class SNLIVEDataset(BaseDataset):
         item["snli_ve_label"] = SNLI_VE_LABELS[label]
 
 
+class METERSNLIDataset(SNLIVEDataset):
+    """METER's own SNLI-VE files (``snli_{train,dev,test}.arrow`` from METER's ``write_snli.py``, seeds.md §2.4):
+    ``sentences`` holds [premise, hypothesis] pairs and ``labels`` the class ids; only the hypothesis is read
+    (``pair[1].strip()``, as METER's dataset)."""
+
+    text_column = "sentences"
+    required_columns = ("image", "sentences", "labels")
+
+    def _row_texts(self, value: Any) -> list[str]:
+        return [self._hypothesis(p) for p in (value or [])]
+
+    def text_at(self, row: int, cap: int) -> str:
+        return self._hypothesis(self.table.list_item(self.text_column, row, cap))
+
+    def _hypothesis(self, pair: Any) -> str:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ArrowSchemaError(f"{type(self).__name__}: a 'sentences' entry must be a [premise, hypothesis] pair, "
+                                   f"got {pair!r}; rewrite the file with METER's write_snli.py or write_arrow snli_ve")
+        return str(pair[1]).strip()
+
+    def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
+        labels = self.table.value("labels", row) or []
+        if cap >= len(labels):
+            raise self._label_error(row, f"pair {cap} has no label ({len(labels)} labels)")
+        label = int(labels[cap])
+        if label not in SNLI_VE_LABELS.values():
+            raise self._label_error(row, f"SNLI label id {label} is not one of {sorted(SNLI_VE_LABELS.values())} "
+                                         f"({SNLI_VE_LABELS})")
+        item["snli_ve_label"] = label
+
+
 class NLVR2Dataset(BaseDataset):
     task = "nlvr2"
     image_columns = ("image_0", "image_1")
@@ -319,6 +350,6 @@ class CocoDataset(CaptionDataset):
 
 
 DATASETS: dict[str, type[BaseDataset]] = {
-    "vqa": VQADataset, "gqa": GQADataset, "snli_ve": SNLIVEDataset, "nlvr2": NLVR2Dataset,
+    "vqa": VQADataset, "gqa": GQADataset, "snli_ve": SNLIVEDataset, "snli": METERSNLIDataset, "nlvr2": NLVR2Dataset,
     "f30k": F30KDataset, "coco": CocoDataset,
 }

@@ -276,3 +276,79 @@ def test_missing_image_names_the_key():
     bb = _bb("test_vit_roberta")
     with pytest.raises(KeyError, match=r"batch\['image'\]"):
         bb({"text_ids": torch.ones(1, 3, dtype=torch.long)}, PLAN)
+
+
+# --- named configs (spec §5) ---------------------------------------------------------------------------------------------
+NAMED = [  # (named config, routing on, trainable, all LM-side) — spec §6.5 rows
+    ("routing_vit_gpt2_lora", True, 4_783_104, 129_158_400),
+    ("routing_vit_gpt2_adapter", True, 2_406_912, 126_809_856),
+    ("routing_vit_roberta_lora", True, 4_737_024, 129_364_224),
+    ("routing_vit_roberta_adapter", True, 2_416_128, 127_024_896),
+    ("routing_vit_roberta_lora_as_released", False, 4_737_024, 129_364_224),
+    ("routing_vit_roberta_adapter_as_released", False, 2_416_128, 127_024_896),
+]
+
+
+@pytest.mark.parametrize("cfg_name,routed,trainable,total", NAMED, ids=[n[0] for n in NAMED])
+def test_named_configs_build_the_released_runs(cfg_name, routed, trainable, total):
+    from vlpeft.build import build_backbone
+    from vlpeft.config import ALL_KEYS, DEFAULTS, NAMED_CONFIGS, ex
+
+    cfg = NAMED_CONFIGS[cfg_name]
+    assert cfg_name in ex.named_configs and set(cfg) - {"seed"} <= ALL_KEYS
+    assert cfg["exp_name"] == cfg_name and cfg["vit_use_pooler"] and cfg["weight_decay"] == 0.0
+    lm = "gpt2" if "gpt2" in cfg_name else "roberta_base"
+    # base size, random weights on the meta device; the offline vocabulary stands in for the LM's own tokenizer
+    config = {**DEFAULTS, **cfg, "vit_model": "vit_base_patch16_224_in21k", "lm_config": lm,
+              "tokenizer": "bert-base-uncased"}
+    with torch.device("meta"):
+        bb, report, _ = build_backbone(config)
+    assert count_parameters(bb.plm) == (trainable, total) and count_parameters(bb.vit)[0] == 0
+    placed = [bb.get_submodule(i.site.name) for i in report.injected]
+    placed = [p for m in placed for p in (m.pets() if hasattr(m, "pets") else [m])]  # a projection holds its LoRA
+    routes = {m.routing for m in placed}
+    assert report.injected and routes == ({"add"} if routed else {None})
+    assert bb.cfg.vis_prefix  # every released script feeds the visual prefix
+
+
+# --- through run.py ---------------------------------------------------------------------------------------------------------
+def test_routing_vit_roberta_trains_through_run_py(tmp_path, monkeypatch):
+    """The RT VQA named config with the tiny test backbone on the synthetic data: routed LoRA (+ q / v biases) and the
+    head train, the LM's other weights and the ViT stay frozen, and the training loss drops."""
+    import sys
+    from pathlib import Path
+
+    import pytorch_lightning as pl
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import run as run_py
+    from vlpeft import runner
+    from write_arrow.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "arrows", seed=6, images=48, variants=("vqa",))
+
+    class _Rec(pl.Callback):
+        losses: list[float] = []
+        trainable: list[str] = []
+
+        def on_fit_start(self, trainer, pl_module):
+            self.trainable = [n for n, p in pl_module.named_parameters() if p.requires_grad]
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
+
+    rec = _Rec()
+    real = runner.build_trainer
+    monkeypatch.setattr(runner, "build_trainer", lambda *a, **kw: real(*a, **dict(kw, extra_callbacks=[rec])))
+    cfg = dict(data_root=str(tmp_path / "arrows"), log_dir=str(tmp_path / "result"), per_gpu_batchsize=16,
+               batch_size=16, num_gpus=0, num_workers=0, vqav2_label_size=0, backbone="test_vit_roberta",
+               image_size=32, routing_r=8, routing_alpha=8, max_epoch=3, learning_rate=2e-3, warmup_steps=0.1,
+               max_text_len=16, tokenizer="bert-base-uncased", seed=1)
+    run_py.ex.run(named_configs=["routing_vit_roberta_lora"], config_updates=cfg, options={"--loglevel": "ERROR"})
+    assert len(rec.losses) >= 6 and all(torch.isfinite(torch.tensor(rec.losses)))
+    k = 3
+    assert sum(rec.losses[-k:]) / k < 0.9 * sum(rec.losses[:k]) / k, rec.losses
+    assert any(n.endswith("query.lora_A") for n in rec.trainable) and any("vqa_classifier" in n for n in rec.trainable)
+    assert any(n.endswith("query.bias") for n in rec.trainable)
+    assert not any(".vit." in n or n.startswith("backbone.vit") or n.endswith(("query.weight", "key.bias", "LayerNorm.weight"))
+                   for n in rec.trainable), rec.trainable

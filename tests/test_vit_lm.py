@@ -4,6 +4,9 @@ reading the image's ``x_v``, and the parameter counts of spec §6.5 at base size
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,6 +14,8 @@ import vlpeft.pet.presets_zoo  # noqa: F401  (registers the zoo presets)
 from vlpeft.backbones import BACKBONES, LayerPlan
 from vlpeft.pet import PRESETS, inject
 from vlpeft.pet.trainable import apply_trainable, count_parameters
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run.py, write_arrow
 
 PLAN = LayerPlan()
 ROUTING_PRESETS = [f"routing_{k}_{fn}" for k in ("lora", "adapter") for fn in ("add", "mul", "mul_expand", "vl")]
@@ -120,6 +125,27 @@ def test_gpt2_skipped_block_is_never_called_in_forward_or_generate():
     h.remove()
     assert not calls and not torch.equal(full, skipped)
     assert type(bb.plm.gpt2.transformer.h[1]).__name__ == "GPT2Block"  # restored after the call
+
+
+@pytest.mark.parametrize("skip", [(), (0,), (1, 2)])
+def test_gpt2_generate_with_cache_equals_greedy_recomputation(skip):
+    """Skipped blocks store zero keys / values in the cache (layer 0 sets its length): cached greedy decoding equals
+    re-running the whole sequence through ``forward`` at every step."""
+    bb = _bb("test_vit_gpt2")
+    inject(bb, PRESETS.build("das", dict(das_adapter_dim=4, das_skip_adapter_dim=4)))
+    with torch.no_grad():
+        for n, p in bb.named_parameters():
+            if "skip_adapters" in n:
+                p.normal_(0.0, 0.3)
+    plan = LayerPlan.of(skip)
+    b = {k: v for k, v in _batch().items() if k != "target_ids"}
+    with torch.no_grad():
+        ours = bb.generate_ids(b, plan, max_new_tokens=4)
+        ids = b["text_ids"]
+        for _ in range(4):
+            nxt = bb(dict(b, text_ids=ids, text_masks=torch.ones_like(ids)), plan)["lm_logits"][:, -1].argmax(-1)
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+    assert torch.equal(ours, ids[:, b["text_ids"].shape[1]:])
 
 
 # --- RoBERTa --------------------------------------------------------------------------------------------------------------
@@ -312,24 +338,30 @@ def test_named_configs_build_the_released_runs(cfg_name, routed, trainable, tota
 
 
 # --- through run.py ---------------------------------------------------------------------------------------------------------
-def test_routing_vit_roberta_trains_through_run_py(tmp_path, monkeypatch):
-    """The RT VQA named config with the tiny test backbone on the synthetic data: routed LoRA (+ q / v biases) and the
-    head train, the LM's other weights and the ViT stay frozen, and the training loss drops."""
-    import sys
-    from pathlib import Path
-
-    import pytorch_lightning as pl
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import run as run_py
-    from vlpeft import runner
+@pytest.fixture(scope="module")
+def arrows(tmp_path_factory):
     from write_arrow.synthetic import write_synthetic
 
-    write_synthetic(tmp_path / "arrows", seed=6, images=48, variants=("vqa",))
+    root = tmp_path_factory.mktemp("vit_lm_arrows")
+    write_synthetic(root, seed=6, images=48, variants=("vqa",))
+    return root
+
+
+# the RT VQA named config on the tiny test backbone (its tokenizer, 32 px images) and the synthetic data
+TINY_RUN = dict(per_gpu_batchsize=16, batch_size=16, num_gpus=0, num_workers=0, vqav2_label_size=0,
+                backbone="test_vit_roberta", image_size=32, max_epoch=3, learning_rate=2e-3, warmup_steps=0.1,
+                max_text_len=16, tokenizer="bert-base-uncased", seed=1)
+
+
+def _run_py(arrows, tmp_path, monkeypatch, **updates):
+    import pytorch_lightning as pl
+
+    import run as run_py
+    from vlpeft import runner
 
     class _Rec(pl.Callback):
-        losses: list[float] = []
-        trainable: list[str] = []
+        def __init__(self):
+            self.losses, self.trainable = [], []
 
         def on_fit_start(self, trainer, pl_module):
             self.trainable = [n for n, p in pl_module.named_parameters() if p.requires_grad]
@@ -340,15 +372,29 @@ def test_routing_vit_roberta_trains_through_run_py(tmp_path, monkeypatch):
     rec = _Rec()
     real = runner.build_trainer
     monkeypatch.setattr(runner, "build_trainer", lambda *a, **kw: real(*a, **dict(kw, extra_callbacks=[rec])))
-    cfg = dict(data_root=str(tmp_path / "arrows"), log_dir=str(tmp_path / "result"), per_gpu_batchsize=16,
-               batch_size=16, num_gpus=0, num_workers=0, vqav2_label_size=0, backbone="test_vit_roberta",
-               image_size=32, routing_r=8, routing_alpha=8, max_epoch=3, learning_rate=2e-3, warmup_steps=0.1,
-               max_text_len=16, tokenizer="bert-base-uncased", seed=1)
-    run_py.ex.run(named_configs=["routing_vit_roberta_lora"], config_updates=cfg, options={"--loglevel": "ERROR"})
+    cfg = dict(TINY_RUN, data_root=str(arrows), log_dir=str(tmp_path / "result"), **updates)
+    result = run_py.ex.run(named_configs=["routing_vit_roberta_lora"], config_updates=cfg,
+                           options={"--loglevel": "ERROR"}).result
+    return rec, result
+
+
+def test_routing_vit_roberta_trains_through_run_py(arrows, tmp_path, monkeypatch):
+    """Routed LoRA (+ q / v biases) and the head train, the LM's other weights and the ViT stay frozen, and the
+    training loss drops."""
+    rec, _ = _run_py(arrows, tmp_path, monkeypatch, routing_r=8, routing_alpha=8)
     assert len(rec.losses) >= 6 and all(torch.isfinite(torch.tensor(rec.losses)))
     k = 3
     assert sum(rec.losses[-k:]) / k < 0.9 * sum(rec.losses[:k]) / k, rec.losses
     assert any(n.endswith("query.lora_A") for n in rec.trainable) and any("vqa_classifier" in n for n in rec.trainable)
     assert any(n.endswith("query.bias") for n in rec.trainable)
-    assert not any(".vit." in n or n.startswith("backbone.vit") or n.endswith(("query.weight", "key.bias", "LayerNorm.weight"))
-                   for n in rec.trainable), rec.trainable
+    assert not any(".vit." in n or n.endswith(("query.weight", "key.bias", "LayerNorm.weight")) for n in rec.trainable)
+
+
+def test_das_search_skips_roberta_layers_through_run_py(arrows, tmp_path, monkeypatch):
+    import json
+
+    _, result = _run_py(arrows, tmp_path, monkeypatch, stage="search", search="das", pet="das", train_base="",
+                        skip_num=1, das_turn=2, das_warmup_epoch=0, das_adapter_dim=8, das_skip_adapter_dim=8,
+                        max_epoch=2)
+    placement = json.loads(open(result["placement_path"]).read())
+    assert placement["num_layers"] == 3 and len(placement["skip"]) == 1

@@ -20,8 +20,9 @@ prompt; may be empty for plain captioning) and, when given, ``target_ids`` (teac
 in the middle is masked and skipped by the position ids (cumsum of the mask), so a padded row gives the logits of
 its unpadded self. ``lm_logits`` (B, T, V) are the next-token logits *aligned with* ``target_ids`` (position t is the
 prediction of target t), and ``lm_loss`` their mean cross-entropy; without targets, ``lm_logits`` covers the input
-positions. When a row has neither a prefix nor a prompt token, GPT-2's ``bos_token_id`` is prepended (the first
-target needs something to be predicted from). ``generate`` left-packs ``[prefix] + prompt`` as ``inputs_embeds`` and
+positions. Without a prefix and without prompt tokens (``text_ids`` absent or of width 0), GPT-2's ``bos_token_id`` is
+the prompt (the first target needs something to be predicted from); every row needs at least one real token before
+its targets. ``generate`` left-packs ``[prefix] + prompt`` as ``inputs_embeds`` and
 calls transformers' ``generate`` (greedy / beam search), with ``x_v`` repeated per beam in the routing context.
 
 RoBERTa (``RobertaModel`` with pooler): without a prefix the call is exactly ``RobertaModel(input_ids,

@@ -18,6 +18,12 @@
   are plain LoRA on q, v (``pet=lora``) / plain RT adapters (``pet=rt_adapter``) next to the visual prefix; vision
   enters only through the prefix. ``--element_add`` has no effect there.
 
+RT flags as vlpeft keys: ``--freeze_ln`` is ``train_base=bias:c_attn`` (GPT-2 LoRA), ``train_base=bias:query+bias:value``
+(RoBERTa LoRA) or ``train_base=none`` (adapters); ``--fusion_layer i …`` is ``routing_fusion_layers=[i, …]`` (LoRA
+routing only there; the preset's policy still trains every ``c_attn`` bias, where RT freezes ``c_attn`` outside the
+fusion layers); ``--no_vis_prefix`` / ``--use_vis_prefix`` / ``--vit_use_pooler`` keep their names; ``--add_res`` is
+``routing_add_res=True``.
+
 Not reproduced: RT reads the ViT through ``AutoImageProcessor`` (resize 224, mean = std = 0.5): here the ``vit``
 transform at ``image_size=224`` does the same. Test-time beams (5 in ``test_vit_gpt.py``) belong to the caption task.
 """

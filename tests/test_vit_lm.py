@@ -148,6 +148,29 @@ def test_gpt2_generate_with_cache_equals_greedy_recomputation(skip):
     assert torch.equal(ours, ids[:, b["text_ids"].shape[1]:])
 
 
+def test_last_hidden_state_context_and_bos_prompt():
+    """``vit_use_pooler=False``: x_v is the ViT's last hidden state (every token a prefix token); a captioning batch
+    without a prompt and without a prefix starts from GPT-2's BOS; ``add`` routing refuses M > 1 by name."""
+    bb = _bb("test_vit_gpt2", vit_use_pooler=False)
+    b = _batch()
+    with torch.no_grad():
+        x_v = bb.visual_context(b["image"])
+        assert torch.equal(x_v, bb.vit(pixel_values=b["image"]).last_hidden_state) and x_v.shape[1] == 5
+        out = bb(b, PLAN)["lm_logits"]
+        wte = bb.plm.gpt2.transformer.wte
+        ref = bb.plm.gpt2(inputs_embeds=torch.cat([x_v, wte(b["text_ids"]), wte(b["target_ids"])], dim=1)).logits
+        torch.testing.assert_close(out, ref[:, 5 + 5 - 1:5 + 5 + 3], rtol=1e-5, atol=1e-5)
+    inject(bb, PRESETS.build("routing_lora_add", SMALL))
+    with pytest.raises(ValueError, match="routing 'add' needs one context token"):
+        bb(b, PLAN)
+    bare = _bb("test_vit_gpt2", no_vis_prefix=True)
+    with torch.no_grad():
+        cap = bare({"image": b["image"], "target_ids": b["target_ids"]}, PLAN)["lm_logits"]
+        bos = torch.full((2, 1), bare.plm.gpt2.config.bos_token_id)
+        ref = bare.plm.gpt2(input_ids=torch.cat([bos, b["target_ids"]], dim=1)).logits[:, :-1]
+    torch.testing.assert_close(cap, ref, rtol=1e-5, atol=1e-5)
+
+
 # --- RoBERTa --------------------------------------------------------------------------------------------------------------
 def test_roberta_text_path_equals_hf_pooler_output():
     bb = _bb("test_vit_roberta")  # no prefix (RT's default)

@@ -33,7 +33,9 @@ OPTIONS = dict(das_adapter_dim=8, das_skip_adapter_dim=12, lora_r=4, lora_alpha=
 # (backbone, preset) pairs whose recipe matches no site of the backbone
 METERS = [n for n in NAMES if BACKBONES.get(n).meta.get("family") == "meter"]  # zoo sites on the fusion layers only
 REFUSED = {(m, "dvp_adapter") for m in METERS} | {
-    ("test_vilt", "dvp_adapter"), ("test_clip_llama", "vl_pet_large")}
+    ("test_vilt", "dvp_adapter"), ("test_clip_llama", "vl_pet_large"),
+    ("test_vit_gpt2", "dvp_adapter"), ("test_vit_roberta", "dvp_adapter"),  # DVP's adapters: BERT / T5 / LLaMA only
+    ("test_vit_gpt2", "vl_pet_large")}  # GPT-2 is a decoder without cross-attention: no VL-PET site
 IDENTITY = {"none", "bitfit", "lora", "ia3"}  # B = 0, ones, no modules: exactly the bare backbone at init
 NOT_IDENTITY = {"vl_adapter", "compacter", "vl_pet_large"}  # legacy_bart N(0, 0.02), PHM C ~ N(0, 0.01), G ≈ 0.5
 
@@ -61,7 +63,8 @@ def _injected(name: str, preset: str, pet_seed: int = 0):
 
 def _feats(bb, batch) -> torch.Tensor:
     with torch.no_grad():
-        return bb(batch, _plan(bb))["cls_feats"]
+        out = bb(batch, _plan(bb))
+    return out["cls_feats"] if "cls_feats" in out else out["lm_logits"]  # generative backbones: the LM logits
 
 
 @pytest.mark.parametrize("preset", PRESET_LIST)
@@ -158,7 +161,10 @@ def _x_module(bb, site) -> tuple[nn.Module, int]:
         return (blk.norm1 if site.sublayer == "attn" else blk.norm2), 0
     kind = bb.plm.kind
     j = int(site.name.rsplit(".", 1)[-1])
-    if kind == "BERT":
+    if kind == "GPT2":
+        layer = bb.plm.layers[j // 2]
+        return (layer.ln_1 if j % 2 == 0 else layer.ln_2), 0
+    if kind in ("BERT", "ROBERTA"):
         layer = bb.plm.layers[j // 2]
         return (layer.attention if j % 2 == 0 else layer.intermediate), 0
     if kind == "LLAMA":
@@ -238,6 +244,10 @@ def test_kind_scope_policies(name):
     if name == "test_vilt":  # "encoder" is ViLT's single-stream transformer
         want = {n for n, _ in unfreeze_params(bb, "norms:transformer")}
         assert want and got == want and not any(n.startswith("text_embeddings.") for n in got)
+    elif name.startswith("test_vit_"):  # the ViT never trains: the LM's layers only
+        hf, blocks = bb.plm.hf_attr, bb.plm.blocks_path + "."
+        want = {f"plm.{hf}.{n}" for n, _ in unfreeze_params(bb.plm.hf_model(), "norms:encoder") if n.startswith(blocks)}
+        assert got == want and bool(want) == (bb.family == "roberta")
     elif name.startswith("test_clip"):  # the prompt generator always trains; the PLM's encoder norms by name
         hf = {"BERT": "bert", "T5": "t5", "LLAMA": "llama"}[bb.plm.kind]
         plm = {f"plm.{hf}.{n}" for n, _ in unfreeze_params(bb.plm.hf_model(), "norms:encoder")}

@@ -284,6 +284,8 @@ named("demo", exp_name="demo", stage="demo", method="das", datasets=["vqa"], los
       das_adapter_dim=32, das_skip_adapter_dim=64, draw_false_image=0, vqav2_label_size=0,
       val_check_interval=1.0, demo_images=600)
 
+import vlpeft.named_configs.routing  # noqa: E402,F401  (Routing-VLPEFT's named configs)
+
 
 ALL_KEYS = frozenset(DEFAULTS)
 BOOL_KEYS = frozenset(k for k, v in DEFAULTS.items() if isinstance(v, bool))

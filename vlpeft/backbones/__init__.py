@@ -3,6 +3,8 @@
 - ``vilt``: single-stream ViLT (``vilt.py``; variant from config ``vit``);
 - ``clip_plm``: frozen CLIP + BERT / T5 / LLaMA with the dynamic visual prompt (``clip_plm.py``);
 - ``meter``: METER (CLIP image tower, RoBERTa text tower, co-attention fusion; ``meter.py``);
+- ``vit_gpt2`` / ``vit_roberta``: frozen HF ViT + GPT-2 (captioning, ``generate``) / + RoBERTa (classify), the
+  Routing-VLPEFT hosts (``vit_lm.py``);
 - ``test_meter`` (RoBERTa-shaped text tower) / ``test_meter_bert`` (BERT tower, bert-base-uncased vocabulary);
 - ``test_*``: tiny configurations of the same families, for tests parametrized over the registry.
 
@@ -56,6 +58,30 @@ def meter(config: Mapping[str, Any]) -> Backbone:
     return build_meter(config)
 
 
+# ViT + GPT-2 / RoBERTa (Routing-VLPEFT's flag names where RT has one)
+VIT_LM_KEYS = {
+    "vit_model": "google/vit-base-patch16-224-in21k",  # local ViT folder (or HF-cache name), or a VIT_VARIANTS name
+    "lm_config": "",  # "" = the pretrained LM from the `tokenizer` folder; else an LM_VARIANTS name (random init)
+    "vit_use_pooler": True,  # x_v = ViT pooler output (B×1×d); False: last hidden state (B×N×d)
+    "no_vis_prefix": False,  # GPT-2: drop the one-token visual prefix (vision enters only through routing)
+    "use_vis_prefix": False,  # RoBERTa: prepend the visual prefix
+}
+
+
+@BACKBONES.register("vit_gpt2", keys=VIT_LM_KEYS, candidate_kinds=("skip",), capabilities=("generate",))
+def vit_gpt2(config: Mapping[str, Any]) -> Backbone:
+    from vlpeft.backbones.vit_lm import build_vit_lm
+
+    return build_vit_lm(config, "gpt2")
+
+
+@BACKBONES.register("vit_roberta", keys=VIT_LM_KEYS, candidate_kinds=("skip",), capabilities=("classify",))
+def vit_roberta(config: Mapping[str, Any]) -> Backbone:
+    from vlpeft.backbones.vit_lm import build_vit_lm
+
+    return build_vit_lm(config, "roberta")
+
+
 # --- tiny entries: the conformance tests build every one of these ----------------------------------------------
 TEST_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "test_vilt": ("vilt", dict(vit="test_vilt_tiny", hidden_size=64, num_heads=4, num_layers=2, mlp_ratio=4,
@@ -67,6 +93,10 @@ TEST_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "test_clip_llama": ("clip_plm", dict(clip_model="test_clip_tiny", language_model="LLAMA",
                                          plm_config="test_llama_tiny_bertvocab", num_heads=4, drop_rate=0.0,
                                          dvp_llama_xattn_dim=32)),
+    "test_vit_gpt2": ("vit_gpt2", dict(vit_model="test_vit_tiny", lm_config="test_gpt2_tiny",
+                                       tokenizer="bert-base-uncased")),
+    "test_vit_roberta": ("vit_roberta", dict(vit_model="test_vit_tiny", lm_config="test_roberta_tiny",
+                                             tokenizer="bert-base-uncased")),
 }
 
 

@@ -197,7 +197,8 @@ for _g in _VL_PET_GRAN:
 
 
 # --- Routing-VLPEFT -------------------------------------------------------------------------------------------------
-ROUTING_KEYS = {"routing_r": 128, "routing_alpha": 128, "routing_fusion_layers": None, "routing_adapter_r": 128}
+ROUTING_KEYS = {"routing_r": 128, "routing_alpha": 128, "routing_fusion_layers": None, "routing_adapter_r": 128,
+                "routing_add_res": False}
 
 
 def _routing_lora(config, fn):
@@ -211,10 +212,18 @@ def _routing_lora(config, fn):
 
 
 def _routing_adapter(config, fn):
-    opts = dict(r=config.get("routing_adapter_r", 128), act="gelu_new", inner_skip=True, init="legacy_bart",
-                routing=fn, share_sites="block", pool=SharePool())
-    return Recipe(f"routing_adapter_{fn}", (ZooSpec("routing_adapter", ("out_seq",), opts, sublayers=("attn", "ffn")),),
-                  base_policy="norms")
+    """``fn=None``: RT's adapter with routing off (``rt_adapter``: what the released RoBERTa adapter script runs)."""
+    module, name = ("routing_adapter", f"routing_adapter_{fn}") if fn else ("bottleneck", "rt_adapter")
+    base = dict(r=config.get("routing_adapter_r", 128), init="legacy_bart", **({"routing": fn} if fn else {}))
+    # GPT-2 (and every other family): one gelu_new adapter per block, shared by its attention and MLP sites, with the
+    # inner skip. RoBERTa (RT's encoder adapter): one per sublayer, gelu, no inner skip unless `routing_add_res`
+    # (RT `--add_res`): the adapter output replaces the frozen sublayer output (spec §2 M10).
+    return Recipe(name, (
+        ZooSpec(module, ("out_seq",), dict(base, act="gelu_new", inner_skip=True, share_sites="block", pool=SharePool()),
+                sublayers=("attn", "ffn"), not_families=("roberta",), required=False),
+        ZooSpec(module, ("out_seq",), dict(base, act="gelu", inner_skip=bool(config.get("routing_add_res"))),
+                sublayers=("attn", "ffn"), families=("roberta",), required=False)),
+        base_policy="norms")
 
 
 for _fn in ("add", "mul", "mul_expand", "vl"):
@@ -227,14 +236,24 @@ for _fn in ("add", "mul", "mul_expand", "vl"):
     def _make_ra(fn: str):
         def preset(config):
             return _routing_adapter(config, fn)
-        preset.__doc__ = f"RT adapter-routing ({fn}): one r = 128 adapter per block shared by attn and ffn (§2 M10)."
+        preset.__doc__ = (f"RT adapter-routing ({fn}), r = 128: GPT-2 (and other families) one adapter per block shared "
+                          f"by attn and ffn; RoBERTa one per sublayer replacing its output unless routing_add_res (§2 M10).")
         return preset
     register_preset(f"routing_lora_{_fn}", keys=ROUTING_KEYS)(_make_rl(_fn))
     register_preset(f"routing_adapter_{_fn}", keys=ROUTING_KEYS)(_make_ra(_fn))
 
+
+@register_preset("rt_adapter", keys=ROUTING_KEYS)
+def preset_rt_adapter(config):
+    """RT's adapter with routing off (the released RoBERTa adapter script, whose routing flag is stale; spec §5):
+    the routing_adapter_* placement and options without x_v."""
+    return _routing_adapter(config, None)
+
+
 ZOO_PRESETS = (["lora", "lora_multiple", "ia3", "bitfit", "vl_adapter", "vl_adapter_multiple", "vl_adapter_half_up",
                 "vl_adapter_half_down", "compacter", "hyperformer", "prompt"]
                + [f"vl_pet_{g}" for g in _VL_PET_GRAN]
-               + [f"routing_{k}_{fn}" for k in ("lora", "adapter") for fn in ("add", "mul", "mul_expand", "vl")])
+               + [f"routing_{k}_{fn}" for k in ("lora", "adapter") for fn in ("add", "mul", "mul_expand", "vl")]
+               + ["rt_adapter"])
 
 __all__ = ["ZOO_PRESETS"]

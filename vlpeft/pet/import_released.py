@@ -142,7 +142,8 @@ def sites_naming(report: PetReport) -> SiteName:
     table: dict[tuple[str, int, str, str], str] = {}
     for inj in report.injected:
         s = inj.site
-        table.setdefault((s.role, s.layer, s.sublayer, s.anchor), s.name)
+        layer = int((s.meta or {}).get("stack_layer", s.layer))  # the index within the stack, as released
+        table.setdefault((s.role, layer, s.sublayer, s.anchor), s.name)
     return lambda stack, layer, sublayer, anchor: table.get((stack, layer, sublayer, anchor))
 
 

@@ -286,10 +286,12 @@ class VLSeq2Seq(Generative):
 
         out: list[Site] = []
         for j, s in enumerate(self._subs()):
+            # module / where: the hooked module and the hook kind (as CLIP+PLM's sites say)
+            host = dict(module=self.get_submodule(s.host), where=s.where)
             for anchor, slot in (("out_seq", "pet_seq"), ("par", "pet_par"), ("out_par", "pet_out_par"),
                                  ("gate", "pet_gates")):
                 out.append(Site(s.stack, s.cand, s.sublayer, anchor, d, f"{slot}.{j}", fam,
-                                meta=meta(s.stack, s.layer, j=j)))
+                                meta=meta(s.stack, s.layer, j=j, **host)))
         for c in range(self.candidates().count):
             stack, ell = ("encoder", c) if c < le else ("decoder", c - le)
             out.append(Site(stack, c, "block", "skip", d, f"skip_adapters.{c}.0", fam, meta=meta(stack, ell)))

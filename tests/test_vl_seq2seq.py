@@ -288,3 +288,30 @@ def test_bad_input():
         bb(dict(b, vis_feats=torch.randn(2, 3, 32)), PLAN)
     with pytest.raises(ValueError, match="skip"):
         bb(b, LayerPlan.of([9]))
+
+
+def test_t5_decoder_block0_skipped_keeps_the_relative_bias():
+    """Skipping VL-T5's decoder block 0 (empty skip slot = identity) equals running blocks 1.. with block 0's
+    relative position bias, recomputed here by hand from the HF modules."""
+    from vlpeft.backbones._generative import shift_right
+
+    bb = _bb("test_vl_t5")
+    b = _batch(image=True)
+    dec_first = bb.n_encoder
+    with torch.no_grad():
+        got = bb(b, LayerPlan.of([dec_first]))["lm_logits"]
+        enc, mask = bb.encode(b, PLAN)
+        dec = bb.seq2seq.decoder
+        x = dec.embed_tokens(shift_right(b["target_ids"], *bb._ids()))
+        n = x.shape[1]
+        low = torch.finfo(x.dtype).min
+        causal = torch.full((n, n), low).triu(1)[None, None]
+        enc_mask = (1.0 - mask[:, None, None, :].to(x.dtype)) * low
+        bias = dec.block[0].layer[0].SelfAttention.compute_bias(n, n)
+        for blk in dec.block[1:]:
+            x = blk(x, causal, bias, enc, enc_mask)[0]
+        x = dec.final_layer_norm(x)
+        if bb.seq2seq.config.scale_decoder_outputs:
+            x = x * bb.hidden_size ** -0.5
+        want = bb.seq2seq.lm_head(x)
+    assert torch.allclose(got, want, atol=1e-5, rtol=0)

@@ -33,8 +33,8 @@ absolute_vis_pos_embedding.{0,1}, img_order_embedding}``), so ``checkpoint_filte
 
 Candidates: every encoder layer, then every decoder layer (index ``L_e + ℓ``); a skipped one is not called (its
 skip slot ``skip_adapters.i.0`` runs instead; decoder layers are swapped for the call). Skipping a decoder layer turns
-off the KV cache in ``generate`` (HF derives decoder positions from layer 0's cache). Skipping T5's block 0 drops the
-relative position bias of that stack's later blocks (it lives in block 0; the encoder keeps it: computed here).
+off the KV cache in ``generate`` (HF derives decoder positions from layer 0's cache). T5's relative position bias lives
+in block 0 of each stack; it is computed even when block 0 is skipped (encoder: here; decoder: by ``_Skipped``).
 
 PET sites (spec §1.3), per layer and sublayer (``attn``, ``cross_attn``, ``ffn``; j numbers them encoder first):
 ``out_seq`` (``pet_seq.j``), ``par`` (``pet_par.j``), ``out_par`` (``pet_out_par.j``), ``gate`` (``pet_gates.j``),
@@ -153,19 +153,27 @@ def _torch_init(module: nn.Module) -> None:
 
 
 class _Skipped(nn.Module):
-    """Stands in for a skipped decoder layer during one call: runs its skip slot; T5 passes the biases through."""
+    """Stands in for a skipped decoder layer during one call: runs its skip slot. T5 passes the shared position
+    biases on; where the skipped block is the one holding the relative attention bias (block 0) and no bias has been
+    computed yet, it computes it as the block would have (the cache is off while decoder layers are skipped, so
+    query and key lengths are the current length), so the later blocks keep their relative positions."""
 
-    def __init__(self, slot: nn.Module, t5: bool) -> None:
+    def __init__(self, slot: nn.Module, t5_block: nn.Module | None = None) -> None:
         super().__init__()
         self.__dict__["slot"] = slot  # not registered: the slot stays named skip_adapters.i
-        self.t5 = t5
+        self.__dict__["t5_block"] = t5_block
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         h = self.slot(hidden_states)
-        if not self.t5:
+        blk = self.t5_block
+        if blk is None:
             return h
         position_bias = args[1] if len(args) > 1 else kwargs.get("position_bias")
         enc_dec_bias = args[4] if len(args) > 4 else kwargs.get("encoder_decoder_position_bias")
+        attn = blk.layer[0].SelfAttention
+        if position_bias is None and attn.has_relative_attention_bias:
+            n = hidden_states.shape[1]
+            position_bias = attn.compute_bias(n, n, device=hidden_states.device).to(hidden_states.dtype)
         return h, position_bias, enc_dec_bias
 
 
@@ -432,7 +440,7 @@ class VLSeq2Seq(Generative):
         saved = {i: layers[i] for i in idx}
         try:
             for i in idx:
-                layers[i] = _Skipped(self.skip_adapters[le + i], self.family == "t5")
+                layers[i] = _Skipped(self.skip_adapters[le + i], saved[i] if self.family == "t5" else None)
             yield bool(idx)
         finally:
             for i, m in saved.items():

@@ -103,6 +103,15 @@ def test_feature_cache_per_image_key():
         again = bb(b, PLAN)["lm_logits"]
     assert misses == 2 and bb.extractor.cache.misses == 2 and bb.extractor.cache.hits == 2
     assert torch.equal(first, again)
+    rand = _bb("test_vl_t5", train_transform_keys=["clip_randaug"], val_transform_keys=["clip"])
+    rand.train()
+    with torch.no_grad():
+        rand(b, PLAN)
+    assert rand.extractor.cache.misses == rand.extractor.cache.hits == 0  # random training pixels: no cache
+    rand.eval()
+    with torch.no_grad():
+        rand(b, PLAN)
+    assert rand.extractor.cache.misses == 2
 
 
 def test_visual_projector_names_and_counts(bare):

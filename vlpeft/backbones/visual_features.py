@@ -34,6 +34,10 @@ def grid_boxes(grid: int, batch: int, device: Any = None, dtype: torch.dtype = t
     return boxes.expand(batch, -1, -1)
 
 
+def _reset_fingerprint(module: "GridFeatures", incompatible_keys: Any) -> None:
+    module._fingerprint = None
+
+
 class GridFeatures(nn.Module):
     """Frozen CLIP → pooled grid features and their boxes (see the module docstring)."""
 
@@ -47,6 +51,8 @@ class GridFeatures(nn.Module):
         self.use_cache = bool(cache)
         self.cache = CLIPFeatureCache(cache_max_items, cache_dir)
         self._fingerprint: str | None = None
+        # loading weights may change CLIP: a new cache namespace on next use
+        self.register_load_state_dict_post_hook(_reset_fingerprint)
 
     @property
     def width(self) -> int:

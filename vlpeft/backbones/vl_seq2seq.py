@@ -96,6 +96,9 @@ class VLSeqConfig:
     clip_feature_cache: bool = True
     clip_cache_max_items: int = 4096
     clip_cache_dir: str | None = None
+    deterministic_images: bool | None = None  # None: from the transform keys (any "randaug": not deterministic)
+    train_transform_keys: tuple[str, ...] = ()
+    val_transform_keys: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "VLSeqConfig":
@@ -389,7 +392,14 @@ class VLSeq2Seq(Generative):
         return self.visual_embedding(feats, pos.to(device=dev, dtype=table.dtype), table)
 
     def _cache_ok(self) -> bool:
-        return bool(self.cfg.clip_feature_cache) and not self.training  # training transforms may be random
+        """Cache per ``image_key`` only where the pixels of a key never change (as ``clip_plm``): the config's
+        ``deterministic_images``, else no ``randaug`` among the current mode's transform keys."""
+        if not self.cfg.clip_feature_cache:
+            return False
+        if self.cfg.deterministic_images is not None:
+            return bool(self.cfg.deterministic_images)
+        keys = self.cfg.train_transform_keys if self.training else self.cfg.val_transform_keys
+        return not any("randaug" in str(k).lower() for k in keys or ())
 
     def encode(self, batch: Mapping[str, Any], plan: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
         from transformers.masking_utils import create_bidirectional_mask

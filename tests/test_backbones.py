@@ -1,6 +1,7 @@
 """Conformance of every registered backbone (its tiny ``test_*`` entry) with the protocol of
 ``vlpeft/backbones/_protocol.py``: candidates, sites, skipping removes compute, base_trainable policies, and a
-save → load round trip through the one checkpoint loader."""
+save → load round trip through the one checkpoint loader. Generative backbones (``vlpeft.backbones._generative``: no
+``cls_feats``) are checked on their ``lm_logits`` / ``lm_loss`` over a batch with ``target_ids``, and generate."""
 
 from __future__ import annotations
 
@@ -23,10 +24,28 @@ def _plan(bb, skip=()) -> LayerPlan:
     return LayerPlan.of(skip, 0 if bb.candidates().insert else None)
 
 
+def _generative(bb) -> bool:
+    return "generate" in bb.capabilities
+
+
+def _gen_batch(bb) -> dict:
+    batch = _batch(bb)
+    if _generative(bb):  # the answer tokens, one row padded with -100
+        targets = torch.randint(5, 90, (2, 4), generator=torch.Generator().manual_seed(1))
+        targets[1, -1] = -100
+        batch["target_ids"] = targets
+    return batch
+
+
 def _out(bb, batch, plan) -> torch.Tensor:
-    """What a task reads: ``cls_feats``, or a generative backbone's ``lm_logits``."""
-    out = bb(batch, plan)
-    return out["cls_feats"] if "cls_feats" in out else out["lm_logits"]
+    """What the conformance checks compare: ``cls_feats``, or a generative backbone's ``lm_logits``."""
+    feats = bb(batch, plan)
+    if _generative(bb):
+        assert "cls_feats" not in feats or "classify" in bb.capabilities
+        assert feats["lm_logits"].shape[0] == batch["target_ids"].shape[0] and feats["lm_loss"].dim() == 0
+        return feats["lm_logits"]
+    assert feats["cls_feats"].shape == (2, bb.cls_dim)
+    return feats["cls_feats"]
 
 
 def _build(name: str, seed: int = 0):
@@ -38,7 +57,7 @@ def _build(name: str, seed: int = 0):
 
 def test_every_family_has_a_test_entry():
     families = {BACKBONES.get(n).meta.get("family") for n in NAMES}
-    assert {"vilt", "clip_plm", "meter", "vit_gpt2", "vit_roberta"} <= families
+    assert {"vilt", "clip_plm", "meter", "vit_gpt2", "vit_roberta", "vl_bart", "vl_t5"} <= families
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -59,7 +78,7 @@ def test_candidates_and_sites(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_skipping_a_candidate_removes_its_compute(name):
     bb, _ = _build(name)
-    batch = _batch(bb)
+    batch = _gen_batch(bb)
     for i in range(bb.num_layers):
         calls = []
         h = bb.candidate_module(i).register_forward_hook(lambda *a: calls.append(1))
@@ -67,6 +86,9 @@ def test_skipping_a_candidate_removes_its_compute(name):
             full = _out(bb, batch, _plan(bb))
             ran = len(calls)
             skipped = _out(bb, batch, _plan(bb, [i]))
+            if _generative(bb):  # generation runs the same plan: the skipped unit is never called there either
+                text = bb(batch, _plan(bb, [i]), generate=True, max_new_tokens=3)["generated"]
+                assert len(text) == 2 and all(isinstance(t, str) for t in text)
         h.remove()
         assert ran >= 1 and len(calls) == ran  # the skipped run never called candidate i
         assert full.shape == skipped.shape and not torch.equal(full, skipped)
@@ -99,7 +121,7 @@ def test_base_trainable_policies(name):
 def test_save_load_round_trip(name):
     a, _ = _build(name, seed=0)
     b, _ = _build(name, seed=1)
-    batch = _batch(a)
+    batch = _gen_batch(a)
     with torch.no_grad():
         assert not torch.equal(_out(a, batch, _plan(a, [1])), _out(b, batch, _plan(b, [1])))
     report = load_state(b, a.state_dict(), "a.ckpt", "test")

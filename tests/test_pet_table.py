@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import vlpeft.pet.presets_zoo  # noqa: F401  (registers the zoo presets)
-from helpers import backbone_batch as _batch
+from helpers import backbone_batch as _any_batch
 from vlpeft.backbones import BACKBONES, LayerPlan
 from vlpeft.checkpoint import load_state, trainable_state
 from vlpeft.pet import PRESETS, inject
@@ -35,7 +35,8 @@ METERS = [n for n in NAMES if BACKBONES.get(n).meta.get("family") == "meter"]  #
 REFUSED = {(m, "dvp_adapter") for m in METERS} | {
     ("test_vilt", "dvp_adapter"), ("test_clip_llama", "vl_pet_large"),
     ("test_vit_gpt2", "dvp_adapter"), ("test_vit_roberta", "dvp_adapter"),  # DVP's adapters: BERT / T5 / LLaMA only
-    ("test_vit_gpt2", "vl_pet_large")}  # GPT-2 is a decoder without cross-attention: no VL-PET site
+    ("test_vit_gpt2", "vl_pet_large"), ("test_vl_bart", "dvp_adapter")}  # GPT-2 is a decoder without cross-attention: no VL-PET site
+DECODER_XATTN = {"test_clip_t5", "test_vl_bart", "test_vl_t5"}  # backbones with decoder cross-attention
 IDENTITY = {"none", "bitfit", "lora", "ia3"}  # B = 0, ones, no modules: exactly the bare backbone at init
 NOT_IDENTITY = {"vl_adapter", "compacter", "vl_pet_large"}  # legacy_bart N(0, 0.02), PHM C ~ N(0, 0.01), G ≈ 0.5
 
@@ -62,9 +63,17 @@ def _injected(name: str, preset: str, pet_seed: int = 0):
 
 
 def _feats(bb, batch) -> torch.Tensor:
+    """``cls_feats``, or a generative backbone's ``lm_logits`` (its batch carries ``target_ids``, see ``_batch``)."""
     with torch.no_grad():
         out = bb(batch, _plan(bb))
-    return out["cls_feats"] if "cls_feats" in out else out["lm_logits"]  # generative backbones: the LM logits
+    return out["lm_logits"] if "generate" in bb.capabilities else out["cls_feats"]
+
+
+def _batch(bb) -> dict:
+    batch = _any_batch(bb)
+    if "generate" in bb.capabilities:
+        batch["target_ids"] = torch.randint(5, 90, (2, 3), generator=torch.Generator().manual_seed(1))
+    return batch
 
 
 @pytest.mark.parametrize("preset", PRESET_LIST)
@@ -80,7 +89,7 @@ def test_preset_table(name, preset):
     assert bool(report.injected) == bool(recipe_modules)
     if preset == "vl_pet_large":  # the value adapter needs decoder cross-attention: CLIP+T5 only
         placed = {i.module for i in report.injected}  # (unmatched also lists the other family's specs)
-        assert ("bottleneck" in set(report.unmatched) - placed) == (name != "test_clip_t5")
+        assert ("bottleneck" in set(report.unmatched) - placed) == (name not in DECODER_XATTN)
         assert {i.site.anchor for i in report.injected} >= {"out_seq", "gate"}
 
     # trainable set = injected ∪ policy, exactly
@@ -159,6 +168,13 @@ def _x_module(bb, site) -> tuple[nn.Module, int]:
     if bb.family == "vilt":
         blk = bb.transformer.blocks[site.layer]
         return (blk.norm1 if site.sublayer == "attn" else blk.norm2), 0
+    if bb.family in ("bart", "t5") and not hasattr(bb, "plm"):  # VL-BART: X enters q_proj / fc1; VL-T5: the norm
+        layer = bb.get_submodule(bb.candidate_name(site.layer))
+        if bb.family == "bart":
+            attn = {"attn": "self_attn", "cross_attn": "encoder_attn"}.get(site.sublayer)
+            return (getattr(layer, attn).q_proj if attn else layer.fc1), 0
+        return layer.layer[("attn", "cross_attn", "ffn").index(site.sublayer) if site.role == "decoder"
+                           else ("attn", "ffn").index(site.sublayer)].layer_norm, 0
     kind = bb.plm.kind
     j = int(site.name.rsplit(".", 1)[-1])
     if kind == "GPT2":
@@ -253,6 +269,10 @@ def test_kind_scope_policies(name):
         plm = {f"plm.{hf}.{n}" for n, _ in unfreeze_params(bb.plm.hf_model(), "norms:encoder")}
         always = {n for n, _ in bb.base_trainable("none")}
         assert got == plm | always and (bool(plm) == (bb.plm.kind != "LLAMA"))
+    elif "generate" in bb.capabilities:  # VL-BART/T5: the HF model's encoder norms + the visual projector
+        always = {n for n, _ in bb.base_trainable("none")}
+        hf = {f"seq2seq.{n}" for n, _ in unfreeze_params(bb.seq2seq, "norms:encoder")}
+        assert always and hf and got == hf | always
     else:
         assert got == {n for n, _ in unfreeze_params(bb, "norms:encoder")}
     assert bb.knows_policy("norms") and not bb.knows_policy("normz:encoder")
@@ -266,6 +286,7 @@ def test_lightning_forward_sets_the_task_context():
 
     class _Task:
         name = "vqa"
+        generative = False  # tasks._base.compute(generate=) asks every task
 
         def compute(self, infer, heads, batch):
             return {"task_seen": infer(batch)}

@@ -1,6 +1,7 @@
 """The backbone registry: ``BACKBONES.build(name, config) -> Backbone`` (see ``_protocol.py`` for the contract).
 
 - ``vilt``: single-stream ViLT (``vilt.py``; variant from config ``vit``);
+- ``vl_bart`` / ``vl_t5``: VL-BART / VL-T5, generative (``vl_seq2seq.py``);
 - ``clip_plm``: frozen CLIP + BERT / T5 / LLaMA with the dynamic visual prompt (``clip_plm.py``);
 - ``meter``: METER (CLIP image tower, RoBERTa text tower, co-attention fusion; ``meter.py``);
 - ``vit_gpt2`` / ``vit_roberta``: frozen HF ViT + GPT-2 (captioning, ``generate``) / + RoBERTa (classify), the
@@ -82,6 +83,26 @@ def vit_roberta(config: Mapping[str, Any]) -> Backbone:
     return build_vit_lm(config, "roberta")
 
 
+VL_SEQ_KEYS = {"vl_model": "", "vl_config": None, "vl_vocab_size": None, "vis_feat_dim": 2048, "vl_clip_model": None,
+               "vl_grid": 6, "vl_pet_init": "recipe"}  # + tokenizer (base key), clip_feature_cache / clip_cache_* (above)
+
+
+@BACKBONES.register("vl_bart", keys=VL_SEQ_KEYS, candidate_kinds=("skip",), capabilities=("generate",))
+def vl_bart(config: Mapping[str, Any]) -> Backbone:
+    """VL-BART (spec §1.1): HF BART + the originals' visual projector; ``vl_seq2seq.py``."""
+    from vlpeft.backbones.vl_seq2seq import build_vl_seq2seq
+
+    return build_vl_seq2seq(config, "bart")
+
+
+@BACKBONES.register("vl_t5", keys=VL_SEQ_KEYS, candidate_kinds=("skip",), capabilities=("generate",))
+def vl_t5(config: Mapping[str, Any]) -> Backbone:
+    """VL-T5 (spec §1.1): HF T5 + the originals' visual projector; ``vl_seq2seq.py``."""
+    from vlpeft.backbones.vl_seq2seq import build_vl_seq2seq
+
+    return build_vl_seq2seq(config, "t5")
+
+
 # --- tiny entries: the conformance tests build every one of these ----------------------------------------------
 TEST_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "test_vilt": ("vilt", dict(vit="test_vilt_tiny", hidden_size=64, num_heads=4, num_layers=2, mlp_ratio=4,
@@ -97,6 +118,11 @@ TEST_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                        tokenizer="bert-base-uncased")),
     "test_vit_roberta": ("vit_roberta", dict(vit_model="test_vit_tiny", lm_config="test_roberta_tiny",
                                              tokenizer="bert-base-uncased")),
+    # bert-base-uncased vocabulary (offline) + 200 added tokens; images through the tiny CLIP, 2 × 2 grid features
+    "test_vl_bart": ("vl_bart", dict(vl_config="test_vl_bart_tiny", vl_model="", tokenizer="bert-base-uncased",
+                                     vis_feat_dim=32, vl_clip_model="test_clip_tiny", vl_grid=2, vl_vocab_size=None)),
+    "test_vl_t5": ("vl_t5", dict(vl_config="test_vl_t5_tiny", vl_model="", tokenizer="bert-base-uncased",
+                                 vis_feat_dim=32, vl_clip_model="test_clip_tiny", vl_grid=2, vl_vocab_size=None)),
 }
 
 

@@ -83,18 +83,25 @@ class _SiteHook:
     def __init__(self, where: str) -> None:
         self.where = where  # "output" | "input" | "tuple_output"
         self.seq: nn.Module | None = None
-        self.par: nn.Module | None = None
+        self.par: nn.Module | None = None  # the out_par delta
+        self.par_in: nn.Module | None = None  # the par delta (DAS's parallel adapter; same reading of X)
         self.gate: nn.Module | None = None
         self.x: torch.Tensor | None = None
+
+    @property
+    def reads_x(self) -> bool:
+        return self.par is not None or self.par_in is not None or self.gate is not None
 
     def _apply(self, h: torch.Tensor) -> torch.Tensor:
         if self.seq is not None:
             h = self.seq(h)
-        if self.par is not None or self.gate is not None:
+        if self.reads_x:
             x, self.x = self.x, None
             if x is None:
-                raise RuntimeError("a PET out_par / gate module ran without the sublayer input X; the X capture "
-                                   "hook did not fire (is the layer called through its HF module?)")
+                raise RuntimeError("a PET par / out_par / gate module ran without the sublayer input X; the X "
+                                   "capture hook did not fire (is the layer called through its HF module?)")
+            if self.par_in is not None:
+                h = h + self.par_in(x)
             if self.par is not None:
                 h = h + self.par(x)
             if self.gate is not None:

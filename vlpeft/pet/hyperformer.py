@@ -127,7 +127,9 @@ def build_hyperformer(site, **options) -> nn.Module:
     task_emb = pool.get(("hyperformer_tasks",), lambda: TaskEmbeddings(tasks, cfg.task_dim))
     net = pool.get(("hyperformer", site.stack),
                    lambda: HyperNet(d, r, int(num_layers), block_types, cfg.task_dim, cfg.hidden, cfg.proj))
-    return HyperAdapter(net, task_emb, site.layer, site.sublayer)
+    # the layer's index within its stack (hosts whose candidates span two stacks say so in meta["stack_layer"])
+    layer = int((site.meta or {}).get("stack_layer", site.layer))
+    return HyperAdapter(net, task_emb, layer, site.sublayer)
 
 
 __all__ = ["HyperAdapter", "HyperNet", "HyperformerConfig", "TaskEmbeddings", "build_hyperformer"]

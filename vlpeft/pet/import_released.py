@@ -25,6 +25,8 @@ VL-Adapter BART (``model.{encoder|decoder}.layers.{ℓ}.``):
   (``enc_attn_adapter``) or ffn (``ff_adapter``), ``down`` / ``up``;
 - ``{self_attn|encoder_attn}.{q_proj|v_proj}.lora_As.{task}`` (r×d) / ``lora_Bs.{task}`` (d×r) → ``proj:q|v``
   ``lora_A`` / ``lora_B``.
+- ``(model.)encoder.prompt_modules.prompts.{task}.prefix_embedding.{0,1,3}.{weight,bias}`` → the encoder's ``input``
+  site (layer -1), our ``InputPrompt`` keeps those names.
 
 Tasks: a released ``adapters.{task}`` key goes to our per-task copy ``tasks.{task}.…`` when ours is per task, else to
 the one shared module. Several released keys landing on **one** parameter object (a single adapter saved under
@@ -33,13 +35,15 @@ and the rest are listed in ``LoadReport.adapted``; copies that differ are a ``Ch
 
 ``LoadReport``: ``loaded`` tensors; ``adapted`` (row-stacks, re-splits, deduplicated task copies); ``missing`` — our
 injected PET parameters the checkpoint did not fill (the backbone is not counted); ``unexpected`` — every released
-key not imported: backbone weights, the visual projector, prompts and Hyperformer (no pattern here yet), and PET keys
-whose site our report does not hold (e.g. more layers than our host).
+key not imported: backbone weights and the visual projector (unless ``with_backbone``: then they load through the
+host's ``checkpoint_filter_fn``), Hyperformer (no pattern here yet), and PET keys whose site our report does not hold
+(e.g. more layers than our host).
 
 Host naming: the released numbering is (stack ``encoder``/``decoder``, layer ℓ, sublayer ``attn``/``cross_attn``/
 ``ffn``) plus the anchor. ``site_name(stack, layer, sublayer, anchor) -> str`` maps it to our site name (the
 ``Site.name`` of a ``PetReport.injected`` entry); the default reads the report's own sites (by ``Site.role``, layer,
-sublayer and anchor), which is right whenever our host numbers layers as the original does.
+sublayer and anchor; the layer is ``Site.meta["stack_layer"]`` where the host numbers candidates across two stacks,
+as VL-BART / VL-T5 do), which is right whenever our host numbers layers within a stack as the original does.
 """
 
 from __future__ import annotations
@@ -103,6 +107,10 @@ def _rules() -> list[tuple[re.Pattern, Callable[[re.Match], dict]]]:
         (r"(?:model\.)?(?P<stack>encoder|decoder)\.layers\.(?P<layer>\d+)\.(?P<sub>attn|self_attn|enc_attn|ff)_adapter"
          rf"\.adapters\.(?P<task>[^.]+)\.(?P<s>down_sampler|up_sampler)\.{_W}",
          lambda m: dict(anchor="out_seq", part=f"{_SAMPLER[m['s']]}.{m['wb']}")),
+        # VL-Adapter input prompts (BART ``model.encoder.``, T5 ``encoder.``): the generator Embedding, Lin, –, Lin
+        (r"(?:model\.)?encoder\.prompt_modules\.prompts\.(?P<task>[^.]+)\.prefix_embedding\.(?P<i>\d+)\."
+         + _W, lambda m: dict(stack="encoder", layer=-1, sub="block", anchor="input",
+                              part=f"prefix_embedding.{m['i']}.{m['wb']}")),
         # VL-Adapter BART LoRA
         (r"(?:model\.)?(?P<stack>encoder|decoder)\.layers\.(?P<layer>\d+)\.(?P<att>self_attn|encoder_attn)\."
          r"(?P<proj>q|v)_proj\.lora_(?P<ab>A|B)s\.(?P<task>[^.]+)",
@@ -132,8 +140,8 @@ def parse_key(key: str) -> Parsed | None:
                     return None  # e.g. an ff adapter under layer.0: not a released layout
             else:
                 sub = _SUB[groups["sub"]]
-        return Parsed(key, stack, int(groups["layer"]), sub, d["anchor"], d["part"], groups.get("task"),
-                      d.get("head"))
+        layer = d["layer"] if "layer" in d else int(groups["layer"])
+        return Parsed(key, stack, layer, sub, d["anchor"], d["part"], groups.get("task"), d.get("head"))
     return None
 
 
@@ -142,18 +150,22 @@ def sites_naming(report: PetReport) -> SiteName:
     table: dict[tuple[str, int, str, str], str] = {}
     for inj in report.injected:
         s = inj.site
-        table.setdefault((s.role, s.layer, s.sublayer, s.anchor), s.name)
+        layer = int((s.meta or {}).get("stack_layer", s.layer))  # the index within the stack, as released
+        table.setdefault((s.role, layer, s.sublayer, s.anchor), s.name)
     return lambda stack, layer, sublayer, anchor: table.get((stack, layer, sublayer, anchor))
 
 
 def import_released(model: nn.Module, sd: Mapping[str, torch.Tensor], report: PetReport, *,
                     site_name: SiteName | None = None, prefix: str = "", path: str = "<released state dict>",
-                    kind: str = "released VL-PET / VL-Adapter checkpoint") -> LoadReport:
+                    kind: str = "released VL-PET / VL-Adapter checkpoint", with_backbone: bool = False) -> LoadReport:
     """Load the PET tensors of a released state dict ``sd`` into the modules ``report`` injected into ``model``.
 
     ``prefix``: where the injection host sits inside ``model`` (the report's names are relative to the host;
     ``"backbone."`` when ``model`` is a module holding the backbone). ``site_name``: the host naming (see the module
     docstring); default ``sites_naming(report)``. A DDP ``module.`` prefix on every key is dropped.
+    ``with_backbone``: the keys that are not PET keys (a whole released checkpoint: backbone, visual projector) are
+    loaded too, through the loader and the host's ``checkpoint_filter_fn`` (VL-BART/T5: ``model.encoder…`` →
+    ``seq2seq.model.encoder…``, prefixed with ``prefix``); those that fit nothing stay ``unexpected``.
     """
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
@@ -167,11 +179,15 @@ def import_released(model: nn.Module, sd: Mapping[str, torch.Tensor], report: Pe
     heads: dict[tuple[str, str, str | None], dict[int, tuple[str, torch.Tensor]]] = {}
     adapted: list[str] = []
     unexpected: list[str] = []
+    rest: dict[str, torch.Tensor] = {}  # with_backbone: the non-PET keys, loaded as they are (after the filter)
 
     for key, value in sd.items():
         p = parse_key(key)
         if p is None:
-            unexpected.append(key)
+            if with_backbone:
+                rest[prefix + key] = value
+            else:
+                unexpected.append(key)
             continue
         name = site_name(p.stack, p.layer, p.sublayer, p.anchor)
         injs = by_site.get(prefix + name, []) if name else []
@@ -230,7 +246,7 @@ def import_released(model: nn.Module, sd: Mapping[str, torch.Tensor], report: Pe
             adapted.append(f"{target} ← one copy of {1 + len(dups)} equal keys ({src0}; also {', '.join(dups)})")
         out[target] = t0
 
-    rep = load_state(model, out, path, kind)
+    rep = load_state(model, {**rest, **out}, path, kind)
     pet_names = {prefix + n for i in report.injected for n in i.param_names}
     filled = {id(own[n]) for n in out}
     rep.missing = sorted(n for n in pet_names if n in own and id(own[n]) not in filled)

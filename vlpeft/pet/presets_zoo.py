@@ -129,6 +129,14 @@ def preset_compacter(config):
     return Recipe("compacter", specs, base_policy="norms")
 
 
+@register_preset("compacter_multiple", keys=COMPACTER_KEYS)
+def preset_compacter_multiple(config):
+    """VL-Adapter multiple compacters (``multiple_compacters.sh``): one compacter per task per site."""
+    specs = _adapter_specs(config, "compacter", "per_task", _tasks(config), n=config.get("phm_n", 2),
+                           c_init_std=config.get("phm_c_init_std", 0.01))
+    return Recipe("compacter_multiple", specs, base_policy="norms")
+
+
 HYPER_KEYS = {"adapter_reduction": 8, "hyper_proj_dim": 8, "hyper_task_dim": 512, "hyper_hidden": 128}
 
 
@@ -146,14 +154,24 @@ def preset_hyperformer(config):
 PROMPT_KEYS = {"prompt_len": 40, "prompt_mid": 800}
 
 
+def _prompt_recipe(name: str, config, **placing) -> Recipe:
+    opts = dict(length=config.get("prompt_len", 40), mid=config.get("prompt_mid", 800), **placing)
+    return Recipe(name, (ZooSpec("prompt", ("input",), dict(opts, init="legacy_bart"), not_families=("t5",),
+                                 required=False),
+                         ZooSpec("prompt", ("input",), dict(opts, init="torch"), families=("t5",),
+                                 required=False)), base_policy="none")
+
+
 @register_preset("prompt", keys=PROMPT_KEYS)
 def preset_prompt(config):
     """VL-Adapter single prompt: L = 40 input prompts through Lin(d→800)–tanh–Lin(800→d) (M8)."""
-    opts = dict(length=config.get("prompt_len", 40), mid=config.get("prompt_mid", 800))
-    return Recipe("prompt", (ZooSpec("prompt", ("input",), dict(opts, init="legacy_bart"), not_families=("t5",),
-                                     required=False),
-                             ZooSpec("prompt", ("input",), dict(opts, init="torch"), families=("t5",),
-                                     required=False)), base_policy="none")
+    return _prompt_recipe("prompt", config)
+
+
+@register_preset("prompt_multiple", keys=PROMPT_KEYS)
+def preset_prompt_multiple(config):
+    """VL-Adapter multiple prompts (``multiple_prompts.sh``): one prompt generator per task."""
+    return _prompt_recipe("prompt_multiple", config, sharing="per_task", tasks=_tasks(config))
 
 
 # --- VL-PET ---------------------------------------------------------------------------------------------------------

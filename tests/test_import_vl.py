@@ -1,0 +1,121 @@
+"""Released VL-PET / VL-Adapter checkpoints (spec §8.7) onto our VL-BART / VL-T5 with the preset injected.
+
+A model A (PET injected, every trainable value moved) is written out in the original repos' key layout — the
+backbone and the visual projector under VL-BART's ``model.encoder…`` / VL-T5's ``encoder.block…`` names, the PET
+tensors under ``attn_adapter_multihead_down.{h}``, ``encoder_attn_adapter_gating_large_x_down``,
+``attn_value_parallel_adapter.adapters.{task}.down_sampler``, ``attn_adapter.adapters.{task}``, ``q_proj.lora_As.{task}``,
+``prompt_modules.prompts.{task}.prefix_embedding.{i}`` (single modules saved under every task key) — and imported into
+a fresh model B (other seeds): nothing unexpected, nothing missing, and B computes exactly what A computes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vlpeft.pet.presets_zoo  # noqa: F401  (registers the zoo presets)
+from vlpeft.backbones import BACKBONES, LayerPlan
+from vlpeft.pet import PRESETS, inject
+from vlpeft.pet.import_released import import_released
+
+TASKS = ("vqa", "gqa", "nlvr", "caption")
+OPTS = dict(vl_pet_down_dim=8, vl_pet_gate_dim=4, vl_pet_vpa_dim=8, adapter_reduction=4, lora_r=4, lora_alpha=8,
+            prompt_len=3, prompt_mid=16)
+OUT_SEQ = {("encoder", "attn"): "attn_adapter", ("encoder", "ffn"): "ff_adapter", ("decoder", "attn"): "self_attn_adapter",
+           ("decoder", "cross_attn"): "enc_attn_adapter", ("decoder", "ffn"): "ff_adapter"}
+
+
+def _released_names(bart: bool, module: str, site, rel: str) -> list[str]:
+    """The original keys of our parameter ``rel`` of ``module`` at ``site`` (one per task for task-keyed ones)."""
+    ell, stack, sub = site.meta["stack_layer"], site.role, site.sublayer
+    short = "attn" if sub == "attn" else "ff"
+    pre = f"model.encoder.layers.{ell}." if bart else f"encoder.block.{ell}.layer.{0 if sub == 'attn' else 1}."
+    part, _, wb = rel.rpartition(".")
+    if module == "multihead_adapter":
+        return [pre + (f"{short}_adapter_multihead_down.{part.split('.')[1]}.{wb}" if part.startswith("down.")
+                       else f"{short}_adapter_multihead_up.{wb}")]
+    if module == "gate":
+        return [pre + f"encoder_{short}_adapter_gating_large_x_{part}.{wb}"]
+    sampler = {"down": "down_sampler", "up": "up_sampler"}
+    if module == "bottleneck" and site.anchor == "proj:v":  # the decoder's value adapter
+        host = (f"model.decoder.layers.{ell}.encoder_attn." if bart
+                else f"decoder.block.{ell}.layer.1.EncDecAttention.")
+        return [f"{host}attn_value_parallel_adapter.adapters.{t}.{sampler[part]}.{wb}" for t in TASKS]
+    if module == "bottleneck":  # VL-Adapter (BART)
+        return [f"model.{stack}.layers.{ell}.{OUT_SEQ[(stack, sub)]}.adapters.{t}.{sampler[part]}.{wb}" for t in TASKS]
+    if module == "lora":
+        att = "self_attn" if sub == "attn" else "encoder_attn"
+        proj = site.anchor.split(":")[1]
+        return [f"model.{stack}.layers.{ell}.{att}.{proj}_proj.lora_{rel[-1]}s.{t}" for t in TASKS]
+    if module == "prompt":
+        return [f"{'model.' if bart else ''}encoder.prompt_modules.prompts.{t}.{rel}" for t in TASKS]
+    raise AssertionError(module)
+
+
+def _model(name, preset, seed):
+    torch.manual_seed(seed)
+    bb = BACKBONES.build(name)
+    torch.manual_seed(seed + 100)
+    report = inject(bb, PRESETS.build(preset, OPTS))
+    return bb.eval(), report  # after injection: the modules' dropout (LoRA 0.1) off too
+
+
+def _released(bb, report) -> dict[str, torch.Tensor]:
+    """``bb`` as the original repos save it: backbone + projector by their names, PET keys in their layout."""
+    pet = report.param_names()
+    sd = {k[len("seq2seq."):]: v.clone() for k, v in bb.state_dict().items()
+          if k.startswith("seq2seq.") and k not in pet}
+    own = dict(bb.named_parameters(remove_duplicate=False))
+    for inj in report.injected:
+        for n in inj.param_names:
+            for k in _released_names(bb.family == "bart", inj.module, inj.site, n[len(inj.site.name) + 1:]):
+                sd[k] = own[n].detach().clone()
+    return sd
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    masks = torch.ones(2, 5, dtype=torch.long)
+    masks[1, -1] = 0
+    return {"text_ids": torch.randint(1000, 2000, (2, 5), generator=g), "text_masks": masks,
+            "vis_feats": torch.randn(2, 3, 32, generator=g), "vis_pos": torch.rand(2, 3, 4, generator=g).sort(-1)[0],
+            "target_ids": torch.randint(1000, 2000, (2, 3), generator=g)}
+
+
+CASES = [("test_vl_bart", "vl_pet_large"), ("test_vl_t5", "vl_pet_large"), ("test_vl_bart", "vl_adapter"),
+         ("test_vl_bart", "lora"), ("test_vl_bart", "prompt"), ("test_vl_t5", "prompt")]
+
+
+@pytest.mark.parametrize("name,preset", CASES)
+def test_released_checkpoint_reproduces_the_model(name, preset):
+    a, rep_a = _model(name, preset, 0)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # trained values: every parameter moves off its init (LoRA's B = 0 too)
+        for p in a.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    sd = _released(a, rep_a)
+    assert any(".visual_embedding." in k for k in sd) and not any(k.startswith("seq2seq.") for k in sd)
+    b, rep_b = _model(name, preset, 1)
+    batch = _batch()
+    with torch.no_grad():
+        want = a(batch, LayerPlan())["lm_logits"]
+        assert not torch.equal(b(batch, LayerPlan())["lm_logits"], want)
+        rep = import_released(b, sd, rep_b, with_backbone=True)
+        got = b(batch, LayerPlan())["lm_logits"]
+    assert rep.unexpected == [] and rep.missing == []
+    assert torch.equal(got, want)
+    if preset != "vl_pet_large" or name != "test_vl_t5":  # task-keyed copies: one loaded, the others reported
+        assert any("one copy of 4 equal keys" in x for x in rep.adapted)
+
+
+def test_partial_checkpoint_reports_what_is_missing():
+    a, rep_a = _model("test_vl_t5", "vl_pet_large", 0)
+    sd = {k: v for k, v in _released(a, rep_a).items() if "gating" not in k}
+    b, rep_b = _model("test_vl_t5", "vl_pet_large", 1)
+    rep = import_released(b, sd, rep_b, with_backbone=True)
+    gates = sorted(n for i in rep_b.injected if i.module == "gate" for n in i.param_names)
+    assert gates and sorted(rep.missing) == gates and rep.unexpected == []
+    # without with_backbone the backbone and projector keys are reported, not loaded
+    rep = import_released(b, sd, rep_b)
+    assert "encoder.visual_embedding.img_order_embedding.weight" in rep.unexpected
+    assert not any("gating" in k or "multihead" in k for k in rep.unexpected)

@@ -1,0 +1,602 @@
+"""VL-BART / VL-T5 (spec §1.1): Hugging Face BART / T5 with the originals' visual projector in the encoder.
+
+Model: encoder input = text tokens (BART: token embedding + learned positions, then ``layernorm_embedding``; T5: raw
+token embeddings; an ``input`` prompt goes in front of the text before that norm) ⊕ visual tokens
+``Lin(F→d)+LN(feats) + Lin(5→d)+LN(x1, x2, y1, y2, area) + img_order(0) + word_embedding[V_total − 1 − i]``
+(object order read from the shared word table in reverse order, no parameters). T5's relative position bias covers
+text ↔ text pairs only (zero for every pair with a visual token), as the original ``JointEncoder``. The decoder, the
+LM head and beam search are Hugging Face's (``generate(encoder_outputs=...)``).
+
+Public API::
+
+    build_vl_seq2seq(config, family)   # family "bart" | "t5"; BACKBONES entries vl_bart / vl_t5 / test_vl_*
+    VLSeq2Seq.forward(batch, plan)     -> {"lm_logits", "lm_loss" (with target_ids)}
+    VLSeq2Seq.generate(batch, plan, num_beams=, max_new_tokens=) -> list[str]
+    VLSeq2Seq.encode(batch, plan)      -> (encoder states (B, N, d), mask (B, N))
+
+Config keys: ``vl_model`` (a local HF folder with the pretrained weights) or ``vl_config`` (a ``VL_VARIANTS`` name
+or a dict of config kwargs: random weights), ``tokenizer`` (a local HF tokenizer folder; the ``<extra_id_i>`` /
+``<vis_extra_id_i>`` tokens are added and the embeddings resized to it), ``vl_vocab_size`` (the resized vocabulary
+without a tokenizer: parameter counts), ``vis_feat_dim`` (F: 2048 for the originals' RN101 features, 512 video),
+``vl_clip_model`` (a ``_clip`` spec: ``image`` pixels → frozen CLIP → ``vl_grid``² pooled grid features, cached per
+``image_key``), ``vl_pet_init`` (``recipe``: PET modules keep the init their preset gave them; ``original``: the
+original host's rule at attach — BART's ``_init_weights`` N(0, 0.02) / zero bias on every Linear and Embedding of
+the module, T5's PyTorch defaults; spec §1.1). The visual projector follows the family's original init.
+
+Batch: ``text_ids`` / ``text_masks``; visual input ``vis_feats`` (B, V, F) + ``vis_pos`` (B, V, 4: x1, y1, x2, y2),
+or ``image`` (+ ``image_key`` for the cache), or none (text only: the bare model is then exactly HF's);
+``target_ids`` (B, T, -100 padded) for the loss.
+
+Parameter names: ``seq2seq.`` + the original checkpoints' names (``seq2seq.model.encoder.layers.0…`` for BART,
+``seq2seq.encoder.block.0…`` for T5; the projector ``seq2seq.[model.]encoder.visual_embedding.{feat_embedding.{0,1},
+absolute_vis_pos_embedding.{0,1}, img_order_embedding}``), so ``checkpoint_filter_fn`` only adds the prefix.
+
+Candidates: every encoder layer, then every decoder layer (index ``L_e + ℓ``); a skipped one is not called (its
+skip slot ``skip_adapters.i.0`` runs instead; decoder layers are swapped for the call). Skipping a decoder layer turns
+off the KV cache in ``generate`` (HF derives decoder positions from layer 0's cache). T5's relative position bias lives
+in block 0 of each stack; it is computed even when block 0 is skipped (encoder: here; decoder: by ``_Skipped``).
+
+PET sites (spec §1.3), per layer and sublayer (``attn``, ``cross_attn``, ``ffn``; j numbers them encoder first):
+``out_seq`` (``pet_seq.j``), ``par`` (``pet_par.j``), ``out_par`` (``pet_out_par.j``), ``gate`` (``pet_gates.j``),
+composed in ``_plm._SiteHook``'s fixed order on H (BART: the attention output / ``fc2`` output; T5: the input of the
+sublayer's dropout) with X captured at the sublayer input; ``proj:*`` on every projection; ``input`` (``input_prompt.0``);
+``skip`` per candidate. ``Site.meta``: ``stack_role``, ``stack_layer`` (ℓ in its stack), ``num_layers`` (stack depth).
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlpeft.backbones._generative import Generative, lm_loss, shift_right
+from vlpeft.backbones._plm import _SiteHook, _XCapture
+from vlpeft.backbones._protocol import (Candidates, LayerPlan, Site, attach_projection, attach_skip, policy_params)
+
+FAMILIES = ("bart", "t5")
+N_EXTRA = 100  # <extra_id_i> and <vis_extra_id_i>, i < 100 (the originals' tokenizers)
+
+_BART_BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                  decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1024,
+                  activation_function="gelu", scale_embedding=False, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                  decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2)
+_T5_BASE = dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_decoder_layers=12, num_heads=12,
+                relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="relu",
+                pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+# architectures as data: the originals' hosts (counts, spec §6) and tiny ones on the bert-base-uncased vocabulary
+VL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "bart_base": ("bart", _BART_BASE),
+    "t5_base": ("t5", _T5_BASE),
+    "test_vl_bart_tiny": ("bart", dict(vocab_size=30522, d_model=32, encoder_layers=2, decoder_layers=2,
+                                       encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                                       decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0,
+                                       attention_dropout=0.0, activation_dropout=0.0)),
+    "test_vl_t5_tiny": ("t5", dict(vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                                   num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                                   dropout_rate=0.0)),
+}
+PET_INITS = ("recipe", "original")
+
+
+@dataclass(frozen=True)
+class VLSeqConfig:
+    vl_model: str | None = None
+    vl_config: Any = None
+    tokenizer: str | None = None
+    vl_vocab_size: int | None = None
+    vis_feat_dim: int = 2048
+    vl_clip_model: Any = None
+    vl_grid: int = 6
+    vl_pet_init: str = "recipe"
+    clip_feature_cache: bool = True
+    clip_cache_max_items: int = 4096
+    clip_cache_dir: str | None = None
+    deterministic_images: bool | None = None  # None: from the transform keys (any "randaug": not deterministic)
+    train_transform_keys: tuple[str, ...] = ()
+    val_transform_keys: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "VLSeqConfig":
+        c = cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config and config[f.name] is not None})
+        if not c.vl_model and not c.vl_config:
+            raise ValueError("VL-BART/T5 needs vl_model=<local HF folder with the pretrained weights> or "
+                             f"vl_config=<one of {sorted(VL_VARIANTS)} or a dict of config kwargs> (random weights)")
+        if c.vl_pet_init not in PET_INITS:
+            raise ValueError(f"vl_pet_init={c.vl_pet_init!r} is not one of {PET_INITS}")
+        if int(c.vis_feat_dim) < 1:
+            raise ValueError(f"vis_feat_dim={c.vis_feat_dim} must be the visual feature width (2048 for RN101)")
+        return c
+
+
+# --- the visual projector ------------------------------------------------------------------------------------------
+class VisualEmbedding(nn.Module):
+    """The originals' ``visual_embedding`` (parameter names theirs). ``norm`` builds the family's LN (BART
+    LayerNorm, T5 RMS norm)."""
+
+    def __init__(self, feat_dim: int, d: int, norm: Any) -> None:
+        super().__init__()
+        self.feat_embedding = nn.Sequential(nn.Linear(feat_dim, d), norm(d))
+        self.absolute_vis_pos_embedding = nn.Sequential(nn.Linear(5, d), norm(d))
+        self.img_order_embedding = nn.Embedding(2, d)
+
+    def forward(self, feats: torch.Tensor, pos: torch.Tensor, word_table: torch.Tensor) -> torch.Tensor:
+        b, n, f = feats.shape
+        if pos.shape != (b, n, 4):
+            raise ValueError(f"vis_pos must be (B, V, 4) = {(b, n, 4)} boxes (x1, y1, x2, y2), got {tuple(pos.shape)}")
+        x1, y1, x2, y2 = pos.unbind(-1)
+        box = torch.stack([x1, x2, y1, y2, (x2 - x1) * (y2 - y1)], dim=-1)  # the originals' (x1, x2, y1, y2, area)
+        order = torch.arange(n, device=feats.device)
+        obj = F.embedding(word_table.shape[0] - order - 1, word_table)  # reverse order of the shared table
+        img = self.img_order_embedding(torch.zeros_like(order))
+        return self.feat_embedding(feats) + self.absolute_vis_pos_embedding(box) + img + obj.to(feats.dtype)
+
+
+def _bart_init(module: nn.Module) -> None:
+    """BART's ``_init_weights`` over a new module: N(0, 0.02) Linear / Embedding weights, zero biases (spec §1.1)."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                m.weight.normal_(0.0, 0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                m.bias.zero_()
+            if isinstance(m, nn.LayerNorm):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+
+
+def _torch_init(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding, nn.LayerNorm)):
+            m.reset_parameters()
+
+
+class _Skipped(nn.Module):
+    """Stands in for a skipped decoder layer during one call: runs its skip slot. T5 passes the shared position
+    biases on; where the skipped block is the one holding the relative attention bias (block 0) and no bias has been
+    computed yet, it computes it as the block would have (the cache is off while decoder layers are skipped, so
+    query and key lengths are the current length), so the later blocks keep their relative positions."""
+
+    def __init__(self, slot: nn.Module, t5_block: nn.Module | None = None) -> None:
+        super().__init__()
+        self.__dict__["slot"] = slot  # not registered: the slot stays named skip_adapters.i
+        self.__dict__["t5_block"] = t5_block
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        h = self.slot(hidden_states)
+        blk = self.t5_block
+        if blk is None:
+            return h
+        position_bias = args[1] if len(args) > 1 else kwargs.get("position_bias")
+        enc_dec_bias = args[4] if len(args) > 4 else kwargs.get("encoder_decoder_position_bias")
+        attn = blk.layer[0].SelfAttention
+        if position_bias is None and attn.has_relative_attention_bias:
+            n = hidden_states.shape[1]
+            position_bias = attn.compute_bias(n, n, device=hidden_states.device).to(hidden_states.dtype)
+        return h, position_bias, enc_dec_bias
+
+
+@dataclass(frozen=True)
+class _Sub:
+    cand: int
+    stack: str
+    layer: int
+    sublayer: str
+    host: str  # module path (relative to the backbone) whose hook edits H
+    where: str  # _SiteHook kind
+    x_host: str  # module path whose call receives X
+    x_index: int
+    x_key: str
+    wrap: tuple[str, ...] = ()  # projections wrapped (ProjWrap) before hooking, so later proj:* PET keep the hooks
+
+
+class VLSeq2Seq(Generative):
+    capabilities = frozenset({"generate"})
+
+    def __init__(self, hf: nn.Module, family: str, cfg: VLSeqConfig, tokenizer: Any = None,
+                 extractor: nn.Module | None = None) -> None:
+        super().__init__()
+        if family not in FAMILIES:
+            raise ValueError(f"VL seq2seq family {family!r} is not one of {FAMILIES}")
+        self.family, self.cfg, self.tokenizer = family, cfg, tokenizer
+        self.seq2seq = hf
+        d = self.hidden_size
+        if family == "bart":
+            norm = nn.LayerNorm
+        else:
+            from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+            def norm(n):
+                return T5LayerNorm(n, eps=hf.config.layer_norm_epsilon)
+        vis = VisualEmbedding(int(cfg.vis_feat_dim), d, norm)
+        (_bart_init if family == "bart" else _torch_init)(vis)
+        self._encoder.visual_embedding = vis  # the originals' place: …encoder.visual_embedding.*
+        self.extractor = extractor
+        if extractor is not None and extractor.width != int(cfg.vis_feat_dim):
+            raise ValueError(f"vl_clip_model gives {extractor.width}-wide grid features but vis_feat_dim="
+                             f"{cfg.vis_feat_dim}; set vis_feat_dim={extractor.width}")
+        n = self.num_layers
+        self.skip_adapters = nn.ModuleList(nn.Sequential() for _ in range(n))
+        self.input_prompt = nn.Sequential()  # empty: no prompt
+        self.pet_seq, self.pet_par = nn.ModuleDict(), nn.ModuleDict()
+        self.pet_out_par, self.pet_gates = nn.ModuleDict(), nn.ModuleDict()
+        self._hooks: dict[int, _SiteHook] = {}
+        self._handles: list[Any] = []
+
+    # -- structure -------------------------------------------------------------------------------------------------
+    @property
+    def _base(self) -> nn.Module:
+        return self.seq2seq.model if self.family == "bart" else self.seq2seq
+
+    @property
+    def _encoder(self) -> nn.Module:
+        return self._base.encoder
+
+    @property
+    def _decoder(self) -> nn.Module:
+        return self._base.decoder
+
+    def _layers(self, stack: str) -> nn.ModuleList:
+        s = self._encoder if stack == "encoder" else self._decoder
+        return s.layers if self.family == "bart" else s.block
+
+    def _prefix(self, stack: str) -> str:
+        return ("seq2seq.model." if self.family == "bart" else "seq2seq.") + stack + (
+            ".layers" if self.family == "bart" else ".block")
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.seq2seq.config.d_model)
+
+    @property
+    def n_encoder(self) -> int:
+        return len(self._layers("encoder"))
+
+    def candidates(self) -> Candidates:
+        return Candidates(count=self.n_encoder + len(self._layers("decoder")), skip=True, insert=False)
+
+    def candidate_name(self, index: int) -> str:
+        le = self.n_encoder
+        return f"{self._prefix('encoder')}.{index}" if index < le else f"{self._prefix('decoder')}.{index - le}"
+
+    @property
+    def visual_embedding(self) -> VisualEmbedding:
+        return self._encoder.visual_embedding
+
+    def _subs(self) -> list[_Sub]:
+        out = []
+        le = self.n_encoder
+        for stack in ("encoder", "decoder"):
+            for ell in range(len(self._layers(stack))):
+                p = f"{self._prefix(stack)}.{ell}"
+                c = ell + (le if stack == "decoder" else 0)
+                names = ("attn", "ffn") if stack == "encoder" else ("attn", "cross_attn", "ffn")
+                for k, sub in enumerate(names):
+                    if self.family == "bart":
+                        if sub == "ffn":
+                            out.append(_Sub(c, stack, ell, sub, f"{p}.fc2", "output", f"{p}.fc1", 0, "x",
+                                            (f"{p}.fc1", f"{p}.fc2")))
+                        else:
+                            att = f"{p}.self_attn" if sub == "attn" else f"{p}.encoder_attn"
+                            out.append(_Sub(c, stack, ell, sub, att, "tuple_output", att, 0, "hidden_states"))
+                    else:  # T5: H enters the sublayer's dropout; X enters layer[k]
+                        out.append(_Sub(c, stack, ell, sub, f"{p}.layer.{k}.dropout", "input", f"{p}.layer.{k}", 0,
+                                        "hidden_states"))
+        return out
+
+    def sites(self) -> list[Site]:
+        d, fam, le = self.hidden_size, self.family, self.n_encoder
+        depth = {s: len(self._layers(s)) for s in ("encoder", "decoder")}
+
+        def meta(stack: str, ell: int, **kw: Any) -> dict[str, Any]:
+            return {"stack_role": stack, "stack_layer": ell, "num_layers": depth[stack], **kw}
+
+        out: list[Site] = []
+        for j, s in enumerate(self._subs()):
+            # module / where: the hooked module and the hook kind (as CLIP+PLM's sites say)
+            host = dict(module=self.get_submodule(s.host), where=s.where)
+            for anchor, slot in (("out_seq", "pet_seq"), ("par", "pet_par"), ("out_par", "pet_out_par"),
+                                 ("gate", "pet_gates")):
+                out.append(Site(s.stack, s.cand, s.sublayer, anchor, d, f"{slot}.{j}", fam,
+                                meta=meta(s.stack, s.layer, j=j, **host)))
+        for c in range(self.candidates().count):
+            stack, ell = ("encoder", c) if c < le else ("decoder", c - le)
+            out.append(Site(stack, c, "block", "skip", d, f"skip_adapters.{c}.0", fam, meta=meta(stack, ell)))
+        out.append(Site("encoder", -1, "block", "input", d, "input_prompt.0", fam, meta=meta("encoder", -1)))
+        return out + self._projection_sites()
+
+    def _projection_sites(self) -> list[Site]:
+        from vlpeft.pet._sites_hf import ProjHost
+
+        le, out = self.n_encoder, []
+        depth = {s: len(self._layers(s)) for s in ("encoder", "decoder")}
+        pat = r"(encoder|decoder)\.(layers|block)\.\d+\."
+        for s in ProjHost(self, self.family, r"^seq2seq\.(model\.)?" + pat).sites():
+            ell = s.layer
+            cand = ell + (le if s.stack == "decoder" else 0)
+            out.append(replace(s, layer=cand, meta={**dict(s.meta), "stack_role": s.stack, "stack_layer": ell,
+                                                    "num_layers": depth[s.stack]}))
+        return out
+
+    # -- attaching -------------------------------------------------------------------------------------------------
+    def attach(self, site: Site, module: nn.Module) -> None:
+        if self.cfg.vl_pet_init == "original":
+            (_bart_init if self.family == "bart" else _torch_init)(module)
+        if site.anchor == "skip":
+            attach_skip(self.skip_adapters, site, module)
+            return
+        if site.anchor.startswith("proj:"):
+            attach_projection(self, site, module)
+            return
+        if site.anchor == "input":
+            if len(self.input_prompt):
+                raise ValueError(f"site {site.name} is taken; one input prompt per encoder")
+            self.input_prompt.append(module)
+            return
+        slots = {"out_seq": self.pet_seq, "par": self.pet_par, "out_par": self.pet_out_par, "gate": self.pet_gates}
+        if site.anchor not in slots:
+            raise ValueError(f"VL seq2seq sites take {sorted(slots)} / skip / input / proj:* modules, not "
+                             f"{site.anchor!r} ({site.name})")
+        j = int(site.meta["j"])
+        if str(j) in slots[site.anchor]:
+            raise ValueError(f"site {site.name} is taken; one module per slot")
+        slots[site.anchor][str(j)] = module
+        hook = self._hook(j)
+        before = hook.reads_x
+        setattr(hook, {"out_seq": "seq", "par": "par_in", "out_par": "par", "gate": "gate"}[site.anchor], module)
+        if hook.reads_x and not before:  # the first reader of X: capture it at the sublayer input
+            s = self._subs()[j]
+            xmod = self.get_submodule(s.x_host)
+            self._handles.append(xmod.register_forward_pre_hook(_XCapture(hook, s.x_index, s.x_key),
+                                                                with_kwargs=True))
+
+    def _hook(self, j: int) -> _SiteHook:
+        if j not in self._hooks:
+            from vlpeft.pet._wrap import wrap_linear
+
+            s = self._subs()[j]
+            for name in s.wrap:
+                wrap_linear(self, name)
+            hook = self._hooks[j] = _SiteHook(s.where)
+            mod = self.get_submodule(s.host)
+            self._handles.append(mod.register_forward_pre_hook(hook) if s.where == "input"
+                                 else mod.register_forward_hook(hook))
+        return self._hooks[j]
+
+    # -- running ---------------------------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return self.seq2seq.get_input_embeddings().weight.device
+
+    def _visual(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
+        table = self.seq2seq.get_input_embeddings().weight
+        if "vis_feats" in batch:
+            if "vis_pos" not in batch:
+                raise KeyError("a batch with vis_feats needs vis_pos (B, V, 4: x1, y1, x2, y2 in [0, 1])")
+            feats, pos = batch["vis_feats"], batch["vis_pos"]
+            if feats.dim() != 3 or feats.shape[-1] != int(self.cfg.vis_feat_dim):
+                raise ValueError(f"vis_feats must be (B, V, {self.cfg.vis_feat_dim}) (vis_feat_dim), got "
+                                 f"{tuple(feats.shape)}; set vis_feat_dim to the features' width")
+        elif "image" in batch:
+            if self.extractor is None:
+                raise ValueError("this VL-BART/T5 got `image` pixels but has no feature extractor: set vl_clip_model "
+                                 "(a CLIP folder or test config), or give vis_feats / vis_pos")
+            feats, pos = self.extractor(batch["image"], batch.get("image_key") if self._cache_ok() else None)
+        else:
+            return None
+        dev = table.device
+        feats = feats.to(device=dev, dtype=table.dtype)
+        return self.visual_embedding(feats, pos.to(device=dev, dtype=table.dtype), table)
+
+    def _cache_ok(self) -> bool:
+        """Cache per ``image_key`` only where the pixels of a key never change (as ``clip_plm``): the config's
+        ``deterministic_images``, else no ``randaug`` among the current mode's transform keys."""
+        if not self.cfg.clip_feature_cache:
+            return False
+        if self.cfg.deterministic_images is not None:
+            return bool(self.cfg.deterministic_images)
+        keys = self.cfg.train_transform_keys if self.training else self.cfg.val_transform_keys
+        return not any("randaug" in str(k).lower() for k in keys or ())
+
+    def encode(self, batch: Mapping[str, Any], plan: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        for k in ("text_ids", "text_masks"):
+            if k not in batch:
+                raise KeyError(f"VL-BART/T5 batch needs {k!r} (see vlpeft.backbones._generative)")
+        dev = self._device()
+        ids, mask = batch["text_ids"].to(dev), batch["text_masks"].to(dev)
+        enc = self._encoder
+        h = enc.embed_tokens(ids)
+        if self.family == "bart":
+            h = h + enc.embed_positions(ids).to(h.device)
+        if len(self.input_prompt):
+            h, mask = self.input_prompt[0](h, mask)
+        if self.family == "bart":
+            h = enc.layernorm_embedding(h)
+        text_len = h.shape[1]
+        vis = self._visual(batch)
+        if vis is not None:
+            h = torch.cat([h, vis.to(h.dtype)], dim=1)
+            mask = torch.cat([mask, mask.new_ones(vis.shape[:2])], dim=1)
+        h = F.dropout(h, p=enc.dropout, training=self.training) if self.family == "bart" else enc.dropout(h)
+        attn = create_bidirectional_mask(config=enc.config, inputs_embeds=h, attention_mask=mask)
+        bias = None
+        if self.family == "t5":  # text ↔ text relative bias only (the original JointEncoder)
+            sa = self._layers("encoder")[0].layer[0].SelfAttention
+            n = h.shape[1]
+            text = sa.compute_bias(text_len, text_len, device=h.device).to(h.dtype)
+            bias = text.new_zeros(1, text.shape[1], n, n)
+            bias[:, :, :text_len, :text_len] = text
+        for ell, layer in enumerate(self._layers("encoder")):
+            if ell in plan.skip:
+                h = self.skip_adapters[ell](h)
+            elif self.family == "bart":
+                h = layer(h, attn)
+            else:
+                h = layer(h, attn, bias)[0]
+        if self.family == "t5":
+            h = enc.dropout(enc.final_layer_norm(h))
+        return h, mask
+
+    @contextmanager
+    def _decoder_skips(self, plan: LayerPlan) -> Iterator[bool]:
+        le = self.n_encoder
+        idx = sorted(c - le for c in plan.skip if c >= le)
+        layers = self._layers("decoder")
+        saved = {i: layers[i] for i in idx}
+        try:
+            for i in idx:
+                layers[i] = _Skipped(self.skip_adapters[le + i], saved[i] if self.family == "t5" else None)
+            yield bool(idx)
+        finally:
+            for i, m in saved.items():
+                layers[i] = m
+
+    def _ids(self) -> tuple[int, int]:
+        cfg = self.seq2seq.config
+        start, pad = cfg.decoder_start_token_id, cfg.pad_token_id
+        if start is None or pad is None:
+            raise ValueError("the VL-BART/T5 config has no decoder_start_token_id / pad_token_id; set them in the "
+                             "model folder's config.json")
+        return int(start), int(pad)
+
+    def forward(self, batch: Mapping[str, Any], plan: LayerPlan, **ctx: Any) -> dict[str, Any]:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        if ctx:
+            raise TypeError(f"VL-BART/T5 takes no {sorted(ctx)}")
+        plan = self.check_plan(plan)
+        h, mask = self.encode(batch, plan)
+        start, pad = self._ids()
+        targets = batch.get("target_ids")
+        if targets is not None:
+            targets = targets.to(h.device)
+            dec_in = shift_right(targets, start, pad)
+        else:  # one decoding step from the start token
+            dec_in = torch.full((h.shape[0], 1), start, dtype=torch.long, device=h.device)
+        with self._decoder_skips(plan):
+            out = self.seq2seq(encoder_outputs=BaseModelOutput(last_hidden_state=h), attention_mask=mask,
+                               decoder_input_ids=dec_in, use_cache=False)
+        feats = {"lm_logits": out.logits}
+        if targets is not None:
+            feats["lm_loss"] = lm_loss(out.logits, targets)
+        return feats
+
+    def generate(self, batch: Mapping[str, Any], plan: LayerPlan, *, num_beams: int = 1,
+                 max_new_tokens: int = 20) -> list[str]:
+        if self.tokenizer is None:
+            raise ValueError("VL-BART/T5 generate needs a tokenizer to decode: set config tokenizer=<local folder>")
+        return self.decode(self.generate_ids(batch, plan, num_beams=num_beams, max_new_tokens=max_new_tokens))
+
+    def generate_ids(self, batch: Mapping[str, Any], plan: LayerPlan, *, num_beams: int = 1,
+                     max_new_tokens: int = 20) -> torch.Tensor:
+        """Token ids through transformers' ``generate`` (greedy / beam search) on our encoder states."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        plan = self.check_plan(plan)
+        h, mask = self.encode(batch, plan)
+        with self._decoder_skips(plan) as dec_skipped:
+            return self.seq2seq.generate(encoder_outputs=BaseModelOutput(last_hidden_state=h), attention_mask=mask,
+                                         num_beams=int(num_beams), max_new_tokens=int(max_new_tokens),
+                                         do_sample=False, use_cache=not dec_skipped)
+
+    # -- policies and checkpoints ----------------------------------------------------------------------------------
+    def _always(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if ".visual_embedding." in n]
+
+    def base_trainable(self, policy: str) -> list[tuple[str, nn.Parameter]]:
+        """The visual projector always; the HF model's parameters per policy (``kind:scope`` terms match its
+        names: ``norms:encoder`` = the encoder's norms, ``layernorm_embedding`` and T5's final norm included)."""
+        chosen = {"seq2seq." + n: p for n, p in policy_params(self.seq2seq, policy)}
+        chosen.update(self._always())
+        return [(n, p) for n, p in self.named_parameters() if n in chosen]
+
+    def checkpoint_filter_fn(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Released VL-BART / VL-T5 keys (``model.encoder…`` / ``encoder.block…``, DDP ``module.`` dropped) →
+        ``seq2seq.``-prefixed; keys that already fit pass through."""
+        own = set(self.state_dict())
+        out = {}
+        for k, v in state_dict.items():
+            k = k[len("module."):] if k.startswith("module.") else k
+            out[k if k in own or ("seq2seq." + k) not in own else "seq2seq." + k] = v
+        return out
+
+
+# --- building --------------------------------------------------------------------------------------------------------
+def _vl_tokenizer(name: str | None, family: str) -> Any:
+    """The tokenizer with the originals' added tokens: ``<extra_id_i>`` (when missing) and ``<vis_extra_id_i>``,
+    i = 99 … 0 in that order (so ``<vis_extra_id_0>`` is the last row, where object order 0 reads)."""
+    from vlpeft.data.tokenizer import load_tokenizer
+
+    tok = copy.deepcopy(load_tokenizer(name))  # the loader caches: never add tokens to the shared object
+    have = set(tok.get_vocab())
+    extra = [f"<extra_id_{i}>" for i in range(N_EXTRA - 1, -1, -1) if f"<extra_id_{i}>" not in have]
+    vis = [f"<vis_extra_id_{i}>" for i in range(N_EXTRA - 1, -1, -1) if f"<vis_extra_id_{i}>" not in have]
+    if extra or vis:
+        tok.add_tokens(extra + vis, special_tokens=True)
+    return tok
+
+
+def _hf_model(cfg: VLSeqConfig, family: str) -> nn.Module:
+    from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
+
+    cfg_cls, model_cls = ((BartConfig, BartForConditionalGeneration) if family == "bart"
+                          else (T5Config, T5ForConditionalGeneration))
+    if cfg.vl_config:
+        if isinstance(cfg.vl_config, str):
+            if cfg.vl_config not in VL_VARIANTS:
+                raise ValueError(f"vl_config={cfg.vl_config!r} is not one of {sorted(VL_VARIANTS)} (or give a dict)")
+            fam, kwargs = VL_VARIANTS[cfg.vl_config]
+            if fam != family:
+                raise ValueError(f"vl_config={cfg.vl_config!r} is a {fam} variant; this backbone is {family}")
+        elif isinstance(cfg.vl_config, Mapping):
+            kwargs = dict(cfg.vl_config)
+        else:
+            raise TypeError(f"vl_config must be a variant name or a dict, got {type(cfg.vl_config).__name__}")
+        hf_cfg = cfg_cls(**kwargs)
+        if family == "t5":
+            hf_cfg._attn_implementation = "eager"  # the relative bias goes through the eager path
+        return model_cls(hf_cfg)
+    from pathlib import Path
+
+    path = Path(str(cfg.vl_model)).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"vl_model={cfg.vl_model!r} is not a local folder with config.json + weights "
+                                f"(no hub downloads); or set vl_config for random weights")
+    kw = {"attn_implementation": "eager"} if family == "t5" else {}
+    return model_cls.from_pretrained(str(path), local_files_only=True, **kw)
+
+
+def build_vl_seq2seq(config: Mapping[str, Any], family: str) -> VLSeq2Seq:
+    cfg = VLSeqConfig.from_config(config)
+    tok = _vl_tokenizer(cfg.tokenizer, family) if cfg.tokenizer else None
+    hf = _hf_model(cfg, family)
+    vocab = int(cfg.vl_vocab_size) if cfg.vl_vocab_size else (len(tok) if tok is not None else None)
+    if tok is not None and vocab < len(tok):
+        raise ValueError(f"vl_vocab_size={vocab} is smaller than the tokenizer ({len(tok)} tokens with the added ones)")
+    if vocab is not None and vocab != hf.get_input_embeddings().weight.shape[0]:
+        hf.resize_token_embeddings(vocab, mean_resizing=False)
+    if tok is not None and cfg.vl_config:  # random weights: the special ids come from the tokenizer
+        eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+        start = eos if family == "bart" else tok.pad_token_id
+        for obj in (hf.config, hf.generation_config):
+            obj.pad_token_id, obj.eos_token_id, obj.bos_token_id = tok.pad_token_id, eos, bos
+            obj.decoder_start_token_id = start
+            if hasattr(obj, "forced_bos_token_id"):
+                obj.forced_bos_token_id = None
+                obj.forced_eos_token_id = None
+    extractor = None
+    if cfg.vl_clip_model:
+        from vlpeft.backbones.visual_features import GridFeatures
+
+        extractor = GridFeatures(cfg.vl_clip_model, cfg.vl_grid, cfg.clip_feature_cache, cfg.clip_cache_max_items,
+                                 cfg.clip_cache_dir)
+    return VLSeq2Seq(hf, family, cfg, tok, extractor)
+
+
+__all__ = ["VLSeq2Seq", "VLSeqConfig", "VL_VARIANTS", "VisualEmbedding", "build_vl_seq2seq"]

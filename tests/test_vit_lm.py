@@ -182,6 +182,25 @@ def test_roberta_text_path_equals_hf_pooler_output():
     assert bb.capabilities == {"classify"} and out.shape == (2, bb.cls_dim)
 
 
+def test_roberta_side_takes_a_real_bert_folder():
+    """vit_roberta's text model may be a BERT (same module layout): the offline MiniLM BERT loads with its real
+    weights and the text path equals transformers' BertModel pooler output on them."""
+    from transformers import BertModel
+
+    from vlpeft.data.tokenizer import resolve_tokenizer_path
+
+    bb = BACKBONES.build("vit_roberta", {"vit_model": "vit_small_w384_random", "lm_config": "",
+                                         "tokenizer": "bert-base-uncased"}).eval()
+    ref_model = BertModel.from_pretrained(resolve_tokenizer_path("bert-base-uncased"), local_files_only=True).eval()
+    ids = torch.tensor([[101, 2054, 3609, 2003, 1996, 4418, 102]])
+    b = {"text_ids": ids, "text_masks": torch.ones_like(ids), "image": torch.zeros(1, 3, 224, 224)}
+    with torch.no_grad():
+        out = bb(b, PLAN)["cls_feats"]
+        ref = ref_model(input_ids=ids, attention_mask=torch.ones_like(ids)).pooler_output
+    assert type(bb.plm.roberta).__name__ == "BertModel"
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+
+
 def test_roberta_visual_prefix():
     bb = _bb("test_vit_roberta", use_vis_prefix=True)
     b = _batch(pad_row=True)

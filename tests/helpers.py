@@ -66,6 +66,19 @@ def fixture_vl_bart(feat_dim: int = 8, d_model: int = 32, layers: int = 2, seed:
         def hidden_size(self) -> int:
             return d_model
 
+        def candidates(self):
+            from vlpeft.backbones._protocol import Candidates
+
+            return Candidates(count=2 * layers, skip=False)
+
+        def sites(self):
+            return []  # PET modules are the real backbones' business; this fixture runs with pet=none
+
+        def base_trainable(self, policy):
+            from vlpeft.backbones._protocol import policy_params
+
+            return policy_params(self, policy)
+
         def encoder_inputs(self, batch):
             text = self.model.get_input_embeddings()(batch["text_ids"])
             if "vis_feats" in batch:

@@ -16,6 +16,8 @@ from sacred import Experiment
 ex = Experiment("vlpeft", save_git_info=False)
 
 LOSS_KEYS = ("itm", "mlm", "mpp", "vqa", "nlvr2", "irtr", "gqa", "snli_ve")
+# tasks only generative backbones have (vlpeft.tasks.generative); accepted in loss_names, absent from the defaults
+GEN_LOSS_KEYS = ("caption",)
 
 
 def _loss_names(d: dict[str, float]) -> dict[str, float]:
@@ -362,9 +364,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(k for k in config if k not in ALL_KEYS and not k.startswith("_") and k != "seed")
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown} ({_closest(unknown[0])}); see README 'Config keys'")
-    bad_loss = sorted(set(config.get("loss_names", {})) - set(LOSS_KEYS))
+    bad_loss = sorted(set(config.get("loss_names", {})) - set(LOSS_KEYS) - set(GEN_LOSS_KEYS))
     if bad_loss:
-        raise ConfigError(f"unknown loss_names key(s) {bad_loss}; known: {list(LOSS_KEYS)}")
+        raise ConfigError(f"unknown loss_names key(s) {bad_loss}; known: {list(LOSS_KEYS + GEN_LOSS_KEYS)}")
     for k in BOOL_KEYS:
         if k in config and not isinstance(config[k], bool):
             raise ConfigError(f"{k}={config[k]!r} is not a boolean; write {k}=True or {k}=False (capitalised)")
@@ -401,12 +403,12 @@ def _check_axes(config: dict[str, Any]) -> None:
         bb = BACKBONES.get(axes.backbone)
         family = BACKBONES.get(bb.meta.get("family", axes.backbone))
         PRESETS.get(axes.pet)
-        from vlpeft.tasks._base import TASKS
+        from vlpeft.tasks._base import TASKS, task_for
         from vlpeft.tasks.heads import active_tasks
 
         caps = set(family.meta.get("capabilities", ()))
         for t in active_tasks(config["loss_names"]):
-            missing = sorted(TASKS.build(t).needs - caps) if t in TASKS else []
+            missing = sorted(task_for(t, caps).needs - caps) if t in TASKS else []
             if missing:
                 raise ConfigError(f"task {t} needs the backbone capability {missing} which backbone={axes.backbone} "
                                   f"lacks (it has {sorted(caps)}); choose another backbone or task")

@@ -281,8 +281,9 @@ class MultitaskLoader:
                 yield next(iters[task])
 
 
-class SequentialLoader:
-    """Evaluation over several tasks: each task's loader in turn (batches stay single-task)."""
+class EvalLoader:
+    """Evaluation over several tasks: every batch of every task once, single-task batches, the tasks taken in
+    turn (one batch each, exhausted tasks dropped) so that ``limit_val_batches`` still sees every task."""
 
     def __init__(self, loaders: Mapping[str, DataLoader]):
         self.loaders = dict(loaders)
@@ -291,8 +292,16 @@ class SequentialLoader:
         return sum(len(dl) for dl in self.loaders.values())
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for dl in self.loaders.values():
-            yield from dl
+        iters = [iter(dl) for dl in self.loaders.values()]
+        while iters:
+            alive = []
+            for it in iters:
+                try:
+                    yield next(it)
+                except StopIteration:
+                    continue
+                alive.append(it)
+            iters = alive
 
 
 class GenerativeDataModule(MTDataModule):
@@ -379,7 +388,7 @@ class GenerativeDataModule(MTDataModule):
         if len(self.dataset_keys) == 1:
             return self._loader(self._concat(split), shuffle=False, collate=self.eval_collate)
         self._ensure(split)
-        return SequentialLoader({DATASET_TASK[k]: self._task_loader(k, split, self.batch_size, False)
+        return EvalLoader({DATASET_TASK[k]: self._task_loader(k, split, self.batch_size, False)
                                  for k in self.dataset_keys})
 
     def val_dataloader(self):
@@ -410,4 +419,4 @@ def datamodule_for(config: Mapping[str, Any], capabilities: frozenset[str]) -> M
 
 __all__ = ["DATASET_TASK", "GEN_DATASETS", "GenCaptionDataset", "GenGQADataset", "GenNLVR2Dataset", "GenVQADataset",
            "GenerativeCollator", "GenerativeDataModule", "MULTITASK_BATCH_RATIO", "MultitaskLoader",
-           "SequentialLoader", "TASK_PROMPTS", "datamodule_for", "multitask_batch_size"]
+           "EvalLoader", "TASK_PROMPTS", "datamodule_for", "multitask_batch_size"]

@@ -80,6 +80,18 @@ TASKS.register("caption")(lambda: Task("caption", lambda *a, **k: {}, needs=froz
                                        generative=True))
 
 
+def task_for(name: str, capabilities: frozenset[str] | set[str] | tuple[str, ...],
+             generate_options: Mapping[str, int] | None = None) -> Task:
+    """Task ``name`` as a backbone with ``capabilities`` runs it: the generative variant when the backbone can
+    ``generate`` and not ``classify`` (and one exists), else the registered task."""
+    from vlpeft.tasks.generative import GEN_TASKS
+
+    caps = set(capabilities)
+    if "generate" in caps and "classify" not in caps and name in GEN_TASKS:
+        return GEN_TASKS.build(name).with_options(**(generate_options or {}))
+    return TASKS.build(name)
+
+
 def build_tasks(loss_names: Mapping[str, float], capabilities: frozenset[str], backbone_name: str,
                 generate_options: Mapping[str, int] | None = None) -> list[Task]:
     """The active tasks (gate >= 1); refuses one whose capability the backbone lacks, naming it.
@@ -87,13 +99,9 @@ def build_tasks(loss_names: Mapping[str, float], capabilities: frozenset[str], b
     A backbone that can ``generate`` and not ``classify`` (vl_bart, vl_t5, vit_gpt2) gets the generative variant
     of vqa / gqa / nlvr2 (``vlpeft.tasks.generative``); ``caption`` is generative only. ``generate_options``:
     ``num_beams`` / ``max_new_tokens`` for decoding (``generative.generation_options(config)``)."""
-    from vlpeft.tasks.generative import GEN_TASKS
     from vlpeft.tasks.heads import active_tasks
 
-    caps = set(capabilities)
-    generative = "generate" in caps and "classify" not in caps
-    tasks = [GEN_TASKS.build(t).with_options(**(generate_options or {})) if generative and t in GEN_TASKS
-             else TASKS.build(t) for t in active_tasks(loss_names)]
+    tasks = [task_for(t, capabilities, generate_options) for t in active_tasks(loss_names)]
     for t in tasks:
         missing = sorted(t.needs - set(capabilities))
         if missing:
@@ -117,4 +125,4 @@ def compute(tasks: list[Task], infer: Callable, heads, batch: Mapping[str, Any],
     return out
 
 
-__all__ = ["TASKS", "RetrievalTask", "Task", "build_tasks", "compute"]
+__all__ = ["TASKS", "RetrievalTask", "Task", "build_tasks", "compute", "task_for"]

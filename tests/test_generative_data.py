@@ -59,6 +59,18 @@ def test_vqa_batches_prefix_targets_pixels(root):
     assert decode(dm2, b2["text_ids"][0][b2["text_masks"][0].bool()]) == f"[CLS] {b2['text'][0].lower()} [SEP]"
 
 
+def test_truncation_as_the_originals(root):
+    dm = GenerativeDataModule(config(root, ["vqa"], max_text_len=40, gen_max_length=20))
+    long = " ".join(["word"] * 50)
+    b = dm.collate([{"task": "vqa", "text": long, "target_text": long}])
+    assert b["text_ids"].shape[1] == 20 and b["target_ids"].shape[1] == 10  # vqa: 20 question, 10 answer tokens
+    b = dm.collate([{"task": "nlvr2", "text": long, "target_text": long, "nlvr2_label": 1}])
+    assert b["text_ids"].shape[1] == 40 and b["target_ids"].shape[1] == 52  # max_text_len; targets not truncated
+    b = dm.collate([{"task": "caption", "text": "", "target_text": long}])
+    assert b["target_ids"].shape[1] == 20  # gen_max_length
+    assert decode(dm, b["target_ids"][0][-1:]) == "[SEP]"  # truncation keeps the closing special token
+
+
 def test_nlvr2_and_caption_batches(root):
     dm = GenerativeDataModule(config(root, ["nlvr2"]))
     batch = next(iter(dm.val_dataloader()))

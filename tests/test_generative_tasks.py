@@ -244,7 +244,8 @@ def test_caption_results_json(tmp_path):
     with pytest.raises(SubmissionError, match="1 expected image_ids missing"):
         write_caption_results([1], ["a"], tmp_path / "e.json", expected_ids=[1, 2])
     task = GEN_TASKS.build("caption")
-    rows = task.predictions({"caption_generated": ["a cat", "a dog"]}, {"image_id": [7, 42]})
+    rows = task.predictions({"caption_generated": ["a cat", "a dog"]},
+                            {"image_id": ["COCO_val2014_000000000007.jpg", 42]})  # Karpathy file name → COCO id
     written = write_test_dumps({"caption": rows, "nlvr2": [{"identifier": "dev-1-0-0", "prediction": "true",
                                                             "label": 1}]}, {}, tmp_path, "x")
     assert written["caption"].name == "caption_result_x.json"

@@ -4,14 +4,15 @@ What VL-Adapter's ``VL-T5/src/{vqa,gqa,nlvr,caption}_clip_data.py`` and ``multit
 files ``write_arrow`` writes:
 
 - **Input text** = task prefix + text, tokenised with the datamodule's tokenizer (config ``tokenizer``),
-  truncated to ``max_text_len``. Prefixes (``--use_tasks_prompts``, ``multitask.py``): ``"vqa: "``, ``"gpa: "``
+  truncated to 20 tokens for VQA / GQA (hard-coded in the originals), to ``max_text_len`` otherwise. Prefixes (``--use_tasks_prompts``, ``multitask.py``): ``"vqa: "``, ``"gpa: "``
   (sic: the originals' GQA prefix has this typo; models trained with it expect it), ``"nlvr: "``, ``"caption: "``
   (the caption input is the prefix alone). ``use_tasks_prompts=False`` drops them, as the originals.
 - **Targets** (``target_ids``, -100 padded, special tokens included as ``tokenizer.encode`` gives them):
   VQA / GQA — one answer drawn with probability proportional to its label score (``np.random.multinomial``
   in the originals; here a generator seeded by (seed, epoch, index), so reruns and workers agree); NLVR2 —
   ``"true"`` / ``"false"``; captions — the caption (train: one sample per caption; val / test: one sample per
-  image carrying every reference, no target), truncated to ``gen_max_length``.
+  image carrying every reference, no target). Truncation as the originals: VQA answers to 10 tokens, captions
+  to ``gen_max_length``, GQA / NLVR2 targets not at all.
 - **Visual input**: with ``visual_features`` set (VL-Adapter's ``.h5`` features; ``vlpeft.data.features``)
   the batch carries ``vis_feats`` (B, V, F) + ``vis_pos`` (B, V, 4) and no pixels; else the image pixels
   (``image`` / ``image_0`` + ``image_1``, as the classification collate pads them) for the backbone's own
@@ -47,6 +48,11 @@ DATASET_TASK: dict[str, str] = {"vqa": "vqa", "gqa": "gqa", "nlvr2": "nlvr2", "c
 MULTITASK_BATCH_RATIO: dict[str, tuple[int, int]] = {"vqa": (1, 1), "gqa": (100, 60), "nlvr2": (20, 60),
                                                      "caption": (50, 60)}
 SAMPLING = ("roundrobin", "balanced")
+# token limits the originals hard-code per task (None: no truncation); other tasks use max_text_len / gen_max_length
+# vqa/gqa_clip_data.py: encode(prompt + question, max_length=20); vqa: encode(answer, max_length=10); gqa and nlvr
+# targets are not truncated
+TEXT_MAX_LENGTH: dict[str, int] = {"vqa": 20, "gqa": 20}
+TARGET_MAX_LENGTH: dict[str, int | None] = {"vqa": 10, "gqa": None, "nlvr2": None}
 # per-sample fields the collate passes through as lists
 GEN_LIST_KEYS = ("text", "table_name", "image_key", "image_0_key", "image_1_key", "qid", "vqa_answer",
                  "vqa_scores", "gqa_answer", "gqa_scores", "references", "image_id", "identifier", "target_text")
@@ -198,13 +204,14 @@ class GenerativeCollator:
         batch: dict[str, Any] = {"task": task}
         prompt = self.prompts.get(task, "")
         enc = self.tokenizer([f"{prompt}{it.get('text', '')}" for it in items], padding="longest", truncation=True,
-                             max_length=self.max_text_len, return_tensors="pt")
+                             max_length=TEXT_MAX_LENGTH.get(task, self.max_text_len), return_tensors="pt")
         batch["text_ids"], batch["text_masks"] = enc["input_ids"].long(), enc["attention_mask"].long()
 
         has_target = [it.get("target_text") is not None for it in items]
         if any(has_target):
-            ids = self.tokenizer([str(it.get("target_text") or "") for it in items], truncation=True,
-                                 max_length=self.gen_max_length)["input_ids"]
+            limit = TARGET_MAX_LENGTH.get(task, self.gen_max_length)
+            ids = self.tokenizer([str(it.get("target_text") or "") for it in items], truncation=limit is not None,
+                                 max_length=limit)["input_ids"]
             batch["target_ids"] = pad_targets([s if keep else [] for s, keep in zip(ids, has_target)])
 
         if "vis_feats" in first:

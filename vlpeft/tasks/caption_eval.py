@@ -7,7 +7,9 @@
   tokens dropped) runs a ``java`` subprocess. Where no ``java`` is on the PATH we use :func:`ptb_tokenize`, a
   Python tokenizer that follows the same rules on caption text (lower-casing, splitting off punctuation and
   clitics such as ``n't`` / ``'s``, then dropping the package's ``PUNCTUATIONS``); a test checks it against the
-  Java tokenizer on the fixture captions. ``tokenizer="ptb"`` forces Java, ``"python"`` the fallback.
+  Java tokenizer on the fixture captions. It differs on exotic Unicode symbols the Java lexer drops or rewrites
+  (``〜``, ``¾`` → ``3/4``), never on plain English captions. ``tokenizer="ptb"`` forces Java, ``"python"`` the
+  fallback.
 - METEOR needs ``java`` too (``meteor-1.5.jar``): without it the ``meteor`` key is absent, never a made-up 0.
 - CIDEr is pycocoevalcap's ``Cider``, which is CIDEr-D (σ = 6 length penalty, clipped counts, ×10), with the
   document frequencies computed over the evaluated references, as coco-caption does.
@@ -40,6 +42,7 @@ _TOKEN = re.compile(r"""
       \d+(?:[.,]\d+)+               # numbers with separators
     | \.\.\.                        # ellipsis
     | --                            # dash
+    | \#+|\*+|=+                   # runs of one symbol stay one token ("##")
     | \w+(?:[-/]\w+)+               # hyphenated / slashed words
     | \w+(?=n't\b)                  # "do" of "don't"
     | n't\b
@@ -131,9 +134,14 @@ def _close_meteor(scorer) -> None:
     proc = getattr(scorer, "meteor_p", None)
     if proc is None:
         return
-    with scorer.lock:
+    # never block on the package's lock: its compute_score leaves it held when it raises (no try/finally)
+    held = scorer.lock.acquire(blocking=False)
+    try:
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
         proc.kill()
         proc.wait()  # the package's __del__ later closes and kills again: both are no-ops then
+    finally:
+        if held:
+            scorer.lock.release()

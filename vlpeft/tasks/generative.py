@@ -27,6 +27,7 @@ number for a submission).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
@@ -61,6 +62,16 @@ def soft_scores(generated: Sequence[str], answers: Sequence[Sequence[str]],
 def nlvr2_predictions(generated: Sequence[str]) -> list[int]:
     """"true" → 1, "false" → 0 (after normalisation), anything else → -1 (never equals a label)."""
     return [NLVR2_WORDS.get(normalize_word(str(g).strip()), -1) for g in generated]
+
+
+_COCO_NAME = re.compile(r"^COCO_[a-z]+\d{4}_(\d+)(?:\.\w+)?$")
+
+
+def coco_image_id(image_id: Any) -> Any:
+    """The id a COCO results file uses: ``COCO_val2014_000000391895.jpg`` (Karpathy arrow files keep the file
+    name) → ``391895`` (int, what ``pycocotools.COCO.loadRes`` matches); other ids unchanged."""
+    m = _COCO_NAME.match(str(image_id)) if isinstance(image_id, str) else None
+    return int(m.group(1)) if m else image_id
 
 
 # ---------------------------------------------------------------------------------------------- compute
@@ -124,7 +135,7 @@ class GenerativeTask(Task):
 
     def predictions(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> list[dict]:
         """Rows for the test dumps: vqa ``{question_id, answer}``, gqa ``{questionId, answer}``, nlvr2
-        ``{identifier | image_key, prediction, label}``, caption ``{image_id, caption}``."""
+        ``{identifier | image_key, prediction, label}``, caption ``{image_id, caption}`` (COCO ids as ints)."""
         gen = out.get(f"{self.name}_generated")
         if gen is None:  # another task's batch in a multi-task run
             return []
@@ -133,7 +144,7 @@ class GenerativeTask(Task):
         if self.name == "gqa":
             return [{"questionId": str(q), "answer": a} for q, a in zip(batch["qid"], gen)]
         if self.name == "caption":
-            return [{"image_id": i, "caption": c} for i, c in zip(batch["image_id"], gen)]
+            return [{"image_id": coco_image_id(i), "caption": c} for i, c in zip(batch["image_id"], gen)]
         rows = []
         labels = out.get("nlvr2_labels")
         for i, g in enumerate(gen):
@@ -184,5 +195,5 @@ def generation_options(config: Mapping[str, Any]) -> dict[str, int]:
             "max_new_tokens": int(config.get("gen_max_length", 20) or 20)}
 
 
-__all__ = ["GENERATIVE_KEYS", "GEN_TASKS", "GEN_TASK_NAMES", "GenerativeTask", "generation_options", "nlvr2_predictions",
+__all__ = ["GENERATIVE_KEYS", "GEN_TASKS", "GEN_TASK_NAMES", "GenerativeTask", "coco_image_id", "generation_options", "nlvr2_predictions",
            "soft_scores"]

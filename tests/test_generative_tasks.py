@@ -122,6 +122,8 @@ def test_build_tasks_picks_generative_variants():
     assert not vqa.generative and vqa.heads == ("vqa_classifier",)
     with pytest.raises(ValueError, match=r"caption needs the backbone capability \['generate'\].*backbone=vilt"):
         build_tasks({"caption": 1}, frozenset({"classify"}), "vilt")
+    both = build_tasks({"vqa": 1, "caption": 1}, frozenset({"classify", "generate"}), "x")
+    assert [type(t).__name__ for t in both] == ["Task", "GenerativeTask"]  # caption is generative only
     with pytest.raises(ValueError, match="generation options must be >= 1"):
         GEN_TASKS.build("vqa").with_options(num_beams=0)
     # generative tasks build no classifier head

@@ -83,13 +83,15 @@ TASKS.register("caption")(lambda: Task("caption", lambda *a, **k: {}, needs=froz
 def task_for(name: str, capabilities: frozenset[str] | set[str] | tuple[str, ...],
              generate_options: Mapping[str, int] | None = None) -> Task:
     """Task ``name`` as a backbone with ``capabilities`` runs it: the generative variant when the backbone can
-    ``generate`` and not ``classify`` (and one exists), else the registered task."""
+    ``generate`` and not ``classify`` (or the task exists only as generation), else the registered task."""
     from vlpeft.tasks.generative import GEN_TASKS
 
     caps = set(capabilities)
-    if "generate" in caps and "classify" not in caps and name in GEN_TASKS:
+    task = TASKS.build(name)
+    # caption has no classifying form: a backbone that can generate always runs the generative one
+    if "generate" in caps and name in GEN_TASKS and ("classify" not in caps or task.generative):
         return GEN_TASKS.build(name).with_options(**(generate_options or {}))
-    return TASKS.build(name)
+    return task
 
 
 def build_tasks(loss_names: Mapping[str, float], capabilities: frozenset[str], backbone_name: str,

@@ -368,8 +368,10 @@ class GenerativeDataModule(MTDataModule):
     def _task_loader(self, key: str, split: str, batch_size: int, train: bool) -> DataLoader:
         ds = self.datasets[split][key]
         gen = torch.Generator().manual_seed(self.seed)
-        if train and dist.is_available() and dist.is_initialized():
-            sampler = DistributedSampler(ds, shuffle=True, seed=self.seed)
+        # Lightning shards DataLoaders, not these custom iterables: each rank takes its share here (evaluation
+        # pads with repeats, which the caption metric and the dumps de-duplicate by id)
+        if dist.is_available() and dist.is_initialized():
+            sampler = DistributedSampler(ds, shuffle=train, seed=self.seed)
         elif train:
             sampler = EpochRandomSampler(ds, self.seed, gen)
         else:

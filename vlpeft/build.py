@@ -20,6 +20,7 @@ from vlpeft.pet.trainable import apply_trainable
 from vlpeft.search import SearchStrategy, build_search
 from vlpeft.search.placement import Placement, validate_skip
 from vlpeft.tasks._base import Task, build_tasks
+from vlpeft.tasks.generative import generation_options
 from vlpeft.tasks.heads import build_heads
 
 
@@ -71,7 +72,7 @@ def assemble(config: Mapping[str, Any], placement: Placement | None = None) -> A
     axes = resolve_axes(dict(config))
     searching = bool(axes.search)
     backbone = BACKBONES.build(axes.backbone, config)
-    tasks = build_tasks(config["loss_names"], backbone.capabilities, axes.backbone)
+    tasks = build_tasks(config["loss_names"], backbone.capabilities, axes.backbone, generation_options(config))
     if not tasks:
         raise ConfigError("no active task: set loss_names, e.g. with task_finetune_vqa_randaug or a dvp_* config")
     search = build_search(axes.search, dict(config), backbone.candidates()) if searching else None
@@ -84,7 +85,8 @@ def assemble(config: Mapping[str, Any], placement: Placement | None = None) -> A
     else:  # the search decides insert_layer (0 is a placeholder it replaces at every forward)
         plan = backbone.check_plan(LayerPlan.of(config["skip_module"], 0))
     report, policy = _inject(backbone, config, None if searching else plan)
-    heads = build_heads(config, backbone.hidden_size, backbone.cls_dim)
+    heads = build_heads(config, backbone.hidden_size, backbone.cls_dim,
+                        only=[t.name for t in tasks if not t.generative])
     return Assembly(backbone, report, policy, tasks, heads, search, plan)
 
 

@@ -15,7 +15,9 @@ from sacred import Experiment
 
 ex = Experiment("vlpeft", save_git_info=False)
 
-LOSS_KEYS = ("itm", "mlm", "mpp", "vqa", "nlvr2", "irtr", "gqa", "snli_ve")
+# caption: COCO captioning, generative backbones only (vlpeft.tasks.generative); listed so that sacred accepts
+# loss_names={"caption": 1} on the command line (it refuses keys a config dict does not have)
+LOSS_KEYS = ("itm", "mlm", "mpp", "vqa", "nlvr2", "irtr", "gqa", "snli_ve", "caption")
 
 
 def _loss_names(d: dict[str, float]) -> dict[str, float]:
@@ -126,13 +128,14 @@ NEW_KEYS: dict[str, Any] = {
 
 
 def registry_keys() -> dict[str, Any]:
-    """Every key a registered backbone, PET preset or search reads, with its default."""
+    """Every key a registered backbone, PET preset, search or generative task reads, with its default."""
     from vlpeft.backbones import BACKBONES
     from vlpeft.pet import PRESETS
     from vlpeft.search import SEARCHES
+    from vlpeft.tasks.generative import GEN_TASKS
 
     out: dict[str, Any] = {}
-    for reg in (BACKBONES, PRESETS, SEARCHES):
+    for reg in (BACKBONES, PRESETS, SEARCHES, GEN_TASKS):
         out.update(reg.config_keys())
     return out
 
@@ -411,12 +414,12 @@ def _check_axes(config: dict[str, Any]) -> None:
         bb = BACKBONES.get(axes.backbone)
         family = BACKBONES.get(bb.meta.get("family", axes.backbone))
         PRESETS.get(axes.pet)
-        from vlpeft.tasks._base import TASKS
+        from vlpeft.tasks._base import TASKS, task_for
         from vlpeft.tasks.heads import active_tasks
 
         caps = set(family.meta.get("capabilities", ()))
         for t in active_tasks(config["loss_names"]):
-            missing = sorted(TASKS.build(t).needs - caps) if t in TASKS else []
+            missing = sorted(task_for(t, caps).needs - caps) if t in TASKS else []
             if missing:
                 raise ConfigError(f"task {t} needs the backbone capability {missing} which backbone={axes.backbone} "
                                   f"lacks (it has {sorted(caps)}); choose another backbone or task")

@@ -34,7 +34,7 @@ class VLPeftModule(pl.LightningModule):
         self.backbone, self.heads, self.search = a.backbone, a.heads, a.search
         self.tasks, self.pet_report, self.base_plan, self.policy = a.tasks, a.report, a.base_plan, a.policy
         self.train_metrics, self.val_metrics, self.test_metrics = (
-            tm.TaskMetrics([t.name for t in self.tasks], prefix=p) for p in ("train", "val", "test"))
+            tm.TaskMetrics(self.tasks, prefix=p) for p in ("train", "val", "test"))  # objects: generative metrics
         if self.search is not None:
             self.search.ddp_ignore(self)  # host-side state, identical on every rank by construction
         self._search_iter: Iterator | None = None

@@ -166,9 +166,15 @@ def run(config: dict[str, Any]) -> RunResult:
 
 
 def _datamodule(config: dict[str, Any]):
-    from vlpeft.data.datamodule import MTDataModule
+    """``MTDataModule``, or the generative one (prefixes, targets, .h5 features, multi-task schedule) for a
+    backbone registered with the ``generate`` capability and without ``classify``."""
+    from vlpeft.backbones import BACKBONES
+    from vlpeft.config import resolve_axes
+    from vlpeft.data.generative import datamodule_for
 
-    return MTDataModule(config)
+    entry = BACKBONES.get(resolve_axes(config).backbone)
+    family = BACKBONES.get(entry.meta.get("family", entry.name))
+    return datamodule_for(config, frozenset(family.meta.get("capabilities", ("classify",))))
 
 
 def _build_module(config: dict[str, Any], placement: Placement | None, *, fresh_heads: bool):

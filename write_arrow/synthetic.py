@@ -217,17 +217,23 @@ def captions(scene: Scene, rng: random.Random, n: int = 5) -> list[str]:
     return out
 
 
-def _caption_items(rng: random.Random, n: int, split: str, px: int) -> list[dict[str, Any]]:
+def _caption_items(rng: random.Random, n: int, split: str, px: int, coco: bool = False) -> list[dict[str, Any]]:
     items = []
     for k in range(n):
         scene = sample_scene(rng)
-        items.append({"image": draw(scene, rng, px), "caption": captions(scene, rng),
-                      "image_id": f"synthetic_{split}_{k:06d}.jpg", "split": split})
+        # COCO Karpathy files name images as COCO does (the id VL-Adapter's caption features are keyed by)
+        name = (f"COCO_{'train' if split in ('train', 'restval') else 'val'}2014_{_COCO_FIRST[split] + k:012d}.jpg"
+                if coco else f"synthetic_{split}_{k:06d}.jpg")
+        items.append({"image": draw(scene, rng, px), "caption": captions(scene, rng), "image_id": name,
+                      "split": split})
     return items
 
 
+_COCO_FIRST = {"train": 100_000, "restval": 200_000, "val": 300_000, "test": 400_000}
+
+
 # --------------------------------------------------------------------------------------------- write
-VARIANTS = ("vqa", "nlvr2", "captions")
+VARIANTS = ("vqa", "nlvr2", "captions", "coco_captions")
 
 
 def write_synthetic(dst: str | Path, *, seed: int = 0, images: int = 400, image_px: int = 96,
@@ -235,7 +241,8 @@ def write_synthetic(dst: str | Path, *, seed: int = 0, images: int = 400, image_
     """Write the synthetic dataset under ``dst``; ``images`` = number of VQA training images.
 
     Sizes: VQA val = images/4 (half of it rest_val), test-dev = test = images/8; NLVR2 train = images/2 pairs,
-    dev = test1 = images/8; captions train = images/2, val = test = images/8 (each at least 4).
+    dev = test1 = images/8; captions (F30K and COCO Karpathy names) train = images/2, val = test (= COCO restval)
+    = images/8 (each at least 4).
     """
     unknown = set(variants) - set(VARIANTS)
     if unknown:
@@ -272,4 +279,8 @@ def write_synthetic(dst: str | Path, *, seed: int = 0, images: int = 400, image_
         for split, n in (("train", max(4, images // 2)), ("val", small), ("test", small)):
             put(f"f30k_caption_karpathy_{split}", CAPTION_SCHEMA,
                 _caption_items(rng(f"f30k_{split}"), n, split, image_px))
+    if "coco_captions" in variants:  # COCO captioning (generative backbones' caption task)
+        for split, n in (("train", max(4, images // 2)), ("restval", small), ("val", small), ("test", small)):
+            put(f"coco_caption_karpathy_{split}", CAPTION_SCHEMA,
+                _caption_items(rng(f"coco_{split}"), n, split, image_px, coco=True))
     return written

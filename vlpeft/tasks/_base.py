@@ -75,13 +75,35 @@ for _task in (Task("vqa", obj.compute_vqa), Task("gqa", obj.compute_gqa), Task("
               Task("nlvr2", obj.compute_nlvr2, needs=frozenset({"classify", "pair_images"}), single_pass=False),
               RetrievalTask("irtr", obj.compute_irtr, needs=frozenset({"score_pairs"}), single_pass=False)):
     TASKS.register(_task.name)(lambda t=_task: t)
+# captioning exists only as generation: on a classifying backbone it is refused for lacking "generate"
+TASKS.register("caption")(lambda: Task("caption", lambda *a, **k: {}, needs=frozenset({"generate"}),
+                                       generative=True))
 
 
-def build_tasks(loss_names: Mapping[str, float], capabilities: frozenset[str], backbone_name: str) -> list[Task]:
-    """The active tasks (gate >= 1); refuses one whose capability the backbone lacks, naming it."""
+def task_for(name: str, capabilities: frozenset[str] | set[str] | tuple[str, ...],
+             generate_options: Mapping[str, int] | None = None) -> Task:
+    """Task ``name`` as a backbone with ``capabilities`` runs it: the generative variant when the backbone can
+    ``generate`` and not ``classify`` (or the task exists only as generation), else the registered task."""
+    from vlpeft.tasks.generative import GEN_TASKS
+
+    caps = set(capabilities)
+    task = TASKS.build(name)
+    # caption has no classifying form: a backbone that can generate always runs the generative one
+    if "generate" in caps and name in GEN_TASKS and ("classify" not in caps or task.generative):
+        return GEN_TASKS.build(name).with_options(**(generate_options or {}))
+    return task
+
+
+def build_tasks(loss_names: Mapping[str, float], capabilities: frozenset[str], backbone_name: str,
+                generate_options: Mapping[str, int] | None = None) -> list[Task]:
+    """The active tasks (gate >= 1); refuses one whose capability the backbone lacks, naming it.
+
+    A backbone that can ``generate`` and not ``classify`` (vl_bart, vl_t5, vit_gpt2) gets the generative variant
+    of vqa / gqa / nlvr2 (``vlpeft.tasks.generative``); ``caption`` is generative only. ``generate_options``:
+    ``num_beams`` / ``max_new_tokens`` for decoding (``generative.generation_options(config)``)."""
     from vlpeft.tasks.heads import active_tasks
 
-    tasks = [TASKS.build(t) for t in active_tasks(loss_names)]
+    tasks = [task_for(t, capabilities, generate_options) for t in active_tasks(loss_names)]
     for t in tasks:
         missing = sorted(t.needs - set(capabilities))
         if missing:
@@ -106,4 +128,4 @@ def compute(tasks: list[Task], infer: Callable, heads, batch: Mapping[str, Any],
     return out
 
 
-__all__ = ["TASKS", "RetrievalTask", "Task", "build_tasks", "compute"]
+__all__ = ["TASKS", "RetrievalTask", "Task", "build_tasks", "compute", "task_for"]

@@ -1,4 +1,6 @@
-"""Test-only prediction files: the VQA EvalAI submission, GQA and SNLI-VE prediction lists.
+"""Test-only prediction files: the VQA EvalAI submission, GQA and SNLI-VE prediction lists, the COCO caption
+results (``caption_result_<name>.json``). VQA / GQA rows carry a class id (``pred``, classifiers) or the
+generated string (``answer``, generative tasks).
 
 Fix of the originals (per-rank files in the CWD, a glob that merged stale files, duplicates from
 DistributedSampler padding, non-atomic writes): predictions are gathered in memory, de-duplicated by
@@ -158,13 +160,27 @@ def _sort_key(k: Any) -> tuple[int, Any]:
         return (1, str(k))
 
 
+def write_caption_results(image_ids: Sequence[Any], captions: Sequence[str], path: str | os.PathLike,
+                          expected_ids: Iterable[Hashable] | None = None) -> Path:
+    """The COCO caption results file: ``[{"image_id": ..., "caption": str}]`` sorted by image id (what
+    ``pycocotools.COCO.loadRes`` and the COCO caption server read). Ids keep their type (COCO: int, Karpathy
+    file names: str); duplicates (sampler padding) must agree; written atomically."""
+    if len(image_ids) != len(captions):
+        raise SubmissionError(f"{len(image_ids)} image ids but {len(captions)} captions")
+    by_id = _dedupe(((i, str(c)) for i, c in zip(image_ids, captions)), "image_id")
+    _check_expected(by_id, expected_ids, "image_id")
+    rows = [{"image_id": i, "caption": by_id[i]} for i in sorted(by_id, key=_sort_key)]
+    return write_json_atomic(path, rows, indent=4)
+
+
 def write_test_dumps(rows_by_task: Mapping[str, Sequence[Mapping[str, Any]]],
                      id2answer: Mapping[str, Mapping[int, str] | Sequence[str]],
                      out_dir: str | os.PathLike, name: str,
                      expected_qids: Mapping[str, Iterable[Hashable]] | None = None,
                      vqa_fill_question_ids: Iterable[int] | None = None, vqa_fill: str = "yes") -> dict[str, Path]:
     """Write every test dump a run produces: ``vqa_submit_<name>.json`` (VQAv2 server format),
-    ``gqa_predict_<name>.json`` and ``<task>_predict_<name>.json`` for the classification tasks.
+    ``gqa_predict_<name>.json``, ``caption_result_<name>.json`` (COCO results format) and
+    ``<task>_predict_<name>.json`` for the other tasks (generative NLVR2 rows keep their generated ``prediction``).
 
     ``rows_by_task`` are the (already gathered) rows of ``metrics.predictions``; ``id2answer`` maps a task
     to its label vocabulary.
@@ -175,22 +191,34 @@ def write_test_dumps(rows_by_task: Mapping[str, Sequence[Mapping[str, Any]]],
     for task, rows in rows_by_task.items():
         if not rows:
             continue
-        if task == "vqa":
+        if task == "caption":
+            written[task] = write_caption_results([r["image_id"] for r in rows], [r["caption"] for r in rows],
+                                                  out_dir / f"caption_result_{name}.json",
+                                                  expected_ids=expected_qids.get("caption"))
+        elif task == "vqa":
             qids = [r["question_id"] for r in rows]
-            preds = answers_from_ids([r["pred"] for r in rows], id2answer.get("vqa", ()))
+            preds = _answers(rows, id2answer.get("vqa", ()))
             written[task] = write_vqa_submission(qids, preds, out_dir / f"vqa_submit_{name}.json",
                                                  expected_qids=expected_qids.get("vqa"),
                                                  fill_question_ids=vqa_fill_question_ids, fill=vqa_fill)
         elif task == "gqa":
             qids = [r["questionId"] for r in rows]
-            preds = answers_from_ids([r["pred"] for r in rows], id2answer.get("gqa", ()))
+            preds = _answers(rows, id2answer.get("gqa", ()))
             written[task] = write_gqa_predictions(qids, preds, out_dir / f"gqa_predict_{name}.json",
                                                   expected_qids=expected_qids.get("gqa"))
         else:
             vocab = id2answer.get(task)
-            rows = [dict(r, prediction=answers_from_ids([r["pred"]], vocab)[0]) if vocab else dict(r) for r in rows]
+            rows = [dict(r, prediction=answers_from_ids([r["pred"]], vocab)[0]) if vocab and "pred" in r else dict(r)
+                    for r in rows]
             written[task] = write_predictions(rows, out_dir / f"{task}_predict_{name}.json")
     return written
+
+
+def _answers(rows: Sequence[Mapping[str, Any]], vocab: Mapping[int, str] | Sequence[str]) -> list[str]:
+    """Answer strings of prediction rows: generated (``answer``) as they are, class ids (``pred``) via ``vocab``."""
+    if all("answer" in r for r in rows):
+        return [str(r["answer"]) for r in rows]
+    return answers_from_ids([r["pred"] for r in rows], vocab)
 
 
 def write_run_dumps(parts: Sequence[Mapping[str, list[dict]]], datamodule: Any, config: Mapping[str, Any],
@@ -211,7 +239,9 @@ def write_run_dumps(parts: Sequence[Mapping[str, list[dict]]], datamodule: Any, 
 
         data = json.loads(Path(config["vqa_fill_questions"]).read_text())
         fill_ids = [int(q["question_id"]) for q in (data["questions"] if isinstance(data, dict) else data)]
-    vocab = {t: datamodule.id2answer(t) for t in merged if t in ("vqa", "gqa")}
+    # class-id rows need the answer vocabulary; generated answers are strings already
+    vocab = {t: datamodule.id2answer(t) for t, rows in merged.items()
+             if t in ("vqa", "gqa") and any("pred" in r for r in rows)}
     written = write_test_dumps(merged, vocab, config["_dump_dir"], config["_dump_name"],
                                vqa_fill_question_ids=fill_ids, vqa_fill=config.get("vqa_fill_answer", "yes"))
     for task, path in written.items():

@@ -6,7 +6,7 @@ The heads live in one ``nn.ModuleDict`` keyed by those names, so an original che
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ TASK_HEADS: dict[str, tuple[str, ...]] = {
     "snli_ve": ("snli_ve_classifier",),
     "nlvr2": ("nlvr2_classifier",),
     "irtr": ("itm_score", "rank_output"),
+    "caption": (),  # generative only: the backbone's LM head (vlpeft.tasks.generative)
 }
 # the heads the optimiser gives lr × lr_mult (the originals' rule: the classifiers, not rank_output)
 LR_MULT_HEADS: tuple[str, ...] = ("vqa_classifier", "nlvr2_classifier", "gqa_classifier", "snli_ve_classifier")
@@ -67,10 +68,12 @@ def _positive_int(config: Mapping[str, Any], key: str, default: int | None = Non
     return int(value)
 
 
-def build_heads(config: Mapping[str, Any], hidden_size: int, in_dim: int | None = None) -> nn.ModuleDict:
+def build_heads(config: Mapping[str, Any], hidden_size: int, in_dim: int | None = None,
+                only: Sequence[str] | None = None) -> nn.ModuleDict:
     """Heads for the active tasks of ``config["loss_names"]``, reading widths from ``hidden_size``.
 
     ``config["head_hidden"]`` (0 / missing = 2·hidden) sets the classifier's inner width; DVP-LLaMA uses 512.
+    ``only``: the tasks to build heads for (``build.assemble`` passes the non-generative ones); None = all.
     All heads get ``init_weights`` (DVP-LLaMA's original left GQA/SNLI-VE heads at PyTorch's default init;
     we initialise every head the same way).
     """
@@ -81,6 +84,8 @@ def build_heads(config: Mapping[str, Any], hidden_size: int, in_dim: int | None 
     if "loss_names" not in config:
         raise KeyError("build_heads needs config['loss_names'] (a dict task -> gate, e.g. {'vqa': 1})")
     tasks = active_tasks(config["loss_names"])
+    if only is not None:  # generative tasks answer with the backbone's LM head: no classifier for them
+        tasks = [t for t in tasks if t in set(only)]
     heads = nn.ModuleDict()
     for task in tasks:
         if task == "vqa":

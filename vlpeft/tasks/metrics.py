@@ -132,7 +132,55 @@ def the_metric(task_scores: Mapping[str, Any]) -> float:
         total += v if v is not None else 0.0
     if get("ir_r1") is not None and get("tr_r1") is not None:
         total += get("ir_r1") + get("tr_r1")
+    v = get("caption_cider")
+    total += v if v is not None else 0.0
     return total
+
+
+class Scores(_SumCount):
+    """Mean of per-sample scores computed on the host (generated answers); NaN entries are not counted."""
+
+    def update(self, scores: torch.Tensor) -> None:
+        s = torch.as_tensor(scores, dtype=torch.float64).detach().reshape(-1).to(self.total.device)
+        keep = ~torch.isnan(s)
+        self.total += s[keep].sum()
+        self.count += keep.sum()
+
+
+class CaptionScores(nn.Module):
+    """Corpus caption metrics of a split: generated captions and references collected per image id, gathered
+    from every rank at ``compute`` (``all_gather_object``), scored with pycocoevalcap
+    (``caption_eval.caption_scores``): ``{"cider", "bleu4", "rouge_l"[, "meteor"]}``; ``{}`` when nothing was seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows: list[tuple[Any, str, list[str]]] = []
+
+    def update(self, image_ids: Sequence[Any], generated: Sequence[str], references: Sequence[Sequence[str]]) -> None:
+        if not len(image_ids) == len(generated) == len(references):
+            raise ValueError(f"CaptionScores: {len(image_ids)} image ids, {len(generated)} captions, "
+                             f"{len(references)} reference lists")
+        self.rows.extend((i, str(g), [str(r) for r in refs]) for i, g, refs in zip(image_ids, generated, references))
+
+    def compute(self) -> dict[str, float]:
+        from vlpeft.tasks.caption_eval import caption_scores
+        from vlpeft.tasks.dumps import gather_predictions
+
+        rows = gather_predictions(self.rows)
+        if not rows:
+            return {}
+        refs, preds = {}, {}
+        for i, g, r in rows:  # the same image twice (sampler padding) keeps its first prediction
+            if i not in preds:
+                preds[i], refs[i] = g, r
+        return caption_scores(refs, preds)
+
+
+def _task_name(t: Any) -> str:
+    return t if isinstance(t, str) else t.name
 
 
 class TaskMetrics(nn.Module):
@@ -140,15 +188,32 @@ class TaskMetrics(nn.Module):
 
     Keys: ``vqa_score, vqa_loss``; ``gqa_accuracy, gqa_loss``; for nlvr2 / snli_ve ``<t>_accuracy, <t>_loss`` and
     ``<t>_dev_accuracy`` / ``<t>_test_accuracy`` over samples whose ``table_name`` contains "dev" / "test";
-    ``irtr_loss, irtr_accuracy`` (positive caption ranked first).
+    ``irtr_loss, irtr_accuracy`` (positive caption ranked first). Generative tasks (``Task`` objects with
+    ``generative=True``; pass the task objects, not names) have the same keys from their decoded answers, filled
+    only in phases that decode (validation, test), plus ``caption_loss`` and ``caption_{cider, bleu4, rouge_l,
+    meteor}``; a multi-task batch updates only its own task.
     """
 
-    def __init__(self, tasks: Sequence[str], prefix: str = ""):
+    def __init__(self, tasks: Sequence[Any], prefix: str = ""):
         super().__init__()
-        self.tasks, self.prefix = list(tasks), prefix
-        m: dict[str, Metric] = {}
+        self.tasks, self.prefix = [_task_name(t) for t in tasks], prefix
+        self.generative = {_task_name(t) for t in tasks if getattr(t, "generative", False)}
+        m: dict[str, Any] = {}
         for t in self.tasks:
             m[f"{t}_loss"] = Scalar()
+            if t in self.generative:
+                if t == "vqa":
+                    m["vqa_score"] = Scores()
+                elif t == "gqa":
+                    m["gqa_accuracy"] = Scores()
+                elif t == "nlvr2":
+                    for name in ("nlvr2_accuracy", "nlvr2_dev_accuracy", "nlvr2_test_accuracy"):
+                        m[name] = Scores()
+                elif t == "caption":
+                    m["caption"] = CaptionScores()
+                else:
+                    raise ValueError(f"TaskMetrics: no metrics defined for generative task {t!r}")
+                continue
             if t == "vqa":
                 m["vqa_score"] = VQAScore()
             elif t in ("gqa", "irtr"):
@@ -160,8 +225,31 @@ class TaskMetrics(nn.Module):
                 raise ValueError(f"TaskMetrics: no metrics defined for task {t!r}")
         self.metrics = nn.ModuleDict(m)
 
+    def _update_generative(self, t: str, out: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
+        if f"{t}_loss" in out:
+            self.metrics[f"{t}_loss"].update(out[f"{t}_loss"])
+        if f"{t}_generated" not in out:
+            return  # training step, or another task's batch
+        if t in ("vqa", "gqa") and f"{t}_gen_scores" in out:
+            self.metrics["vqa_score" if t == "vqa" else "gqa_accuracy"].update(out[f"{t}_gen_scores"])
+        elif t == "nlvr2" and "nlvr2_labels" in out:
+            correct = (out["nlvr2_pred"] == out["nlvr2_labels"]).double()
+            self.metrics["nlvr2_accuracy"].update(correct)
+            names = list(batch.get("table_name") or [])
+            for split in ("dev", "test"):
+                sel = torch.tensor([split in n for n in names], dtype=torch.bool)
+                if bool(sel.any()):
+                    self.metrics[f"nlvr2_{split}_accuracy"].update(correct[sel])
+        elif t == "caption" and "references" in batch:
+            self.metrics["caption"].update(batch["image_id"], out["caption_generated"], batch["references"])
+
     def update(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
+        own = batch.get("task") if isinstance(batch, Mapping) else None
         for t in self.tasks:
+            if t in self.generative:
+                if not own or own == t or len(self.tasks) == 1:
+                    self._update_generative(t, out, batch)
+                continue
             if t == "vqa":
                 annotated = batch.get("vqa_has_answers")
                 if annotated is None or any(annotated):  # a batch without annotations has no loss to report
@@ -185,8 +273,12 @@ class TaskMetrics(nn.Module):
             # "compute called before update" is expected for split metrics a phase never fills
             warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
             for name, metric in self.metrics.items():
-                v = float(metric.compute())
+                result = metric.compute()
                 metric.reset()
+                if isinstance(result, Mapping):  # corpus metrics of one task (captioning): caption_<metric>
+                    values.update({f"{name}_{k}": float(v) for k, v in result.items()})
+                    continue
+                v = float(result)
                 if not math.isnan(v):
                     values[name] = v
         return values

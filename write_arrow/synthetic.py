@@ -3,13 +3,16 @@
 Every image is a 3×3 grid of cells, each empty or holding one shape (circle / square / triangle) in one of five
 colours. The number of each shape is drawn uniformly from 0–3 and colours uniformly, and each question template
 is only asked under conditions that do not depend on its answer, so **given the question text the answer is
-(near-)uniform**: a text-only model is at chance, the image is needed. Three variants:
+(near-)uniform**: a text-only model is at chance, the image is needed. Variants:
 
 * VQA — ``vqav2_{train,val,trainable_val,rest_val,test-dev,test}.arrow`` + ``vqav2_label_vocab.json``
   (colour / shape / count / position / yes-no questions; test splits without answers, as the real ones);
 * NLVR2 — ``nlvr2_{train,dev,test1}.arrow``: image pairs with true/false statements (label drawn first, then
   the pair rejection-sampled, so each statement is 50/50);
-* captions — ``f30k_caption_karpathy_{train,val,test}.arrow``: five generated captions per image, for retrieval.
+* GQA — ``gqa_{train,val,test-dev}.arrow`` + ``gqa_label_vocab.json``: the same kind of questions in GQA's layout
+  (string ids, one answer), for the generative four-task mixture;
+* captions — ``f30k_caption_karpathy_{train,val,test}.arrow``: five generated captions per image, for retrieval;
+* COCO captions — ``coco_caption_karpathy_{train,restval,val,test}.arrow`` with COCO file names, for captioning.
 
 Everything comes from ``random.Random`` streams seeded by (seed, file name); same seed → identical bytes.
 """
@@ -24,7 +27,8 @@ from typing import Any, Callable
 
 from PIL import Image, ImageDraw
 
-from ._common import CAPTION_SCHEMA, NLVR2_SCHEMA, VQA_SCHEMA, WriteArrowError, Written, write_rows, write_vocab
+from ._common import (CAPTION_SCHEMA, GQA_SCHEMA, NLVR2_SCHEMA, VQA_SCHEMA, WriteArrowError, Written, write_rows,
+                      write_vocab)
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 45, 45),
@@ -233,7 +237,21 @@ _COCO_FIRST = {"train": 100_000, "restval": 200_000, "val": 300_000, "test": 400
 
 
 # --------------------------------------------------------------------------------------------- write
-VARIANTS = ("vqa", "nlvr2", "captions", "coco_captions")
+def _gqa_row(split: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """GQA's layout (string image / question ids, one answer of score 1 per question); test-dev is answered, as
+    GQA's real test-dev is."""
+    vqa = _vqa_row(split, True)
+
+    def make(it: dict[str, Any]) -> dict[str, Any]:
+        row = vqa(it)
+        row["image_id"] = f"n{it['image_id']}"
+        row["question_id"] = [f"{q:08d}" for q in it["qids"]]
+        return row
+
+    return make
+
+
+VARIANTS = ("vqa", "gqa", "nlvr2", "captions", "coco_captions")
 
 
 def write_synthetic(dst: str | Path, *, seed: int = 0, images: int = 400, image_px: int = 96,
@@ -272,6 +290,10 @@ def write_synthetic(dst: str | Path, *, seed: int = 0, images: int = 400, image_
             put(f"vqav2_{split}", VQA_SCHEMA, _vqa_items(rng(f"vqav2_{split}"), small, first, image_px),
                 _vqa_row(split, False))
         write_vocab(dst, ANSWERS)
+    if "gqa" in variants:  # the same kind of scenes and questions, in GQA's files (generative multi-task runs)
+        for split, n in (("train", max(4, images // 2)), ("val", small), ("test-dev", small)):
+            put(f"gqa_{split}", GQA_SCHEMA, _vqa_items(rng(f"gqa_{split}"), n, 5_000_000, image_px), _gqa_row(split))
+        write_vocab(dst, ANSWERS, "gqa_label_vocab.json")
     if "nlvr2" in variants:
         for split, n in (("train", max(4, images // 2)), ("dev", small), ("test1", small)):
             put(f"nlvr2_{split}", NLVR2_SCHEMA, _nlvr2_items(rng(f"nlvr2_{split}"), n, split, image_px))

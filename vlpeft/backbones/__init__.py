@@ -2,6 +2,7 @@
 
 - ``vilt``: single-stream ViLT (``vilt.py``; variant from config ``vit``);
 - ``clip_plm``: frozen CLIP + BERT / T5 / LLaMA with the dynamic visual prompt (``clip_plm.py``);
+- ``plm``: a language model alone (BERT / T5 / LLaMA; text-only tasks, DAS layer skipping; ``plm.py``);
 - ``meter``: METER (CLIP image tower, RoBERTa text tower, co-attention fusion; ``meter.py``);
 - ``test_meter`` (RoBERTa-shaped text tower) / ``test_meter_bert`` (BERT tower, bert-base-uncased vocabulary);
 - ``test_*``: tiny configurations of the same families, for tests parametrized over the registry.
@@ -44,6 +45,16 @@ def clip_plm(config: Mapping[str, Any]) -> Backbone:
     return build_dvp_backbone(config)
 
 
+PLM_KEYS = {"plm_num_layers": 0}  # language_model, plm_config, plm_gguf_file, tokenizer: shared with clip_plm
+
+
+@BACKBONES.register("plm", keys=PLM_KEYS, candidate_kinds=("skip",), capabilities=("classify",))
+def plm(config: Mapping[str, Any]) -> Backbone:
+    from vlpeft.backbones.plm import build_plm_backbone
+
+    return build_plm_backbone(config)
+
+
 METER_KEYS = {"num_top_layer": 6, "input_image_embed_size": 768, "input_text_embed_size": 768, "text_encoder": None,
               "token4classifier": False}  # METER's other keys (vit, image_size, tokenizer, …) are base keys
 
@@ -67,6 +78,9 @@ TEST_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "test_clip_llama": ("clip_plm", dict(clip_model="test_clip_tiny", language_model="LLAMA",
                                          plm_config="test_llama_tiny_bertvocab", num_heads=4, drop_rate=0.0,
                                          dvp_llama_xattn_dim=32)),
+    "test_plm_bert": ("plm", dict(language_model="BERT", plm_config="test_bert_tiny_bertvocab")),
+    "test_plm_t5": ("plm", dict(language_model="T5", plm_config="test_t5_tiny_bertvocab")),
+    "test_plm_llama": ("plm", dict(language_model="LLAMA", plm_config="test_llama_tiny_bertvocab")),
 }
 
 

@@ -121,6 +121,10 @@ class _XCapture:
         return None
 
 
+def _is_placeholder(m: nn.Module) -> bool:
+    return type(m) is nn.Sequential and len(m) == 0
+
+
 class PLMWrapper(nn.Module):
     """Shared plumbing; subclasses set ``kind``, implement the four steps and the freezing rule.
 
@@ -193,11 +197,20 @@ class PLMWrapper(nn.Module):
         j = int(site.name.rsplit(".", 1)[-1])
         hook = self._site_hook(j, site.meta["module"], site.meta["where"])
         if site.anchor == "out_seq":
-            if j != len(self.adapters):
-                raise ValueError(f"adapter sites attach in order: expected plm.adapters.{len(self.adapters)}, "
-                                 f"got {site.name}")
-            self.adapters.append(module)
-            self._adapter_owner.append(site.layer)
+            # adapters.j stays the original A_j: sites a recipe leaves out (LaVIN-DAS adapts attention only) hold an
+            # empty placeholder (no parameters, never called)
+            table = None
+            while len(self.adapters) < j:
+                table = table or self._site_table()
+                self.adapters.append(nn.Sequential())
+                self._adapter_owner.append(table[len(self.adapters) - 1][0])
+            if j < len(self.adapters):
+                if not _is_placeholder(self.adapters[j]):
+                    raise ValueError(f"site {site.name} is taken; one sequential module per site")
+                self.adapters[j] = module
+            else:
+                self.adapters.append(module)
+                self._adapter_owner.append(site.layer)
             hook.seq = module
             return
         if site.anchor not in ("out_par", "gate"):

@@ -73,7 +73,8 @@ class RetrievalTask(Task):
 TASKS: Registry[Task] = Registry("task", "loss_names")
 for _task in (Task("vqa", obj.compute_vqa), Task("gqa", obj.compute_gqa), Task("snli_ve", obj.compute_snli_ve),
               Task("nlvr2", obj.compute_nlvr2, needs=frozenset({"classify", "pair_images"}), single_pass=False),
-              RetrievalTask("irtr", obj.compute_irtr, needs=frozenset({"score_pairs"}), single_pass=False)):
+              RetrievalTask("irtr", obj.compute_irtr, needs=frozenset({"score_pairs"}), single_pass=False),
+              Task("boolq", obj.compute_boolq), Task("scienceqa", obj.compute_scienceqa)):
     TASKS.register(_task.name)(lambda t=_task: t)
 
 

@@ -75,9 +75,12 @@ def build_vilt_bench(args, device) -> Bench:
     variant, text_len, labels = args.variant, args.text_len, args.labels
     hp = VIT_VARIANTS[variant]()
     cfg = dict(vit=variant, hidden_size=hp["embed_dim"], num_heads=hp["num_heads"], num_layers=hp["depth"],
-               mlp_ratio=4, drop_rate=0.1, vocab_size=30522, max_text_len=text_len, max_image_len=-1,
-               das_adapter_dim=96, das_skip_adapter_dim=192)
-    vilt = build_vilt(cfg).to(device).eval()
+               mlp_ratio=4, drop_rate=0.1, vocab_size=30522, max_text_len=text_len, max_image_len=-1)
+    from vlpeft.pet import PRESETS, inject
+
+    vilt = build_vilt(cfg)  # the bare backbone: DAS's adapters come through the one injection path
+    inject(vilt, PRESETS.build("das", {"das_adapter_dim": 96, "das_skip_adapter_dim": 192}))
+    vilt = vilt.to(device).eval()
     d = vilt.hidden_size
     head = nn.Sequential(nn.Linear(d, 2 * d), nn.LayerNorm(2 * d), nn.GELU(), nn.Linear(2 * d, labels)).to(device).eval()
     hw = tuple(args.image_hw) if args.image_hw else (hp["img_size"], hp["img_size"])

@@ -81,8 +81,8 @@ def test_router_mixes_its_two_up_projections_by_the_first_token():
 
 
 def test_das_llama_preset_on_tiny_llama():
-    """Skip adapters of width 4·b on every layer, in-block adapters of width b on the attention sublayers (A_{2i};
-    A_{2i+1} left empty), the skip module reads the layer's own input norm and is the identity at init."""
+    """Skip adapters of width 4·b on every layer, in-block adapters of width b on the attention's normed input (where
+    LaVIN puts adapter_attn), the skip module reads the layer's own input norm and is the identity at init."""
     torch.manual_seed(0)
     bb = BACKBONES.build("test_plm_llama").eval()
     report = inject(bb, PRESETS.build("das_llama", {**DEFAULTS, "das_llama_adapter_dim": 4}))
@@ -91,9 +91,27 @@ def test_das_llama_preset_on_tiny_llama():
         by.setdefault(i.module, []).append(i.site)
     n = bb.num_layers
     assert [s.layer for s in by["lavin_skip_adapter"]] == list(range(n))
-    assert [s.name for s in by["lavin_adapter"]] == [f"plm.adapters.{2 * i}" for i in range(n)]
+    assert [s.name for s in by["lavin_adapter"]] == [f"plm.in_seq.{2 * i}" for i in range(n)]
+    assert {s.anchor for s in by["lavin_adapter"]} == {"in_seq"} and len(bb.plm.adapters) == 0
     assert bb.skip_adapters[0][0].adapter.down_sampler.out_features == 16
-    assert bb.plm.adapters[0].down_sampler.out_features == 4 and len(bb.plm.adapters[1]) == 0
+    assert bb.plm.in_seq["0"].down_sampler.out_features == 4
+    # the in-block adapter maps exactly what the attention reads: attention(adapter(input_layernorm(x)))
+    with torch.no_grad():
+        bb.plm.in_seq["2"].up_sampler.weight.normal_()
+    seen = {}
+    norm, adapter = bb.plm.layers[1].input_layernorm, bb.plm.in_seq["2"]
+    h1 = norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0]))
+    h2 = bb.plm.layers[1].self_attn.register_forward_pre_hook(
+        lambda m, a, kw: seen.__setitem__("attn_in", a[0] if a else kw["hidden_states"]), with_kwargs=True)
+    with torch.no_grad():
+        bb({"text_ids": torch.randint(5, 90, (2, 6)), "text_masks": torch.ones(2, 6, dtype=torch.long)}, LayerPlan())
+        h1.remove()
+        h2.remove()
+        want = adapter(norm.forward(seen["x"]))
+        assert torch.allclose(seen["attn_in"], want, atol=1e-6)
+        assert not torch.allclose(seen["attn_in"], norm.forward(seen["x"]), atol=1e-3)
+    with torch.no_grad():
+        bb.plm.in_seq["2"].up_sampler.weight.zero_()
     assert bb.skip_adapters[1][0]._input_norm is bb.plm.layers[1].input_layernorm
     # the norm is referenced, not registered twice: its weight has one name
     assert not any("skip_adapters" in k and "input_layernorm" in k for k in bb.state_dict())

@@ -28,9 +28,10 @@ from torch import nn
 
 # par: a delta from the sublayer input added to its output; out_seq: a map of the sublayer output (own residual);
 # skip: replaces a skipped unit; proj:*: a module on a projection (LoRA, IA3; parameters beside the weight, which
-# keeps its name); out_par / gate / input: the zoo's sublayer-output delta, gate and input-prompt anchors.
+# keeps its name); out_par / gate / input: the zoo's sublayer-output delta, gate and input-prompt anchors; in_seq: a
+# map of the sublayer's (normed) input, own residual, before the sublayer runs (LaVIN-DAS's adapter_attn).
 PROJ_ANCHORS = ("proj:q", "proj:k", "proj:v", "proj:o", "proj:qkv", "proj:ff_in", "proj:ff_out")
-ANCHORS = ("par", "out_seq", "skip", "out_par", "gate", "input") + PROJ_ANCHORS
+ANCHORS = ("par", "out_seq", "skip", "out_par", "gate", "input", "in_seq") + PROJ_ANCHORS
 
 
 @dataclass(frozen=True)

@@ -364,7 +364,8 @@ class DVPBackbone(Backbone):
     # -- reporting -----------------------------------------------------------------------------------
     def trainable_report(self) -> dict[str, int]:
         """Trainable parameter counts per group (plus totals) — see seeds.md §3.4 for the originals'."""
-        adapter_ids = {id(p) for m in (self.plm.adapters, self.plm.out_par, self.plm.gates) for p in m.parameters()}
+        adapter_ids = {id(p) for m in (self.plm.adapters, self.plm.out_par, self.plm.gates, self.plm.in_seq)
+                       for p in m.parameters()}
         norm_names = self.plm.norm_parameter_names()
         hf = getattr(self.plm, {"BERT": "bert", "T5": "t5", "LLAMA": "llama"}[self.plm.kind])
         norm_ids = {id(p) for n, p in hf.named_parameters() if n in norm_names}

@@ -22,10 +22,9 @@ The original forms (text-only ``pl_adapter``, the language-only BoolQ / CSQA / G
   seeds.md §7 check: swapping a hidden-8 router adapter (81,930) for the hidden-32 one adds 196,632 ≈ 0.2M per skipped
   layer).
 
-Deliberate difference: LaVIN puts ``adapter_attn`` on the attention's *input* (after ``attention_norm``); the LLaMA
-wrapper's sequential sites are on sublayer *outputs* (DVP's), so ``das_llama`` puts it on the attention output
-(same form, width and init; zero-up, so identical at init). ``autocast`` / fp16 casts of the original are left to
-the trainer's precision setting.
+``adapter_attn`` sits where LaVIN puts it: on the attention's input after ``attention_norm`` (the LLaMA wrapper's
+``in_seq`` sites: a hook on ``input_layernorm``'s output). ``autocast`` / fp16 casts of the original are left to the
+trainer's precision setting.
 """
 
 from __future__ import annotations
@@ -115,7 +114,7 @@ def _adapter(dim: int, hidden: int, router: bool, scale: float, t: float, residu
 
 @register_pet("lavin_adapter")
 def lavin_adapter(site: Site, hidden: int = 8, router: bool = False, scale: float = 1.0, t: float = 10.0) -> nn.Module:
-    """LaVIN's in-block adapter (with residual) on a sequential site."""
+    """LaVIN's in-block adapter (with residual) on the normed input of a sublayer (``in_seq``)."""
     return _adapter(site.dim, int(hidden), bool(router), float(scale), float(t), residual=True)
 
 
@@ -145,7 +144,8 @@ def _positive(config: Mapping[str, Any], key: str) -> int:
 @register_preset("das_llama", keys=DAS_LLAMA_KEYS)
 def das_llama(config: Mapping[str, Any]) -> Recipe:
     """LaVIN-DAS on LLaMA: skip adapters of width ``4·das_llama_adapter_dim`` on every layer's skip site, in-block
-    adapters of width ``das_llama_adapter_dim`` on the attention sublayers (``das_llama_in_block``);
+    adapters of width ``das_llama_adapter_dim`` on the attention's normed input (``das_llama_in_block``; LaVIN's
+    ``--adapter_type attn``);
     ``das_llama_router`` picks the multimodal router form (ScienceQA) over the text form (BoolQ & co.).
     Only LLaMA sites match; the backbone's own parameters stay frozen (LaVIN trains only ``adapter`` / ``lora``)."""
     b = _positive(config, "das_llama_adapter_dim")
@@ -156,7 +156,7 @@ def das_llama(config: Mapping[str, Any]) -> Recipe:
                 t=float(config["das_llama_temperature"]))
     specs = [PetSpec("lavin_skip_adapter", ("skip",), dict(opts, hidden=4 * b), families=("llama",))]
     if config["das_llama_in_block"]:
-        specs.append(PetSpec("lavin_adapter", ("out_seq",), dict(opts, hidden=b), sublayers=("attn",),
+        specs.append(PetSpec("lavin_adapter", ("in_seq",), dict(opts, hidden=b), sublayers=("attn",),
                              families=("llama",), required=False))
     return Recipe("das_llama", tuple(specs), base_policy="none")
 

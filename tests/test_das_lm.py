@@ -376,6 +376,14 @@ def test_das_search_on_text_only_bert_and_t5(arrows, tmp_path, lm):
     assert len(p.skip) == 1 and p.num_layers == 3 and p.meta["rounds"] > 0
 
 
+def test_text_only_task_on_an_image_backbone_is_refused(arrows, tmp_path):
+    from vlpeft.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"task boolq needs the backbone capability \['text_only'\] which "
+                                          r"backbone=test_clip_llama lacks"):
+        _run("das_search_llama_boolq", backbone="test_clip_llama", **_common(arrows, tmp_path))
+
+
 def test_das_search_on_scienceqa_through_clip_llama(arrows, tmp_path):
     """ScienceQA-style image+text multiple choice through the DVP LLaMA backbone, LaVIN's router adapters."""
     r = _run("das_search_llama_sqa", backbone="test_clip_llama", das_llama_adapter_dim=4, image_size=32,

@@ -48,7 +48,7 @@ def clip_plm(config: Mapping[str, Any]) -> Backbone:
 PLM_KEYS = {"plm_num_layers": 0}  # language_model, plm_config, plm_gguf_file, tokenizer: shared with clip_plm
 
 
-@BACKBONES.register("plm", keys=PLM_KEYS, candidate_kinds=("skip",), capabilities=("classify",))
+@BACKBONES.register("plm", keys=PLM_KEYS, candidate_kinds=("skip",), capabilities=("classify", "text_only"))
 def plm(config: Mapping[str, Any]) -> Backbone:
     from vlpeft.backbones.plm import build_plm_backbone
 

@@ -15,7 +15,8 @@ A backbone is an ``nn.Module`` subclassing ``Backbone`` and implementing:
   belong to every policy;
 - ``checkpoint_filter_fn(state_dict)`` → foreign key names and shapes adapted to this backbone (timm style);
 - ``capabilities`` → what tasks may ask: ``classify`` (cls features), ``pair_images`` (NLVR2: two images per text),
-  ``score_pairs`` (retrieval: ``encode_images`` once, then ``forward(..., image_cache=...)`` per caption batch).
+  ``score_pairs`` (retrieval: ``encode_images`` once, then ``forward(..., image_cache=...)`` per caption batch),
+  ``text_only`` (batches without an image: the language model alone, BoolQ-style tasks).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ class PLMBackbone(Backbone):
     """A language model alone as a ``Backbone``: candidates = its layers (skip only), PET sites = the PLM's
     sublayer hooks, one skip slot per layer (``skip_adapters.i.0``) and the projections."""
 
-    capabilities = frozenset({"classify"})
+    capabilities = frozenset({"classify", "text_only"})  # text_only: batches without an image (BoolQ)
 
     def __init__(self, plm: PLMWrapper, cfg: PLMBackboneConfig) -> None:
         super().__init__()

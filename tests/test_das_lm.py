@@ -366,6 +366,15 @@ def test_das_search_then_train_on_text_only_llama(arrows, tmp_path):
     assert ckpt["vlpeft_placement"]["skip"] == list(p.skip)
     assert any(k.startswith(f"backbone.skip_adapters.{p.skip[0]}.0.adapter.") for k in ckpt["state_dict"])
     assert "heads.boolq_classifier.3.weight" in ckpt["state_dict"]
+    # test_only: the placement comes from the checkpoint; the dump has one prediction per dev question
+    last = Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt"
+    r = _run("das_train_llama_boolq", backbone="test_plm_llama", das_llama_adapter_dim=4, test_only=True,
+             load_path=str(last), **common)
+    dumps = list(Path(r.result["run_dir"]).glob("boolq_predict_*.json"))
+    assert len(dumps) == 1
+    rows = json.loads(dumps[0].read_text())
+    rows = rows if isinstance(rows, list) else rows.get("predictions", rows)
+    assert len(rows) == 16 and {r["label"] for r in rows} <= {0, 1} and len({r["qid"] for r in rows}) == 16
 
 
 @pytest.mark.parametrize("lm", ["bert", "t5"])

@@ -361,20 +361,30 @@ def test_das_search_then_train_on_text_only_llama(arrows, tmp_path):
     assert p.meta["rounds"] > 0 and any(s != 0 for s in p.scores)
     assert p.meta["computation"]["flops"]["chosen"] < p.meta["computation"]["flops"]["full"]
     r = _run("das_train_llama_boolq", backbone="test_plm_llama", das_llama_adapter_dim=4, placement="latest",
-             **{**common, "max_epoch": 1})
+             export_pruned=True, **{**common, "max_epoch": 1})
     ckpt = torch.load(Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["vlpeft_placement"]["skip"] == list(p.skip)
     assert any(k.startswith(f"backbone.skip_adapters.{p.skip[0]}.0.adapter.") for k in ckpt["state_dict"])
     assert "heads.boolq_classifier.3.weight" in ckpt["state_dict"]
-    # test_only: the placement comes from the checkpoint; the dump has one prediction per dev question
-    last = Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt"
-    r = _run("das_train_llama_boolq", backbone="test_plm_llama", das_llama_adapter_dim=4, test_only=True,
-             load_path=str(last), **common)
-    dumps = list(Path(r.result["run_dir"]).glob("boolq_predict_*.json"))
-    assert len(dumps) == 1
-    rows = json.loads(dumps[0].read_text())
-    rows = rows if isinstance(rows, list) else rows.get("predictions", rows)
-    assert len(rows) == 16 and {r["label"] for r in rows} <= {0, 1} and len({r["qid"] for r in rows}) == 16
+    # the pruned export keeps the skipped layer's input norm (the skip adapter reads it) and nothing else of it
+    train_dir = Path(r.result["run_dir"])
+    pruned = torch.load(train_dir / "pruned.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    layer = f"backbone.plm.llama.layers.{p.skip[0]}."
+    assert sorted(k for k in pruned if k.startswith(layer)) == [layer + "input_layernorm.weight"]
+
+    # test_only: the placement comes from the checkpoint; the dump has one prediction per dev question, the same
+    # from the full checkpoint and from the pruned export
+    def predictions(ckpt: Path) -> list[dict]:
+        res = _run("das_train_llama_boolq", backbone="test_plm_llama", das_llama_adapter_dim=4, test_only=True,
+                   load_path=str(ckpt), **common)
+        dumps = list(Path(res.result["run_dir"]).glob("boolq_predict_*.json"))
+        assert len(dumps) == 1
+        rows = json.loads(dumps[0].read_text())
+        return sorted(rows if isinstance(rows, list) else rows["predictions"], key=lambda x: x["qid"])
+
+    full = predictions(train_dir / "checkpoints" / "last.ckpt")
+    assert len(full) == 16 and {x["label"] for x in full} <= {0, 1} and len({x["qid"] for x in full}) == 16
+    assert [x["pred"] for x in predictions(train_dir / "pruned.ckpt")] == [x["pred"] for x in full]
 
 
 @pytest.mark.parametrize("lm", ["bert", "t5"])

@@ -66,3 +66,32 @@ def test_vl_bart_vl_pet_large_four_tasks_train_then_test_only(tmp_path):
     caps = json.loads(next(test_dir.glob("caption_result_*.json")).read_text())
     assert caps and all(set(r) == {"image_id", "caption"} and isinstance(r["image_id"], int) for r in caps)
     assert len(caps) == len({r["image_id"] for r in caps})
+
+
+def test_vl_adapter_and_vl_pet_named_configs_reproduce_the_scripts():
+    """The named configs carry the released scripts' settings (spec §3.5–3.6, §4) and build their presets on the
+    tiny VL-BART; per-task modules are keyed by the tasks batches carry (``caption`` for COCO)."""
+    from vlpeft.backbones import BACKBONES
+    from vlpeft.config import DEFAULTS, NAMED_CONFIGS
+    from vlpeft.named_configs.vl_adapter import VL_CONFIGS
+    from vlpeft.pet import PRESETS, inject
+
+    assert len(VL_CONFIGS) == 10 + 1 + 8 and all(n in NAMED_CONFIGS for n in VL_CONFIGS)
+    single = NAMED_CONFIGS["vladapter_single_adapter"]
+    assert (single["backbone"], single["pet"], single["learning_rate"], single["batch_size"], single["max_epoch"],
+            single["num_beams"], single["gradient_clip_val"], single["adam_eps"], single["warmup_steps"],
+            single["use_tasks_prompts"], single["seed"]) == ("vl_bart", "vl_adapter", 1e-3, 500, 20, 5, 5.0, 1e-6,
+                                                            0.1, True, 9595)
+    assert NAMED_CONFIGS["vladapter_multiple_adapters"]["learning_rate"] == 3e-4
+    assert NAMED_CONFIGS["vladapter_multiple_adapters"]["use_tasks_prompts"] is False
+    assert NAMED_CONFIGS["vladapter_full_finetuning"]["train_base"] == "all"
+    t5 = NAMED_CONFIGS["vlpet_large_t5"]
+    assert (t5["backbone"], t5["vl_pet_down_dim"], t5["vl_pet_gate_dim"], t5["vl_pet_gate_scale"], t5["learning_rate"],
+            t5["batch_size"], t5["seed"]) == ("vl_t5", 192, 192, 0.3, 3e-4, 300, 42)
+    for name in ("vladapter_multiple_adapters", "vladapter_multiple_prompts", "vladapter_hyperformer"):
+        cfg = {**DEFAULTS, **NAMED_CONFIGS[name], "prompt_mid": 16, "hyper_task_dim": 8, "hyper_hidden": 8}
+        bb = BACKBONES.build("test_vl_bart", {})
+        report = inject(bb, PRESETS.build(cfg["pet"], cfg))
+        if name != "vladapter_hyperformer":
+            keys = {n.split(".tasks.")[1].split(".")[0] for n in report.param_names() if ".tasks." in n}
+            assert keys == {"vqa", "gqa", "nlvr2", "caption"}, (name, keys)

@@ -17,7 +17,7 @@ ex = Experiment("vlpeft", save_git_info=False)
 
 # caption: COCO captioning, generative backbones only (vlpeft.tasks.generative); listed so that sacred accepts
 # loss_names={"caption": 1} on the command line (it refuses keys a config dict does not have)
-LOSS_KEYS = ("itm", "mlm", "mpp", "vqa", "nlvr2", "irtr", "gqa", "snli_ve", "caption")
+LOSS_KEYS = ("itm", "mlm", "mpp", "vqa", "nlvr2", "irtr", "gqa", "snli_ve", "caption", "boolq", "scienceqa")
 
 
 def _loss_names(d: dict[str, float]) -> dict[str, float]:
@@ -104,6 +104,7 @@ NEW_KEYS: dict[str, Any] = {
     "cpu_devices": 1,  # processes when num_gpus=0 (CPU DDP with gloo when > 1)
     "strategy": "auto",  # Lightning strategy; "auto" = ddp when more than one device
     "gqa_label_size": 1843,
+    "scienceqa_label_size": 5,  # choice slots of the ScienceQA head (its problems have 2..5 choices)
     "full_finetune": False,  # train every parameter (the demo's stand-in for pre-training)
     "trainable": "original",  # original: every injected module trains; used: only what the placement runs
     "allow_random_init": False,  # test_only: evaluate even if PET modules or heads are missing from load_path
@@ -228,6 +229,37 @@ for _lm, _lm_cfg in _DVP_LM.items():
         named(f"dvp_search_{_lm}_{_task}", **_search)
         named(f"dvp_adaption_{_lm}_{_task}", **_train)
 
+# --- DAS on language models (LaVIN-DAS, seeds.md §4.2; issue 10 item 3) -----------------------------------------
+# LaVIN-DAS scripts (search_boolq_7b.sh, search_sqa_7b.sh): adapter_dim 8 (skip adapters 32), skipped_num 6,
+# nas_warmup_epoch 3, nas_epoch 10 (= epochs), gate step 0.05, 3 candidate sets per round; 2 GPUs × 4 × accum 4 = 32
+# per step, lr = blr · 32 / 256 (MAE rule: blr 1e-4 BoolQ, 9e-3 ScienceQA), weight decay 0.02, 1 (BoolQ) / 4 (SQA)
+# warm-up epochs of 10. Deliberate differences: answers are classified by a head on the PLM's features
+# (boolq / scienceqa tasks) instead of LaVIN's LM loss on the answer text; das_turn counts micro-batches (LaVIN:
+# len(loader) // 150, data dependent — set das_turn on the command line to match); ScienceQA's image enters as
+# DVP's one-token prompt (clip_plm) instead of LaVIN's image prefix tokens.
+_DAS_LM_SEARCH = dict(stage="search", search="das", skip_num=6, das_step=3, das_epoch=10, das_warmup_epoch=3,
+                      das_lr=0.05, max_epoch=10, batch_size=32, weight_decay=0.02, max_steps=None, decay_power=1,
+                      skip_module=[], precision=32)
+_DAS_LM_TRAIN = dict(_DAS_LM_SEARCH, stage="train", search="")
+_DAS_LM = {
+    "llama": dict(backbone="plm", language_model="LLAMA", tokenizer="./llama_7b_weights_hf", pet="das_llama",
+                  das_llama_adapter_dim=8, head_hidden=512),
+    "bert": dict(backbone="plm", language_model="BERT", tokenizer="bert-base-uncased", pet="das"),
+    "t5": dict(backbone="plm", language_model="T5", tokenizer="t5-base", pet="das"),
+}
+_BOOLQ = dict(exp_name="das_boolq", datasets=["boolq"], loss_names=_loss_names({"boolq": 1}), max_text_len=256,
+              learning_rate=1e-4 * 32 / 256, warmup_steps=0.1)
+for _lm, _lm_cfg in _DAS_LM.items():
+    named(f"das_search_{_lm}_boolq", **dict(_DAS_LM_SEARCH, **_lm_cfg, **_BOOLQ))
+    named(f"das_train_{_lm}_boolq", **dict(_DAS_LM_TRAIN, **_lm_cfg, **_BOOLQ))
+# ScienceQA through the DVP LLaMA backbone (CLIP + LLaMA), LaVIN's router adapters
+_SQA = dict(DVP_BASE, **_DVP_LM["llama"], exp_name="das_sqa", backbone="clip_plm", pet="das_llama",
+            das_llama_adapter_dim=8, das_llama_router=True, datasets=["scienceqa"],
+            loss_names=_loss_names({"scienceqa": 1}), max_text_len=256, learning_rate=9e-3 * 32 / 256,
+            warmup_steps=0.4, insert_layer=0)
+named("das_search_llama_sqa", **dict(_SQA, **_DAS_LM_SEARCH))
+named("das_train_llama_sqa", **dict(_SQA, **_DAS_LM_TRAIN))
+
 # --- METER / DAS-METER named configs (DAS/METER/meter/config.py = METER's, seeds.md §1.3–1.4) --------------
 # The base here is ViLT's, so every METER task config carries the METER base values that differ from it (as DVP's
 # do), plus the DAS-METER settings its model hard-codes: token4classifier, adapters b = 96, skip adapters b = 288.
@@ -288,6 +320,7 @@ named("demo", exp_name="demo", stage="demo", method="das", datasets=["vqa"], los
       val_check_interval=1.0, demo_images=600)
 
 import vlpeft.named_configs.routing  # noqa: E402,F401  (Routing-VLPEFT's named configs)
+import vlpeft.named_configs.vl_adapter  # noqa: E402,F401  (VL-Adapter / VL-PET named configs)
 
 
 ALL_KEYS = frozenset(DEFAULTS)

@@ -1,7 +1,9 @@
 """Deployable export: a trained model's checkpoint without the units its placement skips (issue 10, item 5).
 
-A skipped candidate unit never runs, so its weights (``backbone.<candidate_name(i)>.*``) are dropped; of the skip
-sites only those of skipped units run, so a kept unit's skip module (``backbone.<skip site>.*``) is dropped too.
+A skipped candidate unit never runs, so its weights (``backbone.<candidate_name(i)>.*``) are dropped — except what
+its skip module reads (a skip site's ``meta["input_norm"]``: the LLaMA layer's ``input_layernorm`` under LaVIN-DAS's
+skip adapter); of the skip sites only those of skipped units run, so a kept unit's skip module
+(``backbone.<skip site>.*``) is dropped too.
 The file is a plain ``{"state_dict", "vlpeft_placement", "vlpeft_export"}`` checkpoint: ``load_path=`` (and
 ``test_only=True``) load it into a model built with the same config and placement, which predicts identically —
 the dropped tensors are never used, so they may stay as initialised.
@@ -43,11 +45,24 @@ def dropped_prefixes(backbone: nn.Module, plan: LayerPlan, prefix: str = "backbo
     return out
 
 
+def kept_prefixes(backbone: nn.Module, plan: LayerPlan, prefix: str = "backbone.") -> list[str]:
+    """Key prefixes inside a skipped unit that its skip module still runs: a skip site's ``meta["input_norm"]``
+    (LaVIN-DAS's skip adapter reads the skipped LLaMA layer's ``attention_norm``, which LaVIN keeps too)."""
+    names = {id(m): n for n, m in backbone.named_modules()}
+    out = []
+    for s in backbone.sites():
+        norm = (s.meta or {}).get("input_norm") if s.anchor == "skip" and s.layer in plan.skip else None
+        if norm is not None and id(norm) in names:
+            out.append(f"{prefix}{names[id(norm)]}.")
+    return out
+
+
 def dropped_keys(module: nn.Module, plan: LayerPlan | None = None) -> list[str]:
     """State-dict keys of a ``VLPeftModule`` that an export under ``plan`` (default: its own) leaves out."""
     plan = module.plan() if plan is None else plan
     pre = tuple(dropped_prefixes(module.backbone, plan))
-    return [k for k in module.state_dict() if k.startswith(pre)]
+    keep = tuple(kept_prefixes(module.backbone, plan))
+    return [k for k in module.state_dict() if k.startswith(pre) and not (keep and k.startswith(keep))]
 
 
 def pruned_state_dict(module: nn.Module, plan: LayerPlan | None = None) -> dict[str, torch.Tensor]:
@@ -129,4 +144,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["EXPORT_KEY", "PRUNED_FILE", "ExportError", "dropped_keys", "dropped_prefixes", "export_checkpoint",
-           "export_pruned", "find_checkpoint", "pruned_state_dict"]
+           "export_pruned", "find_checkpoint", "kept_prefixes", "pruned_state_dict"]

@@ -5,9 +5,11 @@ function returning ``{arrow name: Written(path, rows)}``.
 """
 
 from ._common import WriteArrowError, Written
+from .boolq import write_boolq, write_boolq_synthetic
 from .gqa import write_gqa
 from .karpathy import write_coco, write_f30k
 from .nlvr2 import write_nlvr2
+from .scienceqa import write_scienceqa, write_scienceqa_synthetic
 from .snli_ve import write_snli_ve
 from .synthetic import write_synthetic
 from .vqa import write_vqa
@@ -15,10 +17,14 @@ from .vqa import write_vqa
 __all__ = [
     "WriteArrowError",
     "Written",
+    "write_boolq",
+    "write_boolq_synthetic",
     "write_coco",
     "write_f30k",
     "write_gqa",
     "write_nlvr2",
+    "write_scienceqa",
+    "write_scienceqa_synthetic",
     "write_snli_ve",
     "write_synthetic",
     "write_vqa",

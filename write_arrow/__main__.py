@@ -8,16 +8,21 @@ from collections.abc import Sequence
 
 from . import (
     WriteArrowError,
+    write_boolq,
+    write_boolq_synthetic,
     write_coco,
     write_f30k,
     write_gqa,
     write_nlvr2,
+    write_scienceqa,
+    write_scienceqa_synthetic,
     write_snli_ve,
     write_synthetic,
     write_vqa,
 )
 
-DATASETS = ("vqa", "gqa", "snli_ve", "nlvr2", "f30k", "coco", "synthetic")
+DATASETS = ("vqa", "gqa", "snli_ve", "nlvr2", "f30k", "coco", "boolq", "scienceqa", "synthetic", "boolq_synthetic",
+            "scienceqa_synthetic")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vqa: match raw annotator strings against the vocabulary, as the originals did")
     p.add_argument("--no-test", action="store_true", help="vqa: skip the test / test-dev splits")
     p.add_argument("--dicts", help="gqa: OpenVQA dicts.json (default SRC/dicts.json)")
-    p.add_argument("--images", type=int, default=400, help="synthetic: number of VQA training images")
+    p.add_argument("--images", type=int, default=400, help="synthetic: number of VQA training images (*_synthetic: training rows)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
@@ -41,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = not args.no_progress
-    if args.dataset != "synthetic" and not args.src:
+    if not args.dataset.endswith("synthetic") and not args.src:
         print(f"error: {args.dataset} needs --src RAW_DIR (the raw release; see DATA.md)", file=sys.stderr)
         return 2
     try:
@@ -60,6 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             written = write_f30k(args.src, args.dst, seed=args.seed, progress=progress)
         elif args.dataset == "coco":
             written = write_coco(args.src, args.dst, seed=args.seed, progress=progress)
+        elif args.dataset == "boolq":
+            written = write_boolq(args.src, args.dst, progress=progress)
+        elif args.dataset == "scienceqa":
+            written = write_scienceqa(args.src, args.dst, progress=progress)
+        elif args.dataset == "boolq_synthetic":
+            written = write_boolq_synthetic(args.dst, seed=args.seed, n_train=args.images, progress=progress)
+        elif args.dataset == "scienceqa_synthetic":
+            written = write_scienceqa_synthetic(args.dst, seed=args.seed, n_train=args.images, progress=progress)
         else:
             written = write_synthetic(args.dst, seed=args.seed, images=args.images, progress=progress)
     except WriteArrowError as e:

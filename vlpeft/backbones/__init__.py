@@ -3,6 +3,7 @@
 - ``vilt``: single-stream ViLT (``vilt.py``; variant from config ``vit``);
 - ``vl_bart`` / ``vl_t5``: VL-BART / VL-T5, generative (``vl_seq2seq.py``);
 - ``clip_plm``: frozen CLIP + BERT / T5 / LLaMA with the dynamic visual prompt (``clip_plm.py``);
+- ``plm``: a language model alone (BERT / T5 / LLaMA; text-only tasks, DAS layer skipping; ``plm.py``);
 - ``meter``: METER (CLIP image tower, RoBERTa text tower, co-attention fusion; ``meter.py``);
 - ``vit_gpt2`` / ``vit_roberta``: frozen HF ViT + GPT-2 (captioning, ``generate``) / + RoBERTa (classify), the
   Routing-VLPEFT hosts (``vit_lm.py``);
@@ -45,6 +46,16 @@ def clip_plm(config: Mapping[str, Any]) -> Backbone:
     from vlpeft.backbones.clip_plm import build_dvp_backbone
 
     return build_dvp_backbone(config)
+
+
+PLM_KEYS = {"plm_num_layers": 0}  # language_model, plm_config, plm_gguf_file, tokenizer: shared with clip_plm
+
+
+@BACKBONES.register("plm", keys=PLM_KEYS, candidate_kinds=("skip",), capabilities=("classify", "text_only"))
+def plm(config: Mapping[str, Any]) -> Backbone:
+    from vlpeft.backbones.plm import build_plm_backbone
+
+    return build_plm_backbone(config)
 
 
 METER_KEYS = {"num_top_layer": 6, "input_image_embed_size": 768, "input_text_embed_size": 768, "text_encoder": None,
@@ -123,6 +134,9 @@ TEST_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                      vis_feat_dim=32, vl_clip_model="test_clip_tiny", vl_grid=2, vl_vocab_size=None)),
     "test_vl_t5": ("vl_t5", dict(vl_config="test_vl_t5_tiny", vl_model="", tokenizer="bert-base-uncased",
                                  vis_feat_dim=32, vl_clip_model="test_clip_tiny", vl_grid=2, vl_vocab_size=None)),
+    "test_plm_bert": ("plm", dict(language_model="BERT", plm_config="test_bert_tiny_bertvocab")),
+    "test_plm_t5": ("plm", dict(language_model="T5", plm_config="test_t5_tiny_bertvocab")),
+    "test_plm_llama": ("plm", dict(language_model="LLAMA", plm_config="test_llama_tiny_bertvocab")),
 }
 
 

@@ -116,6 +116,17 @@ class _SiteHook:
         return self._apply(output)
 
 
+class _InSeqHook:
+    """Forward hook on a norm module: its output (the sublayer's input) goes through the ``in_seq`` module. An
+    object, not a closure, so deepcopy/pickle follow the module into the copy."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, norm: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        return self.module(output)
+
+
 class _XCapture:
     """Forward pre-hook (with kwargs) storing a sublayer's input X on its ``_SiteHook``: positional argument
     ``index`` or keyword ``key``."""
@@ -128,11 +139,17 @@ class _XCapture:
         return None
 
 
+def _is_placeholder(m: nn.Module) -> bool:
+    return type(m) is nn.Sequential and len(m) == 0
+
+
 class PLMWrapper(nn.Module):
     """Shared plumbing; subclasses set ``kind``, implement the four steps and the freezing rule.
 
     PET sites per sublayer ``j`` (``_site_table`` order): ``out_seq`` → ``adapters.j`` (DVP's ``A_j``, attached in
-    order), ``out_par`` → ``out_par.j``, ``gate`` → ``gates.j``; one ``_SiteHook`` per site applies them."""
+    order), ``out_par`` → ``out_par.j``, ``gate`` → ``gates.j``; one ``_SiteHook`` per site applies them. Where the
+    sublayer's input comes out of a norm module (LLaMA, ``_in_site_table``), an ``in_seq`` site ``in_seq.j`` maps
+    that normed input before the sublayer reads it (LaVIN-DAS's ``adapter_attn(attention_norm(x))``)."""
 
     kind = ""
     uses_token_types = True
@@ -144,6 +161,7 @@ class PLMWrapper(nn.Module):
         self.adapters = nn.ModuleList()
         self.out_par = nn.ModuleDict()
         self.gates = nn.ModuleDict()
+        self.in_seq = nn.ModuleDict()
         self._adapter_owner: list[int] = []  # stage (-1 = prepare, i = candidate layer i) of each adapter
         self._hook_handles: list[Any] = []
         self._site_hooks: dict[int, _SiteHook] = {}
@@ -184,7 +202,17 @@ class PLMWrapper(nn.Module):
             for anchor, name in (("out_seq", f"plm.adapters.{j}"), ("out_par", f"plm.out_par.{j}"),
                                  ("gate", f"plm.gates.{j}")):
                 out.append(Site(stack, stage, sublayer, anchor, self.hidden_size, name, self.kind.lower(), meta=meta))
+        for j, (stage, sublayer, module) in enumerate(self._in_site_table()):
+            stack = "plm" if stage >= 0 else "plm_encoder"
+            meta = {"module": module, "j": j, "stack_role": self.stack_roles.get(stack, stack)}
+            out.append(Site(stack, stage, sublayer, "in_seq", self.hidden_size, f"plm.in_seq.{j}", self.kind.lower(),
+                            meta=meta))
         return out
+
+    def _in_site_table(self) -> list[tuple[int, str, nn.Module]]:
+        """(stage, sublayer, the norm module whose output the sublayer reads) per ``in_seq`` site; none by default
+        (BERT and T5 apply their norms after the residual or inside the sublayer module)."""
+        return []
 
     def _site_table(self) -> list[tuple[int, str, nn.Module, str]]:
         """(stage, sublayer, hooked module, hook kind) per site; stage -1 = the prepare part (T5's encoder)."""
@@ -198,17 +226,33 @@ class PLMWrapper(nn.Module):
 
     def attach(self, site: Site, module: nn.Module) -> None:
         j = int(site.name.rsplit(".", 1)[-1])
+        if site.anchor == "in_seq":
+            if str(j) in self.in_seq:
+                raise ValueError(f"site {site.name} is taken; one module per slot")
+            self.in_seq[str(j)] = module
+            self._hook_handles.append(site.meta["module"].register_forward_hook(_InSeqHook(module)))
+            return
         hook = self._site_hook(j, site.meta["module"], site.meta["where"])
         if site.anchor == "out_seq":
-            if j != len(self.adapters):
-                raise ValueError(f"adapter sites attach in order: expected plm.adapters.{len(self.adapters)}, "
-                                 f"got {site.name}")
-            self.adapters.append(module)
-            self._adapter_owner.append(site.layer)
+            # adapters.j stays the original A_j: sites a recipe leaves out (LaVIN-DAS adapts attention only) hold an
+            # empty placeholder (no parameters, never called)
+            table = None
+            while len(self.adapters) < j:
+                table = table or self._site_table()
+                self.adapters.append(nn.Sequential())
+                self._adapter_owner.append(table[len(self.adapters) - 1][0])
+            if j < len(self.adapters):
+                if not _is_placeholder(self.adapters[j]):
+                    raise ValueError(f"site {site.name} is taken; one sequential module per site")
+                self.adapters[j] = module
+            else:
+                self.adapters.append(module)
+                self._adapter_owner.append(site.layer)
             hook.seq = module
             return
         if site.anchor not in ("out_par", "gate"):
-            raise ValueError(f"PLM sites take out_seq / out_par / gate modules, not {site.anchor!r} ({site.name})")
+            raise ValueError(f"PLM sites take out_seq / out_par / gate / in_seq modules, not {site.anchor!r} "
+                             f"({site.name})")
         slots = self.out_par if site.anchor == "out_par" else self.gates
         if str(j) in slots:
             raise ValueError(f"site {site.name} is taken; one module per slot")
@@ -232,6 +276,11 @@ class PLMWrapper(nn.Module):
                 s = table[int(j)][0]
                 if (s < 0 and stage < 0) or s == stage:
                     yield from m.parameters()
+        in_table = self._in_site_table() if len(self.in_seq) else []
+        for j, m in self.in_seq.items():
+            s = in_table[int(j)][0]
+            if (s < 0 and stage < 0) or s == stage:
+                yield from m.parameters()
 
     def stage_trainable(self, stage: int) -> bool:
         return any(p.requires_grad for p in self.stage_parameters(stage))
@@ -475,6 +524,12 @@ class LlamaPLM(PLMWrapper):
         out = []
         for i, layer in enumerate(self.layers):
             out += [(i, "attn", layer.self_attn, "tuple_output"), (i, "ffn", layer.mlp, "output")]
+        return out
+
+    def _in_site_table(self) -> list[tuple[int, str, nn.Module]]:
+        out = []
+        for i, layer in enumerate(self.layers):  # LaVIN: attention(adapter_attn(attention_norm(x))), same for the MLP
+            out += [(i, "attn", layer.input_layernorm), (i, "ffn", layer.post_attention_layernorm)]
         return out
 
     def _x_sources(self) -> list[tuple[nn.Module, int, str]]:

@@ -15,7 +15,8 @@ A backbone is an ``nn.Module`` subclassing ``Backbone`` and implementing:
   belong to every policy;
 - ``checkpoint_filter_fn(state_dict)`` → foreign key names and shapes adapted to this backbone (timm style);
 - ``capabilities`` → what tasks may ask: ``classify`` (cls features), ``pair_images`` (NLVR2: two images per text),
-  ``score_pairs`` (retrieval: ``encode_images`` once, then ``forward(..., image_cache=...)`` per caption batch).
+  ``score_pairs`` (retrieval: ``encode_images`` once, then ``forward(..., image_cache=...)`` per caption batch),
+  ``text_only`` (batches without an image: the language model alone, BoolQ-style tasks).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from torch import nn
 
 # par: a delta from the sublayer input added to its output; out_seq: a map of the sublayer output (own residual);
 # skip: replaces a skipped unit; proj:*: a module on a projection (LoRA, IA3; parameters beside the weight, which
-# keeps its name); out_par / gate / input: the zoo's sublayer-output delta, gate and input-prompt anchors.
+# keeps its name); out_par / gate / input: the zoo's sublayer-output delta, gate and input-prompt anchors; in_seq: a
+# map of the sublayer's (normed) input, own residual, before the sublayer runs (LaVIN-DAS's adapter_attn).
 PROJ_ANCHORS = ("proj:q", "proj:k", "proj:v", "proj:o", "proj:qkv", "proj:ff_in", "proj:ff_out")
-ANCHORS = ("par", "out_seq", "skip", "out_par", "gate", "input") + PROJ_ANCHORS
+ANCHORS = ("par", "out_seq", "skip", "out_par", "gate", "input", "in_seq") + PROJ_ANCHORS
 
 
 @dataclass(frozen=True)

@@ -326,7 +326,10 @@ class DVPBackbone(Backbone):
 
     def sites(self) -> list[Site]:
         d = self.hidden_size
-        skips = [Site("plm", i, "block", "skip", d, f"skip_adapters.{i}.0", self.family) for i in range(self.num_layers)]
+        # LLaMA skip sites name the layer's pre-attention norm: LaVIN-DAS's skip adapter reads it (pet=das_llama)
+        meta = [{"input_norm": layer.input_layernorm} if self.plm.kind == "LLAMA" else {} for layer in self.plm.layers]
+        skips = [Site("plm", i, "block", "skip", d, f"skip_adapters.{i}.0", self.family, meta=meta[i])
+                 for i in range(self.num_layers)]
         # projections of the PLM only (CLIP is locked); T5's encoder runs before the candidates (layer -1)
         projs = projection_sites(self, self.family, r"^plm\.(bert|t5|llama)\.", encoder_layer=-1)
         if self.plm.kind == "T5":  # T5's candidates are its decoder blocks: decoder sites keep their block index
@@ -361,7 +364,8 @@ class DVPBackbone(Backbone):
     # -- reporting -----------------------------------------------------------------------------------
     def trainable_report(self) -> dict[str, int]:
         """Trainable parameter counts per group (plus totals) — see seeds.md §3.4 for the originals'."""
-        adapter_ids = {id(p) for m in (self.plm.adapters, self.plm.out_par, self.plm.gates) for p in m.parameters()}
+        adapter_ids = {id(p) for m in (self.plm.adapters, self.plm.out_par, self.plm.gates, self.plm.in_seq)
+                       for p in m.parameters()}
         norm_names = self.plm.norm_parameter_names()
         hf = getattr(self.plm, {"BERT": "bert", "T5": "t5", "LLAMA": "llama"}[self.plm.kind])
         norm_ids = {id(p) for n, p in hf.named_parameters() if n in norm_names}

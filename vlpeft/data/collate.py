@@ -125,7 +125,9 @@ class Collator:
             self._check_range("gqa", [lab for it in items for lab in it["gqa_labels"]])
             batch["gqa_labels"] = torch.tensor([it["gqa_labels"][0] if it["gqa_labels"] else -100 for it in items],
                                                dtype=torch.long)
-        for src, dst in (("snli_ve_label", "snli_ve_labels"), ("nlvr2_label", "nlvr2_labels")):
+        for src, dst in (("snli_ve_label", "snli_ve_labels"), ("nlvr2_label", "nlvr2_labels"),
+                         ("boolq_label", "boolq_labels"), ("scienceqa_label", "scienceqa_labels"),
+                         ("scienceqa_num_choices", "scienceqa_num_choices")):
             if src in first:
                 batch[dst] = torch.tensor([int(it[src]) for it in items], dtype=torch.long)
         if "iid" in first:

@@ -37,6 +37,9 @@ SPLITS: dict[str, dict[str, list[str]]] = {
              "test": ["f30k_caption_karpathy_test"]},
     "coco": {"train": ["coco_caption_karpathy_train", "coco_caption_karpathy_restval"],
              "val": ["coco_caption_karpathy_val"], "test": ["coco_caption_karpathy_test"]},
+    # BoolQ has no public test labels: val = its dev set, test = the same (LaVIN-DAS evaluates on dev)
+    "boolq": {"train": ["boolq_train"], "val": ["boolq_val"], "test": ["boolq_val"]},
+    "scienceqa": {"train": ["scienceqa_train"], "val": ["scienceqa_val"], "test": ["scienceqa_test"]},
 }
 # label vocabularies: json file next to the arrow files, else derived from these splits' answers/answer_labels
 VOCAB_FILES = {"vqa": "vqav2_label_vocab.json", "gqa": "gqa_label_vocab.json"}

@@ -318,6 +318,50 @@ class NLVR2Dataset(BaseDataset):
             raise self._label_error(row, f"NLVR2 answer {value!r} is neither 'True' nor 'False'")
 
 
+class BoolQDataset(BaseDataset):
+    """BoolQ (text only, ``write_arrow.boolq``): one row per question; the model reads
+    ``"question: <q>? passage: <p>"`` (question first, so truncation to ``max_text_len`` cuts the passage);
+    label ``boolq_label`` (1 = yes). Images are never read: the rows have none."""
+
+    task = "boolq"
+    image_columns = ()
+    required_columns = ("questions", "passage", "answers", "question_id")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["text_only"] = True
+        super().__init__(*args, **kwargs)
+
+    def text_at(self, row: int, cap: int) -> str:
+        question = str(self.table.list_item("questions", row, cap)).strip().rstrip("?")
+        return f"question: {question}? passage: {self.table.value('passage', row)}"
+
+    def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
+        answers = self.table.value("answers", row) or []
+        if cap >= len(answers) or not isinstance(answers[cap], bool):
+            raise self._label_error(row, f"question {cap} needs a boolean answer, got {answers!r}")
+        item["boolq_label"] = int(answers[cap])
+        item["qid"] = str(self.table.list_item("question_id", row, cap))
+
+
+class ScienceQADataset(BaseDataset):
+    """ScienceQA (``write_arrow.scienceqa``): one row per problem with its image (a blank one where the problem has
+    none, ``has_image`` False); the text is the formatted question + context + lettered choices; labels
+    ``scienceqa_label`` (the answer's index) and ``scienceqa_num_choices``."""
+
+    task = "scienceqa"
+    required_columns = ("image", "questions", "answers", "choices", "question_id")
+
+    def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
+        answers = self.table.value("answers", row) or []
+        choices = self.table.list_item("choices", row, cap) or []
+        if cap >= len(answers) or not 0 <= int(answers[cap]) < len(choices):
+            raise self._label_error(row, f"problem {cap}: answer {answers[cap] if cap < len(answers) else None!r} "
+                                         f"is not an index into its {len(choices)} choices")
+        item["scienceqa_label"] = int(answers[cap])
+        item["scienceqa_num_choices"] = len(choices)
+        item["qid"] = str(self.table.list_item("question_id", row, cap))
+
+
 class CaptionDataset(BaseDataset):
     """Flickr30K / COCO Karpathy: one item per (image, caption), ``draw_false_text`` seeded negative captions."""
 
@@ -351,5 +395,5 @@ class CocoDataset(CaptionDataset):
 
 DATASETS: dict[str, type[BaseDataset]] = {
     "vqa": VQADataset, "gqa": GQADataset, "snli_ve": SNLIVEDataset, "snli": METERSNLIDataset, "nlvr2": NLVR2Dataset,
-    "f30k": F30KDataset, "coco": CocoDataset,
+    "f30k": F30KDataset, "coco": CocoDataset, "boolq": BoolQDataset, "scienceqa": ScienceQADataset,
 }

@@ -5,6 +5,7 @@ the trainable set derived from what was injected (``trainable.py``)."""
 from vlpeft.pet import adapters as _adapters  # noqa: F401  (registers the adapter modules)
 from vlpeft.pet import presets as _presets  # noqa: F401  (registers the presets)
 from vlpeft.pet import presets_zoo as _presets_zoo  # noqa: F401  (the VL-Adapter / VL-PET / Routing zoo)
+from vlpeft.pet import das_lm as _das_lm  # noqa: F401  (LaVIN-DAS's LLaMA adapters, preset das_llama)
 from vlpeft.pet._base import PETS, PRESETS, PetReport, PetSpec, Recipe, build_recipe, inject
 from vlpeft.pet.adapters import DASAdapter, SequentialAdapter
 

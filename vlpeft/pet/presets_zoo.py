@@ -7,7 +7,7 @@ Presets whose options differ between families (VL-PET: BART vs T5) hold one spec
 every spec that could legitimately miss a backbone is non-required (the report's ``unmatched`` list says which
 modules found no site); a backbone that offers none of a preset's sites is refused by ``inject`` (``PetError``).
 
-Per-task presets (``vl_adapter_multiple`` …) take the task names from the existing ``datasets`` key.
+Per-task presets (``vl_adapter_multiple`` …) take the task names from the active ``loss_names`` (else ``datasets``).
 Every preset makes its own ``SharePool`` (Hyperformer generators per stack, RT's one adapter per GPT-2 block).
 Recipe ``base_policy`` strings use ``vlpeft.pet.unfreeze`` grammar (``norms:encoder``, ``norms+bias:c_attn``).
 The visual projector (always trained in VL-BART/T5) is the backbone's business, not the recipe's.
@@ -29,6 +29,17 @@ QV_MASK = (True, False, True)
 
 
 def _tasks(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The task keys per-task modules are built for: the active ``loss_names`` tasks — the names batches carry in
+    ``batch["task"]`` (``caption`` for the ``coco`` dataset) — else the ``datasets`` list."""
+    from vlpeft.tasks.heads import active_tasks
+
+    loss_names = config.get("loss_names")
+    try:
+        active = tuple(active_tasks(loss_names)) if isinstance(loss_names, Mapping) else ()
+    except ValueError:  # pre-training keys (itm / mlm): the run itself refuses them, name tasks by dataset here
+        active = ()
+    if active:
+        return active
     tasks = config.get("datasets") or ()
     if isinstance(tasks, str):
         tasks = (tasks,)

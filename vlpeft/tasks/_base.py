@@ -1,5 +1,5 @@
 """Tasks as registry entries: each owns its heads, loss, metrics, predictions and search score, and declares the
-backbone capability it needs (``classify``, ``pair_images``, ``score_pairs``).
+backbone capability it needs (``classify``, ``pair_images``, ``score_pairs``, ``text_only``).
 
 ``TASKS.build(name) -> Task``. The objective functions live in ``objectives.py``, the heads in ``heads.py``
 (``TASK_HEADS`` is the one place head names are listed), metrics in ``metrics.py``, dump writers in ``dumps.py``.
@@ -73,7 +73,10 @@ class RetrievalTask(Task):
 TASKS: Registry[Task] = Registry("task", "loss_names")
 for _task in (Task("vqa", obj.compute_vqa), Task("gqa", obj.compute_gqa), Task("snli_ve", obj.compute_snli_ve),
               Task("nlvr2", obj.compute_nlvr2, needs=frozenset({"classify", "pair_images"}), single_pass=False),
-              RetrievalTask("irtr", obj.compute_irtr, needs=frozenset({"score_pairs"}), single_pass=False)):
+              RetrievalTask("irtr", obj.compute_irtr, needs=frozenset({"score_pairs"}), single_pass=False),
+              # boolq batches carry no image: only a backbone that reads text alone (plm) can take them
+              Task("boolq", obj.compute_boolq, needs=frozenset({"classify", "text_only"})),
+              Task("scienceqa", obj.compute_scienceqa)):
     TASKS.register(_task.name)(lambda t=_task: t)
 # captioning exists only as generation: on a classifying backbone it is refused for lacking "generate"
 TASKS.register("caption")(lambda: Task("caption", lambda *a, **k: {}, needs=frozenset({"generate"}),

@@ -21,14 +21,19 @@ TASK_HEADS: dict[str, tuple[str, ...]] = {
     "nlvr2": ("nlvr2_classifier",),
     "irtr": ("itm_score", "rank_output"),
     "caption": (),  # generative only: the backbone's LM head (vlpeft.tasks.generative)
+    "boolq": ("boolq_classifier",),  # text-only yes/no QA (BoolQ; LaVIN-DAS's language-only setting)
+    "scienceqa": ("scienceqa_classifier",),  # image+text multiple choice (ScienceQA; LaVIN-DAS's multimodal setting)
 }
 # the heads the optimiser gives lr × lr_mult (the originals' rule: the classifiers, not rank_output)
-LR_MULT_HEADS: tuple[str, ...] = ("vqa_classifier", "nlvr2_classifier", "gqa_classifier", "snli_ve_classifier")
+LR_MULT_HEADS: tuple[str, ...] = ("vqa_classifier", "nlvr2_classifier", "gqa_classifier", "snli_ve_classifier",
+                                  "boolq_classifier", "scienceqa_classifier")
 # top-level head names in original ViLT/METER checkpoints (pre-training heads too: loaded when built, else reported)
 ORIGINAL_HEAD_PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(
     [h for hs in TASK_HEADS.values() for h in hs] + ["itm_score", "mlm_score", "mpp_score"]))
 SNLI_VE_CLASSES = 3  # contradiction 0, neutral 1, entailment 2
 NLVR2_CLASSES = 2
+BOOLQ_CLASSES = 2  # no 0, yes 1
+SCIENCEQA_CHOICES = 5  # ScienceQA problems have 2..5 choices; logits past a problem's own count are masked
 
 
 def active_tasks(loss_names: Mapping[str, float]) -> list[str]:
@@ -97,6 +102,11 @@ def build_heads(config: Mapping[str, Any], hidden_size: int, in_dim: int | None 
         elif task == "nlvr2":
             # input is [cls(image_0); cls(image_1)]
             heads["nlvr2_classifier"] = _classifier(2 * d, inner, NLVR2_CLASSES)
+        elif task == "boolq":
+            heads["boolq_classifier"] = _classifier(d, inner, BOOLQ_CLASSES)
+        elif task == "scienceqa":
+            heads["scienceqa_classifier"] = _classifier(d, inner, _positive_int(config, "scienceqa_label_size",
+                                                                                SCIENCEQA_CHOICES))
         elif task == "irtr":
             heads["itm_score"] = ITMHead(d)
             heads["rank_output"] = nn.Linear(d, 1)

@@ -89,6 +89,28 @@ def compute_snli_ve(infer: Infer, heads: nn.ModuleDict, batch: Mapping[str, Any]
     return _compute_classification("snli_ve", "snli_ve_classifier", "snli_ve_labels", infer, heads, batch)
 
 
+def compute_boolq(infer: Infer, heads: nn.ModuleDict, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Yes/no QA on text alone (BoolQ): CE over {no, yes} from the backbone's cls features."""
+    return _compute_classification("boolq", "boolq_classifier", "boolq_labels", infer, heads, batch)
+
+
+def compute_scienceqa(infer: Infer, heads: nn.ModuleDict, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Multiple choice (ScienceQA): one logit per choice slot, slots past a problem's own number of choices
+    (``scienceqa_num_choices``) masked out, CE against the answer's index."""
+    feats = infer(batch)["cls_feats"]
+    logits = _head(heads, "scienceqa_classifier", "scienceqa")(feats)
+    labels = _labels(batch, "scienceqa_labels", "scienceqa", logits.device)
+    n = _labels(batch, "scienceqa_num_choices", "scienceqa", logits.device)
+    if bool((n > logits.shape[1]).any()):
+        raise ValueError(f"a ScienceQA problem has {int(n.max())} choices but scienceqa_label_size="
+                         f"{logits.shape[1]}; raise scienceqa_label_size")
+    valid = torch.arange(logits.shape[1], device=logits.device)[None, :] < n[:, None]
+    logits = logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
+    loss, acc = _ce_and_accuracy(logits, labels)
+    return {"scienceqa_loss": loss, "scienceqa_logits": logits, "scienceqa_labels": labels,
+            "scienceqa_accuracy": acc}
+
+
 def compute_nlvr2(infer: Infer, heads: nn.ModuleDict, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Two full passes (image_0 with token type 1, image_1 with token type 2), classifier on the concatenation."""
     f0 = infer(batch, image_key="image_0", image_token_type_idx=1)["cls_feats"]
@@ -158,6 +180,8 @@ TASK_FUNCTIONS: dict[str, Callable[[Infer, nn.ModuleDict, Mapping[str, Any]], di
     "snli_ve": compute_snli_ve,
     "nlvr2": compute_nlvr2,
     "irtr": compute_irtr,
+    "boolq": compute_boolq,
+    "scienceqa": compute_scienceqa,
 }
 
 

@@ -1,0 +1,165 @@
+"""DAS on language models: LaVIN-DAS's adapters for LLaMA (DoubtedSteam/DAS ``LaVIN-DAS/das/pl_adapter.py`` and
+``mm_adapter.py``; seeds.md §4.2), as PET modules, and the ``das_llama`` preset.
+
+Public API::
+
+    LaVINAdapter(dim, hidden, scale=1.0, residual=True)            # pl_adapter.Adapter
+    LaVINRouterAdapter(dim, hidden, groups=2, scale=1.0, t=10.0)     # mm_adapter.RepAdapter_Router
+    LaVINSkip(adapter, input_norm)   # the skip site module: out = x + adapter(input_norm(x))
+    PETS: "lavin_adapter" (out_seq), "lavin_skip_adapter" (skip; needs site.meta["input_norm"])
+    PRESETS: "das_llama"
+
+The original forms (text-only ``pl_adapter``, the language-only BoolQ / CSQA / GSM8K runs; multimodal LaVIN
+``mm_adapter``, ScienceQA):
+
+- in-block adapter ``adapter_attn`` = ``x + s·up(ReLU(down(x)))`` of width ``adapter_dim`` (8), down Xavier-uniform
+  with zero bias, **up zero** (so the block is unchanged at init); dropout(0.1) defined but unused in the text form.
+  The router form: ``conv_A`` (1×1, d→b, Xavier, zero bias), two grouped 1×1 up-convs ``conv_B`` / ``conv_D``
+  (b→d, ``groups=2``, zero), mixed by ``softmax(expert_weights(x[:, 0]) / t)`` (t = 10), dropout(0.1) after ``conv_A``;
+- skip adapter ``replaced_adapter``: the same module of width ``4·adapter_dim`` (32) **without** its residual, applied
+  to the skipped layer's ``attention_norm`` output: ``out = x + A(attention_norm(x))``. Zero up-projection: a freshly
+  skipped layer is exactly the identity. Parameters at d = 4096: 266,272 (text form), 278,562 (router form; the
+  seeds.md §7 check: swapping a hidden-8 router adapter (81,930) for the hidden-32 one adds 196,632 ≈ 0.2M per skipped
+  layer).
+
+``adapter_attn`` sits where LaVIN puts it: on the attention's input after ``attention_norm`` (the LLaMA wrapper's
+``in_seq`` sites: a hook on ``input_layernorm``'s output). ``autocast`` / fp16 casts of the original are left to the
+trainer's precision setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from vlpeft.backbones._protocol import Site
+from vlpeft.pet._base import PetError, PetSpec, Recipe, register_pet, register_preset
+
+
+class LaVINAdapter(nn.Module):
+    """LaVIN-DAS's text adapter: ``s·up_sampler(ReLU(down_sampler(x)))`` (+ ``x`` when ``residual``).
+    Parameter names as the original (``down_sampler.*``, ``up_sampler.*``): ``2·d·b + b + d`` parameters."""
+
+    def __init__(self, dim: int, hidden: int, scale: float = 1.0, residual: bool = True) -> None:
+        super().__init__()
+        if dim <= 0 or hidden <= 0:
+            raise ValueError(f"LaVINAdapter needs positive dim and hidden, got dim={dim}, hidden={hidden}")
+        self.down_sampler = nn.Linear(dim, hidden)
+        self.up_sampler = nn.Linear(hidden, dim)
+        self.relu = nn.ReLU()
+        self.scale, self.residual = float(scale), bool(residual)
+        nn.init.xavier_uniform_(self.down_sampler.weight)
+        nn.init.zeros_(self.down_sampler.bias)
+        nn.init.zeros_(self.up_sampler.weight)
+        nn.init.zeros_(self.up_sampler.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.scale * self.up_sampler(self.relu(self.down_sampler(x)))
+        return x + h if self.residual else h
+
+
+class LaVINRouterAdapter(nn.Module):
+    """LaVIN's ``RepAdapter_Router``: ``conv_A`` down to ``hidden``, dropout, two grouped up-convs mixed per sample by
+    ``softmax(expert_weights(x[:, 0]) / t)`` (the first token routes); ``residual`` adds ``x``. Original names."""
+
+    def __init__(self, dim: int, hidden: int, groups: int = 2, scale: float = 1.0, t: float = 10.0,
+                 residual: bool = True, dropout: float = 0.1) -> None:
+        super().__init__()
+        if dim <= 0 or hidden <= 0 or groups <= 0 or hidden % groups or dim % groups:
+            raise ValueError(f"LaVINRouterAdapter: dim={dim} and hidden={hidden} must be positive multiples of "
+                             f"groups={groups}")
+        if not t > 0:
+            raise ValueError(f"LaVINRouterAdapter: temperature t={t} must be positive")
+        self.conv_A = nn.Conv1d(dim, hidden, 1, groups=1, bias=True)
+        self.conv_B = nn.Conv1d(hidden, dim, 1, groups=groups, bias=True)
+        self.conv_D = nn.Conv1d(hidden, dim, 1, groups=groups, bias=True)
+        self.expert_weights = nn.Linear(dim, 2)
+        self.dropout = nn.Dropout(dropout)
+        self.scale, self.t, self.residual = float(scale), float(t), bool(residual)
+        nn.init.xavier_uniform_(self.conv_A.weight)
+        nn.init.zeros_(self.conv_A.bias)
+        for conv in (self.conv_B, self.conv_D):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.softmax(self.expert_weights(x[:, 0]) / self.t, dim=-1).to(x.dtype)  # (B, 2)
+        h = self.dropout(self.conv_A(x.transpose(1, 2)))
+        out = (self.conv_B(h) * w[:, 0, None, None] + self.conv_D(h) * w[:, 1, None, None]) * self.scale
+        out = out.transpose(1, 2)
+        return x + out if self.residual else out
+
+
+class LaVINSkip(nn.Module):
+    """What runs in place of a skipped LLaMA layer: ``x + adapter(input_norm(x))``. ``input_norm`` is the layer's
+    own ``input_layernorm`` (kept, as LaVIN keeps ``attention_norm`` when it deletes a skipped layer's attention and
+    FFN); it is referenced, not registered, so its weights keep their HF names and are saved once."""
+
+    def __init__(self, adapter: nn.Module, input_norm: nn.Module) -> None:
+        super().__init__()
+        self.adapter = adapter
+        object.__setattr__(self, "_input_norm", input_norm)  # not a submodule: no second name for its weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.adapter(self._input_norm(x))
+
+
+def _adapter(dim: int, hidden: int, router: bool, scale: float, t: float, residual: bool) -> nn.Module:
+    if router:
+        return LaVINRouterAdapter(dim, hidden, scale=scale, t=t, residual=residual)
+    return LaVINAdapter(dim, hidden, scale=scale, residual=residual)
+
+
+@register_pet("lavin_adapter")
+def lavin_adapter(site: Site, hidden: int = 8, router: bool = False, scale: float = 1.0, t: float = 10.0) -> nn.Module:
+    """LaVIN's in-block adapter (with residual) on the normed input of a sublayer (``in_seq``)."""
+    return _adapter(site.dim, int(hidden), bool(router), float(scale), float(t), residual=True)
+
+
+@register_pet("lavin_skip_adapter")
+def lavin_skip_adapter(site: Site, hidden: int = 32, router: bool = False, scale: float = 1.0,
+                       t: float = 10.0) -> LaVINSkip:
+    """LaVIN-DAS's skip adapter on a LLaMA skip site (reads the site's ``input_norm``)."""
+    norm = (site.meta or {}).get("input_norm")
+    if norm is None:
+        raise PetError(f"lavin_skip_adapter needs a skip site that names its layer's pre-attention norm "
+                       f"(meta['input_norm']); site {site.name} of family {site.family!r} has none — use pet=das "
+                       f"(the DAS skip adapter with its own LayerNorm) on this backbone")
+    return LaVINSkip(_adapter(site.dim, int(hidden), bool(router), float(scale), float(t), residual=False), norm)
+
+
+DAS_LLAMA_KEYS = {"das_llama_adapter_dim": 8, "das_llama_router": False, "das_llama_scale": 1.0,
+                  "das_llama_temperature": 10.0, "das_llama_in_block": True}
+
+
+def _positive(config: Mapping[str, Any], key: str) -> int:
+    v = config[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise PetError(f"{key}={v!r} must be a positive int (LaVIN-DAS: --adapter_dim 8)")
+    return v
+
+
+@register_preset("das_llama", keys=DAS_LLAMA_KEYS)
+def das_llama(config: Mapping[str, Any]) -> Recipe:
+    """LaVIN-DAS on LLaMA: skip adapters of width ``4·das_llama_adapter_dim`` on every layer's skip site, in-block
+    adapters of width ``das_llama_adapter_dim`` on the attention's normed input (``das_llama_in_block``; LaVIN's
+    ``--adapter_type attn``);
+    ``das_llama_router`` picks the multimodal router form (ScienceQA) over the text form (BoolQ & co.).
+    Only LLaMA sites match; the backbone's own parameters stay frozen (LaVIN trains only ``adapter`` / ``lora``)."""
+    b = _positive(config, "das_llama_adapter_dim")
+    for key in ("das_llama_router", "das_llama_in_block"):
+        if not isinstance(config[key], bool):
+            raise PetError(f"{key}={config[key]!r} must be True or False")
+    opts = dict(router=config["das_llama_router"], scale=float(config["das_llama_scale"]),
+                t=float(config["das_llama_temperature"]))
+    specs = [PetSpec("lavin_skip_adapter", ("skip",), dict(opts, hidden=4 * b), families=("llama",))]
+    if config["das_llama_in_block"]:
+        specs.append(PetSpec("lavin_adapter", ("in_seq",), dict(opts, hidden=b), sublayers=("attn",),
+                             families=("llama",), required=False))
+    return Recipe("das_llama", tuple(specs), base_policy="none")
+
+
+__all__ = ["DAS_LLAMA_KEYS", "LaVINAdapter", "LaVINRouterAdapter", "LaVINSkip", "das_llama", "lavin_adapter",
+           "lavin_skip_adapter"]

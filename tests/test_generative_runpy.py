@@ -95,3 +95,22 @@ def test_vl_adapter_and_vl_pet_named_configs_reproduce_the_scripts():
         if name != "vladapter_hyperformer":
             keys = {n.split(".tasks.")[1].split(".")[0] for n in report.param_names() if ".tasks." in n}
             assert keys == {"vqa", "gqa", "nlvr2", "caption"}, (name, keys)
+
+
+def test_das_search_on_vl_bart_then_train_on_its_placement(tmp_path):
+    """DAS on the generative hosts (issue 11 item 5): a search over VL-BART's encoder + decoder layers with DAS's skip
+    adapters on generative VQA (reward: minus the LM loss) writes placement.json; a train run reads it back with
+    placement=latest, and the skipped layers are the searched ones."""
+    write_synthetic(tmp_path / "data", seed=0, images=16, image_px=32, variants=("vqa",))
+    upd = _upd(tmp_path, pet="das", das_adapter_dim=4, das_skip_adapter_dim=8, datasets=["vqa"],
+               loss_names={"vqa": 1, "itm": 0, "mlm": 0}, exp_name="gen_das", max_epoch=2, skip_num=1,
+               das_turn=1, das_warmup_epoch=0, das_epoch=2, search="das")
+    search = run_py.ex.run(config_updates=dict(upd, stage="search"), options=QUIET).result
+    placement = json.loads(Path(search["placement_path"]).read_text())
+    assert len(placement["skip"]) == 1 and 0 <= placement["skip"][0] < 4  # test_vl_bart: 2 encoder + 2 decoder layers
+    train = run_py.ex.run(config_updates=dict(upd, stage="train", placement="latest", max_epoch=1),
+                          options=QUIET).result
+    run = json.loads((Path(train["run_dir"]) / "run.json").read_text())
+    assert run["placement_source"] == search["placement_path"]
+    comp = json.loads((Path(train["run_dir"]) / "computation.json").read_text())
+    assert comp["flops"]["chosen"] < comp["flops"]["full"]

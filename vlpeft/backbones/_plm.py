@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from vlpeft.backbones._protocol import Site
+from vlpeft.backbones._protocol import Site, attach_projection, attach_skip, projection_sites
 
 # --------------------------------------------------------------------------------------------------
 # named random configurations (tests, bench)
@@ -660,3 +660,31 @@ def wrap_plm(model: nn.Module, language_model: str, original_position_bias: bool
     if lm == "T5":
         return T5PLM(model, original_position_bias)
     return LlamaPLM(model)
+
+
+class HostsPLM:
+    """Sites of a backbone that holds a hooked language model at ``self.plm`` (a ``PLMWrapper``) and skip slots at
+    ``self.skip_adapters`` (CLIP+PLM, the plain PLM, ViT + GPT-2 / RoBERTa): the wrapper's sublayer sites, one skip
+    site per candidate layer (``skip_site_meta`` says what a skip module may read), and the PLM's projections."""
+
+    def skip_site_meta(self, i: int) -> dict:
+        return {}
+
+    def plm_projection_sites(self) -> list[Site]:
+        # T5's encoder runs before the candidates (layer -1); its decoder sites keep their block index
+        projs = projection_sites(self, self.family, r"^plm\.(bert|t5|llama)\.", encoder_layer=-1)
+        return [s for s in projs if s.stack in ("encoder", "decoder")] if self.plm.kind == "T5" else projs
+
+    def sites(self) -> list[Site]:
+        d = self.hidden_size
+        skips = [Site("plm", i, "block", "skip", d, f"skip_adapters.{i}.0", self.family, meta=self.skip_site_meta(i))
+                 for i in range(self.num_layers)]
+        return self.plm.sites() + skips + self.plm_projection_sites()
+
+    def attach(self, site: Site, module) -> None:
+        if site.anchor == "skip":
+            attach_skip(self.skip_adapters, site, module)
+        elif site.anchor.startswith("proj:"):
+            attach_projection(self, site, module)
+        else:
+            self.plm.attach(site, module)

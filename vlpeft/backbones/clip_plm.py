@@ -53,9 +53,8 @@ import torch
 from torch import nn
 
 from vlpeft.backbones._clip import CLIPFeatureCache, FrozenCLIP, build_clip_visual
-from vlpeft.backbones._plm import LANGUAGE_MODELS, PLMState, PLMWrapper, build_hf_plm, wrap_plm
-from vlpeft.backbones._protocol import (Backbone, Candidates, LayerPlan, Site, attach_projection, attach_skip,
-                                        projection_sites)
+from vlpeft.backbones._plm import LANGUAGE_MODELS, HostsPLM, PLMState, PLMWrapper, build_hf_plm, wrap_plm
+from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan
 from vlpeft.pet.prompts import CrossAttentionPrompt
 from vlpeft.search.placement import validate_skip
 
@@ -120,7 +119,7 @@ def _reset_fingerprint(module: "DVPBackbone", incompatible_keys: Any) -> None:
     module._fingerprint = None
 
 
-class DVPBackbone(Backbone):
+class DVPBackbone(HostsPLM, Backbone):
     """CLIP + PLM with the dynamic visual prompt, a ``Backbone``: candidates are the PLM's candidate layers (a
     prompt can enter before each; each can be skipped, its skip site running instead); PET sites are the PLM's
     sublayer outputs (hooks, ``plm.adapters.j``) and one skip slot per candidate (``skip_adapters.i.0``)."""
@@ -324,25 +323,9 @@ class DVPBackbone(Backbone):
     def candidate_module(self, index: int) -> nn.Module:
         return self.plm.layers[index]
 
-    def sites(self) -> list[Site]:
-        d = self.hidden_size
-        # LLaMA skip sites name the layer's pre-attention norm: LaVIN-DAS's skip adapter reads it (pet=das_llama)
-        meta = [{"input_norm": layer.input_layernorm} if self.plm.kind == "LLAMA" else {} for layer in self.plm.layers]
-        skips = [Site("plm", i, "block", "skip", d, f"skip_adapters.{i}.0", self.family, meta=meta[i])
-                 for i in range(self.num_layers)]
-        # projections of the PLM only (CLIP is locked); T5's encoder runs before the candidates (layer -1)
-        projs = projection_sites(self, self.family, r"^plm\.(bert|t5|llama)\.", encoder_layer=-1)
-        if self.plm.kind == "T5":  # T5's candidates are its decoder blocks: decoder sites keep their block index
-            projs = [s for s in projs if s.stack in ("encoder", "decoder")]
-        return self.plm.sites() + skips + projs
-
-    def attach(self, site: Site, module: nn.Module) -> None:
-        if site.anchor == "skip":
-            attach_skip(self.skip_adapters, site, module)
-        elif site.anchor.startswith("proj:"):
-            attach_projection(self, site, module)
-        else:
-            self.plm.attach(site, module)
+    def skip_site_meta(self, i: int) -> dict[str, Any]:
+        """LLaMA's pre-attention RMSNorm, which LaVIN's skip adapter reads."""
+        return {"input_norm": self.plm.layers[i].input_layernorm} if self.plm.kind == "LLAMA" else {}
 
     def forward(self, batch: Mapping[str, Any], plan: LayerPlan, **ctx: Any) -> dict[str, torch.Tensor]:
         if ctx:

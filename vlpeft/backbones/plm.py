@@ -26,9 +26,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from vlpeft.backbones._plm import LANGUAGE_MODELS, PLMState, PLMWrapper, build_hf_plm, wrap_plm
-from vlpeft.backbones._protocol import (Backbone, Candidates, LayerPlan, Site, attach_projection, attach_skip,
-                                        projection_sites)
+from vlpeft.backbones._plm import LANGUAGE_MODELS, HostsPLM, PLMState, PLMWrapper, build_hf_plm, wrap_plm
+from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ def truncate_layers(hf: nn.Module, language_model: str, n: int) -> nn.Module:
     return hf
 
 
-class PLMBackbone(Backbone):
+class PLMBackbone(HostsPLM, Backbone):
     """A language model alone as a ``Backbone``: candidates = its layers (skip only), PET sites = the PLM's
     sublayer hooks, one skip slot per layer (``skip_adapters.i.0``) and the projections."""
 
@@ -110,23 +109,6 @@ class PLMBackbone(Backbone):
         if self.plm.kind == "LLAMA":
             return {"input_norm": self.plm.layers[i].input_layernorm, "stack_role": "decoder"}
         return {"stack_role": self.plm.stack_roles.get("plm", "plm")}
-
-    def sites(self) -> list[Site]:
-        d = self.hidden_size
-        skips = [Site("plm", i, "block", "skip", d, f"skip_adapters.{i}.0", self.family, meta=self.skip_site_meta(i))
-                 for i in range(self.num_layers)]
-        projs = projection_sites(self, self.family, r"^plm\.(bert|t5|llama)\.", encoder_layer=-1)
-        if self.plm.kind == "T5":  # candidates are the decoder blocks: decoder sites keep their block index
-            projs = [s for s in projs if s.stack in ("encoder", "decoder")]
-        return self.plm.sites() + skips + projs
-
-    def attach(self, site: Site, module: nn.Module) -> None:
-        if site.anchor == "skip":
-            attach_skip(self.skip_adapters, site, module)
-        elif site.anchor.startswith("proj:"):
-            attach_projection(self, site, module)
-        else:
-            self.plm.attach(site, module)
 
     # -- running -------------------------------------------------------------------------------------
     def _text(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -65,9 +65,8 @@ from torch import nn
 
 from vlpeft.backbones import VIT_LM_KEYS
 from vlpeft.backbones._generative import Generative, lm_loss
-from vlpeft.backbones._plm import PLMWrapper, _SiteHook, _XCapture
-from vlpeft.backbones._protocol import (Backbone, Candidates, LayerPlan, Site, attach_projection, attach_skip,
-                                        projection_sites)
+from vlpeft.backbones._plm import HostsPLM, PLMWrapper, _SiteHook, _XCapture
+from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site, projection_sites
 from vlpeft.pet.context import pet_context
 
 # --- architectures as data (random init for tests and counting; real weights come from local folders) -----------
@@ -334,7 +333,7 @@ class _SkippedLayer(nn.Module):
 
 
 # --- the backbones ----------------------------------------------------------------------------------------------------
-class _ViTLM(Backbone):
+class _ViTLM(HostsPLM, Backbone):
     family = ""
 
     def __init__(self, vit: nn.Module, plm: _LMSites, tokenizer: Any, cfg: ViTLMConfig) -> None:
@@ -366,21 +365,9 @@ class _ViTLM(Backbone):
     def candidate_name(self, index: int) -> str:
         return f"plm.{self.plm.hf_attr}.{self.plm.blocks_path}.{index}"
 
-    def sites(self) -> list[Site]:
-        d = self.hidden_size
-        skips = [Site("plm", i, "block", "skip", d, f"skip_adapters.{i}.0", self.family)
-                 for i in range(self.num_layers)]
+    def plm_projection_sites(self) -> list[Site]:
         prefix = f"plm.{self.plm.hf_attr}.{self.plm.blocks_path}."
-        projs = projection_sites(self, self.family, "^" + prefix.replace(".", r"\."))
-        return self.plm.sites() + skips + projs
-
-    def attach(self, site: Site, module: nn.Module) -> None:
-        if site.anchor == "skip":
-            attach_skip(self.skip_adapters, site, module)
-        elif site.anchor.startswith("proj:"):
-            attach_projection(self, site, module)
-        else:
-            self.plm.attach(site, module)
+        return projection_sites(self, self.family, "^" + prefix.replace(".", r"\."))
 
     def base_trainable(self, policy: str) -> list[tuple[str, nn.Parameter]]:
         """The ViT never trains; ``all``: the whole LM; any other policy acts on the LM's layers only."""

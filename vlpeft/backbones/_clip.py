@@ -21,7 +21,7 @@ import os
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -224,6 +224,31 @@ class CLIPFeatureCache:
                 torch.save(t, buf)
                 f.parent.mkdir(parents=True, exist_ok=True)
                 write_bytes_atomic(f, buf.getvalue())
+
+    def features(self, fp: str, keys: Sequence[str], images: torch.Tensor,
+                 compute: Callable[[torch.Tensor], torch.Tensor], prefix: str = "") -> list[torch.Tensor]:
+        """Per-row features of ``images`` (row i has ``keys[i]``): cached ones read back, the others computed once per
+        distinct key with ``compute`` on those rows only, then stored; ``prefix`` namespaces the keys."""
+        if len(keys) != images.shape[0]:
+            raise ValueError(f"image_key has {len(keys)} entries for {images.shape[0]} images")
+        found: dict[str, torch.Tensor] = {}
+        todo: dict[str, int] = {}  # key → first row that has it (repeated keys computed once)
+        for row, key in enumerate(keys):
+            if key in found or key in todo:
+                continue
+            t = self.get(fp, prefix + key)
+            if t is None:
+                todo[key] = row
+                self.misses += 1
+            else:
+                found[key] = t
+                self.hits += 1
+        if todo:
+            fresh = compute(images.index_select(0, torch.tensor(list(todo.values()), device=images.device)))
+            for j, key in enumerate(todo):
+                found[key] = fresh[j]
+                self.put(fp, prefix + key, fresh[j])
+        return [found[k] for k in keys]
 
     def _put_mem(self, mk: str, t: torch.Tensor) -> None:
         if self.max_items <= 0:

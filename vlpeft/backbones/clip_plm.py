@@ -197,31 +197,11 @@ class DVPBackbone(HostsPLM, Backbone):
         use_cache = self.cfg.clip_feature_cache and keys is not None and self.images_deterministic(deterministic_images)
         if not use_cache:
             return self.clip(images)
-        if len(keys) != images.shape[0]:
-            raise ValueError(f"image_key has {len(keys)} entries for {images.shape[0]} images")
         if self._fingerprint is None:
             self._fingerprint = CLIPFeatureCache.fingerprint(self.clip.model, tuple(images.shape[1:]))
-        fp = self._fingerprint
-        found: dict[str, torch.Tensor] = {}
-        todo: dict[str, int] = {}  # key → first row that has it (repeated keys computed once)
-        for row, key in enumerate(keys):
-            if key in found or key in todo:
-                continue
-            t = self.feature_cache.get(fp, key)
-            if t is None:
-                todo[key] = row
-                self.feature_cache.misses += 1
-            else:
-                found[key] = t
-                self.feature_cache.hits += 1
-        if todo:
-            rows = torch.tensor(list(todo.values()), device=images.device)
-            feats = self.clip(images.index_select(0, rows))
-            for j, key in enumerate(todo):
-                found[key] = feats[j]
-                self.feature_cache.put(fp, key, feats[j])
+        feats = self.feature_cache.features(self._fingerprint, keys, images, self.clip)
         p = next(self.plm.parameters())
-        return torch.stack([found[k].to(p.device) for k in keys]).to(p.dtype)
+        return torch.stack([f.to(p.device) for f in feats]).to(p.dtype)
 
     # -- running -------------------------------------------------------------------------------------
     def _grad_context(self, stage: int) -> contextlib.AbstractContextManager:

@@ -77,29 +77,11 @@ class GridFeatures(nn.Module):
         if not self.use_cache or keys is None:
             feats = self.pooled(images)
         else:
-            if len(keys) != images.shape[0]:
-                raise ValueError(f"image_key has {len(keys)} entries for {images.shape[0]} images")
             if self._fingerprint is None:
                 self._fingerprint = CLIPFeatureCache.fingerprint(self.clip.model, tuple(images.shape[1:]))
-            fp, found, todo = self._fingerprint, {}, {}
-            for row, key in enumerate(keys):
-                if key in found or key in todo:
-                    continue
-                t = self.cache.get(fp, f"grid{self.grid}:{key}")
-                if t is None:
-                    todo[key] = row
-                    self.cache.misses += 1
-                else:
-                    found[key] = t
-                    self.cache.hits += 1
-            if todo:
-                rows = torch.tensor(list(todo.values()), device=images.device)
-                fresh = self.pooled(images.index_select(0, rows))
-                for j, key in enumerate(todo):
-                    found[key] = fresh[j]
-                    self.cache.put(fp, f"grid{self.grid}:{key}", fresh[j])
+            rows = self.cache.features(self._fingerprint, keys, images, self.pooled, prefix=f"grid{self.grid}:")
             p = next(self.clip.parameters())
-            feats = torch.stack([found[k].to(p.device) for k in keys])
+            feats = torch.stack([f.to(p.device) for f in rows])
         return feats, grid_boxes(self.grid, feats.shape[0], feats.device, feats.dtype)
 
 

@@ -43,6 +43,20 @@ def image_sizes(images: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
     return [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
 
 
+def collate_images(items: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """``<key>``, ``<key>_mask`` and ``<key>_sizes`` for every image key: one common (Hmax, Wmax) over every image
+    of the batch, as the original; the sizes are host-side real extents (no read-back of the device mask)."""
+    out: dict[str, Any] = {}
+    if not keys:
+        return out
+    hmax = max(it[k].shape[1] for it in items for k in keys)
+    wmax = max(it[k].shape[2] for it in items for k in keys)
+    for k in keys:
+        out[k], out[f"{k}_mask"] = pad_images([it[k] for it in items], hmax, wmax)
+        out[f"{k}_sizes"] = image_sizes([it[k] for it in items])
+    return out
+
+
 def _encodings_to_tensors(encs: Sequence[Mapping[str, Sequence[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad to the longest (the dataset already pads to max_text_len, so usually a plain stack)."""
     length = max(len(e["input_ids"]) for e in encs)
@@ -87,15 +101,7 @@ class Collator:
             batch["task"] = tasks[0]  # the Lightning module runs the forward in pet_context(task=...)
         first = items[0]
 
-        # images: one common (Hmax, Wmax) over every image key of the batch, as the original
-        img_keys = [k for k in IMAGE_KEYS if k in first]
-        if img_keys:
-            hmax = max(it[k].shape[1] for it in items for k in img_keys)
-            wmax = max(it[k].shape[2] for it in items for k in img_keys)
-            for k in img_keys:
-                batch[k], batch[f"{k}_mask"] = pad_images([it[k] for it in items], hmax, wmax)
-                # host-side real sizes: patch extents without reading the (device) mask back
-                batch[f"{k}_sizes"] = image_sizes([it[k] for it in items])
+        batch.update(collate_images(items, [k for k in IMAGE_KEYS if k in first]))
 
         for k in LIST_KEYS:
             if k in first:

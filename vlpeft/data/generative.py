@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from vlpeft.backbones._generative import pad_targets
-from vlpeft.data.collate import IMAGE_KEYS, CollateError, image_sizes, pad_images
+from vlpeft.data.collate import IMAGE_KEYS, CollateError, collate_images
 from vlpeft.data.datamodule import EpochRandomSampler, MTDataModule
 from vlpeft.data.datasets import CaptionDataset, GQADataset, NLVR2Dataset, VQADataset
 from vlpeft.data.features import FeatureError, FeatureReader, image_id_candidates
@@ -223,13 +223,7 @@ class GenerativeCollator:
             batch["vis_pos"] = torch.stack([it["vis_pos"] for it in items]).float()
             if "img_order_ids" in first:
                 batch["img_order_ids"] = torch.stack([it["img_order_ids"] for it in items])
-        img_keys = [k for k in IMAGE_KEYS if first.get(k) is not None]
-        if img_keys:
-            hmax = max(it[k].shape[1] for it in items for k in img_keys)
-            wmax = max(it[k].shape[2] for it in items for k in img_keys)
-            for k in img_keys:
-                batch[k], batch[f"{k}_mask"] = pad_images([it[k] for it in items], hmax, wmax)
-                batch[f"{k}_sizes"] = image_sizes([it[k] for it in items])
+        batch.update(collate_images(items, [k for k in IMAGE_KEYS if first.get(k) is not None]))
 
         for k in GEN_LIST_KEYS:
             if k in first:

@@ -114,3 +114,25 @@ def test_das_search_on_vl_bart_then_train_on_its_placement(tmp_path):
     assert run["placement_source"] == search["placement_path"]
     comp = json.loads((Path(train["run_dir"]) / "computation.json").read_text())
     assert comp["flops"]["chosen"] < comp["flops"]["full"]
+
+
+def test_vit_gpt2_routing_captioning_through_run_py(tmp_path):
+    """Routing-VLPEFT's captioning setting through run.py: the named config ``routing_vit_gpt2_lora`` on the tiny
+    ViT + GPT-2 (routing LoRA reading the ViT pooler output) trains on COCO captions — the caption loss falls — and
+    test_only writes the COCO caption results."""
+    write_synthetic(tmp_path / "data", seed=0, images=16, image_px=32, variants=("coco_captions",))
+    upd = dict(backbone="test_vit_gpt2", tokenizer="bert-base-uncased", routing_r=4, routing_alpha=4,
+               data_root=str(tmp_path / "data"),
+               log_dir=str(tmp_path / "result"), per_gpu_batchsize=4, batch_size=4, image_size=32, max_epoch=2,
+               warmup_steps=0, learning_rate=3e-3, num_beams=2, gen_max_length=6, num_gpus=0, num_workers=0,
+               train_transform_keys=["vit"], val_transform_keys=["vit"])
+    train = run_py.ex.run(named_configs=["routing_vit_gpt2_lora"], config_updates=upd, options=QUIET).result
+    run_dir = Path(train["run_dir"])
+    losses = _epoch_losses(run_dir)
+    assert list(losses) == ["caption"] and losses["caption"][-1] < losses["caption"][0], losses
+    assert "caption_cider" in json.loads((run_dir / "metrics.json").read_text())["val"]
+    test = run_py.ex.run(named_configs=["routing_vit_gpt2_lora"],
+                         config_updates=dict(upd, test_only=True, load_path=str(run_dir / "checkpoints" / "last.ckpt")),
+                         options=QUIET).result
+    caps = json.loads(next(Path(test["run_dir"]).glob("caption_result_*.json")).read_text())
+    assert caps and all(isinstance(r["caption"], str) for r in caps)

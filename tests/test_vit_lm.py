@@ -201,6 +201,28 @@ def test_roberta_side_takes_a_real_bert_folder():
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
 
 
+def test_vit_pet_sites_are_opt_in_and_train():
+    """RT keeps the ViT frozen and unadapted (no ViT site by default, so the §6.5 counts hold); with
+    ``vit_pet_sites=True`` the ViT's projections are sites too (layer -1: never skipped), LoRA lands there and its
+    parameters get gradients through x_v."""
+    base = _bb("test_vit_roberta", use_vis_prefix=True)
+    assert not [s for s in base.sites() if s.stack == "vit"]
+    bb = _bb("test_vit_roberta", use_vis_prefix=True, vit_pet_sites=True)
+    vit_sites = [s for s in bb.sites() if s.stack == "vit"]
+    assert vit_sites and {s.layer for s in vit_sites} == {-1} and {s.role for s in vit_sites} == {"vision"}
+    report = inject(bb, PRESETS.build("lora", dict(lora_r=2, lora_alpha=4, lora_dropout=0.0)))
+    apply_trainable(bb, report, "none")
+    in_vit = [n for n in report.param_names() if n.startswith("vit.")]
+    sites = {s.name: s for s in vit_sites}
+    assert in_vit and {sites[n.rsplit(".", 1)[0]].anchor for n in in_vit} == {"proj:q", "proj:v"}
+    b = _batch(pad_row=True)
+    with torch.no_grad():  # LoRA's B = 0: the ViT still computes the released function
+        assert torch.equal(bb(b, PLAN)["cls_feats"], base(b, PLAN)["cls_feats"])
+    bb(b, PLAN)["cls_feats"].pow(2).sum().backward()
+    params = dict(bb.named_parameters())
+    assert all(params[n].grad is not None for n in in_vit if n.endswith("lora_B"))
+
+
 def test_roberta_visual_prefix():
     bb = _bb("test_vit_roberta", use_vis_prefix=True)
     b = _batch(pad_row=True)

@@ -77,6 +77,7 @@ VIT_LM_KEYS = {
     "vit_use_pooler": True,  # x_v = ViT pooler output (B×1×d); False: last hidden state (B×N×d)
     "no_vis_prefix": False,  # GPT-2: drop the one-token visual prefix (vision enters only through routing)
     "use_vis_prefix": False,  # RoBERTa: prepend the visual prefix
+    "vit_pet_sites": False,  # also offer the ViT's projections to PET modules (RT keeps the ViT frozen and unadapted)
 }
 
 

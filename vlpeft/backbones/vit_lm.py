@@ -56,7 +56,7 @@ what RT trains, and ``train_base=bias:query+bias:value`` is RoBERTa's ``--freeze
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -112,13 +112,14 @@ class ViTLMConfig:
     tokenizer: str
     vit_use_pooler: bool
     vis_prefix: bool
+    vit_pet_sites: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], lm: str) -> "ViTLMConfig":
         if lm not in LMS:
             raise ValueError(f"vit_lm: lm={lm!r} is not one of {LMS}")
         c = {**VIT_LM_KEYS, **dict(config)}
-        for k in ("vit_use_pooler", "no_vis_prefix", "use_vis_prefix"):
+        for k in ("vit_use_pooler", "no_vis_prefix", "use_vis_prefix", "vit_pet_sites"):
             if not isinstance(c[k], bool):
                 raise ValueError(f"{k}={c[k]!r} must be True or False")
         if not c["vit_model"]:
@@ -131,7 +132,7 @@ class ViTLMConfig:
                              f"the pretrained {lm} from the `tokenizer` folder")
         prefix = (not c["no_vis_prefix"]) if lm == "gpt2" else bool(c["use_vis_prefix"])
         return cls(lm, str(c["vit_model"]), lm_config, str(c.get("tokenizer") or "bert-base-uncased"),
-                   bool(c["vit_use_pooler"]), prefix)
+                   bool(c["vit_use_pooler"]), prefix, bool(c["vit_pet_sites"]))
 
 
 def _local_folder(name: str) -> str:
@@ -367,7 +368,14 @@ class _ViTLM(HostsPLM, Backbone):
 
     def plm_projection_sites(self) -> list[Site]:
         prefix = f"plm.{self.plm.hf_attr}.{self.plm.blocks_path}."
-        return projection_sites(self, self.family, "^" + prefix.replace(".", r"\."))
+        projs = projection_sites(self, self.family, "^" + prefix.replace(".", r"\."))
+        if self.cfg.vit_pet_sites:  # the ViT runs before the candidates: layer -1 (never skipped, always used)
+            projs += [replace(s, stack="vit", layer=-1, meta={**s.meta, "stack_role": "vision", "vit_layer": s.layer})
+                      for s in projection_sites(self, "vit", r"^vit\.(encoder\.)?layers?\.")]
+        return projs
+
+    def _vit_adapted(self) -> bool:
+        return self.cfg.vit_pet_sites and any(p.requires_grad for p in self.vit.parameters())
 
     def base_trainable(self, policy: str) -> list[tuple[str, nn.Parameter]]:
         """The ViT never trains; ``all``: the whole LM; any other policy acts on the LM's layers only."""
@@ -384,8 +392,9 @@ class _ViTLM(HostsPLM, Backbone):
 
     # -- vision -----------------------------------------------------------------------------------------------------
     def visual_context(self, image: torch.Tensor) -> torch.Tensor:
-        """``x_v``: the frozen ViT's pooler output (B×1×d) or last hidden state (B×N×d)."""
-        with torch.no_grad():
+        """``x_v``: the frozen ViT's pooler output (B×1×d) or last hidden state (B×N×d); with gradients only where PET
+        modules sit in the ViT (``vit_pet_sites=True``)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self._vit_adapted()):
             out = self.vit(pixel_values=image.to(self.vit.embeddings.patch_embeddings.projection.weight.dtype))
             return out.pooler_output.unsqueeze(1) if self.cfg.vit_use_pooler else out.last_hidden_state
 

@@ -116,6 +116,84 @@ def test_partial_checkpoint_reports_what_is_missing():
     gates = sorted(n for i in rep_b.injected if i.module == "gate" for n in i.param_names)
     assert gates and sorted(rep.missing) == gates and rep.unexpected == []
     # without with_backbone the backbone and projector keys are reported, not loaded
-    rep = import_released(b, sd, rep_b)
+    rep = import_released(b, sd, rep_b, with_backbone=True)
     assert "encoder.visual_embedding.img_order_embedding.weight" in rep.unexpected
     assert not any("gating" in k or "multihead" in k for k in rep.unexpected)
+
+
+_HYPER_INV = {"layer_embeddings.weight": "layer_id_embeddings.weight", "task_ln.weight": "LayerNorm.weight",
+              "task_ln.bias": "LayerNorm.bias"}
+_BLOCK = {"attn": "self_attention", "cross_attn": "cross_attention", "ffn": "feed_forward"}
+
+
+def _hyper_released_key(stack: str, rel: str) -> str:
+    """The VL-Adapter key of our HyperNet parameter ``rel`` (``adapters/adapter_hypernetwork.py`` names)."""
+    if rel in _HYPER_INV:
+        part = _HYPER_INV[rel]
+    elif rel.startswith("task_hypernet."):
+        part = "task_hypernet.task_embeding_generator." + rel[len("task_hypernet."):]
+    else:
+        _, block, gen, wb = rel.split(".")
+        side, kind = gen.split("_")
+        part = f"{_BLOCK[block]}_{side}_sampler_hyper_net.{'weight' if kind == 'w' else 'bias'}_generator.0.{wb}"
+    return f"model.{stack}.adapter_layers_hyper_net.{part}"
+
+
+def test_released_hyperformer_generators_and_task_embeddings_load():
+    """VL-Adapter's Hyperformer keys (one generator per stack, shared task embeddings; ``nlvr`` → ``nlvr2``) load into
+    our HyperNet: no unexpected or missing key, the outputs equal the source model's for every task, and the adapter
+    weights our HyperNet generates equal the original formula computed from the released tensors
+    (``e = LN(task_hypernet([t; l]))``, down = ``weight_generator(e).view(r, d)``, up = ``….view(d, r)``)."""
+    from vlpeft.pet.context import pet_context
+
+    opts = dict(OPTS, hyper_task_dim=8, hyper_hidden=6, hyper_proj_dim=4, datasets=["vqa", "gqa", "nlvr2", "caption"])
+
+    def model(seed):
+        torch.manual_seed(seed)
+        bb = BACKBONES.build("test_vl_bart")
+        torch.manual_seed(seed + 100)
+        return bb.eval(), inject(bb, PRESETS.build("hyperformer", opts))
+
+    a, rep_a = model(0)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # trained values
+        for p in a.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    own = dict(a.named_parameters(remove_duplicate=False))
+    pet = set(rep_a.param_names())
+    sd = {k[len("seq2seq."):]: v.clone() for k, v in a.state_dict().items() if k.startswith("seq2seq.") and k not in pet}
+    seen = set()
+    for inj in rep_a.injected:
+        for n in inj.param_names:
+            if id(own[n]) in seen:
+                continue
+            seen.add(id(own[n]))
+            if ".hypernet." in n:
+                sd[_hyper_released_key(inj.site.role, n.split(".hypernet.", 1)[1])] = own[n].detach().clone()
+            else:  # task embeddings
+                task = n.rsplit(".", 1)[1]
+                sd[f"model.shared_task_embed.task_to_embeddings.{'nlvr' if task == 'nlvr2' else task}"] = own[n].detach()
+    b, rep_b = model(1)
+    rep = import_released(b, sd, rep_b, with_backbone=True)
+    assert rep.unexpected == [] and rep.missing == []
+    batch = _batch()
+    with torch.no_grad():
+        for task in ("vqa", "nlvr2"):
+            with pet_context(task=task):
+                assert torch.equal(b(batch, LayerPlan())["lm_logits"], a(batch, LayerPlan())["lm_logits"])
+    # the original formula, from the released tensors alone (encoder, layer 1, FFN block)
+    enc = "model.encoder.adapter_layers_hyper_net."
+    t, lemb = sd["model.shared_task_embed.task_to_embeddings.nlvr"], sd[enc + "layer_id_embeddings.weight"][1]
+    h = torch.relu(torch.nn.functional.linear(torch.cat([t, lemb]), sd[enc + "task_hypernet.task_embeding_generator.0.weight"],
+                                              sd[enc + "task_hypernet.task_embeding_generator.0.bias"]))
+    e = torch.nn.functional.linear(h, sd[enc + "task_hypernet.task_embeding_generator.2.weight"],
+                                   sd[enc + "task_hypernet.task_embeding_generator.2.bias"])
+    e = torch.nn.functional.layer_norm(e, e.shape, sd[enc + "LayerNorm.weight"], sd[enc + "LayerNorm.bias"])
+    gen = enc + "feed_forward_down_sampler_hyper_net."
+    down = torch.nn.functional.linear(e, sd[gen + "weight_generator.0.weight"], sd[gen + "weight_generator.0.bias"])
+    net = next(m.hypernet for m in b.modules() if hasattr(m, "hypernet") and m.block_type == "ffn")
+    w_d, _, _, _ = net.weights(b_task := dict(b.named_parameters(remove_duplicate=False))[
+        next(n for n in rep_b.param_names() if n.endswith("task_to_embeddings.nlvr2"))], 1, "ffn")
+    torch.testing.assert_close(w_d, down.view(net.r, net.d), rtol=1e-6, atol=1e-6)
+    assert torch.equal(b_task, t)
+

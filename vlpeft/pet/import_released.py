@@ -36,8 +36,13 @@ and the rest are listed in ``LoadReport.adapted``; copies that differ are a ``Ch
 ``LoadReport``: ``loaded`` tensors; ``adapted`` (row-stacks, re-splits, deduplicated task copies); ``missing`` — our
 injected PET parameters the checkpoint did not fill (the backbone is not counted); ``unexpected`` — every released
 key not imported: backbone weights and the visual projector (unless ``with_backbone``: then they load through the
-host's ``checkpoint_filter_fn``), Hyperformer (no pattern here yet), and PET keys whose site our report does not hold
-(e.g. more layers than our host).
+host's ``checkpoint_filter_fn``), and PET keys whose site our report does not hold (e.g. more layers than our host).
+
+Hyperformer (VL-Adapter): ``model.{encoder|decoder}.adapter_layers_hyper_net.{layer_id_embeddings, task_hypernet.
+task_embeding_generator.{0,2}, LayerNorm, {self_attention|cross_attention|feed_forward}_{up|down}_sampler_hyper_net.
+{weight|bias}_generator.0}`` → the stack's ``HyperNet`` (``layer_embeddings``, ``task_hypernet``, ``task_ln``,
+``generators.{attn|cross_attn|ffn}.{up|down}_{w|b}``), and ``model.shared_task_embed.task_to_embeddings.{task}`` →
+our task embeddings (``nlvr`` → ``nlvr2``).
 
 Host naming: the released numbering is (stack ``encoder``/``decoder``, layer ℓ, sublayer ``attn``/``cross_attn``/
 ``ffn``) plus the anchor. ``site_name(stack, layer, sublayer, anchor) -> str`` maps it to our site name (the
@@ -181,7 +186,15 @@ def import_released(model: nn.Module, sd: Mapping[str, torch.Tensor], report: Pe
     unexpected: list[str] = []
     rest: dict[str, torch.Tensor] = {}  # with_backbone: the non-PET keys, loaded as they are (after the filter)
 
+    hyper = _hyper_bases(report, prefix)
     for key, value in sd.items():
+        target = _hyper_target(key, hyper, own)
+        if target is not None:  # Hyperformer: per-stack generators and the shared task embeddings
+            if target:
+                assign.setdefault(target, []).append((key, value))
+            else:
+                unexpected.append(key)
+            continue
         p = parse_key(key)
         if p is None:
             if with_backbone:
@@ -253,6 +266,58 @@ def import_released(model: nn.Module, sd: Mapping[str, torch.Tensor], report: Pe
     rep.unexpected = unexpected + rep.unexpected
     rep.adapted += adapted
     return rep
+
+
+# --- Hyperformer (VL-Adapter ``adapters/adapter_hypernetwork.py``): one generator per stack, task embeddings shared
+_HYPER = re.compile(r"^(?:model\.)?(encoder|decoder)\.adapter_layers_hyper_net\.(.+)$")
+_HYPER_TASK = re.compile(r"^(?:model\.)?shared_task_embed\.task_to_embeddings\.([^.]+)$")
+_HYPER_BLOCK = {"self_attention": "attn", "cross_attention": "cross_attn", "feed_forward": "ffn"}
+# released part → ours, below the HyperAdapter's ``hypernet``; the generated matrices have the same layout in both
+# (down: (r, d) and bias r; up: (d, r) and bias d), so the generator rows map one to one
+_HYPER_PARTS: tuple[tuple[re.Pattern, Callable[[re.Match], str]], ...] = (
+    (re.compile(r"layer_id_embeddings\.weight"), lambda m: "layer_embeddings.weight"),
+    (re.compile(r"task_hypernet\.task_embeding_generator\.(0|2)\.(weight|bias)"),
+     lambda m: f"task_hypernet.{m.group(1)}.{m.group(2)}"),
+    (re.compile(r"LayerNorm\.(weight|bias)"), lambda m: f"task_ln.{m.group(1)}"),
+    (re.compile(r"(self_attention|cross_attention|feed_forward)_(up|down)_sampler_hyper_net\.(weight|bias)_generator"
+                r"\.0\.(weight|bias)"),
+     lambda m: f"generators.{_HYPER_BLOCK[m.group(1)]}.{m.group(2)}_{m.group(3)[0]}.{m.group(4)}"),
+)
+_HYPER_TASK_NAMES = {"nlvr": "nlvr2"}  # the originals' task keys → ours (batch["task"])
+
+
+def _hyper_bases(report: PetReport, prefix: str) -> dict[str, str]:
+    """Where our Hyperformer modules live: role (encoder / decoder) → the ``…hypernet.`` path of one of its
+    adapters, and ``"tasks"`` → the ``…task_embeddings.task_to_embeddings.`` path."""
+    out: dict[str, str] = {}
+    for inj in report.injected:
+        for n in inj.param_names:
+            if ".hypernet." in n:
+                out.setdefault(inj.site.role, prefix + n[:n.index(".hypernet.") + len(".hypernet.")])
+            if ".task_embeddings.task_to_embeddings." in n:
+                out.setdefault("tasks", prefix + n[:n.index("task_to_embeddings.") + len("task_to_embeddings.")])
+    return out
+
+
+def _hyper_target(key: str, bases: Mapping[str, str], own: Mapping[str, nn.Parameter]) -> str | None:
+    """Our name for a released Hyperformer key; "" when it is one but our model has no place for it (unexpected);
+    None when the key is not a Hyperformer key."""
+    m = _HYPER_TASK.match(key)
+    if m:
+        base = bases.get("tasks")
+        if base is None:
+            return ""
+        task = m.group(1) if base + m.group(1) in own else _HYPER_TASK_NAMES.get(m.group(1), m.group(1))
+        return base + task if base + task in own else ""
+    m = _HYPER.match(key)
+    if not m:
+        return None
+    base = bases.get(m.group(1))
+    for pat, ours in _HYPER_PARTS:
+        part = pat.fullmatch(m.group(2))
+        if part and base is not None and base + ours(part) in own:
+            return base + ours(part)
+    return ""
 
 
 def _locations(site: str, injs: list[Injected], part: str, p: Parsed, own: Mapping[str, nn.Parameter],

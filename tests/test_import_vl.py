@@ -116,7 +116,7 @@ def test_partial_checkpoint_reports_what_is_missing():
     gates = sorted(n for i in rep_b.injected if i.module == "gate" for n in i.param_names)
     assert gates and sorted(rep.missing) == gates and rep.unexpected == []
     # without with_backbone the backbone and projector keys are reported, not loaded
-    rep = import_released(b, sd, rep_b, with_backbone=True)
+    rep = import_released(b, sd, rep_b)
     assert "encoder.visual_embedding.img_order_embedding.weight" in rep.unexpected
     assert not any("gating" in k or "multihead" in k for k in rep.unexpected)
 

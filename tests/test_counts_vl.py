@@ -16,7 +16,6 @@ import vlpeft.pet.presets_zoo  # noqa: F401  (registers the zoo presets)
 from vlpeft.backbones import BACKBONES
 from vlpeft.pet import PRESETS, inject
 from vlpeft.pet._base import Recipe
-from vlpeft.pet._sites_hf import ZooSpec
 from vlpeft.pet.trainable import apply_trainable, count_parameters
 
 TASKS = ["vqa", "gqa", "nlvr", "caption"]  # the four jointly trained tasks (Hyperformer task embeddings)
@@ -101,23 +100,10 @@ def test_t5_vl_adapter_as_in_lst():
     assert (t, a) == (19_333_632, 242_292_480) and abs(100.0 * t / a - 7.98) <= 0.005
 
 
-def _compacter_gate(granularity: str) -> Recipe:
-    """VL-PET Table 9 "Compacter + G + LW": compacters (n = 2, r = 96) on the encoder attn / ffn outputs and as
-    the decoder's lightweight module (one per decoder layer: the count of a compacter value adapter), the gate,
-    encoder norms (spec §6.2)."""
-    gate = dict(granularity=granularity, init="legacy_bart")
-    if granularity == "large":
-        gate["rank"] = 96
-    return Recipe(f"compacter_gate_{granularity}", (
-        ZooSpec("compacter", ("out_seq",), dict(reduction=8), sublayers=("attn", "ffn"), stacks=("encoder",)),
-        ZooSpec("compacter", ("out_seq",), dict(reduction=8), sublayers=("cross_attn",), stacks=("decoder",)),
-        ZooSpec("gate", ("gate",), gate, sublayers=("attn", "ffn"), stacks=("encoder",))),
-        base_policy="norms:encoder")
-
-
 @pytest.mark.parametrize("granularity,trainable,total,reported", [
     ("small", 2_964_204, 142_518_252, 2.08), ("middle_x", 2_954_988, 142_509_036, 2.07),
     ("middle_y", 2_954_976, 142_509_024, 2.07), ("large", 4_725_600, 144_279_648, 3.28)])
 def test_table9_compacter_with_gates(granularity, trainable, total, reported):
-    t, a = _build(BART, 2048, _compacter_gate(granularity))
+    """VL-PET Table 9 "Compacter + G + LW" through its presets (the decoder value adapter is a compacter)."""
+    t, a = _build(BART, 2048, f"vl_pet_compacter_{granularity}")
     assert (t, a) == (trainable, total) and abs(100.0 * t / a - reported) <= 0.005

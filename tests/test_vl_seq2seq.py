@@ -324,3 +324,16 @@ def test_t5_decoder_block0_skipped_keeps_the_relative_bias():
             x = x * bb.hidden_size ** -0.5
         want = bb.seq2seq.lm_head(x)
     assert torch.allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_table9_compacter_value_adapter_runs_parallel_to_v_proj():
+    """VL-PET Table 9's decoder module is a compacter *parallel* to the cross-attention value projection (the delta
+    alone, role "delta"), not a sequential adapter on the sublayer output."""
+    torch.manual_seed(0)
+    bb = BACKBONES.build("test_vl_bart")
+    report = inject(bb, PRESETS.build("vl_pet_compacter_small", {"adapter_reduction": 4}))
+    vpa = [i for i in report.injected if i.site.anchor == "proj:v"]
+    assert vpa and {i.site.sublayer for i in vpa} == {"cross_attn"} and {i.site.role for i in vpa} == {"decoder"}
+    mod = bb.get_submodule(vpa[0].site.name).pets()[0]
+    z = torch.randn(2, 3, vpa[0].site.dim)
+    assert mod.role == "delta" and torch.allclose(mod(z), mod.up(mod._act(mod.down(z))) * mod.scale)

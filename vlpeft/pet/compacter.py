@@ -69,6 +69,7 @@ class CompacterConfig:
     act: str = "gelu_new"
     scale: float = 1.0
     zero_up: bool = False  # identity at init (not in the original)
+    inner_skip: bool = True  # False: return the delta alone (a parallel value adapter on ``proj:v``, VL-PET Table 9)
 
 
 class Compacter(nn.Module):
@@ -76,8 +77,10 @@ class Compacter(nn.Module):
     mergeable = False
 
     def __init__(self, d: int, r: int, n: int = 2, factorized: bool = False, rank: int = 1, c_init_std: float = 0.01,
-                 act: str = "gelu_new", scale: float = 1.0, zero_up: bool = False):
+                 act: str = "gelu_new", scale: float = 1.0, zero_up: bool = False, inner_skip: bool = True):
         super().__init__()
+        self.inner_skip = bool(inner_skip)
+        self.role = "seq" if self.inner_skip else "delta"
         self.down = PHMLinear(d, r, n, factorized, rank, c_init_std)
         self.up = PHMLinear(r, d, n, factorized, rank, c_init_std, zero=zero_up)
         if zero_up:
@@ -86,17 +89,19 @@ class Compacter(nn.Module):
         self._act, self.scale = activation(act), float(scale)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z + self.up(self._act(self.down(z))) * self.scale
+        delta = self.up(self._act(self.down(z))) * self.scale
+        return z + delta if self.inner_skip else delta
 
 
 @register_pet("compacter")
 def build_compacter(site, **options) -> nn.Module:
-    """Compacter (PHM bottleneck) on ``out_seq`` (spec §2 M5)."""
+    """Compacter (PHM bottleneck) on ``out_seq`` (spec §2 M5); with ``inner_skip=False`` a parallel delta, e.g. VL-PET
+    Table 9's value adapter on ``proj:v`` of the decoder cross-attention."""
     cfg, placing = config_from(CompacterConfig, "compacter", options)
     d, _ = site_dims(site)
     r = resolve_r(d, cfg.r, cfg.reduction)
     return place(lambda: Compacter(d, r, cfg.n, cfg.factorized, cfg.rank, cfg.c_init_std, cfg.act, cfg.scale,
-                                   cfg.zero_up), site, "compacter", **placing)
+                                   cfg.zero_up, cfg.inner_skip), site, "compacter", **placing)
 
 
 __all__ = ["Compacter", "CompacterConfig", "PHMLinear", "build_compacter"]

@@ -805,7 +805,7 @@ def test_vl_pet_value_adapter_on_bart_cross_attention():
 ZOO_MODULES = {
     "bottleneck": (dict(), {}, True),
     "multihead_adapter": (dict(), dict(r=8), True),
-    "compacter": (dict(), {}, False),  # the original init (no zero-up)
+    "compacter": (dict(), {}, True),  # library default zero-up; the presets pass the original init
     "hyperformer": (dict(num_layers=1), dict(tasks=("vqa",)), False),  # generated weights, N(0, 0.02) generators
     "gate": (dict(anchor="gate"), {}, True),
     "lora": (dict(anchor="proj:q", in_dim=16, out_dim=16), {}, True),

@@ -68,7 +68,7 @@ class CompacterConfig:
     c_init_std: float = 0.01
     act: str = "gelu_new"
     scale: float = 1.0
-    zero_up: bool = False  # identity at init (not in the original)
+    zero_up: bool = True  # the library default: identity at init; the papers' presets pass False (C ~ N(0, 0.01))
     inner_skip: bool = True  # False: return the delta alone (a parallel value adapter on ``proj:v``, VL-PET Table 9)
 
 

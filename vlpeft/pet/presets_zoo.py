@@ -136,7 +136,7 @@ COMPACTER_KEYS = {"adapter_reduction": 8, "phm_n": 2, "phm_c_init_std": 0.01}
 def preset_compacter(config):
     """VL-Adapter single compacter: PHM n = 2, own rule per layer, unfactorised, r = d/8; all norms (M5)."""
     specs = _adapter_specs(config, "compacter", "shared", n=config.get("phm_n", 2),
-                           c_init_std=config.get("phm_c_init_std", 0.01))
+                           c_init_std=config.get("phm_c_init_std", 0.01), zero_up=False)
     return Recipe("compacter", specs, base_policy="norms")
 
 
@@ -144,7 +144,7 @@ def preset_compacter(config):
 def preset_compacter_multiple(config):
     """VL-Adapter multiple compacters (``multiple_compacters.sh``): one compacter per task per site."""
     specs = _adapter_specs(config, "compacter", "per_task", _tasks(config), n=config.get("phm_n", 2),
-                           c_init_std=config.get("phm_c_init_std", 0.01))
+                           c_init_std=config.get("phm_c_init_std", 0.01), zero_up=False)
     return Recipe("compacter_multiple", specs, base_policy="norms")
 
 
@@ -230,7 +230,7 @@ def _vl_pet_compacter(config, granularity: str) -> Recipe:
     × the gate, a compacter as the decoder's cross-attention value adapter (parallel to ``v_proj``: the only design
     that reproduces the reported 2.08 / 2.07 / 3.28 %, spec §6.2), encoder norms."""
     comp = dict(reduction=config.get("adapter_reduction", 8), n=config.get("phm_n", 2),
-                c_init_std=config.get("phm_c_init_std", 0.01))
+                c_init_std=config.get("phm_c_init_std", 0.01), zero_up=False)
     gate = dict(granularity=granularity, scale=config.get("vl_pet_gate_scale") or 1.0, init="legacy_bart")
     if granularity == "large":
         gate["rank"] = config.get("vl_pet_gate_dim") or 96

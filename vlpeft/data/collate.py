@@ -43,6 +43,16 @@ def image_sizes(images: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
     return [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
 
 
+def batch_task(items: Sequence[Mapping[str, Any]]) -> str:
+    """The one task of a batch's items (``"None"`` when they carry none); a mixed or empty batch is refused."""
+    if not items:
+        raise CollateError("cannot collate an empty batch")
+    tasks = sorted({str(it.get("task")) for it in items})
+    if len(tasks) > 1:
+        raise CollateError(f"one batch mixes samples of tasks {tasks}; batches must come from one task")
+    return tasks[0]
+
+
 def collate_images(items: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
     """``<key>``, ``<key>_mask`` and ``<key>_sizes`` for every image key: one common (Hmax, Wmax) over every image
     of the batch, as the original; the sizes are host-side real extents (no read-back of the device mask)."""
@@ -91,14 +101,10 @@ class Collator:
                                                                 whole_word_mask=whole_word_masking, **replace)
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        if not items:
-            raise CollateError("cannot collate an empty batch")
-        tasks = sorted({str(it.get("task")) for it in items})
-        if len(tasks) > 1:
-            raise CollateError(f"one batch mixes samples of tasks {tasks}; batches must come from one task")
+        task = batch_task(items)
         batch: dict[str, Any] = {}
-        if tasks[0] not in ("None", ""):
-            batch["task"] = tasks[0]  # the Lightning module runs the forward in pet_context(task=...)
+        if task not in ("None", ""):
+            batch["task"] = task  # the Lightning module runs the forward in pet_context(task=...)
         first = items[0]
 
         batch.update(collate_images(items, [k for k in IMAGE_KEYS if k in first]))

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from vlpeft.backbones._generative import pad_targets
-from vlpeft.data.collate import IMAGE_KEYS, CollateError, collate_images
+from vlpeft.data.collate import IMAGE_KEYS, CollateError, batch_task, collate_images
 from vlpeft.data.datamodule import EpochRandomSampler, MTDataModule
 from vlpeft.data.datasets import CaptionDataset, GQADataset, NLVR2Dataset, VQADataset
 from vlpeft.data.features import FeatureError, FeatureReader, image_id_candidates
@@ -195,12 +195,7 @@ class GenerativeCollator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        if not items:
-            raise CollateError("cannot collate an empty batch")
-        tasks = sorted({str(it.get("task")) for it in items})
-        if len(tasks) > 1:
-            raise CollateError(f"one batch mixes samples of tasks {tasks}; batches must come from one task")
-        task, first = tasks[0], items[0]
+        task, first = batch_task(items), items[0]
         batch: dict[str, Any] = {"task": task}
         prompt = self.prompts.get(task, "")
         enc = self.tokenizer([f"{prompt}{it.get('text', '')}" for it in items], padding="longest", truncation=True,

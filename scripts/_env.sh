@@ -26,3 +26,10 @@ if [ ! -x "$ROOT/.venv/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WAN
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
 cd "$ROOT"
+
+# The log folder a script's runs write to: the last `log_dir=` among the given key=value arguments, else the default.
+vlpeft_log_dir() {
+  local d=result a
+  for a in "$@"; do case "$a" in log_dir=*) d="${a#log_dir=}";; esac; done
+  printf '%s\n' "$d"
+}

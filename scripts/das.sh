@@ -4,6 +4,7 @@
 #        scripts/das.sh meter-vqa|meter-nlvr2|meter-f30k …   (DAS on METER: scripts/das_meter.sh)
 # (the original scripts' settings: 1 GPU, search 3 epochs with skip_num=1)
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"  # the project's .venv (installs it on first use)
 case "${1:-}" in meter-*) t=${1#meter-}; shift; exec "$(dirname "$0")/das_meter.sh" "$t" "$@";; esac
 task=$1; data_root=$2; ckpt=$3; shift 3
 case "$task" in
@@ -19,6 +20,6 @@ python run.py with "${common[@]}" das_search max_epoch=3 skip_num=1 "$@"
 python run.py with "${common[@]}" placement=latest "$@"
 # 3. test the last checkpoint of that run (the newest of this experiment). VQA: writes
 #    result/${exp}_seed0_test_last/version_<M>/vqa_submit_<train run>_v<N>_last.json (in the test run's own folder)
-last=$(ls -t result/"$exp"_seed*_from_*/version_*/checkpoints/last.ckpt | head -n 1)
+last=$(ls -t "$(vlpeft_log_dir "$@")"/"$exp"_seed*_from_*/version_*/checkpoints/last.ckpt | head -n 1)
 echo "[das.sh] testing $last"
 python run.py with "${common[@]}" test_only=True precision=32 load_path="$last" "$@"

@@ -6,6 +6,7 @@
 #   accumulation, skip 6 of 32, warm-up 3 of 10 search epochs, gate step 0.05) come from the das_*_{boolq,sqa}
 #   named configs; set skip_num=2|4|6 for the DAS2/4/6 rows of the DAS README.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"  # the project's .venv (installs it on first use)
 setting=$1; data_root=$2; lm=$3; shift 3
 case "$setting" in
   llama-boolq|bert-boolq|t5-boolq) lmname=${setting%-boolq}; search=das_search_${lmname}_boolq;
@@ -20,6 +21,6 @@ python run.py with "$search" "${common[@]}" "$@"
 # 2. train on the newest placement of this experiment
 python run.py with "$train" "${common[@]}" placement=latest "$@"
 # 3. test the last checkpoint of that run (BoolQ: the dev split; ScienceQA: test)
-last=$(ls -t result/"$exp"_seed*/version_*/checkpoints/last.ckpt | head -n 1)
+last=$(ls -t "$(vlpeft_log_dir "$@")"/"$exp"_seed*/version_*/checkpoints/last.ckpt | head -n 1)
 echo "[das_lm.sh] testing $last"
 python run.py with "$train" "${common[@]}" num_gpus=1 test_only=True load_path="$last" "$@"

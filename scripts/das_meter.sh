@@ -7,6 +7,7 @@
 # weights) from the local Hugging Face cache, and clip16 the OpenAI ViT-B/16 from ~/.cache/clip/ViT-B-16.pt;
 # nothing is downloaded (or pass tokenizer=<folder> text_encoder=<folder> vit=<file>).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"  # the project's .venv (installs it on first use)
 task=$1; data_root=$2; ckpt=$3; shift 3
 case "$task" in
   # named config                         exp name            per-GPU batch  image  eval batch  eval extra
@@ -24,7 +25,7 @@ python run.py with "${common[@]}" clip_randaug per_gpu_batchsize=$bs load_path="
 python run.py with "${common[@]}" clip_randaug per_gpu_batchsize=$bs load_path="$ckpt" placement=latest \
   "${extra[@]}" "$@"
 # 3. test the last checkpoint of that run (VQA: writes the vqa_submit_….json in the test run's folder)
-last=$(ls -t result/"$exp"_seed*_from_*/version_*/checkpoints/last.ckpt | head -n 1)
+last=$(ls -t "$(vlpeft_log_dir "$@")"/"$exp"_seed*_from_*/version_*/checkpoints/last.ckpt | head -n 1)
 echo "[das_meter.sh] testing $last"
 python run.py with "${common[@]}" per_gpu_batchsize=$ebs test_only=True precision=32 load_path="$last" \
   "${eextra[@]}" "$@"

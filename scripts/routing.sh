@@ -8,6 +8,7 @@
 #    routing flag --use_vllora is stale; the other two RoBERTa runs switch routing on, as the paper describes)
 #   VIT_FOLDER: a local google/vit-base-patch16-224-in21k; LM_FOLDER: a local gpt2 / roberta-base (model + tokenizer)
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"  # the project's .venv (installs it on first use)
 exp=$1; data_root=$2; vit=$3; lm=$4; shift 4
 case "$exp" in
   gpt2_lora|gpt2_adapter) bs=40;;
@@ -18,6 +19,6 @@ esac
 cfg="routing_vit_$exp"
 common=(data_root="$data_root" num_gpus=1 num_nodes=1 "$cfg" per_gpu_batchsize=$bs vit_model="$vit" tokenizer="$lm")
 python run.py with "${common[@]}" "$@"
-last=$(ls -t result/"$cfg"_seed*_from_*/version_*/checkpoints/last.ckpt | head -n 1)
+last=$(ls -t "$(vlpeft_log_dir "$@")"/"$cfg"_seed*_from_*/version_*/checkpoints/last.ckpt | head -n 1)
 echo "[routing.sh] testing $last"
 python run.py with "${common[@]}" test_only=True load_path="$last" "$@"

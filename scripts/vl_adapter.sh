@@ -12,6 +12,7 @@
 #     '{"vqa": "VL-T5/datasets/COCO/clip_features/data_clip_RN101_att", "coco": "…/COCO/…", "gqa": "…/VG/…", "nlvr2": "…/nlvr/…"}'
 #     or "" to extract grid features from the arrow images with vl_clip_model=<local CLIP folder> (an extra argument)
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"  # the project's .venv (installs it on first use)
 exp=$1; data_root=$2; model=$3; feats=$4; shift 4
 case "$exp" in
   vladapter_*|vlpet_*) ;;
@@ -20,6 +21,6 @@ esac
 common=(data_root="$data_root" num_gpus=1 num_nodes=1 "$exp" vl_model="$model" tokenizer="$model"
         "visual_features=$feats")
 python run.py with "${common[@]}" "$@"
-last=$(ls -t result/"$exp"_seed*_from_*/version_*/checkpoints/last.ckpt | head -n 1)
+last=$(ls -t "$(vlpeft_log_dir "$@")"/"$exp"_seed*_from_*/version_*/checkpoints/last.ckpt | head -n 1)
 echo "[vl_adapter.sh] testing $last"
 python run.py with "${common[@]}" test_only=True load_path="$last" "$@"

@@ -188,7 +188,8 @@ def test_released_hyperformer_generators_and_task_embeddings_load():
                                               sd[enc + "task_hypernet.task_embeding_generator.0.bias"]))
     e = torch.nn.functional.linear(h, sd[enc + "task_hypernet.task_embeding_generator.2.weight"],
                                    sd[enc + "task_hypernet.task_embeding_generator.2.bias"])
-    e = torch.nn.functional.layer_norm(e, e.shape, sd[enc + "LayerNorm.weight"], sd[enc + "LayerNorm.bias"])
+    e = torch.nn.functional.layer_norm(e, e.shape, sd[enc + "LayerNorm.weight"], sd[enc + "LayerNorm.bias"],
+                                     eps=1e-6)  # the original controller's layer_norm_epsilon
     gen = enc + "feed_forward_down_sampler_hyper_net."
     down = torch.nn.functional.linear(e, sd[gen + "weight_generator.0.weight"], sd[gen + "weight_generator.0.bias"])
     net = next(m.hypernet for m in b.modules() if hasattr(m, "hypernet") and m.block_type == "ffn")

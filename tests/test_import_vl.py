@@ -4,7 +4,8 @@ A model A (PET injected, every trainable value moved) is written out in the orig
 backbone and the visual projector under VL-BART's ``model.encoder…`` / VL-T5's ``encoder.block…`` names, the PET
 tensors under ``attn_adapter_multihead_down.{h}``, ``encoder_attn_adapter_gating_large_x_down``,
 ``attn_value_parallel_adapter.adapters.{task}.down_sampler``, ``attn_adapter.adapters.{task}`` (VL-T5:
-``block.{ℓ}.layer.{i}.{attn|enc_attn|ff}_adapter``; compacters: ``down_sampler.{phm_rule,W,b}``), ``q_proj.lora_As.{task}``,
+``block.{ℓ}.layer.{i}.{attn|enc_attn|ff}_adapter``; compacters: ``down_sampler.{phm_rule,W,b}``),
+``q_proj.lora_As.{task}``,
 ``prompt_modules.prompts.{task}.prefix_embedding.{i}`` (single modules saved under every task key) — and imported into
 a fresh model B (other seeds): nothing unexpected, nothing missing, and B computes exactly what A computes.
 """

@@ -423,7 +423,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     nd = config.get("no_decay")
     if nd is not None and (isinstance(nd, str) or not isinstance(nd, (list, tuple))
                            or not all(isinstance(x, str) and x for x in nd)):
-        raise ConfigError(f"no_decay={nd!r} must be a list of name substrings, e.g. no_decay=['bias','LayerNorm.weight'],"
+        raise ConfigError(f"no_decay={nd!r} must be a list of name substrings, e.g. "
+                          f"no_decay=['bias','LayerNorm.weight'],"
                           f" or None for ViLT's list")
     if config["stage"] not in ("search", "train", "demo"):
         raise ConfigError(f"stage={config['stage']!r}; use stage=search or stage=train (or the demo named config)")

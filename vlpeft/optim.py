@@ -30,6 +30,9 @@ NO_DECAY = (
     "layernorm.weight", "layernorm.bias",  # DVP's addition (LLaMA's input_/post_attention_layernorm)
 )
 HEAD_NAMES = LR_MULT_HEADS
+CROSS_MODAL = "cross_modal"  # METER's cross_modal_names
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "constant", "<number: polynomial power>")
 
 
 def no_decay_substrings(config: Mapping[str, Any]) -> tuple[str, ...]:
@@ -38,12 +41,10 @@ def no_decay_substrings(config: Mapping[str, Any]) -> tuple[str, ...]:
     if nd is None:
         return NO_DECAY
     if isinstance(nd, str) or not isinstance(nd, (list, tuple)) or not all(isinstance(x, str) and x for x in nd):
-        raise ValueError(f"no_decay={nd!r} must be a list of name substrings, e.g. no_decay=['bias','LayerNorm.weight'],"
+        raise ValueError(f"no_decay={nd!r} must be a list of name substrings, e.g. "
+                         f"no_decay=['bias','LayerNorm.weight'],"
                          f" or None for ViLT's list")
     return tuple(nd)
-CROSS_MODAL = "cross_modal"  # METER's cross_modal_names
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "constant", "<number: polynomial power>")
 
 
 def _named(model_or_named_params: nn.Module | Iterable[tuple[str, nn.Parameter]]) -> list[tuple[str, nn.Parameter]]:

@@ -126,13 +126,13 @@ def _rules() -> list[tuple[re.Pattern, Callable[[re.Match], dict]]]:
          lambda m: dict(stack="decoder", sub="cross_attn", anchor="proj:v", part=f"{_SAMPLER[m['s']]}.{m['wb']}")),
         (r"decoder\.block\.(?P<layer>\d+)\.layer\.1\.EncDecAttention\." + vpa,
          lambda m: dict(stack="decoder", sub="cross_attn", anchor="proj:v", part=f"{_SAMPLER[m['s']]}.{m['wb']}")),
-        # VL-Adapter BART sequential adapters (plain ``weight`` / ``bias``; compacters' PHM ``phm_rule`` / ``W`` / ``b``)
+        # VL-Adapter BART sequential adapters (plain ``weight`` / ``bias``; compacters' PHM ``phm_rule``, ``W``, ``b``)
         (r"(?:model\.)?(?P<stack>encoder|decoder)\.layers\.(?P<layer>\d+)\.(?P<sub>attn|self_attn|enc_attn|ff)_adapter"
          rf"\.adapters\.(?P<task>[^.]+)\.(?P<s>down_sampler|up_sampler)\.{_SAMPLER_PARAM}",
          lambda m: dict(anchor="out_seq", part=f"{_SAMPLER[m['s']]}.{m['wb']}")),
-        # VL-Adapter T5: ``{encoder|decoder}.block.{ℓ}.layer.{i}.`` with T5LayerSelfAttention's ``attn_adapter`` (i = 0,
-        # both stacks), T5LayerCrossAttention's ``enc_attn_adapter`` (decoder i = 1), T5LayerFF's ``ff_adapter`` (the
-        # last layer: encoder 1, decoder 2)
+        # VL-Adapter T5: ``{encoder|decoder}.block.{ℓ}.layer.{i}.`` with T5LayerSelfAttention's ``attn_adapter``
+        # (i = 0, both stacks), T5LayerCrossAttention's ``enc_attn_adapter`` (decoder i = 1), T5LayerFF's
+        # ``ff_adapter`` (the last layer: encoder 1, decoder 2)
         (r"(?P<stack>encoder|decoder)\.block\.(?P<layer>\d+)\.layer\.(?P<t5i>[012])\.(?P<vsub>attn|enc_attn|ff)_adapter"
          rf"\.adapters\.(?P<task>[^.]+)\.(?P<s>down_sampler|up_sampler)\.{_SAMPLER_PARAM}", _t5_vla),
         # VL-Adapter input prompts (BART ``model.encoder.``, T5 ``encoder.``): the generator Embedding, Lin, –, Lin

@@ -3,7 +3,9 @@
 A model A (PET injected, every trainable value moved) is written out in the original repos' key layout — the
 backbone and the visual projector under VL-BART's ``model.encoder…`` / VL-T5's ``encoder.block…`` names, the PET
 tensors under ``attn_adapter_multihead_down.{h}``, ``encoder_attn_adapter_gating_large_x_down``,
-``attn_value_parallel_adapter.adapters.{task}.down_sampler``, ``attn_adapter.adapters.{task}``, ``q_proj.lora_As.{task}``,
+``attn_value_parallel_adapter.adapters.{task}.down_sampler``, ``attn_adapter.adapters.{task}`` (VL-T5:
+``block.{ℓ}.layer.{i}.{attn|enc_attn|ff}_adapter``; compacters: ``down_sampler.{phm_rule,W,b}``),
+``q_proj.lora_As.{task}``,
 ``prompt_modules.prompts.{task}.prefix_embedding.{i}`` (single modules saved under every task key) — and imported into
 a fresh model B (other seeds): nothing unexpected, nothing missing, and B computes exactly what A computes.
 """
@@ -24,6 +26,12 @@ OPTS = dict(vl_pet_down_dim=8, vl_pet_gate_dim=4, vl_pet_vpa_dim=8, adapter_redu
 OUT_SEQ = {("encoder", "attn"): "attn_adapter", ("encoder", "ffn"): "ff_adapter", ("decoder", "attn"): "self_attn_adapter",
            ("decoder", "cross_attn"): "enc_attn_adapter", ("decoder", "ffn"): "ff_adapter"}
 
+# VL-T5 (my_transformers/modeling_t5.py): T5LayerSelfAttention holds ``attn_adapter`` in both stacks,
+# T5LayerCrossAttention ``enc_attn_adapter``, T5LayerFF ``ff_adapter``; block.layer = [self, (cross,) ff]
+T5_OUT_SEQ = {("encoder", "attn"): (0, "attn_adapter"), ("encoder", "ffn"): (1, "ff_adapter"),
+              ("decoder", "attn"): (0, "attn_adapter"), ("decoder", "cross_attn"): (1, "enc_attn_adapter"),
+              ("decoder", "ffn"): (2, "ff_adapter")}
+
 
 def _released_names(bart: bool, module: str, site, rel: str) -> list[str]:
     """The original keys of our parameter ``rel`` of ``module`` at ``site`` (one per task for task-keyed ones)."""
@@ -41,8 +49,12 @@ def _released_names(bart: bool, module: str, site, rel: str) -> list[str]:
         host = (f"model.decoder.layers.{ell}.encoder_attn." if bart
                 else f"decoder.block.{ell}.layer.1.EncDecAttention.")
         return [f"{host}attn_value_parallel_adapter.adapters.{t}.{sampler[part]}.{wb}" for t in TASKS]
-    if module == "bottleneck":  # VL-Adapter (BART)
-        return [f"model.{stack}.layers.{ell}.{OUT_SEQ[(stack, sub)]}.adapters.{t}.{sampler[part]}.{wb}" for t in TASKS]
+    if module in ("bottleneck", "compacter"):  # VL-Adapter: Linear samplers or PHM samplers (phm_rule, W, b)
+        if bart:
+            return [f"model.{stack}.layers.{ell}.{OUT_SEQ[(stack, sub)]}.adapters.{t}.{sampler[part]}.{wb}"
+                    for t in TASKS]
+        i, mod = T5_OUT_SEQ[(stack, sub)]
+        return [f"{stack}.block.{ell}.layer.{i}.{mod}.adapters.{t}.{sampler[part]}.{wb}" for t in TASKS]
     if module == "lora":
         att = "self_attn" if sub == "attn" else "encoder_attn"
         proj = site.anchor.split(":")[1]
@@ -83,6 +95,7 @@ def _batch():
 
 
 CASES = [("test_vl_bart", "vl_pet_large"), ("test_vl_t5", "vl_pet_large"), ("test_vl_bart", "vl_adapter"),
+         ("test_vl_t5", "vl_adapter"), ("test_vl_bart", "compacter"), ("test_vl_t5", "compacter"),
          ("test_vl_bart", "lora"), ("test_vl_bart", "prompt"), ("test_vl_t5", "prompt")]
 
 
@@ -188,7 +201,8 @@ def test_released_hyperformer_generators_and_task_embeddings_load():
                                               sd[enc + "task_hypernet.task_embeding_generator.0.bias"]))
     e = torch.nn.functional.linear(h, sd[enc + "task_hypernet.task_embeding_generator.2.weight"],
                                    sd[enc + "task_hypernet.task_embeding_generator.2.bias"])
-    e = torch.nn.functional.layer_norm(e, e.shape, sd[enc + "LayerNorm.weight"], sd[enc + "LayerNorm.bias"])
+    e = torch.nn.functional.layer_norm(e, e.shape, sd[enc + "LayerNorm.weight"], sd[enc + "LayerNorm.bias"],
+                                     eps=1e-6)  # the original controller's layer_norm_epsilon
     gen = enc + "feed_forward_down_sampler_hyper_net."
     down = torch.nn.functional.linear(e, sd[gen + "weight_generator.0.weight"], sd[gen + "weight_generator.0.bias"])
     net = next(m.hypernet for m in b.modules() if hasattr(m, "hypernet") and m.block_type == "ffn")
@@ -197,3 +211,36 @@ def test_released_hyperformer_generators_and_task_embeddings_load():
     torch.testing.assert_close(w_d, down.view(net.r, net.d), rtol=1e-6, atol=1e-6)
     assert torch.equal(b_task, t)
 
+
+
+@pytest.mark.parametrize("name", ["test_vl_t5", "test_vl_bart"])
+def test_released_compacter_is_the_original_phm_formula(name):
+    """A released VL-Adapter compacter (``…{down,up}_sampler.{phm_rule,W,b}``; T5: ``decoder.block.{ℓ}.layer.1.
+    enc_attn_adapter…``) imported: the adapter at the decoder's cross-attention output computes, from the released
+    tensors alone, ``z + gelu_new(z H_d + b_d) H_u + b_u`` with ``H = Σ_i kron(C_i, S_i)``."""
+    import torch.nn.functional as F
+
+    a, rep_a = _model(name, "compacter", 0)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    sd = _released(a, rep_a)
+    b, rep_b = _model(name, "compacter", 1)
+    rep = import_released(b, sd, rep_b)
+    assert rep.missing == [] and rep.loaded == 5 * 2 * 6  # 5 sublayer kinds × 2 layers × (rule, S, b) × 2 samplers
+    pre = ("model.decoder.layers.1.enc_attn_adapter" if name == "test_vl_bart"
+           else "decoder.block.1.layer.1.enc_attn_adapter") + ".adapters.gqa."
+
+    def phm(s):
+        c, w = sd[pre + s + ".phm_rule"], sd[pre + s + ".W"]
+        return sum(torch.kron(c[i], w[i]) for i in range(c.shape[0])), sd[pre + s + ".b"]
+
+    (hd, bd), (hu, bu) = phm("down_sampler"), phm("up_sampler")
+    z = torch.randn(2, 3, hd.shape[0], generator=g)
+    want = z + F.gelu(z @ hd + bd, approximate="tanh") @ hu + bu
+    inj = next(i for i in rep_b.injected if i.site.role == "decoder" and i.site.sublayer == "cross_attn"
+               and i.site.meta["stack_layer"] == 1 and i.site.anchor == "out_seq")
+    module = b.get_submodule(next(n for n in inj.param_names if n.endswith(".down.phm_rule"))[:-len(".down.phm_rule")])
+    with torch.no_grad():
+        torch.testing.assert_close(module(z), want, rtol=1e-5, atol=1e-6)

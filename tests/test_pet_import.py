@@ -400,3 +400,19 @@ def test_unknown_task_is_an_error():
     sd, _ = vl_adapter_sd(("vqa", "nlvr"), same=False)
     with pytest.raises(CheckpointError, match=r"adapters\.nlvr\..*'nlvr'.*datasets"):
         import_released(m, sd, report)
+
+
+def test_vl_adapter_t5_and_phm_keys_parse():
+    """VL-T5's adapter names (``layer.{0|1|2}.{attn|enc_attn|ff}_adapter``) and PHM sampler parameters."""
+    p = parse_key("decoder.block.4.layer.1.enc_attn_adapter.adapters.vqa.up_sampler.phm_rule")
+    assert (p.stack, p.layer, p.sublayer, p.anchor, p.part, p.task) == ("decoder", 4, "cross_attn", "out_seq",
+                                                                        "up.phm_rule", "vqa")
+    p = parse_key("decoder.block.0.layer.0.attn_adapter.adapters.gqa.down_sampler.weight")
+    assert (p.stack, p.sublayer, p.part) == ("decoder", "attn", "down.weight")
+    p = parse_key("encoder.block.2.layer.1.ff_adapter.adapters.gqa.down_sampler.W")
+    assert (p.stack, p.sublayer, p.part) == ("encoder", "ffn", "down.W")
+    assert parse_key("model.decoder.layers.1.ff_adapter.adapters.nlvr.up_sampler.b").part == "up.b"
+    for wrong in ("encoder.block.0.layer.0.ff_adapter.adapters.vqa.down_sampler.weight",  # ff under self-attention
+                  "encoder.block.0.layer.1.enc_attn_adapter.adapters.vqa.down_sampler.weight",  # no encoder cross
+                  "decoder.block.0.layer.1.ff_adapter.adapters.vqa.down_sampler.weight"):  # decoder FF is layer 2
+        assert parse_key(wrong) is None, wrong

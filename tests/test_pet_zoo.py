@@ -703,6 +703,32 @@ def test_hyperformer_generates_per_task_and_layer():
     assert (a0 - a1).abs().max() > 0 and (a0 - b0).abs().max() > 0
 
 
+def test_hyperformer_task_layernorm_eps_is_the_originals():
+    """The task-embedding LN is VL-Adapter's ``nn.LayerNorm(p, eps=1e-6)``: the generated down map equals the formula
+    restated with eps 1e-6, on perturbed weights whose pre-LN projection is small (so eps matters: 1e-5 is off by
+    several per cent there)."""
+    torch.manual_seed(0)
+    pool = SharePool()
+    m = PETS.build("hyperformer", site(layer=1, dim=16, num_layers=2), r=4, task_dim=8, hidden=6, proj=4,
+                   tasks=("vqa",), pool=pool)
+    net = m.hypernet
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+        net.task_hypernet[2].weight.mul_(0.02)  # pre-LN variance ~1e-5: the eps is visible
+        net.task_hypernet[2].bias.mul_(0.02)
+    t = m.task_embeddings(None).detach()
+    x = torch.relu(net.task_hypernet[0](torch.cat([t, net.layer_embeddings.weight[1]])))
+    e = net.task_hypernet[2](x)
+    e = (e - e.mean()) / torch.sqrt(e.var(unbiased=False) + 1e-6) * net.task_ln.weight + net.task_ln.bias
+    want = net.generators["ffn"]["down_w"](e).view(4, 16)
+    with torch.no_grad():
+        got = net.weights(t, 1, "ffn")[0]
+    torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-7)
+    assert net.task_ln.eps == 1e-6
+
+
 # --- presets and the extended sites ---------------------------------------------------------------------------------
 def test_presets_registered_with_consistent_keys():
     from vlpeft.pet.presets_zoo import ZOO_PRESETS

@@ -125,6 +125,7 @@ NEW_KEYS: dict[str, Any] = {
     "gradient_clip_val": 0.0,  # clip the gradient norm to this (0: off; VL-Adapter / VL-PET scripts: 5)
     "adam_eps": 1e-8,  # AdamW eps (ViLT/METER/DAS 1e-8; VL-Adapter / VL-PET 1e-6)
     "adam_betas": [0.9, 0.98],  # AdamW betas (ViLT/METER/DAS; VL-Adapter / VL-PET use torch's (0.9, 0.999))
+    "no_decay": None,  # name substrings exempt from weight decay; None = ViLT's list (vlpeft.optim.NO_DECAY); VL-Adapter / VL-PET: ["bias", "LayerNorm.weight"]
 }
 
 
@@ -419,6 +420,12 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if (not isinstance(betas, (list, tuple)) or len(betas) != 2
             or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
         raise ConfigError(f"adam_betas={betas!r} must be two numbers in [0, 1), e.g. adam_betas=[0.9,0.999]")
+    nd = config.get("no_decay")
+    if nd is not None and (isinstance(nd, str) or not isinstance(nd, (list, tuple))
+                           or not all(isinstance(x, str) and x for x in nd)):
+        raise ConfigError(f"no_decay={nd!r} must be a list of name substrings, e.g. "
+                          f"no_decay=['bias','LayerNorm.weight'],"
+                          f" or None for ViLT's list")
     if config["stage"] not in ("search", "train", "demo"):
         raise ConfigError(f"stage={config['stage']!r}; use stage=search or stage=train (or the demo named config)")
     if config["das_count_unit"] not in ("micro_batch", "optimizer_step"):

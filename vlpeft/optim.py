@@ -6,6 +6,11 @@ containing ``cross_modal`` (lr·``lr_mult_cross_modal``), and its heads take ``l
 no-decay test is a substring test on names, so LayerNorm weights whose names match none of the substrings
 (the DAS adapters' ``adapter_layer_norm_before.weight``, the heads' ``…classifier.1.weight``) *are* decayed;
 kept for fidelity (seeds.md §8 item 21).
+
+The substrings are a per-config key, ``no_decay``: ``None`` (the default) is ViLT's list ``NO_DECAY`` (with DVP's
+``layernorm`` addition); a named config gives its original trainer's list, e.g. the VL-T5 trainer's
+``["bias", "LayerNorm.weight"]`` for VL-Adapter / VL-PET, under which BART's ``self_attn_layer_norm.weight`` and
+T5's ``layer_norm.weight`` are decayed.
 """
 
 from __future__ import annotations
@@ -28,6 +33,18 @@ HEAD_NAMES = LR_MULT_HEADS
 CROSS_MODAL = "cross_modal"  # METER's cross_modal_names
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant", "<number: polynomial power>")
+
+
+def no_decay_substrings(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The config's no-decay substrings (``no_decay``; ``None`` → ViLT's ``NO_DECAY``)."""
+    nd = config.get("no_decay")
+    if nd is None:
+        return NO_DECAY
+    if isinstance(nd, str) or not isinstance(nd, (list, tuple)) or not all(isinstance(x, str) and x for x in nd):
+        raise ValueError(f"no_decay={nd!r} must be a list of name substrings, e.g. "
+                         f"no_decay=['bias','LayerNorm.weight'],"
+                         f" or None for ViLT's list")
+    return tuple(nd)
 
 
 def _named(model_or_named_params: nn.Module | Iterable[tuple[str, nn.Parameter]]) -> list[tuple[str, nn.Parameter]]:
@@ -58,13 +75,14 @@ def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], config: Mappi
         "cross_modal_decay": {"params": [], "param_names": [], "weight_decay": wd, "lr": lr * cross_mult},
         "cross_modal_no_decay": {"params": [], "param_names": [], "weight_decay": 0.0, "lr": lr * cross_mult},
     }
+    no_decay_names = no_decay_substrings(config)
     seen: set[int] = set()
     for name, p in named_params:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
         head = any(h in name for h in head_names)
-        no_decay = any(nd in name for nd in NO_DECAY)
+        no_decay = any(nd in name for nd in no_decay_names)
         prefix = "head_" if head else ("cross_modal_" if CROSS_MODAL in name else "")
         key = prefix + ("no_decay" if no_decay else "decay")
         groups[key]["params"].append(p)

@@ -32,10 +32,12 @@ from __future__ import annotations
 
 from vlpeft.config import _loss_names, named
 
-# shared by every RT run: the frozen ViT-B/16-in21k pooler (x_v), RT's optimiser (transformers AdamW, weight decay 0,
-# linear warm-up then linear decay to 0, fp32), epochs as the unit
+# shared by every RT run: the frozen ViT-B/16-in21k pooler (x_v), RT's optimiser (transformers AdamW with its
+# defaults: eps 1e-6, betas (0.9, 0.999), weight decay 0; linear warm-up then linear decay to 0, fp32), epochs as
+# the unit
 _RT = dict(vit_model="google/vit-base-patch16-224-in21k", vit_use_pooler=True, image_size=224,
            train_transform_keys=["vit"], val_transform_keys=["vit"], optim_type="adamw", weight_decay=0.0,
+           adam_eps=1e-6, adam_betas=[0.9, 0.999],
            decay_power=1, end_lr=0, max_steps=None, max_epoch=20, precision=32, draw_false_image=0, skip_module=[],
            lr_mult=1)
 

@@ -3,8 +3,9 @@ ylsung/VL_adapter ``VL-T5/scripts/image/*.sh`` and the VL-PET ``scripts/image-te
 
 Every one trains the four image-text tasks jointly — VQAv2, GQA, NLVR2 and COCO captioning, each answered by
 generation (``datasets=["vqa", "gqa", "nlvr2", "coco"]``) — with the scripts' optimiser: AdamW (eps 1e-6, betas
-(0.9, 0.999), weight decay 0.01), warm-up ratio 0.1 then linear decay, gradient clip 5, 20 epochs, fp32, and 5 beams
-at validation / test. Visual input: the originals read pre-extracted CLIP-RN101 grid features (36 boxes, 2048-d);
+(0.9, 0.999), weight decay 0.01 on every name without "bias" or "LayerNorm.weight" — ``no_decay``, the VL-T5
+trainer's rule, under which BART's and T5's ``*layer_norm.weight`` are decayed), warm-up ratio 0.1 then linear decay,
+gradient clip 5, 20 epochs, fp32, and 5 beams at validation / test. Visual input: the originals read pre-extracted CLIP-RN101 grid features (36 boxes, 2048-d);
 point ``visual_features=`` at their ``clip_features`` folder to use them, or leave it empty and give
 ``vl_clip_model=<local CLIP folder>`` to extract grid features from the arrow images (DATA.md).
 
@@ -13,7 +14,8 @@ point ``visual_features=`` at their ``clip_features`` folder to use them, or lea
   ``multiple_prompts`` and ``full_finetuning`` on VL-BART (the scripts' ``model="bart"``: batch 500, seed 9595 = the
   parser's default). Single-module scripts pass ``--use_tasks_prompts``; multi-module ones do not (and neither does
   ``hyperformer.sh`` nor ``full_finetuning.sh``). Add ``vladapter_t5`` after the method for the scripts' T5 branch
-  (t5-base, batch 300).
+  (t5-base, batch 300). The scripts' ``--unfreeze_layer_norms`` is ``train_base=nn_layernorm``: every VL-BART LN, no
+  VL-T5 norm (the original's class test missed its own ``T5LayerNorm``); ``train_base=norms`` trains T5's norms too.
 - ``vlpet_<variant>_<host>``: VL-PET-{small, middleX, middleY, large} on BART (R = 96, r_g = 96, lr 1e-3, batch 500)
   or T5 (R = 192, r_g = 192, s = 0.3, lr 3e-4, batch 300); 4 heads, decoder value adapter RD = 96, seed 42 (the
   README's invocation; 43 and 9595 are the paper's other seeds), task prefixes on.
@@ -28,8 +30,12 @@ from vlpeft.config import _loss_names, named
 
 FOUR_TASKS = dict(datasets=["vqa", "gqa", "nlvr2", "coco"],
                   loss_names=_loss_names({"vqa": 1, "gqa": 1, "nlvr2": 1, "caption": 1}))
+# the VL-T5 trainer's no-decay substrings, on our names: "bias", "LayerNorm.weight" (so BART's *_layer_norm.weight and
+# T5's layer_norm.weight ARE decayed), and "task_ln.weight" = our name of the Hyperformer's `LayerNorm`, exempt there
+VLT5_NO_DECAY = ["bias", "LayerNorm.weight", "task_ln.weight"]
 # the VL-T5 trainer: transformers AdamW (eps 1e-6, betas (0.9, 0.999)), linear warm-up 10 % then linear decay
-_VLT5_TRAIN = dict(optim_type="adamw", adam_eps=1e-6, adam_betas=[0.9, 0.999], weight_decay=0.01, warmup_steps=0.1,
+_VLT5_TRAIN = dict(optim_type="adamw", adam_eps=1e-6, adam_betas=[0.9, 0.999], weight_decay=0.01,
+                   no_decay=VLT5_NO_DECAY, warmup_steps=0.1,
                    decay_power=1, end_lr=0, max_steps=None, max_epoch=20, gradient_clip_val=5.0, precision=32,
                    lr_mult=1, num_beams=5, gen_max_length=20, max_text_len=20, draw_false_image=0, skip_module=[],
                    image_size=224, train_transform_keys=["clip"], val_transform_keys=["clip"], vis_feat_dim=2048,
@@ -38,13 +44,17 @@ HOSTS = {"bart": dict(backbone="vl_bart", vl_model="facebook/bart-base", tokeniz
                       batch_size=500),
          "t5": dict(backbone="vl_t5", vl_model="t5-base", tokenizer="t5-base", batch_size=300)}
 
+# `--unfreeze_layer_norms` as it ran: a class test that matched every nn.LayerNorm (all of VL-BART's) but not VL-T5's
+# own T5LayerNorm class, so the T5 branch trained no norm (10,480,512 for the single adapter at base size);
+# `train_base=norms` opts into training T5's norms too
+_VLA_LN = dict(train_base="nn_layernorm")
 # method → (preset and its options, lr, task prompts); widths from the presets' defaults = the scripts' (r = d/8 …)
 VLA_METHODS: dict[str, tuple[dict, float, bool]] = {
-    "single_adapter": (dict(pet="vl_adapter", adapter_reduction=8), 1e-3, True),
-    "multiple_adapters": (dict(pet="vl_adapter_multiple", adapter_reduction=8), 3e-4, False),
-    "hyperformer": (dict(pet="hyperformer", adapter_reduction=8, hyper_proj_dim=8), 1e-3, False),
-    "single_compacter": (dict(pet="compacter", adapter_reduction=8, phm_n=2), 1e-3, True),
-    "multiple_compacters": (dict(pet="compacter_multiple", adapter_reduction=8, phm_n=2), 1e-3, False),
+    "single_adapter": (dict(pet="vl_adapter", adapter_reduction=8, **_VLA_LN), 1e-3, True),
+    "multiple_adapters": (dict(pet="vl_adapter_multiple", adapter_reduction=8, **_VLA_LN), 3e-4, False),
+    "hyperformer": (dict(pet="hyperformer", adapter_reduction=8, hyper_proj_dim=8, **_VLA_LN), 1e-3, False),
+    "single_compacter": (dict(pet="compacter", adapter_reduction=8, phm_n=2, **_VLA_LN), 1e-3, True),
+    "multiple_compacters": (dict(pet="compacter_multiple", adapter_reduction=8, phm_n=2, **_VLA_LN), 1e-3, False),
     "single_lora": (dict(pet="lora", lora_r=128, lora_alpha=32, lora_dropout=0.1), 1e-3, True),
     "multiple_lora": (dict(pet="lora_multiple", lora_r=128, lora_alpha=32, lora_dropout=0.1), 1e-3, False),
     "single_prompt": (dict(pet="prompt", prompt_len=40, prompt_mid=800), 1e-3, True),
@@ -71,4 +81,4 @@ for _v, _preset in VLPET_VARIANTS.items():
 VL_CONFIGS = tuple([f"vladapter_{m}" for m in VLA_METHODS] + ["vladapter_t5"]
                    + [f"vlpet_{v}_{h}" for v in VLPET_VARIANTS for h in VLPET_HOSTS])
 
-__all__ = ["FOUR_TASKS", "VLA_METHODS", "VLPET_HOSTS", "VLPET_VARIANTS", "VL_CONFIGS"]
+__all__ = ["FOUR_TASKS", "VLA_METHODS", "VLPET_HOSTS", "VLPET_VARIANTS", "VLT5_NO_DECAY", "VL_CONFIGS"]

@@ -4,7 +4,7 @@
 Per stack (``--unique_hyper_net``) one ``HyperNet``:
 
 - layer embeddings ``l_j ∈ R^512`` (``Embedding(L, 512)``, N(0, 0.02));
-- ``e = LN_p( Lin(h→p)( ReLU( Lin(2·512→h)([t_k; l_j]) ) ) )``, h = 128, p = 8;
+- ``e = LN_p( Lin(h→p)( ReLU( Lin(2·512→h)([t_k; l_j]) ) ) )``, h = 128, p = 8, LN eps 1e-6 (the original's);
 - per block type (encoder: attn, ffn; decoder: attn, cross_attn, ffn) generators ``Lin(p → r·d)`` for the up and the
   down weight, ``Lin(p → d)`` / ``Lin(p → r)`` for their biases, all N(0, 0.02) with zero bias (BART's init).
 
@@ -59,7 +59,7 @@ class HyperNet(nn.Module):
         self.d, self.r = d, r
         self.layer_embeddings = nn.Embedding(num_layers, task_dim)
         self.task_hypernet = nn.Sequential(nn.Linear(2 * task_dim, hidden), nn.ReLU(), nn.Linear(hidden, proj))
-        self.task_ln = nn.LayerNorm(proj)
+        self.task_ln = nn.LayerNorm(proj, eps=1e-6)  # the original controller's layer_norm_epsilon (not torch's 1e-5)
         self.generators = nn.ModuleDict({bt: nn.ModuleDict({
             "up_w": nn.Linear(proj, r * d), "up_b": nn.Linear(proj, d),
             "down_w": nn.Linear(proj, d * r), "down_b": nn.Linear(proj, r)}) for bt in block_types})

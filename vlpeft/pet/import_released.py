@@ -22,7 +22,12 @@ VL-Adapter BART (``model.{encoder|decoder}.layers.{ℓ}.``):
 
 - ``{attn_adapter|self_attn_adapter|enc_attn_adapter|ff_adapter}.adapters.{task}.{down_sampler,up_sampler}.{weight,
   bias}`` → ``out_seq`` of attn (encoder ``attn_adapter``, decoder ``self_attn_adapter``), cross_attn
-  (``enc_attn_adapter``) or ffn (``ff_adapter``), ``down`` / ``up``;
+  (``enc_attn_adapter``) or ffn (``ff_adapter``), ``down`` / ``up``; a compacter's PHM samplers
+  ``….{down_sampler,up_sampler}.{phm_rule,W,b}`` (factorised: ``W_left`` / ``W_right``) → our ``Compacter``'s
+  ``down`` / ``up`` ``PHMLinear`` under the same names (same layouts: rule (n, n, n), slices (n, k/n, m/n),
+  ``W = Σ_i C_i ⊗ S_i``, ``y = x W + b``);
+- VL-Adapter T5 (``{encoder|decoder}.block.{ℓ}.layer.{i}.``): ``attn_adapter`` (i = 0: self-attention, in both
+  stacks), ``enc_attn_adapter`` (decoder i = 1), ``ff_adapter`` (encoder i = 1, decoder i = 2), then as for BART;
 - ``{self_attn|encoder_attn}.{q_proj|v_proj}.lora_As.{task}`` (r×d) / ``lora_Bs.{task}`` (d×r) → ``proj:q|v``
   ``lora_A`` / ``lora_B``.
 - ``(model.)encoder.prompt_modules.prompts.{task}.prefix_embedding.{0,1,3}.{weight,bias}`` → the encoder's ``input``
@@ -87,6 +92,19 @@ _ENC_T5 = r"encoder\.block\.(?P<layer>\d+)\.layer\.(?P<t5sub>[01])\."
 _W = r"(?P<wb>weight|bias)"
 
 
+# an adapter sampler's parameters: a Linear's, or a PHMLinear's (rule C, slices S — factorised: W_left / W_right —, b)
+_SAMPLER_PARAM = r"(?P<wb>weight|bias|phm_rule|W|W_left|W_right|b)"
+_T5_VLA = {("encoder", "0", "attn"): "attn", ("encoder", "1", "ff"): "ffn", ("decoder", "0", "attn"): "attn",
+           ("decoder", "1", "enc_attn"): "cross_attn", ("decoder", "2", "ff"): "ffn"}
+
+
+def _t5_vla(m: re.Match) -> dict | None:
+    sub = _T5_VLA.get((m["stack"], m["t5i"], m["vsub"]))
+    if sub is None:
+        return None  # e.g. an ff_adapter under layer.0: not a released layout
+    return dict(sub=sub, anchor="out_seq", part=f"{_SAMPLER[m['s']]}.{m['wb']}")
+
+
 def _rules() -> list[tuple[re.Pattern, Callable[[re.Match], dict]]]:
     rules: list[tuple[str, Callable[[re.Match], dict]]] = []
     for enc in (_ENC_BART, _ENC_T5):
@@ -102,16 +120,21 @@ def _rules() -> list[tuple[re.Pattern, Callable[[re.Match], dict]]]:
             (enc + r"encoder_(?P<sub>attn|ff)_adapter_gating_middle_ia3_add",
              lambda m: dict(stack="encoder", anchor="gate", part="z")),
         ]
-    vpa = rf"attn_value_parallel_adapter\.adapters\.(?P<task>[^.]+)\.(?P<s>down_sampler|up_sampler)\.{_W}"
+    vpa = rf"attn_value_parallel_adapter\.adapters\.(?P<task>[^.]+)\.(?P<s>down_sampler|up_sampler)\.{_SAMPLER_PARAM}"
     rules += [
         (r"(?:model\.)?decoder\.layers\.(?P<layer>\d+)\.encoder_attn\." + vpa,
          lambda m: dict(stack="decoder", sub="cross_attn", anchor="proj:v", part=f"{_SAMPLER[m['s']]}.{m['wb']}")),
         (r"decoder\.block\.(?P<layer>\d+)\.layer\.1\.EncDecAttention\." + vpa,
          lambda m: dict(stack="decoder", sub="cross_attn", anchor="proj:v", part=f"{_SAMPLER[m['s']]}.{m['wb']}")),
-        # VL-Adapter BART sequential adapters
+        # VL-Adapter BART sequential adapters (plain ``weight`` / ``bias``; compacters' PHM ``phm_rule``, ``W``, ``b``)
         (r"(?:model\.)?(?P<stack>encoder|decoder)\.layers\.(?P<layer>\d+)\.(?P<sub>attn|self_attn|enc_attn|ff)_adapter"
-         rf"\.adapters\.(?P<task>[^.]+)\.(?P<s>down_sampler|up_sampler)\.{_W}",
+         rf"\.adapters\.(?P<task>[^.]+)\.(?P<s>down_sampler|up_sampler)\.{_SAMPLER_PARAM}",
          lambda m: dict(anchor="out_seq", part=f"{_SAMPLER[m['s']]}.{m['wb']}")),
+        # VL-Adapter T5: ``{encoder|decoder}.block.{ℓ}.layer.{i}.`` with T5LayerSelfAttention's ``attn_adapter``
+        # (i = 0, both stacks), T5LayerCrossAttention's ``enc_attn_adapter`` (decoder i = 1), T5LayerFF's
+        # ``ff_adapter`` (the last layer: encoder 1, decoder 2)
+        (r"(?P<stack>encoder|decoder)\.block\.(?P<layer>\d+)\.layer\.(?P<t5i>[012])\.(?P<vsub>attn|enc_attn|ff)_adapter"
+         rf"\.adapters\.(?P<task>[^.]+)\.(?P<s>down_sampler|up_sampler)\.{_SAMPLER_PARAM}", _t5_vla),
         # VL-Adapter input prompts (BART ``model.encoder.``, T5 ``encoder.``): the generator Embedding, Lin, –, Lin
         (r"(?:model\.)?encoder\.prompt_modules\.prompts\.(?P<task>[^.]+)\.prefix_embedding\.(?P<i>\d+)\."
          + _W, lambda m: dict(stack="encoder", layer=-1, sub="block", anchor="input",
@@ -135,6 +158,8 @@ def parse_key(key: str) -> Parsed | None:
         if m is None:
             continue
         d = fn(m)
+        if d is None:
+            return None
         groups = m.groupdict()
         stack = d.get("stack") or groups.get("stack")
         sub = d.get("sub")

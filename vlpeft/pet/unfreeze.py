@@ -6,7 +6,10 @@ A policy string is one or more terms joined by ``+``; a term is ``kind`` or ``ki
 - kinds: ``none``; ``bias`` (every parameter whose name ends in ``bias`` — BitFit; buffers such as BART's
   ``final_logits_bias`` are not parameters and stay out); ``norms`` (parameters of every module whose class name
   contains ``norm``: ``LayerNorm``, ``T5LayerNorm``, ``LlamaRMSNorm``, … — unlike VL-Adapter, whose class test silently
-  missed T5's norms, spec §9 item 6); ``all`` (full fine-tuning).
+  missed T5's norms, spec §9 item 6); ``nn_layernorm`` (parameters of ``torch.nn.LayerNorm`` instances only: what
+  VL-Adapter's ``--unfreeze_layer_norms`` trained — every LN of VL-BART, none of VL-T5's ``T5LayerNorm``s, because
+  its class test missed the repo's own T5 norm class; the ``vladapter_*`` named configs use it); ``all`` (full
+  fine-tuning).
 - scope: a dotted fragment that must appear as whole name components (``encoder`` → names with an ``encoder``
   component; ``c_attn`` → GPT-2's c_attn bias; ``attention.self.query``).
 
@@ -21,7 +24,7 @@ from typing import Iterable
 
 from torch import nn
 
-KINDS = ("none", "bias", "norms", "all")
+KINDS = ("none", "bias", "norms", "nn_layernorm", "all")
 
 
 def _in_scope(name: str, scope: str | None) -> bool:
@@ -55,12 +58,15 @@ def policy_params(model: nn.Module, policy: str) -> list[tuple[str, nn.Parameter
     """The parameters ``policy`` unfreezes, in ``named_parameters`` order (shared tensors once)."""
     terms = parse_policy(policy)
     norms = norm_param_names(model) if any(k == "norms" for k, _ in terms) else set()
+    lns = ({f"{m}.{n}" if m else n for m, mod in model.named_modules() if isinstance(mod, nn.LayerNorm)
+            for n, _ in mod.named_parameters(recurse=False)} if any(k == "nn_layernorm" for k, _ in terms) else set())
     out = []
     for name, p in model.named_parameters():
         for kind, scope in terms:
             if not _in_scope(name, scope):
                 continue
-            if kind == "all" or (kind == "bias" and name.endswith("bias")) or (kind == "norms" and name in norms):
+            if kind == "all" or (kind == "bias" and name.endswith("bias")) or (kind == "norms" and name in norms) or (
+                    kind == "nn_layernorm" and name in lns):
                 out.append((name, p))
                 break
     return out

@@ -106,7 +106,7 @@ NEW_KEYS: dict[str, Any] = {
     "gqa_label_size": 1843,
     "scienceqa_label_size": 5,  # choice slots of the ScienceQA head (its problems have 2..5 choices)
     "full_finetune": False,  # train every parameter (the demo's stand-in for pre-training)
-    "trainable": "original",  # original: every injected module trains; used: only what the placement runs
+    "trainable": "original",  # original: what the original trains (every injected module; LaVIN-DAS: what the placement runs); used: only what the placement runs
     "allow_random_init": False,  # test_only: evaluate even if PET modules or heads are missing from load_path
     "search_score_mode": "eval",  # eval (fix: dropout off while scoring) | train (the originals)
     "search_val_batch_size": 0,  # reward/mini-val batch; 0 = per_gpu_batchsize (DAS) or batch_size // 2 (DVP), as the originals

@@ -161,7 +161,9 @@ def das_llama(config: Mapping[str, Any]) -> Recipe:
     if config["das_llama_in_block"]:
         specs.append(PetSpec("lavin_adapter", ("in_seq",), dict(opts, hidden=b), sublayers=("attn",),
                              families=("llama",), required=False))
-    return Recipe("das_llama", tuple(specs), base_policy="none")
+    # LaVIN's train stage deletes a skipped layer's adapter_attn and a kept layer's replaced_adapter (mm_adaptation;
+    # the text form keeps them but they get no gradient): only what the placement runs trains.
+    return Recipe("das_llama", tuple(specs), base_policy="none", original_trains_used=True)
 
 
 __all__ = ["DAS_LLAMA_KEYS", "LaVINAdapter", "LaVINRouterAdapter", "LaVINSkip", "das_llama", "lavin_adapter",

@@ -476,3 +476,58 @@ def test_das_search_on_scienceqa_through_clip_llama(arrows, tmp_path):
              **{**_common(arrows, tmp_path), "max_epoch": 1, "das_epoch": 1})
     p = Placement.load(r.result["placement_path"])
     assert len(p.skip) == 1 and p.insert_layer == 0 and p.meta["rounds"] > 0
+
+
+# --- LaVIN-DAS's reward batch and round cadence (issue 16 item 5) ---------------------------------------------------
+def _lavin_round_iterations(loader_len: int, epochs: int, warmup: int) -> list[tuple[int, int]]:
+    """LaVIN-DAS engine.py restated: per epoch, ``nas_turn = len(loader) // 150`` and a count that starts at 0;
+    every search iteration adds one, and once the count reaches ``nas_turn`` past the warm-up epochs a round runs
+    and the count restarts. Returns the (epoch, iteration) of every round."""
+    out = []
+    for epoch in range(epochs):
+        turn, count = loader_len // 150, 0
+        for it in range(loader_len):
+            count += 1
+            if count >= turn and epoch >= warmup:
+                count = 0
+                out.append((epoch, it))
+    return out
+
+
+def test_lavin_das_reward_batch_and_round_cadence():
+    from vlpeft.config import NAMED_CONFIGS
+    from vlpeft.search.das import build_das
+
+    names = [n for n in NAMED_CONFIGS if n.startswith("das_search_") and "llama" in n]
+    assert sorted(names) == ["das_search_llama_boolq", "das_search_llama_sqa"]
+    for name in names:
+        config = {**DEFAULTS, **NAMED_CONFIGS[name]}
+        assert (config["das_rounds_per_epoch"], config["das_reward_batch_mult"], config["per_gpu_batchsize"]) == \
+            (150, 4, 4)
+        search = build_das(config, 32)
+        # LaVIN: val_loader batch_size = args.batch_size * 4, args.batch_size = 4 per GPU
+        assert search.search_batch_size(config) == 4 * 4
+        assert search.search_batch_size({**config, "per_gpu_batchsize": 6}) == 24
+        assert search.search_batch_size({**config, "search_val_batch_size": 5}) == 5
+        for loader_len in (1, 149, 150, 151, 299, 300, 1133, 4523):
+            s = build_das(config, 32)
+            assert s.fit_epoch_length(loader_len, 4) is not None
+            assert s.das_turn == max(1, loader_len // 150)
+            ours = [(e, it) for e in range(5) for it in range(loader_len) if s.step_counter(epoch=e)]
+            assert ours == _lavin_round_iterations(loader_len, 5, warmup=3), loader_len
+        s = build_das({**config, "das_count_unit": "optimizer_step"}, 32)
+        s.fit_epoch_length(4523, 4)
+        assert s.das_turn == 4523 // 4 // 150
+    plain = build_das(dict(DEFAULTS), 12)  # ViLT-DAS keeps its fixed das_turn and one batch
+    assert plain.fit_epoch_length(4523, 1) is None and plain.das_turn == 10
+    assert plain.search_batch_size({**DEFAULTS, "per_gpu_batchsize": 32}) == 32
+    with pytest.raises(ValueError, match=r"das_reward_batch_mult=0 must be an int >= 1"):
+        build_das({**DEFAULTS, "das_reward_batch_mult": 0}, 12)
+
+
+def test_lavin_das_cadence_reaches_the_run(arrows, tmp_path):
+    """Through run.py: 32 training rows in batches of 8 = 4 iterations an epoch; das_rounds_per_epoch=2 makes
+    das_turn 2, so 2 rounds an epoch over 2 search epochs (das_turn=1 of the command line would give 8)."""
+    r = _run("das_search_llama_boolq", backbone="test_plm_llama", das_llama_adapter_dim=4,
+             **{**_common(arrows, tmp_path), "das_rounds_per_epoch": 2})
+    assert Placement.load(r.result["placement_path"]).meta["rounds"] == 4

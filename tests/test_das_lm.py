@@ -139,6 +139,73 @@ def test_das_llama_preset_on_tiny_llama():
         PRESETS.build("das_llama", {**DEFAULTS, "das_llama_adapter_dim": 0})
 
 
+TINY_LLAMA_4 = dict(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def _lavin_reference(ref, bb, ids, masks, skip) -> torch.Tensor:
+    """LaVIN-DAS's block (``forward_llama_attn`` of pl_adapter / mm_adapter), restated on a hook-free copy ``ref`` of
+    the HF LLaMA with the adapters of ``bb``: a kept layer computes ``h = x + attention(A(attention_norm(x)))``,
+    ``out = h + feed_forward(ffn_norm(h))``; a skipped one ``out = x + S(attention_norm(x))`` (S without residual,
+    the in-block adapter A not used). Features: the final norm at the last real token."""
+    h = ref.embed_tokens(ids)
+    attn_mask, rope, pos = bb.plm._masks_and_rope(masks, h)
+    for i, layer in enumerate(ref.layers):
+        if i in skip:
+            h = h + bb.skip_adapters[i][0].adapter(layer.input_layernorm(h))
+        else:
+            a = bb.plm.in_seq[str(2 * i)](layer.input_layernorm(h))
+            h = h + layer.self_attn(hidden_states=a, attention_mask=attn_mask, position_embeddings=rope,
+                                    position_ids=pos)[0]
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+    return ref.norm(h)[torch.arange(h.shape[0]), masks.sum(1) - 1]
+
+
+@pytest.mark.parametrize("router", [False, True])
+def test_skipped_layer_runs_lavin_skip_path_on_trained_weights(router):
+    """Issue 16 item 1: the skip adapter of a skipped layer reads ``attention_norm(x)``, not the in-block adapter's
+    output (the in-block adapter is a hook on that same norm). Every weight moved off its init (zero up-projections
+    included), fp64, skip sets of 1, 2 and 3 of 4 layers, text and router forms; and in a training backward the
+    skipped layers' in-block adapters get no gradient (LaVIN's skip path never calls them)."""
+    import copy
+
+    torch.manual_seed(0)
+    bb = build_plm_backbone({"language_model": "LLAMA", "plm_config": TINY_LLAMA_4})
+    ref = copy.deepcopy(bb.plm.llama)  # before injection: no hooks on its norms
+    inject(bb, PRESETS.build("das_llama", {**DEFAULTS, "das_llama_adapter_dim": 4, "das_llama_router": router}))
+    bb = bb.double().eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in bb.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    ref = ref.double().eval()
+    ref.load_state_dict(bb.plm.llama.state_dict())
+    ids = torch.randint(3, 120, (3, 7), generator=g)
+    masks = torch.ones(3, 7, dtype=torch.long)
+    masks[1, 5:] = 0  # right padding
+    batch = {"text_ids": ids, "text_masks": masks}
+    with torch.no_grad():
+        for skip in ([], [1], [0, 2], [0, 1, 3]):
+            ours = bb(batch, LayerPlan.of(skip))["cls_feats"]
+            want = _lavin_reference(ref, bb, ids, masks, set(skip))
+            assert torch.allclose(ours, want, rtol=0, atol=1e-10), (skip, float((ours - want).abs().max()))
+        # the check can see the bug: the in-block adapter's output differs from its input on the skip path
+        x = torch.randn(3, 7, 32, generator=g, dtype=torch.float64)
+        norm = ref.layers[1].input_layernorm
+        assert float((bb.plm.in_seq["2"](norm(x)) - norm(x)).abs().max()) > 0.1
+    bb.zero_grad(set_to_none=True)
+    bb(batch, LayerPlan.of([0, 2]))["cls_feats"].pow(2).sum().backward()
+    for i in range(4):
+        in_block = [p.grad for p in bb.plm.in_seq[str(2 * i)].parameters()]
+        skip_adapter = [p.grad for p in bb.skip_adapters[i].parameters()]
+        if i in (0, 2):
+            assert all(gr is None for gr in in_block), f"layer {i} is skipped: its in-block adapter must get no grad"
+            assert all(gr is not None and gr.abs().sum() > 0 for gr in skip_adapter)
+        else:
+            assert all(gr is None for gr in skip_adapter)
+            assert any(gr is not None and gr.abs().sum() > 0 for gr in in_block)
+
+
 def test_bad_plm_config_is_refused_before_building():
     with pytest.raises(ValueError, match=r"plm_num_layers=-1 must be an int >= 0"):
         build_plm_backbone({"language_model": "LLAMA", "plm_config": "test_llama_tiny", "plm_num_layers": -1})
@@ -409,3 +476,58 @@ def test_das_search_on_scienceqa_through_clip_llama(arrows, tmp_path):
              **{**_common(arrows, tmp_path), "max_epoch": 1, "das_epoch": 1})
     p = Placement.load(r.result["placement_path"])
     assert len(p.skip) == 1 and p.insert_layer == 0 and p.meta["rounds"] > 0
+
+
+# --- LaVIN-DAS's reward batch and round cadence (issue 16 item 5) ---------------------------------------------------
+def _lavin_round_iterations(loader_len: int, epochs: int, warmup: int) -> list[tuple[int, int]]:
+    """LaVIN-DAS engine.py restated: per epoch, ``nas_turn = len(loader) // 150`` and a count that starts at 0;
+    every search iteration adds one, and once the count reaches ``nas_turn`` past the warm-up epochs a round runs
+    and the count restarts. Returns the (epoch, iteration) of every round."""
+    out = []
+    for epoch in range(epochs):
+        turn, count = loader_len // 150, 0
+        for it in range(loader_len):
+            count += 1
+            if count >= turn and epoch >= warmup:
+                count = 0
+                out.append((epoch, it))
+    return out
+
+
+def test_lavin_das_reward_batch_and_round_cadence():
+    from vlpeft.config import NAMED_CONFIGS
+    from vlpeft.search.das import build_das
+
+    names = [n for n in NAMED_CONFIGS if n.startswith("das_search_") and "llama" in n]
+    assert sorted(names) == ["das_search_llama_boolq", "das_search_llama_sqa"]
+    for name in names:
+        config = {**DEFAULTS, **NAMED_CONFIGS[name]}
+        assert (config["das_rounds_per_epoch"], config["das_reward_batch_mult"], config["per_gpu_batchsize"]) == \
+            (150, 4, 4)
+        search = build_das(config, 32)
+        # LaVIN: val_loader batch_size = args.batch_size * 4, args.batch_size = 4 per GPU
+        assert search.search_batch_size(config) == 4 * 4
+        assert search.search_batch_size({**config, "per_gpu_batchsize": 6}) == 24
+        assert search.search_batch_size({**config, "search_val_batch_size": 5}) == 5
+        for loader_len in (1, 149, 150, 151, 299, 300, 1133, 4523):
+            s = build_das(config, 32)
+            assert s.fit_epoch_length(loader_len, 4) is not None
+            assert s.das_turn == max(1, loader_len // 150)
+            ours = [(e, it) for e in range(5) for it in range(loader_len) if s.step_counter(epoch=e)]
+            assert ours == _lavin_round_iterations(loader_len, 5, warmup=3), loader_len
+        s = build_das({**config, "das_count_unit": "optimizer_step"}, 32)
+        s.fit_epoch_length(4523, 4)
+        assert s.das_turn == 4523 // 4 // 150
+    plain = build_das(dict(DEFAULTS), 12)  # ViLT-DAS keeps its fixed das_turn and one batch
+    assert plain.fit_epoch_length(4523, 1) is None and plain.das_turn == 10
+    assert plain.search_batch_size({**DEFAULTS, "per_gpu_batchsize": 32}) == 32
+    with pytest.raises(ValueError, match=r"das_reward_batch_mult=0 must be an int >= 1"):
+        build_das({**DEFAULTS, "das_reward_batch_mult": 0}, 12)
+
+
+def test_lavin_das_cadence_reaches_the_run(arrows, tmp_path):
+    """Through run.py: 32 training rows in batches of 8 = 4 iterations an epoch; das_rounds_per_epoch=2 makes
+    das_turn 2, so 2 rounds an epoch over 2 search epochs (das_turn=1 of the command line would give 8)."""
+    r = _run("das_search_llama_boolq", backbone="test_plm_llama", das_llama_adapter_dim=4,
+             **{**_common(arrows, tmp_path), "das_rounds_per_epoch": 2})
+    assert Placement.load(r.result["placement_path"]).meta["rounds"] == 4

@@ -36,7 +36,8 @@ class Assembly:
 
 
 def build_backbone(config: Mapping[str, Any], plan: LayerPlan | None = None) -> tuple[Backbone, PetReport, str]:
-    """Backbone + injected PET modules + trainable set (``plan``: with ``trainable=used``, only what it runs)."""
+    """Backbone + injected PET modules + trainable set (``plan``: with ``trainable=used``, or a recipe whose original
+    trains only what the placement runs, only what it runs)."""
     axes = resolve_axes(dict(config))
     backbone = BACKBONES.build(axes.backbone, config)
     report, policy = _inject(backbone, config, plan)
@@ -50,7 +51,8 @@ def _inject(backbone: Backbone, config: Mapping[str, Any], plan: LayerPlan | Non
     policy = axes.train_base or recipe.base_policy
     if not axes.train_base and not backbone.knows_policy(policy):
         policy = "none"  # a preset's backbone-specific default (das_original) on a backbone without it
-    apply_trainable(backbone, report, policy, plan if config.get("trainable") == "used" else None)
+    used = config.get("trainable") == "used" or recipe.original_trains_used  # trainable=original: as the original
+    apply_trainable(backbone, report, policy, plan if used else None)
     return report, policy
 
 

@@ -106,7 +106,7 @@ NEW_KEYS: dict[str, Any] = {
     "gqa_label_size": 1843,
     "scienceqa_label_size": 5,  # choice slots of the ScienceQA head (its problems have 2..5 choices)
     "full_finetune": False,  # train every parameter (the demo's stand-in for pre-training)
-    "trainable": "original",  # original: every injected module trains; used: only what the placement runs
+    "trainable": "original",  # original: what the original trains (every injected module; LaVIN-DAS: what the placement runs); used: only what the placement runs
     "allow_random_init": False,  # test_only: evaluate even if PET modules or heads are missing from load_path
     "search_score_mode": "eval",  # eval (fix: dropout off while scoring) | train (the originals)
     "search_val_batch_size": 0,  # reward/mini-val batch; 0 = per_gpu_batchsize (DAS) or batch_size // 2 (DVP), as the originals
@@ -234,13 +234,15 @@ for _lm, _lm_cfg in _DVP_LM.items():
 # LaVIN-DAS scripts (search_boolq_7b.sh, search_sqa_7b.sh): adapter_dim 8 (skip adapters 32), skipped_num 6,
 # nas_warmup_epoch 3, nas_epoch 10 (= epochs), gate step 0.05, 3 candidate sets per round; 2 GPUs × 4 × accum 4 = 32
 # per step, lr = blr · 32 / 256 (MAE rule: blr 1e-4 BoolQ, 9e-3 ScienceQA), weight decay 0.02, 1 (BoolQ) / 4 (SQA)
-# warm-up epochs of 10. Deliberate differences: answers are classified by a head on the PLM's features
-# (boolq / scienceqa tasks) instead of LaVIN's LM loss on the answer text; das_turn counts micro-batches (LaVIN:
-# len(loader) // 150, data dependent — set das_turn on the command line to match); ScienceQA's image enters as
-# DVP's one-token prompt (clip_plm) instead of LaVIN's image prefix tokens.
+# warm-up epochs of 10. LaVIN's engine.py scores a round on a fresh batch of 4 × its per-GPU batch (4) and runs a
+# round every len(loader) // 150 iterations: das_reward_batch_mult=4, das_rounds_per_epoch=150, per_gpu_batchsize=4.
+# Deliberate differences: answers are classified by a head on the PLM's features (boolq / scienceqa tasks) instead
+# of LaVIN's LM loss on the answer text; ScienceQA's image enters as DVP's one-token prompt (clip_plm) instead of
+# LaVIN's image prefix tokens.
 _DAS_LM_SEARCH = dict(stage="search", search="das", skip_num=6, das_step=3, das_epoch=10, das_warmup_epoch=3,
-                      das_lr=0.05, max_epoch=10, batch_size=32, weight_decay=0.02, max_steps=None, decay_power=1,
-                      skip_module=[], precision=32)
+                      das_lr=0.05, max_epoch=10, batch_size=32, per_gpu_batchsize=4, weight_decay=0.02,
+                      max_steps=None, decay_power=1, skip_module=[], precision=32, das_rounds_per_epoch=150,
+                      das_reward_batch_mult=4)
 _DAS_LM_TRAIN = dict(_DAS_LM_SEARCH, stage="train", search="")
 _DAS_LM = {
     "llama": dict(backbone="plm", language_model="LLAMA", tokenizer="./llama_7b_weights_hf", pet="das_llama",

@@ -65,6 +65,13 @@ class VLPeftModule(pl.LightningModule):
             return compute(self.tasks, lambda b, **kw: self.backbone(b, plan, **kw), self.heads, batch, generate)
 
     # ------------------------------------------------------------------ training and the search round
+    def on_train_start(self) -> None:
+        if self.search is not None:  # a round cadence given as a share of the epoch (LaVIN-DAS) needs its length
+            msg = self.search.fit_epoch_length(self.trainer.num_training_batches,
+                                               max(1, self.trainer.accumulate_grad_batches))
+            if msg and self.trainer.is_global_zero:
+                print(msg, flush=True)
+
     def on_train_epoch_start(self) -> None:
         if hasattr(self.trainer.datamodule, "set_epoch"):
             self.trainer.datamodule.set_epoch(self.current_epoch)  # new retrieval negatives, seeded by epoch

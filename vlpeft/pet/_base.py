@@ -61,6 +61,9 @@ class Recipe:
     name: str
     modules: tuple[PetSpec, ...] = ()
     base_policy: str = "none"
+    # The original trains only what the placement runs (LaVIN-DAS deletes a skipped layer's in-block adapter and a
+    # kept layer's skip adapter before training), so ``trainable=original`` in the train stage means ``used``.
+    original_trains_used: bool = False
 
 
 @dataclass

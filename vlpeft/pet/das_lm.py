@@ -95,7 +95,8 @@ class LaVINRouterAdapter(nn.Module):
 class LaVINSkip(nn.Module):
     """What runs in place of a skipped LLaMA layer: ``x + adapter(input_norm(x))``. ``input_norm`` is the layer's
     own ``input_layernorm`` (kept, as LaVIN keeps ``attention_norm`` when it deletes a skipped layer's attention and
-    FFN); it is referenced, not registered, so its weights keep their HF names and are saved once."""
+    FFN); it is referenced, not registered, so its weights keep their HF names and are saved once. The norm runs
+    without its hooks: the skipped layer's in-block adapter (a hook on that norm) is not on the skip path."""
 
     def __init__(self, adapter: nn.Module, input_norm: nn.Module) -> None:
         super().__init__()
@@ -103,7 +104,9 @@ class LaVINSkip(nn.Module):
         object.__setattr__(self, "_input_norm", input_norm)  # not a submodule: no second name for its weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.adapter(self._input_norm(x))
+        # ``forward``, not ``__call__``: the norm's hooks belong to the layer's own path (the in-block adapter is an
+        # ``in_seq`` hook on this norm), which LaVIN's skip path does not run: out = x + A(attention_norm(x)).
+        return x + self.adapter(self._input_norm.forward(x))
 
 
 def _adapter(dim: int, hidden: int, router: bool, scale: float, t: float, residual: bool) -> nn.Module:
@@ -158,7 +161,9 @@ def das_llama(config: Mapping[str, Any]) -> Recipe:
     if config["das_llama_in_block"]:
         specs.append(PetSpec("lavin_adapter", ("in_seq",), dict(opts, hidden=b), sublayers=("attn",),
                              families=("llama",), required=False))
-    return Recipe("das_llama", tuple(specs), base_policy="none")
+    # LaVIN's train stage deletes a skipped layer's adapter_attn and a kept layer's replaced_adapter (mm_adaptation;
+    # the text form keeps them but they get no gradient): only what the placement runs trains.
+    return Recipe("das_llama", tuple(specs), base_policy="none", original_trains_used=True)
 
 
 __all__ = ["DAS_LLAMA_KEYS", "LaVINAdapter", "LaVINRouterAdapter", "LaVINSkip", "das_llama", "lavin_adapter",

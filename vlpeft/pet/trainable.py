@@ -1,7 +1,9 @@
 """The trainable set, derived from what was injected (as Hugging Face peft does), and one counting utility.
 
 trainable = heads (as their builders set them) ∪ injected PET modules ∪ ``backbone.base_trainable(policy)``.
-With a plan (``trainable=used``) only the PET modules the plan runs train. Never name substrings.
+With a plan (``trainable=used``, or ``trainable=original`` for a recipe whose original trains only what the
+placement runs: ``Recipe.original_trains_used``, LaVIN-DAS) only the PET modules the plan runs train. Never name
+substrings.
 """
 
 from __future__ import annotations

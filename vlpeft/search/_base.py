@@ -104,6 +104,11 @@ class SearchStrategy(SearchState):
     def search_batch_size(self, config: dict[str, Any]) -> int:
         return int(config["search_val_batch_size"] or config["per_gpu_batchsize"])
 
+    def fit_epoch_length(self, batches_per_epoch: int, accumulate: int) -> str | None:
+        """Told the training loader's length on this rank (micro-batches) when training starts, for a cadence given
+        as a share of the epoch; returns a line to print, or None. Default: nothing depends on it."""
+        return None
+
     def train_plan(self, epoch: int, base: LayerPlan) -> LayerPlan:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -37,13 +37,15 @@ class DASSearch(SearchStrategy):
 
     def __init__(self, num_layers: int, skip_num: int, das_step: int = 3, das_turn: int = 10,
                  das_epoch: int = 3, warmup_epochs: int = 1, lr: float = 1.0, seed: int = 0,
-                 count_unit: str = "micro_batch") -> None:
+                 count_unit: str = "micro_batch", rounds_per_epoch: int = 0, reward_batch_mult: int = 1) -> None:
         super().__init__(num_layers, seed)
         if count_unit not in ("micro_batch", "optimizer_step"):
             raise ValueError(f"das_count_unit={count_unit!r}; use micro_batch (the original DAS) or optimizer_step")
         self.count_unit = count_unit
         for name, value, low in (("skip_num", skip_num, 1), ("das_step", das_step, 2), ("das_turn", das_turn, 1),
-                                 ("das_epoch", das_epoch, 0), ("warmup_epochs", warmup_epochs, 0)):
+                                 ("das_epoch", das_epoch, 0), ("warmup_epochs", warmup_epochs, 0),
+                                 ("das_rounds_per_epoch", rounds_per_epoch, 0),
+                                 ("das_reward_batch_mult", reward_batch_mult, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 why = " (the reward baseline is the mean over candidates, so one candidate never learns)" \
                     if name == "das_step" else ""
@@ -64,6 +66,9 @@ class DASSearch(SearchStrategy):
             raise ValueError(f"DAS: lr={lr!r} must be finite")
         self.das_step = das_step
         self.das_turn = das_turn
+        self.rounds_per_epoch = rounds_per_epoch  # > 0: das_turn = epoch length // this (fit_epoch_length)
+        self._count_epoch: int | None = None  # the epoch das_count counts in (LaVIN's cadence only)
+        self.reward_batch_mult = reward_batch_mult
         self.das_epoch = das_epoch
         self.warmup_epochs = warmup_epochs
         self.lr = float(lr)
@@ -100,9 +105,15 @@ class DASSearch(SearchStrategy):
         As in the original, the count also grows during the warm-up epochs, so the first forward after the
         warm-up starts a round at once, then every ``das_turn``-th forward. Outside the search nothing is
         counted. The caller decides the unit it calls this in (micro-batches in the original).
+        With ``das_rounds_per_epoch`` (LaVIN-DAS's cadence) the count restarts at each epoch, as LaVIN's
+        ``nas_count`` is local to its epoch loop.
         """
         if not self.in_search(epoch):
             return False
+        if self.rounds_per_epoch > 0:
+            if self._count_epoch is not None and epoch != self._count_epoch:
+                self.das_count.zero_()
+            self._count_epoch = epoch  # not a buffer: a resumed run keeps the saved count for its epoch
         self.das_count += 1
         if int(self.das_count) >= self.das_turn and epoch >= self.warmup_epochs:
             self.das_count.zero_()
@@ -194,6 +205,22 @@ class DASSearch(SearchStrategy):
     # --- the search strategy protocol -------------------------------------------------------------------------
     plan_field = "skip"
 
+    def search_batch_size(self, config: dict[str, Any]) -> int:
+        """``search_val_batch_size``, else ``das_reward_batch_mult × per_gpu_batchsize`` (LaVIN-DAS: 4 × the batch)."""
+        return int(config["search_val_batch_size"] or self.reward_batch_mult * config["per_gpu_batchsize"])
+
+    def fit_epoch_length(self, batches_per_epoch: int, accumulate: int) -> str | None:
+        """With ``das_rounds_per_epoch`` = R > 0: ``das_turn = max(1, n // R)``, n = this rank's training loader
+        length in the counted unit (micro-batches, or optimizer steps with ``das_count_unit=optimizer_step``).
+        LaVIN-DAS: ``nas_turn = len(data_loader) // 150``; a quotient of 0 there starts a round every iteration,
+        which ``max(1, ·)`` gives too."""
+        if self.rounds_per_epoch <= 0 or not math.isfinite(batches_per_epoch):
+            return None
+        n = int(batches_per_epoch) // (max(1, int(accumulate)) if self.count_unit == "optimizer_step" else 1)
+        self.das_turn = max(1, n // self.rounds_per_epoch)
+        return (f"[DAS] das_turn = max(1, {n} // das_rounds_per_epoch={self.rounds_per_epoch}) = {self.das_turn} "
+                f"{self.count_unit}s between reward rounds (das_rounds_per_epoch=0 uses das_turn)")
+
     def train_plan(self, epoch: int, base: LayerPlan) -> LayerPlan:
         return base.replace(skip=self.sample_train_skip() if self.in_search(epoch) else self.best())
 
@@ -224,11 +251,14 @@ class DASSearch(SearchStrategy):
 
 
 DAS_KEYS = {"skip_num": 4, "das_step": 3, "das_turn": 10, "das_epoch": 3, "das_warmup_epoch": 1, "das_lr": 1.0,
-            "das_count_unit": "micro_batch"}
+            "das_count_unit": "micro_batch",
+            "das_rounds_per_epoch": 0,  # > 0: das_turn = len(train loader) // this (LaVIN-DAS: 150); 0: das_turn
+            "das_reward_batch_mult": 1}  # reward batch = this × per_gpu_batchsize (LaVIN-DAS: 4)
 
 
 @SEARCHES.register("das", keys=DAS_KEYS, needs="skip")
 def build_das(config: dict[str, Any], num_layers: int) -> DASSearch:
     return DASSearch(num_layers, config["skip_num"], das_step=config["das_step"], das_turn=config["das_turn"],
                      das_epoch=config["das_epoch"], warmup_epochs=config["das_warmup_epoch"], lr=config["das_lr"],
-                     seed=config["seed"], count_unit=config["das_count_unit"])
+                     seed=config["seed"], count_unit=config["das_count_unit"],
+                     rounds_per_epoch=config["das_rounds_per_epoch"], reward_batch_mult=config["das_reward_batch_mult"])

@@ -55,6 +55,27 @@ def resolve_placement(config: dict[str, Any]) -> Placement | None:
     return Placement.load(resolve_placement_source(config, load_name(config)))
 
 
+def check_placement(config: dict[str, Any]) -> Placement | None:
+    """Read the train stage's placement file once before the run folder is reserved (a bad file leaves no empty
+    version_N/), and refuse one that decides what this backbone lacks (a KAB/DVP prompt layer given to ViLT)."""
+    from vlpeft.backbones import BACKBONES
+    from vlpeft.config import resolve_axes
+
+    placement = resolve_placement(config)
+    if placement is None:
+        return None
+    backbone = resolve_axes(config).backbone
+    entry = BACKBONES.get(backbone)
+    kinds = BACKBONES.get(entry.meta.get("family", backbone)).meta.get("candidate_kinds", ())
+    if placement.insert_layer is not None and "insert" not in kinds:
+        raise ConfigError(
+            f"placement {placement.source or config['placement']} places a visual prompt (method={placement.method}, "
+            f"insert_layer={placement.insert_layer}: from a KAB/DVP search), but backbone={backbone} takes no inserted "
+            f"prompt; pass placement=<the placement.json of a DAS search on {backbone}> (or skip_module=[...]), or "
+            "train a backbone with a prompt layer (backbone=clip_plm)")
+    return placement
+
+
 def _devices(config: dict[str, Any]) -> dict[str, Any]:
     n_gpus = config["num_gpus"] if isinstance(config["num_gpus"], int) else len(config["num_gpus"])
     if n_gpus > 0:
@@ -189,6 +210,8 @@ def _build_module(config: dict[str, Any], placement: Placement | None, *, fresh_
 
 def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
     config = _finalize_label_sizes(config)
+    if not search:
+        check_placement(config)  # read again below, with the run folder, where its source is recorded
     name, version = _run_dir(config, f"{config['exp_name']}_seed{config['seed']}_from_{load_name(config)}")
     run_dir = Path(config["log_dir"]) / name / f"version_{version}"
     os.environ[VERSION_ENV] = str(version)  # DDP ranks re-running this script land in the same folder
@@ -245,6 +268,7 @@ def run_test(config: dict[str, Any]) -> RunResult:
     config = _finalize_label_sizes(config)
     if not _as_list(config["load_path"]):
         raise ConfigError("test_only=True needs load_path=<checkpoint of a trained run>")
+    check_placement(config)
     name, version = _run_dir(config, f"{config['exp_name']}_seed{config['seed']}_test_{load_name(config)}")
     run_dir = Path(config["log_dir"]) / name / f"version_{version}"
     dm = _datamodule(config)

@@ -90,6 +90,7 @@ class Placement:
         unknown = set(d) - {"method", "skip", "insert_layer", "num_layers", "scores", "meta"}
         if unknown:
             raise PlacementError(f"{source}: unknown placement keys {sorted(unknown)}")
+        _check_types(d, source)
         try:
             return cls(
                 method=d["method"],
@@ -131,12 +132,39 @@ class Placement:
                 "(printed at its end, in its run folder)"
             )
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise PlacementError(f"placement file {path} is not UTF-8 text ({e.reason} at byte {e.start}); pass the "
+                                 "placement.json a search run wrote") from None
         except json.JSONDecodeError as e:
             raise PlacementError(f"placement file {path} is not valid JSON: {e}") from None
         p = cls.from_dict(data, source=str(path))
         object.__setattr__(p, "source", str(path))
         return p
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_types(d: dict[str, Any], source: str) -> None:
+    """A hand-edited file must say what it means: ``"skip": "12"`` would otherwise read as [1, 2] and ``[1.7]`` or
+    ``[true]`` as [1]."""
+    skip = d.get("skip", [])
+    if not isinstance(skip, list) or not all(_is_int(i) for i in skip):
+        raise PlacementError(f"{source}: 'skip' is {skip!r}; it must be a list of distinct layer indices (integers), "
+                             'e.g. "skip": [3, 7] or "skip": []')
+    for key in ("insert_layer", "num_layers"):
+        v = d.get(key)
+        if v is not None and not _is_int(v):
+            raise PlacementError(f"{source}: {key!r} is {v!r}; it must be an integer (or absent)")
+    scores = d.get("scores", [])
+    if (not isinstance(scores, list)
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores)):
+        raise PlacementError(f"{source}: 'scores' is {scores!r}; it must be a list of numbers (the search's per-layer "
+                             "scores), or be left out")
+    if not isinstance(d.get("meta", {}), dict):
+        raise PlacementError(f"{source}: 'meta' must be a JSON object")
 
 
 def validate_skip(skip: Sequence[int], num_layers: int) -> tuple[int, ...]:

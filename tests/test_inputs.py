@@ -145,3 +145,99 @@ def test_command_line_unknown_loss_name_and_unquoted_list(arrows, tmp_path):
              "train_transform_keys=[clip]")
     assert p.returncode != 0 and "is a string, not a list of names" in p.stderr
     assert _versions(tmp_path / "r") == []
+
+
+# --- items 6, 7, 10: pretrained folders of the right family, vocabularies that match, names that mean their model ---
+def _folder(tmp_path: Path, name: str, model_type: str, **cfg) -> Path:
+    """A model folder as far as the checks read it: config.json only (they refuse before any weight is loaded)."""
+    path = tmp_path / name
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": model_type, **cfg}))
+    return path
+
+
+@pytest.mark.parametrize("updates, words", [
+    (lambda f: dict(backbone="vl_bart", vl_config=None, vl_model=str(f["bert"])),
+     r"vl_model='.*bert' holds a 'bert' model, but vl_bart needs bart .*set vl_model=<a bart folder>"),
+    (lambda f: dict(backbone="vl_t5", vl_config=None, vl_model=str(f["bart"])),
+     r"vl_model='.*bart' holds a 'bart' model, but vl_t5 needs t5"),
+    (lambda f: dict(backbone="clip_plm", language_model="BERT", clip_model="test_clip_tiny", tokenizer=str(f["t5"])),
+     r"tokenizer='.*t5' holds a 't5' model, but language_model=BERT needs bert"),
+    (lambda f: dict(backbone="vit_gpt2", lm_config="", vit_model="test_vit_tiny", tokenizer=str(f["bert"])),
+     r"tokenizer='.*bert' holds a 'bert' model, but vit_gpt2 needs gpt2"),
+    (lambda f: dict(backbone="vit_roberta", lm_config="", vit_model=str(f["bert"]), tokenizer="minilm"),
+     r"vit_model='.*bert' holds a 'bert' model, but the ViT image tower needs vit"),
+    (lambda f: dict(backbone="clip_plm", clip_model=str(f["bert"]), plm_config="test_bert_tiny_bertvocab"),
+     r"clip_model='.*bert' holds a 'bert' model, but the CLIP image tower needs clip"),
+])
+def test_model_folder_of_another_family_is_refused_before_the_build(arrows, tmp_path, no_build, updates, words):
+    f = {k: _folder(tmp_path, k, k) for k in ("bert", "bart", "t5")}
+    log = tmp_path / "r"
+    with pytest.raises(ConfigError, match=words):
+        _run(data_root=str(arrows), log_dir=str(log), **updates(f))
+    assert _versions(log) == []
+
+
+def test_builders_check_the_family_before_loading(tmp_path):
+    from vlpeft.backbones import BACKBONES
+    from vlpeft.backbones._folders import FolderError
+
+    bert = _folder(tmp_path, "bert", "bert")  # no weights: a load would fail with another error
+    with pytest.raises(FolderError, match=r"vl_model='.*bert' holds a 'bert' model, but vl_bart needs bart"):
+        BACKBONES.build("vl_bart", {"vl_model": str(bert), "tokenizer": "bert-base-uncased"})
+    with pytest.raises(FolderError, match=r"tokenizer='.*bert' holds a 'bert' model, but language_model=T5"):
+        BACKBONES.build("plm", {"language_model": "T5", "plm_config": "", "tokenizer": str(bert)})
+
+
+def _tiny_bart(tmp_path: Path, vocab: int) -> Path:
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    path = tmp_path / f"bart{vocab}"
+    cfg = BartConfig(vocab_size=vocab, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                     decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16, max_position_embeddings=64)
+    BartForConditionalGeneration(cfg).save_pretrained(path)
+    return path
+
+
+def test_tokenizer_of_another_vocabulary_is_refused_and_the_vl_resize_is_said(tmp_path, capsys):
+    from vlpeft.backbones import BACKBONES
+
+    # BART's 50265-row table read through the 30522-token BERT vocabulary: every id would read another token's row
+    with pytest.raises(ValueError, match=r"tokenizer='.*' does not match the vocabulary of vl_model='.*bart50265' "
+                                         r"\(50265 embedding rows\): the tokenizer has only 30722 tokens .*Set "
+                                         r"tokenizer=<the vl_model folder"):
+        BACKBONES.build("vl_bart", {"vl_model": str(_tiny_bart(tmp_path, 50265)), "tokenizer": "bert-base-uncased"})
+    # a table smaller than the vocabulary: ids past its end
+    with pytest.raises(ValueError, match=r"have no row there \(first: '.*', id 20000\)"):
+        BACKBONES.build("vl_bart", {"vl_model": str(_tiny_bart(tmp_path, 20000)), "tokenizer": "bert-base-uncased"})
+    # the same vocabulary: only the 200 VL tokens are added, and the resize is said
+    bb = BACKBONES.build("vl_bart", {"vl_model": str(_tiny_bart(tmp_path, 30522)), "tokenizer": "bert-base-uncased"})
+    assert bb.seq2seq.get_input_embeddings().weight.shape[0] == 30722
+    out = capsys.readouterr().out
+    assert "vl_bart: token embeddings resized 30522 → 30722 rows (the VL tokens <extra_id_i> / <vis_extra_id_i>" in out
+    assert "loaded vl_model=" in out and "bart, 1 layers, width 16" in out
+
+
+def test_bert_base_name_never_loads_minilm(arrows, tmp_path, no_build, monkeypatch):
+    import huggingface_hub
+
+    from vlpeft.data.tokenizer import TokenizerError, default_tokenizer_folder, load_tokenizer, resolve_model_path
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)  # not in the HF cache
+    log = tmp_path / "r"
+    with pytest.raises(ConfigError, match=r"tokenizer='bert-base-uncased' names the BERT-base model \(12 layers, "
+                                          r"width 768\), which is not available offline.*MiniLM \(6 layers, width "
+                                          r"384\), not BERT-base. Set tokenizer=<folder of bert-base-uncased.*or "
+                                          r"tokenizer=minilm"):
+        run_py.ex.run(named_configs=["dvp_adaption_bert_vqa"], options={"--loglevel": "ERROR"},
+                      config_updates=dict(data_root=str(arrows), log_dir=str(log), per_gpu_batchsize=8, num_gpus=0,
+                                          clip_model="test_clip_tiny"))
+    assert _versions(log) == []
+    with pytest.raises(TokenizerError, match="tokenizer=minilm"):
+        resolve_model_path("bert-base-uncased")
+    # the vocabulary of that name is fine as a tokenizer; the model is MiniLM only when named so
+    assert len(load_tokenizer("bert-base-uncased")) == len(load_tokenizer("minilm")) == 30522
+    assert resolve_model_path("minilm") == str(default_tokenizer_folder())
+    cached = tmp_path / "snap"
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: str(cached / "config.json"))
+    assert resolve_model_path("bert-base-uncased") == str(cached)  # the real model, when the HF cache has it

@@ -510,6 +510,12 @@ def _check_axes(config: dict[str, Any]) -> None:
     try:
         bb = BACKBONES.get(axes.backbone)
         family = BACKBONES.get(bb.meta.get("family", axes.backbone))
+        from vlpeft.backbones._folders import precheck
+
+        try:  # pretrained folders of the right family, names that resolve to the model they name
+            precheck(family.name, {**config, **bb.meta.get("config", {})})
+        except (OSError, ValueError) as e:
+            raise ConfigError(str(e)) from None
         needs = set(PRESETS.get(axes.pet).meta.get("needs_context", ())) - set(family.meta.get("context", ()))
         if needs:
             givers = [n for n in BACKBONES.names() if not n.startswith("test_")

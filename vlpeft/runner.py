@@ -21,7 +21,8 @@ from vlpeft.computation import after_fit, save_metrics
 from vlpeft.config import ConfigError, from_sacred
 from vlpeft.export import dropped_keys
 from vlpeft.progress import progress_callbacks
-from vlpeft.rundir import VERSION_ENV, dump_name, ranks_join, reserve_run_dir, resolve_placement_source
+from vlpeft.rundir import (VERSION_ENV, dump_name, ranks_join, reserve_run_dir, resolve_placement_source,
+                           update_run_info)
 from vlpeft.search.placement import Placement
 
 
@@ -199,9 +200,15 @@ def _datamodule(config: dict[str, Any]):
 
 
 def _build_module(config: dict[str, Any], placement: Placement | None, *, fresh_heads: bool):
+    from vlpeft.backbones._folders import take_loaded
     from vlpeft.lightning import VLPeftModule
 
+    take_loaded()  # forget loads of an earlier build in this process
     module = VLPeftModule(config, placement=placement)
+    loaded = take_loaded()
+    run_dir = config.get("_run_dir") or config.get("_dump_dir")
+    if loaded and run_dir and Path(run_dir).is_dir() and os.environ.get("LOCAL_RANK", "0") == "0":  # which pretrained folders the run is on (name, layers, width)
+        update_run_info(run_dir, pretrained=loaded)
     reports = load_weights(module, config["load_path"], fresh_heads=fresh_heads)
     for report in reports:
         print(f"[vlpeft] {report.summary()}")

@@ -151,7 +151,7 @@ def _check_types(d: dict[str, Any], source: str) -> None:
     """A hand-edited file must say what it means: ``"skip": "12"`` would otherwise read as [1, 2] and ``[1.7]`` or
     ``[true]`` as [1]."""
     skip = d.get("skip", [])
-    if not isinstance(skip, list) or not all(_is_int(i) for i in skip):
+    if not isinstance(skip, (list, tuple)) or not all(_is_int(i) for i in skip):
         raise PlacementError(f"{source}: 'skip' is {skip!r}; it must be a list of distinct layer indices (integers), "
                              'e.g. "skip": [3, 7] or "skip": []')
     for key in ("insert_layer", "num_layers"):
@@ -159,7 +159,7 @@ def _check_types(d: dict[str, Any], source: str) -> None:
         if v is not None and not _is_int(v):
             raise PlacementError(f"{source}: {key!r} is {v!r}; it must be an integer (or absent)")
     scores = d.get("scores", [])
-    if (not isinstance(scores, list)
+    if (not isinstance(scores, (list, tuple))
             or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores)):
         raise PlacementError(f"{source}: 'scores' is {scores!r}; it must be a list of numbers (the search's per-layer "
                              "scores), or be left out")

@@ -63,6 +63,11 @@ def test_hand_edited_skip_of_the_wrong_type_is_refused(tmp_path, skip, words):
         Placement.load(path)
 
 
+def test_skip_module_of_non_integers_is_refused(arrows, tmp_path, no_build):
+    with pytest.raises(ConfigError, match=r"skip_module \[1.7\]: \[1.7\] are not layer indices"):
+        _run(data_root=str(arrows), log_dir=str(tmp_path / "r"), skip_module=[1.7])
+
+
 def test_hand_edited_placement_duplicates_and_range_name_the_file(tmp_path):
     path = tmp_path / "placement.json"
     path.write_text(json.dumps({"method": "das", "skip": [1, 1], "num_layers": 4}))

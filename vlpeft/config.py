@@ -458,6 +458,14 @@ def _check_values(config: dict[str, Any]) -> None:
         if isinstance(v, str):  # bash ate the quotes of [clip]: sacred then passes the string "[clip]"
             raise ConfigError(f"{k}={v!r} is a string, not a list of names (the shell removed the quotes?); write "
                               f"'{k}=[\"clip\"]' with the quotes inside single quotes")
+    skip = config.get("skip_module")
+    if isinstance(skip, (list, tuple)):  # its range is checked against the backbone's layers when the plan is made
+        from vlpeft.search.placement import PlacementError, check_skip_types
+
+        try:
+            check_skip_types(skip)
+        except PlacementError as e:
+            raise ConfigError(str(e)) from None
     search = config.get("search") or {"das": "das"}.get(config.get("method"), "")
     if config["stage"] in ("search", "demo") and search == "das" and config["das_epoch"] <= config["das_warmup_epoch"]:
         raise ConfigError(f"das_epoch={config['das_epoch']} <= das_warmup_epoch={config['das_warmup_epoch']}: DAS "

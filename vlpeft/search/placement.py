@@ -10,6 +10,7 @@ layers it was searched on. One dataclass, one place that validates it against th
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -167,7 +168,15 @@ def _check_types(d: dict[str, Any], source: str) -> None:
         raise PlacementError(f"{source}: 'meta' must be a JSON object")
 
 
+def check_skip_types(skip: Sequence[Any]) -> None:
+    bad_type = [i for i in skip if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
+    if bad_type:  # int() would read 1.7 and True as layer 1
+        raise PlacementError(f"skip_module {list(skip)}: {bad_type} are not layer indices; give integers, e.g. "
+                             "skip_module=[3,7]")
+
+
 def validate_skip(skip: Sequence[int], num_layers: int) -> tuple[int, ...]:
+    check_skip_types(skip)
     skip = tuple(int(i) for i in skip)
     bad = [i for i in skip if not 0 <= i < num_layers]
     if bad:

@@ -469,8 +469,8 @@ def _check_values(config: dict[str, Any]) -> None:
     search = config.get("search") or {"das": "das"}.get(config.get("method"), "")
     if config["stage"] in ("search", "demo") and search == "das" and config["das_epoch"] <= config["das_warmup_epoch"]:
         raise ConfigError(f"das_epoch={config['das_epoch']} <= das_warmup_epoch={config['das_warmup_epoch']}: DAS "
-                          "scores skip sets only in the epochs from das_warmup_epoch to das_epoch, so this search would "
-                          "search nothing (every gate stays at its start); set das_epoch > das_warmup_epoch")
+                          "scores skip sets only in the epochs from das_warmup_epoch to das_epoch, so this search "
+                          "would search nothing (every gate stays at its start); set das_epoch > das_warmup_epoch")
 
 
 def check_trainer(config: dict[str, Any]) -> None:
@@ -528,8 +528,9 @@ def _check_axes(config: dict[str, Any]) -> None:
         if needs:
             givers = [n for n in BACKBONES.names() if not n.startswith("test_")
                       and needs <= set(BACKBONES.get(n).meta.get("context", ()))]
-            raise ConfigError(f"pet={axes.pet} reads the visual context {sorted(needs)}, which backbone={axes.backbone} "
-                              f"does not compute; use a backbone that provides it ({', '.join(givers)}) or another pet")
+            raise ConfigError(f"pet={axes.pet} reads the visual context {sorted(needs)}, which "
+                              f"backbone={axes.backbone} does not compute; use a backbone that provides it "
+                              f"({', '.join(givers)}) or another pet")
         from vlpeft.tasks._base import TASKS, task_for
         from vlpeft.tasks.heads import active_tasks
 

@@ -207,8 +207,8 @@ def _build_module(config: dict[str, Any], placement: Placement | None, *, fresh_
     module = VLPeftModule(config, placement=placement)
     loaded = take_loaded()
     run_dir = config.get("_run_dir") or config.get("_dump_dir")
-    if loaded and run_dir and Path(run_dir).is_dir() and os.environ.get("LOCAL_RANK", "0") == "0":  # which pretrained folders the run is on (name, layers, width)
-        update_run_info(run_dir, pretrained=loaded)
+    if loaded and run_dir and Path(run_dir).is_dir() and os.environ.get("LOCAL_RANK", "0") == "0":
+        update_run_info(run_dir, pretrained=loaded)  # which pretrained folders the run is on (name, layers, width)
     reports = load_weights(module, config["load_path"], fresh_heads=fresh_heads)
     for report in reports:
         print(f"[vlpeft] {report.summary()}")

@@ -172,6 +172,9 @@ def build_clip_visual(spec: Any) -> CLIPVisionModel:
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing or unexpected:
             raise ValueError(f"OpenAI CLIP conversion of {path}: missing {missing}, unexpected {unexpected}")
+        from vlpeft.backbones._folders import note_loaded
+
+        note_loaded("clip_model", spec, path, model)
         return model
     raise FileNotFoundError(
         f"clip_model={name!r} is neither a registered variant {sorted(CLIP_VARIANTS)}, an HF CLIP folder, "

@@ -73,7 +73,7 @@ def main() -> None:
     cfg.update(data_root=str(root), log_dir=str(work / "result"), clip_model=SMALL_CLIP, image_size=64,
                per_gpu_batchsize=32, batch_size=32, max_epoch=args.epochs, num_gpus=0, precision=32, num_workers=0,
                vqav2_label_size=0, insert_layer=args.insert_layer, learning_rate=args.lr, lr_mult=10, drop_rate=0.0,
-               use_adapter=not args.full_finetune)
+               use_adapter=not args.full_finetune, tokenizer="minilm")
     result = run(cfg)
     score = result.metrics["val"]["vqa_score"]
     figures = {"text_only_val_vqa_score": round(100 * baseline, 2), "dvp_bert_val_vqa_score": round(100 * score, 2),

@@ -8,7 +8,7 @@ set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 epochs=${1:-3}; out=${2:-vit_bert_out}
 python -m write_arrow synthetic --dst "$out/data" --images 400 --no-progress >/dev/null
-common=(routing_vit_roberta_lora_as_released vit_model=vit_small_w384_random tokenizer=bert-base-uncased lm_config=""
+common=(routing_vit_roberta_lora_as_released vit_model=vit_small_w384_random tokenizer=minilm lm_config=""
         vit_use_pooler=False lora_r=16 lora_alpha=16 lora_dropout=0.0 data_root="$out/data" vqav2_label_size=0
         batch_size=32 per_gpu_batchsize=32 max_epoch="$epochs" learning_rate=1e-3 num_gpus=0 num_workers=2
         log_dir="$out/logs" seed=0)

@@ -32,12 +32,15 @@ def _run(named, **updates):
 def test_dvp_search_train_test(arrows, tmp_path):
     common = dict(data_root=str(arrows), log_dir=str(tmp_path / "result"), clip_model="test_clip_tiny",
                   image_size=32, per_gpu_batchsize=8, batch_size=8, max_epoch=1, num_gpus=0, precision=32,
-                  num_workers=0, vqav2_label_size=0)
+                  num_workers=0, vqav2_label_size=0, tokenizer="minilm")  # MiniLM on purpose (the offline BERT)
     r = _run("dvp_search_bert_vqa", search_sample=3, **common)
     placement = Placement.load(r.result["placement_path"])
     assert placement.method == "kab" and placement.num_layers == 6  # read from the real 6-layer MiniLM BERT
     assert placement.meta["rounds"] > 0 and any(s != 0 for s in placement.scores)
     assert Path(r.result["placement_path"]).with_name("placement.png").is_file()
+    loaded = json.loads(Path(r.result["run_dir"], "run.json").read_text())["pretrained"]  # what the run is on
+    assert [(d["key"], d["name"], d["model_type"], d["layers"], d["width"]) for d in loaded] == \
+        [("tokenizer", "minilm", "bert", 6, 384)]
 
     r = _run("dvp_adaption_bert_vqa", placement="latest", use_adapter=True, **common)
     ckpt = sorted(Path(r.result["run_dir"]).glob("checkpoints/last.ckpt"))[0]

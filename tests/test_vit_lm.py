@@ -190,8 +190,8 @@ def test_roberta_side_takes_a_real_bert_folder():
     from vlpeft.data.tokenizer import resolve_tokenizer_path
 
     bb = BACKBONES.build("vit_roberta", {"vit_model": "vit_small_w384_random", "lm_config": "",
-                                         "tokenizer": "bert-base-uncased"}).eval()
-    ref_model = BertModel.from_pretrained(resolve_tokenizer_path("bert-base-uncased"), local_files_only=True).eval()
+                                         "tokenizer": "minilm"}).eval()
+    ref_model = BertModel.from_pretrained(resolve_tokenizer_path("minilm"), local_files_only=True).eval()
     ids = torch.tensor([[101, 2054, 3609, 2003, 1996, 4418, 102]])
     b = {"text_ids": ids, "text_masks": torch.ones_like(ids), "image": torch.zeros(1, 3, 224, 224)}
     with torch.no_grad():

@@ -326,6 +326,21 @@ import vlpeft.named_configs.routing  # noqa: E402,F401  (Routing-VLPEFT's named 
 import vlpeft.named_configs.vl_adapter  # noqa: E402,F401  (VL-Adapter / VL-PET named configs)
 
 
+@ex.config_hook
+def _loss_names_hook(config, command_name, logger):
+    # sacred checks added keys after its config hooks: without this, loss_names={"vqa_gen": 1} reads as sacred's
+    # ConfigAddedError, which names neither the valid keys nor the fix
+    _check_loss_names(config.get("loss_names", {}))
+    return {}
+
+
+def _check_loss_names(loss_names: Any) -> None:
+    bad = sorted(set(loss_names) - set(LOSS_KEYS)) if isinstance(loss_names, dict) else None
+    if bad is None or bad:
+        what = f"unknown loss_names key(s) {bad}" if bad else f"loss_names={loss_names!r} is not a dict"
+        raise ConfigError(f"{what}; valid keys: {list(LOSS_KEYS)} (e.g. 'loss_names={{\"vqa\": 1}}')")
+
+
 ALL_KEYS = frozenset(DEFAULTS)
 BOOL_KEYS = frozenset(k for k, v in DEFAULTS.items() if isinstance(v, bool))
 
@@ -397,6 +412,7 @@ def resolve_axes(config: dict[str, Any]) -> Axes:
 
 def from_sacred(config: dict[str, Any]) -> RunConfig:
     cfg = validate_config(copy.deepcopy(dict(config)))
+    check_trainer(cfg)
     trainer = TrainerConfig(**{f: cfg[f] for f in TrainerConfig.__dataclass_fields__})
     return RunConfig(axes=resolve_axes(cfg), trainer=trainer, stage=cfg["stage"], test_only=cfg["test_only"], flat=cfg)
 
@@ -406,9 +422,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(k for k in config if k not in ALL_KEYS and not k.startswith("_") and k != "seed")
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown} ({_closest(unknown[0])}); see README 'Config keys'")
-    bad_loss = sorted(set(config.get("loss_names", {})) - set(LOSS_KEYS))
-    if bad_loss:
-        raise ConfigError(f"unknown loss_names key(s) {bad_loss}; known: {list(LOSS_KEYS)}")
+    _check_loss_names(config.get("loss_names", {}))
+    _check_values(config)
     for k in BOOL_KEYS:
         if k in config and not isinstance(config[k], bool):
             raise ConfigError(f"{k}={config[k]!r} is not a boolean; write {k}=True or {k}=False (capitalised)")
@@ -445,6 +460,63 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _check_values(config: dict[str, Any]) -> None:
+    """Values that would otherwise fail late with a raw error or run something other than what was asked."""
+    for k in ("train_transform_keys", "val_transform_keys"):
+        v = config.get(k)
+        if isinstance(v, str):  # bash ate the quotes of [clip]: sacred then passes the string "[clip]"
+            raise ConfigError(f"{k}={v!r} is a string, not a list of names (the shell removed the quotes?); write "
+                              f"'{k}=[\"clip\"]' with the quotes inside single quotes")
+    skip = config.get("skip_module")
+    if isinstance(skip, (list, tuple)):  # its range is checked against the backbone's layers when the plan is made
+        from vlpeft.search.placement import PlacementError, check_skip_types
+
+        try:
+            check_skip_types(skip)
+        except PlacementError as e:
+            raise ConfigError(str(e)) from None
+    search = config.get("search") or {"das": "das"}.get(config.get("method"), "")
+    if config["stage"] in ("search", "demo") and search == "das" and config["das_epoch"] <= config["das_warmup_epoch"]:
+        raise ConfigError(f"das_epoch={config['das_epoch']} <= das_warmup_epoch={config['das_warmup_epoch']}: DAS "
+                          "scores skip sets only in the epochs from das_warmup_epoch to das_epoch, so this search "
+                          "would search nothing (every gate stays at its start); set das_epoch > das_warmup_epoch")
+
+
+def check_trainer(config: dict[str, Any]) -> None:
+    """The Trainer's keys, before a model is built or a run folder reserved (Lightning would otherwise fail after
+    the build, with its own key names or a ZeroDivisionError)."""
+    def positive_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    gpus = config["num_gpus"]
+    n_gpus = len(gpus) if isinstance(gpus, (list, tuple)) else gpus
+    if not isinstance(n_gpus, int) or isinstance(n_gpus, bool) or n_gpus < 0:
+        raise ConfigError(f"num_gpus={gpus!r} must be a number of GPUs (0 = CPU) or a list of GPU ids")
+    if n_gpus == 0 and not positive_int(config["cpu_devices"]):
+        raise ConfigError(f"cpu_devices={config['cpu_devices']!r} must be a positive integer (processes on the CPU "
+                          "with num_gpus=0), e.g. cpu_devices=1")
+    if not positive_int(config["num_nodes"]):
+        raise ConfigError(f"num_nodes={config['num_nodes']!r} must be a positive integer, e.g. num_nodes=1")
+    vci = config["val_check_interval"]
+    if isinstance(vci, bool) or not isinstance(vci, (int, float)) or vci <= 0 or (isinstance(vci, float) and vci > 1):
+        raise ConfigError(f"val_check_interval={vci!r} must be a fraction of an epoch in (0, 1] (e.g. 0.1) or a "
+                          "positive number of training batches (e.g. 500)")
+    strategy = str(config["strategy"])
+    if n_gpus == 0 and strategy.split("_")[0] in ("fsdp", "deepspeed"):
+        raise ConfigError(f"strategy={strategy} needs GPUs, but num_gpus=0 runs on the CPU; set num_gpus>=1, or "
+                          "strategy=auto (ddp when cpu_devices > 1)")
+    per = config["per_gpu_batchsize"]
+    if not positive_int(per):
+        raise ConfigError(f"per_gpu_batchsize={per!r}: set it to a positive integer on the command line, "
+                          "e.g. per_gpu_batchsize=32")
+    world = (n_gpus or config["cpu_devices"]) * config["num_nodes"]
+    batch = config["batch_size"]
+    if not positive_int(batch) or batch < per * world or batch % (per * world):
+        raise ConfigError(
+            f"batch_size={batch} must be a positive multiple of per_gpu_batchsize×devices×nodes "
+            f"= {per}×{world} = {per * world} (gradient accumulation = batch_size // that)")
+
+
 def _check_axes(config: dict[str, Any]) -> None:
     from vlpeft._registry import RegistryError
     from vlpeft.backbones import BACKBONES
@@ -455,7 +527,19 @@ def _check_axes(config: dict[str, Any]) -> None:
     try:
         bb = BACKBONES.get(axes.backbone)
         family = BACKBONES.get(bb.meta.get("family", axes.backbone))
-        PRESETS.get(axes.pet)
+        from vlpeft.backbones._folders import precheck
+
+        try:  # pretrained folders of the right family, names that resolve to the model they name
+            precheck(family.name, {**config, **bb.meta.get("config", {})})
+        except (OSError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        needs = set(PRESETS.get(axes.pet).meta.get("needs_context", ())) - set(family.meta.get("context", ()))
+        if needs:
+            givers = [n for n in BACKBONES.names() if not n.startswith("test_")
+                      and needs <= set(BACKBONES.get(n).meta.get("context", ()))]
+            raise ConfigError(f"pet={axes.pet} reads the visual context {sorted(needs)}, which "
+                              f"backbone={axes.backbone} does not compute; use a backbone that provides it "
+                              f"({', '.join(givers)}) or another pet")
         from vlpeft.tasks._base import TASKS, task_for
         from vlpeft.tasks.heads import active_tasks
 

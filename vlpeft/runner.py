@@ -21,7 +21,8 @@ from vlpeft.computation import after_fit, save_metrics
 from vlpeft.config import ConfigError, from_sacred
 from vlpeft.export import dropped_keys
 from vlpeft.progress import progress_callbacks
-from vlpeft.rundir import VERSION_ENV, dump_name, ranks_join, reserve_run_dir, resolve_placement_source
+from vlpeft.rundir import (VERSION_ENV, dump_name, ranks_join, reserve_run_dir, resolve_placement_source,
+                           update_run_info)
 from vlpeft.search.placement import Placement
 
 
@@ -53,6 +54,27 @@ def resolve_placement(config: dict[str, Any]) -> Placement | None:
     if not config["placement"]:
         return None
     return Placement.load(resolve_placement_source(config, load_name(config)))
+
+
+def check_placement(config: dict[str, Any]) -> Placement | None:
+    """Read the train stage's placement file once before the run folder is reserved (a bad file leaves no empty
+    version_N/), and refuse one that decides what this backbone lacks (a KAB/DVP prompt layer given to ViLT)."""
+    from vlpeft.backbones import BACKBONES
+    from vlpeft.config import resolve_axes
+
+    placement = resolve_placement(config)
+    if placement is None:
+        return None
+    backbone = resolve_axes(config).backbone
+    entry = BACKBONES.get(backbone)
+    kinds = BACKBONES.get(entry.meta.get("family", backbone)).meta.get("candidate_kinds", ())
+    if placement.insert_layer is not None and "insert" not in kinds:
+        raise ConfigError(
+            f"placement {placement.source or config['placement']} places a visual prompt (method={placement.method}, "
+            f"insert_layer={placement.insert_layer}: from a KAB/DVP search), but backbone={backbone} takes no inserted "
+            f"prompt; pass placement=<the placement.json of a DAS search on {backbone}> (or skip_module=[...]), or "
+            "train a backbone with a prompt layer (backbone=clip_plm)")
+    return placement
 
 
 def _devices(config: dict[str, Any]) -> dict[str, Any]:
@@ -178,9 +200,15 @@ def _datamodule(config: dict[str, Any]):
 
 
 def _build_module(config: dict[str, Any], placement: Placement | None, *, fresh_heads: bool):
+    from vlpeft.backbones._folders import take_loaded
     from vlpeft.lightning import VLPeftModule
 
+    take_loaded()  # forget loads of an earlier build in this process
     module = VLPeftModule(config, placement=placement)
+    loaded = take_loaded()
+    run_dir = config.get("_run_dir") or config.get("_dump_dir")
+    if loaded and run_dir and Path(run_dir).is_dir() and os.environ.get("LOCAL_RANK", "0") == "0":
+        update_run_info(run_dir, pretrained=loaded)  # which pretrained folders the run is on (name, layers, width)
     reports = load_weights(module, config["load_path"], fresh_heads=fresh_heads)
     for report in reports:
         print(f"[vlpeft] {report.summary()}")
@@ -189,6 +217,8 @@ def _build_module(config: dict[str, Any], placement: Placement | None, *, fresh_
 
 def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
     config = _finalize_label_sizes(config)
+    if not search:
+        check_placement(config)  # read again below, with the run folder, where its source is recorded
     name, version = _run_dir(config, f"{config['exp_name']}_seed{config['seed']}_from_{load_name(config)}")
     run_dir = Path(config["log_dir"]) / name / f"version_{version}"
     os.environ[VERSION_ENV] = str(version)  # DDP ranks re-running this script land in the same folder
@@ -245,6 +275,7 @@ def run_test(config: dict[str, Any]) -> RunResult:
     config = _finalize_label_sizes(config)
     if not _as_list(config["load_path"]):
         raise ConfigError("test_only=True needs load_path=<checkpoint of a trained run>")
+    check_placement(config)
     name, version = _run_dir(config, f"{config['exp_name']}_seed{config['seed']}_test_{load_name(config)}")
     run_dir = Path(config["log_dir"]) / name / f"version_{version}"
     dm = _datamodule(config)

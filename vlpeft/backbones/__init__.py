@@ -81,14 +81,16 @@ VIT_LM_KEYS = {
 }
 
 
-@BACKBONES.register("vit_gpt2", keys=VIT_LM_KEYS, candidate_kinds=("skip",), capabilities=("generate",))
+@BACKBONES.register("vit_gpt2", keys=VIT_LM_KEYS, candidate_kinds=("skip",), capabilities=("generate",),
+                    context=("x_v",))  # x_v: the pooled image, read by routing presets
 def vit_gpt2(config: Mapping[str, Any]) -> Backbone:
     from vlpeft.backbones.vit_lm import build_vit_lm
 
     return build_vit_lm(config, "gpt2")
 
 
-@BACKBONES.register("vit_roberta", keys=VIT_LM_KEYS, candidate_kinds=("skip",), capabilities=("classify",))
+@BACKBONES.register("vit_roberta", keys=VIT_LM_KEYS, candidate_kinds=("skip",), capabilities=("classify",),
+                    context=("x_v",))  # x_v: the pooled image, read by routing presets
 def vit_roberta(config: Mapping[str, Any]) -> Backbone:
     from vlpeft.backbones.vit_lm import build_vit_lm
 

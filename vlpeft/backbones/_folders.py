@@ -1,0 +1,110 @@
+"""Pretrained model folders: is the folder the family the backbone builds, and what was loaded.
+
+transformers loads a BERT or T5 folder into a BART class with only a warning (most weights random), so every
+backbone that reads a folder checks its ``config.json`` ``model_type`` first (``check_family``). What was loaded
+(config key, name, folder, family, layers, width) is printed and kept in ``LOADED``, which the runner writes to
+the run folder's ``run.json`` (``take_loaded``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+LOADED: list[dict[str, Any]] = []
+
+
+class FolderError(ValueError):
+    """A model folder of another family than the backbone builds; the message names the key and the fix."""
+
+
+def model_type(folder: str | os.PathLike) -> str | None:
+    """``model_type`` of the folder's config.json; None when there is no readable one."""
+    cfg = Path(folder) / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        return str(json.loads(cfg.read_text(encoding="utf-8")).get("model_type", ""))
+    except (OSError, ValueError):
+        return None
+
+
+def check_family(folder: str | os.PathLike, expected: tuple[str, ...], key: str, backbone: str, fix: str) -> None:
+    """FolderError unless the folder's model_type is one of ``expected`` (folders without config.json are left
+    to the loader, which names them)."""
+    kind = model_type(folder)
+    if kind is None or kind in expected:
+        return
+    raise FolderError(f"{key}={str(folder)!r} holds a {kind!r} model, but {backbone} needs {' or '.join(expected)} "
+                      f"(loading it would leave most weights random); {fix}")
+
+
+def precheck(family: str, config: dict[str, Any]) -> None:
+    """The folder checks of the backbone builders, run by config validation before a run folder is reserved (the
+    builders run them again, for direct builds). Families without pretrained folders pass."""
+    from vlpeft.data.tokenizer import resolve_model_path
+
+    def folder(key: str) -> Path | None:
+        v = config.get(key)
+        if not v or not isinstance(v, (str, os.PathLike)):
+            return None
+        p = Path(resolve_model_path(v, key)).expanduser()
+        return p if p.is_dir() else None
+
+    clip = folder("clip_model" if family == "clip_plm" else "vl_clip_model") if family in (
+        "clip_plm", "vl_bart", "vl_t5") else None
+    if clip is not None:
+        check_family(clip, ("clip", "clip_vision_model"), "clip_model", "the CLIP image tower",
+                     "set it to a folder saved with CLIPVisionModel.save_pretrained or an OpenAI CLIP .pt file")
+    if family in ("clip_plm", "plm") and not config.get("plm_config"):
+        lm = str(config.get("language_model", "")).lower()
+        path = folder("tokenizer")
+        if path is not None and lm in ("bert", "t5", "llama"):
+            check_family(path, (lm,), "tokenizer", f"language_model={lm.upper()}",
+                         f"set tokenizer=<a {lm} folder>, or language_model= to the folder's family")
+    if family in ("vit_gpt2", "vit_roberta"):
+        lm = family.removeprefix("vit_")
+        path = folder("tokenizer") if not config.get("lm_config") else None
+        if path is not None:
+            check_family(path, ("gpt2",) if lm == "gpt2" else ("roberta", "bert"), "tokenizer", family,
+                         f"set tokenizer=<the pretrained {lm} folder>, or lm_config=<a {lm} variant> for a random one")
+        vit = folder("vit_model")
+        if vit is not None:
+            check_family(vit, ("vit",), "vit_model", "the ViT image tower", "set vit_model=<a ViT folder>")
+    if family in ("vl_bart", "vl_t5") and not config.get("vl_config"):
+        fam = family.removeprefix("vl_")
+        path = folder("vl_model")
+        if path is not None:
+            check_family(path, (fam,), "vl_model", family, f"set vl_model=<a {fam} folder>")
+            if config.get("tokenizer"):
+                from vlpeft.backbones.vl_seq2seq import _vl_tokenizer, check_vocabulary, model_cfg_vocab
+
+                rows = model_cfg_vocab(path)
+                if rows:
+                    check_vocabulary(_vl_tokenizer(config["tokenizer"], fam), rows, fam,
+                                     f"vl_model={str(config['vl_model'])!r}")
+
+
+def note_loaded(key: str, name: Any, folder: str | os.PathLike, model: Any) -> dict[str, Any]:
+    """Print and record what a pretrained load gave (so a name resolving elsewhere is seen)."""
+    cfg = getattr(model, "config", None)
+    layers = next((getattr(cfg, a) for a in ("num_hidden_layers", "num_layers", "n_layer") if hasattr(cfg, a)), None)
+    width = next((getattr(cfg, a) for a in ("hidden_size", "d_model", "n_embd") if hasattr(cfg, a)), None)
+    info = dict(key=key, name=str(name), folder=str(Path(folder).resolve()) if Path(folder).exists() else str(folder),
+                model_type=getattr(cfg, "model_type", None), layers=layers, width=width)
+    print(f"[vlpeft] loaded {key}={info['name']!r}: {info['model_type']}, {layers} layers, width {width}, "
+          f"from {info['folder']}", flush=True)
+    LOADED.append(info)
+    return info
+
+
+def take_loaded() -> list[dict[str, Any]]:
+    """The loads recorded since the last call (and forget them)."""
+    out = list(LOADED)
+    LOADED.clear()
+    return out
+
+
+__all__ = ["LOADED", "FolderError", "precheck", "check_family", "model_type", "note_loaded", "take_loaded"]

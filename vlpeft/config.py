@@ -424,6 +424,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if config["das_count_unit"] not in ("micro_batch", "optimizer_step"):
         raise ConfigError(f"das_count_unit={config['das_count_unit']!r}; use micro_batch (the original DAS) or "
                           "optimizer_step")
+    if config["das_round_timing"] not in ("before_backward", "after_step"):
+        raise ConfigError(f"das_round_timing={config['das_round_timing']!r}; use before_backward (the original DAS: "
+                          "candidates scored inside the training step) or after_step")
     if config["trainable"] not in ("original", "used"):
         raise ConfigError(f"trainable={config['trainable']!r}; use trainable=original or trainable=used")
     if config["method"] == "dvp" and str(config["language_model"]).upper() == "LLAMA" and not config["use_adapter"]:

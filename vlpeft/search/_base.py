@@ -21,6 +21,7 @@ from vlpeft._registry import Registry
 from vlpeft.backbones._protocol import LayerPlan
 
 SEARCHES: Registry["SearchStrategy"] = Registry("search", "search")
+ROUND_TIMINGS = ("before_backward", "after_step")
 
 # Multiplier that spreads (seed, counter) pairs apart; any odd constant larger than the number of draws works.
 _SEED_STRIDE = 1_000_003
@@ -100,6 +101,10 @@ class SearchStrategy(SearchState):
     """The interface the Lightning module drives (see the module docstring); subclasses implement it."""
 
     plan_field = ""
+    # When the Lightning module runs a due round (``ROUND_TIMINGS``): "before_backward" = inside the training step,
+    # after its forward and before its backward and optimizer step (DAS: ViLT / METER / LaVIN-DAS score there);
+    # "after_step" = once the training step's optimizer step is done (DVP's KAB scores in optimizer_step).
+    round_timing = "after_step"
 
     def search_batch_size(self, config: dict[str, Any]) -> int:
         return int(config["search_val_batch_size"] or config["per_gpu_batchsize"])
@@ -206,5 +211,5 @@ def mean_across_ranks(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-__all__ = ["SEARCHES", "SearchState", "SearchStrategy", "build_search", "finish_search", "mean_across_ranks",
+__all__ = ["ROUND_TIMINGS", "SEARCHES", "SearchState", "SearchStrategy", "build_search", "finish_search", "mean_across_ranks",
            "reward_stream"]

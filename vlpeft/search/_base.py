@@ -3,7 +3,8 @@
 A strategy decides one field of a ``LayerPlan`` (``plan_field``: ``skip`` for DAS, ``insert_layer`` for KAB) and
 keeps every piece of its state in buffers (saved in checkpoints, identical on every rank, restored on resume).
 The Lightning module runs one generic round: ``round_due`` → ``propose(base)`` → score each plan on one reward
-batch → ``reward_value`` per plan → mean across ranks → ``update_plans`` → ``record_history``; training steps use
+batch → ``reward_value`` per plan → mean across ranks → ``update_plans`` → ``record_history``, at the point of the
+training step the strategy's ``round_timing`` names (DAS: before backward; KAB: after the optimizer step); steps use
 ``train_plan(epoch, base)`` and evaluation ``eval_plan(base)``; a run ends with ``placement()`` and ``save_plot``.
 Entries of ``SEARCHES`` declare the candidate kind they need (``needs``: ``skip`` or ``insert``), so a backbone
 that lacks it is refused with the reason.

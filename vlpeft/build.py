@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from vlpeft.backbones import BACKBONES, Backbone, LayerPlan
+from vlpeft.backbones import BACKBONES, Backbone, LayerPlan, task_gate
 from vlpeft.config import ConfigError, resolve_axes
 from vlpeft.pet import PetReport, build_recipe, inject
 from vlpeft.pet.trainable import apply_trainable
@@ -74,7 +74,9 @@ def assemble(config: Mapping[str, Any], placement: Placement | None = None) -> A
     axes = resolve_axes(dict(config))
     searching = bool(axes.search)
     backbone = BACKBONES.build(axes.backbone, config)
-    tasks = build_tasks(config["loss_names"], backbone.capabilities, axes.backbone, generation_options(config))
+    gate = task_gate(axes.backbone)  # the family's loss_names rule (METER: weight > 0; ViLT / DVP: >= 1)
+    tasks = build_tasks(config["loss_names"], backbone.capabilities, axes.backbone, generation_options(config),
+                        gate=gate)
     if not tasks:
         raise ConfigError("no active task: set loss_names, e.g. with task_finetune_vqa_randaug or a dvp_* config")
     search = build_search(axes.search, dict(config), backbone.candidates()) if searching else None
@@ -88,8 +90,19 @@ def assemble(config: Mapping[str, Any], placement: Placement | None = None) -> A
         plan = backbone.check_plan(LayerPlan.of(config["skip_module"], 0))
     report, policy = _inject(backbone, config, None if searching else plan)
     heads = build_heads(config, backbone.hidden_size, backbone.cls_dim,
-                        only=[t.name for t in tasks if not t.generative])
+                        only=[t.name for t in tasks if not t.generative], gate=gate)
     return Assembly(backbone, report, policy, tasks, heads, search, plan)
 
 
-__all__ = ["Assembly", "assemble", "base_plan", "build_backbone"]
+def false_images(config: Mapping[str, Any]) -> int:
+    """False images per item the data must draw: ``draw_false_image`` when an active task reads them (METER's
+    ITM), else 0 — the originals decoded them whenever draw_false_image > 0 (its default 1), used or not."""
+    axes = resolve_axes(dict(config))
+    entry = BACKBONES.get(axes.backbone)
+    caps = frozenset(BACKBONES.get(entry.meta.get("family", entry.name)).meta.get("capabilities", ()))
+    tasks = build_tasks(config["loss_names"], caps, axes.backbone, generation_options(config),
+                        gate=task_gate(axes.backbone))
+    return int(config.get("draw_false_image") or 0) if any(t.false_images for t in tasks) else 0
+
+
+__all__ = ["Assembly", "assemble", "base_plan", "build_backbone", "false_images"]

@@ -448,6 +448,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if config["das_count_unit"] not in ("micro_batch", "optimizer_step"):
         raise ConfigError(f"das_count_unit={config['das_count_unit']!r}; use micro_batch (the original DAS) or "
                           "optimizer_step")
+    if config["das_round_timing"] not in ("before_backward", "after_step"):
+        raise ConfigError(f"das_round_timing={config['das_round_timing']!r}; use before_backward (the original DAS: "
+                          "candidates scored inside the training step) or after_step")
     if config["trainable"] not in ("original", "used"):
         raise ConfigError(f"trainable={config['trainable']!r}; use trainable=original or trainable=used")
     if config["method"] == "dvp" and str(config["language_model"]).upper() == "LLAMA" and not config["use_adapter"]:
@@ -519,7 +522,7 @@ def check_trainer(config: dict[str, Any]) -> None:
 
 def _check_axes(config: dict[str, Any]) -> None:
     from vlpeft._registry import RegistryError
-    from vlpeft.backbones import BACKBONES
+    from vlpeft.backbones import BACKBONES, task_gate
     from vlpeft.pet import PRESETS
     from vlpeft.search import SEARCHES
 
@@ -544,11 +547,16 @@ def _check_axes(config: dict[str, Any]) -> None:
         from vlpeft.tasks.heads import active_tasks
 
         caps = set(family.meta.get("capabilities", ()))
-        for t in active_tasks(config["loss_names"]):
-            missing = sorted(task_for(t, caps).needs - caps) if t in TASKS else []
+        for t in active_tasks(config["loss_names"], task_gate(axes.backbone)):
+            task = task_for(t, caps) if t in TASKS else None
+            missing = sorted(task.needs - caps) if task is not None else []
             if missing:
                 raise ConfigError(f"task {t} needs the backbone capability {missing} which backbone={axes.backbone} "
                                   f"lacks (it has {sorted(caps)}); choose another backbone or task")
+            if task is not None and task.false_images and int(config.get("draw_false_image") or 0) < 1:
+                raise ConfigError(f"task {t} pairs texts with drawn false images but draw_false_image="
+                                  f"{config.get('draw_false_image')!r}; set draw_false_image=1 (the originals' "
+                                  "default)")
         if axes.search:
             search = SEARCHES.get(axes.search)
             kinds = family.meta.get("candidate_kinds", ())

@@ -81,11 +81,19 @@ class VLPeftModule(pl.LightningModule):
         out = self(batch, plan)
         self.train_metrics.update(out, batch)
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=_batch_len(batch))
+        self._maybe_search_round(batch_idx, "before_backward")  # DAS: the weights this forward used
         return out["loss"]
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._maybe_search_round(batch_idx, "after_step")  # KAB: after the optimizer step
+
+    def _maybe_search_round(self, batch_idx: int, timing: str) -> None:
+        """Count the step and run a due round, at the point of the step where the search's original scores
+        (``SearchStrategy.round_timing``); the count happens once per training step, at that point."""
+        if self.search is None or self.search.round_timing != timing:
+            return
         optimizer_step = (batch_idx + 1) % max(1, self.trainer.accumulate_grad_batches) == 0
-        if self.search is not None and self.search.round_due(self.current_epoch, optimizer_step):
+        if self.search.round_due(self.current_epoch, optimizer_step):
             self._search_round()
 
     @torch.no_grad()

@@ -191,12 +191,14 @@ def _datamodule(config: dict[str, Any]):
     """``MTDataModule``, or the generative one (prefixes, targets, .h5 features, multi-task schedule) for a
     backbone registered with the ``generate`` capability and without ``classify``."""
     from vlpeft.backbones import BACKBONES
+    from vlpeft.build import false_images
     from vlpeft.config import resolve_axes
     from vlpeft.data.generative import datamodule_for
 
     entry = BACKBONES.get(resolve_axes(config).backbone)
     family = BACKBONES.get(entry.meta.get("family", entry.name))
-    return datamodule_for(config, frozenset(family.meta.get("capabilities", ("classify",))))
+    return datamodule_for(config, frozenset(family.meta.get("capabilities", ("classify",))),
+                          false_images=false_images(config))
 
 
 def _build_module(config: dict[str, Any], placement: Placement | None, *, fresh_heads: bool):

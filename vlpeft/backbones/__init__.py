@@ -62,8 +62,10 @@ METER_KEYS = {"num_top_layer": 6, "input_image_embed_size": 768, "input_text_emb
               "token4classifier": False}  # METER's other keys (vit, image_size, tokenizer, …) are base keys
 
 
-@BACKBONES.register("meter", keys=METER_KEYS, candidate_kinds=("skip",),
-                    capabilities=("classify", "pair_images", "score_pairs"))
+# task_gate ">0": METER's set_task activates every loss with weight > 0 (its retrieval lines' itm=0.5 trains);
+# capability "itm": METER's image-text matching (ViLT's adds word-patch alignment, which is not implemented)
+@BACKBONES.register("meter", keys=METER_KEYS, candidate_kinds=("skip",), task_gate=">0",
+                    capabilities=("classify", "pair_images", "score_pairs", "itm"))
 def meter(config: Mapping[str, Any]) -> Backbone:
     from vlpeft.backbones.meter import build_meter
 
@@ -171,9 +173,16 @@ def _test_meter_bert(config: Mapping[str, Any] | None = None) -> Backbone:
     return BACKBONES.build("meter", {**dict(config or {}), **_meter_test_config("test_meter_tiny_bert")})
 
 
+def task_gate(name: str) -> str:
+    """The loss_names rule of backbone ``name``'s family (``vlpeft.tasks.heads.TASK_GATES``): ">=1" unless the
+    family registers another (METER: ">0")."""
+    entry = BACKBONES.get(name)
+    return str(BACKBONES.get(entry.meta.get("family", entry.name)).meta.get("task_gate", ">=1"))
+
+
 def build_backbone(config: Mapping[str, Any]) -> Backbone:
     """The bare backbone named by ``config["backbone"]`` (no PET modules; see ``vlpeft.build``)."""
     return BACKBONES.build(config["backbone"], config)
 
 
-__all__ = ["BACKBONES", "Backbone", "Candidates", "LayerPlan", "Site", "build_backbone"]
+__all__ = ["BACKBONES", "Backbone", "Candidates", "LayerPlan", "Site", "build_backbone", "task_gate"]

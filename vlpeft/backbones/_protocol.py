@@ -16,7 +16,8 @@ A backbone is an ``nn.Module`` subclassing ``Backbone`` and implementing:
 - ``checkpoint_filter_fn(state_dict)`` → foreign key names and shapes adapted to this backbone (timm style);
 - ``capabilities`` → what tasks may ask: ``classify`` (cls features), ``pair_images`` (NLVR2: two images per text),
   ``score_pairs`` (retrieval: ``encode_images`` once, then ``forward(..., image_cache=...)`` per caption batch),
-  ``text_only`` (batches without an image: the language model alone, BoolQ-style tasks).
+  ``text_only`` (batches without an image: the language model alone, BoolQ-style tasks), ``itm`` (image-text
+  matching as METER computes it: ``itm_score`` on the cls features of half true, half drawn-false images).
 """
 
 from __future__ import annotations

@@ -503,7 +503,7 @@ class METER(Backbone):
     DAS-METER weights come from an original checkpoint through ``checkpoint_filter_fn``.
     """
 
-    capabilities = frozenset({"classify", "pair_images", "score_pairs"})
+    capabilities = frozenset({"classify", "pair_images", "score_pairs", "itm"})  # itm: METER's image-text matching
     family = "meter"
     STREAMS = ("text", "image")
 

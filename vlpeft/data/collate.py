@@ -107,7 +107,12 @@ class Collator:
             batch["task"] = task  # the Lightning module runs the forward in pet_context(task=...)
         first = items[0]
 
-        batch.update(collate_images(items, [k for k in IMAGE_KEYS if k in first]))
+        # false_image_k (METER's ITM negatives) share the batch's padded size, so a task can swap them in per row
+        false_images = sorted((k for k in first if k.startswith("false_image_") and k[12:].isdigit()),
+                              key=lambda k: int(k[12:]))
+        batch.update(collate_images(items, [k for k in IMAGE_KEYS if k in first] + false_images))
+        if "itm_draw" in first:
+            batch["itm_draw"] = torch.tensor([float(it["itm_draw"]) for it in items], dtype=torch.float64)
 
         for k in LIST_KEYS:
             if k in first:

@@ -227,8 +227,11 @@ def vqa_label_size(data_root: str | os.PathLike, names: Sequence[str] | None = N
 
 
 class MTDataModule(pl.LightningDataModule):
-    def __init__(self, config: Mapping[str, Any]):
+    def __init__(self, config: Mapping[str, Any], false_images: int = 0):
+        """``false_images``: negative images per caption item (``vlpeft.build.false_images``: draw_false_image
+        when a task reads them, else 0)."""
         super().__init__()
+        self.false_images = int(false_images)
         self.config = dict(config)
         c = self.config
         self.dataset_keys: list[str] = list(c["datasets"])
@@ -282,6 +285,8 @@ class MTDataModule(pl.LightningDataModule):
             transform_keys=self.train_transform_keys if split == "train" else self.val_transform_keys,
             image_size=self.image_size, tokenizer=self.tokenizer, max_text_len=self.max_text_len, split=split,
             draw_false_text=self.draw_false_text, seed=self.seed)
+        if self.false_images and issubclass(DATASETS[key], CaptionDataset):
+            kwargs["draw_false_image"] = self.false_images
         kwargs.update(overrides)
         return DATASETS[key](self.data_root, self.splits[key][split], **kwargs)
 

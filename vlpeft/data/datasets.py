@@ -50,7 +50,8 @@ class BaseDataset(Dataset):
 
     def __init__(self, data_root: str | os.PathLike, names: Sequence[str], *, transform_keys: Sequence[str],
                  image_size: int, tokenizer: Any, max_text_len: int = 40, split: str = "train",
-                 draw_false_text: int = 0, seed: int = 0, image_only: bool = False, text_only: bool = False):
+                 draw_false_text: int = 0, seed: int = 0, image_only: bool = False, text_only: bool = False,
+                 draw_false_image: int = 0):
         if image_only and text_only:
             raise ValueError("a dataset cannot be image_only and text_only at once")
         self.data_root = str(data_root)
@@ -62,6 +63,7 @@ class BaseDataset(Dataset):
         self.tokenizer = tokenizer
         self.max_text_len = int(max_text_len)
         self.draw_false_text = int(draw_false_text)
+        self.draw_false_image = int(draw_false_image)  # caption datasets only (METER's ITM negatives)
         self.seed = int(seed)
         self.image_only = image_only
         self.text_only = text_only
@@ -363,7 +365,9 @@ class ScienceQADataset(BaseDataset):
 
 
 class CaptionDataset(BaseDataset):
-    """Flickr30K / COCO Karpathy: one item per (image, caption), ``draw_false_text`` seeded negative captions."""
+    """Flickr30K / COCO Karpathy: one item per (image, caption), ``draw_false_text`` seeded negative captions and
+    ``draw_false_image`` seeded negative images (``false_image_{k}``: the image of a uniformly drawn item, as the
+    originals' ``get_false_image``) with ``itm_draw``, the uniform number that places the item in ITM's true half."""
 
     task = "irtr"
     text_column = "caption"
@@ -382,6 +386,12 @@ class CaptionDataset(BaseDataset):
                 text = self.text_at(*self.index(int(j)))
                 item[f"false_text_{k}"] = text
                 item[f"false_text_{k}_encoding"] = self.encode(text)
+        if cap >= 0 and self.draw_false_image > 0 and not self.text_only:
+            # own stream (the caption draws above stay as they were): (seed, epoch, index, 1)
+            rng = np.random.default_rng((self.seed, self.epoch, int(i), 1))
+            for k, j in enumerate(rng.integers(0, len(self), size=self.draw_false_image)):
+                item[f"false_image_{k}"] = self.get_image(self.index(int(j))[0])
+            item["itm_draw"] = float(rng.random())
         return item
 
 

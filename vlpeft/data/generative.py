@@ -407,12 +407,13 @@ class GenerativeDataModule(MTDataModule):
             self._train_loader.set_epoch(epoch)
 
 
-def datamodule_for(config: Mapping[str, Any], capabilities: frozenset[str]) -> MTDataModule:
-    """The datamodule a backbone needs: ``GenerativeDataModule`` for one that generates and cannot classify."""
+def datamodule_for(config: Mapping[str, Any], capabilities: frozenset[str], false_images: int = 0) -> MTDataModule:
+    """The datamodule a backbone needs: ``GenerativeDataModule`` for one that generates and cannot classify.
+    ``false_images``: negative images per caption item (METER's ITM; ``vlpeft.build.false_images``)."""
     caps = set(capabilities)
     if "generate" in caps and "classify" not in caps:
         return GenerativeDataModule(config)
-    return MTDataModule(config)
+    return MTDataModule(config, false_images=false_images)
 
 
 __all__ = ["DATASET_TASK", "GEN_DATASETS", "GenCaptionDataset", "GenGQADataset", "GenNLVR2Dataset", "GenVQADataset",

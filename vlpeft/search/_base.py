@@ -3,7 +3,8 @@
 A strategy decides one field of a ``LayerPlan`` (``plan_field``: ``skip`` for DAS, ``insert_layer`` for KAB) and
 keeps every piece of its state in buffers (saved in checkpoints, identical on every rank, restored on resume).
 The Lightning module runs one generic round: ``round_due`` → ``propose(base)`` → score each plan on one reward
-batch → ``reward_value`` per plan → mean across ranks → ``update_plans`` → ``record_history``; training steps use
+batch → ``reward_value`` per plan → mean across ranks → ``update_plans`` → ``record_history``, at the point of the
+training step the strategy's ``round_timing`` names (DAS: before backward; KAB: after the optimizer step); steps use
 ``train_plan(epoch, base)`` and evaluation ``eval_plan(base)``; a run ends with ``placement()`` and ``save_plot``.
 Entries of ``SEARCHES`` declare the candidate kind they need (``needs``: ``skip`` or ``insert``), so a backbone
 that lacks it is refused with the reason.
@@ -21,6 +22,7 @@ from vlpeft._registry import Registry
 from vlpeft.backbones._protocol import LayerPlan
 
 SEARCHES: Registry["SearchStrategy"] = Registry("search", "search")
+ROUND_TIMINGS = ("before_backward", "after_step")
 
 # Multiplier that spreads (seed, counter) pairs apart; any odd constant larger than the number of draws works.
 _SEED_STRIDE = 1_000_003
@@ -100,6 +102,10 @@ class SearchStrategy(SearchState):
     """The interface the Lightning module drives (see the module docstring); subclasses implement it."""
 
     plan_field = ""
+    # When the Lightning module runs a due round (``ROUND_TIMINGS``): "before_backward" = inside the training step,
+    # after its forward and before its backward and optimizer step (DAS: ViLT / METER / LaVIN-DAS score there);
+    # "after_step" = once the training step's optimizer step is done (DVP's KAB scores in optimizer_step).
+    round_timing = "after_step"
 
     def search_batch_size(self, config: dict[str, Any]) -> int:
         return int(config["search_val_batch_size"] or config["per_gpu_batchsize"])
@@ -211,5 +217,5 @@ def mean_across_ranks(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-__all__ = ["SEARCHES", "SearchState", "SearchStrategy", "build_search", "finish_search", "mean_across_ranks",
+__all__ = ["ROUND_TIMINGS", "SEARCHES", "SearchState", "SearchStrategy", "build_search", "finish_search", "mean_across_ranks",
            "reward_stream"]

@@ -9,7 +9,9 @@ so the draws do not depend on the device or dtype the buffers were moved to.
 This module never imports a backbone: the caller runs the forwards and passes the (all-reduced) losses in.
 Reward rounds are counted in training forwards (micro-batches), as the original; ``das_count_unit=optimizer_step``
 counts optimizer steps instead (4×, 2× and 64× fewer rounds on the original VQA / NLVR2 / F30K scripts, whose
-gradient accumulation is 4, 2 and 64).
+gradient accumulation is 4, 2 and 64). A due round is scored inside the training step, after its forward and
+before its backward and optimizer step, as every DAS original (ViLT / METER ``forward``, LaVIN-DAS ``engine.py``);
+``das_round_timing=after_step`` scores once the step's update is done (one update newer).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from torch import Tensor
 
 from vlpeft.backbones._protocol import LayerPlan
-from vlpeft.search._base import SEARCHES, SearchStrategy
+from vlpeft.search._base import ROUND_TIMINGS, SEARCHES, SearchStrategy
 from vlpeft.search.placement import Placement
 
 _MAX_REJECTIONS = 10_000  # see propose_candidates
@@ -37,11 +39,15 @@ class DASSearch(SearchStrategy):
 
     def __init__(self, num_layers: int, skip_num: int, das_step: int = 3, das_turn: int = 10,
                  das_epoch: int = 3, warmup_epochs: int = 1, lr: float = 1.0, seed: int = 0,
-                 count_unit: str = "micro_batch", rounds_per_epoch: int = 0, reward_batch_mult: int = 1) -> None:
+                 count_unit: str = "micro_batch", rounds_per_epoch: int = 0, reward_batch_mult: int = 1,
+                 round_timing: str = "before_backward") -> None:
         super().__init__(num_layers, seed)
         if count_unit not in ("micro_batch", "optimizer_step"):
             raise ValueError(f"das_count_unit={count_unit!r}; use micro_batch (the original DAS) or optimizer_step")
+        if round_timing not in ROUND_TIMINGS:
+            raise ValueError(f"das_round_timing={round_timing!r}; use before_backward (the original DAS) or after_step")
         self.count_unit = count_unit
+        self.round_timing = round_timing
         for name, value, low in (("skip_num", skip_num, 1), ("das_step", das_step, 2), ("das_turn", das_turn, 1),
                                  ("das_epoch", das_epoch, 0), ("warmup_epochs", warmup_epochs, 0),
                                  ("das_rounds_per_epoch", rounds_per_epoch, 0),
@@ -251,7 +257,7 @@ class DASSearch(SearchStrategy):
 
 
 DAS_KEYS = {"skip_num": 4, "das_step": 3, "das_turn": 10, "das_epoch": 3, "das_warmup_epoch": 1, "das_lr": 1.0,
-            "das_count_unit": "micro_batch",
+            "das_count_unit": "micro_batch", "das_round_timing": "before_backward",
             "das_rounds_per_epoch": 0,  # > 0: das_turn = len(train loader) // this (LaVIN-DAS: 150); 0: das_turn
             "das_reward_batch_mult": 1}  # reward batch = this × per_gpu_batchsize (LaVIN-DAS: 4)
 
@@ -261,4 +267,5 @@ def build_das(config: dict[str, Any], num_layers: int) -> DASSearch:
     return DASSearch(num_layers, config["skip_num"], das_step=config["das_step"], das_turn=config["das_turn"],
                      das_epoch=config["das_epoch"], warmup_epochs=config["das_warmup_epoch"], lr=config["das_lr"],
                      seed=config["seed"], count_unit=config["das_count_unit"],
-                     rounds_per_epoch=config["das_rounds_per_epoch"], reward_batch_mult=config["das_reward_batch_mult"])
+                     rounds_per_epoch=config["das_rounds_per_epoch"], reward_batch_mult=config["das_reward_batch_mult"],
+                     round_timing=config["das_round_timing"])

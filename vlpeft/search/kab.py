@@ -115,6 +115,7 @@ class KABSearch(SearchStrategy):
 
     # --- the search strategy protocol -------------------------------------------------------------------------
     plan_field = "insert_layer"
+    round_timing = "after_step"  # DVP samples in optimizer_step, after optimizer.step
 
     def search_batch_size(self, config: dict[str, Any]) -> int:
         # the original's mini-validation batch is config["batch_size"] // 2 (the global batch size)

@@ -28,6 +28,7 @@ class Task:
     single_pass: bool = True  # one forward of the batch as given (so forward_many's shared work applies)
     score_key: str = ""  # the search score (percent) for KAB: the batch VQA score or accuracy
     generative: bool = False  # compute(infer, heads, batch, generate=...) also decodes answers in val/test
+    false_images: bool = False  # reads batch["false_image_0"]: the datamodule draws draw_false_image per item
 
     @property
     def heads(self) -> tuple[str, ...]:
@@ -74,6 +75,8 @@ TASKS: Registry[Task] = Registry("task", "loss_names")
 for _task in (Task("vqa", obj.compute_vqa), Task("gqa", obj.compute_gqa), Task("snli_ve", obj.compute_snli_ve),
               Task("nlvr2", obj.compute_nlvr2, needs=frozenset({"classify", "pair_images"}), single_pass=False),
               RetrievalTask("irtr", obj.compute_irtr, needs=frozenset({"score_pairs"}), single_pass=False),
+              # METER's ITM (its F30K / COCO lines: itm=0.5 beside irtr); its pairs are not the batch as given
+              Task("itm", obj.compute_itm, needs=frozenset({"itm"}), single_pass=False, false_images=True),
               # boolq batches carry no image: only a backbone that reads text alone (plm) can take them
               Task("boolq", obj.compute_boolq, needs=frozenset({"classify", "text_only"})),
               Task("scienceqa", obj.compute_scienceqa)):
@@ -98,15 +101,16 @@ def task_for(name: str, capabilities: frozenset[str] | set[str] | tuple[str, ...
 
 
 def build_tasks(loss_names: Mapping[str, float], capabilities: frozenset[str], backbone_name: str,
-                generate_options: Mapping[str, int] | None = None) -> list[Task]:
-    """The active tasks (gate >= 1); refuses one whose capability the backbone lacks, naming it.
+                generate_options: Mapping[str, int] | None = None, gate: str = ">=1") -> list[Task]:
+    """The active tasks (``gate``: the backbone family's rule, ``vlpeft.backbones.task_gate``: ">=1" ViLT / DVP,
+    ">0" METER); refuses one whose capability the backbone lacks, naming it.
 
     A backbone that can ``generate`` and not ``classify`` (vl_bart, vl_t5, vit_gpt2) gets the generative variant
     of vqa / gqa / nlvr2 (``vlpeft.tasks.generative``); ``caption`` is generative only. ``generate_options``:
     ``num_beams`` / ``max_new_tokens`` for decoding (``generative.generation_options(config)``)."""
     from vlpeft.tasks.heads import active_tasks
 
-    tasks = [task_for(t, capabilities, generate_options) for t in active_tasks(loss_names)]
+    tasks = [task_for(t, capabilities, generate_options) for t in active_tasks(loss_names, gate)]
     for t in tasks:
         missing = sorted(t.needs - set(capabilities))
         if missing:

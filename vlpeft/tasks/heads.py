@@ -20,6 +20,7 @@ TASK_HEADS: dict[str, tuple[str, ...]] = {
     "snli_ve": ("snli_ve_classifier",),
     "nlvr2": ("nlvr2_classifier",),
     "irtr": ("itm_score", "rank_output"),
+    "itm": ("itm_score",),  # image-text matching (METER's: F30K / COCO retrieval trains it beside irtr)
     "caption": (),  # generative only: the backbone's LM head (vlpeft.tasks.generative)
     "boolq": ("boolq_classifier",),  # text-only yes/no QA (BoolQ; LaVIN-DAS's language-only setting)
     "scienceqa": ("scienceqa_classifier",),  # image+text multiple choice (ScienceQA; LaVIN-DAS's multimodal setting)
@@ -36,11 +37,20 @@ BOOLQ_CLASSES = 2  # no 0, yes 1
 SCIENCEQA_CHOICES = 5  # ScienceQA problems have 2..5 choices; logits past a problem's own count are masked
 
 
-def active_tasks(loss_names: Mapping[str, float]) -> list[str]:
-    """Tasks whose gate is >= 1 (the ViLT/DVP rule; ViLT's F30K itm=0.5 is therefore inactive)."""
+# Which loss_names weights switch a task on, per original family (its ``set_task``): ViLT and DVP take v >= 1 (so
+# ViLT's F30K / COCO itm=0.5 is off), METER takes v > 0 (so METER's itm=0.5 trains beside irtr). A backbone family
+# names its rule with the registry meta ``task_gate`` (``vlpeft.backbones.task_gate``); the weight only gates, the
+# losses are summed unweighted (as every original).
+TASK_GATES: dict[str, Any] = {">=1": lambda v: v >= 1, ">0": lambda v: v > 0}
+
+
+def active_tasks(loss_names: Mapping[str, float], gate: str = ">=1") -> list[str]:
+    """Tasks whose weight passes ``gate`` (``TASK_GATES``: ">=1" ViLT / DVP, ">0" METER)."""
     if not isinstance(loss_names, Mapping):
         raise TypeError(f"config['loss_names'] must be a dict task -> gate, got {type(loss_names).__name__}")
-    tasks = [t for t, v in loss_names.items() if v is not None and float(v) >= 1]
+    if gate not in TASK_GATES:
+        raise ValueError(f"task gate {gate!r} is not one of {sorted(TASK_GATES)}")
+    tasks = [t for t, v in loss_names.items() if v is not None and TASK_GATES[gate](float(v))]
     unknown = [t for t in tasks if t not in TASK_HEADS]
     if unknown:
         raise ValueError(
@@ -56,7 +66,7 @@ def _classifier(d_in: int, d_hidden: int, n_out: int) -> nn.Sequential:
 
 
 class ITMHead(nn.Module):
-    """Image-text matching head (`itm_score.fc`); only carried to seed `rank_output` for IRTR."""
+    """Image-text matching head (`itm_score.fc`): logits [no match, match]; seeds `rank_output` for IRTR."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -74,11 +84,12 @@ def _positive_int(config: Mapping[str, Any], key: str, default: int | None = Non
 
 
 def build_heads(config: Mapping[str, Any], hidden_size: int, in_dim: int | None = None,
-                only: Sequence[str] | None = None) -> nn.ModuleDict:
+                only: Sequence[str] | None = None, gate: str = ">=1") -> nn.ModuleDict:
     """Heads for the active tasks of ``config["loss_names"]``, reading widths from ``hidden_size``.
 
     ``config["head_hidden"]`` (0 / missing = 2·hidden) sets the classifier's inner width; DVP-LLaMA uses 512.
     ``only``: the tasks to build heads for (``build.assemble`` passes the non-generative ones); None = all.
+    ``gate``: the backbone family's task gate (``active_tasks``).
     All heads get ``init_weights`` (DVP-LLaMA's original left GQA/SNLI-VE heads at PyTorch's default init;
     we initialise every head the same way).
     """
@@ -88,7 +99,7 @@ def build_heads(config: Mapping[str, Any], hidden_size: int, in_dim: int | None 
     d = int(in_dim or hidden_size)  # the width of cls_feats (METER: [text; image] pooled, 2 × hidden)
     if "loss_names" not in config:
         raise KeyError("build_heads needs config['loss_names'] (a dict task -> gate, e.g. {'vqa': 1})")
-    tasks = active_tasks(config["loss_names"])
+    tasks = active_tasks(config["loss_names"], gate)
     if only is not None:  # generative tasks answer with the backbone's LM head: no classifier for them
         tasks = [t for t in tasks if t in set(only)]
     heads = nn.ModuleDict()
@@ -107,9 +118,11 @@ def build_heads(config: Mapping[str, Any], hidden_size: int, in_dim: int | None 
         elif task == "scienceqa":
             heads["scienceqa_classifier"] = _classifier(d, inner, _positive_int(config, "scienceqa_label_size",
                                                                                 SCIENCEQA_CHOICES))
-        elif task == "irtr":
-            heads["itm_score"] = ITMHead(d)
-            heads["rank_output"] = nn.Linear(d, 1)
+        elif task in ("irtr", "itm"):  # one itm_score serves both (METER's F30K / COCO lines run the two)
+            if "itm_score" not in heads:
+                heads["itm_score"] = ITMHead(d)
+            if task == "irtr":
+                heads["rank_output"] = nn.Linear(d, 1)
     heads.apply(init_weights)
     if "rank_output" in heads:
         init_rank_output_from_itm(heads)
@@ -121,7 +134,10 @@ def init_rank_output_from_itm(heads: nn.ModuleDict) -> None:
     """``rank_output`` := row 1 (the "match" logit) of ``itm_score.fc``; ``itm_score`` is frozen.
 
     Call again after loading a checkpoint that carries ``itm_score`` (heads are built before loading).
-    The original shared storage with the ITM row; we copy, so training rank_output leaves itm_score intact.
+    The originals assign a view of the ITM row (``rank_output.weight.data = itm_score.fc.weight.data[1:]``), but
+    moving the model to the GPU gives every parameter its own copy (``Module._apply`` sets ``param.data`` per
+    parameter), so in their GPU runs ``itm_score`` stays at its loaded values while ``rank_output`` trains — as
+    this copy does; METER's ITM loss (itm > 0 beside irtr) therefore scores with the frozen pre-trained head.
     """
     if "rank_output" not in heads or "itm_score" not in heads:
         raise KeyError("init_rank_output_from_itm needs heads 'itm_score' and 'rank_output' (irtr must be active)")

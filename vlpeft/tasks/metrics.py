@@ -110,7 +110,8 @@ def the_metric(task_scores: Mapping[str, Any]) -> float:
     """Sum of each task's selection metric (the checkpoint monitor ``val/the_metric``).
 
     vqa → ``vqa_score``; gqa / boolq / scienceqa → ``<task>_accuracy``; nlvr2 / snli_ve → ``<task>_dev_accuracy`` when present, else
-    ``<task>_accuracy``; irtr → ``ir_r1 + tr_r1`` when recall was computed (else 0).
+    ``<task>_accuracy``; irtr → ``ir_r1 + tr_r1`` when recall was computed (else 0); itm → ``itm_accuracy`` (METER's
+    F30K / COCO lines select on recall + ITM accuracy).
     Fix: the originals used the *test* accuracy for ViLT-NLVR2 and DVP-SNLI-VE (selection on the test set);
     we select on dev (held-out). NaN entries (metrics that saw no sample) count as absent.
     """
@@ -122,7 +123,7 @@ def the_metric(task_scores: Mapping[str, Any]) -> float:
         return None if math.isnan(v) else v
 
     total = 0.0
-    for key in ("vqa_score", "gqa_accuracy", "boolq_accuracy", "scienceqa_accuracy"):
+    for key in ("vqa_score", "gqa_accuracy", "boolq_accuracy", "scienceqa_accuracy", "itm_accuracy"):
         v = get(key)
         total += v if v is not None else 0.0
     for task in SPLIT_TASKS:
@@ -216,7 +217,7 @@ class TaskMetrics(nn.Module):
                 continue
             if t == "vqa":
                 m["vqa_score"] = VQAScore()
-            elif t in ("gqa", "irtr", "boolq", "scienceqa"):
+            elif t in ("gqa", "irtr", "itm", "boolq", "scienceqa"):
                 m[f"{t}_accuracy"] = Accuracy()
             elif t in SPLIT_TASKS:
                 for name in (f"{t}_accuracy", f"{t}_dev_accuracy", f"{t}_test_accuracy"):
@@ -293,7 +294,7 @@ def predictions(out: Mapping[str, Any], batch: Mapping[str, Any], tasks: Sequenc
     """
     rows: dict[str, list[dict]] = {}
     for t in tasks:
-        if t == "irtr":
+        if t in ("irtr", "itm"):  # no per-sample answers to dump (recall is the retrieval result)
             continue
         pred = out[f"{t}_logits"].detach().argmax(-1).cpu().tolist()
         if t == "vqa":

@@ -22,7 +22,7 @@ IGNORE_INDEX = -100
 
 def _head(heads: nn.ModuleDict, name: str, task: str) -> nn.Module:
     if name not in heads:
-        raise KeyError(f"task {task!r} needs head {name!r}; build heads with loss_names[{task!r}] >= 1")
+        raise KeyError(f"task {task!r} needs head {name!r}; build heads with loss_names[{task!r}] active")
     return heads[name]
 
 
@@ -174,23 +174,64 @@ def compute_irtr(infer: Infer, heads: nn.ModuleDict, batch: Mapping[str, Any]) -
     return {"irtr_loss": loss, "irtr_logits": logits, "irtr_labels": labels, "irtr_accuracy": acc}
 
 
+def itm_labels(draws: torch.Tensor) -> torch.Tensor:
+    """1 (the item's own image) for the ``B // 2`` items with the smallest draws, 0 (a drawn false image) for the
+    rest: METER's exactly-half split (``randperm`` of B//2 ones then zeros), as a function of the per-item draws the
+    dataset makes from (seed, epoch, index) — the same labels in every worker, rank and re-run of that batch."""
+    draws = torch.as_tensor(draws).reshape(-1)
+    labels = torch.zeros(draws.shape[0], dtype=torch.long, device=draws.device)
+    labels[torch.argsort(draws, stable=True)[: draws.shape[0] // 2]] = 1
+    return labels
+
+
+def itm_batch(batch: Mapping[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
+    """The ITM pairs: each text with its own image where its label is 1, else with ``false_image_0``."""
+    for key in ("image", "false_image_0", "itm_draw"):
+        if key not in batch:
+            fix = " (draw_false_image >= 1 and a caption dataset: f30k / coco)" if key != "image" else ""
+            raise KeyError(f"task 'itm' needs batch[{key!r}]{fix}")
+    labels = itm_labels(batch["itm_draw"])
+    pairs = {k: v for k, v in batch.items() if k != "image_key"}  # the image no longer is the row's own one
+    keep = labels.to(batch["image"].device).bool()
+    pairs["image"] = torch.where(keep[:, None, None, None], batch["image"], batch["false_image_0"])
+    if "image_mask" in batch and "false_image_0_mask" in batch:
+        pairs["image_mask"] = torch.where(keep[:, None, None], batch["image_mask"], batch["false_image_0_mask"])
+    if "image_sizes" in batch and "false_image_0_sizes" in batch:
+        pairs["image_sizes"] = [t if bool(k) else f for t, f, k in zip(batch["image_sizes"],
+                                                                     batch["false_image_0_sizes"], keep.tolist())]
+    return pairs, labels
+
+
+def compute_itm(infer: Infer, heads: nn.ModuleDict, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """METER's image-text matching: half the texts keep their image, half get ``false_image_0``; CE of
+    ``itm_score`` (logits [no match, match]) against those labels. One infer call."""
+    pairs, labels = itm_batch(batch)
+    logits = _head(heads, "itm_score", "itm")(infer(pairs)["cls_feats"])
+    labels = labels.to(logits.device)
+    loss = F.cross_entropy(logits.float(), labels)
+    acc = (logits.detach().argmax(-1) == labels).float().mean()
+    return {"itm_loss": loss, "itm_logits": logits, "itm_labels": labels, "itm_accuracy": acc}
+
+
 TASK_FUNCTIONS: dict[str, Callable[[Infer, nn.ModuleDict, Mapping[str, Any]], dict[str, torch.Tensor]]] = {
     "vqa": compute_vqa,
     "gqa": compute_gqa,
     "snli_ve": compute_snli_ve,
     "nlvr2": compute_nlvr2,
     "irtr": compute_irtr,
+    "itm": compute_itm,
     "boolq": compute_boolq,
     "scienceqa": compute_scienceqa,
 }
 
 
 def compute_tasks(infer: Infer, heads: nn.ModuleDict, batch: Mapping[str, Any],
-                  loss_names: Mapping[str, float]) -> dict[str, torch.Tensor]:
-    """Run every active task (gate >= 1); ``loss`` = unweighted sum of all values whose key contains "loss"."""
-    tasks = active_tasks(loss_names)
+                  loss_names: Mapping[str, float], gate: str = ">=1") -> dict[str, torch.Tensor]:
+    """Run every active task (``gate``: ">=1" ViLT / DVP, ">0" METER); ``loss`` = unweighted sum of all values
+    whose key contains "loss"."""
+    tasks = active_tasks(loss_names, gate)
     if not tasks:
-        raise ValueError("no active task in loss_names (a task is active when its gate is >= 1)")
+        raise ValueError(f"no active task in loss_names (a task is active when its weight is {gate})")
     out: dict[str, torch.Tensor] = {}
     for task in tasks:
         out.update(TASK_FUNCTIONS[task](infer, heads, batch))

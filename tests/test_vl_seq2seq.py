@@ -346,7 +346,9 @@ def _das_perturbed(name):
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for n, p in bb.named_parameters():
-            p.add_(torch.randn(p.shape, generator=g) * (0.3 if "adapter" in n else 0.02))
+            # positions felt strongly: BART's learned position table, T5's relative bias
+            scale = 0.3 if "adapter" in n else 2.0 if "position" in n or "relative_attention_bias" in n else 0.02
+            p.add_(torch.randn(p.shape, generator=g) * scale)
     assert any("skip_adapters" in n for n, _ in bb.named_parameters())
     return bb.eval()
 
@@ -362,10 +364,8 @@ def test_generate_with_skipped_decoder_layers_keeps_the_kv_cache(name, k, beams)
     b = {key: v for key, v in _batch(image=True).items() if key != "target_ids"}
     first_dec = bb.n_encoder
     n_dec = bb.candidates().count - first_dec
-    plan = LayerPlan.of(range(first_dec + n_dec - k, first_dec + n_dec)) if k < n_dec else \
-        LayerPlan.of(range(first_dec, first_dec + k))
-    if name == "test_vl_t5" and k == 1:  # T5: skip block 0, which holds the decoder's relative position bias
-        plan = LayerPlan.of([first_dec])
+    # the first k: HF reads the past length from layer 0's cache entry, and T5's block 0 holds the relative bias
+    plan = LayerPlan.of(range(first_dec, first_dec + k))
     live = [i for i in range(first_dec, first_dec + n_dec) if i not in plan.skip]
     seen = []
     hooks = [bb.candidate_module(i).register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1])) for i in live]

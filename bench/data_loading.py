@@ -247,8 +247,11 @@ def open_cost(root: Path, name: str, rounds: int) -> dict:
         raise SystemExit(f"the readers see different item counts: {o[0]['items']} vs {p[0]['items']}")
     out = {"items": o[0]["items"]}
     for key in ("cpu", "wall", "private", "anon", "pickled"):
+        # a ratio only where the peer's figure is positive (a floor of 1 would turn sub-second / sub-byte peers into
+        # "ours" itself); none at all when the peer measured 0 in every round
+        ratios = [a[key] / b[key] for a, b in zip(o, p) if b[key] > 0]
         out[key] = {"ours": spread([x[key] for x in o]), "peer": spread([x[key] for x in p]),
-                    "ratio": spread([a[key] / max(b[key], 1) for a, b in zip(o, p)])}
+                    "ratio": spread(ratios) if ratios else None}
     return out
 
 
@@ -310,7 +313,7 @@ def print_open(o: dict, args) -> None:
                                  ("pickled", "pickled to a worker MB", 2**20, 2)):
         sc = lambda s: {k: (v / scale if k != "n" else v) for k, v in s.items()}
         print(f"{label:>24} {fmt(sc(o[key]['ours']), d):>30} {fmt(sc(o[key]['peer']), d):>30} "
-              f"{fmt(o[key]['ratio']):>24}")
+              f"{fmt(o[key]['ratio']) if o[key]['ratio'] else 'n/a (peer 0)':>24}")
     print("(private memory: smaps_rollup Private_Clean + Private_Dirty, after construction minus before. It includes "
           "file pages mapped by this process alone — the column buffers read and the kernel's read-ahead around "
           "them: page cache, reclaimable, shared once another process maps it; 'anonymous' is the process's own "

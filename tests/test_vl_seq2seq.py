@@ -337,3 +337,52 @@ def test_table9_compacter_value_adapter_runs_parallel_to_v_proj():
     mod = bb.get_submodule(vpa[0].site.name).pets()[0]
     z = torch.randn(2, 3, vpa[0].site.dim)
     assert mod.role == "delta" and torch.allclose(mod(z), mod.up(mod._act(mod.down(z))) * mod.scale)
+
+
+def _das_perturbed(name):
+    """A tiny VL-BART/T5 with DAS adapters and skip adapters, every parameter moved off its init."""
+    bb = _bb(name)
+    inject(bb, PRESETS.build("das", dict(das_adapter_dim=4, das_skip_adapter_dim=4)))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n, p in bb.named_parameters():
+            # positions felt strongly: BART's learned position table, T5's relative bias
+            scale = 0.3 if "adapter" in n else 2.0 if "position" in n or "relative_attention_bias" in n else 0.02
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    assert any("skip_adapters" in n for n, _ in bb.named_parameters())
+    return bb.eval()
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("name", NAMES)
+def test_generate_with_skipped_decoder_layers_keeps_the_kv_cache(name, k, beams):
+    """Skipping k decoder layers (DAS skip adapters in their place) generates the same ids as recomputing the whole
+    prefix at every step, and with the cache on: after the first step every live decoder layer receives one new token
+    per step (the prefix is not recomputed)."""
+    bb = _das_perturbed(name)
+    b = {key: v for key, v in _batch(image=True).items() if key != "target_ids"}
+    first_dec = bb.n_encoder
+    n_dec = bb.candidates().count - first_dec
+    # the first k: HF reads the past length from layer 0's cache entry, and T5's block 0 holds the relative bias
+    plan = LayerPlan.of(range(first_dec, first_dec + k))
+    live = [i for i in range(first_dec, first_dec + n_dec) if i not in plan.skip]
+    seen = []
+    hooks = [bb.candidate_module(i).register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1])) for i in live]
+    # the decoder stack sees every step's input ids, whether or not a live layer is left
+    hooks.append(bb.seq2seq.get_decoder().register_forward_pre_hook(
+        lambda m, a, kw: seen.append((a[0] if a else kw["input_ids"]).shape[1]), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            ours = bb.generate_ids(b, plan, num_beams=beams, max_new_tokens=6)
+            steps = list(seen)
+            ref = bb.generate_ids(b, plan, num_beams=beams, max_new_tokens=6, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert ours.shape[1] > 2 and torch.equal(ours, ref)
+    assert len(steps) >= ours.shape[1] - 1 and max(steps) == 1, steps
+    with torch.no_grad():  # the skip changes the output at all (the test exercises skipped layers)
+        assert not torch.equal(bb.generate_ids(b, PLAN, num_beams=beams, max_new_tokens=6)[:, :ours.shape[1]], ours) \
+            or not torch.equal(bb(dict(b, target_ids=ours[:, 1:]), PLAN)["lm_logits"],
+                               bb(dict(b, target_ids=ours[:, 1:]), plan)["lm_logits"])

@@ -30,7 +30,8 @@ CLIP_PLM_KEYS = {"clip_model": "ViT-B/16", "language_model": "BERT", "plm_config
                  "search_stage": False, "use_adapter": False, "dvp_llama_xattn_dim": 512,
                  "dvp_original_trainable": False, "t5_original_position_bias": False, "clip_feature_cache": True,
                  "clip_cache_dir": "", "kab_shared_prefix": True, "frozen_prefix_no_grad": True,
-                 "deterministic_images": None, "clip_cache_max_items": 4096}
+                 "deterministic_images": None, "clip_cache_max_items": 4096,
+                 "plm_dtype": "fp32", "grad_checkpointing": False}  # the last two: the plm backbone's too
 
 
 @BACKBONES.register("vilt", keys=VILT_KEYS, candidate_kinds=("skip",),

@@ -67,6 +67,22 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
                            ignore_index=IGNORE_INDEX)
 
 
+def hold_cache_slot(cache: Any, layer_idx: int, hidden_states: torch.Tensor) -> int:
+    """Keeps a skipped decoder layer's entry in Hugging Face's KV cache without computing the layer: one zero per
+    position (B, 1, n, 1) goes into its self-attention slot. HF reads the past length from one layer's entry (layer 0
+    for positions and masks; each T5 attention its own), so every slot must grow with the sequence; the entry is
+    B·n numbers instead of the layer's keys and values, and beam reordering / cropping treat it like any other.
+    Returns the past length before this step (0 without a cache)."""
+    if cache is None or not hasattr(cache, "update"):
+        return 0
+    cache = getattr(cache, "self_attention_cache", cache)  # EncoderDecoderCache: the decoder's own positions
+    past = int(cache.get_seq_length(layer_idx))
+    b, n = hidden_states.shape[:2]
+    marker = hidden_states.new_zeros(b, 1, n, 1)  # not empty: DynamicLayer reads an empty entry as length 0
+    cache.update(marker, marker, layer_idx)
+    return past
+
+
 def shift_right(targets: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
     """Decoder inputs from labels: ``start_id`` first, the labels shifted right, -100 replaced by ``pad_id``."""
     out = targets.new_full(targets.shape, pad_id)
@@ -85,4 +101,5 @@ def pad_targets(seqs: Sequence[Sequence[int]], length: int | None = None) -> tor
     return out
 
 
-__all__ = ["GENERATE_DEFAULTS", "Generative", "IGNORE_INDEX", "lm_loss", "pad_targets", "shift_right"]
+__all__ = ["GENERATE_DEFAULTS", "Generative", "IGNORE_INDEX", "hold_cache_slot", "lm_loss", "pad_targets",
+           "shift_right"]

@@ -612,9 +612,10 @@ def _gguf_in(folder: Path) -> str | None:
 
 
 def build_hf_plm(language_model: str, plm_config: Any, folder: str | os.PathLike | None,
-                 gguf_file: str | None = None) -> nn.Module:
+                 gguf_file: str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
     """The bare HF model: random from ``plm_config`` (a PLM_VARIANTS name or a config-kwargs dict) when
-    given, else pretrained from ``folder`` (config key ``tokenizer``)."""
+    given, else pretrained from ``folder`` (config key ``tokenizer``); its weights in ``dtype`` (``plm_dtype``;
+    HF keeps what must stay fp32, e.g. LLaMA's rotary frequencies)."""
     from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel, T5Config, T5Model
 
     lm = str(language_model).upper()
@@ -636,7 +637,7 @@ def build_hf_plm(language_model: str, plm_config: Any, folder: str | os.PathLike
         cfg = cfg_cls(**kwargs)
         # own masks are passed; T5's relative bias goes through the eager attention path
         cfg._attn_implementation = "eager" if lm == "T5" else "sdpa"
-        return model_cls(cfg)
+        return model_cls(cfg) if dtype in (None, torch.float32) else model_cls._from_config(cfg, dtype=dtype)
     if not folder:
         raise ValueError("DVP needs config 'tokenizer' = the PLM folder (or plm_config for a random model)")
     from vlpeft.backbones._folders import check_family, note_loaded
@@ -647,14 +648,16 @@ def build_hf_plm(language_model: str, plm_config: Any, folder: str | os.PathLike
         raise FileNotFoundError(f"PLM folder {path} (config key 'tokenizer') does not exist")
     check_family(path, (lm.lower(),), "tokenizer", f"language_model={lm}",
                  f"set tokenizer=<a {lm.lower()} folder>, or language_model= to the folder's family")
+    kw = {"dtype": dtype} if dtype is not None else {}
     if lm == "LLAMA":
         gguf = gguf_file or (None if (path / "config.json").is_file() else _gguf_in(path))
         if gguf:
             from transformers import LlamaForCausalLM
-            model = LlamaForCausalLM.from_pretrained(str(path), gguf_file=gguf).model
+            model = LlamaForCausalLM.from_pretrained(str(path), gguf_file=gguf, **kw).model
             note_loaded("tokenizer", folder, path, model)
             return model
-    kw = {"attn_implementation": "eager"} if lm == "T5" else {}
+    if lm == "T5":
+        kw["attn_implementation"] = "eager"
     model = model_cls.from_pretrained(str(path), **kw)
     note_loaded("tokenizer", folder, path, model)
     return model

@@ -52,6 +52,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from vlpeft.backbones._memory import checkpointed, lm_autocast, plm_torch_dtype
 from vlpeft.backbones._clip import CLIPFeatureCache, FrozenCLIP, build_clip_visual
 from vlpeft.backbones._plm import LANGUAGE_MODELS, HostsPLM, PLMState, PLMWrapper, build_hf_plm, wrap_plm
 from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan
@@ -92,6 +93,8 @@ class DVPConfig:
     val_transform_keys: tuple[str, ...] = ("clip",)
     kab_shared_prefix: bool = True
     frozen_prefix_no_grad: bool = True
+    plm_dtype: str = "fp32"  # the LM's weights: fp32 | bf16 | fp16 (PET modules, CLIP, prompt modules stay fp32)
+    grad_checkpointing: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "DVPConfig":
@@ -112,6 +115,7 @@ class DVPConfig:
             raise ValueError(f"language_model={c.language_model!r} must be one of {LANGUAGE_MODELS}")
         if not 0.0 <= float(c.drop_rate) < 1.0:
             raise ValueError(f"drop_rate={c.drop_rate} must be in [0, 1)")
+        plm_torch_dtype(c.plm_dtype)
         return c
 
 
@@ -228,7 +232,11 @@ class DVPBackbone(HostsPLM, Backbone):
     def _run(self, i: int, state: PLMState, skip: frozenset[int]) -> PLMState:
         if i in skip:  # the unit is not computed; its skip site (identity when empty) runs instead
             return replace(state, h=self.skip_adapters[i](state.h))
-        return self.plm.run_layer(i, state)
+        return checkpointed(self.plm.run_layer, i, state, enabled=self.cfg.grad_checkpointing and self.training)
+
+    def _lm_precision(self) -> Any:
+        """Autocast to ``plm_dtype`` around the LM (CLIP runs before it, untouched)."""
+        return lm_autocast(plm_torch_dtype(self.cfg.plm_dtype), next(self.plm.parameters()).device)
 
     def _advance(self, state: PLMState, start: int, stop: int, frozen: bool,
                  skip: frozenset[int] = frozenset()) -> tuple[PLMState, bool]:
@@ -249,7 +257,7 @@ class DVPBackbone(HostsPLM, Backbone):
         state = self.plm.insert(state, prompt, tte)
         for i in range(k, self.num_layers):
             state = self._run(i, state, skip)
-        return {"cls_feats": self.plm.readout(state)}
+        return {"cls_feats": self.plm.readout(state).float()}  # the heads stay fp32
 
     def _check_layer(self, k: Any) -> int:
         if isinstance(k, bool) or not isinstance(k, (int, torch.Tensor)) or int(k) != k:
@@ -265,9 +273,10 @@ class DVPBackbone(HostsPLM, Backbone):
         k = self._check_layer(insert_layer)
         skip = frozenset(validate_skip(sorted(skip), self.num_layers))
         visual = self.visual_features(batch, deterministic_images)
-        state, frozen = self._prefix(batch)
-        state, _ = self._advance(state, 0, k, frozen, skip)
-        return self._branch(state, visual, k, skip)
+        with self._lm_precision():
+            state, frozen = self._prefix(batch)
+            state, _ = self._advance(state, 0, k, frozen, skip)
+            return self._branch(state, visual, k, skip)
 
     def infer_many(self, batch: Mapping[str, Any], insert_layers: Sequence[int],
                    deterministic_images: bool | None = None) -> list[dict[str, torch.Tensor]]:
@@ -282,18 +291,19 @@ class DVPBackbone(HostsPLM, Backbone):
         if not ks:
             return []
         visual = self.visual_features(batch, deterministic_images)
-        state, frozen = self._prefix(batch)
         order = sorted(range(len(ks)), key=lambda j: ks[j])
         out: list[dict[str, torch.Tensor] | None] = [None] * len(ks)
         depth, done = 0, {}
-        for j in order:
-            k = ks[j]
-            if not self.training and k in done:
-                out[j] = done[k]
-                continue
-            state, frozen = self._advance(state, depth, k, frozen)
-            depth = k
-            out[j] = done[k] = self._branch(state, visual, k)
+        with self._lm_precision():
+            state, frozen = self._prefix(batch)
+            for j in order:
+                k = ks[j]
+                if not self.training and k in done:
+                    out[j] = done[k]
+                    continue
+                state, frozen = self._advance(state, depth, k, frozen)
+                depth = k
+                out[j] = done[k] = self._branch(state, visual, k)
         return out  # type: ignore[return-value]
 
     # -- the backbone protocol -------------------------------------------------------------------------
@@ -366,5 +376,6 @@ def build_dvp_backbone(config: Mapping[str, Any]) -> DVPBackbone:
     come through ``vlpeft.pet.inject`` and the trainable set from ``vlpeft.pet.trainable``."""
     cfg = DVPConfig.from_config(config)
     clip = build_clip_visual(cfg.clip_model)
-    hf = build_hf_plm(cfg.language_model, cfg.plm_config, cfg.tokenizer, cfg.plm_gguf_file)
+    hf = build_hf_plm(cfg.language_model, cfg.plm_config, cfg.tokenizer, cfg.plm_gguf_file,
+                      plm_torch_dtype(cfg.plm_dtype))
     return DVPBackbone(clip, wrap_plm(hf, cfg.language_model, cfg.t5_original_position_bias), cfg)

@@ -15,7 +15,9 @@ LLaMA skip sites carry ``meta["input_norm"]``: the layer's ``input_layernorm`` (
 the LaVIN skip adapter reads (``out = x + adapter(attention_norm(x))``; ``vlpeft.pet.das_lm``).
 
 ``plm_num_layers`` (> 0) keeps only the first N candidate layers: tests and benches run a real model at reduced
-depth (SmolLM2's 30 layers → a few).
+depth (SmolLM2's 30 layers → a few). ``plm_dtype`` (``fp32`` / ``bf16`` / ``fp16``) loads the LM in that dtype,
+PET modules staying fp32; ``grad_checkpointing=True`` recomputes each computed layer in the backward
+(``vlpeft.backbones._memory``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from vlpeft.backbones._memory import check_grad_checkpointing, checkpointed, lm_autocast, plm_torch_dtype
 from vlpeft.backbones._plm import LANGUAGE_MODELS, HostsPLM, PLMState, PLMWrapper, build_hf_plm, wrap_plm
 from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan
 
@@ -40,6 +43,8 @@ class PLMBackboneConfig:
     plm_gguf_file: str | None = None
     plm_num_layers: int = 0  # > 0: keep only the first N candidate layers
     t5_original_position_bias: bool = False
+    plm_dtype: str = "fp32"  # the LM's weights: fp32 | bf16 | fp16 (PET modules stay fp32)
+    grad_checkpointing: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "PLMBackboneConfig":
@@ -52,6 +57,8 @@ class PLMBackboneConfig:
             raise ValueError(f"plm_num_layers={n!r} must be an int >= 0 (0 keeps every layer)")
         if not isinstance(c.t5_original_position_bias, bool):
             raise TypeError(f"t5_original_position_bias={c.t5_original_position_bias!r} must be True or False")
+        plm_torch_dtype(c.plm_dtype)
+        check_grad_checkpointing(c.grad_checkpointing)
         return c
 
 
@@ -123,7 +130,8 @@ class PLMBackbone(HostsPLM, Backbone):
             if i in skip:  # the layer is not computed; its skip site (identity when empty) runs instead
                 state = replace(state, h=self.skip_adapters[i](state.h))
             else:
-                state = self.plm.run_layer(i, state)
+                state = checkpointed(self.plm.run_layer, i, state,
+                                     enabled=self.cfg.grad_checkpointing and self.training)
         return state
 
     def forward(self, batch: Mapping[str, Any], plan: LayerPlan = LayerPlan(), **ctx: Any) -> dict[str, torch.Tensor]:
@@ -131,8 +139,10 @@ class PLMBackbone(HostsPLM, Backbone):
             raise TypeError(f"the text-only PLM backbone takes no {sorted(ctx)} (one text per sample)")
         skip = self.check_plan(plan).skip
         ids, masks = self._text(batch)
-        state = self.run(self.plm.prepare(ids, masks), skip)
-        return {"cls_feats": self.plm.readout(state)}
+        with lm_autocast(plm_torch_dtype(self.cfg.plm_dtype), ids.device):
+            state = self.run(self.plm.prepare(ids, masks), skip)
+            feats = self.plm.readout(state)
+        return {"cls_feats": feats.float()}  # the heads stay fp32
 
     # -- trainable policies ----------------------------------------------------------------------------
     def base_trainable(self, policy: str) -> list[tuple[str, nn.Parameter]]:
@@ -143,7 +153,8 @@ class PLMBackbone(HostsPLM, Backbone):
 def build_plm_backbone(config: Mapping[str, Any]) -> PLMBackbone:
     """The bare text-only backbone from a (sacred) config dict (``PLMBackboneConfig`` lists the keys read)."""
     cfg = PLMBackboneConfig.from_config(config)
-    hf = build_hf_plm(cfg.language_model, cfg.plm_config, cfg.tokenizer, cfg.plm_gguf_file)
+    hf = build_hf_plm(cfg.language_model, cfg.plm_config, cfg.tokenizer, cfg.plm_gguf_file,
+                      plm_torch_dtype(cfg.plm_dtype))
     if cfg.plm_num_layers:
         truncate_layers(hf, cfg.language_model, cfg.plm_num_layers)
     return PLMBackbone(wrap_plm(hf, cfg.language_model, cfg.t5_original_position_bias), cfg)

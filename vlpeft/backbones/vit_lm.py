@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from vlpeft.backbones import VIT_LM_KEYS
-from vlpeft.backbones._generative import Generative, lm_loss
+from vlpeft.backbones._generative import Generative, hold_cache_slot, lm_loss
 from vlpeft.backbones._plm import HostsPLM, PLMWrapper, _SiteHook, _XCapture
 from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site, projection_sites
 from vlpeft.pet.context import pet_context
@@ -329,8 +329,8 @@ class RobertaSites(_LMSites):
 
 class _SkippedLayer(nn.Module):
     """Stands in for a skipped layer inside the HF loop for one call: runs the skip slot on the hidden states.
-    GPT-2 with a KV cache: stores zero keys / values for the layer, so the cache length (read from layer 0) and
-    beam reordering stay right."""
+    GPT-2 with a KV cache: holds the layer's cache entry (``hold_cache_slot``: one number per position, not the
+    layer's keys / values), so the cache length (read from layer 0) and beam reordering stay right."""
 
     def __init__(self, slot: nn.Module, layer_idx: int, heads: int = 0) -> None:
         super().__init__()
@@ -338,10 +338,8 @@ class _SkippedLayer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         cache = args[0] if args else kwargs.get("cache")
-        if self.heads and cache is not None and hasattr(cache, "update"):
-            b, n, d = hidden_states.shape
-            z = hidden_states.new_zeros(b, self.heads, n, d // self.heads)
-            cache.update(z, z, self.layer_idx)
+        if self.heads:  # a decoder (GPT-2); RoBERTa's first positional argument is no cache
+            hold_cache_slot(cache, self.layer_idx, hidden_states)
         return self.slot(hidden_states)
 
 

@@ -32,8 +32,9 @@ Parameter names: ``seq2seq.`` + the original checkpoints' names (``seq2seq.model
 absolute_vis_pos_embedding.{0,1}, img_order_embedding}``), so ``checkpoint_filter_fn`` only adds the prefix.
 
 Candidates: every encoder layer, then every decoder layer (index ``L_e + ℓ``); a skipped one is not called (its
-skip slot ``skip_adapters.i.0`` runs instead; decoder layers are swapped for the call). Skipping a decoder layer turns
-off the KV cache in ``generate`` (HF derives decoder positions from layer 0's cache). T5's relative position bias lives
+skip slot ``skip_adapters.i.0`` runs instead; decoder layers are swapped for the call). ``generate`` keeps the KV
+cache with skipped decoder layers: a skipped one holds a one-number-per-position entry in it (``hold_cache_slot``), as
+HF derives the decoder positions / mask sizes from layer 0's entry. T5's relative position bias lives
 in block 0 of each stack; it is computed even when block 0 is skipped (encoder: here; decoder: by ``_Skipped``).
 
 PET sites (spec §1.3), per layer and sublayer (``attn``, ``cross_attn``, ``ffn``; j numbers them encoder first):
@@ -55,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlpeft.backbones._generative import Generative, lm_loss, shift_right
+from vlpeft.backbones._generative import Generative, hold_cache_slot, lm_loss, shift_right
 from vlpeft.backbones._plm import _SiteHook, _XCapture
 from vlpeft.backbones._protocol import (Candidates, LayerPlan, Site, attach_projection, attach_skip, policy_params)
 
@@ -157,18 +158,20 @@ def _torch_init(module: nn.Module) -> None:
 
 
 class _Skipped(nn.Module):
-    """Stands in for a skipped decoder layer during one call: runs its skip slot. T5 passes the shared position
-    biases on; where the skipped block is the one holding the relative attention bias (block 0) and no bias has been
-    computed yet, it computes it as the block would have (the cache is off while decoder layers are skipped, so
-    query and key lengths are the current length), so the later blocks keep their relative positions."""
+    """Stands in for a skipped decoder layer during one call: runs its skip slot and keeps the layer's KV-cache entry
+    growing (``hold_cache_slot``). T5 passes the shared position biases on; where the skipped block is the one holding
+    the relative attention bias (block 0) and no bias has been computed yet, it computes it as the block would have
+    (queries at positions past.., keys 0..past+n), so the later blocks keep their relative positions."""
 
-    def __init__(self, slot: nn.Module, t5_block: nn.Module | None = None) -> None:
+    def __init__(self, slot: nn.Module, layer_idx: int, t5_block: nn.Module | None = None) -> None:
         super().__init__()
         self.__dict__["slot"] = slot  # not registered: the slot stays named skip_adapters.i
         self.__dict__["t5_block"] = t5_block
+        self.layer_idx = layer_idx
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         h = self.slot(hidden_states)
+        past = hold_cache_slot(kwargs.get("cache", kwargs.get("past_key_values")), self.layer_idx, hidden_states)
         blk = self.t5_block
         if blk is None:
             return h
@@ -177,7 +180,8 @@ class _Skipped(nn.Module):
         attn = blk.layer[0].SelfAttention
         if position_bias is None and attn.has_relative_attention_bias:
             n = hidden_states.shape[1]
-            position_bias = attn.compute_bias(n, n, device=hidden_states.device).to(hidden_states.dtype)
+            position_bias = attn.compute_bias(n, past + n, device=hidden_states.device,
+                                              past_seen_tokens=past).to(hidden_states.dtype)
         return h, position_bias, enc_dec_bias
 
 
@@ -444,15 +448,15 @@ class VLSeq2Seq(Generative):
         return h, mask
 
     @contextmanager
-    def _decoder_skips(self, plan: LayerPlan) -> Iterator[bool]:
+    def _decoder_skips(self, plan: LayerPlan) -> Iterator[None]:
         le = self.n_encoder
         idx = sorted(c - le for c in plan.skip if c >= le)
         layers = self._layers("decoder")
         saved = {i: layers[i] for i in idx}
         try:
             for i in idx:
-                layers[i] = _Skipped(self.skip_adapters[le + i], saved[i] if self.family == "t5" else None)
-            yield bool(idx)
+                layers[i] = _Skipped(self.skip_adapters[le + i], i, saved[i] if self.family == "t5" else None)
+            yield
         finally:
             for i, m in saved.items():
                 layers[i] = m
@@ -494,16 +498,17 @@ class VLSeq2Seq(Generative):
         return self.decode(self.generate_ids(batch, plan, num_beams=num_beams, max_new_tokens=max_new_tokens))
 
     def generate_ids(self, batch: Mapping[str, Any], plan: LayerPlan, *, num_beams: int = 1,
-                     max_new_tokens: int = 20) -> torch.Tensor:
-        """Token ids through transformers' ``generate`` (greedy / beam search) on our encoder states."""
+                     max_new_tokens: int = 20, use_cache: bool = True) -> torch.Tensor:
+        """Token ids through transformers' ``generate`` (greedy / beam search) on our encoder states.
+        ``use_cache=False`` recomputes the whole prefix at every step (the reference the cached path must equal)."""
         from transformers.modeling_outputs import BaseModelOutput
 
         plan = self.check_plan(plan)
         h, mask = self.encode(batch, plan)
-        with self._decoder_skips(plan) as dec_skipped:
+        with self._decoder_skips(plan):
             return self.seq2seq.generate(encoder_outputs=BaseModelOutput(last_hidden_state=h), attention_mask=mask,
                                          num_beams=int(num_beams), max_new_tokens=int(max_new_tokens),
-                                         do_sample=False, use_cache=not dec_skipped)
+                                         do_sample=False, use_cache=bool(use_cache))
 
     # -- policies and checkpoints ----------------------------------------------------------------------------------
     def _always(self) -> list[tuple[str, nn.Parameter]]:

@@ -274,6 +274,21 @@ def test_disk_full_while_saving_trainable_weights(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
+def test_disk_full_in_a_file_lightning_writes_names_it(arrows, tmp_path, monkeypatch):
+    import pytorch_lightning.loggers.tensorboard as tb
+
+    def full(path, hparams, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(tb, "save_hparams_to_yaml", full)
+    log = tmp_path / "result"
+    with pytest.raises(OSError) as e:
+        _run(arrows, log)
+    msg = str(e.value)
+    assert "no space left on the device writing" in msg and "hparams.yaml" in msg and "may be incomplete" in msg
+    assert "never half-written" in msg and "run it again" in msg
+
+
 # ---------------------------------------------------------------------------------------------- early failure
 def test_run_failing_before_training_gives_its_folder_back(arrows, tmp_path):
     log = tmp_path / "result"

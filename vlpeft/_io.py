@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 
-_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class OutputPathError(ValueError):
@@ -65,7 +65,7 @@ def atomic_path(dst: str | os.PathLike, need: int | None = None) -> Iterator[Pat
             os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, dst)
     except OSError as e:
-        if e.errno not in _DISK_FULL or isinstance(e, DiskFullError):
+        if e.errno not in DISK_FULL or isinstance(e, DiskFullError):
             raise
         written = tmp_path.stat().st_size if tmp_path.exists() else 0
         tmp_path.unlink(missing_ok=True)  # give the space back before measuring what is free

@@ -20,7 +20,7 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from vlpeft._io import write_bytes_atomic
+from vlpeft._io import DISK_FULL, DiskFullError, write_bytes_atomic
 from vlpeft.checkpoint import CheckpointError, load_weights, safe_globals_for, save_trainable, torch_load
 from vlpeft.computation import after_fit, save_metrics
 from vlpeft.config import ConfigError, from_sacred
@@ -232,6 +232,10 @@ def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
                 trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=not unsafe)
         except SIGTERMException:
             raise SystemExit(_preempted(run_dir, "search" if search else "train")) from None
+        except OSError as e:
+            if e.errno in DISK_FULL and not isinstance(e, DiskFullError):
+                raise _disk_full_in_run(e, run_dir) from None
+            raise
     finally:
         os.environ.pop(VERSION_ENV, None)
     result = RunResult(stage="search" if search else "train", run_dir=run_dir)
@@ -253,6 +257,24 @@ def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
             _report_sizes(result)
         after_fit(module, dm, run_dir, config, result, search=search)  # metrics.json, computation.json, export
     return result
+
+
+def _disk_full_in_run(e: OSError, run_dir: Path) -> OSError:
+    """A full disk met by a file Lightning or TensorBoard writes itself (hparams.yaml, event files): name it, and
+    what is and is not whole."""
+    import shutil
+
+    what = e.filename or "a log file"
+    try:
+        free = f" ({shutil.disk_usage(run_dir.parent).free / 2**20:.1f} MiB free there)"
+    except OSError:
+        free = ""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    again = f"resume with resume_from={last}" if last.is_file() else "run it again"
+    return OSError(e.errno, f"no space left on the device writing {what} in the run {run_dir}{free}. That file is "
+                   "Lightning's / TensorBoard's own, written in place, and may be incomplete; vlpeft's own files "
+                   "(checkpoints, placement, trainable weights, metrics, dumps) are never half-written. Free space "
+                   f"(or point log_dir= elsewhere), then {again}")
 
 
 PREEMPTED_EXIT = 143  # 128 + SIGTERM, as a shell reports a process the signal ended

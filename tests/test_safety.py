@@ -70,6 +70,16 @@ def test_checkpoint_that_would_run_code_is_refused_and_never_run(tmp_path):
     assert rc == 2 and not marker.exists() and not (tmp_path / "out.ckpt").exists()
 
 
+def test_old_format_checkpoint_with_code_is_refused_too(tmp_path):
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "old_format.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "x": _Payload(marker)}, path,
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=r"old_format.ckpt holds something .*system.*unsafe_pickle=True"):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
 def test_unsafe_pickle_is_the_one_named_opt_in(tmp_path, capsys):
     evil, marker = _evil(tmp_path)
     torch_load(evil, unsafe_pickle=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -141,7 +142,16 @@ def torch_load(path: str | os.PathLike, *, unsafe_pickle: bool = False, mmap: bo
               "file runs its code now. Only do this for files you trust.", flush=True)
         return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)  # the named opt-in
     with torch.serialization.safe_globals(safe_globals_for(path)):
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as e:  # e.g. an old (non-zip) file naming a global: not scanned above
+            lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()
+                     and not ln.startswith(("Check the documentation", "Please file an issue"))]
+            reason = (lines[0] if lines else str(e)).replace("WeightsUnpickler error: ", "").split(". ")[0]
+            raise CheckpointError(
+                f"{path} holds something torch's weights_only unpickler refuses ({reason[:300]}); a checkpoint from "
+                f"the internet can run code this way. Re-save the tensors as .safetensors, or, only for a file you "
+                f"trust, pass {UNSAFE_PICKLE_KEY}=True (python -m vlpeft.export: --unsafe-pickle)") from None
 
 
 def read_checkpoint(path: str | os.PathLike, *, unsafe_pickle: bool = False

@@ -113,6 +113,10 @@ def test_original_checkpoint_containers_load_weights_only(tmp_path):
                path)
     got, extras = read_checkpoint(path)
     assert got.keys() == sd.keys() and all(torch.equal(got[k], v) for k, v in sd.items())
+    old_format = tmp_path / "old_format.ckpt"  # torch < 1.6's format: not scannable, the fixed stand-ins apply
+    torch.save({"state_dict": sd, "hyper_parameters": {"config": config}}, old_format,
+               _use_new_zipfile_serialization=False)
+    assert read_checkpoint(old_format)[1]["hyper_parameters"]["config"]["loss_names"] == {"vqa": 1}
     cfg = extras["hyper_parameters"]["config"]
     assert cfg["loss_names"] == {"vqa": 1} and list(cfg["datasets"]) == ["vqa"]
     assert type(cfg) is dict and type(cfg["datasets"]) is list  # plain containers: sacred's classes never ran

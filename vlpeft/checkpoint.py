@@ -120,8 +120,8 @@ def safe_globals_for(path: str | os.PathLike) -> list[tuple[type, str]]:
     """Stand-ins for the allowed globals ``path`` names; CheckpointError naming any other global and the opt-in."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:  # noqa: BLE001 - not a zip checkpoint: the weights_only load itself says what is wrong
-        return []
+    except Exception:  # noqa: BLE001 - an old (non-zip) file cannot be scanned: allow the fixed stand-ins, and the
+        return [(cls, name) for name, cls in _STAND_INS.items()]  # weights_only load refuses anything else
     allowed = [(cls, name) for name in names if (cls := _stand_in(name)) is not None]
     refused = sorted(set(names) - {name for _, name in allowed})
     if refused:

@@ -11,6 +11,9 @@ import contextlib
 import io
 import json
 import os
+import shlex
+import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,8 +265,6 @@ def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
 def _disk_full_in_run(e: OSError, run_dir: Path) -> OSError:
     """A full disk met by a file Lightning or TensorBoard writes itself (hparams.yaml, event files): name it, and
     what is and is not whole."""
-    import shutil
-
     what = e.filename or "a log file"
     try:
         free = f" ({shutil.disk_usage(run_dir.parent).free / 2**20:.1f} MiB free there)"
@@ -285,9 +286,6 @@ def _preempted(run_dir: Path, stage: str) -> int:
 
     (Lightning raises its SIGTERMException, a SystemExit without a code: the process would exit 0 and a script
     with ``set -e`` would go on, e.g. train on an older placement.)"""
-    import shlex
-    import sys
-
     last = run_dir / "checkpoints" / "last.ckpt"
     argv = list(sys.argv)
     if Path(argv[0]).name in ("run.py", "run_search.py", "run_train.py"):
@@ -352,8 +350,6 @@ def run_test(config: dict[str, Any]) -> RunResult:
         try:
             trainer.test(module, datamodule=dm)
         except SIGTERMException:
-            import sys
-
             print(f"[vlpeft] the test run in {run_dir} was stopped by SIGTERM before it finished; its dumps are "
                   "incomplete or missing: run it again", file=sys.stderr, flush=True)
             raise SystemExit(PREEMPTED_EXIT) from None

@@ -14,7 +14,9 @@ case "$task" in
   *) echo "unknown task $task (vqa | nlvr2 | f30k | meter-vqa | meter-nlvr2 | meter-f30k)" >&2; exit 2;;
 esac
 common=(data_root="$data_root" num_gpus=1 num_nodes=1 "$cfg" per_gpu_batchsize=$bs load_path="$ckpt")
-# 1. search: writes placement.json (+ placement.png) into its run folder
+# 1. search: writes placement.json (+ placement.png) into its run folder. A search stopped before it finished
+#    (SIGTERM, preemption) exits 143 and prints its resume_from=… command: set -e stops here, so step 2 never
+#    trains on an older placement.
 python run.py with "${common[@]}" das_search max_epoch=3 skip_num=1 "$@"
 # 2. train on the newest placement of this experiment (no hand copying; the run prints which file it took)
 python run.py with "${common[@]}" placement=latest "$@"

@@ -41,7 +41,7 @@ def test_das_search_on_clip_bert_then_train(arrows, tmp_path):
     assert p.meta["rounds"] > 0 and any(s != 0 for s in p.scores)
 
     r = _run("dvp_adaption_bert_vqa", placement="latest", exp_name="DVP", **{**common, "max_epoch": 1})
-    ckpt = torch.load(Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["vlpeft_placement"]["skip"] == list(p.skip) and ckpt["vlpeft_placement"]["insert_layer"] == 1
     sd = ckpt["state_dict"]
     assert any(k.startswith(f"backbone.skip_adapters.{p.skip[0]}.0.") for k in sd)

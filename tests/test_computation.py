@@ -96,7 +96,7 @@ def _restore(ckpt: Path, load: Path | None = None):
     from vlpeft.checkpoint import load_weights
     from vlpeft.lightning import VLPeftModule
 
-    c = torch.load(ckpt, map_location="cpu", weights_only=False)
+    c = torch.load(ckpt, map_location="cpu", weights_only=True)
     m = VLPeftModule(c["hyper_parameters"]["config"], placement=Placement.from_dict(c["vlpeft_placement"]))
     (report,) = load_weights(m, str(load or ckpt))  # a search's history buffer is resized on load
     if load is None:
@@ -112,7 +112,7 @@ def test_runs_record_computation_and_metrics(runs):
         ckpt = run_dir / "checkpoints" / "last.ckpt"
         m, config = _restore(ckpt)
         batch = _first_val_batch(config)
-        plan = Placement.from_dict(torch.load(ckpt, weights_only=False)["vlpeft_placement"]).plan(m.base_plan)
+        plan = Placement.from_dict(torch.load(ckpt, weights_only=True)["vlpeft_placement"]).plan(m.base_plan)
         assert rec["plan"]["skip"] == sorted(plan.skip) and len(plan.skip) == 1
         assert rec["flops"]["chosen"] == plan_flops(m, batch, plan)  # a direct count equals the record
         assert rec["flops"]["full"] == plan_flops(m, batch, LayerPlan())
@@ -157,7 +157,7 @@ def test_pruned_export_loads_and_predicts_identically(runs, tmp_path):
     got, _ = _restore(last, load=pruned)
     batch = _first_val_batch(config)
     skip = sorted(ref.plan().skip)
-    sd = torch.load(pruned, weights_only=False)["state_dict"]
+    sd = torch.load(pruned, weights_only=True)["state_dict"]
     assert not any(k.startswith(f"backbone.transformer.blocks.{skip[0]}.") for k in sd)
     assert any(k.startswith(f"backbone.adapter_list.{skip[0]}.0.") for k in sd)
     assert not any(k.startswith("backbone.adapter_list.") and not k.startswith(f"backbone.adapter_list.{skip[0]}.")

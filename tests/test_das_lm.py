@@ -429,13 +429,13 @@ def test_das_search_then_train_on_text_only_llama(arrows, tmp_path):
     assert p.meta["computation"]["flops"]["chosen"] < p.meta["computation"]["flops"]["full"]
     r = _run("das_train_llama_boolq", backbone="test_plm_llama", das_llama_adapter_dim=4, placement="latest",
              export_pruned=True, **{**common, "max_epoch": 1})
-    ckpt = torch.load(Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["vlpeft_placement"]["skip"] == list(p.skip)
     assert any(k.startswith(f"backbone.skip_adapters.{p.skip[0]}.0.adapter.") for k in ckpt["state_dict"])
     assert "heads.boolq_classifier.3.weight" in ckpt["state_dict"]
     # the pruned export keeps the skipped layer's input norm (the skip adapter reads it) and nothing else of it
     train_dir = Path(r.result["run_dir"])
-    pruned = torch.load(train_dir / "pruned.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    pruned = torch.load(train_dir / "pruned.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     layer = f"backbone.plm.llama.layers.{p.skip[0]}."
     assert sorted(k for k in pruned if k.startswith(layer)) == [layer + "input_layernorm.weight"]
 

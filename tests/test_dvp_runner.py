@@ -44,7 +44,7 @@ def test_dvp_search_train_test(arrows, tmp_path):
 
     r = _run("dvp_adaption_bert_vqa", placement="latest", use_adapter=True, **common)
     ckpt = sorted(Path(r.result["run_dir"]).glob("checkpoints/last.ckpt"))[0]
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert saved["vlpeft_placement"]["insert_layer"] == placement.insert_layer
     assert any(k.startswith("backbone.cross_attn.") for k in saved["state_dict"])
 
@@ -67,7 +67,7 @@ def test_dvp_t5_and_llama_search_then_train(arrows, tmp_path, lm, plm):
     assert placement.num_layers == 3 and placement.meta["rounds"] > 0
     r = _run(f"dvp_adaption_{lm}_vqa", placement="latest", use_adapter=True, **common)
     saved = torch.load(Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu",
-                       weights_only=False)
+                       weights_only=True)
     assert saved["vlpeft_placement"]["insert_layer"] == placement.insert_layer
 
 

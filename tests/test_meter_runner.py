@@ -72,7 +72,7 @@ def test_meter_search_train_test_through_run_py(arrows, tmp_path):
     r = _run(NAMED, placement="latest", max_epoch=1, **common)
     run_dir = Path(r.result["run_dir"])
     last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["vlpeft_placement"]["skip"] == list(p.skip)
     sd = ckpt["state_dict"]
     n = 2

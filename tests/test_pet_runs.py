@@ -95,7 +95,7 @@ def test_merge_pet_gives_the_unmerged_predictions(arrows, tmp_path, capsys):
                pet="lora", lora_r=8, lora_alpha=16, max_epoch=1, learning_rate=2e-3)
     r = run_py.ex.run(named_configs=["demo"], config_updates=upd, options=quiet)
     last = Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt"
-    saved = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    saved = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
     assert any(k.endswith("lora_B") and v.abs().sum() > 0 for k, v in saved.items())  # LoRA moved off B = 0
     subs = {}
     for merge in (False, True):

@@ -38,7 +38,7 @@ def test_pre_v2_files_load_with_the_same_report(name, fresh_heads):
     if name.endswith(".safetensors"):
         src = load_file(str(HERE / name))
     else:
-        sd = torch.load(HERE / name, map_location="cpu", weights_only=False)["state_dict"]
+        sd = torch.load(HERE / name, map_location="cpu", weights_only=True)["state_dict"]
         src = {f"backbone.{k}": v for k, v in sd.items() if not k.startswith("vqa_classifier")}
         src.pop("backbone.text_embeddings.position_ids")
     assert src and all(torch.equal(own[k], v) for k, v in src.items())

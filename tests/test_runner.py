@@ -64,7 +64,7 @@ def test_search_train_test_through_sacred(arrows, tmp_path):
     run_dir = Path(r.result["run_dir"])
     ckpts = sorted(run_dir.glob("checkpoints/*.ckpt"))
     assert ckpts
-    ckpt = torch.load(ckpts[0], map_location="cpu", weights_only=False)
+    ckpt = torch.load(ckpts[0], map_location="cpu", weights_only=True)
     assert ckpt["vlpeft_placement"]["skip"] == list(placement.skip)  # the placement travels with the checkpoint
     trainable = run_dir / "trainable.safetensors"
     assert trainable.is_file() and trainable.stat().st_size < ckpts[0].stat().st_size / 5
@@ -97,7 +97,7 @@ def test_trainable_weights_on_top_of_backbone(arrows, tmp_path):
 
     trained = load_file(str(run_dir / "trainable.safetensors"))
     assert any(k.startswith("heads.") for k in trained) and any("adapter" in k for k in trained)
-    sd = torch.load(full, map_location="cpu", weights_only=False)["state_dict"]
+    sd = torch.load(full, map_location="cpu", weights_only=True)["state_dict"]
     assert not any(k in trained for k, v in sd.items() if "word_embeddings" in k)  # frozen parts stay out
     sd = {k: (v + 1.0 if k in trained and v.is_floating_point() else v) for k, v in sd.items()}
     backbone_ckpt = tmp_path / "backbone.ckpt"
@@ -132,12 +132,12 @@ def test_resume_continues_saved_search_state(arrows, tmp_path):
     log = tmp_path / "result"
     first = _sacred(**_updates(arrows, log, stage="search", max_epoch=2, das_epoch=3))
     last = Path(first.result["run_dir"]) / "checkpoints" / "last.ckpt"
-    saved = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    saved = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
     gates, hist = saved["search.das_gate"], saved["search.history"]
     assert hist.shape[0] > 0
     second = _sacred(**_updates(arrows, log, stage="search", max_epoch=3, das_epoch=3, resume_from=str(last)))
     resumed = torch.load(Path(second.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu",
-                         weights_only=False)["state_dict"]
+                         weights_only=True)["state_dict"]
     # the resumed run's history starts with the saved one: it continued from the saved gates
     assert resumed["search.history"].shape[0] > hist.shape[0]
     assert torch.equal(resumed["search.history"][: hist.shape[0]], hist)
@@ -173,12 +173,12 @@ def test_resumed_search_equals_uninterrupted_bit_for_bit(arrows, tmp_path, monke
         _sacred(**_updates(arrows, log, **upd))
     monkeypatch.setattr(runner, "build_trainer", real_build)
     last = next(log.glob("*/version_0/checkpoints/last.ckpt"))
-    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 1
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
     resumed = _sacred(**_updates(arrows, log, resume_from=str(last), **upd))
 
     def final(r):
         return torch.load(Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu",
-                          weights_only=False)["state_dict"]
+                          weights_only=True)["state_dict"]
 
     a, b = final(full), final(resumed)
     assert int(a["search.reward_batches"]) > 0 and a["search.history"].shape[0] > 1
@@ -229,7 +229,7 @@ def test_nlvr2_and_f30k_tasks_train_and_evaluate(pair_and_caption_arrows, tmp_pa
     common = dict(data_root=str(root), stage="train", per_gpu_batchsize=8, batch_size=8, max_epoch=1, num_workers=0,
                   skip_module=[1], train_transform_keys=["pixelbert"])
     r = _sacred(named=("demo", "task_finetune_nlvr2"), log_dir=str(tmp_path / "n"), **common)
-    ckpt = torch.load(Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["state_dict"]["backbone.token_type_embeddings.weight"].shape[0] == 3
     assert ckpt["state_dict"]["heads.nlvr2_classifier.3.weight"].shape == (2, 256)
 

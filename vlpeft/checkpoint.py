@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -62,7 +63,99 @@ def _as_list(load_path: str | Sequence[str] | None) -> list[str]:
     return [str(p) for p in load_path if p]
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+# ---------------------------------------------------------------------------------------------- safe unpickling
+# Released .ckpt files come from the internet, and unpickling runs whatever callables a file names. Files are read
+# with torch's weights_only unpickler; the only globals allowed beyond torch's own are the containers the originals'
+# checkpoints hold around their tensors, each replaced by an inert stand-in of our own (a plain dict / list / class
+# that runs nothing): sacred's read-only config containers (ViLT / METER save their sacred config as
+# hyper_parameters), Lightning's AttributeDict (hparams), and Lightning 1.x callback classes, which key
+# checkpoint["callbacks"] (PL < 1.5). Anything else is refused unless the run opts in with unsafe_pickle=True.
+UNSAFE_PICKLE_KEY = "unsafe_pickle"
+
+
+class _AsDict:
+    """Stand-in for a dict subclass in a checkpoint (sacred ReadOnlyDict, Lightning AttributeDict): building one
+    gives a plain dict (the unpickler fills only plain dicts), whatever class the file named."""
+
+    def __new__(cls, *args, **kwargs):
+        return dict(*args[:1])
+
+
+class _AsList:
+    """Stand-in for sacred's ReadOnlyList: a plain list."""
+
+    def __new__(cls, *args, **kwargs):
+        return list(*args[:1])
+
+
+class _InertKey:
+    """Stand-in for a Lightning 1.x callback class (a key of ``checkpoint["callbacks"]``); never used."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+_STAND_INS: dict[str, type] = {
+    "sacred.config.custom_containers.ReadOnlyDict": _AsDict,
+    "sacred.config.custom_containers.ReadOnlyList": _AsList,
+    "pytorch_lightning.utilities.parsing.AttributeDict": _AsDict,
+    "lightning_fabric.utilities.data.AttributeDict": _AsDict,
+    "lightning.fabric.utilities.data.AttributeDict": _AsDict,
+}
+_CALLBACK_MODULES = ("pytorch_lightning.callbacks.", "lightning.pytorch.callbacks.")
+
+
+def _stand_in(name: str) -> type | None:
+    if name in _STAND_INS:
+        return _STAND_INS[name]
+    if name.startswith(_CALLBACK_MODULES) and name.rsplit(".", 1)[-1].isidentifier():
+        return type(name.rsplit(".", 1)[-1], (_InertKey,), {"__module__": __name__})
+    return None
+
+
+def safe_globals_for(path: str | os.PathLike) -> list[tuple[type, str]]:
+    """Stand-ins for the allowed globals ``path`` names; CheckpointError naming any other global and the opt-in."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001 - an old (non-zip) file cannot be scanned: allow the fixed stand-ins, and the
+        return [(cls, name) for name, cls in _STAND_INS.items()]  # weights_only load refuses anything else
+    allowed = [(cls, name) for name in names if (cls := _stand_in(name)) is not None]
+    refused = sorted(set(names) - {name for _, name in allowed})
+    if refused:
+        raise CheckpointError(
+            f"{path} holds pickled Python objects that loading would have to run or build: {', '.join(refused)}. "
+            f"vlpeft loads checkpoints with torch's weights_only unpickler, which refuses them: a checkpoint from "
+            f"the internet can run code this way. Re-save the tensors as .safetensors, or, only for a file you "
+            f"trust, pass {UNSAFE_PICKLE_KEY}=True (python -m vlpeft.export: --unsafe-pickle)")
+    return allowed
+
+
+def torch_load(path: str | os.PathLike, *, unsafe_pickle: bool = False, mmap: bool = False) -> Any:
+    """``torch.load`` of a checkpoint file, safely: weights_only with the stand-ins above.
+
+    ``unsafe_pickle=True`` is the one opt-in to full unpickling (it can run code the file names); it warns."""
+    if unsafe_pickle:
+        print(f"[vlpeft] WARNING: {UNSAFE_PICKLE_KEY}=True: unpickling {path} without restrictions; a malicious "
+              "file runs its code now. Only do this for files you trust.", flush=True)
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)  # the named opt-in
+    with torch.serialization.safe_globals(safe_globals_for(path)):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as e:  # e.g. an old (non-zip) file naming a global: not scanned above
+            lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()
+                     and not ln.startswith(("Check the documentation", "Please file an issue"))]
+            reason = (lines[0] if lines else str(e)).replace("WeightsUnpickler error: ", "").split(". ")[0]
+            raise CheckpointError(
+                f"{path} holds something torch's weights_only unpickler refuses ({reason[:300]}); a checkpoint from "
+                f"the internet can run code this way. Re-save the tensors as .safetensors, or, only for a file you "
+                f"trust, pass {UNSAFE_PICKLE_KEY}=True (python -m vlpeft.export: --unsafe-pickle)") from None
+
+
+def read_checkpoint(path: str | os.PathLike, *, unsafe_pickle: bool = False
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The state dict of a ``.ckpt`` (Lightning / original ViLT: ``["state_dict"]``), a plain ``.pt``/``.bin`` state
     dict (e.g. transformers') or a ``.safetensors`` file, and the rest of the checkpoint dict (``extras``)."""
     p = Path(path)
@@ -74,9 +167,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"{p} is not a readable safetensors file ({e})") from None
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        ckpt = torch_load(p, unsafe_pickle=unsafe_pickle)
+    except CheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise CheckpointError(f"{p} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{p} is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:500]})") from None
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{p} holds no state dict of tensors; expected a Lightning/ViLT .ckpt or a state dict")
@@ -148,17 +243,18 @@ def _shape_hint(module: nn.Module, backbones: list, key: str) -> str:
     return "the config (backbone size, hidden_size, head_hidden, label counts) does not match the checkpoint's"
 
 
-def load_weights(module, load_path, *, fresh_heads: bool = False) -> list[LoadReport]:
+def load_weights(module, load_path, *, fresh_heads: bool = False, unsafe_pickle: bool = False) -> list[LoadReport]:
     """Load every file of ``load_path`` into ``module`` (a VLPeftModule: ``backbone.*``, ``heads.*``), in order.
 
     A vlpeft checkpoint loads as is; an original ViLT (or transformers ViLT) file gets its top-level names mapped
     (``vqa_classifier.*`` → ``heads.…``, the rest → ``backbone.…``); a ``trainable.safetensors`` goes on top.
     ``fresh_heads``: drop task-head weights of an *original* checkpoint, as the original training scripts did by
     building the heads after loading (``itm_score`` is kept: ``rank_output`` is initialised from it).
+    A file none of whose tensors this model has is refused (a wrong file would otherwise train from scratch).
     """
     reports = []
     for path in _as_list(load_path):
-        sd, extras = read_checkpoint(path)
+        sd, extras = read_checkpoint(path, unsafe_pickle=unsafe_pickle)
         if Path(path).suffix == ".safetensors":
             report = load_state(module, sd, path, "trainable weights (safetensors)")
             # applied on top of the backbone: "missing" is everything frozen, not worth listing
@@ -171,8 +267,19 @@ def load_weights(module, load_path, *, fresh_heads: bool = False) -> list[LoadRe
         else:
             report = _load_original(module, sd, path, fresh_heads=fresh_heads)
         report.placement = extras.get("vlpeft_placement", report.placement)
+        if report.loaded == 0:
+            raise CheckpointError(_matches_nothing(path, sd, module))
         reports.append(report)
     return reports
+
+
+def _matches_nothing(path: str, sd: Mapping[str, torch.Tensor], module) -> str:
+    keys = sorted(sd)
+    ours = [k for k in module.state_dict() if not k.startswith("search.")][:3]
+    return (f"load_path {path} matches no tensor of this model: it holds {len(keys)} tensors named like "
+            f"{', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}, the model's are named like {', '.join(ours)} …. "
+            "Pass the checkpoint of this backbone (a ViLT/METER .ckpt, a transformers state dict, or a vlpeft run's "
+            "checkpoint / trainable.safetensors built with the same config), or load_path='' to start from scratch")
 
 
 def _load_original(module, sd: dict[str, torch.Tensor], path: str, *, fresh_heads: bool) -> LoadReport:
@@ -201,8 +308,9 @@ def trainable_state(module) -> dict[str, torch.Tensor]:
 def save_trainable(module, run_dir: str | Path, config: dict[str, Any], placement: dict | None) -> Path:
     run_dir = Path(run_dir)
     dst = run_dir / TRAINABLE_FILE
-    with atomic_path(dst) as tmp:
-        save_file(trainable_state(module), str(tmp), metadata={"format": "pt", "producer": "vlpeft"})
+    state = trainable_state(module)
+    with atomic_path(dst, need=sum(t.numel() * t.element_size() for t in state.values())) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "producer": "vlpeft"})
     write_json_atomic(run_dir / TRAINABLE_CONFIG, {"config": _jsonable(config), "placement": placement})
     return dst
 
@@ -211,9 +319,10 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def load_checkpoint_file(module: nn.Module, path: str | os.PathLike, prefix_map: Mapping[str, str] | None = None) -> LoadReport:
+def load_checkpoint_file(module: nn.Module, path: str | os.PathLike, prefix_map: Mapping[str, str] | None = None,
+                         *, unsafe_pickle: bool = False) -> LoadReport:
     """One file into any module holding backbones (e.g. a backbone with heads beside it), through ``load_state``."""
-    sd, extras = read_checkpoint(path)
+    sd, extras = read_checkpoint(path, unsafe_pickle=unsafe_pickle)
     report = load_state(module, sd, path, "checkpoint", prefix_map)
     report.placement = extras.get("vlpeft_placement")
     return report

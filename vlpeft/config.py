@@ -108,6 +108,7 @@ NEW_KEYS: dict[str, Any] = {
     "full_finetune": False,  # train every parameter (the demo's stand-in for pre-training)
     "trainable": "original",  # original: what the original trains (every injected module; LaVIN-DAS: what the placement runs); used: only what the placement runs
     "allow_random_init": False,  # test_only: evaluate even if PET modules or heads are missing from load_path
+    "unsafe_pickle": False,  # load_path / resume_from: unpickle without weights_only (runs code the file names; trusted files only)
     "search_score_mode": "eval",  # eval (fix: dropout off while scoring) | train (the originals)
     "search_val_batch_size": 0,  # reward/mini-val batch; 0 = per_gpu_batchsize (DAS) or batch_size // 2 (DVP), as the originals
     "save_trainable": True,  # also save trainable weights alone (safetensors + JSON)

@@ -58,7 +58,7 @@ def run_demo(config: dict[str, Any]) -> Any:
     from vlpeft.lightning import VLPeftModule
 
     best = VLPeftModule.load_from_checkpoint(str(pre.checkpoint), map_location="cpu", placement=pre.placement,
-                                             weights_only=False)
+                                             weights_only=True)
     ckpt = export_original_checkpoint(best, out / "vilt_demo_pretrained.ckpt")
     print(f"[demo] stand-in pre-training: val VQA score {_fmt_metrics(pre)} → {ckpt}")
 

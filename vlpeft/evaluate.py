@@ -75,7 +75,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
-from vlpeft._io import parse_json_lines, write_json_atomic
+from vlpeft._io import DiskFullError, OutputPathError, parse_json_lines, write_json_atomic
 from vlpeft.data.normalize import normalize_word, process_digit_article, process_punctuation
 
 
@@ -641,9 +641,19 @@ def _fill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """An output flag naming a folder is refused before any file is read (it would end in IsADirectoryError)."""
+    for flag, dest in (("--json", "json_out"), ("--out", "out")):
+        out = getattr(args, dest, None)
+        if out and Path(out).is_dir():
+            raise EvaluationError(f"{flag} {out} is a folder; name the file to write, e.g. {flag} "
+                                  f"{Path(out) / 'result.json'}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_outputs(args)
         if args.command == "fill-vqa":
             return _fill(args)
         if args.command == "vqa":
@@ -655,12 +665,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = snli_ve_accuracy_files(args.annotations, args.predictions, only_predicted=args.only_predicted)
         else:
             result = nlvr2_accuracy_files(args.annotations, args.predictions, only_predicted=args.only_predicted)
-    except EvaluationError as e:
+    except (EvaluationError, OutputPathError, DiskFullError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     _print_result(args.command, result)
     if args.json_out:
-        write_json_atomic(args.json_out, result)
+        try:
+            write_json_atomic(args.json_out, result)
+        except (OutputPathError, DiskFullError) as e:
+            print(f"error: --json {args.json_out}: {e}", file=sys.stderr)
+            return 2
         print(f"wrote {args.json_out}")
     return 0
 

@@ -8,7 +8,7 @@ The file is a plain ``{"state_dict", "vlpeft_placement", "vlpeft_export"}`` chec
 ``test_only=True``) load it into a model built with the same config and placement, which predicts identically —
 the dropped tensors are never used, so they may stay as initialised.
 
-    python -m vlpeft.export RUN_DIR|CKPT --out FILE     # RUN_DIR: its best checkpoint, else last.ckpt
+    python -m vlpeft.export RUN_DIR|CKPT --out FILE [--force]    # RUN_DIR: its best checkpoint, else last.ckpt
     python run.py with … export_pruned=True             # a train/search run also writes <run>/pruned.ckpt
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlpeft._io import atomic_path
+from vlpeft._io import DiskFullError, atomic_path
 from vlpeft.backbones._protocol import LayerPlan
 
 EXPORT_KEY = "vlpeft_export"
@@ -81,7 +81,7 @@ def export_pruned(module: nn.Module, out: str | Path, placement=None) -> Path:
     info = {"dropped_prefixes": dropped_prefixes(module.backbone, plan), "kept_numel": numel(sd),
             "full_numel": numel(full), "kept_share": numel(sd) / max(1, numel(full))}
     out = Path(out)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, need=sum(v.numel() * v.element_size() for v in sd.values())) as tmp:
         torch.save({"state_dict": sd, "vlpeft_placement": placement.to_dict(), EXPORT_KEY: info,
                     "hyper_parameters": {"config": getattr(module, "config", {})}}, tmp)
     print(f"[vlpeft] pruned export: {out} keeps {info['kept_numel']:,d} of {info['full_numel']:,d} tensor "
@@ -103,15 +103,34 @@ def find_checkpoint(source: str | Path) -> Path:
     raise ExportError(f"{p} does not exist; pass a run folder (<log_dir>/<name>/version_<n>) or a .ckpt file")
 
 
-def export_checkpoint(source: str | Path, out: str | Path) -> Path:
+def check_out(out: str | Path, source: Path, *, force: bool = False) -> Path:
+    """The output file, refused before anything is built when it is the source, a folder, or (without ``force``)
+    an existing file: an export never overwrites what it reads, nor a file (a run's last.ckpt, whose resume state
+    would be gone) silently."""
+    out = Path(out)
+    if out.is_dir():
+        raise ExportError(f"--out {out} is a folder; name the file to write, e.g. --out {out / PRUNED_FILE}")
+    if out.exists() and out.resolve() == Path(source).resolve():
+        raise ExportError(f"--out {out} is the checkpoint being exported; name another file (the source is never "
+                          "overwritten, not even with --force)")
+    if out.exists() and not force:
+        raise ExportError(f"--out {out} exists; name a new file, or pass --force to replace it")
+    if not out.parent.is_dir():
+        raise ExportError(f"--out {out}: its folder {out.parent} does not exist; create it or name another file")
+    return out
+
+
+def export_checkpoint(source: str | Path, out: str | Path, *, force: bool = False,
+                      unsafe_pickle: bool = False) -> Path:
     """Build the model a Lightning checkpoint of ours was trained as (its saved config and placement), load it
-    and export it pruned."""
+    and export it pruned. ``out`` may not be the source, nor an existing file unless ``force``."""
     from vlpeft.checkpoint import read_checkpoint
     from vlpeft.lightning import VLPeftModule
     from vlpeft.search.placement import Placement
 
     ckpt_path = find_checkpoint(source)
-    sd, extras = read_checkpoint(ckpt_path)
+    out = check_out(out, ckpt_path, force=force)
+    sd, extras = read_checkpoint(ckpt_path, unsafe_pickle=unsafe_pickle)
     config = (extras.get("hyper_parameters") or {}).get("config")
     saved = extras.get("vlpeft_placement")
     if not config or not saved:
@@ -129,11 +148,17 @@ def export_checkpoint(source: str | Path, out: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vlpeft.export", description=__doc__.split("\n\n")[0])
     ap.add_argument("source", help="a run folder (its best checkpoint, else last.ckpt) or a .ckpt file")
-    ap.add_argument("--out", required=True, help="the pruned checkpoint to write")
+    ap.add_argument("--out", required=True, help="the pruned checkpoint to write (a new file unless --force)")
+    ap.add_argument("--force", action="store_true", help="replace --out if it exists (never the source itself)")
+    ap.add_argument("--unsafe-pickle", action="store_true",
+                    help="unpickle the source without torch's weights_only restrictions: it can run code the file "
+                         "names; only for a file you trust")
     args = ap.parse_args(argv)
+    from vlpeft.checkpoint import CheckpointError
+
     try:
-        export_checkpoint(args.source, args.out)
-    except ExportError as e:
+        export_checkpoint(args.source, args.out, force=args.force, unsafe_pickle=args.unsafe_pickle)
+    except (ExportError, CheckpointError, DiskFullError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -143,5 +168,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["EXPORT_KEY", "PRUNED_FILE", "ExportError", "dropped_keys", "dropped_prefixes", "export_checkpoint",
+__all__ = ["EXPORT_KEY", "PRUNED_FILE", "ExportError", "check_out", "dropped_keys", "dropped_prefixes", "export_checkpoint",
            "export_pruned", "find_checkpoint", "kept_prefixes", "pruned_state_dict"]

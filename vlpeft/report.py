@@ -2,7 +2,8 @@
 
     python -m vlpeft.report LOG_DIR [--md FILE] [--csv FILE]
 
-One row per run folder (``<log_dir>/<name>/version_<n>`` holding ``metrics.json`` or ``computation.json``):
+One row per vlpeft run folder (``<log_dir>/<name>/version_<n>`` holding our ``run.json`` and ``metrics.json`` or
+``computation.json``; a folder of another tool that happens to hold a ``metrics.json`` is listed as skipped):
 run, stage, task metric (the run's final ``the_metric``: val for search/train runs, test for test runs),
 trainable parameters and their %, FLOPs of the chosen architecture (per batch of the recorded size), the
 unskipped FLOPs and the reduction, the measured (indicative) speed-up and the placement. Every number is read
@@ -20,8 +21,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vlpeft._io import write_text_atomic
+from vlpeft._io import DiskFullError, OutputPathError, write_text_atomic
 from vlpeft.computation import COMPUTATION_FILE, METRICS_FILE
+
+RUN_INFO = "run.json"  # vlpeft.rundir.RUN_INFO (not imported: rundir pulls in the config)
 
 COLUMNS = ("run", "stage", "metric", "trainable_params", "trainable_pct", "flops", "flops_full", "flops_reduction_pct",
            "speedup", "speedup_min", "speedup_max", "placement")
@@ -29,17 +32,35 @@ COLUMNS = ("run", "stage", "metric", "trainable_params", "trainable_pct", "flops
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
+        data = json.loads(path.read_text()) if path.is_file() else {}
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); delete it or re-run that stage") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not the object a vlpeft run writes; delete it "
+                         "or re-run that stage (or move that folder out of the log folder if another tool wrote it)")
+    return data
 
 
-def run_folders(log_dir: str | Path) -> list[Path]:
+def _is_ours(run_dir: Path) -> bool:
+    """A run folder vlpeft reserved: its run.json (rundir.RUN_INFO) names the run and version."""
+    try:
+        info = json.loads((run_dir / RUN_INFO).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and {"run_name", "version"} <= set(info)
+
+
+def run_folders(log_dir: str | Path, skipped: list[Path] | None = None) -> list[Path]:
+    """The vlpeft run folders under ``log_dir`` that recorded results; folders with result files but without our
+    run.json (another tool's) go to ``skipped``."""
     root = Path(log_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"log folder {root} does not exist; pass the log_dir of the runs")
     found = {p.parent for name in (METRICS_FILE, COMPUTATION_FILE) for p in root.rglob(name)}
-    return sorted(found, key=lambda p: (p.stat().st_mtime, str(p)))
+    ours = {p for p in found if _is_ours(p)}
+    if skipped is not None:
+        skipped.extend(sorted(found - ours))
+    return sorted(ours, key=lambda p: (p.stat().st_mtime, str(p)))
 
 
 def _placement_text(run_dir: Path, comp: dict[str, Any]) -> str:
@@ -72,9 +93,9 @@ def row(run_dir: Path, log_dir: Path) -> dict[str, Any]:
     }
 
 
-def collect(log_dir: str | Path) -> list[dict[str, Any]]:
+def collect(log_dir: str | Path, skipped: list[Path] | None = None) -> list[dict[str, Any]]:
     log_dir = Path(log_dir)
-    return [row(d, log_dir) for d in run_folders(log_dir)]
+    return [row(d, log_dir) for d in run_folders(log_dir, skipped)]
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -122,22 +143,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--md", default=None, help="write the Markdown table here instead of stdout")
     ap.add_argument("--csv", default=None, help="also write the table as CSV here")
     args = ap.parse_args(argv)
+    skipped: list[Path] = []
     try:
-        rows = collect(args.log_dir)
+        for flag, out in (("--md", args.md), ("--csv", args.csv)):
+            if out and Path(out).is_dir():
+                raise ValueError(f"{flag} {out} is a folder; name the file to write, e.g. {flag} "
+                                 f"{Path(out) / ('report.md' if flag == '--md' else 'report.csv')}")
+        rows = collect(args.log_dir, skipped)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for p in skipped:
+        print(f"skipped {p}: no vlpeft {RUN_INFO} there (not a run folder vlpeft made)", file=sys.stderr)
     if not rows:
-        print(f"error: no run folder with {METRICS_FILE} or {COMPUTATION_FILE} under {args.log_dir}; runs record "
-              "them at their end (search/train) or after testing", file=sys.stderr)
+        print(f"error: no vlpeft run folder ({RUN_INFO} with {METRICS_FILE} or {COMPUTATION_FILE}) under "
+              f"{args.log_dir}; runs record them at their end (search/train) or after testing", file=sys.stderr)
         return 2
     md = to_markdown(rows)
-    if args.md:
-        write_text_atomic(args.md, md)
-    else:
-        sys.stdout.write(md)
-    if args.csv:
-        write_text_atomic(args.csv, to_csv(rows))
+    try:
+        if args.md:
+            write_text_atomic(args.md, md)
+        else:
+            sys.stdout.write(md)
+        if args.csv:
+            write_text_atomic(args.csv, to_csv(rows))
+    except (OutputPathError, DiskFullError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vlpeft._io import write_json_atomic
+from vlpeft.config import ConfigError
 from vlpeft.search.placement import PlacementError
 
 VERSION_ENV = "VLPEFT_RUN_VERSION"  # set by the launching process; DDP ranks join that version, never reserve
@@ -27,6 +28,34 @@ _VERSION_RE = re.compile(r"^version_(\d+)$")
 
 
 # ---------------------------------------------------------------------------------------------- reserving
+def check_name_part(key: str, value: Any) -> str:
+    """``value`` as one folder name (no separator, not ``.``/``..``, not absolute): a config value that becomes part
+    of a run folder's name must not move the folder out of ``log_dir``. ConfigError naming the key otherwise."""
+    text = str(value)
+    seps = [c for c in (os.sep, os.altsep, "/") if c]
+    if not text or text in (".", "..") or any(c in text for c in seps) or "\0" in text or Path(text).is_absolute():
+        raise ConfigError(f"{key}={text!r} is not a single folder name: the run folder "
+                          f"<log_dir>/{text}_seed…/version_N would land outside log_dir (or be no folder at all). "
+                          f"Pass a plain name such as {key}=my_experiment; choose where runs go with log_dir=")
+    return text
+
+
+def release_run_dir(run_dir: str | os.PathLike) -> bool:
+    """Give a reserved run folder back: remove ``version_N`` when it holds nothing but ``run.json`` (a run that
+    failed before it started), and the run name's folder when that is then empty. False when anything else is there."""
+    run_dir = Path(run_dir)
+    try:
+        if any(p.name != RUN_INFO for p in run_dir.iterdir()):
+            return False
+        (run_dir / RUN_INFO).unlink(missing_ok=True)
+        run_dir.rmdir()
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):  # not empty: other versions of the run are there
+        run_dir.parent.rmdir()
+    return True
+
+
 def _existing_versions(root: Path) -> list[int]:
     if not root.is_dir():
         return []
@@ -49,14 +78,16 @@ def reserve_run_dir(log_dir: str | os.PathLike, name: str) -> tuple[Path, int]:
         run_dir = root / f"version_{int(raw)}"
         run_dir.mkdir(parents=True, exist_ok=True)  # normally there already (made by the launching process)
         return run_dir, int(raw)
-    root.mkdir(parents=True, exist_ok=True)
     version = max(_existing_versions(root), default=-1) + 1
     while True:
         run_dir = root / f"version_{version}"
         try:
+            root.mkdir(parents=True, exist_ok=True)
             os.mkdir(run_dir)
         except FileExistsError:
             version += 1
+            continue
+        except FileNotFoundError:  # a failed run gave the (empty) run name folder back meanwhile: make it again
             continue
         break
     write_json_atomic(run_dir / RUN_INFO, {"run_name": name, "version": version, "pid": os.getpid(),

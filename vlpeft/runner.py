@@ -7,22 +7,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shlex
+import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from vlpeft.checkpoint import CheckpointError, load_weights, save_trainable
+from vlpeft._io import DISK_FULL, DiskFullError, write_bytes_atomic
+from vlpeft.checkpoint import CheckpointError, load_weights, safe_globals_for, save_trainable, torch_load
 from vlpeft.computation import after_fit, save_metrics
 from vlpeft.config import ConfigError, from_sacred
 from vlpeft.export import dropped_keys
 from vlpeft.progress import progress_callbacks
-from vlpeft.rundir import (VERSION_ENV, dump_name, ranks_join, reserve_run_dir, resolve_placement_source,
-                           update_run_info)
+from vlpeft.rundir import (VERSION_ENV, check_name_part, dump_name, ranks_join, release_run_dir, reserve_run_dir,
+                           resolve_placement_source, update_run_info)
 from vlpeft.search.placement import Placement
 
 
@@ -148,6 +156,17 @@ class _CleanDDPExit(pl.Callback):
             dist.barrier()
 
 
+class _AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoints written through ``vlpeft._io``'s atomic write: Lightning 2.6 writes last.ckpt in
+    place, so a full disk would leave a truncated file where the resumable one was; here the old file stays whole
+    and the error names the file and the space it needed."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        write_bytes_atomic(path, buf.getbuffer())
+
+
 # ---------------------------------------------------------------------------------------------- stages
 def build_trainer(config: dict[str, Any], run_dir_name: str, version: int, *, extra_callbacks=(), enable_ckpt=True):
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -172,7 +191,7 @@ def build_trainer(config: dict[str, Any], run_dir_name: str, version: int, *, ex
         val_check_interval=config["val_check_interval"], fast_dev_run=config["fast_dev_run"], logger=logger,
         callbacks=callbacks, log_every_n_steps=10, deterministic=False, benchmark=dev["accelerator"] == "gpu",
         num_sanity_val_steps=0, enable_progress_bar=True,
-        gradient_clip_val=float(config.get("gradient_clip_val") or 0.0) or None,
+        gradient_clip_val=float(config.get("gradient_clip_val") or 0.0) or None, plugins=[_AtomicCheckpointIO()],
     )
     return trainer
 
@@ -181,6 +200,7 @@ def run(config: dict[str, Any]) -> RunResult:
     """One stage of one run (the demo, which chains stages, lives in ``vlpeft.demo``)."""
     rc = from_sacred(config)
     config = rc.flat
+    check_name_part("exp_name", config["exp_name"])  # the run folder must stay inside log_dir
     pl.seed_everything(config["seed"], workers=True, verbose=False)
     if rc.test_only:
         return run_test(config)
@@ -211,7 +231,8 @@ def _build_module(config: dict[str, Any], placement: Placement | None, *, fresh_
     run_dir = config.get("_run_dir") or config.get("_dump_dir")
     if loaded and run_dir and Path(run_dir).is_dir() and os.environ.get("LOCAL_RANK", "0") == "0":
         update_run_info(run_dir, pretrained=loaded)  # which pretrained folders the run is on (name, layers, width)
-    reports = load_weights(module, config["load_path"], fresh_heads=fresh_heads)
+    reports = load_weights(module, config["load_path"], fresh_heads=fresh_heads,
+                           unsafe_pickle=bool(config.get("unsafe_pickle")))
     for report in reports:
         print(f"[vlpeft] {report.summary()}")
     return module, reports
@@ -223,19 +244,32 @@ def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
         check_placement(config)  # read again below, with the run folder, where its source is recorded
     name, version = _run_dir(config, f"{config['exp_name']}_seed{config['seed']}_from_{load_name(config)}")
     run_dir = Path(config["log_dir"]) / name / f"version_{version}"
+    joined = os.environ.get(VERSION_ENV, "") != ""  # a DDP rank in a folder its launcher reserved
     os.environ[VERSION_ENV] = str(version)  # DDP ranks re-running this script land in the same folder
     try:
-        placement = None if search else resolve_placement(dict(config, _run_dir=str(run_dir)))
-        dm = _datamodule(config)
-        module, _ = _build_module(dict(config, _run_dir=str(run_dir)), placement, fresh_heads=True)
-        print(f"[vlpeft] plan: skip {sorted(module.base_plan.skip)}, insert_layer {module.base_plan.insert_layer}"
-              + ("" if module.search is None else f" (search={type(module.search).__name__} decides "
-                                                  f"{module.search.plan_field})"))
-        print(f"[vlpeft] {module.trainable_summary()}")
-        trainer = build_trainer(config, name, version)
+        with _released_on_early_failure(run_dir, joined):
+            placement = None if search else resolve_placement(dict(config, _run_dir=str(run_dir)))
+            dm = _datamodule(config)
+            module, _ = _build_module(dict(config, _run_dir=str(run_dir)), placement, fresh_heads=True)
+            print(f"[vlpeft] plan: skip {sorted(module.base_plan.skip)}, insert_layer {module.base_plan.insert_layer}"
+                  + ("" if module.search is None else f" (search={type(module.search).__name__} decides "
+                                                      f"{module.search.plan_field})"))
+            print(f"[vlpeft] {module.trainable_summary()}")
+            trainer = build_trainer(config, name, version)
+            resume, unsafe = config["resume_from"], bool(config.get("unsafe_pickle"))
+            allowed = safe_globals_for(resume) if resume and not unsafe else []
         # training randomness (dropout, draws) starts from the seed whatever building the model consumed
         pl.seed_everything(config["seed"], workers=True, verbose=False)
-        trainer.fit(module, datamodule=dm, ckpt_path=config["resume_from"])
+        try:
+            # resume_from is unpickled as load_path is: weights_only unless the run opts in with unsafe_pickle=True
+            with torch.serialization.safe_globals(allowed):
+                trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=not unsafe)
+        except SIGTERMException:
+            raise SystemExit(_preempted(run_dir, "search" if search else "train")) from None
+        except OSError as e:
+            if e.errno in DISK_FULL and not isinstance(e, DiskFullError):
+                raise _disk_full_in_run(e, run_dir) from None
+            raise
     finally:
         os.environ.pop(VERSION_ENV, None)
     result = RunResult(stage="search" if search else "train", run_dir=run_dir)
@@ -259,6 +293,58 @@ def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
     return result
 
 
+def _disk_full_in_run(e: OSError, run_dir: Path) -> OSError:
+    """A full disk met by a file Lightning or TensorBoard writes itself (hparams.yaml, event files): name it, and
+    what is and is not whole."""
+    what = e.filename or "a log file"
+    try:
+        free = f" ({shutil.disk_usage(run_dir.parent).free / 2**20:.1f} MiB free there)"
+    except OSError:
+        free = ""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    again = f"resume with resume_from={last}" if last.is_file() else "run it again"
+    return OSError(e.errno, f"no space left on the device writing {what} in the run {run_dir}{free}. That file is "
+                   "Lightning's / TensorBoard's own, written in place, and may be incomplete; vlpeft's own files "
+                   "(checkpoints, placement, trainable weights, metrics, dumps) are never half-written. Free space "
+                   f"(or point log_dir= elsewhere), then {again}")
+
+
+PREEMPTED_EXIT = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
+
+
+def _preempted(run_dir: Path, stage: str) -> int:
+    """A run stopped by SIGTERM did not finish: say so, how to resume it, and give the exit status scripts see.
+
+    (Lightning raises its SIGTERMException, a SystemExit without a code: the process would exit 0 and a script
+    with ``set -e`` would go on, e.g. train on an older placement.)"""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    argv = list(sys.argv)
+    if Path(argv[0]).name in ("run.py", "run_search.py", "run_train.py"):
+        argv = [a for a in argv if not a.startswith("resume_from=")]
+        cmd = shlex.join(["python", *argv, *([] if "with" in argv else ["with"]), f"resume_from={last}"])
+    else:
+        cmd = f"the same command with resume_from={shlex.quote(str(last))}"
+    if last.is_file():
+        how = f"resume it (it continues from the last saved epoch, search state included) with:\n  {cmd}"
+    else:
+        how = "no checkpoint was saved before it stopped; run it again from the start"
+    print(f"[vlpeft] the {stage} run in {run_dir} was stopped by SIGTERM before it finished (exit status "
+          f"{PREEMPTED_EXIT}); {how}", file=sys.stderr, flush=True)
+    return PREEMPTED_EXIT
+
+
+@contextlib.contextmanager
+def _released_on_early_failure(run_dir: Path, joined: bool):
+    """A run that fails before training (or testing) starts gives its reserved run folder back (it holds only
+    run.json), so failed attempts leave no empty ``version_N`` behind; a DDP rank never removes its launcher's."""
+    try:
+        yield
+    except BaseException:
+        if not joined:
+            release_run_dir(run_dir)
+        raise
+
+
 def _report_sizes(result: RunResult) -> None:
     full = result.checkpoint
     t = result.trainable_path
@@ -280,19 +366,25 @@ def run_test(config: dict[str, Any]) -> RunResult:
     check_placement(config)
     name, version = _run_dir(config, f"{config['exp_name']}_seed{config['seed']}_test_{load_name(config)}")
     run_dir = Path(config["log_dir"]) / name / f"version_{version}"
-    dm = _datamodule(config)
-    cfg = dict(config, stage="train", _dump_dir=str(run_dir), _dump_name=dump_name(config["load_path"]))
-    placement = resolve_placement(config)
-    if placement is None:  # the plan the checkpoint was trained with (peeked before building the model)
-        placement = saved_placement(config["load_path"])
-    module, reports = _build_module(cfg, placement, fresh_heads=False)
-    check_loaded(module, reports, config)
-    if config.get("merge_pet"):
-        merge_pet(module, config)
-    print(f"[vlpeft] plan: skip {sorted(module.base_plan.skip)}, insert_layer {module.base_plan.insert_layer}")
-    trainer = build_trainer(cfg, name, version, enable_ckpt=False)
+    with _released_on_early_failure(run_dir, os.environ.get(VERSION_ENV, "") != ""):
+        dm = _datamodule(config)
+        cfg = dict(config, stage="train", _dump_dir=str(run_dir), _dump_name=dump_name(config["load_path"]))
+        placement = resolve_placement(config)
+        if placement is None:  # the plan the checkpoint was trained with (peeked before building the model)
+            placement = saved_placement(config["load_path"], unsafe_pickle=bool(config.get("unsafe_pickle")))
+        module, reports = _build_module(cfg, placement, fresh_heads=False)
+        check_loaded(module, reports, config)
+        if config.get("merge_pet"):
+            merge_pet(module, config)
+        print(f"[vlpeft] plan: skip {sorted(module.base_plan.skip)}, insert_layer {module.base_plan.insert_layer}")
+        trainer = build_trainer(cfg, name, version, enable_ckpt=False)
     with ranks_join(version):  # DDP ranks write into this run folder too
-        trainer.test(module, datamodule=dm)
+        try:
+            trainer.test(module, datamodule=dm)
+        except SIGTERMException:
+            print(f"[vlpeft] the test run in {run_dir} was stopped by SIGTERM before it finished; its dumps are "
+                  "incomplete or missing: run it again", file=sys.stderr, flush=True)
+            raise SystemExit(PREEMPTED_EXIT) from None
     result = RunResult(stage="test", run_dir=run_dir, placement=module.current_placement())
     result.metrics = getattr(module, "epoch_results", {})
     if trainer.is_global_zero:
@@ -319,7 +411,7 @@ def merge_pet(module, config: dict[str, Any]) -> int:
     return n
 
 
-def saved_placement(load_path) -> Placement | None:
+def saved_placement(load_path, *, unsafe_pickle: bool = False) -> Placement | None:
     """The placement stored with the last file of ``load_path`` that has one (checkpoint entry or trainable.json)."""
     from vlpeft.checkpoint import TRAINABLE_CONFIG, _as_list
 
@@ -329,7 +421,7 @@ def saved_placement(load_path) -> Placement | None:
             side = p.with_name(TRAINABLE_CONFIG)
             saved = json.loads(side.read_text()).get("placement") if side.is_file() else None
         else:
-            saved = _peek(p).get("vlpeft_placement")
+            saved = _peek(p, unsafe_pickle=unsafe_pickle).get("vlpeft_placement")
         if saved:
             return Placement.from_dict(saved, source=str(p))
     return None
@@ -358,9 +450,18 @@ def check_loaded(module, reports, config: dict[str, Any]) -> None:
     print(f"[vlpeft] WARNING: {msg}", flush=True)
 
 
-def _peek(path: Path) -> dict[str, Any]:
+def _peek(path: Path, *, unsafe_pickle: bool = False) -> dict[str, Any]:
+    if not path.is_file():
+        return {}  # load_weights names the missing file
     try:  # memory-mapped: reading one entry of a large checkpoint costs little
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch_load(path, unsafe_pickle=unsafe_pickle, mmap=True)
+    except CheckpointError:
+        raise
+    except Exception:  # noqa: BLE001 - an old (non-zip) file cannot be memory-mapped
+        try:
+            ckpt = torch_load(path, unsafe_pickle=unsafe_pickle)
+        except CheckpointError:
+            raise
+        except Exception:  # noqa: BLE001 - load_weights reports what is wrong with the file
+            return {}
     return ckpt if isinstance(ckpt, dict) else {}

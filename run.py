@@ -7,9 +7,31 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from local paths; n
 from vlpeft.config import ex  # noqa: E402
 
 
+# Set by the command-line entry points: a refusal then ends the process with one line (exit 2) instead of sacred's
+# traceback. Python callers of ``ex.run`` (the tests, notebooks) keep the exception.
+ONE_LINE_REFUSALS = False
+
+
+def _refusal(e: BaseException) -> bool:
+    """A refusal of the project's own (a bad input, named with its fix): an error class defined in vlpeft or
+    write_arrow. Anything else is a bug and keeps its traceback."""
+    return type(e).__module__.split(".")[0] in ("vlpeft", "write_arrow")
+
+
 @ex.main
 def main(_config):
-    config = dict(_config)
+    try:
+        return _main(dict(_config))
+    except Exception as e:
+        if not (ONE_LINE_REFUSALS and _refusal(e)):
+            raise
+        import sys
+
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _main(config):
     if config["stage"] == "demo" and not config["test_only"]:
         from vlpeft.demo import run_demo  # the demo chains the stages; the runner knows nothing of it
 

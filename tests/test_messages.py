@@ -44,6 +44,16 @@ def test_command_line_typos_name_the_closest_key():
     assert p.returncode == 2 and "did you mean 'task_finetune_vqa_randaug'" in p.stderr
 
 
+def test_a_refusal_inside_the_run_is_one_line_on_the_command_line(arrows):
+    # refused by the run's own checks (after sacred has parsed the command line): one line, exit 2, no traceback
+    p = _cli("run.py", "with", "demo", f"data_root={arrows}", "stage=search", "das_epoch=1")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "error: das_epoch=1 <= das_warmup_epoch=1" in p.stderr and "set das_epoch > das_warmup_epoch" in p.stderr
+    # a Python caller keeps the exception
+    with pytest.raises(ConfigError, match="das_epoch"):
+        _run(data_root=str(arrows), stage="search", das_epoch=1)
+
+
 def test_write_arrow_bad_count_is_one_line(tmp_path):
     p = _cli("-m", "write_arrow", "synthetic", "--dst", str(tmp_path / "a"), "--images", "0")
     assert p.returncode == 2 and "Traceback" not in p.stderr and "--images 0 is too few" in p.stderr

@@ -95,6 +95,7 @@ def run_command_line(argv: Sequence[str], stage: str | None = None):
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    run.ONE_LINE_REFUSALS = True
     return run.ex.run_commandline(argv)
 
 

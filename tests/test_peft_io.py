@@ -187,6 +187,29 @@ def test_masked_fused_qkv_lora_exports_as_block_rank_and_imports_back(tmp_path):
     assert (_out(twin, ids) - ours).abs().max() <= TOL
 
 
+def test_trained_base_modules_and_adapter_biases_travel_as_modules_to_save_and_lora_only(tmp_path):
+    bert = _tiny_bert()
+    inject(ProjHost(bert, family="bert"), PRESETS.build("lora", {"lora_r": 2, "lora_alpha": 4, "lora_dropout": 0.0}))
+    q0 = "encoder.layer.0.attention.self.query"
+    _freeze_but(bert, lambda n: "lora_" in n or n == f"{q0}.bias" or n.startswith("encoder.layer.1.output.LayerNorm."))
+    ids = _ids(50)
+    _train(bert, ids, lr=0.5)
+    export_peft(bert, tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "adapter_config.json").read_text())
+    assert cfg["bias"] == "lora_only" and cfg["modules_to_save"] == ["encoder.layer.1.output.LayerNorm"]
+    ours = _out(bert, ids)
+    assert (_out(_peft_load(_tiny_bert(), tmp_path / "m"), ids) - ours).abs().max() <= TOL
+    back = _tiny_bert()
+    import_peft(back, tmp_path / "m")
+    assert (_out(back, ids) - ours).abs().max() <= TOL
+    # half a module trained (a LayerNorm's weight without its bias): peft saves whole modules, so refuse
+    _freeze_but(bert, lambda n: "lora_" in n or n == "encoder.layer.1.output.LayerNorm.weight")
+    with pytest.raises(PeftIOError, match=r"encoder\.layer\.1\.output\.LayerNorm\.weight .*--base none"):
+        export_peft(bert, tmp_path / "half")
+    export_peft(bert, tmp_path / "alone", base="none")
+    assert json.loads((tmp_path / "alone" / "adapter_config.json").read_text())["modules_to_save"] is None
+
+
 # --- refusals ---------------------------------------------------------------------------------------------------------
 def test_modules_without_a_peft_equivalent_are_refused_by_name(tmp_path):
     from vlpeft.backbones.plm import build_plm_backbone
@@ -227,3 +250,43 @@ def test_import_refuses_other_peft_types_and_foreign_modules(tmp_path):
 def test_cli_reports_a_missing_run_with_exit_code_2(tmp_path, capsys):
     assert peft_io_main(["export", str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# --- the CLI on a run folder ------------------------------------------------------------------------------------------
+def test_cli_exports_a_trained_run_and_imports_it_back(tmp_path, capsys):
+    """CLIP+BERT with LoRA trained through run.py; the CLI exports its BERT's adapter; peft on the plain BertModel
+    (built from the run's base weights, same names) gives the run's BERT outputs; import writes a loadable ckpt."""
+    import sys
+    from pathlib import Path
+
+    from transformers import BertModel
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    import run as run_py
+    from vlpeft.peft_io import _load_run
+    from write_arrow.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "arrows", seed=6, images=32, variants=("vqa",))
+    cfg = dict(data_root=str(tmp_path / "arrows"), log_dir=str(tmp_path / "result"), per_gpu_batchsize=16,
+               batch_size=16, num_gpus=0, precision=32, num_workers=0, vqav2_label_size=0, seed=1,
+               backbone="test_clip_bert", image_size=32, insert_layer=1, max_epoch=1, learning_rate=1e-2,
+               pet="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    r = run_py.ex.run(named_configs=["dvp_adaption_bert_vqa"], config_updates=cfg, options={"--loglevel": "ERROR"})
+    run_dir = Path(r.result["run_dir"])
+    # the root is found: the one transformers model carrying LoRA (CLIP's vision model carries none)
+    assert peft_io_main(["export", str(run_dir), str(tmp_path / "ad")]) == 0
+    assert "not exported (outside backbone.plm.bert): backbone.cross_attn" in capsys.readouterr().out
+    module, _, _ = _load_run(run_dir)
+    hf = module.backbone.plm.bert.eval()
+    assert hf.get_submodule("encoder.layer.0.attention.self.query").lora_B.abs().max() > 0
+    plain = BertModel(hf.config).eval()
+    plain.load_state_dict({k: v for k, v in hf.state_dict().items() if "lora_" not in k})  # names unchanged
+    ids = _ids(hf.config.vocab_size)
+    ours = _out(hf, ids)
+    assert (_out(_peft_load(plain, tmp_path / "ad"), ids) - ours).abs().max() <= TOL
+    # import: the adapter into the run's model (here the same values) → a checkpoint load_path= takes
+    assert peft_io_main(["import", str(tmp_path / "ad"), str(run_dir), "--out", str(tmp_path / "imp.ckpt")]) == 0
+    saved = torch.load(tmp_path / "imp.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    key = "backbone.plm.bert.encoder.layer.0.attention.self.query.lora_B"
+    assert torch.equal(saved[key], hf.encoder.layer[0].attention.self.query.lora_B.detach())

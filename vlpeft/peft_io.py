@@ -93,19 +93,32 @@ def _pick_root(model: nn.Module, root: str | None) -> tuple[str, nn.Module]:
 
 
 # --- export -------------------------------------------------------------------------------------------------------
-def _other_pet_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """PET modules that do not sit on a projection (adapters, gates, skip adapters, prompts, …), outermost only."""
-    out: list[tuple[str, nn.Module]] = []
-    inside: list[str] = []
+def _foreign_pet(model: nn.Module, root_name: str, hf: nn.Module) -> tuple[str, str] | None:
+    """The first PET module (name, why) that changes what ``hf`` computes other than a LoRA / IA3 on a projection:
+    a vlpeft PET module inside it, a vlpeft hook on one of its modules (sequential / parallel adapters, gates,
+    ``in_seq`` adapters sit outside and hook in), an input prompt, or a placement that skips layers (DAS).
+    PET modules that only feed it from outside (DVP's prompt generator) and the heads are not its function."""
+    names = {id(m): n for n, m in model.named_modules()}
+    for name, m in hf.named_modules():
+        full = f"{root_name}.{name}".strip(".") if root_name else name
+        if not isinstance(m, ProjWrap) and type(m).__module__.startswith("vlpeft.pet."):
+            return f"{full} ({type(m).__name__})", "it is not a LoRA / IA3 on a projection"
+        for hook in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]:
+            if not type(hook).__module__.startswith("vlpeft."):
+                continue
+            pets = [getattr(hook, a, None) for a in ("seq", "par_in", "par", "gate", "module")]
+            pets = [p for p in pets if isinstance(p, nn.Module)]
+            if pets:
+                return (f"{names.get(id(pets[0]), full)} ({type(pets[0]).__name__})",
+                        f"it is hooked into {full}, not a LoRA / IA3 on a projection")
     for name, m in model.named_modules():
-        if any(name.startswith(p + ".") for p in inside):
-            continue
-        if isinstance(m, ProjWrap):
-            inside.append(name)
-        elif type(m).__module__.startswith("vlpeft.pet."):
-            out.append((name, m))
-            inside.append(name)
-    return out
+        if type(m).__name__ == "InputPrompt":
+            return f"{name} (InputPrompt)", "its prompt is an MLP of learned tokens placed inside the embedding step"
+    plan = getattr(model, "plan", None)
+    skip = sorted(getattr(plan(), "skip", ())) if callable(plan) else []
+    if skip:
+        return f"the placement skipping layers {skip}", "peft runs every layer of the transformers model"
+    return None
 
 
 def _refuse(what: str, why: str) -> PeftIOError:
@@ -143,8 +156,9 @@ def peft_state(model: nn.Module, root: str | None = None, base: str = "trained")
     if base not in ("trained", "none"):
         raise PeftIOError(f"base={base!r} is not 'trained' (export trained base parameters too) or 'none'")
     root_name, hf = _pick_root(model, root)
-    for name, m in _other_pet_modules(model):
-        raise _refuse(f"{name} ({type(m).__name__})", "it is not a LoRA / IA3 on a projection")
+    foreign = _foreign_pet(model, root_name, hf)
+    if foreign:
+        raise _refuse(*foreign)
     wraps = _pet_wraps(model)
     outside = [n for n in wraps if root_name and not n.startswith(root_name + ".")]
     if outside:
@@ -213,33 +227,38 @@ def _trained_base(hf: nn.Module, targets: set[str], cfg: dict, tensors: dict, lo
     trained = {n for n, p in params.items() if p.requires_grad and n not in pet_names}
     if not trained:
         return
-    biases = {n for n in params if n.endswith(".bias") and n not in pet_names}
-    if lora and biases and biases <= trained:  # BitFit-style: every bias trained (VL-Adapter's LoRA)
-        cfg["bias"] = "all"
-        trained -= biases
-    elif lora and trained & biases and (trained & biases) == {f"{t}.bias" for t in targets if f"{t}.bias" in params}:
-        cfg["bias"] = "lora_only"
-        trained -= biases
-    if lora and cfg.get("bias", "none") != "none":
-        for n in biases if cfg["bias"] == "all" else {f"{t}.bias" for t in targets} & set(params):
-            owner = n.rpartition(".")[0]  # peft moves an adapted layer's own weights under base_layer
-            tensors[f"{PREFIX}{owner}.base_layer.bias" if owner in targets else f"{PREFIX}{n}"] = params[n]
-    owners: dict[str, list[str]] = {}
+    # whole trained modules first (peft's modules_to_save copies a module with all its tensors) ...
+    owners: dict[str, set[str]] = {}
     for n in trained:
-        owners.setdefault(n.rpartition(".")[0], []).append(n)
+        owners.setdefault(n.rpartition(".")[0], set()).add(n)
     keep = []
     for owner, names in sorted(owners.items()):
         mod = hf.get_submodule(owner) if owner else hf
         own = {f"{owner}.{k}" if owner else k for k, p in mod.named_parameters(recurse=False) if p is not None}
-        if owner in targets or not owner or set(names) != own:
-            raise PeftIOError(f"trained base parameter {sorted(names)[0]} is part of a module peft cannot save whole "
-                              f"({owner or type(hf).__name__}: trained {len(names)} of its {len(own)} tensors"
-                              f"{', and it carries the adapter' if owner in targets else ''}); pass base='none' "
-                              "(--base none) to export the adapter alone")
-        keep.append(owner)
-        tensors.update({f"{PREFIX}{n}": params[n] for n in own})
+        if owner and owner not in targets and names == own:
+            keep.append(owner)
+            tensors.update({f"{PREFIX}{n}": params[n] for n in own})
+            trained -= own
     if keep:
         cfg["modules_to_save"] = keep
+    # ... then biases (LoRA's bias option) ...
+    biases = {n for n in params if n.endswith(".bias") and n not in pet_names}
+    target_biases = {f"{t}.bias" for t in targets if f"{t}.bias" in params}
+    if lora and trained & biases:
+        # "all" saves every bias: the untrained ones (BERT's unused pooler) hold the base values, so that is exact
+        cfg["bias"] = "lora_only" if (trained & biases) <= target_biases else "all"
+        for n in target_biases if cfg["bias"] == "lora_only" else biases:
+            owner = n.rpartition(".")[0]  # peft moves an adapted layer's own weights under base_layer
+            tensors[f"{PREFIX}{owner}.base_layer.bias" if owner in targets else f"{PREFIX}{n}"] = params[n]
+        trained -= biases
+    # ... and nothing else
+    if trained:
+        n = sorted(trained)[0]
+        owner = n.rpartition(".")[0]
+        where = "it carries the adapter" if owner in targets else "it is trained only in part"
+        raise PeftIOError(f"trained base parameter {n} is part of a module peft cannot save whole "
+                          f"({owner or type(hf).__name__}: {where}); pass base='none' (--base none) to export "
+                          "the adapter alone")
 
 
 def export_peft(model: nn.Module, out_dir: str | Path, root: str | None = None, base: str = "trained") -> Path:
@@ -256,6 +275,11 @@ def export_peft(model: nn.Module, out_dir: str | Path, root: str | None = None, 
     write_json_atomic(out / CONFIG_FILE, cfg)
     print(f"[vlpeft] peft {cfg['peft_type']} adapter: {out} ({len(cfg['target_modules'])} modules, "
           f"{sum(v.numel() for v in tensors.values()):,d} values)", flush=True)
+    root_name, _ = _pick_root(model, root)
+    left = sorted({".".join(n.split(".")[:2]) for n, p in model.named_parameters()
+                   if p.requires_grad and root_name and not n.startswith(root_name + ".")})
+    if left:  # heads, DVP's prompt generator, …: trained, but not part of the transformers model peft adapts
+        print(f"[vlpeft] not exported (outside {root_name}): {', '.join(left)}", flush=True)
     return out
 
 

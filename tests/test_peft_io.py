@@ -2,8 +2,8 @@
 loaded with ``peft.PeftModel.from_pretrained`` on the plain transformers model give our outputs; peft adapter folders
 import back into our modules (round trip); modules peft has no equivalent for are refused by name.
 
-Tolerance: ``max|ours − peft| ≤ 1e-6`` absolute on float32 last hidden states (both compute ``W x + b + s·B A x`` with
-the same tensors; the masked fused-qkv case adds exact zeros)."""
+Tolerance: ``max|ours − peft| ≤ 1e-6`` absolute on float32 last hidden states (both compute ``W x + b + s·B A x``
+with the same tensors; the masked fused-qkv case adds exact zeros)."""
 
 from __future__ import annotations
 
@@ -208,6 +208,51 @@ def test_trained_base_modules_and_adapter_biases_travel_as_modules_to_save_and_l
         export_peft(bert, tmp_path / "half")
     export_peft(bert, tmp_path / "alone", base="none")
     assert json.loads((tmp_path / "alone" / "adapter_config.json").read_text())["modules_to_save"] is None
+
+
+# --- prompt tuning (VL-T5's input prompt) ---------------------------------------------------------------------------
+def _vl(family: str, **prompt):
+    from vlpeft.backbones.vl_seq2seq import build_vl_seq2seq
+
+    torch.manual_seed(0)
+    bb = build_vl_seq2seq({"vl_config": f"test_vl_{family}_tiny"}, family).eval()
+    inject(bb, PRESETS.build("prompt", {"prompt_len": 5, "prompt_mid": 16, **prompt}))
+    _freeze_but(bb, lambda n: n.startswith("input_prompt."))
+    with torch.no_grad():  # off the init
+        for n, p in bb.named_parameters():
+            if n.startswith("input_prompt."):
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(n))) * 0.2)
+    return bb
+
+
+def test_t5_input_prompt_exports_as_peft_prompt_tuning_with_equal_encoder_states(tmp_path):
+    from vlpeft.backbones._protocol import LayerPlan
+
+    bb = _vl("t5")
+    export_peft(bb, tmp_path / "pt")
+    cfg = json.loads((tmp_path / "pt" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "PROMPT_TUNING" and cfg["num_virtual_tokens"] == 5
+    assert cfg["num_transformer_submodules"] == 1  # the encoder's prompt only
+    ids = torch.randint(1, 100, (2, 7), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        ours, our_mask = bb.encode({"text_ids": ids, "text_masks": mask}, LayerPlan())
+    plain = type(bb.seq2seq)(bb.seq2seq.config).eval()
+    res = plain.load_state_dict(bb.seq2seq.state_dict(), strict=False)  # VL-T5 adds the visual embedding only
+    assert not res.missing_keys and all(".visual_embedding." in k for k in res.unexpected_keys)
+    with torch.no_grad():
+        out = _peft_load(plain, tmp_path / "pt")(input_ids=ids, attention_mask=mask,
+                                                 decoder_input_ids=torch.zeros(2, 1, dtype=torch.long))
+    assert out.encoder_last_hidden_state.shape == ours.shape == (2, 12, 32)
+    assert (out.encoder_last_hidden_state - ours).abs().max() <= TOL
+    with pytest.raises(PeftIOError, match="PROMPT_TUNING table has no exact form"):
+        import_peft(plain, tmp_path / "pt")
+
+
+def test_bart_input_prompt_is_refused(tmp_path):
+    with pytest.raises(PeftIOError, match=r"input_prompt\.0 \(InputPrompt\).*T5 hosts only"):
+        export_peft(_vl("bart"), tmp_path / "x")
 
 
 # --- refusals ---------------------------------------------------------------------------------------------------------

@@ -93,6 +93,12 @@ def _pick_root(model: nn.Module, root: str | None) -> tuple[str, nn.Module]:
 
 
 # --- export -------------------------------------------------------------------------------------------------------
+def _prompt_host(hf: nn.Module) -> bool:
+    """Whether our input prompt on ``hf`` is peft's prompt tuning: T5 (no absolute positions; VL-T5 prepends the
+    prompt to the raw token embeddings, as peft does). BART adds positions before our prompt enters."""
+    return getattr(getattr(hf, "config", None), "model_type", "") == "t5"
+
+
 def _foreign_pet(model: nn.Module, root_name: str, hf: nn.Module) -> tuple[str, str] | None:
     """The first PET module (name, why) that changes what ``hf`` computes other than a LoRA / IA3 on a projection:
     a vlpeft PET module inside it, a vlpeft hook on one of its modules (sequential / parallel adapters, gates,
@@ -112,8 +118,9 @@ def _foreign_pet(model: nn.Module, root_name: str, hf: nn.Module) -> tuple[str, 
                 return (f"{names.get(id(pets[0]), full)} ({type(pets[0]).__name__})",
                         f"it is hooked into {full}, not a LoRA / IA3 on a projection")
     for name, m in model.named_modules():
-        if type(m).__name__ == "InputPrompt":
-            return f"{name} (InputPrompt)", "its prompt is an MLP of learned tokens placed inside the embedding step"
+        if type(m).__name__ == "InputPrompt" and not _prompt_host(hf):
+            return (f"{name} (InputPrompt)", f"on {type(hf).__name__} our prompt enters after the position "
+                    "embeddings, peft's before them; prompts export from T5 hosts only")
     plan = getattr(model, "plan", None)
     skip = sorted(getattr(plan(), "skip", ())) if callable(plan) else []
     if skip:
@@ -146,7 +153,8 @@ def _mode(values: dict[str, Any]) -> Any:
     return Counter(values.values()).most_common(1)[0][0]
 
 
-def peft_state(model: nn.Module, root: str | None = None, base: str = "trained") -> tuple[dict, dict[str, torch.Tensor]]:
+def peft_state(model: nn.Module, root: str | None = None,
+               base: str = "trained") -> tuple[dict, dict[str, torch.Tensor]]:
     """(``adapter_config.json`` dict, peft-named tensors) for the LoRA or IA3 modules of ``model``'s transformers
     model. ``base="trained"``: base parameters with ``requires_grad`` go along (biases → ``bias``, whole modules →
     ``modules_to_save``); ``"none"``: only the PET tensors."""
@@ -163,7 +171,8 @@ def peft_state(model: nn.Module, root: str | None = None, base: str = "trained")
     outside = [n for n in wraps if root_name and not n.startswith(root_name + ".")]
     if outside:
         raise PeftIOError(f"LoRA / IA3 also sit outside the exported transformers model {root_name!r} (first: "
-                          f"{outside[0]}); one peft adapter describes one model — export a model adapted in one place")
+                          f"{outside[0]}); one peft adapter describes one model — export a model adapted in one "
+                          "place")
     loras: dict[str, Any] = {}
     ia3s: dict[str, Any] = {}
     for name, w in wraps.items():
@@ -181,6 +190,12 @@ def peft_state(model: nn.Module, root: str | None = None, base: str = "trained")
                 ia3s[path] = m
             else:
                 raise _refuse(f"{path} ({type(m).__name__} on a projection)", "peft maps LoRA and IA3 only")
+    prompts = [(n, m) for n, m in model.named_modules() if type(m).__name__ == "InputPrompt"]
+    if prompts and (loras or ia3s or len(prompts) > 1):
+        raise PeftIOError(f"{prompts[0][0]} (InputPrompt) sits beside other PET modules; a peft adapter is one kind "
+                          "— export a model with the prompt alone")
+    if prompts:
+        return _prompt_state(hf, prompts[0][1], base)
     if loras and ia3s:
         raise PeftIOError(f"LoRA and IA3 sit on one model ({next(iter(loras))}, {next(iter(ia3s))}); a peft adapter "
                           "is one kind — export one of them")
@@ -219,6 +234,25 @@ def peft_state(model: nn.Module, root: str | None = None, base: str = "trained")
     if base == "trained":
         _trained_base(hf, set(loras or ia3s), cfg, tensors, lora=bool(loras))
     return cfg, {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+
+
+def _prompt_state(hf: nn.Module, prompt: nn.Module, base: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """peft's PROMPT_TUNING on the encoder of a seq2seq model: our re-parametrised prompt ``P = MLP(E)`` is fixed
+    after training, so its value is the virtual-token table (``num_transformer_submodules=1``: encoder only)."""
+    trained = [n for n, p in hf.named_parameters() if p.requires_grad]
+    if base == "trained" and trained:
+        raise PeftIOError(f"trained base parameter {trained[0]} cannot travel with a prompt-tuning adapter; pass "
+                          "base='none' (--base none) to export the prompt alone")
+    with torch.no_grad():
+        table = prompt.prefix_embedding(prompt.input_tokens).detach().cpu().contiguous().clone()
+    c = hf.config
+    cfg = {"peft_type": "PROMPT_TUNING", "task_type": "SEQ_2_SEQ_LM", "inference_mode": True,
+           "base_model_name_or_path": getattr(c, "_name_or_path", None) or None, "revision": None,
+           "num_virtual_tokens": int(prompt.length), "token_dim": int(prompt.dim), "num_transformer_submodules": 1,
+           "num_attention_heads": int(c.num_heads), "num_layers": int(c.num_layers), "modules_to_save": None,
+           "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None, "tokenizer_name_or_path": None,
+           "tokenizer_kwargs": None}
+    return cfg, {"prompt_embeddings": table}
 
 
 def _trained_base(hf: nn.Module, targets: set[str], cfg: dict, tensors: dict, lora: bool) -> None:
@@ -273,7 +307,7 @@ def export_peft(model: nn.Module, out_dir: str | Path, root: str | None = None, 
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     write_json_atomic(out / CONFIG_FILE, cfg)
-    print(f"[vlpeft] peft {cfg['peft_type']} adapter: {out} ({len(cfg['target_modules'])} modules, "
+    print(f"[vlpeft] peft {cfg['peft_type']} adapter: {out} ({len(cfg.get('target_modules') or ())} modules, "
           f"{sum(v.numel() for v in tensors.values()):,d} values)", flush=True)
     root_name, _ = _pick_root(model, root)
     left = sorted({".".join(n.split(".")[:2]) for n, p in model.named_parameters()
@@ -310,6 +344,9 @@ def import_peft(model: nn.Module, adapter_dir: str | Path, root: str | None = No
 
     cfg, sd = read_peft(adapter_dir)
     kind = str(cfg.get("peft_type", "")).upper()
+    if kind == "PROMPT_TUNING":  # export only: a fixed table is not an MLP of learned tokens
+        raise PeftIOError(f"{adapter_dir}: a PROMPT_TUNING table has no exact form in vlpeft's input prompt (P = "
+                          "MLP(E), tanh in between); import takes LORA and IA3 adapters")
     if kind not in ("LORA", "IA3"):
         raise PeftIOError(f"{adapter_dir}: peft_type {cfg.get('peft_type')!r} is not supported; import takes LORA "
                           "and IA3 adapters")

@@ -1,4 +1,4 @@
-"""LoRA / IA3 adapters in Hugging Face peft's layout: export ours, import theirs (issue 20, item 4).
+"""LoRA / IA3 / prompt-tuning adapters in Hugging Face peft's layout: export ours, import theirs (issue 20, item 4).
 
 Our backbones wrap transformers models without renaming their parameters (``vlpeft.pet._wrap``): a LoRA on
 ``encoder.layer.0.attention.self.query`` of a ``BertModel`` is ``….query.lora_A`` / ``….query.lora_B`` beside the
@@ -16,10 +16,12 @@ functions. Writing needs only safetensors; peft itself is needed by nobody here 
 What maps: LoRA on any projection (``nn.Linear``; GPT-2 ``Conv1D`` with ``fan_in_fan_out``), ranks and scalings
 that differ per module (``rank_pattern`` / ``alpha_pattern``), the q/v-masked LoRA on a fused projection (as peft's
 rank ``g·r`` LoRA with block-structured A, B: the same function), IA3 on outputs and feed-forward inputs, trained
-biases (``bias="all"`` / ``"lora_only"``) and other trained base modules (``modules_to_save``). What does not (peft
-has no equivalent, so the export refuses and names the module): bottleneck adapters, gates, DAS skip adapters,
-input prompts, routed or per-task LoRA, a module on a projection that is neither LoRA nor IA3, PET modules on two
-transformers models at once.
+biases (``bias="all"`` / ``"lora_only"``) and other trained base modules (``modules_to_save``), and VL-T5's input
+prompt (``PROMPT_TUNING`` on the encoder; our ``P = MLP(E)`` is fixed after training, so its value is the table —
+export only: a table has no exact ``MLP(E)`` form to import into). What does not (peft has no equivalent, so the
+export refuses and names the module): bottleneck adapters, gates, DAS skip adapters and skipping placements,
+BART's input prompt (ours enters after the position embeddings), routed or per-task LoRA, a module on a projection
+that is neither LoRA nor IA3, PET modules on two transformers models at once.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from vlpeft.pet._wrap import ProjWrap, attach_to_linear, is_projection, projecti
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-SUPPORTED = "LoRA and IA3 on projections (plus trained biases / whole base modules as bias / modules_to_save)"
+SUPPORTED = ("LoRA and IA3 on projections (plus trained biases / whole base modules as bias / modules_to_save) "
+             "and T5 input prompts")
 
 
 class PeftIOError(ValueError):
@@ -155,9 +158,9 @@ def _mode(values: dict[str, Any]) -> Any:
 
 def peft_state(model: nn.Module, root: str | None = None,
                base: str = "trained") -> tuple[dict, dict[str, torch.Tensor]]:
-    """(``adapter_config.json`` dict, peft-named tensors) for the LoRA or IA3 modules of ``model``'s transformers
-    model. ``base="trained"``: base parameters with ``requires_grad`` go along (biases → ``bias``, whole modules →
-    ``modules_to_save``); ``"none"``: only the PET tensors."""
+    """(``adapter_config.json`` dict, peft-named tensors) for the LoRA, IA3 or (T5) input-prompt modules of
+    ``model``'s transformers model. ``base="trained"``: base parameters with ``requires_grad`` go along (biases →
+    ``bias``, whole modules → ``modules_to_save``); ``"none"``: only the PET tensors."""
     from vlpeft.pet.ia3 import IA3
     from vlpeft.pet.lora import LoRA
 
@@ -296,7 +299,7 @@ def _trained_base(hf: nn.Module, targets: set[str], cfg: dict, tensors: dict, lo
 
 
 def export_peft(model: nn.Module, out_dir: str | Path, root: str | None = None, base: str = "trained") -> Path:
-    """Write ``model``'s LoRA / IA3 adapter as a peft adapter folder (``adapter_config.json`` +
+    """Write ``model``'s LoRA / IA3 / T5-prompt adapter as a peft adapter folder (``adapter_config.json`` +
     ``adapter_model.safetensors``). ``model``: a ``VLPeftModule``, a backbone or a transformers model with our PET
     modules attached; ``root``: the transformers submodule to describe where there are several (``plm.bert``)."""
     from safetensors.torch import save_file
@@ -489,7 +492,7 @@ def _load_run(source: str | Path):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vlpeft.peft_io", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    ex = sub.add_parser("export", help="a run's LoRA / IA3 → a peft adapter folder")
+    ex = sub.add_parser("export", help="a run's LoRA / IA3 / T5 prompt → a peft adapter folder")
     ex.add_argument("source", help="a run folder (its best checkpoint, else last.ckpt) or a .ckpt file")
     ex.add_argument("out", help="the adapter folder to write")
     ex.add_argument("--root", default=None, help="the transformers submodule, where there are several")

@@ -210,6 +210,33 @@ def test_trained_base_modules_and_adapter_biases_travel_as_modules_to_save_and_l
     assert json.loads((tmp_path / "alone" / "adapter_config.json").read_text())["modules_to_save"] is None
 
 
+def test_per_module_ranks_and_scalings_travel_as_rank_and_alpha_patterns(tmp_path):
+    from vlpeft.pet._wrap import attach_to_linear
+
+    bert = _tiny_bert()
+    q0, v1 = "encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.value"
+    attach_to_linear(bert, q0, LoRA(32, 32, r=2, alpha=4))
+    attach_to_linear(bert, v1, LoRA(32, 32, r=3, alpha=5))
+    with torch.no_grad():
+        for n, p in bert.named_parameters():
+            p.requires_grad_("lora_" in n)
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(n))) * 0.3)
+    export_peft(bert, tmp_path / "rp")
+    cfg = json.loads((tmp_path / "rp" / "adapter_config.json").read_text())
+    patterned = v1 if cfg["r"] == 2 else q0
+    assert set(cfg["rank_pattern"]) == {patterned} and set(cfg["alpha_pattern"]) == {patterned}
+    ids = _ids(50)
+    assert (_out(_peft_load(_tiny_bert(), tmp_path / "rp"), ids) - _out(bert, ids)).abs().max() <= TOL
+    back = _tiny_bert()
+    import_peft(back, tmp_path / "rp")
+    assert back.get_submodule(v1).pets()[0].scaling == pytest.approx(5 / 3, rel=1e-12)
+    assert (_out(back, ids) - _out(bert, ids)).abs().max() <= TOL
+    # attach=False (the CLI's mode: the run's config fixes which projections are adapted) refuses new modules
+    with pytest.raises(PeftIOError, match=r"LoRA on encoder\.layer\.0\.attention\.self\.query, which carries none"):
+        import_peft(_tiny_bert(), tmp_path / "rp", attach=False)
+
+
 # --- prompt tuning (VL-T5's input prompt) ---------------------------------------------------------------------------
 def _vl(family: str, **prompt):
     from vlpeft.backbones.vl_seq2seq import build_vl_seq2seq

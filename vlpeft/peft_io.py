@@ -172,10 +172,11 @@ def peft_state(model: nn.Module, root: str | None = None,
         raise _refuse(*foreign)
     wraps = _pet_wraps(model)
     outside = [n for n in wraps if root_name and not n.startswith(root_name + ".")]
-    if outside:
-        raise PeftIOError(f"LoRA / IA3 also sit outside the exported transformers model {root_name!r} (first: "
-                          f"{outside[0]}); one peft adapter describes one model — export a model adapted in one "
-                          "place")
+    if outside and root is None:  # named with root=: the others are left out like the heads (and listed)
+        raise PeftIOError(f"LoRA / IA3 also sit outside the transformers model {root_name!r} (first: {outside[0]}); "
+                          "one peft adapter describes one model — name it with root= (--root) to export its "
+                          "adapter alone")
+    wraps = {n: w for n, w in wraps.items() if n not in outside}
     loras: dict[str, Any] = {}
     ia3s: dict[str, Any] = {}
     for name, w in wraps.items():
@@ -335,12 +336,13 @@ def read_peft(adapter_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return json.loads(cfg_path.read_text()), load_file(str(w_path))
 
 
-def import_peft(model: nn.Module, adapter_dir: str | Path, root: str | None = None) -> list[str]:
+def import_peft(model: nn.Module, adapter_dir: str | Path, root: str | None = None, attach: bool = True) -> list[str]:
     """Load a peft LoRA / IA3 adapter folder into ``model``'s transformers model; returns the adapted module paths.
 
     Where a projection already carries our LoRA / IA3 (a model built from a run's config), its tensors are
     replaced (a masked fused LoRA takes peft's rank ``g·r`` form back when the off-block entries are zero);
-    elsewhere a new module is attached (so a plain transformers model becomes the adapted one). Biases and
+    elsewhere a new module is attached (so a plain transformers model becomes the adapted one) unless
+    ``attach=False`` (the CLI: the checkpoint must fit the model its config builds). Biases and
     ``modules_to_save`` tensors replace the base parameters of the same names."""
     from vlpeft.pet.ia3 import IA3
     from vlpeft.pet.lora import LoRA
@@ -380,6 +382,8 @@ def import_peft(model: nn.Module, adapter_dir: str | Path, root: str | None = No
                 mine = [m for m in (proj.pets("delta") if isinstance(proj, ProjWrap) else []) if type(m) is LoRA]
                 if mine:
                     _load_lora(mine[0], a, b, scaling, path)
+                elif not attach:
+                    raise _no_slot(path, "LoRA", adapter_dir)
                 else:
                     d_in, d_out, _ = projection_dims(proj)
                     m = LoRA(d_in, d_out, r=r, alpha=1.0)
@@ -398,6 +402,8 @@ def import_peft(model: nn.Module, adapter_dir: str | Path, root: str | None = No
                         raise PeftIOError(f"{path}: the adapter's IA3 vector {tuple(v.shape)} does not fit the "
                                           f"model's ({mine[0].ia3_l.numel()}, feedforward={mine[0].feedforward})")
                     mine[0].ia3_l.copy_(v.reshape(-1))
+                elif not attach:
+                    raise _no_slot(path, "IA3", adapter_dir)
                 else:
                     m = IA3(v.numel(), ff)
                     m.ia3_l.copy_(v.reshape(-1))
@@ -417,6 +423,12 @@ def import_peft(model: nn.Module, adapter_dir: str | Path, root: str | None = No
                                   f"{'(' + root_name + ')' if root_name else ''}: the adapter was made for another "
                                   "model, or holds a tensor vlpeft does not import")
     return done
+
+
+def _no_slot(path: str, kind: str, where: Any) -> PeftIOError:
+    return PeftIOError(f"{where}: the adapter puts {kind} on {path}, which carries none in the model the run's config "
+                       f"builds; train with a pet= recipe that adapts it (or import into a plain transformers model "
+                       f"with vlpeft.peft_io.import_peft)")
 
 
 def _pattern(patterns: dict | None, path: str, default: Any) -> Any:
@@ -511,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "export":
             export_peft(module, args.out, args.root, args.base)
         else:
-            paths = import_peft(module, args.adapter, args.root)
+            paths = import_peft(module, args.adapter, args.root, attach=False)
             with atomic_path(Path(args.out)) as tmp:
                 torch.save({**extras, "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}},
                            tmp)

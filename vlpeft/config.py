@@ -120,6 +120,7 @@ NEW_KEYS: dict[str, Any] = {
     "vqa_fill_questions": "",  # test2015 questions JSON: fill a test-dev submission to every test-std question (EvalAI)
     "vqa_fill_answer": "yes",  # the answer given to the filled questions
     "progress_interval": 30.0,  # seconds between progress lines when output is not a terminal
+    "logger": "tensorboard",  # tensorboard | csv (Lightning's CSVLogger: metrics.csv in the run folder) | wandb
     # METER's optimiser keys (METER/meter/config.py); the ViLT/DVP rule (one lr_mult for the heads) when None
     "lr_mult_head": None,  # heads' lr multiplier; None = lr_mult (ViLT, DVP). METER named configs: 5/10/50
     "lr_mult_cross_modal": 1,  # lr multiplier of parameters whose name contains "cross_modal" (METER: 5)
@@ -457,6 +458,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if config["method"] == "dvp" and str(config["language_model"]).upper() == "LLAMA" and not config["use_adapter"]:
         raise ConfigError("LLaMA-DVP always trains with adapters (the PLM is too large to fine-tune in full); "
                           "set use_adapter=True (the dvp_*_llama_* named configs do)")
+    from vlpeft.loggers import check_logger
+
+    check_logger(config, ConfigError)
     if config["stage"] == "demo":
         return config
     _check_axes(config)

@@ -170,11 +170,12 @@ class _AtomicCheckpointIO(TorchCheckpointIO):
 # ---------------------------------------------------------------------------------------------- stages
 def build_trainer(config: dict[str, Any], run_dir_name: str, version: int, *, extra_callbacks=(), enable_ckpt=True):
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from vlpeft.loggers import build_logger
 
     dev = _devices(config)
     accumulate = grad_steps(config, dev["world"])
-    logger = TensorBoardLogger(config["log_dir"], name=run_dir_name, version=version, default_hp_metric=False)
+    logger = build_logger(config, run_dir_name, version)  # config key logger (vlpeft.loggers)
     callbacks = list(extra_callbacks) + [_CleanDDPExit()] + progress_callbacks(config)
     if enable_ckpt:
         callbacks.append(ModelCheckpoint(monitor="val/the_metric", mode="max", save_top_k=1,

@@ -195,6 +195,7 @@ def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
     try:
         placement = None if search else resolve_placement(dict(config, _run_dir=str(run_dir)))
         dm = _datamodule(config)
+        dm.check_data("fit")  # every file the run reads opens, with its columns, before the model is built
         module, _ = _build_module(dict(config, _run_dir=str(run_dir)), placement, fresh_heads=True)
         print(f"[vlpeft] plan: skip {sorted(module.base_plan.skip)}, insert_layer {module.base_plan.insert_layer}"
               + ("" if module.search is None else f" (search={type(module.search).__name__} decides "
@@ -248,6 +249,7 @@ def run_test(config: dict[str, Any]) -> RunResult:
     name, version = _run_dir(config, f"{config['exp_name']}_seed{config['seed']}_test_{load_name(config)}")
     run_dir = Path(config["log_dir"]) / name / f"version_{version}"
     dm = _datamodule(config)
+    dm.check_data("test")  # before the model and its checkpoint are loaded
     cfg = dict(config, stage="train", _dump_dir=str(run_dir), _dump_name=dump_name(config["load_path"]))
     placement = resolve_placement(config)
     if placement is None:  # the plan the checkpoint was trained with (peeked before building the model)

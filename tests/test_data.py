@@ -260,15 +260,20 @@ def _corrupt_offsets(path: Path, old: list[int], new: list[int]) -> None:
 @pytest.mark.parametrize("offsets", [[0, 2, 3, 1 << 30], [0, 1 << 30, 3, 5], [0, 4, 3, 5]],
                          ids=["last_past_values", "middle_past_values", "decreasing"])
 def test_corrupt_list_offsets_are_refused_when_opening(tmp_path, tok, offsets):
-    """Offsets running past the values would ask for GBs when the row is read (or make len() absurd): refused at
-    open, naming the file, by validate() (first / last offsets) and the cheap monotonicity pass (the rest)."""
+    """Offsets running past the values would ask for GBs when the row is read (or make len() absurd): refused,
+    naming the file — the last offset by every open (validate()), every offset by the runner's check before the
+    model is built (check_data: the monotonicity pass)."""
     path = write_arrow(tmp_path / "vqav2_train.arrow", vqa_columns(**VQA_TRAIN))
     _corrupt_offsets(path, [0, 2, 3, 5], offsets)  # the questions column: 2, 1, 2 questions per row
     with pytest.raises(ArrowSchemaError) as e:
-        vqa_ds(tmp_path, tok)
+        open_arrow(path, all_offsets=True)
     assert f"{path} is corrupt" in str(e.value) and "python -m write_arrow" in str(e.value)
-    with pytest.raises(ArrowSchemaError, match="is corrupt"):
-        open_arrow(path)
+    dm = MTDataModule(vqa_config(tmp_path, data_splits={"vqa": {"train": ["vqav2_train"], "val": ["vqav2_train"]}}))
+    with pytest.raises(ArrowSchemaError, match=rf"vqa train: {path} is corrupt"):
+        dm.check_data("fit")
+    if offsets[-1] != 5:
+        with pytest.raises(ArrowSchemaError, match=rf"{path} is corrupt"):
+            vqa_ds(tmp_path, tok)
 
 
 def test_check_data_lists_every_unreadable_split_before_any_dataset_is_built(vqa_root):

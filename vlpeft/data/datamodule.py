@@ -288,8 +288,9 @@ class MTDataModule(pl.LightningDataModule):
     def check_data(self, stage: str = "fit") -> None:
         """The runner's check before it builds the model (seconds to minutes of loading for a large backbone):
         every arrow file ``stage`` reads exists, opens (memory-mapped: milliseconds, nothing converted), passes
-        ``open_arrow``'s structural checks and has the columns its dataset reads, of the right types, and the files
-        of one split agree on their types. ONE error lists every problem with its file and the fix."""
+        ``open_arrow``'s structural checks (every offset included: once per run, a few ms per file) and has the
+        columns its dataset reads, of the right types, and the files of one split agree on their types. ONE error
+        lists every problem with its file and the fix."""
         splits = STAGE_SPLITS.get(stage, ("train", "val", "test"))
         check_files(self.data_root, self.files_for(splits), what=f"datasets {self.dataset_keys} splits {list(splits)}")
         problems, seen = [], set()
@@ -301,7 +302,8 @@ class MTDataModule(pl.LightningDataModule):
                     continue
                 seen.add((key, names))
                 try:  # what the dataset itself runs when it opens the split (it reopens in setup: milliseconds)
-                    load_split(self.data_root, names, cls.needed_columns(self.uses_features(key)), cls.column_types)
+                    load_split(self.data_root, names, cls.needed_columns(self.uses_features(key)), cls.column_types,
+                               all_offsets=True)
                 except (ArrowSchemaError, MissingArrowFilesError) as e:
                     problems.append(f"{key} {split}: {e}")
         if problems:

@@ -835,6 +835,12 @@ def test_vqa_label_size_errors_name_data_root_and_files(tmp_path):
                                               "questions": pa.array([["q"]])})
     with pytest.raises(LabelVocabError, match=r"vqav2_train.arrow: missing column\(s\) \['answers', 'answer_labels'\]"):
         vqa_label_size(empty, ["vqav2_train"])
+    labels_as_text = vqa_columns(**VQA_TRAIN)
+    labels_as_text["answer_labels"] = pa.array([[["1"]], [["2"]], [["3"]]], type=pa.list_(pa.list_(pa.string())))
+    write_arrow(empty / "vqav2_train.arrow", labels_as_text)  # used to fail in pc.fill_null, naming no file
+    with pytest.raises(LabelVocabError, match=r"vqav2_train.arrow: column 'answer_labels' is list<item: list<item: "
+                                              r"string>>, expected list<list<int>>"):
+        vqa_label_size(empty, ["vqav2_train"])
     (empty / "vqav2_label_vocab.json").write_text("[]")
     with pytest.raises(LabelVocabError, match="is empty"):
         vqa_label_size(empty)

@@ -169,7 +169,7 @@ def answer_map_from_tables(data_root: str | os.PathLike, names: Sequence[str]) -
             + (f"{len(missing)} of {len(names)} arrow files are missing:\n{listing}" if names else "no files named")
             + f"\n{DATA_DOC_HINT}")
     try:
-        st = load_split(root, names, ("answers", "answer_labels"))
+        st = load_split(root, names, ("answers", "answer_labels"), DATASETS["vqa"].column_types)
     except ArrowSchemaError as e:
         raise LabelVocabError(f"cannot derive the answer vocabulary: {e}") from e
     answers = pc.list_flatten(pc.list_flatten(st.column("answers")))

@@ -226,6 +226,98 @@ def test_corrupt_image_names_file_and_row(tmp_path, tok):
     assert str(path) in str(e.value) and "row 1" in str(e.value)
 
 
+def test_wrong_column_type_names_file_column_and_fix(tmp_path, tok):
+    """A column of the wrong type is refused when the file opens, naming it (labels stored as strings used to
+    convert silently; two files disagreeing on a type raised a bare ArrowTypeError from the concatenation)."""
+    cols = vqa_columns(**VQA_TRAIN)
+    cols["answer_labels"] = pa.array([[[str(x) for x in q] for q in r] for r in VQA_TRAIN["labels"]],
+                                     type=pa.list_(pa.list_(pa.string())))
+    path = write_arrow(tmp_path / "vqav2_train.arrow", cols)
+    with pytest.raises(ArrowSchemaError) as e:
+        vqa_ds(tmp_path, tok)
+    msg = str(e.value)
+    assert str(path) in msg and "'answer_labels' is list<item: list<item: string>>" in msg
+    assert "expected list<list<int>>" in msg and "python -m write_arrow" in msg
+    # acceptable types that still differ between the files of one split: every file named with its type
+    write_arrow(tmp_path / "vqav2_train.arrow", vqa_columns(**VQA_TRAIN))
+    cols = vqa_columns(**VQA_TRAIN)
+    cols["question_id"] = pa.array(VQA_TRAIN["qids"], type=pa.list_(pa.int32()))
+    other = write_arrow(tmp_path / "vqav2_trainable_val.arrow", cols)
+    with pytest.raises(ArrowSchemaError) as e:
+        vqa_ds(tmp_path, tok, names=("vqav2_train", "vqav2_trainable_val"))
+    msg = str(e.value)
+    assert f"{path}: question_id list<item: int64>" in msg and f"{other}: question_id list<item: int32>" in msg
+
+
+def _corrupt_offsets(path: Path, old: list[int], new: list[int]) -> None:
+    """Overwrite the first int32 offsets buffer equal to ``old`` (a list column's) with ``new`` in the file."""
+    raw = path.read_bytes()
+    pattern = np.asarray(old, np.int32).tobytes()
+    assert pattern in raw
+    path.write_bytes(raw.replace(pattern, np.asarray(new, np.int32).tobytes(), 1))
+
+
+@pytest.mark.parametrize("offsets", [[0, 2, 3, 1 << 30], [0, 1 << 30, 3, 5], [0, 4, 3, 5]],
+                         ids=["last_past_values", "middle_past_values", "decreasing"])
+def test_corrupt_list_offsets_are_refused_when_opening(tmp_path, tok, offsets):
+    """Offsets running past the values would ask for GBs when the row is read (or make len() absurd): refused,
+    naming the file — the last offset by every open (validate()), every offset by the runner's check before the
+    model is built (check_data: the monotonicity pass)."""
+    path = write_arrow(tmp_path / "vqav2_train.arrow", vqa_columns(**VQA_TRAIN))
+    _corrupt_offsets(path, [0, 2, 3, 5], offsets)  # the questions column: 2, 1, 2 questions per row
+    with pytest.raises(ArrowSchemaError) as e:
+        open_arrow(path, all_offsets=True)
+    assert f"{path} is corrupt" in str(e.value) and "python -m write_arrow" in str(e.value)
+    dm = MTDataModule(vqa_config(tmp_path, data_splits={"vqa": {"train": ["vqav2_train"], "val": ["vqav2_train"]}}))
+    with pytest.raises(ArrowSchemaError, match=rf"vqa train: {path} is corrupt"):
+        dm.check_data("fit")
+    if offsets[-1] != 5:
+        with pytest.raises(ArrowSchemaError, match=rf"{path} is corrupt"):
+            vqa_ds(tmp_path, tok)
+
+
+def test_check_data_lists_every_unreadable_split_before_any_dataset_is_built(vqa_root):
+    dm = MTDataModule(vqa_config(vqa_root))
+    dm.check_data("fit")
+    dm.check_data("test")  # the test split's list<null> answers match any list type
+    cols = vqa_columns(**VQA_TRAIN)
+    cols["questions"] = pa.array(["one string per row"] * 3)
+    write_arrow(vqa_root / "vqav2_trainable_val.arrow", cols)
+    _corrupt_offsets(vqa_root / "vqav2_rest_val.arrow", [0, 2, 3], [0, 2, 1 << 20])
+    with pytest.raises(ArrowSchemaError) as e:
+        dm.check_data("fit")
+    msg = str(e.value)
+    assert msg.startswith(f"2 split(s) under data_root={str(vqa_root)!r} cannot be read")
+    assert f"vqa train: {vqa_root / 'vqav2_trainable_val.arrow'}: column 'questions' is string" in msg
+    assert f"vqa val: {vqa_root / 'vqav2_rest_val.arrow'} is corrupt" in msg and "write_arrow" in msg
+    assert dm.datasets == {"train": {}, "val": {}, "test": {}}
+    (vqa_root / "vqav2_test.arrow").unlink()
+    with pytest.raises(MissingArrowFilesError, match=r"MISSING .*vqav2_test.arrow[\s\S]*data_root="):
+        dm.check_data("test")
+
+
+def test_runner_checks_the_data_before_building_the_model(vqa_root, tmp_path, monkeypatch):
+    """Missing or broken arrow files are named before the model is built and its weights are loaded."""
+    import run as run_py
+    import vlpeft.runner as runner
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was built before the data was checked")
+
+    monkeypatch.setattr(runner, "_build_module", no_model)
+    (vqa_root / "vqav2_rest_val.arrow").unlink()
+    updates = dict(data_root=str(vqa_root), log_dir=str(tmp_path / "log"), stage="train", vqav2_label_size=5,
+                   per_gpu_batchsize=2, batch_size=2, max_epoch=1, num_workers=0)
+    with pytest.raises(MissingArrowFilesError) as e:
+        run_py.ex.run(named_configs=["demo"], config_updates=updates, options={"--loglevel": "ERROR"})
+    assert f"MISSING {vqa_root / 'vqav2_rest_val.arrow'}" in str(e.value) and "python -m write_arrow" in str(e.value)
+    cols = vqa_columns(**VQA_TRAIN)
+    cols["answer_scores"] = pa.array([[["high"]], [["low"]], [["x"], ["y"]]], type=pa.list_(pa.list_(pa.string())))
+    write_arrow(vqa_root / "vqav2_rest_val.arrow", cols)
+    with pytest.raises(ArrowSchemaError, match=r"vqav2_rest_val.arrow: column 'answer_scores' is list<item: list<"):
+        run_py.ex.run(named_configs=["demo"], config_updates=updates, options={"--loglevel": "ERROR"})
+
+
 def test_unknown_dataset_key_is_refused(tmp_path):
     with pytest.raises(ValueError, match="vg"):
         MTDataModule(vqa_config(tmp_path, datasets=["vqa", "vg"]))
@@ -742,6 +834,12 @@ def test_vqa_label_size_errors_name_data_root_and_files(tmp_path):
     write_arrow(empty / "vqav2_train.arrow", {"image": pa.array([jpeg(8, 8)], type=pa.binary()),
                                               "questions": pa.array([["q"]])})
     with pytest.raises(LabelVocabError, match=r"vqav2_train.arrow: missing column\(s\) \['answers', 'answer_labels'\]"):
+        vqa_label_size(empty, ["vqav2_train"])
+    labels_as_text = vqa_columns(**VQA_TRAIN)
+    labels_as_text["answer_labels"] = pa.array([[["1"]], [["2"]], [["3"]]], type=pa.list_(pa.list_(pa.string())))
+    write_arrow(empty / "vqav2_train.arrow", labels_as_text)  # used to fail in pc.fill_null, naming no file
+    with pytest.raises(LabelVocabError, match=r"vqav2_train.arrow: column 'answer_labels' is list<item: list<item: "
+                                              r"string>>, expected list<list<int>>"):
         vqa_label_size(empty, ["vqav2_train"])
     (empty / "vqav2_label_vocab.json").write_text("[]")
     with pytest.raises(LabelVocabError, match="is empty"):

@@ -212,6 +212,76 @@ def test_h5_reader_errors(tmp_path):
     assert image_id_candidates("coco", "COCO_val2014_000000391895.jpg") == ["COCO_val2014_000000391895", "391895"]
 
 
+def test_h5_non_finite_features_are_refused_naming_file_and_image(root, tmp_path):
+    """All-NaN features used to train to a NaN loss with exit 0: refused when read, naming the .h5 file and image
+    (and, through the dataset, the arrow file and row)."""
+    grid = np.zeros((49, FEAT), np.float32)
+    grid[3, 2] = np.nan
+    write_h5(tmp_path / "att", "COCO_train2014_000000000007", grid)
+    with pytest.raises(FeatureError) as e:
+        FeatureReader(tmp_path / "att").read(image_id_candidates("vqa", 7, "train"))
+    msg = str(e.value)
+    assert f"{tmp_path / 'att' / 'COCO_train2014_000000000007.h5'} image 'COCO_train2014_000000000007'" in msg
+    assert "1 non-finite value(s)" in msg and "re-extract" in msg
+    with h5py.File(tmp_path / "all.h5", "w") as f:  # one file for every image: inf in the boxes, zero image width
+        f["5/features"] = np.ones((36, FEAT), np.float32)
+        f["5/boxes"] = np.full((36, 4), np.inf, np.float32)
+        f["5/img_w"], f["5/img_h"] = 100, 80
+        f["6/features"] = np.ones((36, FEAT), np.float32)
+        f["6/boxes"] = np.ones((36, 4), np.float32)
+        f["6/img_w"], f["6/img_h"] = 0, 80
+    with pytest.raises(FeatureError, match=rf"{tmp_path / 'all.h5'} image '5': 5/boxes holds 144 non-finite"):
+        FeatureReader(tmp_path / "all.h5").read("5")
+    with pytest.raises(FeatureError, match=rf"{tmp_path / 'all.h5'} image '6': img_w=0.0"):
+        FeatureReader(tmp_path / "all.h5").read("6")
+    # through the datamodule: the arrow file and row too
+    folder = tmp_path / "clip"
+    t = pa.ipc.open_file(pa.memory_map(str(root / "vqav2_train.arrow"))).read_all()
+    for iid, split in zip(t["image_id"].to_pylist(), t["split"].to_pylist()):
+        write_h5(folder, f"COCO_{split}2014_{iid:012d}", np.full((49, FEAT), np.nan, np.float32))
+    dm = GenerativeDataModule(config(root, ["vqa"], visual_features=str(folder)))
+    dm.setup("fit")
+    first = f"COCO_{t['split'][0]}2014_{t['image_id'][0].as_py():012d}"
+    with pytest.raises(FeatureError, match=rf"vqav2_train.arrow row 0: {folder / first}.h5 image '{first}'"):
+        dm.datasets["train"]["vqa"][0]
+
+
+def test_h5_wrong_dtype_or_shape_names_file_and_image(tmp_path):
+    write_h5(tmp_path / "att", "s", np.array([b"not", b"numbers"]))
+    write_h5(tmp_path / "att", "i", np.ones((49, FEAT), np.int64))
+    write_h5(tmp_path / "att", "b", np.zeros((2, 49, FEAT), np.float32))
+    write_h5(tmp_path / "att", "c", np.zeros((40, FEAT), np.float32))
+    r = FeatureReader(tmp_path / "att")
+    for img, words in [("s", "has dtype |S7; expected floating-point"), ("i", "has dtype int64"),
+                       ("b", r"has shape \(2, 49, 8\); expected \(boxes, dim\)"), ("c", "cannot pool 40 features")]:
+        with pytest.raises(FeatureError, match=rf"{tmp_path / 'att' / img}.h5 image '{img}': .*{words}"):
+            r.read(img)
+    with h5py.File(tmp_path / "all.h5", "w") as f:
+        f["7/features"] = np.ones((36, FEAT), np.float16)  # half precision is fine
+        f["8/features"] = np.ones((36, FEAT), np.complex64)
+    assert FeatureReader(tmp_path / "all.h5").read("7")[0].dtype == torch.float32
+    with pytest.raises(FeatureError, match=rf"{tmp_path / 'all.h5'} image '8': 8/features has dtype complex64"):
+        FeatureReader(tmp_path / "all.h5").read("8")
+
+
+def test_generative_check_data_needs_image_ids_with_features(root, tmp_path):
+    """With visual_features the rows' image_id names the feature files: checked before the model is built."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    t = pa.ipc.open_file(pa.memory_map(str(data / "vqav2_rest_val.arrow"))).read_all().drop_columns(["image_id"])
+    with pa.OSFile(str(data / "new.arrow"), "wb") as sink, pa.ipc.new_file(sink, t.schema) as w:
+        w.write_table(t)
+    del t  # (overwriting a file still memory-mapped would crash the mapping's readers: replace it instead)
+    (data / "new.arrow").replace(data / "vqav2_rest_val.arrow")
+    GenerativeDataModule(config(data, ["vqa"])).check_data("fit")  # pixels: image_id is not read
+    (tmp_path / "feats").mkdir()
+    dm = GenerativeDataModule(config(data, ["vqa"], visual_features=str(tmp_path / "feats")))
+    with pytest.raises(Exception, match=r"vqa val: .*vqav2_rest_val.arrow: missing column\(s\) \['image_id'\]"):
+        dm.check_data("fit")
+
+
 def test_datamodule_with_h5_features(root, tmp_path):
     """Every synthetic image gets a feature file named as VL-Adapter names it; batches carry vis_feats."""
     rng = np.random.default_rng(1)

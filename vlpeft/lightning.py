@@ -13,6 +13,7 @@ import torch
 from vlpeft._rng import RNG_KEY, rng_state, set_rng_state
 from vlpeft.backbones import LayerPlan
 from vlpeft.build import assemble
+from vlpeft.finite_loss import LossGuard
 from vlpeft.optim import build_optimizer, build_scheduler
 from vlpeft.pet.context import pet_context
 from vlpeft.pet.trainable import format_trainable
@@ -39,6 +40,7 @@ class VLPeftModule(pl.LightningModule):
             self.search.ddp_ignore(self)  # host-side state, identical on every rank by construction
         self._search_iter: Iterator | None = None
         self._test_outputs: list[dict[str, list[dict]]] = []
+        self._loss_guard = LossGuard(self.config.get("data_root"), self.named_parameters)  # NaN / inf stops the run
 
     def trainable_summary(self) -> str:
         return f"{format_trainable(self)}\n{self.pet_report.summary()}"
@@ -81,6 +83,8 @@ class VLPeftModule(pl.LightningModule):
         out = self(batch, plan)
         self.train_metrics.update(out, batch)
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=_batch_len(batch))
+        # deferred on a GPU (no host sync per step); raises naming the step and the batch's rows (vlpeft.finite_loss)
+        self._loss_guard.push(out["loss"], batch, step=self.global_step, epoch=self.current_epoch, batch_idx=batch_idx)
         self._maybe_search_round(batch_idx, "before_backward")  # DAS: the weights this forward used
         return out["loss"]
 
@@ -182,7 +186,11 @@ class VLPeftModule(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.config, total)}
 
+    def on_train_end(self) -> None:
+        self._loss_guard.flush()  # every loss checked before fit returns and the runner writes weights
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._loss_guard.flush()  # no checkpoint after a non-finite loss
         checkpoint[PLACEMENT_KEY] = self.current_placement().to_dict()  # test_only reads it back
         checkpoint[RNG_KEY] = rng_state()
 

@@ -243,6 +243,8 @@ def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
     config = _finalize_label_sizes(config)
     if not search:
         check_placement(config)  # read again below, with the run folder, where its source is recorded
+    dm = _datamodule(config)
+    dm.check_data("fit")  # every file the run reads opens, with its columns, before a folder or a model exists
     name, version = _run_dir(config, f"{config['exp_name']}_seed{config['seed']}_from_{load_name(config)}")
     run_dir = Path(config["log_dir"]) / name / f"version_{version}"
     joined = os.environ.get(VERSION_ENV, "") != ""  # a DDP rank in a folder its launcher reserved
@@ -250,7 +252,6 @@ def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
     try:
         with _released_on_early_failure(run_dir, joined):
             placement = None if search else resolve_placement(dict(config, _run_dir=str(run_dir)))
-            dm = _datamodule(config)
             module, _ = _build_module(dict(config, _run_dir=str(run_dir)), placement, fresh_heads=True)
             print(f"[vlpeft] plan: skip {sorted(module.base_plan.skip)}, insert_layer {module.base_plan.insert_layer}"
                   + ("" if module.search is None else f" (search={type(module.search).__name__} decides "
@@ -365,10 +366,11 @@ def run_test(config: dict[str, Any]) -> RunResult:
     if not _as_list(config["load_path"]):
         raise ConfigError("test_only=True needs load_path=<checkpoint of a trained run>")
     check_placement(config)
+    dm = _datamodule(config)
+    dm.check_data("test")  # before a folder is reserved and the model and its checkpoint are loaded
     name, version = _run_dir(config, f"{config['exp_name']}_seed{config['seed']}_test_{load_name(config)}")
     run_dir = Path(config["log_dir"]) / name / f"version_{version}"
     with _released_on_early_failure(run_dir, os.environ.get(VERSION_ENV, "") != ""):
-        dm = _datamodule(config)
         cfg = dict(config, stage="train", _dump_dir=str(run_dir), _dump_name=dump_name(config["load_path"]))
         placement = resolve_placement(config)
         if placement is None:  # the plan the checkpoint was trained with (peeked before building the model)

@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from vlpeft.data.arrow import DATA_DOC_HINT, ArrowSchemaError, arrow_path, check_files, load_split
+from vlpeft.data.arrow import (DATA_DOC_HINT, ArrowSchemaError, MissingArrowFilesError, arrow_path, check_files,
+                               load_split)
 from vlpeft.data.collate import Collator
 from vlpeft.data.datasets import DATASETS, BaseDataset, CaptionDataset
 from vlpeft.data.tokenizer import load_tokenizer
@@ -168,7 +169,7 @@ def answer_map_from_tables(data_root: str | os.PathLike, names: Sequence[str]) -
             + (f"{len(missing)} of {len(names)} arrow files are missing:\n{listing}" if names else "no files named")
             + f"\n{DATA_DOC_HINT}")
     try:
-        st = load_split(root, names, ("answers", "answer_labels"))
+        st = load_split(root, names, ("answers", "answer_labels"), DATASETS["vqa"].column_types)
     except ArrowSchemaError as e:
         raise LabelVocabError(f"cannot derive the answer vocabulary: {e}") from e
     answers = pc.list_flatten(pc.list_flatten(st.column("answers")))
@@ -280,6 +281,38 @@ class MTDataModule(pl.LightningDataModule):
     def files_for(self, splits: Sequence[str]) -> list[str]:
         return [n for k in self.dataset_keys for s in splits for n in self.splits[k][s]]
 
+    def dataset_class(self, key: str) -> type[BaseDataset]:
+        return DATASETS[key]
+
+    def uses_features(self, key: str) -> bool:
+        """Whether ``key``'s datasets read visual features instead of the image bytes (generative runs)."""
+        return False
+
+    def check_data(self, stage: str = "fit") -> None:
+        """The runner's check before it builds the model (seconds to minutes of loading for a large backbone):
+        every arrow file ``stage`` reads exists, opens (memory-mapped: milliseconds, nothing converted), passes
+        ``open_arrow``'s structural checks (every offset included: once per run, a few ms per file) and has the
+        columns its dataset reads, of the right types, and the files of one split agree on their types. ONE error
+        lists every problem with its file and the fix."""
+        splits = STAGE_SPLITS.get(stage, ("train", "val", "test"))
+        check_files(self.data_root, self.files_for(splits), what=f"datasets {self.dataset_keys} splits {list(splits)}")
+        problems, seen = [], set()
+        for key in self.dataset_keys:
+            cls = self.dataset_class(key)
+            for split in splits:
+                names = tuple(self.splits[key][split])
+                if (key, names) in seen:
+                    continue
+                seen.add((key, names))
+                try:  # what the dataset itself runs when it opens the split (it reopens in setup: milliseconds)
+                    load_split(self.data_root, names, cls.needed_columns(self.uses_features(key)), cls.column_types,
+                               all_offsets=True)
+                except (ArrowSchemaError, MissingArrowFilesError) as e:
+                    problems.append(f"{key} {split}: {e}")
+        if problems:
+            raise ArrowSchemaError(f"{len(problems)} split(s) under data_root={str(self.data_root)!r} cannot be "
+                                   f"read:\n" + "\n".join(problems) + f"\n{DATA_DOC_HINT}")
+
     def build_dataset(self, key: str, split: str, **overrides: Any) -> BaseDataset:
         kwargs: dict[str, Any] = dict(
             transform_keys=self.train_transform_keys if split == "train" else self.val_transform_keys,
@@ -288,7 +321,7 @@ class MTDataModule(pl.LightningDataModule):
         if self.false_images and issubclass(DATASETS[key], CaptionDataset):
             kwargs["draw_false_image"] = self.false_images
         kwargs.update(overrides)
-        return DATASETS[key](self.data_root, self.splits[key][split], **kwargs)
+        return self.dataset_class(key)(self.data_root, self.splits[key][split], **kwargs)
 
     def setup(self, stage: str | None = None) -> None:
         splits = STAGE_SPLITS.get(stage or "fit", ("train", "val"))

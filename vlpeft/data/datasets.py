@@ -46,6 +46,11 @@ class BaseDataset(Dataset):
     image_columns: tuple[str, ...] = ("image",)
     text_column: str | None = "questions"
     required_columns: tuple[str, ...] = ("image", "questions")
+    # the type each read column must have (``vlpeft.data.arrow.type_matches`` specs), checked when a file opens so
+    # a wrong one is named with its file instead of failing (or converting silently) in a worker mid-epoch
+    column_types: dict[str, str] = {"image": "binary", "image_0": "binary", "image_1": "binary",
+                                    "questions": "list<str>", "caption": "list<str>", "image_id": "scalar",
+                                    "identifier": "scalar"}
     remove_duplicate: bool = False
 
     def __init__(self, data_root: str | os.PathLike, names: Sequence[str], *, transform_keys: Sequence[str],
@@ -67,7 +72,7 @@ class BaseDataset(Dataset):
         self.seed = int(seed)
         self.image_only = image_only
         self.text_only = text_only
-        self._st: SplitTable | None = load_split(self.data_root, self.names, self.required_columns)
+        self._st: SplitTable | None = load_split(self.data_root, self.names, self.columns(), self.column_types)
         # shared memory: DataLoader workers (forked or spawned, persistent or not) see set_epoch() at once
         self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
         # _text_start[r]: item index of row r's first text (rows without texts own no item); None: one item per row
@@ -83,13 +88,21 @@ class BaseDataset(Dataset):
     @property
     def table(self) -> SplitTable:
         if self._st is None:  # re-opened after unpickling (spawned workers): the mapping is not pickled
-            self._st = load_split(self.data_root, self.names, self.required_columns)
+            self._st = load_split(self.data_root, self.names, self.columns(), self.column_types)
         return self._st
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_st"] = None
         return state
+
+    @classmethod
+    def needed_columns(cls, features: bool = False) -> tuple[str, ...]:
+        """The columns this dataset reads (``features``: visual features instead of the image bytes)."""
+        return cls.required_columns
+
+    def columns(self) -> tuple[str, ...]:
+        return self.needed_columns(getattr(self, "features", None) is not None)
 
     def _row_texts(self, value: Any) -> list[str]:
         texts = [] if value is None else [str(t) for t in value]
@@ -225,6 +238,8 @@ class RowTexts:
 class VQADataset(BaseDataset):
     task = "vqa"
     required_columns = ("image", "questions", "answers", "answer_labels", "answer_scores", "question_id")
+    column_types = {**BaseDataset.column_types, "answers": "list<list<str>>", "answer_labels": "list<list<int>>",
+                    "answer_scores": "list<list<num>>", "question_id": "list<scalar>"}
 
     def per_question(self, column: str, row: int, j: int) -> list:
         """Question ``j``'s list in a list-of-lists column; ``[]`` where test splits store ``[]`` per row."""
@@ -260,6 +275,7 @@ SNLI_VE_LABELS = {"contradiction": 0, "neutral": 1, "entailment": 2}
 class SNLIVEDataset(BaseDataset):
     task = "snli_ve"
     required_columns = ("image", "questions", "answers")
+    column_types = {**BaseDataset.column_types, "answers": "list<str>"}
 
     def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
         answers = self.table.value("answers", row) or []
@@ -278,6 +294,7 @@ class METERSNLIDataset(SNLIVEDataset):
 
     text_column = "sentences"
     required_columns = ("image", "sentences", "labels")
+    column_types = {**BaseDataset.column_types, "sentences": "list<list<str>>", "labels": "list<int>"}
 
     def _row_texts(self, value: Any) -> list[str]:
         return [self._hypothesis(p) for p in (value or [])]
@@ -306,6 +323,7 @@ class NLVR2Dataset(BaseDataset):
     task = "nlvr2"
     image_columns = ("image_0", "image_1")
     required_columns = ("image_0", "image_1", "questions", "answers")
+    column_types = {**BaseDataset.column_types, "answers": "list<label>"}
 
     def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
         answers = self.table.value("answers", row) or []
@@ -328,6 +346,8 @@ class BoolQDataset(BaseDataset):
     task = "boolq"
     image_columns = ()
     required_columns = ("questions", "passage", "answers", "question_id")
+    column_types = {**BaseDataset.column_types, "passage": "str", "answers": "list<bool>",
+                    "question_id": "list<scalar>"}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["text_only"] = True
@@ -352,6 +372,8 @@ class ScienceQADataset(BaseDataset):
 
     task = "scienceqa"
     required_columns = ("image", "questions", "answers", "choices", "question_id")
+    column_types = {**BaseDataset.column_types, "answers": "list<int>", "choices": "list<list<str>>",
+                    "question_id": "list<scalar>"}
 
     def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
         answers = self.table.value("answers", row) or []

@@ -32,15 +32,16 @@ class FeatureError(ValueError):
     """A features file or image id that cannot give this sample's visual features."""
 
 
-def pool_grid(feats: torch.Tensor, n_boxes: int) -> torch.Tensor:
-    """(L, F) grid features → (n_boxes, F) by adaptive max pooling of the √L × √L grid (the originals' downsample)."""
+def pool_grid(feats: torch.Tensor, n_boxes: int, where: str = "") -> torch.Tensor:
+    """(L, F) grid features → (n_boxes, F) by adaptive max pooling of the √L × √L grid (the originals' downsample).
+    ``where`` (file and image) prefixes the error."""
     n = feats.shape[0]
     if n == n_boxes:
         return feats
     side, out = math.isqrt(n), math.isqrt(n_boxes)
     if side * side != n or out * out != n_boxes:
-        raise FeatureError(f"cannot pool {n} features to n_boxes={n_boxes}: both must be square grids "
-                           f"(e.g. 49 = 7×7 → 36 = 6×6); set n_boxes={n} to keep them")
+        raise FeatureError(f"{where + ': ' if where else ''}cannot pool {n} features to n_boxes={n_boxes}: both must "
+                           f"be square grids (e.g. 49 = 7×7 → 36 = 6×6); set n_boxes={n} to keep them")
     grid = feats.t().reshape(1, feats.shape[1], side, side)
     return F.adaptive_max_pool2d(grid, (out, out)).reshape(feats.shape[1], n_boxes).t().contiguous()
 
@@ -71,6 +72,20 @@ def image_id_candidates(dataset_key: str, image_id: Any = None, split: str | Non
         tail = stem.rsplit("_", 1)[-1]
         return [stem] + ([str(int(tail))] if tail.isdigit() and str(int(tail)) != stem else [])
     return [str(image_id)]
+
+
+def _float_array(ds: Any, what: str, fix: str) -> np.ndarray:
+    """An h5 dataset as float32, refused unless it is a floating-point array of finite values (a check of
+    one image's (49, 2048) grid costs microseconds)."""
+    dtype = getattr(ds, "dtype", None)
+    if dtype is None or dtype.kind != "f":
+        raise FeatureError(f"{what} has dtype {dtype}; expected floating-point features; {fix}")
+    a = np.asarray(ds[...], dtype=np.float32)
+    if not np.isfinite(a).all():
+        bad = int(a.size - np.isfinite(a).sum())
+        raise FeatureError(f"{what} holds {bad} non-finite value(s) (NaN / inf) of {a.size}: they would train to a "
+                           f"NaN loss; {fix}")
+    return a
 
 
 class FeatureReader:
@@ -128,38 +143,47 @@ class FeatureReader:
                            f"the features of this dataset's images?")
 
     def read(self, candidates: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(vis_feats (n_boxes, F) float32, vis_pos (n_boxes, 4))`` of the first candidate id found."""
+        """``(vis_feats (n_boxes, F) float32, vis_pos (n_boxes, 4))`` of the first candidate id found.
+
+        Every refusal names the ``.h5`` file and the image id: a dataset that is not a float (boxes, dim) array,
+        non-finite values (NaN / inf features would train to a NaN loss), boxes that do not fit the features."""
         if isinstance(candidates, str):
             candidates = [candidates]
         h, cid, close = self._locate(list(candidates))
+        where = f"{h.filename} image {cid!r}"
+        fix = "re-extract this image's features (VL-Adapter's feature extraction writes float32 (boxes, dim) arrays)"
         try:
             g = h[cid]
-            if "features" not in g:
-                raise FeatureError(f"{h.filename}: group {cid!r} has no 'features' dataset (has {sorted(g.keys())})")
-            feats = np.asarray(g["features"][...], dtype=np.float32)
+            if not hasattr(g, "keys") or "features" not in g:
+                has = sorted(g.keys()) if hasattr(g, "keys") else "a dataset, not a group"
+                raise FeatureError(f"{where}: no '{cid}/features' dataset (has {has}); expected the originals' "
+                                   f"layout <img_id>/features")
+            feats = _float_array(g["features"], f"{where}: {cid}/features", fix)
             boxes = None
             if "boxes" in g:
-                boxes = np.asarray(g["boxes"][...], dtype=np.float32)
+                boxes = _float_array(g["boxes"], f"{where}: {cid}/boxes", fix)
                 img_h, img_w = float(g["img_h"][()]), float(g["img_w"][()])
         finally:
             if close:
                 h.close()
         if feats.ndim != 2:
-            raise FeatureError(f"{self.path}: {cid}/features has shape {feats.shape}; expected (boxes, dim)")
+            raise FeatureError(f"{where}: {cid}/features has shape {feats.shape}; expected (boxes, dim); {fix}")
         if self.feat_dim is None:
             self.feat_dim = feats.shape[1]
         elif feats.shape[1] != self.feat_dim:
-            raise FeatureError(f"{self.path}: {cid}/features has dim {feats.shape[1]} but earlier images had "
+            raise FeatureError(f"{where}: {cid}/features has dim {feats.shape[1]} but earlier images had "
                                f"{self.feat_dim}; mixed feature types in one folder")
         x = torch.from_numpy(feats)
         if boxes is None:
             # the originals' CLIP grid features carry zero boxes
-            return pool_grid(x, self.n_boxes), torch.zeros(self.n_boxes, 4)
+            return pool_grid(x, self.n_boxes, where), torch.zeros(self.n_boxes, 4)
         if boxes.shape != (feats.shape[0], 4):
-            raise FeatureError(f"{self.path}: {cid}/boxes has shape {boxes.shape}; expected ({feats.shape[0]}, 4)")
+            raise FeatureError(f"{where}: {cid}/boxes has shape {boxes.shape}; expected ({feats.shape[0]}, 4)")
         if feats.shape[0] != self.n_boxes:
-            raise FeatureError(f"{self.path}: {cid} has {feats.shape[0]} region features but n_boxes={self.n_boxes}; "
+            raise FeatureError(f"{where}: {feats.shape[0]} region features but n_boxes={self.n_boxes}; "
                                f"region features are not pooled — set n_boxes={feats.shape[0]}")
+        if not (math.isfinite(img_w) and math.isfinite(img_h) and img_w > 0 and img_h > 0):
+            raise FeatureError(f"{where}: img_w={img_w}, img_h={img_h} cannot normalise the boxes; {fix}")
         pos = torch.from_numpy(boxes)
         pos[:, (0, 2)] /= img_w
         pos[:, (1, 3)] /= img_h

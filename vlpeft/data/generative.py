@@ -69,10 +69,16 @@ class GenerativeMixin:
     answer draws, and ``vis_feats`` / ``vis_pos`` from a ``FeatureReader`` instead of decoding the images."""
 
     dataset_key = ""
+    feature_columns: tuple[str, ...] = ("image_id",)  # what names a row's image in the feature files
 
     def __init__(self, *args: Any, features: FeatureReader | None = None, **kwargs: Any):
         self.features = features
         super().__init__(*args, **kwargs)
+
+    @classmethod
+    def needed_columns(cls, features: bool = False) -> tuple[str, ...]:
+        base = super().needed_columns(features)
+        return tuple(dict.fromkeys(base + cls.feature_columns)) if features else base
 
     def encode(self, text: str) -> dict[str, list[int]]:
         return {}  # the generative collate tokenises prefix + text for the whole batch
@@ -143,6 +149,7 @@ class GenGQADataset(GenerativeMixin, GQADataset):
 class GenNLVR2Dataset(GenerativeMixin, NLVR2Dataset):
     dataset_key = "nlvr2"
     required_columns = NLVR2Dataset.required_columns + ("identifier",)
+    feature_columns = ()  # the identifier names both images
 
     def feature_ids(self, row: int) -> list[list[str]]:
         ident = self.table.value("identifier", row)
@@ -343,6 +350,12 @@ class GenerativeDataModule(MTDataModule):
         reader = FeatureReader(spec, n_boxes)
         return {k: reader for k in self.dataset_keys}
 
+    def dataset_class(self, key: str) -> type:
+        return GEN_DATASETS[key]
+
+    def uses_features(self, key: str) -> bool:
+        return key in self.readers
+
     def build_dataset(self, key: str, split: str, **overrides: Any):
         reader = self.readers.get(key)
         kwargs: dict[str, Any] = dict(
@@ -352,7 +365,7 @@ class GenerativeDataModule(MTDataModule):
         if DATASET_TASK[key] == "caption" and split != "train":
             kwargs["image_only"] = True  # one sample per image, all references
         kwargs.update(overrides)
-        return GEN_DATASETS[key](self.data_root, self.splits[key][split], **kwargs)
+        return self.dataset_class(key)(self.data_root, self.splits[key][split], **kwargs)
 
     def _task_loader(self, key: str, split: str, batch_size: int, train: bool) -> DataLoader:
         ds = self.datasets[split][key]

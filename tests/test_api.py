@@ -138,6 +138,43 @@ def test_bad_inputs_name_the_fix(runs, tmp_path):
         model.generate(image=img)
 
 
+def test_generative_backbone_predict_and_generate_match_the_test_dumps(tmp_path):
+    """A tiny VL-BART trained on VQA + COCO captions (single-task batches, skip_module=[1]): predict() decodes the
+    answers and generate() the captions of the run's own test dumps (prompts, collate and decoding options of the
+    run's config)."""
+    from PIL import Image
+
+    import vlpeft
+    from vlpeft.tasks.generative import coco_image_id
+
+    data = tmp_path / "data"
+    write_synthetic(data, seed=0, images=16, image_px=32, variants=("vqa", "coco_captions"))
+    upd = dict(backbone="test_vl_bart", pet="vl_pet_large", vl_pet_down_dim=8, vl_pet_gate_dim=8, vl_pet_vpa_dim=8,
+               data_root=str(data), log_dir=str(tmp_path / "result"), exp_name="gen", datasets=["vqa", "coco"],
+               loss_names={"vqa": 1, "caption": 1, "itm": 0, "mlm": 0}, per_gpu_batchsize=4, batch_size=4,
+               image_size=32, num_beams=2, gen_max_length=6, max_text_len=20, max_epoch=2, max_steps=None,
+               vqav2_label_size=0, skip_module=[1], num_gpus=0, num_workers=0, learning_rate=3e-3, warmup_steps=0,
+               train_transform_keys=["clip"], val_transform_keys=["clip"], seed=0)
+    train = run_py.ex.run(config_updates=upd, options=QUIET).result
+    best = next(Path(train["run_dir"]).glob("checkpoints/best-*.ckpt"))
+    test = run_py.ex.run(config_updates=dict(upd, test_only=True, load_path=str(best), exp_name="gen_test"),
+                         options=QUIET).result
+    test_dir = Path(test["run_dir"])
+    vqa_dump = {r["question_id"]: r["answer"] for r in json.loads(next(test_dir.glob("vqa_submit_*")).read_text())}
+    cap_dump = {r["image_id"]: r["caption"] for r in json.loads(next(test_dir.glob("caption_result_*")).read_text())}
+
+    model = vlpeft.load(best)
+    assert sorted(model.base_plan.skip) == [1]
+    questions = _test_questions(data)
+    answers = model.predict(image=[Image.open(io.BytesIO(b)) for _, b, _ in questions],
+                            question=[q for _, _, q in questions])
+    assert answers == [vqa_dump[qid] for qid, _, _ in questions] and len(answers) == len(vqa_dump)
+    rows = pa.ipc.open_file(pa.memory_map(str(data / "coco_caption_karpathy_test.arrow"))).read_all().to_pylist()
+    captions = model.generate(image=[Image.open(io.BytesIO(r["image"])) for r in rows], batch_size=3)
+    assert captions == [cap_dump[coco_image_id(r["image_id"])] for r in rows] and len(captions) == len(cap_dump)
+    assert model.generate(image=Image.open(io.BytesIO(rows[0]["image"]))) == captions[0]
+
+
 def test_import_vlpeft_stays_light():
     code = "import sys, vlpeft; assert 'torch' not in sys.modules; assert callable(vlpeft.load)"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

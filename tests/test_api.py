@@ -100,6 +100,23 @@ def test_load_from_checkpoint_restores_the_searched_skip_set(runs):
     assert module.answers["vqa"] == json.loads((runs["arrows"] / "vqav2_label_vocab.json").read_text())
 
 
+def test_pruned_export_loads_and_answers_the_same(runs, tmp_path):
+    """``python -m vlpeft.export``'s checkpoint (without the skipped blocks' tensors) loads and answers as the
+    full one (its vocabulary read from the config's data_root: the export stores none)."""
+    from PIL import Image
+
+    import vlpeft
+    from vlpeft.export import export_checkpoint
+
+    pruned = export_checkpoint(runs["train_dir"], tmp_path / "pruned.ckpt")
+    model = vlpeft.load(pruned)
+    questions = _test_questions(runs["arrows"])[:6]
+    dump = {r["question_id"]: r["answer"] for r in runs["dump"]}
+    answers = model.predict(image=[Image.open(io.BytesIO(b)) for _, b, _ in questions],
+                            question=[q for _, _, q in questions])
+    assert answers == [dump[qid] for qid, _, _ in questions]
+
+
 def test_checkpoint_without_placement_argument_is_refused(runs, tmp_path):
     """A checkpoint saved before the placement was a constructor argument: loading it on skip_module's plan
     raises, naming both plans and the fix, instead of silently evaluating another model."""
@@ -123,9 +140,9 @@ def test_bad_inputs_name_the_fix(runs, tmp_path):
     import vlpeft
     from vlpeft.api import ApiError
 
-    with pytest.raises(ApiError, match="no such file or folder"):
+    with pytest.raises(ApiError, match="nowhere does not exist; pass a run folder"):
         vlpeft.load(tmp_path / "nowhere")
-    with pytest.raises(ApiError, match="no checkpoints/best"):
+    with pytest.raises(ApiError, match="has no checkpoints/best"):
         vlpeft.load(tmp_path)
     model = vlpeft.load(runs["best"])
     img = tmp_path / "x.jpg"

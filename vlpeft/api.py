@@ -42,22 +42,15 @@ class ApiError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- loading
 def find_checkpoint(source: str | os.PathLike) -> Path:
-    """The checkpoint ``load`` reads: ``source`` itself (a ``.ckpt``), or in a run folder the checkpoint the run
-    reported (``checkpoints/best-*.ckpt``, the newest if several; else ``checkpoints/last.ckpt``)."""
-    p = Path(source)
-    if p.is_file():
-        return p
-    if not p.is_dir():
-        raise ApiError(f"vlpeft.load({str(source)!r}): no such file or folder; give a run folder "
-                       "(<log_dir>/<run>/version_<N>) or a .ckpt file")
-    folder = p / "checkpoints"
-    best = sorted(folder.glob("best-*.ckpt"), key=lambda f: f.stat().st_mtime_ns)
-    if best:
-        return best[-1]
-    if (folder / "last.ckpt").is_file():
-        return folder / "last.ckpt"
-    raise ApiError(f"vlpeft.load({str(source)!r}): no checkpoints/best-*.ckpt or checkpoints/last.ckpt in that "
-                   "folder; give the folder of a search or train run, or the .ckpt file itself")
+    """The checkpoint ``load`` reads: ``source`` itself (a ``.ckpt``), or a run folder's ``checkpoints/best*.ckpt``
+    (else ``checkpoints/last.ckpt``), the rule ``python -m vlpeft.export`` uses."""
+    from vlpeft.export import ExportError
+    from vlpeft.export import find_checkpoint as find
+
+    try:
+        return find(source)
+    except ExportError as e:
+        raise ApiError(f"vlpeft.load: {e}") from None
 
 
 def load(source: str | os.PathLike, *, placement: Any = None, map_location: str | torch.device = "cpu"):
@@ -82,6 +75,9 @@ def load(source: str | os.PathLike, *, placement: Any = None, map_location: str 
         placement = hp.get("placement") or ckpt.get(PLACEMENT_KEY)
     module = VLPeftModule(hp["config"], placement=placement)
     report = load_state(module, ckpt["state_dict"], path, "vlpeft checkpoint")
+    from vlpeft.export import dropped_keys
+
+    report.missing = sorted(set(report.missing) - set(dropped_keys(module)))  # a pruned export: never run
     if report.missing or report.unexpected:
         raise CheckpointError(f"{path} does not fit the model its own config builds: "
                               f"{len(report.missing)} tensors missing (first: {report.missing[:3]}), "

@@ -178,7 +178,7 @@ class VLPeftModule(pl.LightningModule):
                                           "placement": checkpoint[PLACEMENT_KEY]}
         from vlpeft.api import answer_vocabularies
 
-        checkpoint[ANSWERS_KEY] = answer_vocabularies(self, getattr(self.trainer, "datamodule", None))
+        checkpoint[ANSWERS_KEY] = answer_vocabularies(self, getattr(self._trainer, "datamodule", None))
         checkpoint[RNG_KEY] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

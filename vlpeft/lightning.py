@@ -24,13 +24,17 @@ from vlpeft.tasks._base import compute
 from vlpeft.tasks.dumps import write_run_dumps
 
 PLACEMENT_KEY = "vlpeft_placement"
+ANSWERS_KEY = "vlpeft_answers"  # {task: [answer of class id 0, 1, ...]}: the vocabulary the heads were trained on
 
 
 class VLPeftModule(pl.LightningModule):
-    def __init__(self, config: dict[str, Any], placement: Placement | None = None):
+    def __init__(self, config: dict[str, Any], placement: Placement | dict | None = None):
         super().__init__()
         self.config = copy.deepcopy(config)
         self.save_hyperparameters({"config": self.config})  # only the config: no datasets or tensors
+        if isinstance(placement, dict):  # load_from_checkpoint passes the hparams' plain dict (see on_save_checkpoint)
+            placement = Placement.from_dict(placement, source="checkpoint hyper_parameters")
+        self.answers: dict[str, list[str]] = {}  # filled from a checkpoint's ANSWERS_KEY (vlpeft.api.predict)
         a = assemble(self.config, placement)
         self.backbone, self.heads, self.search = a.backbone, a.heads, a.search
         self.tasks, self.pet_report, self.base_plan, self.policy = a.tasks, a.report, a.base_plan, a.policy
@@ -192,11 +196,34 @@ class VLPeftModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._loss_guard.flush()  # no checkpoint after a non-finite loss
         checkpoint[PLACEMENT_KEY] = self.current_placement().to_dict()  # test_only reads it back
+        # also a constructor argument, so load_from_checkpoint builds the trained plan, not skip_module's
+        checkpoint["hyper_parameters"] = {**checkpoint.get("hyper_parameters", {}),
+                                          "placement": checkpoint[PLACEMENT_KEY]}
+        from vlpeft.api import answer_vocabularies
+
+        checkpoint[ANSWERS_KEY] = answer_vocabularies(self, getattr(self._trainer, "datamodule", None))
         checkpoint[RNG_KEY] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from vlpeft.api import check_checkpoint_plan
+
+        check_checkpoint_plan(self, checkpoint.get(PLACEMENT_KEY))
+        self.answers = dict(checkpoint.get(ANSWERS_KEY) or {})
         if RNG_KEY in checkpoint:
             set_rng_state(checkpoint[RNG_KEY])
+
+    # ------------------------------------------------------------------ the Python API (vlpeft.api)
+    def predict(self, image: Any, question: Any, **kw: Any) -> str | list[str]:
+        """Answer(s) to question(s) about raw image(s); see ``vlpeft.api.predict``."""
+        from vlpeft.api import predict
+
+        return predict(self, image, question, **kw)
+
+    def generate(self, image: Any, **kw: Any) -> str | list[str]:
+        """Caption(s) of raw image(s) (a captioning backbone); see ``vlpeft.api.generate``."""
+        from vlpeft.api import generate
+
+        return generate(self, image, **kw)
 
 
 def _batch_len(batch: dict[str, Any]) -> int:

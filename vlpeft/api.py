@@ -1,0 +1,294 @@
+"""The Python API: load a trained run and answer questions about (or caption) raw images.
+
+    import vlpeft
+    model = vlpeft.load("result/demo_train_seed0_from_vilt_demo_pretrained/version_0")  # or a .ckpt file
+    model.predict(image="cat.jpg", question="what colour is the shape?")      # -> "red"
+    model.predict(image=[img_a, img_b], question=["how many?", "what shape?"])  # -> ["2", "circle"]
+    model.generate(image="cat.jpg")                                            # captioning backbones
+
+``load`` rebuilds the model of the checkpoint's own config (``hyper_parameters["config"]``) on the placement it
+was trained with (``vlpeft_placement``: the searched skip set, not the config's ``skip_module``), loads every
+tensor (PET modules, heads, backbone) and requires the checkpoint to fill the whole model. The checkpoint is read
+with ``torch.load(weights_only=True)``: only tensors and plain containers are unpickled.
+
+Batch format (what ``predict`` builds from raw inputs, exactly as the run's test loader does):
+
+- each image: a path or a ``PIL.Image`` → RGB → the run's first ``val_transform_keys`` transform at
+  ``image_size`` → (3, H, W); a batch pads them to a common size (``image``, ``image_mask``, ``image_sizes``);
+- each question: the run's ``tokenizer``, padded/truncated to ``max_text_len`` (``text_ids``, ``text_masks``);
+  generative backbones tokenise ``<task prompt><question>`` per batch instead (``vlpeft.data.generative``);
+- classifier answers: the argmax class id → the answer vocabulary the run trained on (stored in the checkpoint
+  as ``vlpeft_answers``; checkpoints without it read the config's ``data_root`` vocabulary).
+
+A single image / question gives a string; lists (or one image with several questions) give a list, computed in
+batches of ``batch_size`` (default: the run's ``per_gpu_batchsize``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+ImageLike = Any  # str | os.PathLike | PIL.Image.Image
+CLASSIFIED = ("vqa", "gqa")  # classifier tasks whose class ids map to answer strings
+
+
+class ApiError(ValueError):
+    """An input the API cannot use; the message names it and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def find_checkpoint(source: str | os.PathLike) -> Path:
+    """The checkpoint ``load`` reads: ``source`` itself (a ``.ckpt``), or a run folder's ``checkpoints/best*.ckpt``
+    (else ``checkpoints/last.ckpt``), the rule ``python -m vlpeft.export`` uses."""
+    from vlpeft.export import ExportError
+    from vlpeft.export import find_checkpoint as find
+
+    try:
+        return find(source)
+    except ExportError as e:
+        raise ApiError(f"vlpeft.load: {e}") from None
+
+
+def load(source: str | os.PathLike, *, placement: Any = None, map_location: str | torch.device = "cpu"):
+    """The trained model of ``source`` (a run folder or a ``.ckpt``) in eval mode, on ``map_location``: the
+    checkpoint's config and placement, every tensor loaded, its answer vocabulary attached. ``placement``
+    (a ``Placement`` or its dict) overrides the stored one. Returns a ``VLPeftModule`` with ``predict`` and
+    ``generate``."""
+    from vlpeft.checkpoint import CheckpointError, load_state
+    from vlpeft.lightning import ANSWERS_KEY, PLACEMENT_KEY, VLPeftModule
+
+    path = find_checkpoint(source)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - an unreadable or unsafe file means the same thing to the user
+        raise CheckpointError(f"{path} is not a checkpoint readable with torch.load(weights_only=True) "
+                              f"({type(e).__name__}: {e})") from None
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hp, dict) or not isinstance(hp.get("config"), dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a vlpeft Lightning checkpoint (no hyper_parameters['config'] or "
+                              "state_dict); load weights of other formats with load_path= in a run")
+    if placement is None:
+        placement = hp.get("placement") or ckpt.get(PLACEMENT_KEY)
+    module = VLPeftModule(hp["config"], placement=placement)
+    report = load_state(module, ckpt["state_dict"], path, "vlpeft checkpoint")
+    from vlpeft.export import dropped_keys
+
+    report.missing = sorted(set(report.missing) - set(dropped_keys(module)))  # a pruned export: never run
+    if report.missing or report.unexpected:
+        raise CheckpointError(f"{path} does not fit the model its own config builds: "
+                              f"{len(report.missing)} tensors missing (first: {report.missing[:3]}), "
+                              f"{len(report.unexpected)} unexpected (first: {report.unexpected[:3]})")
+    module.answers = dict(ckpt.get(ANSWERS_KEY) or {})
+    module.checkpoint_path = str(path)
+    return module.to(map_location).eval()
+
+
+def check_checkpoint_plan(module, saved: Mapping[str, Any] | None) -> None:
+    """Refuse to load a checkpoint into a model built on another plan than the one it was trained with (before
+    checkpoints stored the placement as a constructor argument, load_from_checkpoint silently built skip_module's)."""
+    if not saved or module.search is not None:
+        return
+    want = (sorted(saved.get("skip", ())), saved.get("insert_layer"))
+    have = (sorted(module.base_plan.skip), module.base_plan.insert_layer)
+    if want != have:
+        from vlpeft.checkpoint import CheckpointError
+
+        raise CheckpointError(
+            f"the checkpoint was trained on the plan skip {want[0]}, insert_layer {want[1]}, but this model was "
+            f"built with skip {have[0]}, insert_layer {have[1]}; load it with vlpeft.load(path), or pass "
+            f"placement=<the checkpoint's 'vlpeft_placement'> to VLPeftModule.load_from_checkpoint")
+
+
+def answer_vocabularies(module, datamodule: Any) -> dict[str, list[str]]:
+    """``{task: [answer of class 0, 1, ...]}`` for the module's classifier QA tasks, from the run's datamodule
+    (what its test dumps use); what the module already carries where the datamodule cannot say."""
+    from vlpeft.data.datamodule import LabelVocabError
+
+    out = dict(getattr(module, "answers", {}) or {})
+    for t in module.tasks:
+        if t.name in CLASSIFIED and not t.generative and hasattr(datamodule, "label2ans"):
+            try:
+                out[t.name] = list(datamodule.label2ans(t.name))
+            except LabelVocabError:
+                pass  # vocabulary not derivable from this run's data: predict() says so when asked
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def _open_image(image: ImageLike):
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB") if image.mode != "RGB" else image
+    if isinstance(image, (str, os.PathLike)):
+        if not Path(image).is_file():
+            raise ApiError(f"image {str(image)!r} does not exist; pass an image file path or a PIL.Image")
+        with Image.open(image) as img:
+            return img.convert("RGB")  # also loads the pixels before the file closes
+    raise ApiError(f"image must be a file path or a PIL.Image (or a list of them), got {type(image).__name__}")
+
+
+def _as_lists(image: Any, text: Any, what: str) -> tuple[list, list | None, bool]:
+    """(images, texts, single): lists of equal length; one image or one text is repeated to the other's length."""
+    single = not isinstance(image, (list, tuple)) and not isinstance(text, (list, tuple))
+    images = list(image) if isinstance(image, (list, tuple)) else [image]
+    if text is None:
+        return images, None, single
+    texts = list(text) if isinstance(text, (list, tuple)) else [text]
+    if len(images) == 1 and len(texts) > 1:
+        images = images * len(texts)
+    elif len(texts) == 1 and len(images) > 1:
+        texts = texts * len(images)
+    if len(images) != len(texts) or not images:
+        raise ApiError(f"got {len(images)} images and {len(texts)} {what}s; pass one of each, lists of equal "
+                       f"length, or one image with a list of {what}s")
+    bad = [t for t in texts if not isinstance(t, str)]
+    if bad:
+        raise ApiError(f"each {what} must be a string, got {type(bad[0]).__name__}")
+    return images, texts, single
+
+
+class _Inputs:
+    """The run's own transform, tokenizer and collate (from its config), built once per module."""
+
+    def __init__(self, module):
+        from vlpeft.data.tokenizer import load_tokenizer
+        from vlpeft.data.transforms import keys_to_transforms
+
+        c = module.config
+        self.config = c
+        self.transform = keys_to_transforms(c["val_transform_keys"], int(c["image_size"]))[0]  # the test view
+        self.tokenizer = load_tokenizer(c.get("tokenizer", "bert-base-uncased"))
+        self.max_text_len = int(c["max_text_len"])
+
+    def image(self, image: ImageLike) -> torch.Tensor:
+        return self.transform(_open_image(image))
+
+    def encode(self, text: str) -> dict[str, list[int]]:
+        from vlpeft.data.datasets import BaseDataset
+
+        # the dataset's own encoding (padding, truncation, special tokens) with this run's tokenizer and length
+        return BaseDataset.encode(self, text)  # type: ignore[arg-type]
+
+    def classifier_batch(self, task: str, images: Sequence, texts: Sequence[str]) -> dict[str, Any]:
+        from vlpeft.data.collate import Collator
+
+        c = self.config
+        sizes = {"vqa": int(c.get("vqav2_label_size", 0) or 0), "gqa": int(c.get("gqa_label_size", 0) or 0)}
+        items = []
+        for img, q in zip(images, texts):
+            it: dict[str, Any] = {"task": task, "image": self.image(img), "text": q, "text_encoding": self.encode(q)}
+            if task == "vqa":  # unannotated, as a test split's questions
+                it.update(vqa_labels=[], vqa_scores=[], vqa_answer=[])
+            elif task == "gqa":
+                it.update(gqa_labels=[])
+            items.append(it)
+        return Collator(self.tokenizer, label_sizes=sizes)(items)
+
+    def generative_batch(self, task: str, images: Sequence, texts: Sequence[str] | None) -> dict[str, Any]:
+        from vlpeft.data.generative import TASK_PROMPTS, GenerativeCollator
+
+        c = self.config
+        if c.get("visual_features"):
+            raise ApiError("this run read pre-extracted visual features (visual_features=…), not pixels: its model "
+                           "cannot take raw images; use a run trained on images")
+        prompts = TASK_PROMPTS if bool(c.get("use_tasks_prompts", True)) else {}
+        collate = GenerativeCollator(self.tokenizer, self.max_text_len, int(c.get("gen_max_length", 20) or 20),
+                                     prompts)
+        texts = [""] * len(images) if texts is None else texts  # captions: the prompt alone (caption_clip_data.py)
+        return collate([{"task": task, "image": self.image(img), "text": t} for img, t in zip(images, texts)])
+
+
+def _inputs(module) -> _Inputs:
+    inp = module.__dict__.get("_api_inputs")
+    if inp is None:
+        inp = _Inputs(module)
+        module.__dict__["_api_inputs"] = inp  # plain attribute: not a submodule, not in the state dict
+    return inp
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _task(module, names: Sequence[str], what: str, other: str):
+    for t in module.tasks:
+        if t.name in names:
+            return t
+    raise ApiError(f"{what} needs a model trained on {' or '.join(names)}; this one's tasks are "
+                   f"{[t.name for t in module.tasks]} ({other})")
+
+
+def _run(module, batch: dict[str, Any]) -> dict[str, Any]:
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            return module(_to_device(batch, module.device), generate=True)
+    finally:
+        module.train(was_training)
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, start + size)
+
+
+# ---------------------------------------------------------------------------------------------- predict / generate
+def predict(module, image: ImageLike | Sequence[ImageLike], question: str | Sequence[str], *,
+            batch_size: int | None = None) -> str | list[str]:
+    """Answer ``question`` about ``image`` (a path or PIL image; lists for a batch) with the model's VQA (or
+    GQA) task: a classifier's top answer from the run's vocabulary, or a generative backbone's decoded answer."""
+    task = _task(module, CLASSIFIED, "predict()", "use generate() to caption with a captioning backbone")
+    images, texts, single = _as_lists(image, question, "question")
+    inp = _inputs(module)
+    size = int(batch_size or module.config.get("per_gpu_batchsize") or 8)
+    vocab = None if task.generative else _vocabulary(module, task.name)
+    answers: list[str] = []
+    for sl in _chunks(len(images), size):
+        if task.generative:
+            out = _run(module, inp.generative_batch(task.name, images[sl], texts[sl]))
+            answers += [str(a) for a in out[f"{task.name}_generated"]]
+        else:
+            out = _run(module, inp.classifier_batch(task.name, images[sl], texts[sl]))
+            ids = out[f"{task.name}_logits"].argmax(-1).tolist()
+            answers += [vocab[i] if 0 <= i < len(vocab) else "unknown" for i in ids]  # as the test dumps
+    return answers[0] if single else answers
+
+
+def generate(module, image: ImageLike | Sequence[ImageLike], *, batch_size: int | None = None) -> str | list[str]:
+    """Caption ``image`` (a path or PIL image; a list for a batch) with the model's generative caption task."""
+    task = _task(module, ("caption",), "generate()", "use predict(image=…, question=…) to answer questions")
+    images, _, single = _as_lists(image, None, "image")
+    inp = _inputs(module)
+    size = int(batch_size or module.config.get("per_gpu_batchsize") or 8)
+    captions: list[str] = []
+    for sl in _chunks(len(images), size):
+        out = _run(module, inp.generative_batch(task.name, images[sl], None))
+        captions += [str(c) for c in out["caption_generated"]]
+    return captions[0] if single else captions
+
+
+def _vocabulary(module, task: str) -> list[str]:
+    """The answer of every class id: the checkpoint's stored vocabulary, else the config's data_root one."""
+    stored = (getattr(module, "answers", None) or {}).get(task)
+    if stored:
+        return list(stored)
+    from vlpeft.data.datamodule import LabelVocabError, answer_map, vocab_file_names
+
+    try:
+        amap = answer_map(module.config["data_root"], vocab_file_names(task, module.config.get("data_splits")), task)
+    except LabelVocabError as e:
+        raise ApiError(f"this checkpoint stores no {task} answer vocabulary and its data_root cannot give one "
+                       f"({e}); set model.answers[{task!r}] = [answer of class 0, 1, ...]") from None
+    vocab = [amap[i] for i in range(max(amap) + 1)]
+    module.answers = {**(getattr(module, "answers", None) or {}), task: vocab}
+    return vocab
+
+
+__all__ = ["ApiError", "answer_vocabularies", "check_checkpoint_plan", "find_checkpoint", "generate", "load",
+           "predict"]

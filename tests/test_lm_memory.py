@@ -47,8 +47,12 @@ def test_low_precision_lm_keeps_the_pet_modules_in_fp32(name, plan, dtype):
     out = bb(_batch(), plan)["cls_feats"]  # no autocast around it: the backbone mixes the dtypes itself
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     out.float().pow(2).mean().backward()
-    grads = [own[n].grad for n in pet if "skip_adapters.1." in n or ".in_seq." in n]
+    # in_seq.j sits on sublayer j = 2·layer: layer 1 is skipped, so its in-block adapter (in_seq.2) gets no
+    # gradient (LaVIN's skip path never calls it); the kept layers' and the skip adapter's are fp32
+    skipped = [n for n in pet if n.startswith("plm.in_seq.2.")]
+    grads = [own[n].grad for n in pet if "skip_adapters.1." in n or (".in_seq." in n and n not in skipped)]
     assert grads and all(g is not None and g.dtype == torch.float32 for g in grads)
+    assert skipped and all(own[n].grad is None for n in skipped)
 
 
 def test_plm_dtype_fp32_is_the_default_and_bad_values_are_refused():
@@ -97,4 +101,4 @@ def test_gradient_checkpointing_gives_the_same_gradients(name, plan):
     assert plain.keys() == ckpt.keys() and any(".in_seq." in n for n in plain)
     for n in plain:
         assert torch.allclose(plain[n], ckpt[n], atol=1e-6, rtol=1e-5), n
-    assert any(plain[n].abs().sum() > 0 for n in report.param_names())
+    assert any(n in plain and plain[n].abs().sum() > 0 for n in report.param_names())

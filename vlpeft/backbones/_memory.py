@@ -50,6 +50,12 @@ def lm_autocast(dtype: torch.dtype, device: torch.device) -> Iterator[None]:
         yield
 
 
+def heads_dtype(x: torch.Tensor) -> torch.Tensor:
+    """Features for the heads: a half-precision LM's output in fp32; any other dtype (fp32, a model moved to fp64
+    for a parity check) as it is."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def checkpointed(fn: Callable[..., Any], *args: Any, enabled: bool) -> Any:
     """``fn(*args)``, its activations recomputed in the backward when ``enabled`` and gradients are on."""
     if not enabled or not torch.is_grad_enabled():
@@ -63,4 +69,5 @@ def checkpointed(fn: Callable[..., Any], *args: Any, enabled: bool) -> Any:
                       context_fn=lambda: (contextlib.nullcontext(), pet_context(**ctx)))
 
 
-__all__ = ["PLM_DTYPES", "check_grad_checkpointing", "checkpointed", "lm_autocast", "plm_torch_dtype"]
+__all__ = ["PLM_DTYPES", "check_grad_checkpointing", "checkpointed", "heads_dtype", "lm_autocast",
+           "plm_torch_dtype"]

@@ -52,7 +52,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from vlpeft.backbones._memory import checkpointed, lm_autocast, plm_torch_dtype
+from vlpeft.backbones._memory import checkpointed, heads_dtype, lm_autocast, plm_torch_dtype
 from vlpeft.backbones._clip import CLIPFeatureCache, FrozenCLIP, build_clip_visual
 from vlpeft.backbones._plm import LANGUAGE_MODELS, HostsPLM, PLMState, PLMWrapper, build_hf_plm, wrap_plm
 from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan
@@ -257,7 +257,7 @@ class DVPBackbone(HostsPLM, Backbone):
         state = self.plm.insert(state, prompt, tte)
         for i in range(k, self.num_layers):
             state = self._run(i, state, skip)
-        return {"cls_feats": self.plm.readout(state).float()}  # the heads stay fp32
+        return {"cls_feats": heads_dtype(self.plm.readout(state))}  # the heads stay fp32
 
     def _check_layer(self, k: Any) -> int:
         if isinstance(k, bool) or not isinstance(k, (int, torch.Tensor)) or int(k) != k:

@@ -28,7 +28,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from vlpeft.backbones._memory import check_grad_checkpointing, checkpointed, lm_autocast, plm_torch_dtype
+from vlpeft.backbones._memory import (check_grad_checkpointing, checkpointed, heads_dtype, lm_autocast,
+                                      plm_torch_dtype)
 from vlpeft.backbones._plm import LANGUAGE_MODELS, HostsPLM, PLMState, PLMWrapper, build_hf_plm, wrap_plm
 from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan
 
@@ -142,7 +143,7 @@ class PLMBackbone(HostsPLM, Backbone):
         with lm_autocast(plm_torch_dtype(self.cfg.plm_dtype), ids.device):
             state = self.run(self.plm.prepare(ids, masks), skip)
             feats = self.plm.readout(state)
-        return {"cls_feats": feats.float()}  # the heads stay fp32
+        return {"cls_feats": heads_dtype(feats)}  # the heads stay fp32
 
     # -- trainable policies ----------------------------------------------------------------------------
     def base_trainable(self, policy: str) -> list[tuple[str, nn.Parameter]]:

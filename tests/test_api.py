@@ -39,8 +39,9 @@ def runs(tmp_path_factory) -> dict:
                 num_workers=0, das_epoch=2, das_turn=1)
     search = _go(**base, stage="search", max_epoch=2)
     placement = json.loads(Path(search["placement_path"]).read_text())
-    # every weight trains (from scratch, 6 short epochs): enough for answers that vary with the question
-    train = _go(**base, stage="train", placement=search["placement_path"], max_epoch=6, full_finetune=True,
+    # every weight trains (from scratch, 10 short epochs): enough for answers that vary with the question (after 6
+    # the best checkpoint could still be an early epoch that answers one constant)
+    train = _go(**base, stage="train", placement=search["placement_path"], max_epoch=10, full_finetune=True,
                 warmup_steps=0)
     train_dir = Path(train["run_dir"])
     best = next(train_dir.glob("checkpoints/best-*.ckpt"))

@@ -13,6 +13,8 @@ from typing import Any
 
 from sacred import Experiment
 
+from vlpeft.data.splits import SPLITS
+
 ex = Experiment("vlpeft", save_git_info=False)
 
 # caption: COCO captioning, generative backbones only (vlpeft.tasks.generative); listed so that sacred accepts
@@ -116,7 +118,9 @@ NEW_KEYS: dict[str, Any] = {
     "insert_layer": 0,  # DVP: where the visual prompt enters (train stage)
     "head_hidden": 0,  # 0 = 2 * hidden_size (ViLT/BERT/T5 heads); DVP-LLaMA uses 512
     "demo_images": 600,
-    "data_splits": {},  # per-dataset split override, e.g. {"vqa": {"test": ["vqav2_test-dev"]}}
+    # the arrow files of each dataset's splits, pre-populated (sacred refuses keys added to an empty dict default):
+    # 'data_splits={"vqa": {"test": ["vqav2_rest_val"]}}' on the command line replaces that one entry
+    "data_splits": copy.deepcopy(SPLITS),
     "vqa_fill_questions": "",  # test2015 questions JSON: fill a test-dev submission to every test-std question (EvalAI)
     "vqa_fill_answer": "yes",  # the answer given to the filled questions
     "progress_interval": 30.0,  # seconds between progress lines when output is not a terminal
@@ -333,6 +337,7 @@ def _loss_names_hook(config, command_name, logger):
     # sacred checks added keys after its config hooks: without this, loss_names={"vqa_gen": 1} reads as sacred's
     # ConfigAddedError, which names neither the valid keys nor the fix
     _check_loss_names(config.get("loss_names", {}))
+    _check_data_splits(config.get("data_splits"))  # likewise for a dataset or split name sacred would call "added"
     return {}
 
 
@@ -341,6 +346,33 @@ def _check_loss_names(loss_names: Any) -> None:
     if bad is None or bad:
         what = f"unknown loss_names key(s) {bad}" if bad else f"loss_names={loss_names!r} is not a dict"
         raise ConfigError(f"{what}; valid keys: {list(LOSS_KEYS)} (e.g. 'loss_names={{\"vqa\": 1}}')")
+
+
+@ex.capture
+def _visual_features_form(visual_features):
+    """Never called: capturing ``visual_features`` lets its documented ``{dataset: folder}`` form through sacred (it
+    refuses entries added under a key no captured function takes; a string default has none), with a warning."""
+    return visual_features
+
+
+def _check_data_splits(data_splits: Any) -> None:
+    example = '\'data_splits={"vqa": {"test": ["vqav2_rest_val"]}}\''
+    if data_splits is None or data_splits == {}:
+        return  # a run.json / trainable.json of an older version: no override
+    if not isinstance(data_splits, dict):
+        raise ConfigError(f"data_splits={data_splits!r} is not a dict of dataset → split → files; e.g. {example}")
+    for ds, over in data_splits.items():
+        if ds not in SPLITS:
+            raise ConfigError(f"data_splits has unknown dataset {ds!r}; datasets: {list(SPLITS)} (e.g. {example})")
+        bad = sorted(set(over) - {"train", "val", "test"}) if isinstance(over, dict) else None
+        if bad is None or bad:
+            raise ConfigError(f"data_splits[{ds!r}]={over!r}: splits are train / val / test, each a list of arrow "
+                              f"file stems under data_root (e.g. {example})")
+        for split, names in over.items():
+            names = [names] if isinstance(names, str) else names
+            if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names):
+                raise ConfigError(f"data_splits[{ds!r}][{split!r}]={over[split]!r} must be a non-empty list of arrow "
+                                  f"file stems under data_root (e.g. {example})")
 
 
 ALL_KEYS = frozenset(DEFAULTS)
@@ -425,6 +457,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown} ({_closest(unknown[0])}); see README 'Config keys'")
     _check_loss_names(config.get("loss_names", {}))
+    _check_data_splits(config.get("data_splits"))
     _check_values(config)
     for k in BOOL_KEYS:
         if k in config and not isinstance(config[k], bool):

@@ -20,28 +20,9 @@ from vlpeft.data.arrow import (DATA_DOC_HINT, ArrowSchemaError, MissingArrowFile
                                load_split)
 from vlpeft.data.collate import Collator
 from vlpeft.data.datasets import DATASETS, BaseDataset, CaptionDataset
+from vlpeft.data.splits import SPLITS  # the table lives apart so the config can import it without torch
 from vlpeft.data.tokenizer import load_tokenizer
 
-# Which arrow files (stems under data_root) each split reads. Held-out defaults (seeds.md §8.12): the val split,
-# used for checkpoint selection and the search reward, never overlaps train; test is the benchmark's test split.
-# Differences from the originals (§2.7): NLVR2 val = dev (DAS used nlvr2_train), F30K train = train only (the
-# originals also trained on val), GQA val = gqa_val and test = test-dev (DVP used test-dev for both), SNLI-VE
-# val = dev and test = test (DVP used dev+test for both). Override per dataset/split with config["data_splits"],
-# e.g. {"vqa": {"test": ["vqav2_test-dev"]}, "nlvr2": {"test": ["nlvr2_dev", "nlvr2_test1"]}}.
-SPLITS: dict[str, dict[str, list[str]]] = {
-    "vqa": {"train": ["vqav2_train", "vqav2_trainable_val"], "val": ["vqav2_rest_val"], "test": ["vqav2_test"]},
-    "gqa": {"train": ["gqa_train"], "val": ["gqa_val"], "test": ["gqa_test-dev"]},
-    "snli_ve": {"train": ["snli_ve_train"], "val": ["snli_ve_dev"], "test": ["snli_ve_test"]},
-    "snli": {"train": ["snli_train"], "val": ["snli_dev"], "test": ["snli_test"]},  # METER's own SNLI-VE files
-    "nlvr2": {"train": ["nlvr2_train"], "val": ["nlvr2_dev"], "test": ["nlvr2_test1"]},
-    "f30k": {"train": ["f30k_caption_karpathy_train"], "val": ["f30k_caption_karpathy_val"],
-             "test": ["f30k_caption_karpathy_test"]},
-    "coco": {"train": ["coco_caption_karpathy_train", "coco_caption_karpathy_restval"],
-             "val": ["coco_caption_karpathy_val"], "test": ["coco_caption_karpathy_test"]},
-    # BoolQ has no public test labels: val = its dev set, test = the same (LaVIN-DAS evaluates on dev)
-    "boolq": {"train": ["boolq_train"], "val": ["boolq_val"], "test": ["boolq_val"]},
-    "scienceqa": {"train": ["scienceqa_train"], "val": ["scienceqa_val"], "test": ["scienceqa_test"]},
-}
 # label vocabularies: json file next to the arrow files, else derived from these splits' answers/answer_labels
 VOCAB_FILES = {"vqa": "vqav2_label_vocab.json", "gqa": "gqa_label_vocab.json"}
 UNKNOWN_ANSWER = "unknown"

@@ -42,7 +42,9 @@ def _main(config):
         if config["stage"] == "demo":  # test_only=True under the demo config: a test of load_path
             config["stage"] = "train"
         result = run(config)
-    return {k: str(v) for k, v in vars(result).items() if k in ("stage", "run_dir", "placement_path", "submission")}
+    # what sacred's closing "Result:" shows: the files a run read its plan from and wrote (None ones left out)
+    keep = ("stage", "run_dir", "placement_source", "placement_path", "checkpoint", "submission")
+    return {k: str(v) for k, v in vars(result).items() if k in keep and v is not None}
 
 
 if __name__ == "__main__":

@@ -135,7 +135,8 @@ def test_report_numbers_are_the_runs_own(runs, tmp_path, capsys):
         rec = json.loads((run_dir / "computation.json").read_text())
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert r["stage"] == stage
-        assert float(r["metric"]) == metrics["val"]["the_metric"]
+        assert r["metric_name"] == "val/vqa_score" and r["metric_unit"] == "%"
+        assert float(r["metric"]) == 100 * metrics["val"]["vqa_score"]
         assert int(r["trainable_params"]) == rec["params"]["trainable"]
         assert float(r["trainable_pct"]) == rec["params"]["percent"]
         assert int(r["flops"]) == rec["flops"]["chosen"] and int(r["flops_full"]) == rec["flops"]["full"]

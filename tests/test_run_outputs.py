@@ -3,6 +3,9 @@ metric, and every documented config key settable on the command line."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import re
 import subprocess
 import sys
@@ -79,3 +82,100 @@ def test_data_splits_refuses_unknown_dataset_or_split_naming_the_fix():
         run_py.ex.run("print_config", config_updates={"data_splits": {"vqa": {"tst": ["a"]}}}, options=QUIET)
     with pytest.raises(ConfigError, match=r"non-empty list"):
         run_py.ex.run("print_config", config_updates={"data_splits": {"vqa": {"test": []}}}, options=QUIET)
+
+
+# ------------------------------------------------------------------------------ the speed-up rule
+def _rec(skip, median, lo, hi):
+    return {"flops": {"chosen": 3e9, "full": 4e9, "reduction": 0.25}, "batch_size": 8, "plan": {"skip": skip},
+            "speedup": {"median": median, "min": lo, "max": hi, "rounds": 5, "device": "cpu"}}
+
+
+def test_speedup_is_stated_only_beyond_its_spread():
+    from vlpeft.computation import summary_line
+
+    noise = summary_line(_rec([1], 0.794, 0.79, 1.05))  # the range holds 1: noise, not a speed-up
+    assert "no measurable speed-up (0.79–1.05×)" in noise and "0.794" not in noise
+    real = summary_line(_rec([1, 2], 1.3, 1.2, 1.5))
+    assert "measured speed-up 1.300× [1.200, 1.500]" in real
+    slower = summary_line(_rec([1], 0.85, 0.8, 0.9))  # beyond the spread on the other side: stated as measured
+    assert "measured speed-up 0.850× [0.800, 0.900]" in slower
+    none = summary_line(_rec([], 0.794, 0.79, 1.05))  # a plan that skips nothing claims no speed-up at all
+    assert "nothing skipped: no speed-up to measure" in none and "×" not in none
+
+
+# ------------------------------------------------------------------------------ the report names its metric
+def _run_folder(log: Path, name: str, metrics: dict, comp: dict | None) -> Path:
+    d = log / name / "version_0"
+    d.mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps({"run_name": name, "version": 0}))
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    if comp is not None:
+        (d / "computation.json").write_text(json.dumps(dict(comp, stage="train")))
+    return d
+
+
+def test_report_names_the_metric_in_percent(tmp_path, capsys):
+    from vlpeft import report
+
+    log = tmp_path / "log"
+    comp = dict(_rec([1], 0.794, 0.79, 1.05), params={"trainable": 10, "total": 1000, "percent": 1.0})
+    _run_folder(log, "vqa_run", {"val": {"vqa_score": 0.34, "the_metric": 0.34}}, comp)
+    _run_folder(log, "full_run", {"val": {"nlvr2_dev_accuracy": 0.713, "nlvr2_accuracy": 0.7, "the_metric": 0.713}},
+                dict(comp, plan={"skip": []}))
+    _run_folder(log, "cap_run", {"test": {"caption_cider": 1.161, "the_metric": 1.161}}, None)
+    assert report.main([str(log), "--csv", str(tmp_path / "t.csv")]) == 0
+    md = capsys.readouterr().out
+    rows = {r["run"].split("/")[0]: r for r in csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text()))}
+    assert (rows["vqa_run"]["metric_name"], float(rows["vqa_run"]["metric"]), rows["vqa_run"]["metric_unit"]) \
+        == ("val/vqa_score", 34.0, "%")
+    assert rows["full_run"]["metric_name"] == "val/nlvr2_dev_accuracy" and float(rows["full_run"]["metric"]) == 71.3
+    assert (rows["cap_run"]["metric_name"], float(rows["cap_run"]["metric"]), rows["cap_run"]["metric_unit"]) \
+        == ("test/caption_cider", 1.161, "CIDEr-D")
+    assert float(rows["vqa_run"]["speedup"]) == 0.794  # the CSV keeps the measurement itself
+    line = {n: next(ln for ln in md.splitlines() if ln.startswith(f"| {n}/")) for n in rows}
+    assert "| val vqa_score 34.0 % |" in line["vqa_run"] and "no measurable speed-up (0.79–1.05×)" in line["vqa_run"]
+    assert "| val nlvr2_dev_accuracy 71.3 % |" in line["full_run"] and "none (nothing skipped)" in line["full_run"]
+    assert "| test caption_cider 1.161 CIDEr-D |" in line["cap_run"]
+
+
+# ------------------------------------------------------------------------------ every run ends saying how it did
+def test_runs_end_with_their_score_and_files(tmp_path, capsys):
+    from write_arrow.synthetic import write_synthetic
+
+    arrows = tmp_path / "arrows"
+    write_synthetic(arrows, seed=3, images=24, variants=("vqa",))
+    log = tmp_path / "result"
+    common = dict(data_root=str(arrows), log_dir=str(log), per_gpu_batchsize=8, batch_size=8, num_workers=0,
+                  max_epoch=1, das_epoch=1, das_turn=1, das_warmup_epoch=0, das_adapter_dim=8, das_skip_adapter_dim=16)
+
+    def run(**upd):
+        capsys.readouterr()
+        r = run_py.ex.run(named_configs=["demo"], config_updates=dict(common, **upd), options=QUIET)
+        block = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[vlpeft] ")][-3:]
+        return r, block
+
+    s, block = run(stage="search")
+    sdir = Path(s.result["run_dir"])
+    score = json.loads((sdir / "metrics.json").read_text())["val"]["vqa_score"]
+    assert block[0] == f"[vlpeft] search run done: val vqa_score {100 * score:.1f} %" + block[0].split("%", 1)[1]
+    assert block[1] == "[vlpeft] read: load_path (none: initialised weights)"
+    assert block[2].startswith(f"[vlpeft] wrote in {sdir}: placement.json, placement.png, checkpoints/best-")
+    assert "checkpoints/last.ckpt" in block[2] and "metrics.json, computation.json" in block[2]
+
+    t, block = run(stage="train", placement="latest")
+    tdir = Path(t.result["run_dir"])
+    assert t.result["placement_source"] == str(sdir / "placement.json") and "placement_path" not in t.result
+    assert block[0].startswith("[vlpeft] train run done: val vqa_score ") and "(last epoch; kept checkpoint: " in block[0]
+    assert block[1] == f"[vlpeft] read: load_path (none: initialised weights); placement {sdir / 'placement.json'}"
+    assert "trainable.safetensors" in block[2] and str(tdir) in block[2]
+
+    # the synthetic test split has no answers: said so, with the override that scores a split with answers
+    _, block = run(test_only=True, load_path=t.result["checkpoint"])
+    assert block[0].startswith("[vlpeft] test run done: test: no score (the test split has no answers")
+    assert "data_splits=" in block[0]
+    assert block[1] == f"[vlpeft] read: load_path {t.result['checkpoint']}; placement {t.result['checkpoint']}"
+    assert block[2].endswith(".json") and "vqa_submit_" in block[2]
+    r, block = run(test_only=True, load_path=t.result["checkpoint"],
+                   data_splits={"vqa": {"test": ["vqav2_rest_val"]}})
+    metrics = json.loads((Path(r.result["run_dir"]) / "metrics.json").read_text())["test"]
+    assert block[0] == f"[vlpeft] test run done: test vqa_score {100 * metrics['vqa_score']:.1f} %"

@@ -5,7 +5,9 @@ FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (matrix prod
 element-wise work such as norms and activations is not counted) on one representative batch — the first batch of
 the val loader — forward only, in eval mode, under ``no_grad``; heads and losses are part of the forward. The
 speed-up is t(full)/t(chosen) per round over a few interleaved timed forwards on the device the run used, reported
-as median [min, max]: it is **indicative** (one batch, a few rounds, a possibly busy machine).
+as median [min, max]: it is **indicative** (one batch, a few rounds, a possibly busy machine). It is stated as a
+speed-up only where the whole [min, max] range lies on one side of 1 (else "no measurable speed-up (lo–hi×)"),
+and not at all for a plan that skips nothing.
 
 ``computation.json`` in the run folder holds::
 
@@ -113,12 +115,29 @@ def computation(module: nn.Module, batch: Mapping[str, Any], plan: LayerPlan, *,
     }
 
 
+def speedup_text(speedup: Mapping[str, Any] | None, skip) -> str:
+    """The speed-up as a run or the report states it: a value only where its whole [min, max] spread lies on one
+    side of 1 (else it is noise: the range is shown instead), and none claimed for a plan that skips nothing."""
+    if speedup is None or speedup.get("median") is None:
+        return ""
+    if skip is not None and len(skip) == 0:  # (None: a record without its plan)
+        return "none (nothing skipped)"
+    lo, hi = speedup["min"], speedup["max"]
+    if lo <= 1.0 <= hi:
+        return f"no measurable speed-up ({lo:.2f}–{hi:.2f}×)"
+    return f"{speedup['median']:.3f}× [{lo:.3f}, {hi:.3f}]"
+
+
 def summary_line(rec: Mapping[str, Any]) -> str:
     f, s = rec["flops"], rec["speedup"]
+    skip = (rec.get("plan") or {}).get("skip")
+    speed = speedup_text(s, skip)
+    if skip and not speed.startswith("no measurable"):
+        speed = f"measured speed-up {speed}"
     return (f"[vlpeft] computation: {f['chosen'] / 1e9:.4g} GFLOPs per batch of {rec['batch_size']} vs "
-            f"{f['full'] / 1e9:.4g} unskipped (−{100 * f['reduction']:.2f} %); measured speed-up "
-            f"{s['median']:.3f}× [{s['min']:.3f}, {s['max']:.3f}] on {s['device']} (indicative: median of "
-            f"{s['rounds']} rounds on one batch)")
+            f"{f['full'] / 1e9:.4g} unskipped (−{100 * f['reduction']:.2f} %); "
+            + (f"{speed} on {s['device']} (indicative: median of {s['rounds']} rounds on one batch)" if skip else
+               "nothing skipped: no speed-up to measure"))
 
 
 def title_note(rec: Mapping[str, Any]) -> str:
@@ -212,4 +231,4 @@ def _uses_gpu(config: Mapping[str, Any]) -> bool:
 
 
 __all__ = ["COMPUTATION_FILE", "METRICS_FILE", "annotate_search", "computation", "count_flops", "full_plan",
-           "after_fit", "measure_speedup", "plan_flops", "record_run", "save_metrics", "summary_line"]
+           "after_fit", "measure_speedup", "plan_flops", "record_run", "save_metrics", "speedup_text", "summary_line"]

@@ -25,7 +25,7 @@ from vlpeft._io import atomic_path
 def _fmt_metrics(result) -> str:
     val = result.metrics.get("val") or result.metrics.get("test") or {}
     score = val.get("vqa_score")
-    return "n/a" if score is None else f"{100 * score:.1f}"
+    return "n/a" if score is None else f"{100 * score:.1f} %"  # as the runs' closing lines print it
 
 
 def export_original_checkpoint(module, path: Path) -> Path:
@@ -60,26 +60,26 @@ def run_demo(config: dict[str, Any]) -> Any:
     best = VLPeftModule.load_from_checkpoint(str(pre.checkpoint), map_location="cpu", placement=pre.placement,
                                              weights_only=True)
     ckpt = export_original_checkpoint(best, out / "vilt_demo_pretrained.ckpt")
-    print(f"[demo] stand-in pre-training: val VQA score {_fmt_metrics(pre)} → {ckpt}")
+    print(f"[demo] stand-in pre-training: val vqa_score {_fmt_metrics(pre)} → {ckpt}")
 
     # 3. DAS search
     search = run(dict(base, stage="search", exp_name="demo_search", load_path=str(ckpt)))
-    print(f"[demo] DAS search: skip {list(search.placement.skip)} (val VQA score {_fmt_metrics(search)})")
+    print(f"[demo] DAS search: skip {list(search.placement.skip)} (val vqa_score {_fmt_metrics(search)})")
 
     # 4. train on the searched placement
     train = run(dict(base, stage="train", exp_name="demo_train", load_path=str(ckpt),
                      placement=str(search.placement_path)))
-    print(f"[demo] adapters on the searched placement: val VQA score {_fmt_metrics(train)}")
+    print(f"[demo] adapters on the searched placement: val vqa_score {_fmt_metrics(train)}")
 
     # 5. test dump
     test = run(dict(base, test_only=True, exp_name="demo_test", load_path=str(train.checkpoint)))
     n = len(json.loads(Path(test.submission).read_text())) if test.submission else 0
     print("\n" + "=" * 72)
     print("[demo] summary")
-    print(f"  stand-in pre-training (full, no skip)  val VQA score {_fmt_metrics(pre)}")
+    print(f"  stand-in pre-training (full, no skip)  val vqa_score {_fmt_metrics(pre)}")
     print(f"  DAS search (skip_num={config['skip_num']})              placement skip={list(search.placement.skip)}"
           f"  → {search.placement_path}")
-    print(f"  adapters on that placement             val VQA score {_fmt_metrics(train)}")
+    print(f"  adapters on that placement             val vqa_score {_fmt_metrics(train)}")
     print(f"  test dump                              {test.submission} ({n} answers)")
     print(f"  total time                             {time.time() - t0:.0f} s")
     print("=" * 72)

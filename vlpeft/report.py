@@ -4,7 +4,10 @@
 
 One row per vlpeft run folder (``<log_dir>/<name>/version_<n>`` holding our ``run.json`` and ``metrics.json`` or
 ``computation.json``; a folder of another tool that happens to hold a ``metrics.json`` is listed as skipped):
-run, stage, task metric (the run's final ``the_metric``: val for search/train runs, test for test runs),
+run, stage, the task metric by name (the run's final score: val for search/train runs, test for test runs; in
+percent where it is a fraction, CIDEr-D on its own scale; the CSV has ``metric_name`` such as ``val/vqa_score``,
+``metric`` in ``metric_unit``; a multi-task run gives ``val/the_metric``, the sum of its parts as recorded, whose
+names and values the Markdown shows),
 trainable parameters and their %, FLOPs of the chosen architecture (per batch of the recorded size), the
 unskipped FLOPs and the reduction, the measured (indicative) speed-up and the placement. Every number is read
 from the run's own files (``metrics.json``, ``computation.json``, ``placement.json`` / ``trainable.json``);
@@ -22,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from vlpeft._io import DiskFullError, OutputPathError, write_text_atomic
-from vlpeft.computation import COMPUTATION_FILE, METRICS_FILE
+from vlpeft.computation import COMPUTATION_FILE, METRICS_FILE, speedup_text
+from vlpeft.tasks.metrics import metric_text, selection_metrics
 
 RUN_INFO = "run.json"  # vlpeft.rundir.RUN_INFO (not imported: rundir pulls in the config)
 
-COLUMNS = ("run", "stage", "metric", "trainable_params", "trainable_pct", "flops", "flops_full", "flops_reduction_pct",
-           "speedup", "speedup_min", "speedup_max", "placement")
+COLUMNS = ("run", "stage", "metric_name", "metric", "metric_unit", "trainable_params", "trainable_pct", "flops",
+           "flops_full", "flops_reduction_pct", "speedup", "speedup_min", "speedup_max", "placement")
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -81,10 +85,20 @@ def row(run_dir: Path, log_dir: Path) -> dict[str, Any]:
     stage = comp.get("stage") or ("search" if (run_dir / "placement.json").is_file() else
                                   "test" if "test" in metrics and not comp else "train")
     phase = "test" if stage == "test" else "val"
-    metric = (metrics.get(phase) or {}).get("the_metric")
+    values = metrics.get(phase) or {}
+    named = selection_metrics(values)
+    if len(named) == 1:  # the one named score, in the unit the runs print
+        name, value = named[0]
+        unit = "CIDEr-D" if name == "caption_cider" else "%"
+        value = value if unit == "CIDEr-D" else 100.0 * value
+    else:  # several tasks (their sum selects the checkpoint) or none recorded
+        name, value, unit = "the_metric", values.get("the_metric"), "sum"
+    score = f"{phase} " + ", ".join(metric_text(k, v) for k, v in named) if named else ""
     params, flops, speed = comp.get("params", {}), comp.get("flops", {}), comp.get("speedup", {})
     return {
-        "run": str(run_dir.relative_to(log_dir)), "stage": stage, "metric": metric,
+        "run": str(run_dir.relative_to(log_dir)), "stage": stage, "metric_name": f"{phase}/{name}",
+        "metric": value, "metric_unit": unit if value is not None else "",
+        "score": score, "skip": (comp.get("plan") or {}).get("skip"),
         "trainable_params": params.get("trainable"), "trainable_pct": params.get("percent"),
         "flops": flops.get("chosen"), "flops_full": flops.get("full"),
         "flops_reduction_pct": None if "reduction" not in flops else 100.0 * flops["reduction"],
@@ -107,21 +121,19 @@ def _fmt(key: str, v: Any) -> str:
         return f"{v:,d}"
     if key in ("trainable_pct", "flops_reduction_pct"):
         return f"{v:.2f}"
-    if key == "metric":
-        return f"{v:.4f}"
     if key.startswith("speedup"):
         return f"{v:.3f}×"
     return str(v)
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    head = ["run", "stage", "metric", "trainable params", "trainable %", "GFLOPs/batch", "unskipped", "FLOPs −%",
+    head = ["run", "stage", "score", "trainable params", "trainable %", "GFLOPs/batch", "unskipped", "FLOPs −%",
             "speed-up (indicative) median [min, max]", "placement"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        speed = "" if r["speedup"] is None else \
-            f"{_fmt('speedup', r['speedup'])} [{_fmt('speedup', r['speedup_min'])}, {_fmt('speedup', r['speedup_max'])}]"
-        cells = [r["run"], r["stage"], _fmt("metric", r["metric"]), _fmt("trainable_params", r["trainable_params"]),
+        speed = "" if r["speedup"] is None else speedup_text(
+            {"median": r["speedup"], "min": r["speedup_min"], "max": r["speedup_max"]}, r["skip"])
+        cells = [r["run"], r["stage"], r["score"], _fmt("trainable_params", r["trainable_params"]),
                  _fmt("trainable_pct", r["trainable_pct"]), _fmt("flops", r["flops"]), _fmt("flops", r["flops_full"]),
                  _fmt("flops_reduction_pct", r["flops_reduction_pct"]), speed, r["placement"]]
         lines.append("| " + " | ".join(cells) + " |")

@@ -47,6 +47,10 @@ class RunResult:
     stages: dict[str, "RunResult"] = field(default_factory=dict)
     computation: dict[str, Any] | None = None  # computation.json (vlpeft.computation)
     pruned_path: Path | None = None  # export_pruned=True: the deployable checkpoint
+    placement_source: str | None = None  # the placement file (or checkpoint) a train / test run read its plan from
+    last_checkpoint: Path | None = None
+    best_metric: float | None = None  # val/the_metric of the kept (best) checkpoint
+    dumps: dict[str, Path] = field(default_factory=dict)  # test: task → prediction / submission file
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -203,9 +207,14 @@ def run(config: dict[str, Any]) -> RunResult:
     config = rc.flat
     check_name_part("exp_name", config["exp_name"])  # the run folder must stay inside log_dir
     pl.seed_everything(config["seed"], workers=True, verbose=False)
-    if rc.test_only:
-        return run_test(config)
-    return run_fit(config, search=rc.stage == "search")
+    result = run_test(config) if rc.test_only else run_fit(config, search=rc.stage == "search")
+    from pytorch_lightning.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:  # every run ends saying how it did and what it read and wrote
+        from vlpeft.run_summary import print_summary
+
+        print_summary(result, config)
+    return result
 
 
 def _datamodule(config: dict[str, Any]):
@@ -274,12 +283,16 @@ def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
             raise
     finally:
         os.environ.pop(VERSION_ENV, None)
-    result = RunResult(stage="search" if search else "train", run_dir=run_dir)
+    result = RunResult(stage="search" if search else "train", run_dir=run_dir,
+                       placement_source=placement.source if placement is not None else None)
     result.metrics = getattr(module, "epoch_results", {})
     ckpt_cb = trainer.checkpoint_callback
     if ckpt_cb is not None:
         best = ckpt_cb.best_model_path or ckpt_cb.last_model_path
         result.checkpoint = Path(best) if best else None
+        last = [cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor is None and cb.best_model_path]
+        result.last_checkpoint = Path(last[0]) if last else None  # the unmonitored one keeps last.ckpt
+        result.best_metric = None if ckpt_cb.best_model_score is None else float(ckpt_cb.best_model_score)
     if trainer.is_global_zero:
         result.placement = module.current_placement()
         if search:
@@ -388,11 +401,12 @@ def run_test(config: dict[str, Any]) -> RunResult:
             print(f"[vlpeft] the test run in {run_dir} was stopped by SIGTERM before it finished; its dumps are "
                   "incomplete or missing: run it again", file=sys.stderr, flush=True)
             raise SystemExit(PREEMPTED_EXIT) from None
-    result = RunResult(stage="test", run_dir=run_dir, placement=module.current_placement())
+    result = RunResult(stage="test", run_dir=run_dir, placement=module.current_placement(),
+                       placement_source=placement.source if placement is not None else None)
     result.metrics = getattr(module, "epoch_results", {})
     if trainer.is_global_zero:
         save_metrics(run_dir, result.metrics)
-    dumps = getattr(module, "test_dumps", {})
+    dumps = result.dumps = dict(getattr(module, "test_dumps", None) or {})
     result.submission = dumps.get("vqa") or next(iter(dumps.values()), None)
     return result
 
@@ -426,7 +440,9 @@ def saved_placement(load_path, *, unsafe_pickle: bool = False) -> Placement | No
         else:
             saved = _peek(p, unsafe_pickle=unsafe_pickle).get("vlpeft_placement")
         if saved:
-            return Placement.from_dict(saved, source=str(p))
+            placement = Placement.from_dict(saved, source=str(p))
+            object.__setattr__(placement, "source", str(p))  # the run's closing block names where its plan came from
+            return placement
     return None
 
 

@@ -179,3 +179,18 @@ def test_runs_end_with_their_score_and_files(tmp_path, capsys):
                    data_splits={"vqa": {"test": ["vqav2_rest_val"]}})
     metrics = json.loads((Path(r.result["run_dir"]) / "metrics.json").read_text())["test"]
     assert block[0] == f"[vlpeft] test run done: test vqa_score {100 * metrics['vqa_score']:.1f} %"
+
+
+def test_the_named_scores_are_what_the_metric_sums():
+    from vlpeft.scores import selection_metrics
+    from vlpeft.tasks.metrics import the_metric
+
+    cases = [{"vqa_score": 0.34, "vqa_loss": 2.0},
+             {"nlvr2_dev_accuracy": 0.713, "nlvr2_accuracy": 0.7, "nlvr2_loss": 0.6},
+             {"snli_ve_accuracy": 0.5, "itm_accuracy": 0.9, "ir_r1": 0.2, "tr_r1": 0.3, "ir_r5": 0.6},
+             {"ir_r1": 0.2, "gqa_accuracy": float("nan"), "caption_cider": 1.161}]
+    names = [[k for k, _ in selection_metrics(c)] for c in cases]
+    assert names == [["vqa_score"], ["nlvr2_dev_accuracy"], ["itm_accuracy", "snli_ve_accuracy", "ir_r1", "tr_r1"],
+                     ["caption_cider"]]
+    for c in cases:
+        assert sum(v for _, v in selection_metrics(c)) == pytest.approx(the_metric(c), abs=1e-12)

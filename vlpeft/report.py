@@ -26,7 +26,7 @@ from typing import Any
 
 from vlpeft._io import DiskFullError, OutputPathError, write_text_atomic
 from vlpeft.computation import COMPUTATION_FILE, METRICS_FILE, speedup_text
-from vlpeft.tasks.metrics import metric_text, selection_metrics
+from vlpeft.scores import metric_text, selection_metrics
 
 RUN_INFO = "run.json"  # vlpeft.rundir.RUN_INFO (not imported: rundir pulls in the config)
 

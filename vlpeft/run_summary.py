@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from vlpeft.tasks.metrics import metric_text, selection_metrics
+from vlpeft.scores import metric_text, selection_metrics
 
 
 def score_text(metrics: Mapping[str, Mapping[str, float]], phase: str, best: float | None = None) -> str:

@@ -66,8 +66,9 @@ def _holds(got, value) -> bool:
 
 
 def test_data_splits_on_the_command_line_replaces_one_entry():
-    p = subprocess.run([sys.executable, "run.py", "print_config", "with", 'data_splits={"vqa": {"test": ["vqav2_rest_val"]}}'],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    update = 'data_splits={"vqa": {"test": ["vqav2_rest_val"]}}'  # as the shell passes it
+    p = subprocess.run([sys.executable, "run.py", "print_config", "with", update], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
     assert p.returncode == 0 and "ConfigAddedError" not in p.stderr, p.stderr[-2000:]
     out = re.sub(r"\x1b\[[0-9;]*m", "", p.stdout)
     vqa = out.split("vqa:", 1)[1].split("\n", 4)[:4]
@@ -165,7 +166,8 @@ def test_runs_end_with_their_score_and_files(tmp_path, capsys):
     t, block = run(stage="train", placement="latest")
     tdir = Path(t.result["run_dir"])
     assert t.result["placement_source"] == str(sdir / "placement.json") and "placement_path" not in t.result
-    assert block[0].startswith("[vlpeft] train run done: val vqa_score ") and "(last epoch; kept checkpoint: " in block[0]
+    assert block[0].startswith("[vlpeft] train run done: val vqa_score ")
+    assert "(last epoch; kept checkpoint: " in block[0]
     assert block[1] == f"[vlpeft] read: load_path (none: initialised weights); placement {sdir / 'placement.json'}"
     assert "trainable.safetensors" in block[2] and str(tdir) in block[2]
 

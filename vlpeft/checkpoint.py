@@ -339,6 +339,10 @@ def load_weights(module, load_path, *, fresh_heads: bool = False, unsafe_pickle:
             if sidecar.is_file():
                 report.placement = json.loads(sidecar.read_text()).get("placement")
         elif any(k.startswith(("backbone.", "heads.")) for k in sd):
+            if extras.get("vlpeft_export"):  # a pruned export: build the model without what it dropped
+                from vlpeft.export import prune_if_exported
+
+                prune_if_exported(module, extras["vlpeft_export"], path)
             report = load_state(module, sd, path, "vlpeft checkpoint")
         else:
             report = _load_original(module, sd, path, fresh_heads=fresh_heads)

@@ -689,6 +689,8 @@ class HostsPLM:
         keys that already fit, and keys nothing here has (``lm_head.*``), pass through."""
         names = {id(m): n for n, m in self.named_modules()}
         at = names[id(self.plm.hf_model())] + "."
+        if any(k.startswith(at) for k in state_dict):  # already this backbone's names (a vlpeft checkpoint)
+            return dict(state_dict)
         own = set(self.state_dict())
         out = {}
         for k, v in state_dict.items():

@@ -88,3 +88,17 @@ def test_folder_of_another_family_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"t5 is a Hugging Face folder of model_type 't5'.*PLMBackbone.*'llama'"):
         load_weights(_holder(llama), str(tmp_path / "t5"))
     assert all(torch.equal(v, llama.state_dict()[k]) for k, v in before.items())  # nothing loaded
+
+
+def test_wrong_family_is_refused_from_the_config_alone(tmp_path):
+    """The config check (before anything is built) knows the family from the backbone and language_model."""
+    from vlpeft.backbones._folders import FolderError, precheck_load_path
+
+    BACKBONES.build("test_vl_t5").seq2seq.save_pretrained(tmp_path / "t5")
+    folder = str(tmp_path / "t5")
+    precheck_load_path("vl_t5", {"load_path": folder})  # the right family passes
+    precheck_load_path("plm", {"load_path": ["x.ckpt", folder], "language_model": "T5"})
+    with pytest.raises(FolderError, match=r"t5 is a Hugging Face folder of model_type 't5'.*\(plm\).*'llama'"):
+        precheck_load_path("plm", {"load_path": ["x.ckpt", folder], "language_model": "LLAMA"})
+    with pytest.raises(FolderError, match=r"model_type 't5'.*\(vl_bart\).*'bart'"):
+        precheck_load_path("vl_bart", {"load_path": folder})

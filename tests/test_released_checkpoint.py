@@ -107,13 +107,16 @@ def _demo_config() -> dict:
 
 
 def test_hf_folder_of_another_family_is_refused(arrows, tmp_path):
-    """A BERT folder as load_path of a ViLT run: one error naming the folder, its model_type and the backbone."""
+    """A BERT folder as load_path of a ViLT run: one error naming the folder, its model_type and the backbone,
+    from the config check (before the model is built)."""
     from transformers import BertConfig, BertModel
+
+    from vlpeft.config import ConfigError
 
     folder = tmp_path / "bert_folder"
     BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32)).save_pretrained(folder)
-    with pytest.raises(CheckpointError, match=rf"{folder}.*model_type 'bert'.*ViLT.*'vilt'"):
+    with pytest.raises(ConfigError, match=rf"{folder}.*model_type 'bert'.*backbone \(vilt\).*'vilt'"):
         _run(data_root=str(arrows), log_dir=str(tmp_path / "result"), test_only=True, load_path=str(folder),
              pet="none", per_gpu_batchsize=8, batch_size=8, num_workers=0)
 

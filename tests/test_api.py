@@ -111,6 +111,13 @@ def test_pruned_export_loads_and_answers_the_same(runs, tmp_path):
 
     pruned = export_checkpoint(runs["train_dir"], tmp_path / "pruned.ckpt")
     model = vlpeft.load(pruned)
+    # built without the dropped units: it holds exactly the file's tensors, fewer parameters than the full model
+    from vlpeft.export import PrunedUnit
+
+    full = vlpeft.load(runs["train_dir"])
+    assert set(model.state_dict()) == set(torch.load(pruned, weights_only=True)["state_dict"])
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in full.parameters())
+    assert any(isinstance(model.backbone.candidate_module(i), PrunedUnit) for i in model.plan().skip)
     questions = _test_questions(runs["arrows"])[:6]
     dump = {r["question_id"]: r["answer"] for r in runs["dump"]}
     answers = model.predict(image=[Image.open(io.BytesIO(b)) for _, b, _ in questions],

@@ -166,6 +166,14 @@ def test_pruned_export_loads_and_predicts_identically(runs, tmp_path):
     with torch.no_grad():
         a, b = ref(batch), got(batch)
     assert torch.equal(a["vqa_logits"], b["vqa_logits"])
+    # the model loaded from the pruned file is built without the dropped units: fewer parameters by exactly theirs
+    from vlpeft.export import PrunedUnit
+
+    drop_params = sum(p.numel() for n, p in ref.named_parameters() if n in set(dropped_keys(ref)))
+    assert drop_params > 0
+    assert sum(p.numel() for p in got.parameters()) == sum(p.numel() for p in ref.parameters()) - drop_params
+    assert isinstance(got.backbone.candidate_module(skip[0]), PrunedUnit)
+    assert set(got.state_dict()) == set(sd)  # it holds exactly the file's tensors
     # smaller by the skipped share: file size over an unpruned file of the same format, to 1 %
     full = ref.state_dict()
     drop = set(dropped_keys(ref))

@@ -438,6 +438,24 @@ def test_das_search_then_train_on_text_only_llama(arrows, tmp_path):
     pruned = torch.load(train_dir / "pruned.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     layer = f"backbone.plm.llama.layers.{p.skip[0]}."
     assert sorted(k for k in pruned if k.startswith(layer)) == [layer + "input_layernorm.weight"]
+    # loading the pruned file builds the model without the dropped tensors: fewer parameters by exactly theirs
+    from vlpeft.checkpoint import load_weights
+    from vlpeft.export import PrunedUnit, dropped_keys
+    from vlpeft.lightning import VLPeftModule
+
+    def built(path: Path) -> VLPeftModule:
+        m = VLPeftModule(ckpt["hyper_parameters"]["config"], placement=Placement.from_dict(ckpt["vlpeft_placement"]))
+        load_weights(m, str(path))
+        return m
+
+    ref, got = built(train_dir / "checkpoints" / "last.ckpt"), built(train_dir / "pruned.ckpt")
+    drop = set(dropped_keys(ref))
+    drop_params = sum(q.numel() for n, q in ref.named_parameters() if n in drop)
+    assert drop_params > 0 and any(n.startswith("backbone.skip_adapters.") for n in drop)  # kept units' skip modules
+    assert sum(q.numel() for q in got.parameters()) == sum(q.numel() for q in ref.parameters()) - drop_params
+    unit = got.backbone.candidate_module(p.skip[0])
+    assert isinstance(unit, PrunedUnit) and [n for n, _ in unit.named_parameters()] == ["input_layernorm.weight"]
+    assert set(got.state_dict()) == set(pruned)
 
     # test_only: the placement comes from the checkpoint; the dump has one prediction per dev question, the same
     # from the full checkpoint and from the pruned export

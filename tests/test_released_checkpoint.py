@@ -52,11 +52,30 @@ def _run(**updates):
     return run_py.ex.run(named_configs=["demo"], config_updates=updates, options={"--loglevel": "ERROR"})
 
 
-def test_released_checkpoint_equals_transformers_vilt(arrows, tmp_path):
+def _save(hf, tmp_path: Path, layout: str) -> Path:
+    """The weights as a plain state-dict file, or as a Hugging Face folder (save_pretrained: one safetensors file,
+    shards with their index, or config.json + pytorch_model.bin)."""
+    if layout == "bin_file":
+        ckpt = tmp_path / "vilt_vqa_released.bin"
+        torch.save(hf.state_dict(), ckpt)  # transformers names: vilt.*, classifier.*
+        return ckpt
+    folder = tmp_path / f"vilt_vqa_{layout}"
+    if layout == "bin_folder":
+        folder.mkdir()
+        hf.config.save_pretrained(folder)
+        torch.save(hf.state_dict(), folder / "pytorch_model.bin")
+    else:
+        hf.save_pretrained(folder, **({"max_shard_size": "200KB"} if layout == "sharded_folder" else {}))
+    names = sorted(p.name for p in folder.iterdir())
+    assert ("model.safetensors.index.json" in names) == (layout == "sharded_folder"), names
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["bin_file", "folder", "sharded_folder", "bin_folder"])
+def test_released_checkpoint_equals_transformers_vilt(arrows, tmp_path, layout):
     labels = len(json.loads((arrows / "vqav2_label_vocab.json").read_text()))
     hf = _hf_model(labels)
-    ckpt = tmp_path / "vilt_vqa_released.bin"
-    torch.save(hf.state_dict(), ckpt)  # transformers names: vilt.*, classifier.*
+    ckpt = _save(hf, tmp_path, layout)
     common = dict(data_root=str(arrows), log_dir=str(tmp_path / "result"), test_only=True, load_path=str(ckpt),
                   skip_module=[], per_gpu_batchsize=8, batch_size=8, num_workers=0, drop_rate=0.0)
 
@@ -85,3 +104,27 @@ def _demo_config() -> dict:
     from vlpeft.config import NAMED_CONFIGS
 
     return dict(NAMED_CONFIGS["demo"])
+
+
+def test_hf_folder_of_another_family_is_refused(arrows, tmp_path):
+    """A BERT folder as load_path of a ViLT run: one error naming the folder, its model_type and the backbone,
+    from the config check (before the model is built)."""
+    from transformers import BertConfig, BertModel
+
+    from vlpeft.config import ConfigError
+
+    folder = tmp_path / "bert_folder"
+    BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(folder)
+    with pytest.raises(ConfigError, match=rf"{folder}.*model_type 'bert'.*backbone \(vilt\).*'vilt'"):
+        _run(data_root=str(arrows), log_dir=str(tmp_path / "result"), test_only=True, load_path=str(folder),
+             pet="none", per_gpu_batchsize=8, batch_size=8, num_workers=0)
+
+
+def test_folder_without_weights_is_refused_before_the_build(arrows, tmp_path):
+    from vlpeft.config import ConfigError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"empty is a folder without config.json"):
+        _run(data_root=str(arrows), log_dir=str(tmp_path / "result"), test_only=True,
+             load_path=str(tmp_path / "empty"), pet="none")

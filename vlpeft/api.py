@@ -74,8 +74,10 @@ def load(source: str | os.PathLike, *, placement: Any = None, map_location: str 
     if placement is None:
         placement = hp.get("placement") or ckpt.get(PLACEMENT_KEY)
     module = VLPeftModule(hp["config"], placement=placement)
+    from vlpeft.export import EXPORT_KEY, dropped_keys, prune_if_exported
+
+    prune_if_exported(module, ckpt.get(EXPORT_KEY), path)  # a pruned export: the model without its dropped units
     report = load_state(module, ckpt["state_dict"], path, "vlpeft checkpoint")
-    from vlpeft.export import dropped_keys
 
     report.missing = sorted(set(report.missing) - set(dropped_keys(module)))  # a pruned export: never run
     if report.missing or report.unexpected:

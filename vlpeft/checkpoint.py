@@ -3,7 +3,10 @@
 adapts foreign key names and shapes through its ``checkpoint_filter_fn``.
 
 ``load_path`` may name one file or a list applied in order, e.g. the pretrained backbone checkpoint and then
-the trainable weights (adapters, heads, search state) a run saved alone.
+the trainable weights (adapters, heads, search state) a run saved alone. An entry may also be a Hugging Face model
+folder (``save_pretrained``: ``config.json`` + ``model.safetensors``, sharded safetensors with their index, or
+``pytorch_model.bin``): its ``model_type`` must be one the backbone reads (``Backbone.hf_model_types``), and its
+names go through the backbone's ``checkpoint_filter_fn`` like any foreign file's.
 """
 
 from __future__ import annotations
@@ -179,6 +182,66 @@ def read_checkpoint(path: str | os.PathLike, *, unsafe_pickle: bool = False
     return sd, extras
 
 
+_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def hf_folder_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` (a folder) is no loadable Hugging Face model folder; None when it is one."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        return (f"load_path {p} is a folder without config.json; give a Hugging Face model folder (written by "
+                "save_pretrained) or the path of a .ckpt / .bin / .safetensors file")
+    if not any((p / n).is_file() for n in _HF_WEIGHTS):
+        return (f"load_path {p} holds config.json but none of {', '.join(_HF_WEIGHTS)}; save the model with "
+                "save_pretrained, or give the weights file itself")
+    return None
+
+
+def read_hf_folder(path: str | os.PathLike, *, unsafe_pickle: bool = False) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict of a Hugging Face model folder and its ``model_type``: ``model.safetensors`` (or its shards
+    through ``model.safetensors.index.json``) preferred, else ``pytorch_model.bin`` (or its shards) through the
+    weights_only loader."""
+    from vlpeft.backbones._folders import model_type
+
+    p = Path(path)
+    problem = hf_folder_problem(p)
+    if problem:
+        raise CheckpointError(problem)
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (p / single).is_file():
+            files = [p / single]
+        elif (p / index).is_file():
+            try:
+                weight_map = json.loads((p / index).read_text(encoding="utf-8"))["weight_map"]
+            except (OSError, ValueError, KeyError) as e:
+                raise CheckpointError(f"{p / index} is no readable shard index ({type(e).__name__}: {e})") from None
+            files = [p / f for f in dict.fromkeys(weight_map.values())]
+            absent = [str(f) for f in files if not f.is_file()]
+            if absent:
+                raise CheckpointError(f"{p / index} names shards that are not there: {', '.join(absent[:3])}")
+        else:
+            continue
+        sd: dict[str, torch.Tensor] = {}
+        for f in files:
+            sd.update(read_checkpoint(f, unsafe_pickle=unsafe_pickle)[0])
+        return sd, model_type(p) or ""
+    raise CheckpointError(hf_folder_problem(p) or f"{p}: no weights")  # pragma: no cover - checked above
+
+
+def check_hf_family(path: str | os.PathLike, kind: str, backbone: nn.Module) -> None:
+    """CheckpointError unless the folder's ``model_type`` is one the backbone reads (a wrong family would load a
+    few matching names and leave the rest random)."""
+    accepted = tuple(getattr(backbone, "hf_model_types", lambda: ())())
+    if kind in accepted:
+        return
+    name = type(backbone).__name__
+    reads = (f"reads Hugging Face folders of model_type {' or '.join(map(repr, accepted))}" if accepted
+             else "reads no Hugging Face model folder")
+    raise CheckpointError(f"load_path {path} is a Hugging Face folder of model_type {kind!r}, but this run's backbone "
+                          f"({name}) {reads}; pass a folder of that family, or choose the backbone for it")
+
+
 def apply_prefix_map(sd: Mapping[str, torch.Tensor], prefix_map: Mapping[str, str] | None) -> dict[str, torch.Tensor]:
     """Rename keys by the longest matching source prefix (``{"": "backbone."}`` prefixes everything)."""
     if not prefix_map:
@@ -254,6 +317,19 @@ def load_weights(module, load_path, *, fresh_heads: bool = False, unsafe_pickle:
     """
     reports = []
     for path in _as_list(load_path):
+        if Path(path).is_dir():
+            if hf_folder_problem(path):
+                raise CheckpointError(hf_folder_problem(path))
+            from vlpeft.backbones._folders import model_type
+
+            check_hf_family(path, model_type(path) or "", module.backbone)  # before reading any tensor
+            sd, _ = read_hf_folder(path, unsafe_pickle=unsafe_pickle)
+            report = _load_original(module, sd, path, fresh_heads=fresh_heads)
+            report.kind = "Hugging Face model folder"
+            if report.loaded == 0:
+                raise CheckpointError(_matches_nothing(path, sd, module))
+            reports.append(report)
+            continue
         sd, extras = read_checkpoint(path, unsafe_pickle=unsafe_pickle)
         if Path(path).suffix == ".safetensors":
             report = load_state(module, sd, path, "trainable weights (safetensors)")
@@ -263,6 +339,10 @@ def load_weights(module, load_path, *, fresh_heads: bool = False, unsafe_pickle:
             if sidecar.is_file():
                 report.placement = json.loads(sidecar.read_text()).get("placement")
         elif any(k.startswith(("backbone.", "heads.")) for k in sd):
+            if extras.get("vlpeft_export"):  # a pruned export: build the model without what it dropped
+                from vlpeft.export import prune_if_exported
+
+                prune_if_exported(module, extras["vlpeft_export"], path)
             report = load_state(module, sd, path, "vlpeft checkpoint")
         else:
             report = _load_original(module, sd, path, fresh_heads=fresh_heads)

@@ -625,8 +625,14 @@ def _check_paths(config: dict[str, Any]) -> None:
                           "resume (…/version_N/checkpoints/last.ckpt)")
     paths = config["load_path"] if isinstance(config["load_path"], (list, tuple)) else [config["load_path"]]
     for p in paths:
-        if p and not Path(p).is_file():
-            raise ConfigError(f"load_path {p} does not exist; give the path of a .ckpt / .bin / .safetensors file")
+        if p and Path(p).is_dir():
+            from vlpeft.checkpoint import hf_folder_problem
+
+            if hf_folder_problem(p):
+                raise ConfigError(hf_folder_problem(p))
+        elif p and not Path(p).is_file():
+            raise ConfigError(f"load_path {p} does not exist; give the path of a .ckpt / .bin / .safetensors file "
+                              "or a Hugging Face model folder")
     log_dir = Path(config["log_dir"])
     try:  # the run folder goes there: create it and write a probe now, not after the model is built
         log_dir.mkdir(parents=True, exist_ok=True)

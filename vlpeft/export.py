@@ -5,8 +5,10 @@ its skip module reads (a skip site's ``meta["input_norm"]``: the LLaMA layer's `
 skip adapter); of the skip sites only those of skipped units run, so a kept unit's skip module
 (``backbone.<skip site>.*``) is dropped too.
 The file is a plain ``{"state_dict", "vlpeft_placement", "vlpeft_export"}`` checkpoint: ``load_path=`` (and
-``test_only=True``) load it into a model built with the same config and placement, which predicts identically —
-the dropped tensors are never used, so they may stay as initialised.
+``test_only=True``) and ``vlpeft.load`` load it into a model built with the same config and placement, which
+predicts identically. Loading a file marked pruned (its ``vlpeft_export`` entry) on the plan it was exported for
+also prunes the model (``prune_module``): each dropped module is replaced by an empty ``PrunedUnit`` (holding only
+what a skip module still reads), so the model holds exactly the file's tensors.
 
     python -m vlpeft.export RUN_DIR|CKPT --out FILE [--force]    # RUN_DIR: its best checkpoint, else last.ckpt
     python run.py with … export_pruned=True             # a train/search run also writes <run>/pruned.ckpt
@@ -35,6 +37,8 @@ class ExportError(ValueError):
 def dropped_prefixes(backbone: nn.Module, plan: LayerPlan, prefix: str = "backbone.") -> list[str]:
     """Key prefixes (with the trailing dot) of what ``plan`` never runs: each skipped unit, each kept unit's skip
     module."""
+    if _pruned_for(backbone, plan):
+        return [prefix + n + "." for n in backbone._vlpeft_pruned[1]]
     skip_sites = {s.layer: s.name for s in backbone.sites() if s.anchor == "skip"}
     out = []
     for i in range(backbone.candidates().count):
@@ -48,6 +52,8 @@ def dropped_prefixes(backbone: nn.Module, plan: LayerPlan, prefix: str = "backbo
 def kept_prefixes(backbone: nn.Module, plan: LayerPlan, prefix: str = "backbone.") -> list[str]:
     """Key prefixes inside a skipped unit that its skip module still runs: a skip site's ``meta["input_norm"]``
     (LaVIN-DAS's skip adapter reads the skipped LLaMA layer's ``attention_norm``, which LaVIN keeps too)."""
+    if _pruned_for(backbone, plan):
+        return [prefix + n + "." for n in backbone._vlpeft_pruned[2]]
     names = {id(m): n for n, m in backbone.named_modules()}
     out = []
     for s in backbone.sites():
@@ -55,6 +61,81 @@ def kept_prefixes(backbone: nn.Module, plan: LayerPlan, prefix: str = "backbone.
         if norm is not None and id(norm) in names:
             out.append(f"{prefix}{names[id(norm)]}.")
     return out
+
+
+class PrunedUnit(nn.Module):
+    """Stands where a pruned export dropped a unit (or a kept unit's skip module): no parameters of its own, only
+    the submodules a skip module still reads (``kept_prefixes``); running it is an error, since the plan the model
+    was pruned for never does."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.pruned_name = name
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"{self.pruned_name} was pruned (a pruned export's model runs only the placement it was "
+                           "exported for); load the full checkpoint to run another plan")
+
+    def extra_repr(self) -> str:
+        return f"pruned {self.pruned_name}"
+
+
+def _pruned_for(backbone: nn.Module, plan: LayerPlan) -> bool:
+    """True when ``backbone`` was pruned for ``plan`` (its prefixes are then the recorded ones: a pruned backbone's
+    sites can no longer be listed); an ExportError for another plan, which the pruned model cannot run."""
+    done = getattr(backbone, "_vlpeft_pruned", None)
+    if done is None:
+        return False
+    if sorted(done[0].skip) != sorted(plan.skip):
+        raise ExportError(f"this model was built from a pruned export for skip {sorted(done[0].skip)}; it cannot "
+                          f"run skip {sorted(plan.skip)}: load the full checkpoint for another plan")
+    return True
+
+
+def _put(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    """Register ``module`` at ``dotted`` under ``root``, creating empty containers on the way."""
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        if part not in root._modules:
+            root.add_module(part, nn.Module())
+        root = root._modules[part]
+    setattr(root, leaf, module)
+
+
+def prune_module(module: nn.Module, plan: LayerPlan | None = None) -> int:
+    """Replace in ``module.backbone`` every module a pruned export drops under ``plan`` (default: the module's
+    own): each skipped unit (``candidate_name(i)``, keeping what its skip module reads) and each kept unit's skip
+    module, by a ``PrunedUnit``. Works for any backbone through the protocol. Returns the parameters freed."""
+    plan = module.plan() if plan is None else plan
+    bb = module.backbone
+    drop = [p[:-1] for p in dropped_prefixes(bb, plan, prefix="")]
+    keep = [p[:-1] for p in kept_prefixes(bb, plan, prefix="")]
+    count = lambda: sum(p.numel() for p in module.parameters())  # noqa: E731
+    before = count()
+    for name in drop:
+        if isinstance(bb.get_submodule(name), PrunedUnit):
+            continue
+        stub = PrunedUnit(name)
+        for k in keep:
+            if k.startswith(name + "."):
+                _put(stub, k[len(name) + 1:], bb.get_submodule(k))
+        _put(bb, name, stub)
+    bb._vlpeft_pruned = (plan, drop, keep)  # plain attribute (a tuple): not a submodule, not in the state dict
+    return before - count()
+
+
+def prune_if_exported(module: nn.Module, info: dict | None, path: str | Path = "") -> int:
+    """``prune_module`` when ``info`` (a checkpoint's ``vlpeft_export`` entry) says the file was exported for the
+    plan ``module`` runs (same dropped prefixes); nothing for a search model or another plan (the file then loads
+    into the full model, whose missing tensors the caller reports). Returns the parameters freed."""
+    if not info or getattr(module, "search", None) is not None:
+        return 0
+    if list(info.get("dropped_prefixes") or []) != dropped_prefixes(module.backbone, module.plan()):
+        return 0
+    freed = prune_module(module)
+    print(f"[vlpeft] {path}: a pruned export; the model is built without its dropped units "
+          f"({freed:,d} parameters fewer)", flush=True)
+    return freed
 
 
 def dropped_keys(module: nn.Module, plan: LayerPlan | None = None) -> list[str]:
@@ -168,5 +249,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["EXPORT_KEY", "PRUNED_FILE", "ExportError", "check_out", "dropped_keys", "dropped_prefixes", "export_checkpoint",
+__all__ = ["EXPORT_KEY", "PRUNED_FILE", "ExportError", "PrunedUnit", "prune_if_exported", "prune_module", "check_out", "dropped_keys", "dropped_prefixes", "export_checkpoint",
            "export_pruned", "find_checkpoint", "kept_prefixes", "pruned_state_dict"]

@@ -46,6 +46,8 @@ def precheck(family: str, config: dict[str, Any]) -> None:
     builders run them again, for direct builds). Families without pretrained folders pass."""
     from vlpeft.data.tokenizer import resolve_model_path
 
+    precheck_load_path(family, config)
+
     def folder(key: str) -> Path | None:
         v = config.get(key)
         if not v or not isinstance(v, (str, os.PathLike)):
@@ -87,6 +89,35 @@ def precheck(family: str, config: dict[str, Any]) -> None:
                                      f"vl_model={str(config['vl_model'])!r}")
 
 
+def _load_path_types(family: str, config: dict[str, Any]) -> tuple[str, ...] | None:
+    """The Hugging Face ``model_type``s a ``load_path`` folder may have for backbone ``family``, known from the
+    config alone (the built backbone's ``hf_model_types`` says the same, and the loader checks it again); None
+    where only the built backbone knows."""
+    if family in ("vilt", "meter"):
+        return ("vilt",) if family == "vilt" else ()
+    if family in ("vl_bart", "vl_t5"):
+        return (family.removeprefix("vl_"),)
+    if family in ("plm", "clip_plm") and str(config.get("language_model", "")).lower() in ("bert", "t5", "llama"):
+        return (str(config["language_model"]).lower(),)
+    return None
+
+
+def precheck_load_path(family: str, config: dict[str, Any]) -> None:
+    """FolderError for a ``load_path`` Hugging Face folder of another family than the backbone reads, before
+    anything is built."""
+    paths = config.get("load_path") or []
+    for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        if not p or not Path(p).is_dir():
+            continue
+        kind, types = model_type(p), _load_path_types(family, config)
+        if kind is None or types is None or kind in types:
+            continue
+        reads = (f"reads Hugging Face folders of model_type {' or '.join(map(repr, types))}" if types
+                 else "reads no Hugging Face model folder")
+        raise FolderError(f"load_path {p} is a Hugging Face folder of model_type {kind!r}, but this run's backbone "
+                          f"({family}) {reads}; pass a folder of that family, or choose the backbone for it")
+
+
 def note_loaded(key: str, name: Any, folder: str | os.PathLike, model: Any) -> dict[str, Any]:
     """Print and record what a pretrained load gave (so a name resolving elsewhere is seen)."""
     cfg = getattr(model, "config", None)
@@ -107,4 +138,4 @@ def take_loaded() -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["LOADED", "FolderError", "precheck", "check_family", "model_type", "note_loaded", "take_loaded"]
+__all__ = ["LOADED", "FolderError", "precheck", "precheck_load_path", "check_family", "model_type", "note_loaded", "take_loaded"]

@@ -680,6 +680,24 @@ class HostsPLM:
     def skip_site_meta(self, i: int) -> dict:
         return {}
 
+    def hf_model_types(self) -> tuple[str, ...]:
+        return (str(self.plm.hf_model().config.model_type),)  # a folder of the hosted language model's family
+
+    def checkpoint_filter_fn(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Hugging Face names of the hosted language model (``layers.0…`` of a ``LlamaModel``, or under a task
+        model's base prefix: ``model.layers.0…``, ``bert.encoder…``) → this backbone's (``plm.llama.layers.0…``);
+        keys that already fit, and keys nothing here has (``lm_head.*``), pass through."""
+        names = {id(m): n for n, m in self.named_modules()}
+        at = names[id(self.plm.hf_model())] + "."
+        if any(k.startswith(at) for k in state_dict):  # already this backbone's names (a vlpeft checkpoint)
+            return dict(state_dict)
+        own = set(self.state_dict())
+        out = {}
+        for k, v in state_dict.items():
+            tries = (k, at + k, at + k.split(".", 1)[-1])
+            out[next((t for t in tries if t in own), k)] = v
+        return out
+
     def plm_projection_sites(self) -> list[Site]:
         # T5's encoder runs before the candidates (layer -1); its decoder sites keep their block index
         projs = projection_sites(self, self.family, r"^plm\.(bert|t5|llama)\.", encoder_layer=-1)

@@ -14,6 +14,7 @@ A backbone is an ``nn.Module`` subclassing ``Backbone`` and implementing:
   ``norms:encoder`` through ``vlpeft.pet.unfreeze``; ``knows_policy(policy)`` says whether one is accepted); modules every run trains (DVP's prompt generator)
   belong to every policy;
 - ``checkpoint_filter_fn(state_dict)`` → foreign key names and shapes adapted to this backbone (timm style);
+  ``hf_model_types()`` → the Hugging Face folder families ``load_path`` may name for it;
 - ``capabilities`` → what tasks may ask: ``classify`` (cls features), ``pair_images`` (NLVR2: two images per text),
   ``score_pairs`` (retrieval: ``encode_images`` once, then ``forward(..., image_cache=...)`` per caption batch),
   ``text_only`` (batches without an image: the language model alone, BoolQ-style tasks), ``itm`` (image-text
@@ -158,6 +159,11 @@ class Backbone(nn.Module):
 
     def checkpoint_filter_fn(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return dict(state_dict)
+
+    def hf_model_types(self) -> tuple[str, ...]:
+        """The ``config.json`` ``model_type``s of Hugging Face folders ``load_path`` may name for this backbone
+        (their names then go through ``checkpoint_filter_fn``); none by default."""
+        return ()
 
     def check_plan(self, plan: LayerPlan) -> LayerPlan:
         """Raise a clear error unless ``plan`` fits this backbone's candidates."""

@@ -504,6 +504,9 @@ class ViLT(Backbone):
     def shape_fix_hint(self, key: str) -> str:
         return _shape_fix(key)
 
+    def hf_model_types(self) -> tuple[str, ...]:
+        return ("vilt",)  # ViltForQuestionAnswering / ViltModel folders: names converted by checkpoint_filter_fn
+
 
 def _nearest_count(real: int, size: int, grid: int) -> int:
     """How many of ``grid`` nearest-downsampled positions of a ``size``-long axis fall on its first ``real``

@@ -531,6 +531,9 @@ class VLSeq2Seq(Generative):
             out[k if k in own or ("seq2seq." + k) not in own else "seq2seq." + k] = v
         return out
 
+    def hf_model_types(self) -> tuple[str, ...]:
+        return (self.family,)  # a BartForConditionalGeneration / T5ForConditionalGeneration folder
+
 
 # --- building --------------------------------------------------------------------------------------------------------
 def _vl_tokenizer(name: str | None, family: str) -> Any:

@@ -123,6 +123,11 @@ def test_das_search_with_no_search_epoch_is_refused(arrows, tmp_path, no_build):
     (dict(batch_size=12), r"batch_size=12 must be a positive multiple of per_gpu_batchsize"),
     (dict(strategy="fsdp"), r"strategy=fsdp needs GPUs, but num_gpus=0 runs on the CPU; set num_gpus>=1, or "
                             r"strategy=auto"),
+    # deepspeed is an extra (not installed here): named with its install line, GPUs asked for or not
+    (dict(strategy="deepspeed_stage_2", num_gpus=1), r"strategy=deepspeed_stage_2 needs the deepspeed package, which "
+                                                     r"is not installed: pip install deepspeed"),
+    (dict(strategy="deepspeed_stage_3"), r"strategy=deepspeed_stage_3 needs the deepspeed package.*pip install "
+                                         r"deepspeed"),
     (dict(train_transform_keys="[clip]"), r"train_transform_keys='\[clip\]' is a string, not a list of names .*"
                                           r"'train_transform_keys=\[\"clip\"\]'"),
     (dict(pet="routing_lora_add"), r"pet=routing_lora_add reads the visual context \['x_v'\], which backbone=vilt "

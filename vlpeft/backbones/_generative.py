@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from vlpeft.backbones._protocol import Backbone, LayerPlan
+from vlpeft._protocol import Backbone, LayerPlan
 
 IGNORE_INDEX = -100
 GENERATE_DEFAULTS = {"num_beams": 1, "max_new_tokens": 20}

@@ -23,7 +23,8 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from vlpeft.backbones._protocol import Site, attach_projection, attach_skip, projection_sites
+from vlpeft._protocol import Site
+from vlpeft.backbones._sites import attach_projection, attach_skip, projection_sites
 
 # --------------------------------------------------------------------------------------------------
 # named random configurations (tests, bench)
@@ -322,7 +323,8 @@ class PLMWrapper(nn.Module):
         elif policy == "bias":
             keep = {n for n, _ in hf.named_parameters() if n.endswith("bias")}
         else:  # kind:scope policies (norms:encoder, norms+bias:c_attn, …) over the HF model's names
-            from vlpeft.backbones._protocol import is_scoped_policy, scoped_policy_params
+            from vlpeft._protocol import is_scoped_policy
+            from vlpeft.backbones._sites import scoped_policy_params
 
             if not is_scoped_policy(policy):
                 raise ValueError(f"base_trainable policy {policy!r} is not one of none/norms/bias/all nor a kind:scope "

@@ -55,7 +55,7 @@ from torch import nn
 from vlpeft.backbones._memory import checkpointed, heads_dtype, lm_autocast, plm_torch_dtype
 from vlpeft.backbones._clip import CLIPFeatureCache, FrozenCLIP, build_clip_visual
 from vlpeft.backbones._plm import LANGUAGE_MODELS, HostsPLM, PLMState, PLMWrapper, build_hf_plm, wrap_plm
-from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan
+from vlpeft._protocol import Backbone, Candidates, LayerPlan
 from vlpeft.pet.prompts import CrossAttentionPrompt
 from vlpeft.search.placement import validate_skip
 

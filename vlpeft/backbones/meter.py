@@ -71,8 +71,8 @@ from torch import nn
 
 from vlpeft._init import init_weights_bert
 from vlpeft.backbones._layers import Pooler, SublayerSlots
-from vlpeft.backbones._protocol import (Backbone, Candidates, LayerPlan, Site, attach_projection, attach_skip,
-                                        policy_params, projection_sites)
+from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
+from vlpeft.backbones._sites import attach_projection, attach_skip, base_policy_params, projection_sites
 
 # ----------------------------------------------------------------------------------------------- config
 # The original METER keys this backbone reads, with METER's defaults (METER/meter/config.py), plus ours.
@@ -644,7 +644,7 @@ class METER(Backbone):
             keep = ("cross_modal_text_pooler.", "cross_modal_image_pooler.", "token_type_embeddings.",
                     "token4classifier")
             return [(n, p) for n, p in self.named_parameters() if n.startswith(keep)]
-        return [(n, p) for n, p in policy_params(self, policy) if n not in pet]
+        return [(n, p) for n, p in base_policy_params(self, policy) if n not in pet]
 
     def _attached_param_names(self) -> set[str]:
         out = set()

@@ -31,7 +31,7 @@ from torch import nn
 from vlpeft.backbones._memory import (check_grad_checkpointing, checkpointed, heads_dtype, lm_autocast,
                                       plm_torch_dtype)
 from vlpeft.backbones._plm import LANGUAGE_MODELS, HostsPLM, PLMState, PLMWrapper, build_hf_plm, wrap_plm
-from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan
+from vlpeft._protocol import Backbone, Candidates, LayerPlan
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,8 @@ from transformers.models.bert.modeling_bert import BertEmbeddings
 from vlpeft.backbones._convert import hf_to_vilt_state_dict
 from vlpeft._init import init_weights_bert
 from vlpeft.backbones._layers import Pooler
-from vlpeft.backbones._protocol import (Backbone, Candidates, LayerPlan, Site, attach_projection, attach_skip,
-                                        policy_params, projection_sites)
+from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
+from vlpeft.backbones._sites import attach_projection, attach_skip, base_policy_params, projection_sites
 from vlpeft.search.placement import validate_skip
 
 # ----------------------------------------------------------------------------------------------- ViT variants
@@ -487,7 +487,7 @@ class ViLT(Backbone):
         generic none / norms / bias / all."""
         if policy == "das_original":
             return [(n, p) for n, p in self.named_parameters() if "pooler" in n or "token_type_embeddings" in n]
-        return policy_params(self, policy)
+        return base_policy_params(self, policy)
 
     def base_policies(self) -> tuple[str, ...]:
         return super().base_policies() + ("das_original",)

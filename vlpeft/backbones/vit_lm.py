@@ -66,7 +66,8 @@ from torch import nn
 from vlpeft.backbones import VIT_LM_KEYS
 from vlpeft.backbones._generative import Generative, hold_cache_slot, lm_loss
 from vlpeft.backbones._plm import HostsPLM, PLMWrapper, _SiteHook, _XCapture
-from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site, projection_sites
+from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
+from vlpeft.backbones._sites import projection_sites
 from vlpeft.pet.context import pet_context
 
 # --- architectures as data (random init for tests and counting; real weights come from local folders) -----------

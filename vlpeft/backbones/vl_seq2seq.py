@@ -58,7 +58,8 @@ from torch import nn
 
 from vlpeft.backbones._generative import Generative, hold_cache_slot, lm_loss, shift_right
 from vlpeft.backbones._plm import _SiteHook, _XCapture
-from vlpeft.backbones._protocol import (Candidates, LayerPlan, Site, attach_projection, attach_skip, policy_params)
+from vlpeft._protocol import Candidates, LayerPlan, Site
+from vlpeft.backbones._sites import attach_projection, attach_skip, base_policy_params
 
 FAMILIES = ("bart", "t5")
 N_EXTRA = 100  # <extra_id_i> and <vis_extra_id_i>, i < 100 (the originals' tokenizers)
@@ -517,7 +518,7 @@ class VLSeq2Seq(Generative):
     def base_trainable(self, policy: str) -> list[tuple[str, nn.Parameter]]:
         """The visual projector always; the HF model's parameters per policy (``kind:scope`` terms match its
         names: ``norms:encoder`` = the encoder's norms, ``layernorm_embedding`` and T5's final norm included)."""
-        chosen = {"seq2seq." + n: p for n, p in policy_params(self.seq2seq, policy)}
+        chosen = {"seq2seq." + n: p for n, p in base_policy_params(self.seq2seq, policy)}
         chosen.update(self._always())
         return [(n, p) for n, p in self.named_parameters() if n in chosen]
 

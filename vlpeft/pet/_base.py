@@ -1,7 +1,7 @@
 """The one injection path: ``inject(backbone, recipe) → PetReport``.
 
 A **PET module** is registered in ``PETS`` with a builder ``build(site, **options) -> nn.Module``; what it does at
-a site is fixed by the site's anchor (see ``vlpeft.backbones._protocol``):
+a site is fixed by the site's anchor (see ``vlpeft._protocol``):
 
 - ``par``: the module reads the sublayer *input* and returns a delta added next to the sublayer's output
   (DAS parallel adapters);
@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 from vlpeft._registry import Registry
-from vlpeft.backbones._protocol import ANCHORS, LayerPlan, Site
+from vlpeft._protocol import ANCHORS, LayerPlan, Site
 
 PETS: Registry[nn.Module] = Registry("PET module", "pet module")
 PRESETS: Registry["Recipe"] = Registry("PET preset", "pet")
@@ -70,7 +70,7 @@ class Recipe:
 class Injected:
     site: Site
     module: str
-    param_names: list[str]  # relative to the backbone
+    param_names: list[str]  # relative to the backbone: where ``attach`` really registered the module's parameters
 
 
 @dataclass
@@ -106,6 +106,7 @@ def inject(backbone: nn.Module, recipe: Recipe) -> PetReport:
     """Build every module of ``recipe`` on every matching site of ``backbone`` and attach it there."""
     sites = backbone.sites()
     report = PetReport(recipe)
+    built: list[nn.Module] = []
     for spec in recipe.modules:
         matched = [s for s in sites if spec.matches(s)]
         if not matched:
@@ -119,14 +120,35 @@ def inject(backbone: nn.Module, recipe: Recipe) -> PetReport:
         for site in matched:
             module = PETS.build(spec.module, site, **dict(spec.options))
             backbone.attach(site, module)
-            report.injected.append(Injected(site, spec.module, [f"{site.name}.{n}" for n, _ in
-                                                                 module.named_parameters()]))
+            built.append(module)
+            report.injected.append(Injected(site, spec.module, []))
+    _record_landing(backbone, report.injected, built)
     if recipe.modules and not report.injected:
         raise PetError(
             f"pet={recipe.name}: none of its modules ({', '.join(dict.fromkeys(report.unmatched))}) matches a site of "
             f"{type(backbone).__name__}; this backbone offers {sorted({(s.anchor, s.sublayer, s.role) for s in sites})} "
             f"(anchor, sublayer, stack role); choose another pet for it")
     return report
+
+
+def _record_landing(backbone: nn.Module, injected: list[Injected], modules: list[nn.Module]) -> None:
+    """Fill each ``Injected.param_names`` from where ``attach`` really registered the module's parameters (found by
+    identity), so the trainable set never depends on a site's name predicting that place. A parameter registered
+    under several names (a module shared between sites) is named under its own site where it sits there."""
+    where: dict[int, list[str]] = {}
+    for n, p in backbone.named_parameters(remove_duplicate=False):
+        where.setdefault(id(p), []).append(n)
+    for inj, module in zip(injected, modules):
+        names: list[str] = []
+        for pname, p in module.named_parameters():
+            found = where.get(id(p))
+            if not found:
+                raise PetError(f"{type(backbone).__name__}.attach put {inj.module!r} on site {inj.site.name!r} without "
+                               f"registering its parameter {pname!r} in the backbone (it would never train nor be "
+                               f"saved); attach must add the module as a submodule")
+            own = [n for n in found if n.startswith(f"{inj.site.name}.")]
+            names.extend(own or found)
+        inj.param_names = list(dict.fromkeys(names))
 
 
 def register_pet(name: str, **meta: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:

@@ -24,11 +24,9 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from vlpeft.backbones._protocol import ANCHORS, Site
+from vlpeft._protocol import ANCHORS, PROJ_ANCHORS, Site  # noqa: F401  (PROJ_ANCHORS: re-exported)
 from vlpeft.pet._base import PetError, PetSpec
 from vlpeft.pet._wrap import attach_to_linear, is_projection, projection_dims
-
-from vlpeft.backbones._protocol import PROJ_ANCHORS  # noqa: E402  (now part of the protocol's anchors)
 
 EXT_ANCHORS = tuple(ANCHORS)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vlpeft.backbones._protocol import Site
+from vlpeft._protocol import Site
 from vlpeft.pet._base import register_pet
 
 

@@ -34,7 +34,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from vlpeft.backbones._protocol import Site
+from vlpeft._protocol import Site
 from vlpeft.pet._base import PetError, PetSpec, Recipe, register_pet, register_preset
 
 

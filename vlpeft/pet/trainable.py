@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from vlpeft.backbones._protocol import LayerPlan
+from vlpeft._protocol import LayerPlan
 from vlpeft.pet._base import PetReport
 
 

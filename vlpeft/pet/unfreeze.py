@@ -24,7 +24,9 @@ from typing import Iterable
 
 from torch import nn
 
-KINDS = ("none", "bias", "norms", "nn_layernorm", "all")
+from vlpeft._protocol import POLICY_KINDS, parse_policy
+
+KINDS = POLICY_KINDS  # the grammar lives with the contract (``vlpeft._protocol.parse_policy``)
 
 
 def _in_scope(name: str, scope: str | None) -> bool:
@@ -43,18 +45,7 @@ def norm_param_names(model: nn.Module) -> set[str]:
     return out
 
 
-def parse_policy(policy: str) -> list[tuple[str, str | None]]:
-    terms = []
-    for term in str(policy).split("+"):
-        kind, _, scope = term.strip().partition(":")
-        if kind not in KINDS:
-            raise ValueError(f"base policy term {term!r}: kind {kind!r} is not one of {KINDS} "
-                             f"(write e.g. 'norms:encoder+bias')")
-        terms.append((kind, scope or None))
-    return terms
-
-
-def policy_params(model: nn.Module, policy: str) -> list[tuple[str, nn.Parameter]]:
+def unfreeze_params(model: nn.Module, policy: str) -> list[tuple[str, nn.Parameter]]:
     """The parameters ``policy`` unfreezes, in ``named_parameters`` order (shared tensors once)."""
     terms = parse_policy(policy)
     norms = norm_param_names(model) if any(k == "norms" for k, _ in terms) else set()
@@ -73,20 +64,20 @@ def policy_params(model: nn.Module, policy: str) -> list[tuple[str, nn.Parameter
 
 
 def bitfit(model: nn.Module, scope: str | None = None) -> list[tuple[str, nn.Parameter]]:
-    return policy_params(model, f"bias:{scope}" if scope else "bias")
+    return unfreeze_params(model, f"bias:{scope}" if scope else "bias")
 
 
 def layernorm(model: nn.Module, scope: str | None = None) -> list[tuple[str, nn.Parameter]]:
-    return policy_params(model, f"norms:{scope}" if scope else "norms")
+    return unfreeze_params(model, f"norms:{scope}" if scope else "norms")
 
 
 def full(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    return policy_params(model, "all")
+    return unfreeze_params(model, "all")
 
 
 def apply_policy(model: nn.Module, policy: str, keep: Iterable[str] = ()) -> list[str]:
     """Freeze ``model`` except what ``policy`` unfreezes and the names in ``keep``; returns the trainable names."""
-    chosen = {n for n, _ in policy_params(model, policy)} | set(keep)
+    chosen = {n for n, _ in unfreeze_params(model, policy)} | set(keep)
     names = []
     for n, p in model.named_parameters():
         p.requires_grad_(n in chosen)
@@ -105,4 +96,4 @@ def count(params: Iterable[tuple[str, nn.Parameter]]) -> int:
 
 
 __all__ = ["KINDS", "apply_policy", "bitfit", "count", "full", "layernorm", "norm_param_names", "parse_policy",
-           "policy_params"]
+           "unfreeze_params"]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from vlpeft._registry import Registry
-from vlpeft.backbones._protocol import LayerPlan
+from vlpeft._protocol import LayerPlan
 
 SEARCHES: Registry["SearchStrategy"] = Registry("search", "search")
 ROUND_TIMINGS = ("before_backward", "after_step")

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from vlpeft.backbones._protocol import LayerPlan
+from vlpeft._protocol import LayerPlan
 from vlpeft.search._base import ROUND_TIMINGS, SEARCHES, SearchStrategy
 from vlpeft.search.placement import Placement
 

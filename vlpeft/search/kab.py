@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from vlpeft.backbones._protocol import LayerPlan
+from vlpeft._protocol import LayerPlan
 from vlpeft.search._base import SEARCHES, SearchStrategy
 from vlpeft.search.placement import Placement
 

@@ -10,18 +10,16 @@ layers it was searched on. One dataclass, one place that validates it against th
 from __future__ import annotations
 
 import json
-import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from vlpeft._io import write_json_atomic
+# the plan checks are the contract's (a backbone's check_plan uses them); re-exported here
+from vlpeft._protocol import (LayerPlan, PlacementError, check_skip_types, validate_insert_layer,  # noqa: F401
+                              validate_skip)
 
 METHODS = ("das", "kab")
-
-
-class PlacementError(ValueError):
-    """A placement that does not fit the backbone or is malformed."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +104,6 @@ class Placement:
 
     def plan(self, base=None):
         """This placement as a ``LayerPlan`` over ``base`` (the fields the search did not decide)."""
-        from vlpeft.backbones._protocol import LayerPlan
-
         base = base or LayerPlan()
         skip = self.skip if (self.method == "das" or self.skip) else base.skip
         insert = self.insert_layer if self.insert_layer is not None else base.insert_layer
@@ -166,32 +162,3 @@ def _check_types(d: dict[str, Any], source: str) -> None:
                              "scores), or be left out")
     if not isinstance(d.get("meta", {}), dict):
         raise PlacementError(f"{source}: 'meta' must be a JSON object")
-
-
-def check_skip_types(skip: Sequence[Any]) -> None:
-    bad_type = [i for i in skip if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
-    if bad_type:  # int() would read 1.7 and True as layer 1
-        raise PlacementError(f"skip_module {list(skip)}: {bad_type} are not layer indices; give integers, e.g. "
-                             "skip_module=[3,7]")
-
-
-def validate_skip(skip: Sequence[int], num_layers: int) -> tuple[int, ...]:
-    check_skip_types(skip)
-    skip = tuple(int(i) for i in skip)
-    bad = [i for i in skip if not 0 <= i < num_layers]
-    if bad:
-        raise PlacementError(
-            f"skip_module {list(skip)}: layer(s) {bad} out of range; this backbone has layers 0..{num_layers - 1}"
-        )
-    if len(set(skip)) != len(skip):
-        dup = sorted({i for i in skip if skip.count(i) > 1})
-        raise PlacementError(f"skip_module {list(skip)}: layer(s) {dup} listed more than once")
-    return skip
-
-
-def validate_insert_layer(k: int | None, num_layers: int) -> int:
-    if k is None or isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < num_layers:
-        raise PlacementError(
-            f"insert_layer={k!r} is out of range; this backbone has layers 0..{num_layers - 1}"
-        )
-    return k

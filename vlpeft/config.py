@@ -14,6 +14,7 @@ from typing import Any
 from sacred import Experiment
 
 from vlpeft.data.splits import SPLITS
+from vlpeft.named_configs import routing as _routing_configs, vl_adapter as _vl_adapter_configs
 
 ex = Experiment("vlpeft", save_git_info=False)
 
@@ -328,8 +329,8 @@ named("demo", exp_name="demo", stage="demo", method="das", datasets=["vqa"], los
       das_adapter_dim=32, das_skip_adapter_dim=64, draw_false_image=0, vqav2_label_size=0,
       val_check_interval=1.0, demo_images=600)
 
-import vlpeft.named_configs.routing  # noqa: E402,F401  (Routing-VLPEFT's named configs)
-import vlpeft.named_configs.vl_adapter  # noqa: E402,F401  (VL-Adapter / VL-PET named configs)
+_routing_configs.register(named, _loss_names)  # Routing-VLPEFT's named configs
+_vl_adapter_configs.register(named, _loss_names)  # VL-Adapter / VL-PET named configs
 
 
 @ex.config_hook

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from vlpeft.config import NAMED_CONFIGS, ConfigError
+from vlpeft import experiment  # registers the experiment's main command
+from vlpeft.config import ALL_KEYS, NAMED_CONFIGS, ConfigError, ex
 
 _SCRIPT = {"search": "run_search.py", "train": "run_train.py"}
 
@@ -31,8 +32,6 @@ def forced_stage_argv(stage: str, argv: Sequence[str]) -> list[str]:
     """
     from docopt import docopt
     from sacred.arg_parser import get_config_updates
-
-    from vlpeft.config import ex
 
     other = "train" if stage == "search" else "search"
     script = _SCRIPT[stage]
@@ -63,8 +62,6 @@ def check_command_line(argv: Sequence[str]) -> None:
     from docopt import DocoptExit, docopt
     from sacred.arg_parser import get_config_updates
 
-    from vlpeft.config import ALL_KEYS, ex
-
     try:
         args = docopt(ex.get_usage()[2], [str(a) for a in argv[1:]], default_help=False)
     except DocoptExit:
@@ -85,8 +82,6 @@ def check_command_line(argv: Sequence[str]) -> None:
 def run_command_line(argv: Sequence[str], stage: str | None = None):
     """``run.py`` / ``run_search.py`` / ``run_train.py``: check the command line, then hand it to sacred; errors
     about it go to stderr as one line (exit 2)."""
-    import run  # noqa: F401  (the repository root's run.py: registers the experiment's main command)
-
     argv = [str(a) for a in argv]
     try:
         check_command_line(argv)
@@ -95,10 +90,10 @@ def run_command_line(argv: Sequence[str], stage: str | None = None):
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    run.ONE_LINE_REFUSALS = True
-    return run.ex.run_commandline(argv)
+    experiment.ONE_LINE_REFUSALS = True
+    return experiment.ex.run_commandline(argv)
 
 
 def main(stage: str, argv: Sequence[str] | None = None):
-    """Run the experiment of ``run.py`` with ``stage`` forced (errors about the stage go to stderr, exit 2)."""
+    """Run the experiment (``vlpeft.experiment``) with ``stage`` forced (errors about the stage go to stderr, exit 2)."""
     return run_command_line(list(sys.argv if argv is None else argv), stage)

@@ -30,7 +30,7 @@ transform at ``image_size=224`` does the same. Test-time beams (5 in ``test_vit_
 
 from __future__ import annotations
 
-from vlpeft.config import _loss_names, named
+from typing import Any, Callable
 
 # shared by every RT run: the frozen ViT-B/16-in21k pooler (x_v), RT's optimiser (transformers AdamW with its
 # defaults: eps 1e-6, betas (0.9, 0.999), weight decay 0; linear warm-up then linear decay to 0, fp32), epochs as
@@ -41,32 +41,38 @@ _RT = dict(vit_model="google/vit-base-patch16-224-in21k", vit_use_pooler=True, i
            decay_power=1, end_lr=0, max_steps=None, max_epoch=20, precision=32, draw_false_image=0, skip_module=[],
            lr_mult=1)
 
-_GPT2 = dict(_RT, backbone="vit_gpt2", tokenizer="gpt2", no_vis_prefix=False, datasets=["coco"],
-             loss_names=_loss_names({"caption": 1}), max_text_len=50, batch_size=40, learning_rate=3e-5,
-             warmup_steps=5000)
-named("routing_vit_gpt2_lora", **dict(_GPT2, exp_name="routing_vit_gpt2_lora", pet="routing_lora_add", routing_r=128,
-                                      routing_alpha=128, routing_fusion_layers=None, seed=9898))
-named("routing_vit_gpt2_adapter", **dict(_GPT2, exp_name="routing_vit_gpt2_adapter", pet="routing_adapter_add",
-                                         routing_adapter_r=128, seed=42))
-
-_ROBERTA = dict(_RT, backbone="vit_roberta", tokenizer="roberta-base", use_vis_prefix=True, datasets=["vqa"],
-                loss_names=_loss_names({"vqa": 1}), vqav2_label_size=3129, max_text_len=20, batch_size=512,
-                learning_rate=3e-4, warmup_steps=0.05)
-_ROBERTA_LORA = dict(_ROBERTA, train_base="bias:query+bias:value", seed=18)  # --freeze_ln: q / v biases only
-_ROBERTA_ADAPTER = dict(_ROBERTA, routing_adapter_r=64, routing_add_res=False, train_base="norms", seed=684331)
-named("routing_vit_roberta_lora", **dict(_ROBERTA_LORA, exp_name="routing_vit_roberta_lora", pet="routing_lora_add",
-                                         routing_r=128, routing_alpha=128))
-named("routing_vit_roberta_adapter", **dict(_ROBERTA_ADAPTER, exp_name="routing_vit_roberta_adapter",
-                                            pet="routing_adapter_add"))
-# the released scripts' behaviour: routing OFF (stale --use_vllora flag), vision only through the visual prefix
-named("routing_vit_roberta_lora_as_released", **dict(_ROBERTA_LORA, exp_name="routing_vit_roberta_lora_as_released",
-                                                     pet="lora", lora_r=128, lora_alpha=128, lora_dropout=0.0))
-named("routing_vit_roberta_adapter_as_released", **dict(_ROBERTA_ADAPTER,
-                                                        exp_name="routing_vit_roberta_adapter_as_released",
-                                                        pet="rt_adapter"))
-
 ROUTING_CONFIGS = ("routing_vit_gpt2_lora", "routing_vit_gpt2_adapter", "routing_vit_roberta_lora",
                    "routing_vit_roberta_adapter", "routing_vit_roberta_lora_as_released",
                    "routing_vit_roberta_adapter_as_released")
 
-__all__ = ["ROUTING_CONFIGS"]
+
+def register(named: Callable[..., None], loss_names: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Register every config of this module through ``named(name, **cfg)`` (``vlpeft.config`` calls this);
+    ``loss_names`` fills a task → weight dict with the other loss keys at 0."""
+    gpt2 = dict(_RT, backbone="vit_gpt2", tokenizer="gpt2", no_vis_prefix=False, datasets=["coco"],
+                 loss_names=loss_names({"caption": 1}), max_text_len=50, batch_size=40, learning_rate=3e-5,
+                 warmup_steps=5000)
+    named("routing_vit_gpt2_lora", **dict(gpt2, exp_name="routing_vit_gpt2_lora", pet="routing_lora_add",
+                                          routing_r=128, routing_alpha=128, routing_fusion_layers=None, seed=9898))
+    named("routing_vit_gpt2_adapter", **dict(gpt2, exp_name="routing_vit_gpt2_adapter", pet="routing_adapter_add",
+                                             routing_adapter_r=128, seed=42))
+
+    roberta = dict(_RT, backbone="vit_roberta", tokenizer="roberta-base", use_vis_prefix=True, datasets=["vqa"],
+                    loss_names=loss_names({"vqa": 1}), vqav2_label_size=3129, max_text_len=20, batch_size=512,
+                    learning_rate=3e-4, warmup_steps=0.05)
+    roberta_lora = dict(roberta, train_base="bias:query+bias:value", seed=18)  # --freeze_ln: q / v biases only
+    roberta_adapter = dict(roberta, routing_adapter_r=64, routing_add_res=False, train_base="norms", seed=684331)
+    named("routing_vit_roberta_lora", **dict(roberta_lora, exp_name="routing_vit_roberta_lora",
+                                             pet="routing_lora_add", routing_r=128, routing_alpha=128))
+    named("routing_vit_roberta_adapter", **dict(roberta_adapter, exp_name="routing_vit_roberta_adapter",
+                                                pet="routing_adapter_add"))
+    # the released scripts' behaviour: routing OFF (stale --use_vllora flag), vision only through the visual prefix
+    named("routing_vit_roberta_lora_as_released", **dict(
+        roberta_lora, exp_name="routing_vit_roberta_lora_as_released", pet="lora", lora_r=128, lora_alpha=128,
+        lora_dropout=0.0))
+    named("routing_vit_roberta_adapter_as_released", **dict(roberta_adapter,
+                                                            exp_name="routing_vit_roberta_adapter_as_released",
+                                                            pet="rt_adapter"))
+
+
+__all__ = ["ROUTING_CONFIGS", "register"]

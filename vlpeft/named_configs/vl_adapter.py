@@ -26,10 +26,9 @@ scripts write them resolve only where the hub cache holds them; pass local folde
 
 from __future__ import annotations
 
-from vlpeft.config import _loss_names, named
+from typing import Any, Callable
 
-FOUR_TASKS = dict(datasets=["vqa", "gqa", "nlvr2", "coco"],
-                  loss_names=_loss_names({"vqa": 1, "gqa": 1, "nlvr2": 1, "caption": 1}))
+FOUR_TASKS = dict(datasets=["vqa", "gqa", "nlvr2", "coco"], loss_names={"vqa": 1, "gqa": 1, "nlvr2": 1, "caption": 1})
 # the VL-T5 trainer's no-decay substrings, on our names: "bias", "LayerNorm.weight" (so BART's *_layer_norm.weight and
 # T5's layer_norm.weight ARE decayed), and "task_ln.weight" = our name of the Hyperformer's `LayerNorm`, exempt there
 VLT5_NO_DECAY = ["bias", "LayerNorm.weight", "task_ln.weight"]
@@ -38,8 +37,7 @@ _VLT5_TRAIN = dict(optim_type="adamw", adam_eps=1e-6, adam_betas=[0.9, 0.999], w
                    no_decay=VLT5_NO_DECAY, warmup_steps=0.1,
                    decay_power=1, end_lr=0, max_steps=None, max_epoch=20, gradient_clip_val=5.0, precision=32,
                    lr_mult=1, num_beams=5, gen_max_length=20, max_text_len=20, draw_false_image=0, skip_module=[],
-                   image_size=224, train_transform_keys=["clip"], val_transform_keys=["clip"], vis_feat_dim=2048,
-                   **FOUR_TASKS)
+                   image_size=224, train_transform_keys=["clip"], val_transform_keys=["clip"], vis_feat_dim=2048)
 HOSTS = {"bart": dict(backbone="vl_bart", vl_model="facebook/bart-base", tokenizer="facebook/bart-base",
                       batch_size=500),
          "t5": dict(backbone="vl_t5", vl_model="t5-base", tokenizer="t5-base", batch_size=300)}
@@ -61,24 +59,30 @@ VLA_METHODS: dict[str, tuple[dict, float, bool]] = {
     "multiple_prompts": (dict(pet="prompt_multiple", prompt_len=40, prompt_mid=800), 1e-3, False),
     "full_finetuning": (dict(pet="none", train_base="all"), 1e-4, False),
 }
-for _m, (_pet, _lr, _prompts) in VLA_METHODS.items():
-    named(f"vladapter_{_m}", **dict(_VLT5_TRAIN, **HOSTS["bart"], **_pet, exp_name=f"vladapter_{_m}",
-                                    learning_rate=_lr, use_tasks_prompts=_prompts, seed=9595))
-# the scripts' other branch (model="t5"), given after the method: "with vladapter_single_adapter vladapter_t5"
-named("vladapter_t5", **HOSTS["t5"])
-
 # VL-PET: variant → preset; host → (R, r_g, gate scale s, lr)
 VLPET_VARIANTS = {"small": "vl_pet_small", "middle_x": "vl_pet_middle_x", "middle_y": "vl_pet_middle_y",
                   "large": "vl_pet_large"}
 VLPET_HOSTS = {"bart": (96, 96, None, 1e-3), "t5": (192, 192, 0.3, 3e-4)}
-for _v, _preset in VLPET_VARIANTS.items():
-    for _h, (_r, _rg, _s, _lr) in VLPET_HOSTS.items():
-        named(f"vlpet_{_v}_{_h}", **dict(
-            _VLT5_TRAIN, **HOSTS[_h], exp_name=f"vlpet_{_v}_{_h}", pet=_preset, vl_pet_down_dim=_r, vl_pet_heads=4,
-            vl_pet_gate_dim=_rg if _v == "large" else None, vl_pet_gate_scale=_s, vl_pet_vpa_dim=96,
-            learning_rate=_lr, use_tasks_prompts=True, seed=42))
-
 VL_CONFIGS = tuple([f"vladapter_{m}" for m in VLA_METHODS] + ["vladapter_t5"]
                    + [f"vlpet_{v}_{h}" for v in VLPET_VARIANTS for h in VLPET_HOSTS])
 
-__all__ = ["FOUR_TASKS", "VLA_METHODS", "VLPET_HOSTS", "VLPET_VARIANTS", "VLT5_NO_DECAY", "VL_CONFIGS"]
+
+def register(named: Callable[..., None], loss_names: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Register every config of this module through ``named(name, **cfg)`` (``vlpeft.config`` calls this);
+    ``loss_names`` fills a task → weight dict with the other loss keys at 0."""
+    train = dict(_VLT5_TRAIN, datasets=FOUR_TASKS["datasets"], loss_names=loss_names(FOUR_TASKS["loss_names"]))
+    for _m, (_pet, _lr, _prompts) in VLA_METHODS.items():
+        named(f"vladapter_{_m}", **dict(train, **HOSTS["bart"], **_pet, exp_name=f"vladapter_{_m}",
+                                        learning_rate=_lr, use_tasks_prompts=_prompts, seed=9595))
+    # the scripts' other branch (model="t5"), given after the method: "with vladapter_single_adapter vladapter_t5"
+    named("vladapter_t5", **HOSTS["t5"])
+
+    for _v, _preset in VLPET_VARIANTS.items():
+        for _h, (_r, _rg, _s, _lr) in VLPET_HOSTS.items():
+            named(f"vlpet_{_v}_{_h}", **dict(
+                train, **HOSTS[_h], exp_name=f"vlpet_{_v}_{_h}", pet=_preset, vl_pet_down_dim=_r, vl_pet_heads=4,
+                vl_pet_gate_dim=_rg if _v == "large" else None, vl_pet_gate_scale=_s, vl_pet_vpa_dim=96,
+                learning_rate=_lr, use_tasks_prompts=True, seed=42))
+
+
+__all__ = ["FOUR_TASKS", "VLA_METHODS", "VLPET_HOSTS", "VLPET_VARIANTS", "VLT5_NO_DECAY", "VL_CONFIGS", "register"]

@@ -147,4 +147,13 @@ def build_bottleneck(site, **options) -> nn.Module:
                  site, "bottleneck", **placing)
 
 
-__all__ = ["Bottleneck", "BottleneckConfig", "INITS", "activation", "build_bottleneck", "init_linears", "resolve_r"]
+@register_pet("routing_adapter")
+def build_routing_adapter(site, **options) -> nn.Module:
+    """Bottleneck adapter whose down code is routed with the visual context (RT adapter; spec §2 M10)."""
+    if not options.get("routing"):
+        raise ValueError(f"routing_adapter needs `routing` in {ROUTES}")
+    return build_bottleneck(site, **options)
+
+
+__all__ = ["Bottleneck", "BottleneckConfig", "INITS", "activation", "build_bottleneck", "build_routing_adapter",
+           "init_linears", "resolve_r"]

@@ -145,4 +145,12 @@ def build_lora(site, **options) -> nn.Module:
                               cfg.transpose_fix, cfg.context, cfg.after_b), site, "lora", **placing)
 
 
-__all__ = ["LoRA", "LoRAConfig", "build_lora"]
+@register_pet("routing_lora")
+def build_routing_lora(site, **options) -> nn.Module:
+    """LoRA whose code is routed with the visual context (RT "beforeB"; spec §2 M10)."""
+    if not options.get("routing"):
+        raise ValueError(f"routing_lora needs `routing` in {ROUTES}")
+    return build_lora(site, **options)
+
+
+__all__ = ["LoRA", "LoRAConfig", "build_lora", "build_routing_lora"]

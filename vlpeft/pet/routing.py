@@ -19,8 +19,8 @@ pooler output, one vector per example (M = 1), the same at every layer; modules 
 ``with pet_context(x_v=pooled): ...`` (``vlpeft.pet.context``). A 2-D ``x_v`` (B×d) is treated as M = 1.
 
 Routed modules are ``LoRA(..., routing=fn)`` (``vlpeft.pet.lora``, "beforeB": the routed code *replaces* ``A x``, there
-is no separate ``B A x`` term) and ``Bottleneck(..., routing=fn)`` (``vlpeft.pet.bottleneck``). They are registered
-here as ``routing_lora`` and ``routing_adapter`` (the same builders with ``routing`` required). RT's "afterB" form
+is no separate ``B A x`` term) and ``Bottleneck(..., routing=fn)`` (``vlpeft.pet.bottleneck``), registered beside
+the plain ones as ``routing_lora`` and ``routing_adapter`` (the same builders with ``routing`` required). RT's "afterB" form
 (``LoRA(after_b=True)``) routes in output space, ``Δ = s (BAx) R(BAx_v) (BAx_v)``; with B = 0 at init its gradient
 is exactly zero, so it never trains (spec §2 M10) — it exists for the documentation test only.
 """
@@ -72,29 +72,5 @@ def route(fn: str, t: torch.Tensor, v: torch.Tensor, transpose_fix: bool = True)
         return t @ _r(v, transpose_fix) @ torch.ones_like(v)
     raise ValueError(f"routing {fn!r} is not one of {ROUTES}")
 
-
-def _register() -> None:
-    from vlpeft.pet._base import register_pet
-
-    @register_pet("routing_lora")
-    def build_routing_lora(site, **options):
-        """LoRA whose code is routed with the visual context (RT "beforeB"; spec §2 M10)."""
-        from vlpeft.pet.lora import build_lora
-
-        if not options.get("routing"):
-            raise ValueError(f"routing_lora needs `routing` in {ROUTES}")
-        return build_lora(site, **options)
-
-    @register_pet("routing_adapter")
-    def build_routing_adapter(site, **options):
-        """Bottleneck adapter whose down code is routed with the visual context (RT adapter; spec §2 M10)."""
-        from vlpeft.pet.bottleneck import build_bottleneck
-
-        if not options.get("routing"):
-            raise ValueError(f"routing_adapter needs `routing` in {ROUTES}")
-        return build_bottleneck(site, **options)
-
-
-_register()
 
 __all__ = ["ROUTES", "as_context", "route"]

@@ -1,0 +1,50 @@
+"""The sacred experiment's main command (``python run.py with …``, ``run_search.py``, ``run_train.py``, ``vlpeft
+run``): it lives in the package, and ``run.py`` imports it (the package never imports the repository-root script).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from vlpeft.config import ex
+
+# Set by the command-line entry points: a refusal then ends the process with one line (exit 2) instead of sacred's
+# traceback. Python callers of ``ex.run`` (the tests, notebooks) keep the exception.
+ONE_LINE_REFUSALS = False
+
+
+def _refusal(e: BaseException) -> bool:
+    """A refusal of the project's own (a bad input, named with its fix): an error class defined in vlpeft or
+    write_arrow. Anything else is a bug and keeps its traceback."""
+    return type(e).__module__.split(".")[0] in ("vlpeft", "write_arrow")
+
+
+@ex.main
+def main(_config):
+    try:
+        return _main(dict(_config))
+    except Exception as e:
+        if not (ONE_LINE_REFUSALS and _refusal(e)):
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _main(config: dict[str, Any]) -> dict[str, str]:
+    if config["stage"] == "demo" and not config["test_only"]:
+        from vlpeft.demo import run_demo  # defers torch / Lightning until a run starts (print_config stays light)
+
+        result = run_demo(config)
+    else:
+        from vlpeft.runner import run  # defers torch / Lightning until a run starts (print_config stays light)
+
+        if config["stage"] == "demo":  # test_only=True under the demo config: a test of load_path
+            config["stage"] = "train"
+        result = run(config)
+    # what sacred's closing "Result:" shows: the files a run read its plan from and wrote (None ones left out)
+    keep = ("stage", "run_dir", "placement_source", "placement_path", "checkpoint", "submission")
+    return {k: str(v) for k, v in vars(result).items() if k in keep and v is not None}
+
+
+__all__ = ["ONE_LINE_REFUSALS", "ex", "main"]

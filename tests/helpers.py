@@ -75,9 +75,9 @@ def fixture_vl_bart(feat_dim: int = 8, d_model: int = 32, layers: int = 2, seed:
             return []  # PET modules are the real backbones' business; this fixture runs with pet=none
 
         def base_trainable(self, policy):
-            from vlpeft.backbones._protocol import policy_params
+            from vlpeft.backbones._sites import base_policy_params
 
-            return policy_params(self, policy)
+            return base_policy_params(self, policy)
 
         def encoder_inputs(self, batch):
             text = self.model.get_input_embeddings()(batch["text_ids"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from vlpeft.build import build_backbone
+from vlpeft.build import build_with_pet
 from vlpeft.config import DEFAULTS
 from vlpeft.search.das import DASSearch
 from vlpeft.tasks.heads import build_heads
@@ -37,7 +37,7 @@ def _plant(model, j: int) -> None:
 def _search_once(seed: int, j: int, rounds: int = 40) -> list[int]:
     torch.manual_seed(seed)
     cfg = _config()
-    model = build_backbone(cfg)[0].eval()
+    model = build_with_pet(cfg)[0].eval()
     heads = build_heads(cfg, model.hidden_size)
     with torch.no_grad():
         heads["vqa_classifier"][3].weight.normal_(0, 1.0)  # make answers depend strongly on the features
@@ -67,7 +67,7 @@ def _search_once(seed: int, j: int, rounds: int = 40) -> list[int]:
 def test_skipping_the_identity_block_is_free():
     cfg = _config()
     torch.manual_seed(0)
-    model = build_backbone(cfg)[0].eval()
+    model = build_with_pet(cfg)[0].eval()
     _plant(model, 2)
     batch = {"image": torch.randn(2, 3, 128, 128), "text_ids": torch.randint(1, 200, (2, 8)),
              "text_masks": torch.ones(2, 8, dtype=torch.long)}

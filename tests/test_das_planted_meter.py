@@ -9,7 +9,7 @@ import torch
 
 from vlpeft.backbones._protocol import LayerPlan
 from vlpeft.backbones.meter import METER_VARIANTS
-from vlpeft.build import build_backbone
+from vlpeft.build import build_with_pet
 from vlpeft.config import DEFAULTS
 from vlpeft.search.das import DASSearch
 from vlpeft.tasks.heads import build_heads
@@ -74,7 +74,7 @@ def _infer(model, skip):
 def _search_once(seed: int, j: int, rounds: int = 40) -> list[int]:
     torch.manual_seed(seed)
     cfg = _config()
-    model = build_backbone(cfg)[0].eval()
+    model = build_with_pet(cfg)[0].eval()
     heads = build_heads(cfg, model.hidden_size, model.cls_dim)
     with torch.no_grad():
         heads["vqa_classifier"][3].weight.normal_(0, 1.0)  # make answers depend strongly on the features
@@ -96,7 +96,7 @@ def _search_once(seed: int, j: int, rounds: int = 40) -> list[int]:
 @pytest.mark.parametrize("j", PLANTABLE)
 def test_skipping_the_identity_layer_is_free(j):
     torch.manual_seed(0)
-    model = build_backbone(_config())[0].eval()
+    model = build_with_pet(_config())[0].eval()
     assert model.num_layers == 2 * N_TOP
     _plant(model, j)
     batch = _batch(torch.Generator().manual_seed(1), b=2)

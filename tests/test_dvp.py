@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vlpeft.backbones._clip import build_clip_visual, hf_to_openai_clip, openai_to_hf_clip
-from vlpeft.build import build_backbone as build_with_pet
+from vlpeft.build import build_with_pet
 from vlpeft.pet.adapters import SequentialAdapter
 from vlpeft.pet.prompts import CrossAttentionPrompt
 

@@ -23,7 +23,7 @@ from vlpeft.pet._base import PetError, Recipe
 from vlpeft.pet._sites_hf import ZooSpec
 from vlpeft.pet.context import current_task
 from vlpeft.pet.trainable import apply_trainable
-from vlpeft.pet.unfreeze import policy_params as unfreeze_params
+from vlpeft.pet.unfreeze import unfreeze_params
 
 NAMES = BACKBONES.names("test_*")
 PRESET_LIST = ("das", "dvp_adapter", "none", "lora", "ia3", "vl_adapter", "compacter", "vl_pet_large", "bitfit")

@@ -545,13 +545,13 @@ def test_exact_totals_spec_6_6():
     bart, t5 = _meta_bart(), _meta_t5()
     n_bart, n_t5 = n_params(bart), n_params(t5)
     assert (n_bart, n_t5) == (139_420_416, 222_903_552)
-    enc_ln = unfreeze.count(unfreeze.policy_params(bart, PRESETS.build("vl_pet_large", {}).base_policy))
+    enc_ln = unfreeze.count(unfreeze.unfreeze_params(bart, PRESETS.build("vl_pet_large", {}).base_policy))
     assert enc_ln == 19_968
-    assert unfreeze.count(unfreeze.policy_params(t5, "norms:encoder")) == 19_200  # T5LayerNorm counted (§9 item 6)
+    assert unfreeze.count(unfreeze.unfreeze_params(t5, "norms:encoder")) == 19_200  # T5LayerNorm counted (§9 item 6)
     assert unfreeze.count(unfreeze.bitfit(bart)) == 125_952
     assert unfreeze.count(unfreeze.layernorm(bart)) == 49_152
     assert unfreeze.count(unfreeze.full(bart)) == n_bart
-    assert unfreeze.policy_params(t5, "bias") == []  # T5 has no biases
+    assert unfreeze.unfreeze_params(t5, "bias") == []  # T5 has no biases
 
     def added(preset, layout, config=None):
         bb = FakeBackbone(**layout)
@@ -779,7 +779,7 @@ def test_proj_host_sites():
 
 def test_unfreeze_policy_grammar():
     gpt2 = tiny_gpt2()
-    names = {n for n, _ in unfreeze.policy_params(gpt2, "norms+bias:c_attn")}
+    names = {n for n, _ in unfreeze.unfreeze_params(gpt2, "norms+bias:c_attn")}
     assert "h.0.attn.c_attn.bias" in names and "h.0.ln_1.weight" in names and "ln_f.bias" in names
     assert "h.0.mlp.c_fc.bias" not in names
     trainable = unfreeze.apply_policy(gpt2, "bias:c_attn")

@@ -14,7 +14,7 @@ from transformers import ViltConfig, ViltForQuestionAnswering
 from vlpeft.backbones import BACKBONES
 from vlpeft.backbones._convert import hf_to_vilt_state_dict, vilt_to_hf_state_dict
 from vlpeft.backbones.vilt import ViLT, ViltCheckpointError, checkpoint_filter_fn
-from vlpeft.build import build_backbone as build_with_pet
+from vlpeft.build import build_with_pet
 from vlpeft.checkpoint import CheckpointError, load_checkpoint_file
 from vlpeft.pet.adapters import DASAdapter
 from vlpeft.search.placement import PlacementError

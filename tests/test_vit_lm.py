@@ -381,7 +381,7 @@ NAMED = [  # (named config, routing on, trainable, all LM-side) — spec §6.5 r
 
 @pytest.mark.parametrize("cfg_name,routed,trainable,total", NAMED, ids=[n[0] for n in NAMED])
 def test_named_configs_build_the_released_runs(cfg_name, routed, trainable, total):
-    from vlpeft.build import build_backbone
+    from vlpeft.build import build_with_pet
     from vlpeft.config import ALL_KEYS, DEFAULTS, NAMED_CONFIGS, ex
 
     cfg = NAMED_CONFIGS[cfg_name]
@@ -392,7 +392,7 @@ def test_named_configs_build_the_released_runs(cfg_name, routed, trainable, tota
     config = {**DEFAULTS, **cfg, "vit_model": "vit_base_patch16_224_in21k", "lm_config": lm,
               "tokenizer": "bert-base-uncased"}
     with torch.device("meta"):
-        bb, report, _ = build_backbone(config)
+        bb, report, _ = build_with_pet(config)
     assert count_parameters(bb.plm) == (trainable, total) and count_parameters(bb.vit)[0] == 0
     placed = [bb.get_submodule(i.site.name) for i in report.injected]
     placed = [p for m in placed for p in (m.pets() if hasattr(m, "pets") else [m])]  # a projection holds its LoRA

@@ -4,9 +4,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # vlpeft.load (the Python API) imports torch and the model code: only when asked, so `import vlpeft` stays light
     if name == "load":
-        from vlpeft.api import load
+        from vlpeft.loading import load  # defers torch and the model code: `import vlpeft` stays light
 
         return load
     raise AttributeError(f"module 'vlpeft' has no attribute {name!r}")

@@ -6,7 +6,7 @@
     model.predict(image=[img_a, img_b], question=["how many?", "what shape?"])  # -> ["2", "circle"]
     model.generate(image="cat.jpg")                                            # captioning backbones
 
-``load`` rebuilds the model of the checkpoint's own config (``hyper_parameters["config"]``) on the placement it
+``vlpeft.load`` (``vlpeft.loading``) rebuilds the model of the checkpoint's own config (``hyper_parameters["config"]``) on the placement it
 was trained with (``vlpeft_placement``: the searched skip set, not the config's ``skip_module``), loads every
 tensor (PET modules, heads, backbone) and requires the checkpoint to fill the whole model. The checkpoint is read
 with ``torch.load(weights_only=True)``: only tensors and plain containers are unpickled.
@@ -31,6 +31,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from vlpeft.checkpoint import CheckpointError
+from vlpeft.data.collate import Collator
+from vlpeft.data.datamodule import answer_map, LabelVocabError, vocab_file_names
+from vlpeft.data.datasets import BaseDataset
+from vlpeft.data.generative import GenerativeCollator, TASK_PROMPTS
+from vlpeft.data.tokenizer import load_tokenizer
+from vlpeft.data.transforms import keys_to_transforms
 
 ImageLike = Any  # str | os.PathLike | PIL.Image.Image
 CLASSIFIED = ("vqa", "gqa")  # classifier tasks whose class ids map to answer strings
@@ -38,55 +45,6 @@ CLASSIFIED = ("vqa", "gqa")  # classifier tasks whose class ids map to answer st
 
 class ApiError(ValueError):
     """An input the API cannot use; the message names it and the fix."""
-
-
-# ---------------------------------------------------------------------------------------------- loading
-def find_checkpoint(source: str | os.PathLike) -> Path:
-    """The checkpoint ``load`` reads: ``source`` itself (a ``.ckpt``), or a run folder's ``checkpoints/best*.ckpt``
-    (else ``checkpoints/last.ckpt``), the rule ``python -m vlpeft.export`` uses."""
-    from vlpeft.export import ExportError
-    from vlpeft.export import find_checkpoint as find
-
-    try:
-        return find(source)
-    except ExportError as e:
-        raise ApiError(f"vlpeft.load: {e}") from None
-
-
-def load(source: str | os.PathLike, *, placement: Any = None, map_location: str | torch.device = "cpu"):
-    """The trained model of ``source`` (a run folder or a ``.ckpt``) in eval mode, on ``map_location``: the
-    checkpoint's config and placement, every tensor loaded, its answer vocabulary attached. ``placement``
-    (a ``Placement`` or its dict) overrides the stored one. Returns a ``VLPeftModule`` with ``predict`` and
-    ``generate``."""
-    from vlpeft.checkpoint import CheckpointError, load_state
-    from vlpeft.lightning import ANSWERS_KEY, PLACEMENT_KEY, VLPeftModule
-
-    path = find_checkpoint(source)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - an unreadable or unsafe file means the same thing to the user
-        raise CheckpointError(f"{path} is not a checkpoint readable with torch.load(weights_only=True) "
-                              f"({type(e).__name__}: {e})") from None
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hp, dict) or not isinstance(hp.get("config"), dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a vlpeft Lightning checkpoint (no hyper_parameters['config'] or "
-                              "state_dict); load weights of other formats with load_path= in a run")
-    if placement is None:
-        placement = hp.get("placement") or ckpt.get(PLACEMENT_KEY)
-    module = VLPeftModule(hp["config"], placement=placement)
-    from vlpeft.export import EXPORT_KEY, dropped_keys, prune_if_exported
-
-    prune_if_exported(module, ckpt.get(EXPORT_KEY), path)  # a pruned export: the model without its dropped units
-    report = load_state(module, ckpt["state_dict"], path, "vlpeft checkpoint")
-
-    report.missing = sorted(set(report.missing) - set(dropped_keys(module)))  # a pruned export: never run
-    if report.missing or report.unexpected:
-        raise CheckpointError(f"{path} does not fit the model its own config builds: "
-                              f"{len(report.missing)} tensors missing (first: {report.missing[:3]}), "
-                              f"{len(report.unexpected)} unexpected (first: {report.unexpected[:3]})")
-    module.answers = dict(ckpt.get(ANSWERS_KEY) or {})
-    module.checkpoint_path = str(path)
-    return module.to(map_location).eval()
 
 
 def check_checkpoint_plan(module, saved: Mapping[str, Any] | None) -> None:
@@ -97,8 +55,6 @@ def check_checkpoint_plan(module, saved: Mapping[str, Any] | None) -> None:
     want = (sorted(saved.get("skip", ())), saved.get("insert_layer"))
     have = (sorted(module.base_plan.skip), module.base_plan.insert_layer)
     if want != have:
-        from vlpeft.checkpoint import CheckpointError
-
         raise CheckpointError(
             f"the checkpoint was trained on the plan skip {want[0]}, insert_layer {want[1]}, but this model was "
             f"built with skip {have[0]}, insert_layer {have[1]}; load it with vlpeft.load(path), or pass "
@@ -108,8 +64,6 @@ def check_checkpoint_plan(module, saved: Mapping[str, Any] | None) -> None:
 def answer_vocabularies(module, datamodule: Any) -> dict[str, list[str]]:
     """``{task: [answer of class 0, 1, ...]}`` for the module's classifier QA tasks, from the run's datamodule
     (what its test dumps use); what the module already carries where the datamodule cannot say."""
-    from vlpeft.data.datamodule import LabelVocabError
-
     out = dict(getattr(module, "answers", {}) or {})
     for t in module.tasks:
         if t.name in CLASSIFIED and not t.generative and hasattr(datamodule, "label2ans"):
@@ -158,9 +112,6 @@ class _Inputs:
     """The run's own transform, tokenizer and collate (from its config), built once per module."""
 
     def __init__(self, module):
-        from vlpeft.data.tokenizer import load_tokenizer
-        from vlpeft.data.transforms import keys_to_transforms
-
         c = module.config
         self.config = c
         self.transform = keys_to_transforms(c["val_transform_keys"], int(c["image_size"]))[0]  # the test view
@@ -171,14 +122,10 @@ class _Inputs:
         return self.transform(_open_image(image))
 
     def encode(self, text: str) -> dict[str, list[int]]:
-        from vlpeft.data.datasets import BaseDataset
-
         # the dataset's own encoding (padding, truncation, special tokens) with this run's tokenizer and length
         return BaseDataset.encode(self, text)  # type: ignore[arg-type]
 
     def classifier_batch(self, task: str, images: Sequence, texts: Sequence[str]) -> dict[str, Any]:
-        from vlpeft.data.collate import Collator
-
         c = self.config
         sizes = {"vqa": int(c.get("vqav2_label_size", 0) or 0), "gqa": int(c.get("gqa_label_size", 0) or 0)}
         items = []
@@ -192,8 +139,6 @@ class _Inputs:
         return Collator(self.tokenizer, label_sizes=sizes)(items)
 
     def generative_batch(self, task: str, images: Sequence, texts: Sequence[str] | None) -> dict[str, Any]:
-        from vlpeft.data.generative import TASK_PROMPTS, GenerativeCollator
-
         c = self.config
         if c.get("visual_features"):
             raise ApiError("this run read pre-extracted visual features (visual_features=…), not pixels: its model "
@@ -280,7 +225,6 @@ def _vocabulary(module, task: str) -> list[str]:
     stored = (getattr(module, "answers", None) or {}).get(task)
     if stored:
         return list(stored)
-    from vlpeft.data.datamodule import LabelVocabError, answer_map, vocab_file_names
 
     try:
         amap = answer_map(module.config["data_root"], vocab_file_names(task, module.config.get("data_splits")), task)

@@ -1,6 +1,6 @@
 """Assembling a run's model from the four axes: backbone × PET recipe × search × tasks (``vlpeft.config.Axes``).
 
-``build_backbone(config)`` → the backbone with its PET modules injected and the trainable set applied (what tests
+``build_with_pet(config)`` → the backbone with its PET modules injected and the trainable set applied (what tests
 and benches use); ``assemble(config, placement)`` adds the tasks' heads, the base ``LayerPlan`` and, in the search
 stage, the search strategy. Nothing here branches on a backbone, module or search name: each comes from its
 registry, and a combination that cannot work is refused with the reason before anything heavy is built.
@@ -35,7 +35,7 @@ class Assembly:
     base_plan: LayerPlan
 
 
-def build_backbone(config: Mapping[str, Any], plan: LayerPlan | None = None) -> tuple[Backbone, PetReport, str]:
+def build_with_pet(config: Mapping[str, Any], plan: LayerPlan | None = None) -> tuple[Backbone, PetReport, str]:
     """Backbone + injected PET modules + trainable set (``plan``: with ``trainable=used``, or a recipe whose original
     trains only what the placement runs, only what it runs)."""
     axes = resolve_axes(dict(config))
@@ -105,4 +105,8 @@ def false_images(config: Mapping[str, Any]) -> int:
     return int(config.get("draw_false_image") or 0) if any(t.false_images for t in tasks) else 0
 
 
-__all__ = ["Assembly", "assemble", "base_plan", "build_backbone", "false_images"]
+# The old name, which ``vlpeft.backbones`` also used for the bare build (two meanings); kept for code written
+# against it on other branches. New code calls build_with_pet.
+build_backbone = build_with_pet
+
+__all__ = ["Assembly", "assemble", "base_plan", "build_backbone", "build_with_pet", "false_images"]

@@ -23,6 +23,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlpeft._io import atomic_path, write_json_atomic
+from vlpeft._protocol import Backbone
+from vlpeft.backbones._folders import model_type
+from vlpeft.pruning import prune_if_exported
 from vlpeft.tasks.heads import ORIGINAL_HEAD_PREFIXES, init_rank_output_from_itm
 
 TRAINABLE_FILE = "trainable.safetensors"
@@ -201,8 +204,6 @@ def read_hf_folder(path: str | os.PathLike, *, unsafe_pickle: bool = False) -> t
     """The state dict of a Hugging Face model folder and its ``model_type``: ``model.safetensors`` (or its shards
     through ``model.safetensors.index.json``) preferred, else ``pytorch_model.bin`` (or its shards) through the
     weights_only loader."""
-    from vlpeft.backbones._folders import model_type
-
     p = Path(path)
     problem = hf_folder_problem(p)
     if problem:
@@ -258,8 +259,6 @@ def load_state(module: nn.Module, sd: Mapping[str, torch.Tensor], path: str | os
                prefix_map: Mapping[str, str] | None = None) -> LoadReport:
     """THE loader: rename by ``prefix_map``, adapt every backbone's part with its ``checkpoint_filter_fn``, check
     shapes (naming the config key to change), load non-strictly and report."""
-    from vlpeft._protocol import Backbone
-
     sd = apply_prefix_map(sd, prefix_map)
     report = LoadReport(path=str(path), kind=kind)
     backbones = [(n + "." if n else "", m) for n, m in module.named_modules() if isinstance(m, Backbone)]
@@ -320,8 +319,6 @@ def load_weights(module, load_path, *, fresh_heads: bool = False, unsafe_pickle:
         if Path(path).is_dir():
             if hf_folder_problem(path):
                 raise CheckpointError(hf_folder_problem(path))
-            from vlpeft.backbones._folders import model_type
-
             check_hf_family(path, model_type(path) or "", module.backbone)  # before reading any tensor
             sd, _ = read_hf_folder(path, unsafe_pickle=unsafe_pickle)
             report = _load_original(module, sd, path, fresh_heads=fresh_heads)
@@ -340,8 +337,6 @@ def load_weights(module, load_path, *, fresh_heads: bool = False, unsafe_pickle:
                 report.placement = json.loads(sidecar.read_text()).get("placement")
         elif any(k.startswith(("backbone.", "heads.")) for k in sd):
             if extras.get("vlpeft_export"):  # a pruned export: build the model without what it dropped
-                from vlpeft.export import prune_if_exported
-
                 prune_if_exported(module, extras["vlpeft_export"], path)
             report = load_state(module, sd, path, "vlpeft checkpoint")
         else:

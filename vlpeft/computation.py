@@ -29,6 +29,9 @@ from torch import nn
 
 from vlpeft._io import write_json_atomic
 from vlpeft._protocol import LayerPlan
+from vlpeft.pruning import PRUNED_FILE, export_pruned
+from vlpeft.pet.trainable import count_parameters
+from vlpeft.search.placement import Placement
 
 COMPUTATION_FILE = "computation.json"
 METRICS_FILE = "metrics.json"
@@ -102,8 +105,6 @@ def measure_speedup(module: nn.Module, batch: Mapping[str, Any], plan: LayerPlan
 
 def computation(module: nn.Module, batch: Mapping[str, Any], plan: LayerPlan, *, rounds: int = 5) -> dict[str, Any]:
     """The record ``computation.json`` holds (see the module docstring) for ``module`` running ``plan``."""
-    from vlpeft.pet.trainable import count_parameters
-
     chosen, full = plan_flops(module, batch, plan), plan_flops(module, batch, full_plan(plan))
     trainable, total = count_parameters(module)
     return {
@@ -197,8 +198,6 @@ def annotate_search(search, run_dir: Path, rec: Mapping[str, Any]) -> None:
     """placement.json's ``meta["computation"]`` := the record; the PNG title gets the FLOPs reduction."""
     import inspect
 
-    from vlpeft.search.placement import Placement
-
     path = run_dir / "placement.json"
     p = Placement.load(path)
     Placement.from_dict(dict(p.to_dict(), meta={**p.meta, "computation": dict(rec)})).save(path)
@@ -220,8 +219,6 @@ def after_fit(module, datamodule, run_dir: str | Path, config: Mapping[str, Any]
                      search=module.search if search else None, stage=result.stage)
     result.computation = rec
     if config.get("export_pruned"):
-        from vlpeft.export import PRUNED_FILE, export_pruned
-
         result.pruned_path = export_pruned(module, Path(run_dir) / PRUNED_FILE, result.placement)
 
 

@@ -13,8 +13,19 @@ from typing import Any
 
 from sacred import Experiment
 
+from vlpeft._registry import RegistryError
+from vlpeft.backbones import BACKBONES, task_gate
+from vlpeft.backbones._precheck import precheck
+from vlpeft.checkpoint import hf_folder_problem
 from vlpeft.data.splits import SPLITS
+from vlpeft.loggers import check_logger
 from vlpeft.named_configs import routing as _routing_configs, vl_adapter as _vl_adapter_configs
+from vlpeft.pet import PRESETS
+from vlpeft.search import SEARCHES
+from vlpeft.search.placement import PlacementError, check_skip_types
+from vlpeft.tasks._base import TASKS, task_for
+from vlpeft.tasks.generative import GEN_TASKS
+from vlpeft.tasks.heads import active_tasks
 
 ex = Experiment("vlpeft", save_git_info=False)
 
@@ -138,11 +149,6 @@ NEW_KEYS: dict[str, Any] = {
 
 def registry_keys() -> dict[str, Any]:
     """Every key a registered backbone, PET preset, search or generative task reads, with its default."""
-    from vlpeft.backbones import BACKBONES
-    from vlpeft.pet import PRESETS
-    from vlpeft.search import SEARCHES
-    from vlpeft.tasks.generative import GEN_TASKS
-
     out: dict[str, Any] = {}
     for reg in (BACKBONES, PRESETS, SEARCHES, GEN_TASKS):
         out.update(reg.config_keys())
@@ -492,7 +498,6 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if config["method"] == "dvp" and str(config["language_model"]).upper() == "LLAMA" and not config["use_adapter"]:
         raise ConfigError("LLaMA-DVP always trains with adapters (the PLM is too large to fine-tune in full); "
                           "set use_adapter=True (the dvp_*_llama_* named configs do)")
-    from vlpeft.loggers import check_logger
 
     check_logger(config, ConfigError)
     if config["stage"] == "demo":
@@ -511,7 +516,6 @@ def _check_values(config: dict[str, Any]) -> None:
                               f"'{k}=[\"clip\"]' with the quotes inside single quotes")
     skip = config.get("skip_module")
     if isinstance(skip, (list, tuple)):  # its range is checked against the backbone's layers when the plan is made
-        from vlpeft.search.placement import PlacementError, check_skip_types
 
         try:
             check_skip_types(skip)
@@ -566,16 +570,10 @@ def check_trainer(config: dict[str, Any]) -> None:
 
 
 def _check_axes(config: dict[str, Any]) -> None:
-    from vlpeft._registry import RegistryError
-    from vlpeft.backbones import BACKBONES, task_gate
-    from vlpeft.pet import PRESETS
-    from vlpeft.search import SEARCHES
-
     axes = resolve_axes(config)
     try:
         bb = BACKBONES.get(axes.backbone)
         family = BACKBONES.get(bb.meta.get("family", axes.backbone))
-        from vlpeft.backbones._folders import precheck
 
         try:  # pretrained folders of the right family, names that resolve to the model they name
             precheck(family.name, {**config, **bb.meta.get("config", {})})
@@ -588,8 +586,6 @@ def _check_axes(config: dict[str, Any]) -> None:
             raise ConfigError(f"pet={axes.pet} reads the visual context {sorted(needs)}, which "
                               f"backbone={axes.backbone} does not compute; use a backbone that provides it "
                               f"({', '.join(givers)}) or another pet")
-        from vlpeft.tasks._base import TASKS, task_for
-        from vlpeft.tasks.heads import active_tasks
 
         caps = set(family.meta.get("capabilities", ()))
         for t in active_tasks(config["loss_names"], task_gate(axes.backbone)):
@@ -633,8 +629,6 @@ def _check_paths(config: dict[str, Any]) -> None:
     paths = config["load_path"] if isinstance(config["load_path"], (list, tuple)) else [config["load_path"]]
     for p in paths:
         if p and Path(p).is_dir():
-            from vlpeft.checkpoint import hf_folder_problem
-
             if hf_folder_problem(p):
                 raise ConfigError(hf_folder_problem(p))
         elif p and not Path(p).is_file():

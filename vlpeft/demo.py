@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 from vlpeft._io import atomic_path
+from vlpeft.lightning import VLPeftModule
+from vlpeft.runner import run, RunResult
 
 
 def _fmt_metrics(result) -> str:
@@ -38,8 +40,6 @@ def export_original_checkpoint(module, path: Path) -> Path:
 
 
 def run_demo(config: dict[str, Any]) -> Any:
-    from vlpeft.runner import RunResult, run
-
     t0 = time.time()
     root = Path(config["data_root"])
     if not (root / "vqav2_train.arrow").is_file():
@@ -55,7 +55,6 @@ def run_demo(config: dict[str, Any]) -> Any:
     pre_cfg = dict(base, exp_name="demo_pretrain", full_finetune=True, skip_module=[], save_trainable=False,
                    max_epoch=config["max_epoch"] + 2)
     pre = run(pre_cfg)
-    from vlpeft.lightning import VLPeftModule
 
     best = VLPeftModule.load_from_checkpoint(str(pre.checkpoint), map_location="cpu", placement=pre.placement,
                                              weights_only=True)

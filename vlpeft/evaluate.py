@@ -77,6 +77,7 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 from vlpeft._io import DiskFullError, OutputPathError, parse_json_lines, write_json_atomic
 from vlpeft.data.normalize import normalize_word, process_digit_article, process_punctuation
+from vlpeft.tasks.dumps import fill_vqa_submission, SubmissionError
 
 
 __all__ = [
@@ -621,8 +622,6 @@ def _print_result(task: str, result: Mapping[str, Any]) -> None:
 
 
 def _fill(args: argparse.Namespace) -> int:
-    from vlpeft.tasks.dumps import SubmissionError, fill_vqa_submission
-
     sub = load_json_file(args.submission, VQA_PREDICTIONS)
     qs = load_json_file(args.questions, VQA_QUESTIONS)
     _require(qs, ["questions"], args.questions, "the top level")

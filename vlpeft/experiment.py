@@ -8,6 +8,8 @@ import sys
 from typing import Any
 
 from vlpeft.config import ex
+from vlpeft.demo import run_demo
+from vlpeft.runner import run
 
 # Set by the command-line entry points: a refusal then ends the process with one line (exit 2) instead of sacred's
 # traceback. Python callers of ``ex.run`` (the tests, notebooks) keep the exception.
@@ -33,12 +35,8 @@ def main(_config):
 
 def _main(config: dict[str, Any]) -> dict[str, str]:
     if config["stage"] == "demo" and not config["test_only"]:
-        from vlpeft.demo import run_demo  # defers torch / Lightning until a run starts (print_config stays light)
-
         result = run_demo(config)
     else:
-        from vlpeft.runner import run  # defers torch / Lightning until a run starts (print_config stays light)
-
         if config["stage"] == "demo":  # test_only=True under the demo config: a test of load_path
             config["stage"] = "train"
         result = run(config)

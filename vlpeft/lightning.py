@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from vlpeft._rng import RNG_KEY, rng_state, set_rng_state
+from vlpeft.api import answer_vocabularies, check_checkpoint_plan, generate, predict
 from vlpeft.backbones import LayerPlan
 from vlpeft.build import assemble
 from vlpeft.finite_loss import LossGuard
@@ -199,14 +200,10 @@ class VLPeftModule(pl.LightningModule):
         # also a constructor argument, so load_from_checkpoint builds the trained plan, not skip_module's
         checkpoint["hyper_parameters"] = {**checkpoint.get("hyper_parameters", {}),
                                           "placement": checkpoint[PLACEMENT_KEY]}
-        from vlpeft.api import answer_vocabularies
-
         checkpoint[ANSWERS_KEY] = answer_vocabularies(self, getattr(self._trainer, "datamodule", None))
         checkpoint[RNG_KEY] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from vlpeft.api import check_checkpoint_plan
-
         check_checkpoint_plan(self, checkpoint.get(PLACEMENT_KEY))
         self.answers = dict(checkpoint.get(ANSWERS_KEY) or {})
         if RNG_KEY in checkpoint:
@@ -215,14 +212,10 @@ class VLPeftModule(pl.LightningModule):
     # ------------------------------------------------------------------ the Python API (vlpeft.api)
     def predict(self, image: Any, question: Any, **kw: Any) -> str | list[str]:
         """Answer(s) to question(s) about raw image(s); see ``vlpeft.api.predict``."""
-        from vlpeft.api import predict
-
         return predict(self, image, question, **kw)
 
     def generate(self, image: Any, **kw: Any) -> str | list[str]:
         """Caption(s) of raw image(s) (a captioning backbone); see ``vlpeft.api.generate``."""
-        from vlpeft.api import generate
-
         return generate(self, image, **kw)
 
 

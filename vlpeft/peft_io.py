@@ -39,6 +39,12 @@ from torch import nn
 
 from vlpeft._io import atomic_path, write_json_atomic
 from vlpeft.pet._wrap import ProjWrap, attach_to_linear, is_projection, projection_dims
+from vlpeft.checkpoint import read_checkpoint
+from vlpeft.pruning import ExportError, find_checkpoint
+from vlpeft.lightning import VLPeftModule
+from vlpeft.pet.ia3 import IA3
+from vlpeft.pet.lora import LoRA
+from vlpeft.search.placement import Placement
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -161,9 +167,6 @@ def peft_state(model: nn.Module, root: str | None = None,
     """(``adapter_config.json`` dict, peft-named tensors) for the LoRA, IA3 or (T5) input-prompt modules of
     ``model``'s transformers model. ``base="trained"``: base parameters with ``requires_grad`` go along (biases →
     ``bias``, whole modules → ``modules_to_save``); ``"none"``: only the PET tensors."""
-    from vlpeft.pet.ia3 import IA3
-    from vlpeft.pet.lora import LoRA
-
     if base not in ("trained", "none"):
         raise PeftIOError(f"base={base!r} is not 'trained' (export trained base parameters too) or 'none'")
     root_name, hf = _pick_root(model, root)
@@ -344,9 +347,6 @@ def import_peft(model: nn.Module, adapter_dir: str | Path, root: str | None = No
     elsewhere a new module is attached (so a plain transformers model becomes the adapted one) unless
     ``attach=False`` (the CLI: the checkpoint must fit the model its config builds). Biases and
     ``modules_to_save`` tensors replace the base parameters of the same names."""
-    from vlpeft.pet.ia3 import IA3
-    from vlpeft.pet.lora import LoRA
-
     cfg, sd = read_peft(adapter_dir)
     kind = str(cfg.get("peft_type", "")).upper()
     if kind == "PROMPT_TUNING":  # export only: a fixed table is not an MLP of learned tokens
@@ -481,11 +481,6 @@ def _load_lora(m: nn.Module, a: torch.Tensor, b: torch.Tensor, scaling: float, p
 
 # --- runs and checkpoints -----------------------------------------------------------------------------------------
 def _load_run(source: str | Path):
-    from vlpeft.checkpoint import read_checkpoint
-    from vlpeft.export import find_checkpoint
-    from vlpeft.lightning import VLPeftModule
-    from vlpeft.search.placement import Placement
-
     ckpt = find_checkpoint(source)
     sd, extras = read_checkpoint(ckpt)
     config = (extras.get("hyper_parameters") or {}).get("config")
@@ -516,7 +511,6 @@ def main(argv: list[str] | None = None) -> int:
     im.add_argument("--out", required=True, help="the checkpoint to write (load it with load_path=)")
     im.add_argument("--root", default=None, help="the transformers submodule, where there are several")
     args = ap.parse_args(argv)
-    from vlpeft.export import ExportError
 
     try:
         module, ckpt, extras = _load_run(args.source)

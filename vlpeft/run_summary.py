@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from vlpeft.scores import metric_text, selection_metrics
+from vlpeft.checkpoint import _as_list
+from vlpeft.computation import COMPUTATION_FILE, METRICS_FILE
 
 
 def score_text(metrics: Mapping[str, Mapping[str, float]], phase: str, best: float | None = None) -> str:
@@ -35,9 +37,6 @@ def _rel(path: Any, run_dir: Path) -> str:
 
 def summary_lines(result, config: Mapping[str, Any]) -> list[str]:
     """The lines of the closing block (``[vlpeft]`` prefixed) for a ``RunResult`` of ``vlpeft.runner``."""
-    from vlpeft.checkpoint import _as_list
-    from vlpeft.computation import COMPUTATION_FILE, METRICS_FILE
-
     run_dir = Path(result.run_dir)
     phase = "test" if result.stage == "test" else "val"
     lines = [f"{result.stage} run done: {score_text(result.metrics, phase, result.best_metric)}"]

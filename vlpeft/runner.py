@@ -27,11 +27,22 @@ from vlpeft._io import DISK_FULL, DiskFullError, write_bytes_atomic
 from vlpeft.checkpoint import CheckpointError, load_weights, safe_globals_for, save_trainable, torch_load
 from vlpeft.computation import after_fit, save_metrics
 from vlpeft.config import ConfigError, from_sacred
-from vlpeft.export import dropped_keys
+from vlpeft.pruning import dropped_keys
 from vlpeft.progress import progress_callbacks
 from vlpeft.rundir import (VERSION_ENV, check_name_part, dump_name, ranks_join, release_run_dir, reserve_run_dir,
                            resolve_placement_source, update_run_info)
 from vlpeft.search.placement import Placement
+from vlpeft.backbones import BACKBONES
+from vlpeft.backbones._folders import take_loaded
+from vlpeft.build import false_images
+from vlpeft.checkpoint import _as_list, TRAINABLE_CONFIG
+from vlpeft.config import resolve_axes
+from vlpeft.data.datamodule import LabelVocabError, vocab_file_names, vqa_label_size
+from vlpeft.data.generative import datamodule_for
+from vlpeft.lightning import VLPeftModule
+from vlpeft.loggers import build_logger
+from vlpeft.pet._wrap import merge_all
+from vlpeft.run_summary import print_summary
 
 
 @dataclass
@@ -71,9 +82,6 @@ def resolve_placement(config: dict[str, Any]) -> Placement | None:
 def check_placement(config: dict[str, Any]) -> Placement | None:
     """Read the train stage's placement file once before the run folder is reserved (a bad file leaves no empty
     version_N/), and refuse one that decides what this backbone lacks (a KAB/DVP prompt layer given to ViLT)."""
-    from vlpeft.backbones import BACKBONES
-    from vlpeft.config import resolve_axes
-
     placement = resolve_placement(config)
     if placement is None:
         return None
@@ -140,8 +148,6 @@ def _finalize_label_sizes(config: dict[str, Any]) -> dict[str, Any]:
     """vqav2_label_size=0 means: take it from the data — ``vqav2_label_vocab.json`` next to the arrow files, else
     the train + val tables' answer labels as the original ViLT datamodule (``vlpeft.data.datamodule.vqa_label_size``)."""
     if config.get("vqav2_label_size", 1) == 0 and config["loss_names"].get("vqa", 0) >= 1:
-        from vlpeft.data.datamodule import LabelVocabError, vocab_file_names, vqa_label_size
-
         try:
             names = vocab_file_names("vqa", config.get("data_splits"))
             config["vqav2_label_size"] = vqa_label_size(config["data_root"], names)
@@ -174,8 +180,6 @@ class _AtomicCheckpointIO(TorchCheckpointIO):
 # ---------------------------------------------------------------------------------------------- stages
 def build_trainer(config: dict[str, Any], run_dir_name: str, version: int, *, extra_callbacks=(), enable_ckpt=True):
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-
-    from vlpeft.loggers import build_logger
 
     dev = _devices(config)
     accumulate = grad_steps(config, dev["world"])
@@ -211,7 +215,6 @@ def run(config: dict[str, Any]) -> RunResult:
     from pytorch_lightning.utilities import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) == 0:  # every run ends saying how it did and what it read and wrote
-        from vlpeft.run_summary import print_summary
 
         print_summary(result, config)
     return result
@@ -220,11 +223,6 @@ def run(config: dict[str, Any]) -> RunResult:
 def _datamodule(config: dict[str, Any]):
     """``MTDataModule``, or the generative one (prefixes, targets, .h5 features, multi-task schedule) for a
     backbone registered with the ``generate`` capability and without ``classify``."""
-    from vlpeft.backbones import BACKBONES
-    from vlpeft.build import false_images
-    from vlpeft.config import resolve_axes
-    from vlpeft.data.generative import datamodule_for
-
     entry = BACKBONES.get(resolve_axes(config).backbone)
     family = BACKBONES.get(entry.meta.get("family", entry.name))
     return datamodule_for(config, frozenset(family.meta.get("capabilities", ("classify",))),
@@ -232,9 +230,6 @@ def _datamodule(config: dict[str, Any]):
 
 
 def _build_module(config: dict[str, Any], placement: Placement | None, *, fresh_heads: bool):
-    from vlpeft.backbones._folders import take_loaded
-    from vlpeft.lightning import VLPeftModule
-
     take_loaded()  # forget loads of an earlier build in this process
     module = VLPeftModule(config, placement=placement)
     loaded = take_loaded()
@@ -373,8 +368,6 @@ def _report_sizes(result: RunResult) -> None:
 
 def run_test(config: dict[str, Any]) -> RunResult:
     """test_only=True: load ``load_path`` (placement from the checkpoint unless given) and write the dumps."""
-    from vlpeft.checkpoint import _as_list
-
     config = _finalize_label_sizes(config)
     if not _as_list(config["load_path"]):
         raise ConfigError("test_only=True needs load_path=<checkpoint of a trained run>")
@@ -415,8 +408,6 @@ def merge_pet(module, config: dict[str, Any]) -> int:
     """``merge_pet=True`` (test only): fold every LoRA delta into the frozen projection weight it sits on
     (``vlpeft.pet._wrap.merge_all``), so inference runs the plain projections; predictions equal the unmerged
     ones up to float rounding. Returns how many projections were merged."""
-    from vlpeft.pet._wrap import merge_all
-
     try:
         n = merge_all(module.backbone)
     except RuntimeError as e:
@@ -430,8 +421,6 @@ def merge_pet(module, config: dict[str, Any]) -> int:
 
 def saved_placement(load_path, *, unsafe_pickle: bool = False) -> Placement | None:
     """The placement stored with the last file of ``load_path`` that has one (checkpoint entry or trainable.json)."""
-    from vlpeft.checkpoint import TRAINABLE_CONFIG, _as_list
-
     for path in reversed(_as_list(load_path)):
         p = Path(path)
         if p.suffix == ".safetensors":

@@ -10,17 +10,25 @@
 - ``test_meter`` (RoBERTa-shaped text tower) / ``test_meter_bert`` (BERT tower, bert-base-uncased vocabulary);
 - ``test_*``: tiny configurations of the same families, for tests parametrized over the registry.
 
-Imports are lazy so that using one backbone never imports the other's dependencies. Each entry declares the
-flat config keys it reads (with the originals' defaults), which the sacred base config and the unknown-key check
-collect from here.
+The family modules are imported here, at the top (no function-local imports, issue #17): they import only the
+contract and the ``_``-prefixed helpers of this package, never the package itself, so no cycle runs through here;
+their own dependencies (timm, transformers) are required ones, and loading every family costs under a second
+next to the sacred config's import. Each entry declares the flat config keys it reads (with the originals'
+defaults), which the sacred base config and the unknown-key check collect from here.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from vlpeft._registry import Registry
 from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
+from vlpeft._registry import Registry
+from vlpeft.backbones.clip_plm import build_dvp_backbone
+from vlpeft.backbones.meter import METER_VARIANTS, build_meter
+from vlpeft.backbones.plm import build_plm_backbone
+from vlpeft.backbones.vilt import build_vilt
+from vlpeft.backbones.vit_lm import build_vit_lm
+from vlpeft.backbones.vl_seq2seq import build_vl_seq2seq
 
 BACKBONES: Registry[Backbone] = Registry("backbone", "backbone")
 
@@ -37,15 +45,11 @@ CLIP_PLM_KEYS = {"clip_model": "ViT-B/16", "language_model": "BERT", "plm_config
 @BACKBONES.register("vilt", keys=VILT_KEYS, candidate_kinds=("skip",),
                     capabilities=("classify", "pair_images", "score_pairs"))
 def vilt(config: Mapping[str, Any]) -> Backbone:
-    from vlpeft.backbones.vilt import build_vilt
-
     return build_vilt(config)
 
 
 @BACKBONES.register("clip_plm", keys=CLIP_PLM_KEYS, candidate_kinds=("skip", "insert"), capabilities=("classify",))
 def clip_plm(config: Mapping[str, Any]) -> Backbone:
-    from vlpeft.backbones.clip_plm import build_dvp_backbone
-
     return build_dvp_backbone(config)
 
 
@@ -54,8 +58,6 @@ PLM_KEYS = {"plm_num_layers": 0}  # language_model, plm_config, plm_gguf_file, t
 
 @BACKBONES.register("plm", keys=PLM_KEYS, candidate_kinds=("skip",), capabilities=("classify", "text_only"))
 def plm(config: Mapping[str, Any]) -> Backbone:
-    from vlpeft.backbones.plm import build_plm_backbone
-
     return build_plm_backbone(config)
 
 
@@ -68,8 +70,6 @@ METER_KEYS = {"num_top_layer": 6, "input_image_embed_size": 768, "input_text_emb
 @BACKBONES.register("meter", keys=METER_KEYS, candidate_kinds=("skip",), task_gate=">0",
                     capabilities=("classify", "pair_images", "score_pairs", "itm"))
 def meter(config: Mapping[str, Any]) -> Backbone:
-    from vlpeft.backbones.meter import build_meter
-
     return build_meter(config)
 
 
@@ -87,17 +87,13 @@ VIT_LM_KEYS = {
 @BACKBONES.register("vit_gpt2", keys=VIT_LM_KEYS, candidate_kinds=("skip",), capabilities=("generate",),
                     context=("x_v",))  # x_v: the pooled image, read by routing presets
 def vit_gpt2(config: Mapping[str, Any]) -> Backbone:
-    from vlpeft.backbones.vit_lm import build_vit_lm
-
-    return build_vit_lm(config, "gpt2")
+    return build_vit_lm({**VIT_LM_KEYS, **dict(config)}, "gpt2")
 
 
 @BACKBONES.register("vit_roberta", keys=VIT_LM_KEYS, candidate_kinds=("skip",), capabilities=("classify",),
                     context=("x_v",))  # x_v: the pooled image, read by routing presets
 def vit_roberta(config: Mapping[str, Any]) -> Backbone:
-    from vlpeft.backbones.vit_lm import build_vit_lm
-
-    return build_vit_lm(config, "roberta")
+    return build_vit_lm({**VIT_LM_KEYS, **dict(config)}, "roberta")
 
 
 VL_SEQ_KEYS = {"vl_model": "", "vl_config": None, "vl_vocab_size": None, "vis_feat_dim": 2048, "vl_clip_model": None,
@@ -107,16 +103,12 @@ VL_SEQ_KEYS = {"vl_model": "", "vl_config": None, "vl_vocab_size": None, "vis_fe
 @BACKBONES.register("vl_bart", keys=VL_SEQ_KEYS, candidate_kinds=("skip",), capabilities=("generate",))
 def vl_bart(config: Mapping[str, Any]) -> Backbone:
     """VL-BART (spec §1.1): HF BART + the originals' visual projector; ``vl_seq2seq.py``."""
-    from vlpeft.backbones.vl_seq2seq import build_vl_seq2seq
-
     return build_vl_seq2seq(config, "bart")
 
 
 @BACKBONES.register("vl_t5", keys=VL_SEQ_KEYS, candidate_kinds=("skip",), capabilities=("generate",))
 def vl_t5(config: Mapping[str, Any]) -> Backbone:
     """VL-T5 (spec §1.1): HF T5 + the originals' visual projector; ``vl_seq2seq.py``."""
-    from vlpeft.backbones.vl_seq2seq import build_vl_seq2seq
-
     return build_vl_seq2seq(config, "t5")
 
 
@@ -147,8 +139,6 @@ TEST_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def _meter_test_config(variant: str = "test_meter_tiny") -> dict[str, Any]:
-    from vlpeft.backbones.meter import METER_VARIANTS
-
     return dict(METER_VARIANTS[variant])
 
 
@@ -181,9 +171,10 @@ def task_gate(name: str) -> str:
     return str(BACKBONES.get(entry.meta.get("family", entry.name)).meta.get("task_gate", ">=1"))
 
 
-def build_backbone(config: Mapping[str, Any]) -> Backbone:
-    """The bare backbone named by ``config["backbone"]`` (no PET modules; see ``vlpeft.build``)."""
+def build_bare_backbone(config: Mapping[str, Any]) -> Backbone:
+    """The bare backbone named by ``config["backbone"]``: no PET modules, nothing frozen (``vlpeft.build.
+    build_with_pet`` adds both)."""
     return BACKBONES.build(config["backbone"], config)
 
 
-__all__ = ["BACKBONES", "Backbone", "Candidates", "LayerPlan", "Site", "build_backbone", "task_gate"]
+__all__ = ["BACKBONES", "Backbone", "Candidates", "LayerPlan", "Site", "build_bare_backbone", "task_gate"]

@@ -28,6 +28,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from vlpeft._io import write_bytes_atomic
+from vlpeft.backbones._folders import check_family, note_loaded
 
 # Named architectures (random weights). The tiny one keeps tests fast; vit_b16_random is ViT-B/16 @ 224.
 CLIP_VARIANTS: dict[str, dict[str, Any]] = {
@@ -158,7 +159,6 @@ def build_clip_visual(spec: Any) -> CLIPVisionModel:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"clip_model folder {path} has no config.json (an HF CLIP folder is needed)")
-        from vlpeft.backbones._folders import check_family, note_loaded
 
         check_family(path, ("clip", "clip_vision_model"), "clip_model", "the CLIP image tower",
                      "set clip_model=<a folder saved with CLIPVisionModel.save_pretrained> or an OpenAI CLIP .pt file")
@@ -172,7 +172,6 @@ def build_clip_visual(spec: Any) -> CLIPVisionModel:
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing or unexpected:
             raise ValueError(f"OpenAI CLIP conversion of {path}: missing {missing}, unexpected {unexpected}")
-        from vlpeft.backbones._folders import note_loaded
 
         note_loaded("clip_model", spec, path, model)
         return model

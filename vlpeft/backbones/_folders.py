@@ -41,54 +41,6 @@ def check_family(folder: str | os.PathLike, expected: tuple[str, ...], key: str,
                       f"(loading it would leave most weights random); {fix}")
 
 
-def precheck(family: str, config: dict[str, Any]) -> None:
-    """The folder checks of the backbone builders, run by config validation before a run folder is reserved (the
-    builders run them again, for direct builds). Families without pretrained folders pass."""
-    from vlpeft.data.tokenizer import resolve_model_path
-
-    precheck_load_path(family, config)
-
-    def folder(key: str) -> Path | None:
-        v = config.get(key)
-        if not v or not isinstance(v, (str, os.PathLike)):
-            return None
-        p = Path(resolve_model_path(v, key)).expanduser()
-        return p if p.is_dir() else None
-
-    clip = folder("clip_model" if family == "clip_plm" else "vl_clip_model") if family in (
-        "clip_plm", "vl_bart", "vl_t5") else None
-    if clip is not None:
-        check_family(clip, ("clip", "clip_vision_model"), "clip_model", "the CLIP image tower",
-                     "set it to a folder saved with CLIPVisionModel.save_pretrained or an OpenAI CLIP .pt file")
-    if family in ("clip_plm", "plm") and not config.get("plm_config"):
-        lm = str(config.get("language_model", "")).lower()
-        path = folder("tokenizer")
-        if path is not None and lm in ("bert", "t5", "llama"):
-            check_family(path, (lm,), "tokenizer", f"language_model={lm.upper()}",
-                         f"set tokenizer=<a {lm} folder>, or language_model= to the folder's family")
-    if family in ("vit_gpt2", "vit_roberta"):
-        lm = family.removeprefix("vit_")
-        path = folder("tokenizer") if not config.get("lm_config") else None
-        if path is not None:
-            check_family(path, ("gpt2",) if lm == "gpt2" else ("roberta", "bert"), "tokenizer", family,
-                         f"set tokenizer=<the pretrained {lm} folder>, or lm_config=<a {lm} variant> for a random one")
-        vit = folder("vit_model")
-        if vit is not None:
-            check_family(vit, ("vit",), "vit_model", "the ViT image tower", "set vit_model=<a ViT folder>")
-    if family in ("vl_bart", "vl_t5") and not config.get("vl_config"):
-        fam = family.removeprefix("vl_")
-        path = folder("vl_model")
-        if path is not None:
-            check_family(path, (fam,), "vl_model", family, f"set vl_model=<a {fam} folder>")
-            if config.get("tokenizer"):
-                from vlpeft.backbones.vl_seq2seq import _vl_tokenizer, check_vocabulary, model_cfg_vocab
-
-                rows = model_cfg_vocab(path)
-                if rows:
-                    check_vocabulary(_vl_tokenizer(config["tokenizer"], fam), rows, fam,
-                                     f"vl_model={str(config['vl_model'])!r}")
-
-
 def _load_path_types(family: str, config: dict[str, Any]) -> tuple[str, ...] | None:
     """The Hugging Face ``model_type``s a ``load_path`` folder may have for backbone ``family``, known from the
     config alone (the built backbone's ``hf_model_types`` says the same, and the loader checks it again); None
@@ -138,4 +90,4 @@ def take_loaded() -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["LOADED", "FolderError", "precheck", "precheck_load_path", "check_family", "model_type", "note_loaded", "take_loaded"]
+__all__ = ["LOADED", "FolderError", "precheck_load_path", "check_family", "model_type", "note_loaded", "take_loaded"]

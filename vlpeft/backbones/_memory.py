@@ -20,6 +20,7 @@ import contextlib
 from typing import Any, Callable, Iterator
 
 import torch
+from vlpeft.pet.context import _STATE, pet_context
 
 PLM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -61,8 +62,6 @@ def checkpointed(fn: Callable[..., Any], *args: Any, enabled: bool) -> Any:
     if not enabled or not torch.is_grad_enabled():
         return fn(*args)
     from torch.utils.checkpoint import checkpoint
-
-    from vlpeft.pet.context import _STATE, pet_context
 
     ctx = dict(_STATE.get())  # the backward runs outside the forward's ``with pet_context(...)``
     return checkpoint(fn, *args, use_reentrant=False,

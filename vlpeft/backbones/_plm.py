@@ -25,6 +25,10 @@ from torch import nn
 
 from vlpeft._protocol import Site
 from vlpeft.backbones._sites import attach_projection, attach_skip, projection_sites
+from vlpeft._protocol import is_scoped_policy
+from vlpeft.backbones._folders import check_family, note_loaded
+from vlpeft.backbones._sites import scoped_policy_params
+from vlpeft.data.tokenizer import resolve_model_path
 
 # --------------------------------------------------------------------------------------------------
 # named random configurations (tests, bench)
@@ -323,8 +327,6 @@ class PLMWrapper(nn.Module):
         elif policy == "bias":
             keep = {n for n, _ in hf.named_parameters() if n.endswith("bias")}
         else:  # kind:scope policies (norms:encoder, norms+bias:c_attn, …) over the HF model's names
-            from vlpeft._protocol import is_scoped_policy
-            from vlpeft.backbones._sites import scoped_policy_params
 
             if not is_scoped_policy(policy):
                 raise ValueError(f"base_trainable policy {policy!r} is not one of none/norms/bias/all nor a kind:scope "
@@ -642,8 +644,6 @@ def build_hf_plm(language_model: str, plm_config: Any, folder: str | os.PathLike
         return model_cls(cfg) if dtype in (None, torch.float32) else model_cls._from_config(cfg, dtype=dtype)
     if not folder:
         raise ValueError("DVP needs config 'tokenizer' = the PLM folder (or plm_config for a random model)")
-    from vlpeft.backbones._folders import check_family, note_loaded
-    from vlpeft.data.tokenizer import resolve_model_path
 
     path = Path(resolve_model_path(folder)).expanduser()  # 'minilm' → the offline MiniLM; never a stand-in
     if not path.is_dir():

@@ -73,6 +73,7 @@ from vlpeft._init import init_weights_bert
 from vlpeft.backbones._layers import Pooler, SublayerSlots
 from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
 from vlpeft.backbones._sites import attach_projection, attach_skip, base_policy_params, projection_sites
+from vlpeft.backbones import _clip
 
 # ----------------------------------------------------------------------------------------------- config
 # The original METER keys this backbone reads, with METER's defaults (METER/meter/config.py), plus ours.
@@ -288,8 +289,6 @@ def regrid_positions(pos: torch.Tensor, grid: int) -> torch.Tensor:
 
 def _clip_source(vit: Any) -> tuple[dict[str, torch.Tensor], int, float, tuple[int, int] | None]:
     """(OpenAI-layout state dict, heads, LayerNorm eps, text leftovers) of a CLIP named by config ``vit``."""
-    from vlpeft.backbones import _clip
-
     if isinstance(vit, (str, Path)) and not isinstance(vit, Mapping):
         name = str(vit)
         path = Path(name).expanduser()

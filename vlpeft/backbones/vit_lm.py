@@ -63,12 +63,14 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from vlpeft.backbones import VIT_LM_KEYS
 from vlpeft.backbones._generative import Generative, hold_cache_slot, lm_loss
 from vlpeft.backbones._plm import HostsPLM, PLMWrapper, _SiteHook, _XCapture
 from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
 from vlpeft.backbones._sites import projection_sites
 from vlpeft.pet.context import pet_context
+from vlpeft.backbones._folders import check_family, note_loaded
+from vlpeft.data.tokenizer import load_tokenizer, resolve_model_path
+from vlpeft.pet.unfreeze import norm_param_names, unfreeze_params
 
 # --- architectures as data (random init for tests and counting; real weights come from local folders) -----------
 VIT_VARIANTS: dict[str, dict[str, Any]] = {
@@ -102,7 +104,7 @@ LM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 LMS = ("gpt2", "roberta")
 
-# the flat config keys both entries read: ``vlpeft.backbones.VIT_LM_KEYS``
+# the flat config keys both entries read: ``vlpeft.backbones.VIT_LM_KEYS`` (their registry entries fill them in)
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class ViTLMConfig:
     def from_config(cls, config: Mapping[str, Any], lm: str) -> "ViTLMConfig":
         if lm not in LMS:
             raise ValueError(f"vit_lm: lm={lm!r} is not one of {LMS}")
-        c = {**VIT_LM_KEYS, **dict(config)}
+        c = dict(config)  # the registry entries pass VIT_LM_KEYS under it
         for k in ("vit_use_pooler", "no_vis_prefix", "use_vis_prefix", "vit_pet_sites"):
             if not isinstance(c[k], bool):
                 raise ValueError(f"{k}={c[k]!r} must be True or False")
@@ -137,8 +139,6 @@ class ViTLMConfig:
 
 
 def _local_folder(name: str, key: str = "tokenizer") -> str:
-    from vlpeft.data.tokenizer import resolve_model_path
-
     path = Path(resolve_model_path(name, key)).expanduser()  # 'minilm' → the offline MiniLM; never a stand-in
     if path.is_dir():
         return str(path)
@@ -150,7 +150,6 @@ def build_vit(name: str) -> nn.Module:
 
     if name in VIT_VARIANTS:
         return ViTModel(ViTConfig(**VIT_VARIANTS[name]), add_pooling_layer=True)
-    from vlpeft.backbones._folders import check_family, note_loaded
 
     folder = _local_folder(name, "vit_model")
     check_family(folder, ("vit",), "vit_model", "the ViT image tower", "set vit_model=<a ViT folder, e.g. "
@@ -173,7 +172,6 @@ def build_lm(lm: str, lm_config: str, folder: str) -> nn.Module:
         cfg = cfg_cls(**LM_VARIANTS[lm_config][1])
         cfg._attn_implementation = "sdpa"
         return model_cls(cfg, add_pooling_layer=True) if lm == "roberta" else model_cls(cfg)
-    from vlpeft.backbones._folders import check_family, note_loaded
 
     kw = {"add_pooling_layer": True} if lm == "roberta" else {}
     path = _local_folder(folder)
@@ -238,8 +236,6 @@ class _LMSites(PLMWrapper):
         return self.hf_model().get_submodule(self.blocks_path)
 
     def norm_parameter_names(self) -> set[str]:
-        from vlpeft.pet.unfreeze import norm_param_names
-
         return {f"{self.blocks_path}.{n}" for n in norm_param_names(self.layers)}
 
     def sites(self) -> list[Site]:
@@ -390,8 +386,6 @@ class _ViTLM(HostsPLM, Backbone):
 
     def base_trainable(self, policy: str) -> list[tuple[str, nn.Parameter]]:
         """The ViT never trains; ``all``: the whole LM; any other policy acts on the LM's layers only."""
-        from vlpeft.pet.unfreeze import policy_params as unfreeze_params
-
         hf_prefix = f"plm.{self.plm.hf_attr}."
         if policy == "all":
             return [(hf_prefix + n, p) for n, p in self.plm.hf_model().named_parameters()]
@@ -563,8 +557,6 @@ class ViTRoberta(_ViTLM):
 
 def build_vit_lm(config: Mapping[str, Any], lm: str) -> _ViTLM:
     """The bare backbone (``lm``: gpt2 or roberta) from the flat config; PET modules come through ``inject``."""
-    from vlpeft.data.tokenizer import load_tokenizer
-
     cfg = ViTLMConfig.from_config(config, lm)
     tokenizer = load_tokenizer(cfg.tokenizer)
     hf = build_lm(lm, cfg.lm_config, cfg.tokenizer)
@@ -577,5 +569,5 @@ def build_vit_lm(config: Mapping[str, Any], lm: str) -> _ViTLM:
     return ViTRoberta(vit, RobertaSites(hf), tokenizer, cfg)
 
 
-__all__ = ["LM_VARIANTS", "VIT_LM_KEYS", "VIT_VARIANTS", "ViTGPT2", "ViTLMConfig", "ViTRoberta", "build_lm",
+__all__ = ["LM_VARIANTS", "VIT_VARIANTS", "ViTGPT2", "ViTLMConfig", "ViTRoberta", "build_lm",
            "build_vit", "build_vit_lm"]

@@ -60,6 +60,11 @@ from vlpeft.backbones._generative import Generative, hold_cache_slot, lm_loss, s
 from vlpeft.backbones._plm import _SiteHook, _XCapture
 from vlpeft._protocol import Candidates, LayerPlan, Site
 from vlpeft.backbones._sites import attach_projection, attach_skip, base_policy_params
+from vlpeft.backbones._folders import check_family, note_loaded
+from vlpeft.backbones.visual_features import GridFeatures
+from vlpeft.data.tokenizer import load_tokenizer
+from vlpeft.pet._sites_hf import ProjHost
+from vlpeft.pet._wrap import wrap_linear
 
 FAMILIES = ("bart", "t5")
 N_EXTRA = 100  # <extra_id_i> and <vis_extra_id_i>, i < 100 (the originals' tokenizers)
@@ -316,8 +321,6 @@ class VLSeq2Seq(Generative):
         return out + self._projection_sites()
 
     def _projection_sites(self) -> list[Site]:
-        from vlpeft.pet._sites_hf import ProjHost
-
         le, out = self.n_encoder, []
         depth = {s: len(self._layers(s)) for s in ("encoder", "decoder")}
         pat = r"(encoder|decoder)\.(layers|block)\.\d+\."
@@ -362,8 +365,6 @@ class VLSeq2Seq(Generative):
 
     def _hook(self, j: int) -> _SiteHook:
         if j not in self._hooks:
-            from vlpeft.pet._wrap import wrap_linear
-
             s = self._subs()[j]
             for name in s.wrap:
                 wrap_linear(self, name)
@@ -540,8 +541,6 @@ class VLSeq2Seq(Generative):
 def _vl_tokenizer(name: str | None, family: str) -> Any:
     """The tokenizer with the originals' added tokens: ``<extra_id_i>`` (when missing) and ``<vis_extra_id_i>``,
     i = 99 … 0 in that order (so ``<vis_extra_id_0>`` is the last row, where object order 0 reads)."""
-    from vlpeft.data.tokenizer import load_tokenizer
-
     tok = copy.deepcopy(load_tokenizer(name))  # the loader caches: never add tokens to the shared object
     have = set(tok.get_vocab())
     extra = [f"<extra_id_{i}>" for i in range(N_EXTRA - 1, -1, -1) if f"<extra_id_{i}>" not in have]
@@ -595,7 +594,6 @@ def _hf_model(cfg: VLSeqConfig, family: str, tok: Any = None) -> nn.Module:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"vl_model={cfg.vl_model!r} is not a local folder with config.json + weights "
                                 f"(no hub downloads); or set vl_config for random weights")
-    from vlpeft.backbones._folders import check_family, note_loaded
 
     check_family(path, (family,), "vl_model", f"vl_{family}", f"set vl_model=<a {family} folder> (or use "
                  f"backbone=vl_{'t5' if family == 'bart' else 'bart'} if that is the folder you mean)")
@@ -645,8 +643,6 @@ def build_vl_seq2seq(config: Mapping[str, Any], family: str) -> VLSeq2Seq:
                 obj.forced_eos_token_id = None
     extractor = None
     if cfg.vl_clip_model:
-        from vlpeft.backbones.visual_features import GridFeatures
-
         extractor = GridFeatures(cfg.vl_clip_model, cfg.vl_grid, cfg.clip_feature_cache, cfg.clip_cache_max_items,
                                  cfg.clip_cache_dir)
     return VLSeq2Seq(hf, family, cfg, tok, extractor)

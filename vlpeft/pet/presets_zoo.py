@@ -22,6 +22,7 @@ from vlpeft.pet import bottleneck, compacter, gates, hyperformer, ia3, lora, mul
 from vlpeft.pet import prompt_tuning, routing  # noqa: F401
 from vlpeft.pet._base import Recipe, register_preset
 from vlpeft.pet._sites_hf import SharePool, ZooSpec
+from vlpeft.tasks.heads import active_tasks
 
 ATTN = ("attn", "cross_attn")
 ALL_SUBLAYERS = ("attn", "cross_attn", "ffn")
@@ -31,8 +32,6 @@ QV_MASK = (True, False, True)
 def _tasks(config: Mapping[str, Any]) -> tuple[str, ...]:
     """The task keys per-task modules are built for: the active ``loss_names`` tasks — the names batches carry in
     ``batch["task"]`` (``caption`` for the ``coco`` dataset) — else the ``datasets`` list."""
-    from vlpeft.tasks.heads import active_tasks
-
     loss_names = config.get("loss_names")
     try:
         active = tuple(active_tasks(loss_names)) if isinstance(loss_names, Mapping) else ()

@@ -95,5 +95,9 @@ def count(params: Iterable[tuple[str, nn.Parameter]]) -> int:
     return total
 
 
+# The old name, which ``vlpeft.backbones`` also used for a backbone's base policy (two meanings); kept for code
+# written against it on other branches. New code calls unfreeze_params.
+policy_params = unfreeze_params
+
 __all__ = ["KINDS", "apply_policy", "bitfit", "count", "full", "layernorm", "norm_param_names", "parse_policy",
-           "unfreeze_params"]
+           "policy_params", "unfreeze_params"]

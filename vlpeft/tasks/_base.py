@@ -17,7 +17,7 @@ import torch
 from vlpeft._registry import Registry
 from vlpeft.tasks import metrics as tm
 from vlpeft.tasks import objectives as obj
-from vlpeft.tasks.heads import TASK_HEADS
+from vlpeft.tasks.heads import TASK_HEADS, active_tasks
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,6 @@ def build_tasks(loss_names: Mapping[str, float], capabilities: frozenset[str], b
     A backbone that can ``generate`` and not ``classify`` (vl_bart, vl_t5, vit_gpt2) gets the generative variant
     of vqa / gqa / nlvr2 (``vlpeft.tasks.generative``); ``caption`` is generative only. ``generate_options``:
     ``num_beams`` / ``max_new_tokens`` for decoding (``generative.generation_options(config)``)."""
-    from vlpeft.tasks.heads import active_tasks
-
     tasks = [task_for(t, capabilities, generate_options) for t in active_tasks(loss_names, gate)]
     for t in tasks:
         missing = sorted(t.needs - set(capabilities))

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from vlpeft.tasks.caption_eval import caption_scores
+from vlpeft.tasks.dumps import gather_predictions
 from vlpeft.scores import SPLIT_TASKS  # (with the named scores a run reports, which the_metric sums)
 
 IGNORE_INDEX = -100
@@ -165,9 +167,6 @@ class CaptionScores(nn.Module):
         self.rows.extend((i, str(g), [str(r) for r in refs]) for i, g, refs in zip(image_ids, generated, references))
 
     def compute(self) -> dict[str, float]:
-        from vlpeft.tasks.caption_eval import caption_scores
-        from vlpeft.tasks.dumps import gather_predictions
-
         rows = gather_predictions(self.rows)
         if not rows:
             return {}

@@ -516,7 +516,6 @@ def _check_values(config: dict[str, Any]) -> None:
                               f"'{k}=[\"clip\"]' with the quotes inside single quotes")
     skip = config.get("skip_module")
     if isinstance(skip, (list, tuple)):  # its range is checked against the backbone's layers when the plan is made
-
         try:
             check_skip_types(skip)
         except PlacementError as e:

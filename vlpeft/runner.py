@@ -215,7 +215,6 @@ def run(config: dict[str, Any]) -> RunResult:
     from pytorch_lightning.utilities import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) == 0:  # every run ends saying how it did and what it read and wrote
-
         print_summary(result, config)
     return result
 

@@ -23,11 +23,9 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from vlpeft._protocol import Site
-from vlpeft.backbones._sites import attach_projection, attach_skip, projection_sites
-from vlpeft._protocol import is_scoped_policy
+from vlpeft._protocol import Site, is_scoped_policy
 from vlpeft.backbones._folders import check_family, note_loaded
-from vlpeft.backbones._sites import scoped_policy_params
+from vlpeft.backbones._sites import attach_projection, attach_skip, projection_sites, scoped_policy_params
 from vlpeft.data.tokenizer import resolve_model_path
 
 # --------------------------------------------------------------------------------------------------
@@ -327,7 +325,6 @@ class PLMWrapper(nn.Module):
         elif policy == "bias":
             keep = {n for n, _ in hf.named_parameters() if n.endswith("bias")}
         else:  # kind:scope policies (norms:encoder, norms+bias:c_attn, …) over the HF model's names
-
             if not is_scoped_policy(policy):
                 raise ValueError(f"base_trainable policy {policy!r} is not one of none/norms/bias/all nor a kind:scope "
                                  f"policy such as 'norms:encoder' or 'norms+bias:c_attn' (vlpeft.pet.unfreeze)")

@@ -134,7 +134,14 @@ def inject(backbone: nn.Module, recipe: Recipe) -> PetReport:
 def _record_landing(backbone: nn.Module, injected: list[Injected], modules: list[nn.Module]) -> None:
     """Fill each ``Injected.param_names`` from where ``attach`` really registered the module's parameters (found by
     identity), so the trainable set never depends on a site's name predicting that place. A parameter registered
-    under several names (a module shared between sites) is named under its own site where it sits there."""
+    under several names (a module shared between sites) is named under its own site where it sits there.
+
+    A host with no parameters of its own to search (a plain object placing modules into a model it holds, as the
+    zoo tests' stand-ins do) keeps the names its sites predict."""
+    if not hasattr(backbone, "named_parameters"):
+        for inj, module in zip(injected, modules):
+            inj.param_names = [f"{inj.site.name}.{n}" for n, _ in module.named_parameters()]
+        return
     where: dict[int, list[str]] = {}
     for n, p in backbone.named_parameters(remove_duplicate=False):
         where.setdefault(id(p), []).append(n)

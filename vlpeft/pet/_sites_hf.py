@@ -123,6 +123,10 @@ class ProjHost:
     def attach(self, site: Site, module: nn.Module) -> None:
         attach_to_linear(self.model, site.name, module)
 
+    def named_parameters(self, *args, **kwargs):
+        # where attach registered the modules: ``inject`` records their parameter names from here
+        return self.model.named_parameters(*args, **kwargs)
+
 
 # --- the fixed order at a sublayer site --------------------------------------------------------------------------
 def compose_site(x: torch.Tensor, h: torch.Tensor, seq: Iterable[nn.Module] = (), par: Iterable[nn.Module] = (),

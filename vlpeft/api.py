@@ -6,9 +6,10 @@
     model.predict(image=[img_a, img_b], question=["how many?", "what shape?"])  # -> ["2", "circle"]
     model.generate(image="cat.jpg")                                            # captioning backbones
 
-``vlpeft.load`` (``vlpeft.loading``) rebuilds the model of the checkpoint's own config (``hyper_parameters["config"]``) on the placement it
-was trained with (``vlpeft_placement``: the searched skip set, not the config's ``skip_module``), loads every
-tensor (PET modules, heads, backbone) and requires the checkpoint to fill the whole model. The checkpoint is read
+``vlpeft.load`` (in ``vlpeft.loading``) rebuilds the model of the checkpoint's own config
+(``hyper_parameters["config"]``) on the placement it was trained with (``vlpeft_placement``: the searched skip set,
+not the config's ``skip_module``), loads every tensor (PET modules, heads, backbone) and requires the checkpoint to
+fill the whole model. The checkpoint is read
 with ``torch.load(weights_only=True)``: only tensors and plain containers are unpickled.
 
 Batch format (what ``predict`` builds from raw inputs, exactly as the run's test loader does):

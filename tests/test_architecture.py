@@ -72,8 +72,7 @@ def _imports(module: str, path: Path, mods: dict[str, Path]) -> list[tuple[str, 
     out: list[tuple[str, int, bool, ast.stmt]] = []
 
     def add(name: str, node: ast.stmt, local: bool) -> None:
-        # the module named (the packages above it run too, but a submodule's edge to its own package is not
-        # counted: every module would then sit in a cycle with any package that lists its submodules)
+        # the module named; the packages above it, which run too, are added by _graph
         if name in mods and name != module:
             out.append((name, node.lineno, local, node))
 
@@ -97,9 +96,24 @@ def _imports(module: str, path: Path, mods: dict[str, Path]) -> list[tuple[str, 
     return out
 
 
+def _graph(mods: dict[str, Path]) -> dict[str, set[str]]:
+    """module -> the project modules importing it runs: each one named and the packages above it (importing
+    ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` first), except the importer's own packages, which are
+    already running when it is imported."""
+    graph: dict[str, set[str]] = {}
+    for m, p in mods.items():
+        parts = m.split(".")
+        own = {".".join(parts[:i]) for i in range(1, len(parts) + (1 if _is_package(p) else 0))}
+        edges: set[str] = set()
+        for target, *_ in _imports(m, p, mods):
+            t = target.split(".")
+            edges.update(a for a in (".".join(t[:i]) for i in range(1, len(t) + 1)) if a in mods and a not in own)
+        graph[m] = edges - {m}
+    return graph
+
+
 def import_graph() -> dict[str, set[str]]:
-    mods = _sources()
-    return {m: {t for t, *_ in _imports(m, p, mods)} for m, p in mods.items()}
+    return _graph(_sources())
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -189,9 +203,25 @@ def test_the_graph_sees_local_and_relative_imports(tmp_path):
     (pkg / "a.py").write_text("from pkg import b\n")
     (pkg / "b.py").write_text("def f():\n    from . import a\n")
     mods = {"pkg": pkg / "__init__.py", "pkg.a": pkg / "a.py", "pkg.b": pkg / "b.py"}
-    graph = {m: {t for t, *_ in _imports(m, p, mods)} for m, p in mods.items()}
+    graph = _graph(mods)
     assert graph["pkg.b"] == {"pkg.a"}
     assert find_cycles(graph) == [["pkg.a", "pkg.b", "pkg.a"]]
+
+
+def test_the_graph_sees_a_cycle_through_a_package_init(tmp_path):
+    # importing pkg.x.b runs pkg/x/__init__.py first: y -> x.b is also y -> x, and x's __init__ imports x.a, which
+    # imports y (importing pkg.y first fails: `f` is not defined yet when x.a asks for it)
+    for rel, text in {"pkg/__init__.py": "", "pkg/x/__init__.py": "from pkg.x.a import A\n",
+                      "pkg/x/a.py": "from pkg.y import f\nA = 1\n", "pkg/x/b.py": "B = 2\n",
+                      "pkg/y.py": "from pkg.x.b import B\n\ndef f():\n    return B\n"}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    mods = {"pkg": tmp_path / "pkg/__init__.py", "pkg.x": tmp_path / "pkg/x/__init__.py",
+            "pkg.x.a": tmp_path / "pkg/x/a.py", "pkg.x.b": tmp_path / "pkg/x/b.py", "pkg.y": tmp_path / "pkg/y.py"}
+    graph = _graph(mods)
+    assert graph["pkg.y"] == {"pkg.x", "pkg.x.b"}  # not pkg: every module's own package runs before it
+    assert graph["pkg.x.a"] == {"pkg.y"}
+    assert strongly_connected(graph) == [["pkg.x", "pkg.x.a", "pkg.y"]]
 
 
 def test_no_import_cycle_among_project_modules():

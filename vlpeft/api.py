@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+
 from vlpeft.checkpoint import CheckpointError
 from vlpeft.data.collate import Collator
-from vlpeft.data.datamodule import answer_map, LabelVocabError, vocab_file_names
+from vlpeft.data.datamodule import LabelVocabError, answer_map, vocab_file_names
 from vlpeft.data.datasets import BaseDataset
-from vlpeft.data.generative import GenerativeCollator, TASK_PROMPTS
+from vlpeft.data.generative import TASK_PROMPTS, GenerativeCollator
 from vlpeft.data.tokenizer import load_tokenizer
 from vlpeft.data.transforms import keys_to_transforms
 

@@ -29,8 +29,8 @@ from torch import nn
 
 from vlpeft._io import write_json_atomic
 from vlpeft._protocol import LayerPlan
-from vlpeft.pruning import PRUNED_FILE, export_pruned
 from vlpeft.pet.trainable import count_parameters
+from vlpeft.pruning import PRUNED_FILE, export_pruned
 from vlpeft.search.placement import Placement
 
 COMPUTATION_FILE = "computation.json"

@@ -21,7 +21,7 @@ import torch
 
 from vlpeft._io import atomic_path
 from vlpeft.lightning import VLPeftModule
-from vlpeft.runner import run, RunResult
+from vlpeft.runner import RunResult, run
 
 
 def _fmt_metrics(result) -> str:

@@ -77,7 +77,7 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 from vlpeft._io import DiskFullError, OutputPathError, parse_json_lines, write_json_atomic
 from vlpeft.data.normalize import normalize_word, process_digit_article, process_punctuation
-from vlpeft.tasks.dumps import fill_vqa_submission, SubmissionError
+from vlpeft.tasks.dumps import SubmissionError, fill_vqa_submission
 
 
 __all__ = [

@@ -38,12 +38,12 @@ import torch
 from torch import nn
 
 from vlpeft._io import atomic_path, write_json_atomic
-from vlpeft.pet._wrap import ProjWrap, attach_to_linear, is_projection, projection_dims
 from vlpeft.checkpoint import read_checkpoint
-from vlpeft.pruning import ExportError, find_checkpoint
 from vlpeft.lightning import VLPeftModule
+from vlpeft.pet._wrap import ProjWrap, attach_to_linear, is_projection, projection_dims
 from vlpeft.pet.ia3 import IA3
 from vlpeft.pet.lora import LoRA
+from vlpeft.pruning import ExportError, find_checkpoint
 from vlpeft.search.placement import Placement
 
 CONFIG_FILE = "adapter_config.json"

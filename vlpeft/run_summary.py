@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from vlpeft.scores import metric_text, selection_metrics
 from vlpeft.checkpoint import _as_list
 from vlpeft.computation import COMPUTATION_FILE, METRICS_FILE
+from vlpeft.scores import metric_text, selection_metrics
 
 
 def score_text(metrics: Mapping[str, Mapping[str, float]], phase: str, best: float | None = None) -> str:

@@ -20,6 +20,7 @@ import contextlib
 from typing import Any, Callable, Iterator
 
 import torch
+
 from vlpeft.pet.context import _STATE, pet_context
 
 PLM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -14,12 +14,16 @@ from typing import Any
 from sacred import Experiment
 
 from vlpeft.data.splits import SPLITS
+from vlpeft.tasks import TASKS, active_tasks, task_for
+from vlpeft.tasks._base import loss_keys
 
 ex = Experiment("vlpeft", save_git_info=False)
 
-# caption: COCO captioning, generative backbones only (vlpeft.tasks.generative); listed so that sacred accepts
-# loss_names={"caption": 1} on the command line (it refuses keys a config dict does not have)
-LOSS_KEYS = ("itm", "mlm", "mpp", "vqa", "nlvr2", "irtr", "gqa", "snli_ve", "caption", "boolq", "scienceqa")
+# every registered task (vlpeft.tasks.TASKS, read when this module loads: a plugin's task registers before) and the
+# originals' pre-training losses, so that sacred accepts loss_names={"<task>": 1} on the command line (it refuses
+# keys a config dict does not have)
+PRETRAINING_LOSS_KEYS = ("mlm", "mpp")  # the originals' pre-training objectives (no task here implements them)
+LOSS_KEYS = loss_keys() + PRETRAINING_LOSS_KEYS
 
 
 def _loss_names(d: dict[str, float]) -> dict[str, float]:
@@ -140,10 +144,9 @@ def registry_keys() -> dict[str, Any]:
     from vlpeft.backbones import BACKBONES
     from vlpeft.pet import PRESETS
     from vlpeft.search import SEARCHES
-    from vlpeft.tasks.generative import GEN_TASKS
 
     out: dict[str, Any] = {}
-    for reg in (BACKBONES, PRESETS, SEARCHES, GEN_TASKS):
+    for reg in (BACKBONES, PRESETS, SEARCHES, TASKS):
         out.update(reg.config_keys())
     return out
 
@@ -587,13 +590,10 @@ def _check_axes(config: dict[str, Any]) -> None:
             raise ConfigError(f"pet={axes.pet} reads the visual context {sorted(needs)}, which "
                               f"backbone={axes.backbone} does not compute; use a backbone that provides it "
                               f"({', '.join(givers)}) or another pet")
-        from vlpeft.tasks._base import TASKS, task_for
-        from vlpeft.tasks.heads import active_tasks
-
         caps = set(family.meta.get("capabilities", ()))
         for t in active_tasks(config["loss_names"], task_gate(axes.backbone)):
-            task = task_for(t, caps) if t in TASKS else None
-            missing = sorted(task.needs - caps) if task is not None else []
+            task = task_for(t, caps)
+            missing = sorted(task.required - caps)
             if missing:
                 raise ConfigError(f"task {t} needs the backbone capability {missing} which backbone={axes.backbone} "
                                   f"lacks (it has {sorted(caps)}); choose another backbone or task")

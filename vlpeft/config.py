@@ -217,25 +217,25 @@ _DVP_LM = {
                   num_layers=32, drop_rate=0.1, search_sample=10, weight_decay=0.2, use_adapter=True,
                   head_hidden=512),
 }
-_DVP_TASK = {"vqa": dict(datasets=["vqa"], loss_names=_loss_names({"vqa": 1})),
-             "gqa": dict(datasets=["gqa"], loss_names=_loss_names({"gqa": 1})),
-             "snli_ve": dict(datasets=["snli_ve"], loss_names=_loss_names({"snli_ve": 1}))}
-_DVP_SEARCH_EPOCHS = {"vqa": 2, "gqa": 2, "snli_ve": 1}
+# per task, the values of DVP's scripts: (task, BERT/T5 search epochs, BERT/T5 lr_mult, BERT/T5 train epochs,
+# BERT/T5 train warm-up, LLaMA search batch, LLaMA train batch); LLaMA runs lr_mult 1, 2 search / 10 train epochs
+_DVP_TASKS = (("vqa", 2, 10, 10, 0.1, 128, 256), ("gqa", 2, 10, 10, 0.1, 128, 256), ("snli_ve", 1, 1, 5, 0.2, 64, 128))
 for _lm, _lm_cfg in _DVP_LM.items():
-    for _task, _task_cfg in _DVP_TASK.items():
-        _lr_mult = 10 if (_lm in ("bert", "t5") and _task in ("vqa", "gqa")) else 1
+    _llama = _lm == "llama"
+    for _task, _epochs, _plm_lr_mult, _train_epochs, _train_warmup, _llama_search_bs, _llama_train_bs in _DVP_TASKS:
+        _task_cfg = dict(datasets=[_task], loss_names=_loss_names({_task: 1}))
+        _lr_mult = 1 if _llama else _plm_lr_mult
         _lr_search = 2e-4 if _lm == "t5" else 1e-4
         _lr_train = {"bert": 1e-4, "t5": 2e-4, "llama": 5e-4}[_lm]
         _search = dict(DVP_BASE, **_lm_cfg, **_task_cfg, max_steps=None, stage="search", search_stage=True,
-                       max_epoch=2 if _lm == "llama" else _DVP_SEARCH_EPOCHS[_task], warmup_steps=0,
+                       max_epoch=2 if _llama else _epochs, warmup_steps=0,
                        learning_rate=_lr_search, lr_mult=_lr_mult, decay_power="constant", batch_size=256)
         _train = dict(DVP_BASE, **_lm_cfg, **_task_cfg, max_steps=None, stage="train", search_stage=False,
-                      insert_layer=0, max_epoch=5 if (_task == "snli_ve" and _lm != "llama") else 10,
-                      warmup_steps=0.2 if (_task == "snli_ve" and _lm != "llama") else 0.1,
+                      insert_layer=0, max_epoch=10 if _llama else _train_epochs,
+                      warmup_steps=0.1 if _llama else _train_warmup,
                       learning_rate=_lr_train, lr_mult=_lr_mult, decay_power=1, batch_size=256)
-        if _lm == "llama":
-            _search["batch_size"] = 64 if _task == "snli_ve" else 128
-            _train["batch_size"] = 128 if _task == "snli_ve" else 256
+        if _llama:
+            _search["batch_size"], _train["batch_size"] = _llama_search_bs, _llama_train_bs
         named(f"dvp_search_{_lm}_{_task}", **_search)
         named(f"dvp_adaption_{_lm}_{_task}", **_train)
 

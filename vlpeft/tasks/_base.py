@@ -151,6 +151,17 @@ def value_of(values: Mapping[str, Any], key: str) -> float | None:
     return None if math.isnan(v) else v
 
 
+@dataclass(frozen=True)
+class OfficialScorer:
+    """A task's subcommand of ``python -m vlpeft.evaluate``: ``score`` names the files scorer in
+    ``vlpeft.evaluate`` (a name, not an import: the evaluation CLI imports the tasks), called with the values of
+    ``flags`` in order, then the predictions file."""
+
+    help: str
+    score: str
+    flags: tuple[tuple[str, bool, str], ...] = ()  # (flag, required, help)
+
+
 # ---------------------------------------------------------------------------------------------- the contract
 class Task:
     """One task. Subclasses set the class attributes and override what differs; an instance carries the run's
@@ -168,6 +179,8 @@ class Task:
     answer_vocab_file: ClassVar[str] = ""  # json answer vocabulary next to the arrow files (class id -> answer)
     answer_vocab_option: ClassVar[str] = ""  # its option holding the label size (0 = read it from the vocabulary)
     submission: ClassVar[bool] = False  # its dump is the run's submission file (runner's result.submission)
+    api_role: ClassVar[str] = ""  # vlpeft.api: "answer" (predict(image, question)) or "caption" (generate(image))
+    official: ClassVar[OfficialScorer | None] = None  # its official scorer (``python -m vlpeft.evaluate <name>``)
     list_fields: ClassVar[tuple[str, ...]] = ()  # item fields the collate passes through as lists
     # generate mode: the originals' task prefix, their hard-coded token limits, multi-task batch-size ratio
     prompt: ClassVar[str] = ""
@@ -314,6 +327,10 @@ class Task:
     def generative_collate(self, items: Sequence[Mapping[str, Any]], batch: dict[str, Any]) -> None:
         """Its collate fields in a generative batch (beyond text, targets and images)."""
 
+    def blank_targets(self) -> dict[str, Any]:
+        """Item fields of an unannotated question (a test split's, or ``vlpeft.api.predict``'s input)."""
+        return {}
+
     def label_size(self) -> int | None:
         return int(self.option(self.answer_vocab_option) or 0) if self.answer_vocab_option else None
 
@@ -379,6 +396,15 @@ def active_tasks(loss_names: Mapping[str, float], gate: str = ">=1") -> list[str
             f"set {', '.join(f'{t}=0' for t in unknown)} in loss_names"
         )
     return tasks
+
+
+def any_active_needs(loss_names: Mapping[str, float], capability: str, gate: str = ">=1") -> bool:
+    """Whether a registered task that ``loss_names`` switches on (``gate``, as ``active_tasks``) needs ``capability``
+    from the backbone in classify mode: ViLT / METER size their token-type table by it (a third row for the second
+    image of ``pair_images`` tasks). Keys that are no task (the pre-training losses) are ignored here."""
+    on = TASK_GATES[gate]
+    return any(capability in TASKS.build(t).needs for t, v in (loss_names or {}).items()
+               if t in TASKS and v is not None and on(float(v)))
 
 
 def task_for(name: str, capabilities: frozenset[str] | set[str] | Sequence[str],

@@ -24,6 +24,7 @@ class CaptionTask(Task):
     needs = frozenset({"generate"})
     single_pass = False
     score_key = "caption_cider"
+    api_role = "caption"
     list_fields = ("references", "image_id")
     prompt = "caption: "  # the input is the prefix alone (caption_clip_data.py)
     multitask_ratio = (50, 60)  # multitask.py: caption batch = int(bs * 50 / 60)

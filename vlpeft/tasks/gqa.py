@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from vlpeft.tasks._base import Infer, check_label_range, register_task
+from vlpeft.tasks._base import Infer, OfficialScorer, check_label_range, register_task
 from vlpeft.tasks._classify import ClassifierTask
 from vlpeft.tasks.dumps import answers_of_rows, write_gqa_predictions
 from vlpeft.tasks.generative import soft_scores
@@ -28,6 +28,9 @@ class GQATask(ClassifierTask):
     answer_vocab_file = "gqa_label_vocab.json"
     answer_vocab_option = "label_size"
     list_fields = ("gqa_answer", "gqa_scores")
+    api_role = "answer"
+    official = OfficialScorer("GQA accuracy", "gqa_accuracy_files", (
+        ("--questions", True, "official GQA questions JSON (e.g. testdev_balanced)"),))
     prompt = "gpa: "  # the originals' GQA prefix has this typo; models trained with it expect it
     text_max_length = 20  # gqa_clip_data.py: encode(prompt + question, max_length=20)
     target_max_length = None  # GQA targets are not truncated
@@ -39,6 +42,9 @@ class GQATask(ClassifierTask):
         check_label_range("gqa", "gqa_label_size", label_size, [lab for it in items for lab in it["gqa_labels"]])
         batch["gqa_labels"] = torch.tensor([it["gqa_labels"][0] if it["gqa_labels"] else -100 for it in items],
                                            dtype=torch.long)
+
+    def blank_targets(self) -> dict[str, Any]:
+        return {"gqa_labels": []}
 
     def score_generated(self, generated: list[str], batch: Mapping[str, Any]) -> dict[str, Any]:
         if "gqa_answer" not in batch:

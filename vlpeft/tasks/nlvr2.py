@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from vlpeft.tasks._base import Infer, register_task, split_rows
+from vlpeft.tasks._base import Infer, OfficialScorer, register_task, split_rows
 from vlpeft.tasks._classify import SPLITS, ClassifierTask
 from vlpeft.tasks.generative import nlvr2_predictions
 
@@ -28,6 +28,7 @@ class NLVR2Task(ClassifierTask):
     num_classes = NLVR2_CLASSES
     head_inputs = 2
     dev_test = True
+    official = OfficialScorer("NLVR2 accuracy", "nlvr2_accuracy_files", (("--annotations", False, "official JSON lines file (default: the rows' own 'label')"),))
     prompt = "nlvr: "
     target_max_length = None  # nlvr targets are not truncated
     multitask_ratio = (20, 60)  # multitask.py: nlvr batch = int(bs * 20 / 60)

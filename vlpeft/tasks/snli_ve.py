@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from vlpeft.tasks._base import Infer, register_task
+from vlpeft.tasks._base import Infer, OfficialScorer, register_task
 from vlpeft.tasks._classify import ClassifierTask
 
 SNLI_VE_CLASSES = 3  # contradiction 0, neutral 1, entailment 2
@@ -21,6 +21,7 @@ class SNLIVETask(ClassifierTask):
     lr_mult_heads = ("snli_ve_classifier",)
     num_classes = SNLI_VE_CLASSES
     dev_test = True
+    official = OfficialScorer("SNLI-VE accuracy", "snli_ve_accuracy_files", (("--annotations", False, "official JSON lines file (default: the rows' own 'label')"),))
 
 
 def compute_snli_ve(infer: Infer, heads: nn.ModuleDict, batch: Mapping[str, Any]) -> dict[str, Any]:

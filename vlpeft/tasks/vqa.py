@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlpeft.tasks._base import (Infer, Task, batch_key, check_label_range, classifier, head, positive_int,
-                                register_task)
+from vlpeft.tasks._base import (Infer, OfficialScorer, Task, batch_key, check_label_range, classifier, head,
+                                positive_int, register_task)
 from vlpeft.tasks.dumps import answers_of_rows, read_question_ids, write_vqa_submission
 from vlpeft.tasks.generative import soft_scores
 from vlpeft.tasks.metrics import Scalar, Scores, VQAScore
@@ -38,6 +38,10 @@ class VQATask(Task):
     answer_vocab_file = "vqav2_label_vocab.json"
     answer_vocab_option = "label_size"
     submission = True
+    api_role = "answer"
+    official = OfficialScorer("official VQAv2 accuracy", "vqa_accuracy_files", (
+        ("--questions", True, "v2_OpenEnded_mscoco_*_questions.json"),
+        ("--annotations", True, "v2_mscoco_*_annotations.json")))
     list_fields = ("vqa_labels", "vqa_scores", "vqa_answer")
     prompt = "vqa: "
     text_max_length = 20  # vqa_clip_data.py: encode(prompt + question, max_length=20)
@@ -97,6 +101,9 @@ class VQATask(Task):
         # which questions are annotated at all (a Python list: stays on the host, no device sync to read it);
         # a test split has none, and its "score" must not be reported as 0
         batch["vqa_has_answers"] = [bool(it.get("vqa_answer")) for it in items]
+
+    def blank_targets(self) -> dict[str, Any]:
+        return {"vqa_labels": [], "vqa_scores": [], "vqa_answer": []}
 
     # ------------------------------------------------------------------ predictions and the submission
     def predictions(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> list[dict]:

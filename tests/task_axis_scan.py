@@ -1,0 +1,74 @@
+"""Finds code that knows a task by name: comparisons, membership tests, dict keys, subscripts and ``.get`` of a
+registered task name (``vlpeft.tasks.TASKS``) in a Python source (used by ``test_task_axis.py``)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Iterable
+
+LOOKUPS = {"get", "pop", "setdefault"}
+
+
+def _names_in(node: ast.AST, names: set[str]) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+        return [node.value]
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return [n for e in node.elts for n in _names_in(e, names)]
+    return []
+
+
+class _Finder(ast.NodeVisitor):
+    def __init__(self, names: set[str], skip_calls: set[str]):
+        self.names, self.skip_calls, self.hits = names, skip_calls, []
+
+    def _hit(self, node: ast.AST, kind: str, found: list[str]) -> None:
+        self.hits.extend((node.lineno, kind, n) for n in found)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        fn = node.func
+        fname = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else ""
+        if fname in self.skip_calls:  # a named config's data (e.g. loss_names={"vqa": 1})
+            return
+        if isinstance(fn, ast.Attribute) and fn.attr in LOOKUPS and node.args:
+            self._hit(node, f".{fn.attr}", _names_in(node.args[0], self.names))
+        if fname == "dict":
+            self._hit(node, "dict key", [k.arg for k in node.keywords if k.arg in self.names])
+        self.generic_visit(node)
+
+    def visit_Compare(self, node: ast.Compare) -> None:
+        for operand in [node.left, *node.comparators]:
+            self._hit(node, "comparison", _names_in(operand, self.names))
+        self.generic_visit(node)
+
+    def visit_Dict(self, node: ast.Dict) -> None:
+        for k in node.keys:
+            if k is not None:
+                self._hit(k, "dict key", _names_in(k, self.names))
+        self.generic_visit(node)
+
+    def visit_Subscript(self, node: ast.Subscript) -> None:
+        self._hit(node, "subscript", _names_in(node.slice, self.names))
+        self.generic_visit(node)
+
+
+def task_name_uses(source: str, names: Iterable[str], skip_calls: Iterable[str] = ()) -> list[tuple[int, str, str]]:
+    """``(line, kind, task name)`` for every place ``source`` compares against / keys by a task name."""
+    finder = _Finder(set(names), set(skip_calls))
+    finder.visit(ast.parse(source))
+    return sorted(finder.hits)
+
+
+def scan_package(root: Path, names: Iterable[str], exempt: Iterable[str] = (),
+                 skip_calls: Iterable[str] = ()) -> dict[str, list[tuple[int, str, str]]]:
+    """Hits per file (paths relative to ``root``'s parent, posix) of every ``*.py`` under ``root`` whose relative
+    path does not start with an ``exempt`` prefix."""
+    out = {}
+    for path in sorted(Path(root).rglob("*.py")):
+        rel = path.relative_to(Path(root).parent).as_posix()
+        if any(rel == e or rel.startswith(e) for e in exempt):
+            continue
+        hits = task_name_uses(path.read_text(), names, skip_calls)
+        if hits:
+            out[rel] = hits
+    return out

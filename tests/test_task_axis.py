@@ -11,8 +11,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
-from task_axis_scan import scan_package, task_name_uses
+from task_axis_scan import import_cycles, scan_package, task_name_uses
 from vlpeft.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,15 +66,40 @@ def test_every_exempt_name_is_still_needed():
         assert any(h[2] == n for h in task_name_uses((ROOT / f).read_text(), TASKS.names())), (f, n)
 
 
+def test_the_tasks_package_is_in_no_import_cycle(tmp_path):
+    """``tasks/_base.py`` no longer imports ``tasks/generative.py`` back (the cycle of issue 17); function-local
+    imports count, as the scan of a two-module package that hides its cycle in a function shows."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.b import g\n")
+    (pkg / "b.py").write_text("def g():\n    from pkg.a import x\n    return x\n")
+    assert import_cycles(pkg) == [["pkg.a", "pkg.b"]]
+    tangled = [c for c in import_cycles(ROOT / "vlpeft") if any(m.startswith("vlpeft.tasks") for m in c)]
+    assert tangled == []
+
+
+def test_evaluation_subcommands_are_the_tasks_official_scorers():
+    """``python -m vlpeft.evaluate <task>`` exists for every task that declares ``Task.official``, and runs the
+    scorer it names (a new task adds its subcommand from its own file)."""
+    import vlpeft.evaluate as ev
+
+    declared = {n: TASKS.build(n).official for n in TASKS.names() if TASKS.build(n).official}
+    assert set(declared) >= {"vqa", "gqa", "snli_ve", "nlvr2"}
+    subcommands = next(a for a in ev.build_parser()._actions if a.dest == "command").choices
+    assert set(subcommands) == set(declared) | {"fill-vqa"}
+    assert all(callable(getattr(ev, o.score, None)) for o in declared.values())
+
+
 _TOY_RUN = r'''
 import json, sys
 sys.path.insert(0, {tests!r})
-import toy_task  # noqa: F401  (one file: registers the task and its dataset before the config is read)
+import toy_task  # (one file: registers the task and its dataset before the config is read)
 import run
 from write_arrow.synthetic import write_synthetic
 
 write_synthetic({arrows!r}, seed=0, images=48, variants=("vqa",))
-common = dict(data_root={arrows!r}, log_dir={log!r}, datasets=["toy_count"], loss_names={{"toy_count": 1, "vqa": 0}},
+common = dict(data_root={arrows!r}, log_dir={log!r}, datasets=["toy_qtype"], loss_names={{"toy_qtype": 1, "vqa": 0}},
               per_gpu_batchsize=16, batch_size=16, max_epoch=1, das_epoch=2, das_turn=1, num_workers=0)
 quiet = {{"--loglevel": "ERROR"}}
 s = run.ex.run(named_configs=["demo"], config_updates=dict(common, stage="search", max_epoch=2), options=quiet)
@@ -81,14 +107,16 @@ t = run.ex.run(named_configs=["demo"], config_updates=dict(common, stage="train"
 best = sorted(p for p in __import__("pathlib").Path(t.result["run_dir"]).glob("checkpoints/best*.ckpt"))[0]
 e = run.ex.run(named_configs=["demo"], config_updates=dict(common, stage="train", test_only=True,
                load_path=str(best)), options=quiet)
+sub = str(e.result["submission"])
 print("RESULT " + json.dumps({{"search": s.result["placement_path"], "train": t.result["run_dir"],
-                               "test": e.result["run_dir"], "submission": str(e.result["submission"])}}))
+                               "test": e.result["run_dir"], "submission": sub, "classes": toy_task.CLASSES,
+                               "rule": [toy_task.question_type(r["text"]) for r in json.load(open(sub))]}}))
 '''
 
 
 def test_a_toy_task_in_one_file_runs_search_and_train_through_run_py(tmp_path):
     """tests/toy_task.py (a dataset and a Task in one file) registers before the config is read; run.py then takes
-    loss_names={"toy_count": 1} through DAS search (test_vilt_small), train on placement.json, and test."""
+    loss_names={"toy_qtype": 1} through DAS search (test_vilt_small), train on placement.json, and test."""
     code = _TOY_RUN.format(tests=str(ROOT / "tests"), arrows=str(tmp_path / "arrows"), log=str(tmp_path / "result"))
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
                PYTHONPATH=str(ROOT))
@@ -98,21 +126,24 @@ def test_a_toy_task_in_one_file_runs_search_and_train_through_run_py(tmp_path):
     result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
     placement = json.loads(Path(result["search"]).read_text())
     assert placement["method"] == "das" and len(placement["skip"]) == 1
+    # the train run trained and saved the task's own head, under its own name, on the searched placement
     train_dir = Path(result["train"])
-    metrics = json.loads((train_dir / "metrics.json").read_text()) if (train_dir / "metrics.json").is_file() else {}
-    ckpt_files = list(train_dir.glob("checkpoints/*.ckpt"))
-    assert ckpt_files, f"no checkpoint in {train_dir}"
-    # the task's own head was trained and saved under its own name
-    import torch
-
-    state = torch.load(ckpt_files[0], map_location="cpu", weights_only=True)["state_dict"]
-    assert state["heads.toy_count_classifier.3.weight"].shape[0] == 4
-    assert state["vlpeft_placement"] if "vlpeft_placement" in state else True
-    # the test run wrote the task's dump: one prediction per test question, labels = the word-count rule
+    run_info = json.loads((train_dir / "run.json").read_text())
+    assert Path(run_info["placement_source"]) == Path(result["search"])
+    state = torch.load(next(train_dir.glob("checkpoints/best*.ckpt")), map_location="cpu",
+                       weights_only=True)["state_dict"]
+    assert state["heads.toy_qtype_classifier.3.weight"].shape[0] == result["classes"]
+    train_metrics = json.loads((train_dir / "metrics.json").read_text())
+    assert {"toy_qtype_loss", "toy_qtype_accuracy"} <= set(train_metrics["val"])
+    # the test run wrote the task's dump (the run's submission): every test question, labelled by the rule, and the
+    # reported accuracy is the dump's
     dump = Path(result["submission"])
-    assert dump.name.startswith("toy_count_predict_")
+    assert dump.name.startswith("toy_qtype_predict_")
     rows = json.loads(dump.read_text())
-    assert rows and all(r["label"] == min(len(r["text"].split()), 4) - 1 for r in rows)
-    assert all(0 <= r["pred"] < 4 for r in rows)
-    if metrics:
-        assert any("toy_count_accuracy" in phase for phase in metrics.values() if isinstance(phase, dict))
+    assert len({r["qid"] for r in rows}) == len(rows) > 0
+    assert [r["label"] for r in rows] == result["rule"]
+    assert len({r["label"] for r in rows}) > 1  # the rule splits the synthetic questions
+    assert all(0 <= r["pred"] < result["classes"] for r in rows)
+    test_metrics = json.loads((Path(result["test"]) / "metrics.json").read_text())["test"]
+    accuracy = sum(r["pred"] == r["label"] for r in rows) / len(rows)
+    assert test_metrics["toy_qtype_accuracy"] == pytest.approx(accuracy)

@@ -124,6 +124,9 @@ def test_a_toy_task_in_one_file_runs_search_and_train_through_run_py(tmp_path):
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    # every run's closing line reports the task's own score (no list of task metrics elsewhere to extend)
+    assert "train run done: val toy_qtype_accuracy" in proc.stdout
+    assert "test run done: test toy_qtype_accuracy" in proc.stdout
     placement = json.loads(Path(result["search"]).read_text())
     assert placement["method"] == "das" and len(placement["skip"]) == 1
     # the train run trained and saved the task's own head, under its own name, on the searched placement

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from vlpeft.scores import metric_text, selection_metrics
+from vlpeft.scores import metric_text
+from vlpeft.tasks.metrics import selection_metrics  # each registered task names its own score (a new one too)
 
 
 def score_text(metrics: Mapping[str, Mapping[str, float]], phase: str, best: float | None = None) -> str:

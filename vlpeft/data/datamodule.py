@@ -127,7 +127,7 @@ def _answer_map_from_vocab(path: Path) -> AnswerMap:
     raise LabelVocabError(f"{path}: expected a list of answers or an answer↔id dict, got {type(data).__name__}")
 
 
-def vocab_file_names(task: str = "vqa", data_splits: Mapping[str, Any] | None = None) -> list[str]:
+def vocab_file_names(task: str, data_splits: Mapping[str, Any] | None = None) -> list[str]:
     """The arrow stems whose answers define ``task``'s vocabulary: its train + val files (``SPLITS``, with the
     config's ``data_splits`` overrides), as the original's datamodule used its train and val datasets."""
     key = dataset_of_task(task)
@@ -399,7 +399,7 @@ class MTDataModule(pl.LightningDataModule):
         return self._loader(ds, shuffle=False, collate=self.eval_collate, batch_size=batch_size)
 
     # ------------------------------------------------------------------ answer vocabularies
-    def id2answer(self, task: str = "vqa") -> AnswerMap:
+    def id2answer(self, task: str) -> AnswerMap:
         """Class id → answer string for VQA / GQA predictions ("unknown" for ids outside the vocabulary)."""
         if task in self._answer_maps:
             return self._answer_maps[task]
@@ -412,11 +412,11 @@ class MTDataModule(pl.LightningDataModule):
         self._answer_maps[task] = amap
         return amap
 
-    def label2ans(self, task: str = "vqa") -> list[str]:
+    def label2ans(self, task: str) -> list[str]:
         amap = self.id2answer(task)
         n = max(amap) + 1 if amap else 0
         return [amap[i] for i in range(n)]
 
-    def num_answers(self, task: str = "vqa") -> int:
+    def num_answers(self, task: str) -> int:
         amap = self.id2answer(task)
         return (max(amap) + 1) if amap else 0

@@ -19,8 +19,8 @@ def _names_in(node: ast.AST, names: set[str]) -> list[str]:
 
 
 class _Finder(ast.NodeVisitor):
-    def __init__(self, names: set[str], skip_calls: set[str]):
-        self.names, self.skip_calls, self.hits = names, skip_calls, []
+    def __init__(self, names: set[str], skip_calls: set[str], aliases: dict[str, list[str]]):
+        self.names, self.skip_calls, self.aliases, self.hits = names, skip_calls, aliases, []
 
     def _hit(self, node: ast.AST, kind: str, found: list[str]) -> None:
         self.hits.extend((node.lineno, kind, n) for n in found)
@@ -39,6 +39,8 @@ class _Finder(ast.NodeVisitor):
     def visit_Compare(self, node: ast.Compare) -> None:
         for operand in [node.left, *node.comparators]:
             self._hit(node, "comparison", _names_in(operand, self.names))
+            if isinstance(operand, ast.Name) and operand.id in self.aliases:  # t in CLASSIFIED = ("vqa", "gqa")
+                self._hit(node, "comparison", self.aliases[operand.id])
         self.generic_visit(node)
 
     def visit_Dict(self, node: ast.Dict) -> None:
@@ -52,10 +54,25 @@ class _Finder(ast.NodeVisitor):
         self.generic_visit(node)
 
 
+def _task_name_tuples(tree: ast.Module, names: set[str]) -> dict[str, list[str]]:
+    """Module-level ``NAME = ("vqa", "gqa")``: collections of nothing but task names (a comparison with ``NAME``
+    compares against those tasks)."""
+    out = {}
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, (ast.Tuple, ast.List, ast.Set)):
+            elts = node.value.elts
+            if elts and all(isinstance(e, ast.Constant) and e.value in names for e in elts):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                out.update({t.id: [e.value for e in elts] for t in targets if isinstance(t, ast.Name)})
+    return out
+
+
 def task_name_uses(source: str, names: Iterable[str], skip_calls: Iterable[str] = ()) -> list[tuple[int, str, str]]:
     """``(line, kind, task name)`` for every place ``source`` compares against / keys by a task name."""
-    finder = _Finder(set(names), set(skip_calls))
-    finder.visit(ast.parse(source))
+    names = set(names)
+    tree = ast.parse(source)
+    finder = _Finder(names, set(skip_calls), _task_name_tuples(tree, names))
+    finder.visit(tree)
     return sorted(finder.hits)
 
 

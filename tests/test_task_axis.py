@@ -44,7 +44,8 @@ def test_no_task_name_is_compared_outside_its_own_file():
 
 
 def test_the_scan_finds_every_kind_of_task_name_use():
-    """The old code's patterns (all five kinds) are found; names that are not tasks, and named-config data, not."""
+    """The old code's patterns (six kinds, a named tuple of task names included) are found; names that are not
+    tasks, and named-config data, not."""
     src = textwrap.dedent('''
         if task == "vqa": pass
         if t.name in ("irtr", "itm"): pass
@@ -54,10 +55,13 @@ def test_the_scan_finds_every_kind_of_task_name_use():
         z = dict(boolq=1)
         ok = task == "vqa_gen" or name == f"{task}_loss"
         cfg = _loss_names({"scienceqa": 1})
+        CLASSIFIED = ("vqa", "gqa")
+        if t.name in CLASSIFIED: pass
+        for t in CLASSIFIED: pass
     ''')
     hits = task_name_uses(src, TASKS.names(), NAMED_CONFIG_CALLS)
     assert [(line, n) for line, _, n in hits] == [(2, "vqa"), (3, "irtr"), (3, "itm"), (4, "gqa"), (5, "nlvr2"),
-                                                  (6, "snli_ve"), (7, "boolq")]
+                                                  (6, "snli_ve"), (7, "boolq"), (11, "gqa"), (11, "vqa")]
 
 
 def test_every_exempt_name_is_still_needed():

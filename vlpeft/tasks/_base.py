@@ -480,6 +480,7 @@ def lr_mult_heads() -> tuple[str, ...]:
     return tuple(dict.fromkeys(h for t in all_tasks() for h in t.lr_mult_heads))
 
 
-__all__ = ["GENERATIVE_KEYS", "IGNORE_INDEX", "MODES", "TASKS", "TASK_GATES", "Task", "TaskSettings", "active_tasks", "all_tasks",
-           "build_task_heads", "build_tasks", "ce_and_accuracy", "classifier", "compute", "head_names", "loss_keys",
-           "lr_mult_heads", "register_task", "settings_from_config", "task_for"]
+__all__ = ["GENERATIVE_KEYS", "IGNORE_INDEX", "MODES", "TASKS", "TASK_GATES", "OfficialScorer", "Task", "TaskSettings",
+           "active_tasks", "all_tasks", "any_active_needs", "build_task_heads", "build_tasks", "ce_and_accuracy",
+           "classifier", "compute", "head_names", "loss_keys", "lr_mult_heads", "register_task",
+           "settings_from_config", "task_for"]

@@ -95,6 +95,21 @@ def test_evaluation_subcommands_are_the_tasks_official_scorers():
     assert all(callable(getattr(ev, o.score, None)) for o in declared.values())
 
 
+def test_a_checkpoint_head_of_another_width_names_its_tasks_label_size_key():
+    """The fix named for a head that does not fit comes from the task that owns the head (ScienceQA's too)."""
+    from torch import nn
+
+    from vlpeft.checkpoint import _shape_hint
+
+    sized = {n: TASKS.build(n) for n in TASKS.names() if TASKS.build(n).answer_vocab_option}
+    assert {"vqa", "gqa", "scienceqa"} <= set(sized)
+    for t in sized.values():
+        key = t.option_keys[t.answer_vocab_option][0]
+        hint = _shape_hint(nn.Module(), [], f"heads.{t.heads[0]}.3.weight")
+        assert f"set {key} to the checkpoint's label count" in hint
+        assert key not in _shape_hint(nn.Module(), [], f"heads.{t.heads[0]}.0.weight")  # the input layer: not it
+
+
 _TOY_RUN = r'''
 import json, sys
 sys.path.insert(0, {tests!r})

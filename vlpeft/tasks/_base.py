@@ -111,6 +111,9 @@ def ce_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return loss, acc
 
 
+CLASSIFIER_OUTPUT = "3"  # the output Linear of ``classifier`` (its width is the label count)
+
+
 def classifier(d_in: int, d_hidden: int, n_out: int) -> nn.Sequential:
     # Linear -> LayerNorm -> GELU -> Linear: indices 0..3 match the original state-dict names
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.LayerNorm(d_hidden), nn.GELU(), nn.Linear(d_hidden, n_out))
@@ -333,6 +336,15 @@ class Task:
 
     def label_size(self) -> int | None:
         return int(self.option(self.answer_vocab_option) or 0) if self.answer_vocab_option else None
+
+    def shape_fix_hint(self, head_key: str) -> str | None:
+        """The fix when a checkpoint's ``head_key`` (a name inside the heads) does not fit: the output layer of a head
+        whose width is the label-size option names that option."""
+        output = any(head_key.startswith(f"{h}.{CLASSIFIER_OUTPUT}.") for h in self.heads)
+        if not (self.answer_vocab_option and output):
+            return None
+        key = self.option_keys[self.answer_vocab_option][0]
+        return f"set {key} to the checkpoint's label count ({key}=… on the command line)"
 
     # ------------------------------------------------------------------ predictions and dumps
     def predictions(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> list[dict]:

@@ -13,11 +13,11 @@ import torch
 from tests.helpers import fixture_vl_bart
 from vlpeft.data.generative import GenerativeCollator
 from vlpeft.tasks import metrics as tm
-from vlpeft.tasks._base import Task, build_tasks, compute
+from vlpeft.tasks._base import build_tasks, compute
 from vlpeft.tasks.caption_eval import caption_scores, java_available, tokenize_captions
 from vlpeft.tasks.dumps import SubmissionError, write_caption_results, write_test_dumps
-from vlpeft.tasks.generative import (GEN_TASKS, GenerativeTask, generation_options, nlvr2_predictions,
-                                     soft_scores)
+from vlpeft.tasks import TASKS, TaskSettings, settings_from_config
+from vlpeft.tasks.generative import nlvr2_predictions, soft_scores
 from vlpeft.tasks.heads import build_heads
 
 GEN = frozenset({"generate"})
@@ -93,8 +93,13 @@ def test_caption_scores_bad_input():
         tokenize_captions(REFS, "spacy")
 
 
+def _gen(name: str):
+    """The registered task in its generate mode (default settings)."""
+    return TASKS.build(name).configured(mode="generate")
+
+
 def test_caption_metric_through_task_metrics_and_the_metric():
-    task = GEN_TASKS.build("caption")
+    task = _gen("caption")
     metrics = tm.TaskMetrics([task])
     ids = list(REFS)
     # two eval batches (one sample per image, references, no target); the second repeats image 3 (sampler padding)
@@ -113,19 +118,19 @@ def test_caption_metric_through_task_metrics_and_the_metric():
 # ------------------------------------------------------------------------------------------ task choice
 def test_build_tasks_picks_generative_variants():
     tasks = build_tasks({"vqa": 1, "gqa": 1, "nlvr2": 1, "caption": 1, "irtr": 0}, GEN, "vl_bart",
-                        generation_options({"num_beams": 5, "gen_max_length": 7}))
+                        settings_from_config({"num_beams": 5, "gen_max_length": 7}))
     assert [t.name for t in tasks] == ["vqa", "gqa", "nlvr2", "caption"]
-    assert all(isinstance(t, GenerativeTask) and t.generative and t.heads == () for t in tasks)
-    assert dict(tasks[0].options) == {"num_beams": 5, "max_new_tokens": 7}
+    assert all(t.mode == "generate" and t.generative and t.head_names() == () for t in tasks)
+    assert tasks[0].generation == {"num_beams": 5, "max_new_tokens": 7}
     # a classifying backbone keeps the classifiers; caption is refused there, naming the capability
     vqa = build_tasks({"vqa": 1}, frozenset({"classify"}), "vilt")[0]
     assert not vqa.generative and vqa.heads == ("vqa_classifier",)
     with pytest.raises(ValueError, match=r"caption needs the backbone capability \['generate'\].*backbone=vilt"):
         build_tasks({"caption": 1}, frozenset({"classify"}), "vilt")
     both = build_tasks({"vqa": 1, "caption": 1}, frozenset({"classify", "generate"}), "x")
-    assert [type(t).__name__ for t in both] == ["Task", "GenerativeTask"]  # caption is generative only
+    assert [t.mode for t in both] == ["classify", "generate"]  # caption is generative only
     with pytest.raises(ValueError, match="generation options must be >= 1"):
-        GEN_TASKS.build("vqa").with_options(num_beams=0)
+        TaskSettings(num_beams=0)
     # generative tasks build no classifier head
     heads = build_heads({"loss_names": {"vqa": 1, "caption": 1}, "vqav2_label_size": 10}, 16,
                         only=[t.name for t in tasks if not t.generative])
@@ -149,7 +154,7 @@ def test_soft_scores_hand_computed():
 
 def test_nlvr2_generated_words():
     assert nlvr2_predictions(["true", "False.", " TRUE ", "maybe", ""]) == [1, 0, 1, -1, -1]
-    task = GEN_TASKS.build("nlvr2")
+    task = _gen("nlvr2")
     metrics = tm.TaskMetrics([task])
     out = {"nlvr2_generated": ["true", "false", "maybe", "true"], "nlvr2_pred": torch.tensor([1, 0, -1, 1]),
            "nlvr2_labels": torch.tensor([1, 1, 0, 1]), "nlvr2_loss": torch.tensor(0.5)}
@@ -160,7 +165,7 @@ def test_nlvr2_generated_words():
 
 
 def test_multitask_batch_updates_only_its_task():
-    vqa, gqa = GEN_TASKS.build("vqa"), GEN_TASKS.build("gqa")
+    vqa, gqa = _gen("vqa"), _gen("gqa")
     metrics = tm.TaskMetrics([vqa, gqa])
     metrics.update({"gqa_loss": torch.tensor(2.0), "gqa_generated": ["x"],
                     "gqa_gen_scores": torch.tensor([1.0], dtype=torch.float64)}, {"task": "gqa"})
@@ -207,7 +212,7 @@ def test_lm_loss_equals_hf_loss(trained):
 
 def test_generation_scores_and_dumps(trained, tmp_path):
     bb, batch = trained
-    tasks = build_tasks({"vqa": 1}, bb.capabilities, "fixture", {"num_beams": 3, "max_new_tokens": 6})
+    tasks = build_tasks({"vqa": 1}, bb.capabilities, "fixture", TaskSettings(num_beams=3, gen_max_length=6))
     seen = {}
 
     def infer(b, **kw):
@@ -245,7 +250,7 @@ def test_caption_results_json(tmp_path):
         write_caption_results([1, 1], ["a", "b"], tmp_path / "d.json")
     with pytest.raises(SubmissionError, match="1 expected image_ids missing"):
         write_caption_results([1], ["a"], tmp_path / "e.json", expected_ids=[1, 2])
-    task = GEN_TASKS.build("caption")
+    task = _gen("caption")
     rows = task.predictions({"caption_generated": ["a cat", "a dog"]},
                             {"image_id": ["COCO_val2014_000000000007.jpg", 42]})  # Karpathy file name → COCO id
     written = write_test_dumps({"caption": rows, "nlvr2": [{"identifier": "dev-1-0-0", "prediction": "true",
@@ -257,5 +262,6 @@ def test_caption_results_json(tmp_path):
 
 
 def test_classification_task_objects_unchanged():
-    metrics = tm.TaskMetrics([Task("gqa", lambda *a: {})])  # plain tasks (and names) keep their metrics
+    metrics = tm.TaskMetrics([TASKS.build("gqa")])  # classify mode (and names) keep their metrics
     assert set(metrics.metrics) == {"gqa_loss", "gqa_accuracy"}
+    assert set(tm.TaskMetrics(["gqa"]).metrics) == {"gqa_loss", "gqa_accuracy"}

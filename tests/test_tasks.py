@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vlpeft.pet.trainable import count_parameters, format_trainable
-from vlpeft.tasks import dumps
+from vlpeft.tasks import TASKS, dumps, settings_from_config
 from vlpeft.tasks.heads import build_heads, init_rank_output_from_itm
 from vlpeft.tasks.metrics import Accuracy, Scalar, TaskMetrics, VQAScore, predictions, recall_at_k, the_metric
 from vlpeft.tasks.objectives import (
@@ -328,7 +328,9 @@ def test_test_dev_submission_is_filled_to_every_test_question(tmp_path):
     parts = [{"vqa": [{"question_id": 2, "pred": 1}, {"question_id": 1, "pred": 2}]}]
     cfg = {"_dump_dir": str(tmp_path), "_dump_name": "run_v0_last", "vqa_fill_questions": str(questions),
            "vqa_fill_answer": "yes"}
-    written = dumps.write_run_dumps(parts, DM(), cfg, is_global_zero=True)
+    settings = settings_from_config(cfg)
+    written = dumps.write_run_dumps(parts, DM(), [TASKS.build("vqa").configured(settings)], settings.dump_dir,
+                                    settings.dump_name, is_global_zero=True)
     rows = json.loads(written["vqa"].read_text())
     assert rows == [{"question_id": 1, "answer": "2"}, {"question_id": 2, "answer": "no"},
                     {"question_id": 3, "answer": "yes"}, {"question_id": 4, "answer": "yes"}]

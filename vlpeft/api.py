@@ -37,12 +37,12 @@ from vlpeft.checkpoint import CheckpointError
 from vlpeft.data.collate import Collator
 from vlpeft.data.datamodule import LabelVocabError, answer_map, vocab_file_names
 from vlpeft.data.datasets import BaseDataset
-from vlpeft.data.generative import TASK_PROMPTS, GenerativeCollator
 from vlpeft.data.tokenizer import load_tokenizer
 from vlpeft.data.transforms import keys_to_transforms
+from vlpeft.data.generative import GenerativeCollator, task_prompts
+from vlpeft.tasks import TASKS
 
 ImageLike = Any  # str | os.PathLike | PIL.Image.Image
-CLASSIFIED = ("vqa", "gqa")  # classifier tasks whose class ids map to answer strings
 
 
 class ApiError(ValueError):
@@ -68,7 +68,7 @@ def answer_vocabularies(module, datamodule: Any) -> dict[str, list[str]]:
     (what its test dumps use); what the module already carries where the datamodule cannot say."""
     out = dict(getattr(module, "answers", {}) or {})
     for t in module.tasks:
-        if t.name in CLASSIFIED and not t.generative and hasattr(datamodule, "label2ans"):
+        if t.answer_vocab_file and not t.generative and hasattr(datamodule, "label2ans"):
             try:
                 out[t.name] = list(datamodule.label2ans(t.name))
             except LabelVocabError:
@@ -119,6 +119,8 @@ class _Inputs:
         self.transform = keys_to_transforms(c["val_transform_keys"], int(c["image_size"]))[0]  # the test view
         self.tokenizer = load_tokenizer(c.get("tokenizer", "bert-base-uncased"))
         self.max_text_len = int(c["max_text_len"])
+        self.tasks = {t.name: t for t in module.tasks}
+        self.settings = module.task_settings
 
     def image(self, image: ImageLike) -> torch.Tensor:
         return self.transform(_open_image(image))
@@ -128,26 +130,22 @@ class _Inputs:
         return BaseDataset.encode(self, text)  # type: ignore[arg-type]
 
     def classifier_batch(self, task: str, images: Sequence, texts: Sequence[str]) -> dict[str, Any]:
-        c = self.config
-        sizes = {"vqa": int(c.get("vqav2_label_size", 0) or 0), "gqa": int(c.get("gqa_label_size", 0) or 0)}
+        t = self.tasks[task]
         items = []
         for img, q in zip(images, texts):
             it: dict[str, Any] = {"task": task, "image": self.image(img), "text": q, "text_encoding": self.encode(q)}
-            if task == "vqa":  # unannotated, as a test split's questions
-                it.update(vqa_labels=[], vqa_scores=[], vqa_answer=[])
-            elif task == "gqa":
-                it.update(gqa_labels=[])
+            it.update(t.blank_targets())  # unannotated, as a test split's questions
             items.append(it)
-        return Collator(self.tokenizer, label_sizes=sizes)(items)
+        return Collator(self.tokenizer, label_sizes={task: int(t.label_size() or 0)})(items)
 
     def generative_batch(self, task: str, images: Sequence, texts: Sequence[str] | None) -> dict[str, Any]:
         c = self.config
         if c.get("visual_features"):
             raise ApiError("this run read pre-extracted visual features (visual_features=…), not pixels: its model "
                            "cannot take raw images; use a run trained on images")
-        prompts = TASK_PROMPTS if bool(c.get("use_tasks_prompts", True)) else {}
-        collate = GenerativeCollator(self.tokenizer, self.max_text_len, int(c.get("gen_max_length", 20) or 20),
-                                     prompts)
+        ts = self.settings
+        collate = GenerativeCollator(self.tokenizer, self.max_text_len, ts.gen_max_length,
+                                     task_prompts() if ts.use_tasks_prompts else {})
         texts = [""] * len(images) if texts is None else texts  # captions: the prompt alone (caption_clip_data.py)
         return collate([{"task": task, "image": self.image(img), "text": t} for img, t in zip(images, texts)])
 
@@ -164,10 +162,12 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _task(module, names: Sequence[str], what: str, other: str):
+def _task(module, role: str, what: str, other: str):
+    """The module's first task in ``role`` (``Task.api_role``: "answer" or "caption")."""
     for t in module.tasks:
-        if t.name in names:
+        if t.api_role == role:
             return t
+    names = [n for n in TASKS.names() if TASKS.build(n).api_role == role]
     raise ApiError(f"{what} needs a model trained on {' or '.join(names)}; this one's tasks are "
                    f"{[t.name for t in module.tasks]} ({other})")
 
@@ -192,7 +192,7 @@ def predict(module, image: ImageLike | Sequence[ImageLike], question: str | Sequ
             batch_size: int | None = None) -> str | list[str]:
     """Answer ``question`` about ``image`` (a path or PIL image; lists for a batch) with the model's VQA (or
     GQA) task: a classifier's top answer from the run's vocabulary, or a generative backbone's decoded answer."""
-    task = _task(module, CLASSIFIED, "predict()", "use generate() to caption with a captioning backbone")
+    task = _task(module, "answer", "predict()", "use generate() to caption with a captioning backbone")
     images, texts, single = _as_lists(image, question, "question")
     inp = _inputs(module)
     size = int(batch_size or module.config.get("per_gpu_batchsize") or 8)
@@ -211,14 +211,14 @@ def predict(module, image: ImageLike | Sequence[ImageLike], question: str | Sequ
 
 def generate(module, image: ImageLike | Sequence[ImageLike], *, batch_size: int | None = None) -> str | list[str]:
     """Caption ``image`` (a path or PIL image; a list for a batch) with the model's generative caption task."""
-    task = _task(module, ("caption",), "generate()", "use predict(image=…, question=…) to answer questions")
+    task = _task(module, "caption", "generate()", "use predict(image=…, question=…) to answer questions")
     images, _, single = _as_lists(image, None, "image")
     inp = _inputs(module)
     size = int(batch_size or module.config.get("per_gpu_batchsize") or 8)
     captions: list[str] = []
     for sl in _chunks(len(images), size):
         out = _run(module, inp.generative_batch(task.name, images[sl], None))
-        captions += [str(c) for c in out["caption_generated"]]
+        captions += [str(c) for c in out[f"{task.name}_generated"]]
     return captions[0] if single else captions
 
 
@@ -238,5 +238,4 @@ def _vocabulary(module, task: str) -> list[str]:
     return vocab
 
 
-__all__ = ["ApiError", "answer_vocabularies", "check_checkpoint_plan", "find_checkpoint", "generate", "load",
-           "predict"]
+__all__ = ["ApiError", "answer_vocabularies", "check_checkpoint_plan", "generate", "predict"]

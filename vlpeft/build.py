@@ -19,9 +19,7 @@ from vlpeft.pet import PetReport, build_recipe, inject
 from vlpeft.pet.trainable import apply_trainable
 from vlpeft.search import SearchStrategy, build_search
 from vlpeft.search.placement import Placement, validate_skip
-from vlpeft.tasks._base import Task, build_tasks
-from vlpeft.tasks.generative import generation_options
-from vlpeft.tasks.heads import build_heads
+from vlpeft.tasks import Task, build_task_heads, build_tasks, settings_from_config
 
 
 @dataclass
@@ -75,8 +73,8 @@ def assemble(config: Mapping[str, Any], placement: Placement | None = None) -> A
     searching = bool(axes.search)
     backbone = BACKBONES.build(axes.backbone, config)
     gate = task_gate(axes.backbone)  # the family's loss_names rule (METER: weight > 0; ViLT / DVP: >= 1)
-    tasks = build_tasks(config["loss_names"], backbone.capabilities, axes.backbone, generation_options(config),
-                        gate=gate)
+    settings = settings_from_config(config)  # the tasks' typed settings (label sizes, generation, dumps)
+    tasks = build_tasks(config["loss_names"], backbone.capabilities, axes.backbone, settings, gate=gate)
     if not tasks:
         raise ConfigError("no active task: set loss_names, e.g. with task_finetune_vqa_randaug or a dvp_* config")
     search = build_search(axes.search, dict(config), backbone.candidates()) if searching else None
@@ -89,8 +87,7 @@ def assemble(config: Mapping[str, Any], placement: Placement | None = None) -> A
     else:  # the search decides insert_layer (0 is a placeholder it replaces at every forward)
         plan = backbone.check_plan(LayerPlan.of(config["skip_module"], 0))
     report, policy = _inject(backbone, config, None if searching else plan)
-    heads = build_heads(config, backbone.hidden_size, backbone.cls_dim,
-                        only=[t.name for t in tasks if not t.generative], gate=gate)
+    heads = build_task_heads(tasks, backbone.hidden_size, backbone.cls_dim, settings.head_hidden)
     return Assembly(backbone, report, policy, tasks, heads, search, plan)
 
 
@@ -100,7 +97,7 @@ def false_images(config: Mapping[str, Any]) -> int:
     axes = resolve_axes(dict(config))
     entry = BACKBONES.get(axes.backbone)
     caps = frozenset(BACKBONES.get(entry.meta.get("family", entry.name)).meta.get("capabilities", ()))
-    tasks = build_tasks(config["loss_names"], caps, axes.backbone, generation_options(config),
+    tasks = build_tasks(config["loss_names"], caps, axes.backbone, settings_from_config(config),
                         gate=task_gate(axes.backbone))
     return int(config.get("draw_false_image") or 0) if any(t.false_images for t in tasks) else 0
 

@@ -26,12 +26,11 @@ from vlpeft._io import atomic_path, write_json_atomic
 from vlpeft._protocol import Backbone
 from vlpeft.backbones._folders import model_type
 from vlpeft.pruning import prune_if_exported
+from vlpeft.tasks._base import all_tasks
 from vlpeft.tasks.heads import ORIGINAL_HEAD_PREFIXES, init_rank_output_from_itm
 
 TRAINABLE_FILE = "trainable.safetensors"
 TRAINABLE_CONFIG = "trainable.json"
-# head output widths that come from a config key: the key to change when a checkpoint's head does not fit
-_HEAD_WIDTH_KEYS = {"vqa_classifier.3": "vqav2_label_size", "gqa_classifier.3": "gqa_label_size"}
 
 
 class CheckpointError(ValueError):
@@ -299,9 +298,10 @@ def _shape_hint(module: nn.Module, backbones: list, key: str) -> str:
         if key.startswith(prefix) and hasattr(bb, "shape_fix_hint"):
             return bb.shape_fix_hint(key[len(prefix):])
     head = key.split(".", 1)[-1] if key.startswith("heads.") else key
-    for stem, cfg_key in _HEAD_WIDTH_KEYS.items():
-        if head.startswith(stem):
-            return f"set {cfg_key} to the checkpoint's label count ({cfg_key}=… on the command line)"
+    for task in all_tasks():  # a head whose width is a task's label-size option names that option
+        hint = task.shape_fix_hint(head)
+        if hint:
+            return hint
     return "the config (backbone size, hidden_size, head_hidden, label counts) does not match the checkpoint's"
 
 

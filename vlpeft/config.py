@@ -23,15 +23,16 @@ from vlpeft.named_configs import routing as _routing_configs, vl_adapter as _vl_
 from vlpeft.pet import PRESETS
 from vlpeft.search import SEARCHES
 from vlpeft.search.placement import PlacementError, check_skip_types
-from vlpeft.tasks._base import TASKS, task_for
-from vlpeft.tasks.generative import GEN_TASKS
-from vlpeft.tasks.heads import active_tasks
+from vlpeft.tasks import TASKS, active_tasks, task_for
+from vlpeft.tasks._base import loss_keys
 
 ex = Experiment("vlpeft", save_git_info=False)
 
-# caption: COCO captioning, generative backbones only (vlpeft.tasks.generative); listed so that sacred accepts
-# loss_names={"caption": 1} on the command line (it refuses keys a config dict does not have)
-LOSS_KEYS = ("itm", "mlm", "mpp", "vqa", "nlvr2", "irtr", "gqa", "snli_ve", "caption", "boolq", "scienceqa")
+# every registered task (vlpeft.tasks.TASKS, read when this module loads: a plugin's task registers before) and the
+# originals' pre-training losses, so that sacred accepts loss_names={"<task>": 1} on the command line (it refuses
+# keys a config dict does not have)
+PRETRAINING_LOSS_KEYS = ("mlm", "mpp")  # the originals' pre-training objectives (no task here implements them)
+LOSS_KEYS = loss_keys() + PRETRAINING_LOSS_KEYS
 
 
 def _loss_names(d: dict[str, float]) -> dict[str, float]:
@@ -150,7 +151,7 @@ NEW_KEYS: dict[str, Any] = {
 def registry_keys() -> dict[str, Any]:
     """Every key a registered backbone, PET preset, search or generative task reads, with its default."""
     out: dict[str, Any] = {}
-    for reg in (BACKBONES, PRESETS, SEARCHES, GEN_TASKS):
+    for reg in (BACKBONES, PRESETS, SEARCHES, TASKS):
         out.update(reg.config_keys())
     return out
 
@@ -221,25 +222,25 @@ _DVP_LM = {
                   num_layers=32, drop_rate=0.1, search_sample=10, weight_decay=0.2, use_adapter=True,
                   head_hidden=512),
 }
-_DVP_TASK = {"vqa": dict(datasets=["vqa"], loss_names=_loss_names({"vqa": 1})),
-             "gqa": dict(datasets=["gqa"], loss_names=_loss_names({"gqa": 1})),
-             "snli_ve": dict(datasets=["snli_ve"], loss_names=_loss_names({"snli_ve": 1}))}
-_DVP_SEARCH_EPOCHS = {"vqa": 2, "gqa": 2, "snli_ve": 1}
+# per task, the values of DVP's scripts: (task, BERT/T5 search epochs, BERT/T5 lr_mult, BERT/T5 train epochs,
+# BERT/T5 train warm-up, LLaMA search batch, LLaMA train batch); LLaMA runs lr_mult 1, 2 search / 10 train epochs
+_DVP_TASKS = (("vqa", 2, 10, 10, 0.1, 128, 256), ("gqa", 2, 10, 10, 0.1, 128, 256), ("snli_ve", 1, 1, 5, 0.2, 64, 128))
 for _lm, _lm_cfg in _DVP_LM.items():
-    for _task, _task_cfg in _DVP_TASK.items():
-        _lr_mult = 10 if (_lm in ("bert", "t5") and _task in ("vqa", "gqa")) else 1
+    _llama = _lm == "llama"
+    for _task, _epochs, _plm_lr_mult, _train_epochs, _train_warmup, _llama_search_bs, _llama_train_bs in _DVP_TASKS:
+        _task_cfg = dict(datasets=[_task], loss_names=_loss_names({_task: 1}))
+        _lr_mult = 1 if _llama else _plm_lr_mult
         _lr_search = 2e-4 if _lm == "t5" else 1e-4
         _lr_train = {"bert": 1e-4, "t5": 2e-4, "llama": 5e-4}[_lm]
         _search = dict(DVP_BASE, **_lm_cfg, **_task_cfg, max_steps=None, stage="search", search_stage=True,
-                       max_epoch=2 if _lm == "llama" else _DVP_SEARCH_EPOCHS[_task], warmup_steps=0,
+                       max_epoch=2 if _llama else _epochs, warmup_steps=0,
                        learning_rate=_lr_search, lr_mult=_lr_mult, decay_power="constant", batch_size=256)
         _train = dict(DVP_BASE, **_lm_cfg, **_task_cfg, max_steps=None, stage="train", search_stage=False,
-                      insert_layer=0, max_epoch=5 if (_task == "snli_ve" and _lm != "llama") else 10,
-                      warmup_steps=0.2 if (_task == "snli_ve" and _lm != "llama") else 0.1,
+                      insert_layer=0, max_epoch=10 if _llama else _train_epochs,
+                      warmup_steps=0.1 if _llama else _train_warmup,
                       learning_rate=_lr_train, lr_mult=_lr_mult, decay_power=1, batch_size=256)
-        if _lm == "llama":
-            _search["batch_size"] = 64 if _task == "snli_ve" else 128
-            _train["batch_size"] = 128 if _task == "snli_ve" else 256
+        if _llama:
+            _search["batch_size"], _train["batch_size"] = _llama_search_bs, _llama_train_bs
         named(f"dvp_search_{_lm}_{_task}", **_search)
         named(f"dvp_adaption_{_lm}_{_task}", **_train)
 
@@ -585,11 +586,10 @@ def _check_axes(config: dict[str, Any]) -> None:
             raise ConfigError(f"pet={axes.pet} reads the visual context {sorted(needs)}, which "
                               f"backbone={axes.backbone} does not compute; use a backbone that provides it "
                               f"({', '.join(givers)}) or another pet")
-
         caps = set(family.meta.get("capabilities", ()))
         for t in active_tasks(config["loss_names"], task_gate(axes.backbone)):
-            task = task_for(t, caps) if t in TASKS else None
-            missing = sorted(task.needs - caps) if task is not None else []
+            task = task_for(t, caps)
+            missing = sorted(task.required - caps)
             if missing:
                 raise ConfigError(f"task {t} needs the backbone capability {missing} which backbone={axes.backbone} "
                                   f"lacks (it has {sorted(caps)}); choose another backbone or task")

@@ -78,6 +78,8 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 from vlpeft._io import DiskFullError, OutputPathError, parse_json_lines, write_json_atomic
 from vlpeft.data.normalize import normalize_word, process_digit_article, process_punctuation
 from vlpeft.tasks.dumps import SubmissionError, fill_vqa_submission
+from vlpeft.tasks import TASKS
+from vlpeft.tasks._base import OfficialScorer
 
 
 __all__ = [
@@ -582,20 +584,19 @@ def nlvr2_accuracy_files(annotations: str | Path | None, predictions: str | Path
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+def official_scorers() -> dict[str, OfficialScorer]:
+    """The tasks that declare an official scorer (``Task.official``), in registration order."""
+    return {n: TASKS.build(n).official for n in TASKS.names() if TASKS.build(n).official is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vlpeft.evaluate",
                                 description="Score prediction files like the official evaluations.")
     sub = p.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("vqa", help="official VQAv2 accuracy")
-    v.add_argument("--questions", required=True, help="v2_OpenEnded_mscoco_*_questions.json")
-    v.add_argument("--annotations", required=True, help="v2_mscoco_*_annotations.json")
-    g = sub.add_parser("gqa", help="GQA accuracy")
-    g.add_argument("--questions", required=True, help="official GQA questions JSON (e.g. testdev_balanced)")
-    s = sub.add_parser("snli_ve", help="SNLI-VE accuracy")
-    n = sub.add_parser("nlvr2", help="NLVR2 accuracy")
-    for q in (s, n):
-        q.add_argument("--annotations", help="official JSON lines file (default: the rows' own 'label')")
-    for q in (v, g, s, n):
+    for task, official in official_scorers().items():  # one subcommand per task with an official scorer
+        q = sub.add_parser(task, help=official.help)
+        for flag, required, text in official.flags:
+            q.add_argument(flag, required=required, help=text)
         q.add_argument("--predictions", required=True, help="the prediction file")
         q.add_argument("--only-predicted", action="store_true",
                        help="score only the annotated questions that have a prediction")
@@ -609,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_result(task: str, result: Mapping[str, Any]) -> None:
-    if task == "vqa":
+    if "perAnswerType" in result:  # the official VQA evaluation's report
         print(f"Overall Accuracy is: {result['overall']:.2f}")
         print("Per Answer Type Accuracy is the following:")
         for k in sorted(result["perAnswerType"]):
@@ -655,15 +656,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_outputs(args)
         if args.command == "fill-vqa":
             return _fill(args)
-        if args.command == "vqa":
-            result = vqa_accuracy_files(args.questions, args.annotations, args.predictions,
-                                        only_predicted=args.only_predicted)
-        elif args.command == "gqa":
-            result = gqa_accuracy_files(args.questions, args.predictions, only_predicted=args.only_predicted)
-        elif args.command == "snli_ve":
-            result = snli_ve_accuracy_files(args.annotations, args.predictions, only_predicted=args.only_predicted)
-        else:
-            result = nlvr2_accuracy_files(args.annotations, args.predictions, only_predicted=args.only_predicted)
+        official = official_scorers()[args.command]
+        files = [getattr(args, flag.lstrip("-").replace("-", "_")) for flag, _, _ in official.flags]
+        result = globals()[official.score](*files, args.predictions, only_predicted=args.only_predicted)
     except (EvaluationError, OutputPathError, DiskFullError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

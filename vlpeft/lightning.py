@@ -21,7 +21,7 @@ from vlpeft.pet.trainable import format_trainable
 from vlpeft.search._base import finish_search, mean_across_ranks, reward_stream
 from vlpeft.search.placement import Placement
 from vlpeft.tasks import metrics as tm
-from vlpeft.tasks._base import compute
+from vlpeft.tasks._base import compute, settings_from_config
 from vlpeft.tasks.dumps import write_run_dumps
 
 PLACEMENT_KEY = "vlpeft_placement"
@@ -39,6 +39,7 @@ class VLPeftModule(pl.LightningModule):
         a = assemble(self.config, placement)
         self.backbone, self.heads, self.search = a.backbone, a.heads, a.search
         self.tasks, self.pet_report, self.base_plan, self.policy = a.tasks, a.report, a.base_plan, a.policy
+        self.task_settings = self.tasks[0].settings if self.tasks else settings_from_config(self.config)
         self.train_metrics, self.val_metrics, self.test_metrics = (
             tm.TaskMetrics(self.tasks, prefix=p) for p in ("train", "val", "test"))  # objects: generative metrics
         if self.search is not None:
@@ -166,11 +167,12 @@ class VLPeftModule(pl.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self(batch, generate=True)
         self.test_metrics.update(out, batch)
-        self._test_outputs.append({t.name: t.predictions(out, batch) for t in self.tasks if t.name != "irtr"})
+        self._test_outputs.append({t.name: t.predictions(out, batch) for t in self.tasks})
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch(self.test_metrics, "test", self._epoch_metrics("test"))
-        self.test_dumps = write_run_dumps(self._test_outputs, self.trainer.datamodule, self.config,
+        self.test_dumps = write_run_dumps(self._test_outputs, self.trainer.datamodule, self.tasks,
+                                          self.task_settings.dump_dir, self.task_settings.dump_name,
                                           self.trainer.is_global_zero)
 
     def _epoch_metrics(self, split: str) -> dict[str, float]:
@@ -181,9 +183,9 @@ class VLPeftModule(pl.LightningModule):
         for k, v in values.items():
             self.log(f"{phase}/{k}", v, sync_dist=False)
         if values:  # a split without labels (e.g. VQA test) has no metric to report, not a zero
-            self.log(f"{phase}/the_metric", tm.the_metric(values), sync_dist=False)
+            self.log(f"{phase}/the_metric", tm.the_metric(values, self.tasks), sync_dist=False)
         self.epoch_results = getattr(self, "epoch_results", {})
-        self.epoch_results[phase] = dict(values, the_metric=tm.the_metric(values)) if values else {}
+        self.epoch_results[phase] = dict(values, the_metric=tm.the_metric(values, self.tasks)) if values else {}
 
     # ------------------------------------------------------------------ optimisation and checkpoints
     def configure_optimizers(self):

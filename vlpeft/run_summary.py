@@ -7,7 +7,8 @@ from typing import Any, Mapping
 
 from vlpeft.checkpoint import _as_list
 from vlpeft.computation import COMPUTATION_FILE, METRICS_FILE
-from vlpeft.scores import metric_text, selection_metrics
+from vlpeft.scores import metric_text
+from vlpeft.tasks.metrics import selection_metrics  # each registered task names its own score (a new one too)
 
 
 def score_text(metrics: Mapping[str, Mapping[str, float]], phase: str, best: float | None = None) -> str:

@@ -37,12 +37,14 @@ from vlpeft.backbones._folders import take_loaded
 from vlpeft.build import false_images
 from vlpeft.checkpoint import _as_list, TRAINABLE_CONFIG
 from vlpeft.config import resolve_axes
-from vlpeft.data.datamodule import LabelVocabError, vocab_file_names, vqa_label_size
 from vlpeft.data.generative import datamodule_for
 from vlpeft.lightning import VLPeftModule
 from vlpeft.loggers import build_logger
 from vlpeft.pet._wrap import merge_all
 from vlpeft.run_summary import print_summary
+from vlpeft.tasks import TASKS
+from vlpeft.tasks._base import all_tasks
+from vlpeft.data.datamodule import LabelVocabError, answer_map, vocab_file_names
 
 
 @dataclass
@@ -145,14 +147,20 @@ def _run_dir(config: dict[str, Any], name: str) -> tuple[str, int]:
 
 
 def _finalize_label_sizes(config: dict[str, Any]) -> dict[str, Any]:
-    """vqav2_label_size=0 means: take it from the data — ``vqav2_label_vocab.json`` next to the arrow files, else
-    the train + val tables' answer labels as the original ViLT datamodule (``vlpeft.data.datamodule.vqa_label_size``)."""
-    if config.get("vqav2_label_size", 1) == 0 and config["loss_names"].get("vqa", 0) >= 1:
-        try:
-            names = vocab_file_names("vqa", config.get("data_splits"))
-            config["vqav2_label_size"] = vqa_label_size(config["data_root"], names)
-        except LabelVocabError as e:
-            raise ConfigError(f"{e}\n(needed for vqav2_label_size=0; or set vqav2_label_size explicitly)") from e
+    """A label size of 0 (``vqav2_label_size=0``) means: take it from the data — the task's vocabulary json next to
+    the arrow files, else the train + val tables' answer labels as the original ViLT datamodule
+    (``vlpeft.data.datamodule.answer_map``); for every active task with an answer vocabulary."""
+    for task in all_tasks():
+        if not task.answer_vocab_file:
+            continue
+        key = task.option_keys[task.answer_vocab_option][0]
+        if config.get(key, 1) == 0 and config["loss_names"].get(task.name, 0) >= 1:
+
+            try:
+                names = vocab_file_names(task.name, config.get("data_splits"))
+                config[key] = max(answer_map(config["data_root"], names, task.name)) + 1
+            except LabelVocabError as e:
+                raise ConfigError(f"{e}\n(needed for {key}=0; or set {key} explicitly)") from e
     return config
 
 
@@ -399,7 +407,9 @@ def run_test(config: dict[str, Any]) -> RunResult:
     if trainer.is_global_zero:
         save_metrics(run_dir, result.metrics)
     dumps = result.dumps = dict(getattr(module, "test_dumps", None) or {})
-    result.submission = dumps.get("vqa") or next(iter(dumps.values()), None)
+    # the submission file: the dump of the task that declares one (VQA's EvalAI file), else the first
+    result.submission = next((p for t, p in dumps.items() if t in TASKS and TASKS.build(t).submission),
+                             next(iter(dumps.values()), None))
     return result
 
 

@@ -74,6 +74,7 @@ from vlpeft.backbones._layers import Pooler, SublayerSlots
 from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
 from vlpeft.backbones._sites import attach_projection, attach_skip, base_policy_params, projection_sites
 from vlpeft.backbones import _clip
+from vlpeft.tasks._base import any_active_needs
 
 # ----------------------------------------------------------------------------------------------- config
 # The original METER keys this backbone reads, with METER's defaults (METER/meter/config.py), plus ours.
@@ -158,7 +159,7 @@ class MeterSpec:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "MeterSpec":
         c = {**METER_CONFIG_KEYS, **dict(config)}
-        nlvr2 = float((c.get("loss_names") or {}).get("nlvr2", 0) or 0) > 0  # METER's gate: > 0
+        pairs = any_active_needs(c.get("loss_names") or {}, "pair_images", ">0")  # METER's gate: > 0
         text = c["text_encoder"] if c.get("text_encoder") not in (None, "") else c["tokenizer"]
         return cls(vit=c["vit"], image_size=int(c["image_size"]),
                    patch_size=None if c.get("patch_size") is None else int(c["patch_size"]),
@@ -166,7 +167,7 @@ class MeterSpec:
                    input_image_embed_size=int(c["input_image_embed_size"]),
                    input_text_embed_size=int(c["input_text_embed_size"]), hidden_size=int(c["hidden_size"]),
                    num_heads=int(c["num_heads"]), mlp_ratio=c["mlp_ratio"], drop_rate=float(c["drop_rate"]),
-                   token_type_rows=3 if nlvr2 else 2, token4classifier=bool(c["token4classifier"]))
+                   token_type_rows=3 if pairs else 2, token4classifier=bool(c["token4classifier"]))
 
 
 class MeterCheckpointError(ValueError):

@@ -49,6 +49,7 @@ from vlpeft.backbones._layers import Pooler
 from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
 from vlpeft.backbones._sites import attach_projection, attach_skip, base_policy_params, projection_sites
 from vlpeft.search.placement import validate_skip
+from vlpeft.tasks._base import any_active_needs
 
 # ----------------------------------------------------------------------------------------------- ViT variants
 VIT_VARIANTS: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -150,13 +151,13 @@ class ViltSpec:
         missing = [k for k in required if k not in config]
         if missing:
             raise KeyError(f"build_vilt: config lacks {missing}; start from vlpeft.config's base config")
-        nlvr2 = (config.get("loss_names") or {}).get("nlvr2", 0) >= 1
+        pairs = any_active_needs(config.get("loss_names") or {}, "pair_images", ">=1")  # ViLT's gate: >= 1
         return cls(
             vit=str(config["vit"]), hidden_size=int(config["hidden_size"]), num_heads=int(config["num_heads"]),
             num_layers=int(config["num_layers"]), mlp_ratio=config["mlp_ratio"], drop_rate=float(config["drop_rate"]),
             vocab_size=int(config["vocab_size"]), max_text_len=int(config["max_text_len"]),
             max_image_len=config.get("max_image_len", -1),
-            token_type_rows=3 if nlvr2 else 2, patch_size=config.get("patch_size"),
+            token_type_rows=3 if pairs else 2, patch_size=config.get("patch_size"),
         )
 
 

@@ -14,14 +14,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from vlpeft.tasks import TASKS, Task
+from vlpeft.tasks._base import CollateError  # re-exported: defined beside the tasks' label checks
+
 IMAGE_KEYS = ("image", "image_0", "image_1")
-# per-sample fields passed through as lists when present
-LIST_KEYS = ("text", "table_name", "image_key", "image_0_key", "image_1_key", "vqa_labels", "vqa_scores",
-             "vqa_answer", "gqa_answer", "gqa_scores", "qid")
+# per-sample fields passed through as lists when present (a task adds its own: Task.list_fields)
+LIST_KEYS = ("text", "table_name", "image_key", "image_0_key", "image_1_key", "qid")
 
 
-class CollateError(ValueError):
-    pass
+def task_of(name: str, cache: dict[str, Task | None]) -> Task | None:
+    """The registered task a batch names (None for items of no task), built once per collate."""
+    if name not in cache:
+        cache[name] = TASKS.build(name) if name in TASKS else None
+    return cache[name]
 
 
 def pad_images(images: Sequence[torch.Tensor], height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,12 +85,14 @@ def _encodings_to_tensors(encs: Sequence[Mapping[str, Sequence[int]]], pad_id: i
 
 
 class Collator:
-    """Callable collate_fn. ``label_sizes``: {"vqa": vqav2_label_size, "gqa": gqa_label_size}."""
+    """Callable collate_fn. ``label_sizes``: task → its label size (the tasks with an answer vocabulary); the
+    task of the batch (its items' ``task``) adds its own fields (``Task.collate``, ``Task.list_fields``)."""
 
     def __init__(self, tokenizer: Any, label_sizes: Mapping[str, int] | None = None, mlm: bool = False,
                  mlm_prob: float = 0.15, whole_word_masking: bool = False):
         self.tokenizer = tokenizer
         self.label_sizes = dict(label_sizes or {})
+        self._tasks: dict[str, Task | None] = {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.mlm = bool(mlm)
         self.whole_word_masking = bool(whole_word_masking)
@@ -114,7 +121,8 @@ class Collator:
         if "itm_draw" in first:
             batch["itm_draw"] = torch.tensor([float(it["itm_draw"]) for it in items], dtype=torch.float64)
 
-        for k in LIST_KEYS:
+        t = task_of(task, self._tasks)
+        for k in LIST_KEYS + (t.list_fields if t is not None else ()):
             if k in first:
                 batch[k] = [it[k] for it in items]
 
@@ -133,39 +141,8 @@ class Collator:
             batch[f"false_text_{i}_ids"], batch[f"false_text_{i}_masks"] = _encodings_to_tensors(
                 [it[f"false_text_{i}_encoding"] for it in items], self.pad_id)
 
-        if "vqa_labels" in first:
-            batch["vqa_targets"] = self._soft_targets(items)
-            # which questions are annotated at all (a Python list: stays on the host, no device sync to read it);
-            # a test split has none, and its "score" must not be reported as 0
-            batch["vqa_has_answers"] = [bool(it.get("vqa_answer")) for it in items]
-        if "gqa_labels" in first:
-            self._check_range("gqa", [lab for it in items for lab in it["gqa_labels"]])
-            batch["gqa_labels"] = torch.tensor([it["gqa_labels"][0] if it["gqa_labels"] else -100 for it in items],
-                                               dtype=torch.long)
-        for src, dst in (("snli_ve_label", "snli_ve_labels"), ("nlvr2_label", "nlvr2_labels"),
-                         ("boolq_label", "boolq_labels"), ("scienceqa_label", "scienceqa_labels"),
-                         ("scienceqa_num_choices", "scienceqa_num_choices")):
-            if src in first:
-                batch[dst] = torch.tensor([int(it[src]) for it in items], dtype=torch.long)
+        if t is not None:
+            t.collate(items, batch, self.label_sizes.get(task))
         if "iid" in first:
             batch["iid"] = torch.tensor([int(it["iid"]) for it in items], dtype=torch.long)
         return batch
-
-    def _check_range(self, task: str, labels: Sequence[int]) -> int:
-        size = self.label_sizes.get(task)
-        if not size or size <= 0:
-            raise CollateError(f"the collate needs the {task} label size (config "
-                               f"{'vqav2_label_size' if task == 'vqa' else task + '_label_size'}), got {size!r}")
-        bad = [lab for lab in labels if not 0 <= lab < size]
-        if bad:
-            raise CollateError(f"{task} label ids {sorted(set(bad))[:10]} are outside [0, {size}); the label size "
-                               f"does not match the arrow files' vocabulary")
-        return size
-
-    def _soft_targets(self, items: Sequence[Mapping[str, Any]]) -> torch.Tensor:
-        size = self._check_range("vqa", [lab for it in items for lab in it["vqa_labels"]])
-        targets = torch.zeros(len(items), size, dtype=torch.float32)
-        for b, it in enumerate(items):
-            for lab, score in zip(it["vqa_labels"], it["vqa_scores"]):
-                targets[b, lab] = score
-        return targets

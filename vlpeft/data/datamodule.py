@@ -19,14 +19,27 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from vlpeft.data.arrow import (DATA_DOC_HINT, ArrowSchemaError, MissingArrowFilesError, arrow_path, check_files,
                                load_split)
 from vlpeft.data.collate import Collator
-from vlpeft.data.datasets import DATASETS, BaseDataset, CaptionDataset
+from vlpeft.data.datasets import DATASETS, BaseDataset, CaptionDataset, VQADataset
 from vlpeft.data.splits import SPLITS  # the table lives apart so the config can import it without torch
 from vlpeft.data.tokenizer import load_tokenizer
+from vlpeft.tasks import TASKS, Task, settings_from_config
 
-# label vocabularies: json file next to the arrow files, else derived from these splits' answers/answer_labels
-VOCAB_FILES = {"vqa": "vqav2_label_vocab.json", "gqa": "gqa_label_vocab.json"}
 UNKNOWN_ANSWER = "unknown"
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+def vocab_files() -> dict[str, str]:
+    """Label vocabularies (task → json file next to the arrow files, else derived from the train + val splits'
+    answers / answer_labels): every task that declares ``answer_vocab_file``."""
+    return {n: t.answer_vocab_file for n in TASKS.names() if (t := TASKS.build(n)).answer_vocab_file}
+
+
+def dataset_of_task(task: str) -> str:
+    """The dataset key whose items train ``task`` (its vocabulary's splits), e.g. the VQAv2 files for vqa."""
+    keys = [k for k, cls in DATASETS.items() if cls.task == task]
+    if not keys:
+        raise ValueError(f"no dataset gives task {task!r} (datasets: {sorted(DATASETS)})")
+    return keys[0]
 
 
 class AnswerMap(dict):
@@ -114,11 +127,12 @@ def _answer_map_from_vocab(path: Path) -> AnswerMap:
     raise LabelVocabError(f"{path}: expected a list of answers or an answer↔id dict, got {type(data).__name__}")
 
 
-def vocab_file_names(task: str = "vqa", data_splits: Mapping[str, Any] | None = None) -> list[str]:
+def vocab_file_names(task: str, data_splits: Mapping[str, Any] | None = None) -> list[str]:
     """The arrow stems whose answers define ``task``'s vocabulary: its train + val files (``SPLITS``, with the
     config's ``data_splits`` overrides), as the original's datamodule used its train and val datasets."""
-    splits = {s: list(v) for s, v in SPLITS[task].items()}
-    for split, names in ((data_splits or {}).get(task) or {}).items():
+    key = dataset_of_task(task)
+    splits = {s: list(v) for s, v in SPLITS[key].items()}
+    for split, names in ((data_splits or {}).get(key) or {}).items():
         splits[split] = [names] if isinstance(names, str) else list(names)
     return list(dict.fromkeys(splits["train"] + splits["val"]))
 
@@ -150,7 +164,7 @@ def answer_map_from_tables(data_root: str | os.PathLike, names: Sequence[str]) -
             + (f"{len(missing)} of {len(names)} arrow files are missing:\n{listing}" if names else "no files named")
             + f"\n{DATA_DOC_HINT}")
     try:
-        st = load_split(root, names, ("answers", "answer_labels"), DATASETS["vqa"].column_types)
+        st = load_split(root, names, ("answers", "answer_labels"), VQADataset.column_types)
     except ArrowSchemaError as e:
         raise LabelVocabError(f"cannot derive the answer vocabulary: {e}") from e
     answers = pc.list_flatten(pc.list_flatten(st.column("answers")))
@@ -182,10 +196,11 @@ def answer_map(data_root: str | os.PathLike, names: Sequence[str] | None = None,
     """id → answer for ``task`` (vqa / gqa): ``<data_root>/<task vocab json>`` when present (written by
     ``python -m write_arrow``), else derived from the train + val tables (``answer_map_from_tables``); ``names``
     defaults to ``vocab_file_names(task)``."""
-    if task not in VOCAB_FILES:
-        raise ValueError(f"task {task!r} has no answer vocabulary (only {sorted(VOCAB_FILES)})")
+    files = vocab_files()
+    if task not in files:
+        raise ValueError(f"task {task!r} has no answer vocabulary (only {sorted(files)})")
     root = _check_data_root(data_root)
-    vocab = root / VOCAB_FILES[task]
+    vocab = root / files[task]
     if vocab.is_file():
         amap = _answer_map_from_vocab(vocab)
         if not amap:
@@ -242,6 +257,10 @@ class MTDataModule(pl.LightningDataModule):
         self.seed = int(c.get("seed", 0))
         self._answer_maps: dict[str, AnswerMap] = {}
         self.tokenizer = load_tokenizer(c.get("tokenizer", "bert-base-uncased"))
+        self.task_settings = settings_from_config(c)
+        # the tasks its datasets' items train (their collate fields, label sizes, vocabularies)
+        self.tasks: dict[str, Task] = {DATASETS[k].task: TASKS.build(DATASETS[k].task).configured(self.task_settings)
+                                       for k in self.dataset_keys if DATASETS[k].task in TASKS}
         loss_names = c.get("loss_names") or {}
         self.mlm = bool(c.get("mlm", loss_names.get("mlm", 0) >= 1))
         self.collate = Collator(self.tokenizer, label_sizes=self._label_sizes(), mlm=self.mlm,
@@ -252,11 +271,17 @@ class MTDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ building
     def _label_sizes(self) -> dict[str, int]:
-        sizes = {"gqa": int(self.config.get("gqa_label_size", 1843))}
-        vqa = int(self.config.get("vqav2_label_size", 3129))
-        if vqa <= 0 and "vqa" in self.dataset_keys:
-            vqa = self.num_answers("vqa")
-        sizes["vqa"] = vqa
+        """Label size per task with an answer vocabulary: its option (``vqav2_label_size``, ``gqa_label_size``),
+        read from the vocabulary when 0 and the task's data is in the run."""
+        sizes: dict[str, int] = {}
+        for name in TASKS.names():
+            task = self.tasks.get(name) or TASKS.build(name).configured(self.task_settings)
+            size = task.label_size()
+            if size is None:
+                continue
+            if size <= 0 and task.answer_vocab_file and name in self.tasks:
+                size = self.num_answers(name)
+            sizes[name] = size
         return sizes
 
     def files_for(self, splits: Sequence[str]) -> list[str]:
@@ -374,22 +399,24 @@ class MTDataModule(pl.LightningDataModule):
         return self._loader(ds, shuffle=False, collate=self.eval_collate, batch_size=batch_size)
 
     # ------------------------------------------------------------------ answer vocabularies
-    def id2answer(self, task: str = "vqa") -> AnswerMap:
+    def id2answer(self, task: str) -> AnswerMap:
         """Class id → answer string for VQA / GQA predictions ("unknown" for ids outside the vocabulary)."""
         if task in self._answer_maps:
             return self._answer_maps[task]
-        if task not in VOCAB_FILES:
-            raise ValueError(f"id2answer: task {task!r} has no answer vocabulary (only {sorted(VOCAB_FILES)})")
-        splits = SPLITS[task] if task not in self.splits else self.splits[task]
+        files = vocab_files()
+        if task not in files:
+            raise ValueError(f"id2answer: task {task!r} has no answer vocabulary (only {sorted(files)})")
+        key = dataset_of_task(task)
+        splits = SPLITS[key] if key not in self.splits else self.splits[key]
         amap = answer_map(self.data_root, list(dict.fromkeys(splits["train"] + splits["val"])), task)
         self._answer_maps[task] = amap
         return amap
 
-    def label2ans(self, task: str = "vqa") -> list[str]:
+    def label2ans(self, task: str) -> list[str]:
         amap = self.id2answer(task)
         n = max(amap) + 1 if amap else 0
         return [amap[i] for i in range(n)]
 
-    def num_answers(self, task: str = "vqa") -> int:
+    def num_answers(self, task: str) -> int:
         amap = self.id2answer(task)
         return (max(amap) + 1) if amap else 0

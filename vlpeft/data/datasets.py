@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vlpeft.data.arrow import ArrowSchemaError, SplitTable, load_split
+from vlpeft.data.splits import SPLITS
 from vlpeft.data.transforms import keys_to_transforms
 
 
@@ -42,7 +43,8 @@ def dedupe(items: Sequence[str]) -> list[str]:
 class BaseDataset(Dataset):
     """Rows of one split's arrow files; subclasses say which columns they read and what an item carries."""
 
-    task: str = ""
+    key: str = ""  # the dataset's name in config ``datasets`` (its DATASETS key)
+    task: str = ""  # the task its items train (``batch["task"]``; a key of vlpeft.tasks.TASKS)
     image_columns: tuple[str, ...] = ("image",)
     text_column: str | None = "questions"
     required_columns: tuple[str, ...] = ("image", "questions")
@@ -236,6 +238,7 @@ class RowTexts:
 
 
 class VQADataset(BaseDataset):
+    key = "vqa"
     task = "vqa"
     required_columns = ("image", "questions", "answers", "answer_labels", "answer_scores", "question_id")
     column_types = {**BaseDataset.column_types, "answers": "list<list<str>>", "answer_labels": "list<list<int>>",
@@ -259,6 +262,7 @@ class VQADataset(BaseDataset):
 
 
 class GQADataset(VQADataset):
+    key = "gqa"
     task = "gqa"
 
     def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
@@ -273,6 +277,7 @@ SNLI_VE_LABELS = {"contradiction": 0, "neutral": 1, "entailment": 2}
 
 
 class SNLIVEDataset(BaseDataset):
+    key = "snli_ve"
     task = "snli_ve"
     required_columns = ("image", "questions", "answers")
     column_types = {**BaseDataset.column_types, "answers": "list<str>"}
@@ -292,6 +297,7 @@ class METERSNLIDataset(SNLIVEDataset):
     ``sentences`` holds [premise, hypothesis] pairs and ``labels`` the class ids; only the hypothesis is read
     (``pair[1].strip()``, as METER's dataset)."""
 
+    key = "snli"
     text_column = "sentences"
     required_columns = ("image", "sentences", "labels")
     column_types = {**BaseDataset.column_types, "sentences": "list<list<str>>", "labels": "list<int>"}
@@ -320,6 +326,7 @@ class METERSNLIDataset(SNLIVEDataset):
 
 
 class NLVR2Dataset(BaseDataset):
+    key = "nlvr2"
     task = "nlvr2"
     image_columns = ("image_0", "image_1")
     required_columns = ("image_0", "image_1", "questions", "answers")
@@ -343,6 +350,7 @@ class BoolQDataset(BaseDataset):
     ``"question: <q>? passage: <p>"`` (question first, so truncation to ``max_text_len`` cuts the passage);
     label ``boolq_label`` (1 = yes). Images are never read: the rows have none."""
 
+    key = "boolq"
     task = "boolq"
     image_columns = ()
     required_columns = ("questions", "passage", "answers", "question_id")
@@ -370,6 +378,7 @@ class ScienceQADataset(BaseDataset):
     none, ``has_image`` False); the text is the formatted question + context + lettered choices; labels
     ``scienceqa_label`` (the answer's index) and ``scienceqa_num_choices``."""
 
+    key = "scienceqa"
     task = "scienceqa"
     required_columns = ("image", "questions", "answers", "choices", "question_id")
     column_types = {**BaseDataset.column_types, "answers": "list<int>", "choices": "list<list<str>>",
@@ -418,14 +427,26 @@ class CaptionDataset(BaseDataset):
 
 
 class F30KDataset(CaptionDataset):
-    pass
+    key = "f30k"
 
 
 class CocoDataset(CaptionDataset):
-    pass
+    key = "coco"
 
 
-DATASETS: dict[str, type[BaseDataset]] = {
-    "vqa": VQADataset, "gqa": GQADataset, "snli_ve": SNLIVEDataset, "snli": METERSNLIDataset, "nlvr2": NLVR2Dataset,
-    "f30k": F30KDataset, "coco": CocoDataset, "boolq": BoolQDataset, "scienceqa": ScienceQADataset,
-}
+DATASETS: dict[str, type[BaseDataset]] = {c.key: c for c in (
+    VQADataset, GQADataset, SNLIVEDataset, METERSNLIDataset, NLVR2Dataset, F30KDataset, CocoDataset, BoolQDataset,
+    ScienceQADataset)}
+
+
+def register_dataset(cls: type[BaseDataset], splits: dict[str, list[str]]) -> type[BaseDataset]:
+    """Add a dataset (``cls.key``) with its default arrow files per split (train / val / test), e.g. a plugin's or a
+    test's own; the config's ``data_splits`` overrides them as for any dataset."""
+    if not cls.key or cls.key in DATASETS:
+        raise ValueError(f"dataset key {cls.key!r} is empty or registered twice")
+    missing = {"train", "val", "test"} - set(splits)
+    if missing:
+        raise ValueError(f"register_dataset({cls.key!r}): splits lack {sorted(missing)}")
+    DATASETS[cls.key] = cls
+    SPLITS[cls.key] = {s: list(v) for s, v in splits.items()}
+    return cls

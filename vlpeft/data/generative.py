@@ -40,26 +40,30 @@ from vlpeft.data.collate import IMAGE_KEYS, CollateError, batch_task, collate_im
 from vlpeft.data.datamodule import EpochRandomSampler, MTDataModule
 from vlpeft.data.datasets import CaptionDataset, GQADataset, NLVR2Dataset, VQADataset
 from vlpeft.data.features import FeatureError, FeatureReader, image_id_candidates
+from vlpeft.tasks import TASKS, Task
 
-TASK_PROMPTS: dict[str, str] = {"vqa": "vqa: ", "gqa": "gpa: ", "nlvr2": "nlvr: ", "caption": "caption: "}
-# config datasets → the generative task its samples train
-DATASET_TASK: dict[str, str] = {"vqa": "vqa", "gqa": "gqa", "nlvr2": "nlvr2", "coco": "caption", "f30k": "caption"}
-# multitask.py: gqa_args.batch_size = int(bs * 100 / 60), nlvr int(bs * 20 / 60), caption int(bs * 50 / 60)
-MULTITASK_BATCH_RATIO: dict[str, tuple[int, int]] = {"vqa": (1, 1), "gqa": (100, 60), "nlvr2": (20, 60),
-                                                     "caption": (50, 60)}
 SAMPLING = ("roundrobin", "balanced")
-# token limits the originals hard-code per task (None: no truncation); other tasks use max_text_len / gen_max_length
-# vqa/gqa_clip_data.py: encode(prompt + question, max_length=20); vqa: encode(answer, max_length=10); gqa and nlvr
-# targets are not truncated
-TEXT_MAX_LENGTH: dict[str, int] = {"vqa": 20, "gqa": 20}
-TARGET_MAX_LENGTH: dict[str, int | None] = {"vqa": 10, "gqa": None, "nlvr2": None}
-# per-sample fields the collate passes through as lists
-GEN_LIST_KEYS = ("text", "table_name", "image_key", "image_0_key", "image_1_key", "qid", "vqa_answer",
-                 "vqa_scores", "gqa_answer", "gqa_scores", "references", "image_id", "identifier", "target_text")
+# per-sample fields the collate passes through as lists (a task adds its own: Task.list_fields)
+GEN_LIST_KEYS = ("text", "table_name", "image_key", "image_0_key", "image_1_key", "qid", "identifier", "target_text")
+
+
+def task_prompts() -> dict[str, str]:
+    """The originals' task prefixes (``--use_tasks_prompts``): each task's ``prompt``."""
+    return {n: t.prompt for n in TASKS.names() if (t := TASKS.build(n)).prompt}
+
+
+TASK_PROMPTS: dict[str, str] = task_prompts()
+
+
+def _task(name: str) -> Task:
+    if name not in TASKS:
+        raise CollateError(f"generative batch of task {name!r}, which is not a registered task ({TASKS.names()})")
+    return TASKS.build(name)
 
 
 def multitask_batch_size(task: str, batch_size: int) -> int:
-    num, den = MULTITASK_BATCH_RATIO[task]
+    """A task's batch in a multi-task run: ``per_gpu_batchsize`` × its ``multitask_ratio`` (multitask.py)."""
+    num, den = TASKS.build(task).multitask_ratio
     return max(1, int(batch_size * num / den))
 
 
@@ -68,7 +72,6 @@ class GenerativeMixin:
     """Shared by the generative datasets: no tokenisation per item (the collate tokenises the batch), seeded
     answer draws, and ``vis_feats`` / ``vis_pos`` from a ``FeatureReader`` instead of decoding the images."""
 
-    dataset_key = ""
     feature_columns: tuple[str, ...] = ("image_id",)  # what names a row's image in the feature files
 
     def __init__(self, *args: Any, features: FeatureReader | None = None, **kwargs: Any):
@@ -89,7 +92,6 @@ class GenerativeMixin:
     def base_item(self, row: int, cap: int) -> dict[str, Any]:
         item = super().base_item(row, cap)
         item.pop("text_encoding", None)
-        item["task"] = DATASET_TASK[self.dataset_key]
         if self.features is not None:
             for col in self.image_columns:
                 item.pop("image" if col == "image" else col, None)
@@ -103,7 +105,7 @@ class GenerativeMixin:
         """Candidate feature ids of each image of ``row`` (one list per image)."""
         image_id = self.table.value("image_id", row)
         split = self.table.value("split", row) if "split" in self.table.table.column_names else None
-        return [image_id_candidates(self.dataset_key, image_id, split)]
+        return [image_id_candidates(self.key, image_id, split)]
 
     def add_features(self, item: dict[str, Any], row: int) -> None:
         try:
@@ -127,8 +129,6 @@ class GenerativeMixin:
 
 
 class GenVQADataset(GenerativeMixin, VQADataset):
-    dataset_key = "vqa"
-
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = super().__getitem__(i)
         if item.get("vqa_answer"):  # test questions have no answers, hence no target
@@ -137,8 +137,6 @@ class GenVQADataset(GenerativeMixin, VQADataset):
 
 
 class GenGQADataset(GenerativeMixin, GQADataset):
-    dataset_key = "gqa"
-
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = super().__getitem__(i)
         if item.get("gqa_answer"):
@@ -147,13 +145,12 @@ class GenGQADataset(GenerativeMixin, GQADataset):
 
 
 class GenNLVR2Dataset(GenerativeMixin, NLVR2Dataset):
-    dataset_key = "nlvr2"
     required_columns = NLVR2Dataset.required_columns + ("identifier",)
     feature_columns = ()  # the identifier names both images
 
     def feature_ids(self, row: int) -> list[list[str]]:
         ident = self.table.value("identifier", row)
-        return [image_id_candidates("nlvr2", identifier=ident, image_index=k) for k in (0, 1)]
+        return [image_id_candidates(self.key, identifier=ident, image_index=k) for k in (0, 1)]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = super().__getitem__(i)
@@ -167,7 +164,8 @@ class GenCaptionDataset(GenerativeMixin, CaptionDataset):
     """COCO (or F30K) Karpathy captions: train = one item per caption (its target); val / test (built with
     ``image_only=True``) = one item per image with every reference caption and no target."""
 
-    dataset_key = "coco"
+    key = "coco"
+    task = "caption"
     required_columns = ("image", "caption", "image_id")
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -183,11 +181,13 @@ class GenCaptionDataset(GenerativeMixin, CaptionDataset):
 
 
 class GenF30KDataset(GenCaptionDataset):
-    dataset_key = "f30k"
+    key = "f30k"
 
 
-GEN_DATASETS: dict[str, type] = {"vqa": GenVQADataset, "gqa": GenGQADataset, "nlvr2": GenNLVR2Dataset,
-                                 "coco": GenCaptionDataset, "f30k": GenF30KDataset}
+GEN_DATASETS: dict[str, type] = {c.key: c for c in (GenVQADataset, GenGQADataset, GenNLVR2Dataset,
+                                                      GenCaptionDataset, GenF30KDataset)}
+# config datasets → the task its samples train
+DATASET_TASK: dict[str, str] = {k: c.task for k, c in GEN_DATASETS.items()}
 
 
 # ---------------------------------------------------------------------------------------------- collate
@@ -198,20 +198,21 @@ class GenerativeCollator:
                  prompts: Mapping[str, str] | None = None):
         self.tokenizer = tokenizer
         self.max_text_len, self.gen_max_length = int(max_text_len), int(gen_max_length)
-        self.prompts = dict(TASK_PROMPTS if prompts is None else prompts)
+        self.prompts = dict(task_prompts() if prompts is None else prompts)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         task, first = batch_task(items), items[0]
+        t = _task(task)
         batch: dict[str, Any] = {"task": task}
         prompt = self.prompts.get(task, "")
         enc = self.tokenizer([f"{prompt}{it.get('text', '')}" for it in items], padding="longest", truncation=True,
-                             max_length=TEXT_MAX_LENGTH.get(task, self.max_text_len), return_tensors="pt")
+                             max_length=t.text_max_length or self.max_text_len, return_tensors="pt")
         batch["text_ids"], batch["text_masks"] = enc["input_ids"].long(), enc["attention_mask"].long()
 
         has_target = [it.get("target_text") is not None for it in items]
         if any(has_target):
-            limit = TARGET_MAX_LENGTH.get(task, self.gen_max_length)
+            limit = self.gen_max_length if t.target_max_length == "gen" else t.target_max_length
             ids = self.tokenizer([str(it.get("target_text") or "") for it in items], truncation=limit is not None,
                                  max_length=limit)["input_ids"]
             batch["target_ids"] = pad_targets([s if keep else [] for s, keep in zip(ids, has_target)])
@@ -227,11 +228,10 @@ class GenerativeCollator:
                 batch["img_order_ids"] = torch.stack([it["img_order_ids"] for it in items])
         batch.update(collate_images(items, [k for k in IMAGE_KEYS if first.get(k) is not None]))
 
-        for k in GEN_LIST_KEYS:
+        for k in GEN_LIST_KEYS + t.list_fields:
             if k in first:
                 batch[k] = [it.get(k) for it in items]
-        if "nlvr2_label" in first:
-            batch["nlvr2_labels"] = torch.tensor([int(it["nlvr2_label"]) for it in items], dtype=torch.long)
+        t.generative_collate(items, batch)
         return batch
 
 
@@ -322,15 +322,15 @@ class GenerativeDataModule(MTDataModule):
         if bad:
             raise ValueError(f"datasets {bad} have no generative task; generative backbones train on "
                              f"{sorted(GEN_DATASETS)} (captioning: coco)")
-        tasks = [DATASET_TASK[k] for k in self.dataset_keys]
+        tasks = [GEN_DATASETS[k].task for k in self.dataset_keys]
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"datasets {self.dataset_keys} give one task twice ({tasks}); keep one per task")
         self.sampling = str(c.get("multitask_sampling", "roundrobin"))
         if self.sampling not in SAMPLING:
             raise ValueError(f"multitask_sampling={self.sampling!r}: choose one of {list(SAMPLING)}")
-        prompts = TASK_PROMPTS if bool(c.get("use_tasks_prompts", True)) else {}
+        ts = self.task_settings
         self.collate = self.eval_collate = GenerativeCollator(
-            self.tokenizer, self.max_text_len, int(c.get("gen_max_length", 20) or 20), prompts)
+            self.tokenizer, self.max_text_len, ts.gen_max_length, task_prompts() if ts.use_tasks_prompts else {})
         self.readers = self._feature_readers(c.get("visual_features") or "", int(c.get("n_boxes", 36) or 36))
         self._train_loader: MultitaskLoader | None = None
 
@@ -362,7 +362,7 @@ class GenerativeDataModule(MTDataModule):
             transform_keys=self.train_transform_keys if split == "train" else self.val_transform_keys,
             image_size=self.image_size, tokenizer=self.tokenizer, max_text_len=self.max_text_len, split=split,
             draw_false_text=0, seed=self.seed, features=reader)
-        if DATASET_TASK[key] == "caption" and split != "train":
+        if TASKS.build(GEN_DATASETS[key].task).eval_per_image and split != "train":
             kwargs["image_only"] = True  # one sample per image, all references
         kwargs.update(overrides)
         return self.dataset_class(key)(self.data_root, self.splits[key][split], **kwargs)
@@ -389,8 +389,8 @@ class GenerativeDataModule(MTDataModule):
         if len(self.dataset_keys) == 1:
             return super().train_dataloader()
         self._ensure("train")
-        loaders = {DATASET_TASK[k]: self._task_loader(k, "train", multitask_batch_size(DATASET_TASK[k],
-                                                                                        self.batch_size), True)
+        loaders = {GEN_DATASETS[k].task: self._task_loader(k, "train", multitask_batch_size(GEN_DATASETS[k].task,
+                                                                                             self.batch_size), True)
                    for k in self.dataset_keys}
         self._train_loader = MultitaskLoader(loaders, self.sampling, self.seed)
         return self._train_loader
@@ -399,8 +399,8 @@ class GenerativeDataModule(MTDataModule):
         if len(self.dataset_keys) == 1:
             return self._loader(self._concat(split), shuffle=False, collate=self.eval_collate)
         self._ensure(split)
-        return EvalLoader({DATASET_TASK[k]: self._task_loader(k, split, self.batch_size, False)
-                                 for k in self.dataset_keys})
+        return EvalLoader({GEN_DATASETS[k].task: self._task_loader(k, split, self.batch_size, False)
+                           for k in self.dataset_keys})
 
     def val_dataloader(self):
         return self._eval_loader("val")
@@ -430,5 +430,5 @@ def datamodule_for(config: Mapping[str, Any], capabilities: frozenset[str], fals
 
 
 __all__ = ["DATASET_TASK", "GEN_DATASETS", "GenCaptionDataset", "GenGQADataset", "GenNLVR2Dataset", "GenVQADataset",
-           "GenerativeCollator", "GenerativeDataModule", "MULTITASK_BATCH_RATIO", "MultitaskLoader",
-           "EvalLoader", "TASK_PROMPTS", "datamodule_for", "multitask_batch_size"]
+           "GenerativeCollator", "GenerativeDataModule", "MultitaskLoader",
+           "EvalLoader", "TASK_PROMPTS", "datamodule_for", "multitask_batch_size", "task_prompts"]

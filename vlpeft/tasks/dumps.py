@@ -9,6 +9,7 @@ question id, checked against the expected id set, and written atomically to an e
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 import torch.distributed as dist
 
 from vlpeft._io import write_json_atomic
+from vlpeft.tasks._base import TASKS
 
 UNKNOWN_ANSWER = "unknown"
 
@@ -177,13 +179,14 @@ def write_test_dumps(rows_by_task: Mapping[str, Sequence[Mapping[str, Any]]],
                      id2answer: Mapping[str, Mapping[int, str] | Sequence[str]],
                      out_dir: str | os.PathLike, name: str,
                      expected_qids: Mapping[str, Iterable[Hashable]] | None = None,
-                     vqa_fill_question_ids: Iterable[int] | None = None, vqa_fill: str = "yes") -> dict[str, Path]:
-    """Write every test dump a run produces: ``vqa_submit_<name>.json`` (VQAv2 server format),
-    ``gqa_predict_<name>.json``, ``caption_result_<name>.json`` (COCO results format) and
-    ``<task>_predict_<name>.json`` for the other tasks (generative NLVR2 rows keep their generated ``prediction``).
+                     tasks: Mapping[str, Any] | None = None, **options: Any) -> dict[str, Path]:
+    """Write every test dump a run produces, each by its task (``Task.write_dump``: ``vqa_submit_<name>.json`` in
+    the VQAv2 server format, ``gqa_predict_<name>.json``, ``caption_result_<name>.json`` in the COCO results
+    format, ``<task>_predict_<name>.json`` for the others).
 
-    ``rows_by_task`` are the (already gathered) rows of ``metrics.predictions``; ``id2answer`` maps a task
-    to its label vocabulary.
+    ``rows_by_task`` are the (already gathered) rows of ``Task.predictions``; ``id2answer`` maps a task to its label
+    vocabulary; ``tasks``: the run's task objects by name (default: the registered task in its first mode);
+    ``options``: passed to every writer (e.g. ``fill_question_ids`` / ``fill`` of the VQA submission).
     """
     out_dir = Path(out_dir)
     expected_qids = expected_qids or {}
@@ -191,59 +194,54 @@ def write_test_dumps(rows_by_task: Mapping[str, Sequence[Mapping[str, Any]]],
     for task, rows in rows_by_task.items():
         if not rows:
             continue
-        if task == "caption":
-            written[task] = write_caption_results([r["image_id"] for r in rows], [r["caption"] for r in rows],
-                                                  out_dir / f"caption_result_{name}.json",
-                                                  expected_ids=expected_qids.get("caption"))
-        elif task == "vqa":
-            qids = [r["question_id"] for r in rows]
-            preds = _answers(rows, id2answer.get("vqa", ()))
-            written[task] = write_vqa_submission(qids, preds, out_dir / f"vqa_submit_{name}.json",
-                                                 expected_qids=expected_qids.get("vqa"),
-                                                 fill_question_ids=vqa_fill_question_ids, fill=vqa_fill)
-        elif task == "gqa":
-            qids = [r["questionId"] for r in rows]
-            preds = _answers(rows, id2answer.get("gqa", ()))
-            written[task] = write_gqa_predictions(qids, preds, out_dir / f"gqa_predict_{name}.json",
-                                                  expected_qids=expected_qids.get("gqa"))
-        else:
-            vocab = id2answer.get(task)
-            rows = [dict(r, prediction=answers_from_ids([r["pred"]], vocab)[0]) if vocab and "pred" in r else dict(r)
-                    for r in rows]
-            written[task] = write_predictions(rows, out_dir / f"{task}_predict_{name}.json")
+        t = (tasks or {}).get(task) or TASKS.build(task)
+        path = t.write_dump(rows, out_dir, name, id2answer.get(task), expected_qids.get(task), **options)
+        if path is not None:
+            written[task] = path
     return written
 
 
-def _answers(rows: Sequence[Mapping[str, Any]], vocab: Mapping[int, str] | Sequence[str]) -> list[str]:
+def answers_of_rows(rows: Sequence[Mapping[str, Any]], vocab: Mapping[int, str] | Sequence[str]) -> list[str]:
     """Answer strings of prediction rows: generated (``answer``) as they are, class ids (``pred``) via ``vocab``."""
     if all("answer" in r for r in rows):
         return [str(r["answer"]) for r in rows]
     return answers_from_ids([r["pred"] for r in rows], vocab)
 
 
-def write_run_dumps(parts: Sequence[Mapping[str, list[dict]]], datamodule: Any, config: Mapping[str, Any],
-                    is_global_zero: bool) -> dict[str, Path]:
+def read_question_ids(path: str | os.PathLike) -> list[int]:
+    """Question ids of a VQA questions JSON (``{"questions": [...]}`` or a list of question objects)."""
+    data = json.loads(Path(path).read_text())
+    return [int(q["question_id"]) for q in (data["questions"] if isinstance(data, dict) else data)]
+
+
+def write_other_predictions(task: str, rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, name: str,
+                            vocab: Mapping[int, str] | Sequence[str] | None) -> Path:
+    """``<task>_predict_<name>.json``: the rows, class ids mapped to ``prediction`` strings where a vocabulary
+    exists (generative rows keep their generated ``prediction``)."""
+    rows = [dict(r, prediction=answers_from_ids([r["pred"]], vocab)[0]) if vocab and "pred" in r else dict(r)
+            for r in rows]
+    return write_predictions(rows, Path(out_dir) / f"{task}_predict_{name}.json")
+
+
+def write_run_dumps(parts: Sequence[Mapping[str, list[dict]]], datamodule: Any, tasks: Sequence[Any],
+                    dump_dir: str | os.PathLike | None, dump_name: str, is_global_zero: bool) -> dict[str, Path]:
     """A test run's dumps: every rank's prediction rows gathered, rank 0 writes them into the run folder
-    (``config["_dump_dir"]``, names from ``config["_dump_name"]``). ``vqa_fill_questions`` (test2015 questions
-    JSON) fills a test-dev submission to every test-std question, as EvalAI requires."""
+    ``dump_dir`` (names from ``dump_name``); each task's ``dump_options`` (VQA: ``vqa_fill_questions``) apply."""
     merged: dict[str, list[dict]] = {}
     for part in parts:
         for task, rows in part.items():
             merged.setdefault(task, []).extend(rows)
     merged = {t: gather_predictions(rows) for t, rows in sorted(merged.items())}
-    if not (is_global_zero and config.get("_dump_dir")):
+    if not (is_global_zero and dump_dir):
         return {}
-    fill_ids = None
-    if config.get("vqa_fill_questions"):
-        import json
-
-        data = json.loads(Path(config["vqa_fill_questions"]).read_text())
-        fill_ids = [int(q["question_id"]) for q in (data["questions"] if isinstance(data, dict) else data)]
-    # class-id rows need the answer vocabulary; generated answers are strings already
-    vocab = {t: datamodule.id2answer(t) for t, rows in merged.items()
-             if t in ("vqa", "gqa") and any("pred" in r for r in rows)}
-    written = write_test_dumps(merged, vocab, config["_dump_dir"], config["_dump_name"],
-                               vqa_fill_question_ids=fill_ids, vqa_fill=config.get("vqa_fill_answer", "yes"))
+    by_name = {t.name: t for t in tasks}
+    written: dict[str, Path] = {}
+    for task, rows in merged.items():
+        t = by_name.get(task) or TASKS.build(task)
+        # class-id rows need the answer vocabulary; generated answers are strings already
+        vocab = datamodule.id2answer(task) if t.answer_vocab_file and any("pred" in r for r in rows) else None
+        written.update(write_test_dumps({task: rows}, {task: vocab} if vocab is not None else {}, dump_dir,
+                                        dump_name, tasks=by_name, **t.dump_options()))
     for task, path in written.items():
         print(f"[vlpeft] wrote {task} test dump: {path}", flush=True)
     return written

@@ -16,7 +16,7 @@ from torchmetrics import Metric
 
 from vlpeft.tasks.caption_eval import caption_scores
 from vlpeft.tasks.dumps import gather_predictions
-from vlpeft.scores import SPLIT_TASKS  # (with the named scores a run reports, which the_metric sums)
+from vlpeft.tasks._base import TASKS, all_tasks
 
 IGNORE_INDEX = -100
 
@@ -106,36 +106,23 @@ def recall_at_k(scores: torch.Tensor, img_ids: Sequence[int] | torch.Tensor,
     return out
 
 
-def the_metric(task_scores: Mapping[str, Any]) -> float:
-    """Sum of each task's selection metric (the checkpoint monitor ``val/the_metric``).
-
-    vqa → ``vqa_score``; gqa / boolq / scienceqa → ``<task>_accuracy``; nlvr2 / snli_ve → ``<task>_dev_accuracy`` when present, else
-    ``<task>_accuracy``; irtr → ``ir_r1 + tr_r1`` when recall was computed (else 0); itm → ``itm_accuracy`` (METER's
-    F30K / COCO lines select on recall + ITM accuracy).
+def the_metric(task_scores: Mapping[str, Any], tasks: Sequence[Any] | None = None) -> float:
+    """Sum of each task's selection metric (the checkpoint monitor ``val/the_metric``): each registered task (or
+    ``tasks``) names its own (``Task.selection``): ``vqa_score``; ``<task>_accuracy``; nlvr2 / snli_ve their
+    ``_dev_accuracy`` when present; irtr ``ir_r1 + tr_r1`` when recall was computed; caption ``caption_cider``.
     Fix: the originals used the *test* accuracy for ViLT-NLVR2 and DVP-SNLI-VE (selection on the test set);
     we select on dev (held-out). NaN entries (metrics that saw no sample) count as absent.
     """
-    def get(key: str) -> float | None:
-        v = task_scores.get(key)
-        if v is None:
-            return None
-        v = float(v)
-        return None if math.isnan(v) else v
+    return float(sum(v for _, v in selection_metrics(task_scores, tasks)))
 
-    total = 0.0
-    for key in ("vqa_score", "gqa_accuracy", "boolq_accuracy", "scienceqa_accuracy", "itm_accuracy"):
-        v = get(key)
-        total += v if v is not None else 0.0
-    for task in SPLIT_TASKS:
-        v = get(f"{task}_dev_accuracy")
-        if v is None:
-            v = get(f"{task}_accuracy")
-        total += v if v is not None else 0.0
-    if get("ir_r1") is not None and get("tr_r1") is not None:
-        total += get("ir_r1") + get("tr_r1")
-    v = get("caption_cider")
-    total += v if v is not None else 0.0
-    return total
+
+def selection_metrics(task_scores: Mapping[str, Any], tasks: Sequence[Any] | None = None) -> list[tuple[str, float]]:
+    """The named metrics ``the_metric`` sums, task by task (absent and NaN ones left out)."""
+    seen: dict[str, float] = {}
+    for t in (all_tasks() if tasks is None else tasks):
+        for k, v in t.selection(task_scores):
+            seen.setdefault(k, v)  # a metric two tasks would name counts once
+    return list(seen.items())
 
 
 class Scores(_SumCount):
@@ -177,92 +164,28 @@ class CaptionScores(nn.Module):
         return caption_scores(refs, preds)
 
 
-def _task_name(t: Any) -> str:
-    return t if isinstance(t, str) else t.name
-
-
 class TaskMetrics(nn.Module):
     """The metrics of one phase for the active tasks; an ``nn.Module`` so Lightning moves it to the device.
 
-    Keys: ``vqa_score, vqa_loss``; ``gqa_accuracy, gqa_loss``; for nlvr2 / snli_ve ``<t>_accuracy, <t>_loss`` and
-    ``<t>_dev_accuracy`` / ``<t>_test_accuracy`` over samples whose ``table_name`` contains "dev" / "test";
-    ``irtr_loss, irtr_accuracy`` (positive caption ranked first). Generative tasks (``Task`` objects with
-    ``generative=True``; pass the task objects, not names) have the same keys from their decoded answers, filled
-    only in phases that decode (validation, test), plus ``caption_loss`` and ``caption_{cider, bleu4, rouge_l,
-    meteor}``; a multi-task batch updates only its own task.
-    """
+    Each task names its metrics (``Task.make_metrics``: ``<task>_loss`` and its score, e.g. ``vqa_score``,
+    ``nlvr2_dev_accuracy``, ``caption`` corpus scores) and updates them from a step's output
+    (``Task.update_metrics``); a multi-task batch updates only its own task."""
 
     def __init__(self, tasks: Sequence[Any], prefix: str = ""):
         super().__init__()
-        self.tasks, self.prefix = [_task_name(t) for t in tasks], prefix
-        self.generative = {_task_name(t) for t in tasks if getattr(t, "generative", False)}
+        # task objects (their mode decides the metrics); a name means the registered task in its first mode
+        self.task_objects = [TASKS.build(t) if isinstance(t, str) else t for t in tasks]
+        self.prefix = prefix
+        self.tasks = [t.name for t in self.task_objects]
         m: dict[str, Any] = {}
-        for t in self.tasks:
-            m[f"{t}_loss"] = Scalar()
-            if t in self.generative:
-                if t == "vqa":
-                    m["vqa_score"] = Scores()
-                elif t == "gqa":
-                    m["gqa_accuracy"] = Scores()
-                elif t == "nlvr2":
-                    for name in ("nlvr2_accuracy", "nlvr2_dev_accuracy", "nlvr2_test_accuracy"):
-                        m[name] = Scores()
-                elif t == "caption":
-                    m["caption"] = CaptionScores()
-                else:
-                    raise ValueError(f"TaskMetrics: no metrics defined for generative task {t!r}")
-                continue
-            if t == "vqa":
-                m["vqa_score"] = VQAScore()
-            elif t in ("gqa", "irtr", "itm", "boolq", "scienceqa"):
-                m[f"{t}_accuracy"] = Accuracy()
-            elif t in SPLIT_TASKS:
-                for name in (f"{t}_accuracy", f"{t}_dev_accuracy", f"{t}_test_accuracy"):
-                    m[name] = Accuracy()
-            else:
-                raise ValueError(f"TaskMetrics: no metrics defined for task {t!r}")
+        for t in self.task_objects:
+            m.update(t.make_metrics())
         self.metrics = nn.ModuleDict(m)
 
-    def _update_generative(self, t: str, out: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
-        if f"{t}_loss" in out:
-            self.metrics[f"{t}_loss"].update(out[f"{t}_loss"])
-        if f"{t}_generated" not in out:
-            return  # training step, or another task's batch
-        if t in ("vqa", "gqa") and f"{t}_gen_scores" in out:
-            self.metrics["vqa_score" if t == "vqa" else "gqa_accuracy"].update(out[f"{t}_gen_scores"])
-        elif t == "nlvr2" and "nlvr2_labels" in out:
-            correct = (out["nlvr2_pred"] == out["nlvr2_labels"]).double()
-            self.metrics["nlvr2_accuracy"].update(correct)
-            names = list(batch.get("table_name") or [])
-            for split in ("dev", "test"):
-                sel = torch.tensor([split in n for n in names], dtype=torch.bool)
-                if bool(sel.any()):
-                    self.metrics[f"nlvr2_{split}_accuracy"].update(correct[sel])
-        elif t == "caption" and "references" in batch:
-            self.metrics["caption"].update(batch["image_id"], out["caption_generated"], batch["references"])
-
     def update(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
-        own = batch.get("task") if isinstance(batch, Mapping) else None
-        for t in self.tasks:
-            if t in self.generative:
-                if not own or own == t or len(self.tasks) == 1:
-                    self._update_generative(t, out, batch)
-                continue
-            if t == "vqa":
-                annotated = batch.get("vqa_has_answers")
-                if annotated is None or any(annotated):  # a batch without annotations has no loss to report
-                    self.metrics["vqa_loss"].update(out["vqa_loss"])
-                self.metrics["vqa_score"].update(out["vqa_logits"], out["vqa_targets"], annotated)
-                continue
-            self.metrics[f"{t}_loss"].update(out[f"{t}_loss"])
-            logits, labels = out[f"{t}_logits"], out[f"{t}_labels"]
-            self.metrics[f"{t}_accuracy"].update(logits, labels)
-            if t in SPLIT_TASKS and "table_name" in batch:
-                names = list(batch["table_name"])
-                for split in ("dev", "test"):
-                    sel = torch.tensor([split in n for n in names], dtype=torch.bool, device=logits.device)
-                    if bool(sel.any()):
-                        self.metrics[f"{t}_{split}_accuracy"].update(logits[sel], labels[sel])
+        for t in self.task_objects:
+            if t.owns(batch, len(self.task_objects)):
+                t.update_metrics(self.metrics, out, batch)
 
     def compute_and_reset(self) -> dict[str, float]:
         """Every metric is computed on every rank (keeps DDP syncs aligned); NaN (nothing seen) is dropped."""
@@ -282,31 +205,14 @@ class TaskMetrics(nn.Module):
         return values
 
 
-def predictions(out: Mapping[str, Any], batch: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, list[dict]]:
-    """Per-sample predicted class ids for the test dumps (CPU Python objects, ready for all_gather_object).
-
-    vqa → ``{"question_id": int, "pred": int}``; gqa → ``{"questionId": str, "pred": int}``;
-    snli_ve / nlvr2 → ``{"table_name", "image_key", "text", "pred", "label"}`` (fields the batch has).
-    Ids are mapped to answer strings by the caller (it owns the label vocabulary).
-    """
+def predictions(out: Mapping[str, Any], batch: Mapping[str, Any], tasks: Sequence[Any]) -> dict[str, list[dict]]:
+    """Per-sample prediction rows of each task (``Task.predictions``; task objects, or names in classify mode) for
+    the test dumps (CPU Python objects, ready for all_gather_object); a task without per-sample answers (retrieval)
+    gives none."""
     rows: dict[str, list[dict]] = {}
     for t in tasks:
-        if t in ("irtr", "itm"):  # no per-sample answers to dump (recall is the retrieval result)
-            continue
-        pred = out[f"{t}_logits"].detach().argmax(-1).cpu().tolist()
-        if t == "vqa":
-            rows[t] = [{"question_id": int(q), "pred": p} for q, p in zip(batch["qid"], pred)]
-        elif t == "gqa":
-            rows[t] = [{"questionId": str(q), "pred": p} for q, p in zip(batch["qid"], pred)]
-        else:
-            labels = out[f"{t}_labels"].detach().cpu().tolist()
-            per = []
-            for i, (p, y) in enumerate(zip(pred, labels)):
-                r: dict[str, Any] = {}
-                for key in ("table_name", "image_key", "image_0_key", "text", "qid"):
-                    if key in batch:
-                        r[key] = batch[key][i]
-                r.update(pred=p, label=y)
-                per.append(r)
-            rows[t] = per
+        task = TASKS.build(t) if isinstance(t, str) else t
+        got = task.predictions(out, batch)
+        if got:
+            rows[task.name] = got
     return rows

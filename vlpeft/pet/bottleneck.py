@@ -134,7 +134,7 @@ class Bottleneck(nn.Module):
                 f"scale={self.scale:g}" + (f", routing={self.routing}" if self.routing else ""))
 
 
-@register_pet("bottleneck")
+@register_pet("bottleneck", test=dict(site={}, options={}, identity=True))
 def build_bottleneck(site, **options) -> nn.Module:
     """Bottleneck adapter (M1 on ``out_seq``; VPA with ``inner_skip=False`` on ``proj:v``; RT routed adapter)."""
     cfg, placing = config_from(BottleneckConfig, "bottleneck", options)

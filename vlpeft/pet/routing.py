@@ -76,7 +76,8 @@ def route(fn: str, t: torch.Tensor, v: torch.Tensor, transpose_fix: bool = True)
 def _register() -> None:
     from vlpeft.pet._base import register_pet
 
-    @register_pet("routing_lora")
+    @register_pet("routing_lora", test=dict(site=dict(anchor="proj:q", in_dim=16, out_dim=16),
+                                           options=dict(routing="mul"), identity=True))
     def build_routing_lora(site, **options):
         """LoRA whose code is routed with the visual context (RT "beforeB"; spec §2 M10)."""
         from vlpeft.pet.lora import build_lora
@@ -85,7 +86,7 @@ def _register() -> None:
             raise ValueError(f"routing_lora needs `routing` in {ROUTES}")
         return build_lora(site, **options)
 
-    @register_pet("routing_adapter")
+    @register_pet("routing_adapter", test=dict(site={}, options=dict(routing="add"), identity=True))
     def build_routing_adapter(site, **options):
         """Bottleneck adapter whose down code is routed with the visual context (RT adapter; spec §2 M10)."""
         from vlpeft.pet.bottleneck import build_bottleneck

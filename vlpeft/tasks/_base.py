@@ -72,6 +72,9 @@ class RetrievalTask(Task):
 
 
 TASKS: Registry[Task] = Registry("task", "loss_names")
+# each task's test entry: the tiny backbone the conformance tests run it on (tests/test_registries.py)
+_TEST_BACKBONE = {"vqa": "test_vilt", "gqa": "test_vilt", "snli_ve": "test_vilt", "nlvr2": "test_vilt",
+                  "irtr": "test_vilt", "itm": "test_meter", "boolq": "test_plm_bert", "scienceqa": "test_clip_llama"}
 for _task in (Task("vqa", obj.compute_vqa), Task("gqa", obj.compute_gqa), Task("snli_ve", obj.compute_snli_ve),
               Task("nlvr2", obj.compute_nlvr2, needs=frozenset({"classify", "pair_images"}), single_pass=False),
               RetrievalTask("irtr", obj.compute_irtr, needs=frozenset({"score_pairs"}), single_pass=False),
@@ -80,10 +83,10 @@ for _task in (Task("vqa", obj.compute_vqa), Task("gqa", obj.compute_gqa), Task("
               # boolq batches carry no image: only a backbone that reads text alone (plm) can take them
               Task("boolq", obj.compute_boolq, needs=frozenset({"classify", "text_only"})),
               Task("scienceqa", obj.compute_scienceqa)):
-    TASKS.register(_task.name)(lambda t=_task: t)
+    TASKS.register(_task.name, test=dict(backbone=_TEST_BACKBONE[_task.name]))(lambda t=_task: t)
 # captioning exists only as generation: on a classifying backbone it is refused for lacking "generate"
-TASKS.register("caption")(lambda: Task("caption", lambda *a, **k: {}, needs=frozenset({"generate"}),
-                                       generative=True))
+TASKS.register("caption", test=dict(backbone="test_vit_gpt2"))(
+    lambda: Task("caption", lambda *a, **k: {}, needs=frozenset({"generate"}), generative=True))
 
 
 def task_for(name: str, capabilities: frozenset[str] | set[str] | tuple[str, ...],

@@ -124,5 +124,4 @@ EXEMPT: dict[str, dict[str, str]] = {
     "PET preset": {},
     "search": {},
     "task": {},
-    "generative task": {},
 }

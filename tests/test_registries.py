@@ -29,10 +29,9 @@ from vlpeft.pet.context import pet_context
 from vlpeft.pet.trainable import apply_trainable
 from vlpeft.search import SEARCHES, build_search
 from vlpeft.search._base import ROUND_TIMINGS
-from vlpeft.tasks._base import TASKS, build_tasks, task_for
-from vlpeft.tasks.generative import GEN_TASKS
+from vlpeft.tasks._base import TASKS, build_tasks
 
-REGISTRIES: dict[str, Registry] = {r.kind: r for r in (BACKBONES, PETS, PRESETS, SEARCHES, TASKS, GEN_TASKS)}
+REGISTRIES: dict[str, Registry] = {r.kind: r for r in (BACKBONES, PETS, PRESETS, SEARCHES, TASKS)}
 
 
 def _check_covered(registry: Registry) -> None:
@@ -210,8 +209,3 @@ def test_task_runs_on_its_test_backbone(name):
     assert TASKS.build(name).needs <= caps
     assert [t.name for t in build_tasks({name: 1}, caps, backbone)] == [name]
 
-
-@pytest.mark.parametrize("name", [n for n in GEN_TASKS.names() if n not in EXEMPT["generative task"]])
-def test_generative_task_runs_on_its_test_backbone(name):
-    caps = _capabilities(GEN_TASKS.test_options(name)["backbone"])
-    assert "generate" in caps and task_for(name, caps).generative

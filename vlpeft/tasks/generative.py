@@ -186,7 +186,7 @@ GENERATIVE_KEYS: dict[str, Any] = {
 GEN_TASKS: Registry[GenerativeTask] = Registry("generative task", "loss_names")
 for _name in GEN_TASK_NAMES:
     _t = GenerativeTask(_name, _Compute(_name, GenerativeTask.options))
-    GEN_TASKS.register(_name, keys=GENERATIVE_KEYS, test=dict(backbone="test_vl_t5"))(lambda t=_t: t)
+    GEN_TASKS.register(_name, keys=GENERATIVE_KEYS)(lambda t=_t: t)
 
 
 def generation_options(config: Mapping[str, Any]) -> dict[str, int]:

@@ -2,7 +2,7 @@
 registries (issue 17 item 4): a PET module, preset, backbone family, search or task added without one fails here.
 
 - coverage: ``Registry.untested(EXEMPT)`` is empty for each registry, and every exemption (``helpers.EXEMPT``,
-  with its reason) still names an entry that needs it; a throwaway PET module / preset / backbone registered with
+  with its reason) still names an entry that needs it; a throwaway PET module / preset / backbone / search / task registered with
   no test entry is reported (the fixture unregisters them);
 - presets: each is built with its test config, injected into its test backbone; the trainable set is exactly
   injected ∪ the preset's backbone policy; once those weights are moved off their init the output changes and every
@@ -56,15 +56,19 @@ def test_every_entry_has_a_test_entry(kind):
 
 @pytest.fixture
 def throwaways():
-    """A PET module, a preset and a backbone family registered with no test entry; removed again afterwards."""
+    """A PET module, a preset, a backbone family, a search and a task registered with no test entry; removed again
+    afterwards."""
     register_pet("throwaway_pet")(lambda site, **options: nn.Identity())
     register_preset("throwaway_preset")(lambda config: Recipe("throwaway_preset"))
     BACKBONES.register("throwaway_backbone", capabilities=("classify",))(lambda config: None)
+    SEARCHES.register("throwaway_search")(lambda config, candidates: None)
+    TASKS.register("throwaway_task")(lambda: None)
     try:
         yield
     finally:
         for registry, name in ((PETS, "throwaway_pet"), (PRESETS, "throwaway_preset"),
-                               (BACKBONES, "throwaway_backbone"), (BACKBONES, "test_throwaway_backbone")):
+                               (BACKBONES, "throwaway_backbone"), (BACKBONES, "test_throwaway_backbone"),
+                               (SEARCHES, "throwaway_search"), (TASKS, "throwaway_task")):
             if name in registry:
                 registry.unregister(name)
 
@@ -73,8 +77,10 @@ def test_a_new_entry_without_a_test_entry_fails_the_suite(throwaways):
     assert PETS.untested(EXEMPT["PET module"]) == ["throwaway_pet"]
     assert PRESETS.untested(EXEMPT["PET preset"]) == ["throwaway_preset"]
     assert BACKBONES.untested(EXEMPT["backbone"]) == ["throwaway_backbone"]
-    for registry, name in ((PETS, "throwaway_pet"), (PRESETS, "throwaway_preset"),
-                           (BACKBONES, "throwaway_backbone")):
+    assert SEARCHES.untested(EXEMPT["search"]) == ["throwaway_search"]
+    assert TASKS.untested(EXEMPT["task"]) == ["throwaway_task"]
+    for registry, name in ((PETS, "throwaway_pet"), (PRESETS, "throwaway_preset"), (BACKBONES, "throwaway_backbone"),
+                           (SEARCHES, "throwaway_search"), (TASKS, "throwaway_task")):
         with pytest.raises(AssertionError, match=name):
             _check_covered(registry)
     # the conformance tests, parametrized over names(), ask for the options and get the fix

@@ -2,8 +2,8 @@
 registries (issue 17 item 4): a PET module, preset, backbone family, search or task added without one fails here.
 
 - coverage: ``Registry.untested(EXEMPT)`` is empty for each registry, and every exemption (``helpers.EXEMPT``,
-  with its reason) still names an entry that needs it; a throwaway PET module / preset / backbone / search / task registered with
-  no test entry is reported (the fixture unregisters them);
+  with its reason) still names an entry that needs it; a throwaway PET module / preset / backbone / search / task
+  registered with no test entry is reported (the fixture unregisters them);
 - presets: each is built with its test config, injected into its test backbone; the trainable set is exactly
   injected ∪ the preset's backbone policy; once those weights are moved off their init the output changes and every
   trainable parameter gets a gradient (over a plan that skips nothing and one that skips every unit, so skip

@@ -49,6 +49,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlpeft._io import write_json_atomic  # noqa: E402
+from vlpeft.backbones import LayerPlan  # noqa: E402
 from vlpeft.backbones.vilt import VIT_VARIANTS, build_vilt  # noqa: E402
 from vlpeft.computation import _extra_formulas, count_flops  # noqa: E402
 
@@ -92,11 +93,10 @@ def build_vilt_bench(args, device) -> Bench:
              "image_mask": torch.ones(b, *hw, dtype=torch.bool, device=device)}
     units = [vilt.candidate_module(i) for i in range(vilt.num_layers)]
     return Bench("vilt", f"ViLT {variant} (L={vilt.num_layers}, d={d}), {text_len} text tokens, image {hw[0]}x{hw[1]}",
-                 lambda skip: head(vilt.infer(batch, skip=skip)["cls_feats"]), units, (b, labels))
+                 lambda skip: head(vilt(batch, LayerPlan.of(skip))["cls_feats"]), units, (b, labels))
 
 
 def build_meter_bench(args, device) -> Bench:
-    from vlpeft.backbones._protocol import LayerPlan
     from vlpeft.backbones.meter import METER_VARIANTS, build_meter
     from vlpeft.pet import PRESETS, inject
 
@@ -117,7 +117,6 @@ def build_meter_bench(args, device) -> Bench:
 
 
 def build_llama_bench(args, device) -> Bench:
-    from vlpeft.backbones._protocol import LayerPlan
     from vlpeft.backbones.plm import build_plm_backbone
     from vlpeft.config import DEFAULTS
     from vlpeft.pet import PRESETS, inject

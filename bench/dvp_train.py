@@ -31,6 +31,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlpeft._io import write_json_atomic  # noqa: E402
+from vlpeft.backbones import LayerPlan  # noqa: E402
 from vlpeft.backbones._clip import CLIPFeatureCache  # noqa: E402
 from vlpeft.backbones.clip_plm import build_dvp_backbone  # noqa: E402
 
@@ -93,7 +94,7 @@ def run_scenario(name: str, bb, head, args, device, pools) -> dict[str, dict[str
             head.train()
             batch = batch_from(train_pool, step * args.batch, args.batch, args.labels, device)
             k = int(torch.randint(n, (1,), generator=rng)) if name == "search" else n // 2
-            logits = head(bb.infer(batch, k)["cls_feats"])
+            logits = head(bb(batch, LayerPlan(insert_layer=k))["cls_feats"])
             loss = vqa_loss(logits, batch["vqa_targets"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -104,7 +105,7 @@ def run_scenario(name: str, bb, head, args, device, pools) -> dict[str, dict[str
                 vb = batch_from(val_pool, step * (args.batch // 2), args.batch // 2, args.labels, device)
                 ks = torch.randint(n, (args.search_sample,), generator=rng).tolist()
                 with torch.no_grad():
-                    for o in bb.infer_many(vb, ks):
+                    for o in bb.forward_many(vb, [LayerPlan(insert_layer=k) for k in ks]):
                         top = head(o["cls_feats"]).argmax(1, keepdim=True)
                         float(vb["vqa_targets"].gather(1, top).mean() * 100)  # the KAB score
             if device.type == "cuda":

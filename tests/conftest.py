@@ -1,6 +1,79 @@
+"""Shared test setup: offline hubs, the repository root on ``sys.path`` (``run.py``, ``write_arrow/``), synthetic
+arrow files per test module (``arrows``, ``make_arrows``) and one quiet run of run.py's sacred experiment
+(``sacred``)."""
+
 import os
+import sys
+from pathlib import Path
+
+import pytest
 
 # Nothing is ever fetched from a model hub in tests; without this, hub look-ups retry for minutes.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run.py and write_arrow/ sit at the repository root, whatever folder pytest runs in
+    sys.path.insert(0, str(ROOT))
+
+import run as run_py  # noqa: E402  (the sacred experiment the original command lines drive)
+from vlpeft import runner  # noqa: E402
+from write_arrow.synthetic import write_synthetic  # noqa: E402
+
+QUIET = {"--loglevel": "ERROR"}
+SYNTHETIC_DEFAULTS = dict(seed=0, images=16, variants=("vqa",))
+
+
+@pytest.fixture(scope="session")
+def make_arrows(tmp_path_factory):
+    """``make_arrows(name, **options) -> folder``: a fresh folder of ``write_synthetic`` arrow files
+    (options: ``seed``, ``images``, ``variants``, ``image_px``; defaults ``SYNTHETIC_DEFAULTS``)."""
+
+    def make(name: str = "arrows", **options) -> Path:
+        root = tmp_path_factory.mktemp(name)
+        write_synthetic(root, **{**SYNTHETIC_DEFAULTS, **options})
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def arrows(request, make_arrows) -> Path:
+    """The test module's synthetic arrow files, written once per module: ``write_synthetic`` with the module's
+    ``SYNTHETIC`` dict over ``SYNTHETIC_DEFAULTS`` (seed 0, 16 images, VQA only)."""
+    return make_arrows(f"{request.module.__name__.rsplit('.', 1)[-1]}_arrows",
+                       **getattr(request.module, "SYNTHETIC", {}))
+
+
+@pytest.fixture(scope="session")
+def sacred():
+    """``sacred(*named_configs, **config_updates)``: one in-process run of run.py's sacred experiment, logging
+    only errors; returns sacred's Run (``.result`` is what the stage returned)."""
+    def run(*named: str, **updates):
+        return run_py.ex.run(named_configs=list(named), config_updates=updates, options=QUIET)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def demo(sacred):
+    """``demo(**config_updates)``: a small training run of the ``demo`` named config (batch 8, one epoch, no loader
+    workers; any key may be overridden)."""
+
+    def run(**updates):
+        return sacred("demo", **{**dict(per_gpu_batchsize=8, batch_size=8, num_workers=0, max_epoch=1,
+                                        stage="train"), **updates})
+
+    return run
+
+
+@pytest.fixture
+def trainer_callbacks(monkeypatch) -> list:
+    """The Lightning callbacks every trainer that a run of this test builds also gets: put them in the returned list
+    (``trainer_callbacks[:] = [recorder]`` before each run)."""
+    added: list = []
+    real = runner.build_trainer
+    monkeypatch.setattr(runner, "build_trainer",
+                        lambda *a, **kw: real(*a, **dict(kw, extra_callbacks=[*kw.get("extra_callbacks", ()), *added])))
+    return added

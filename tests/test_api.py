@@ -17,24 +17,17 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import run as run_py  # noqa: E402  (registers the sacred main)
-from write_arrow.synthetic import write_synthetic  # noqa: E402
-
-QUIET = {"--loglevel": "ERROR"}
-
-
-def _go(**updates):
-    return run_py.ex.run(named_configs=["demo"], config_updates=updates, options=QUIET).result
+SYNTHETIC = dict(images=48)  # this module's arrows (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
+def runs(sacred, arrows, tmp_path_factory) -> dict:
     """A tiny DAS search, adapters trained on its placement (placement.json), test_only on the best checkpoint."""
     tmp = tmp_path_factory.mktemp("api")
-    arrows = tmp / "arrows"
-    write_synthetic(arrows, seed=0, images=48, variants=("vqa",))
+
+    def _go(**updates):
+        return sacred("demo", **updates).result
+
     base = dict(data_root=str(arrows), log_dir=str(tmp / "result"), per_gpu_batchsize=16, batch_size=16,
                 num_workers=0, das_epoch=2, das_turn=1)
     search = _go(**base, stage="search", max_epoch=2)
@@ -163,7 +156,7 @@ def test_bad_inputs_name_the_fix(runs, tmp_path):
         model.generate(image=img)
 
 
-def test_generative_backbone_predict_and_generate_match_the_test_dumps(tmp_path):
+def test_generative_backbone_predict_and_generate_match_the_test_dumps(sacred, make_arrows, tmp_path):
     """A tiny VL-BART trained on VQA + COCO captions (single-task batches, skip_module=[1]): predict() decodes the
     answers and generate() the captions of the run's own test dumps (prompts, collate and decoding options of the
     run's config)."""
@@ -172,18 +165,16 @@ def test_generative_backbone_predict_and_generate_match_the_test_dumps(tmp_path)
     import vlpeft
     from vlpeft.tasks.generative import coco_image_id
 
-    data = tmp_path / "data"
-    write_synthetic(data, seed=0, images=16, image_px=32, variants=("vqa", "coco_captions"))
+    data = make_arrows("gen_data", images=16, image_px=32, variants=("vqa", "coco_captions"))
     upd = dict(backbone="test_vl_bart", pet="vl_pet_large", vl_pet_down_dim=8, vl_pet_gate_dim=8, vl_pet_vpa_dim=8,
                data_root=str(data), log_dir=str(tmp_path / "result"), exp_name="gen", datasets=["vqa", "coco"],
                loss_names={"vqa": 1, "caption": 1, "itm": 0, "mlm": 0}, per_gpu_batchsize=4, batch_size=4,
                image_size=32, num_beams=2, gen_max_length=6, max_text_len=20, max_epoch=2, max_steps=None,
                vqav2_label_size=0, skip_module=[1], num_gpus=0, num_workers=0, learning_rate=3e-3, warmup_steps=0,
                train_transform_keys=["clip"], val_transform_keys=["clip"], seed=0)
-    train = run_py.ex.run(config_updates=upd, options=QUIET).result
+    train = sacred(**upd).result
     best = next(Path(train["run_dir"]).glob("checkpoints/best-*.ckpt"))
-    test = run_py.ex.run(config_updates=dict(upd, test_only=True, load_path=str(best), exp_name="gen_test"),
-                         options=QUIET).result
+    test = sacred(**dict(upd, test_only=True, load_path=str(best), exp_name="gen_test")).result
     test_dir = Path(test["run_dir"])
     vqa_dump = {r["question_id"]: r["answer"] for r in json.loads(next(test_dir.glob("vqa_submit_*")).read_text())}
     cap_dump = {r["image_id"]: r["caption"] for r in json.loads(next(test_dir.glob("caption_result_*")).read_text())}

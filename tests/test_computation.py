@@ -6,23 +6,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from vlpeft.backbones import LayerPlan
+from vlpeft.computation import count_flops, plan_flops
+from vlpeft.config import DEFAULTS, NAMED_CONFIGS
+from vlpeft.search.placement import Placement
 
-import run as run_py  # noqa: E402
-from vlpeft.backbones import LayerPlan  # noqa: E402
-from vlpeft.computation import count_flops, plan_flops  # noqa: E402
-from vlpeft.config import DEFAULTS, NAMED_CONFIGS  # noqa: E402
-from vlpeft.search.placement import Placement  # noqa: E402
-from write_arrow.synthetic import write_synthetic  # noqa: E402
-
+SYNTHETIC = dict(seed=3, images=24)  # this module's arrows (tests/conftest.py)
 B, TEXT, HW = 2, 8, 64  # batch, text tokens, image side (the demo ViLT: d=128, 16-px patches, 4 blocks)
 
 
@@ -70,18 +65,13 @@ def test_skipping_k_blocks_removes_exactly_their_flops_and_adds_the_skip_adapter
 
 # ------------------------------------------------------------------------------------------- through run.py
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A tiny search, then a train on its placement (export_pruned=True), then a test of the train's best."""
-    root = tmp_path_factory.mktemp("comp")
-    arrows = root / "arrows"
-    write_synthetic(arrows, seed=3, images=24, variants=("vqa",))
-    log = root / "result"
+def runs(sacred, arrows, tmp_path_factory):
+    """A tiny search, then a train on its placement (export_pruned=True)."""
+    log = tmp_path_factory.mktemp("comp") / "result"
     common = dict(data_root=str(arrows), log_dir=str(log), per_gpu_batchsize=8, batch_size=8, num_workers=0,
                   das_epoch=1, das_turn=1, das_warmup_epoch=0, das_adapter_dim=8, das_skip_adapter_dim=16)
-    q = {"--loglevel": "ERROR"}
-    s = run_py.ex.run(named_configs=["demo"], config_updates=dict(common, stage="search", max_epoch=1), options=q)
-    t = run_py.ex.run(named_configs=["demo"], config_updates=dict(common, stage="train", placement="latest",
-                                                                  max_epoch=1, export_pruned=True), options=q)
+    s = sacred("demo", **dict(common, stage="search", max_epoch=1))
+    t = sacred("demo", **dict(common, stage="train", placement="latest", max_epoch=1, export_pruned=True))
     return log, Path(s.result["run_dir"]), Path(t.result["run_dir"])
 
 
@@ -148,7 +138,7 @@ def test_report_numbers_are_the_runs_own(runs, tmp_path, capsys):
     assert report.main([str(log)]) == 0 and capsys.readouterr().out == md
 
 
-def test_pruned_export_loads_and_predicts_identically(runs, tmp_path):
+def test_pruned_export_loads_and_predicts_identically(sacred, runs, tmp_path):
     from vlpeft.export import dropped_keys, main as export_main
 
     _, _, train_dir = runs
@@ -192,9 +182,9 @@ def test_pruned_export_loads_and_predicts_identically(runs, tmp_path):
     with torch.no_grad():
         assert torch.equal(ref_best(batch)["vqa_logits"], got_best(batch)["vqa_logits"])
     log = train_dir.parents[1]
-    r = run_py.ex.run(named_configs=["demo"], options={"--loglevel": "ERROR"}, config_updates=dict(
-        data_root=config["data_root"], log_dir=str(log), per_gpu_batchsize=8, batch_size=8, num_workers=0,
-        das_adapter_dim=8, das_skip_adapter_dim=16, stage="train", test_only=True, load_path=str(out)))
+    r = sacred("demo", data_root=config["data_root"], log_dir=str(log), per_gpu_batchsize=8, batch_size=8,
+               num_workers=0, das_adapter_dim=8, das_skip_adapter_dim=16, stage="train", test_only=True,
+               load_path=str(out))
     assert json.loads((Path(r.result["run_dir"]) / "metrics.json").read_text()).keys() >= {"test"}
 
 

@@ -7,26 +7,21 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import run as run_py  # noqa: E402
-from vlpeft.backbones import BACKBONES, LayerPlan  # noqa: E402
-from vlpeft.backbones.plm import build_plm_backbone  # noqa: E402
-from vlpeft.config import DEFAULTS  # noqa: E402
-from vlpeft.pet import PRESETS, inject  # noqa: E402
-from vlpeft.pet._base import PetError  # noqa: E402
-from vlpeft.pet.das_lm import LaVINAdapter, LaVINRouterAdapter  # noqa: E402
-from vlpeft.search.das import DASSearch  # noqa: E402
-from vlpeft.search.placement import Placement  # noqa: E402
-from write_arrow import (WriteArrowError, write_boolq, write_boolq_synthetic, write_scienceqa,  # noqa: E402
+from vlpeft.backbones import BACKBONES, LayerPlan
+from vlpeft.backbones.plm import build_plm_backbone
+from vlpeft.config import DEFAULTS
+from vlpeft.pet import PRESETS, inject
+from vlpeft.pet._base import PetError
+from vlpeft.pet.das_lm import LaVINAdapter, LaVINRouterAdapter
+from vlpeft.search.das import DASSearch
+from vlpeft.search.placement import Placement
+from write_arrow import (WriteArrowError, write_boolq, write_boolq_synthetic, write_scienceqa,
                          write_scienceqa_synthetic)
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -414,21 +409,17 @@ def _common(arrows: Path, tmp_path: Path) -> dict:
                 skip_num=1, tokenizer="bert-base-uncased")
 
 
-def _run(named, **updates):
-    return run_py.ex.run(named_configs=[named], config_updates=updates, options={"--loglevel": "ERROR"})
-
-
-def test_das_search_then_train_on_text_only_llama(arrows, tmp_path):
+def test_das_search_then_train_on_text_only_llama(sacred, arrows, tmp_path):
     """LaVIN-DAS's BoolQ setting on a tiny LLaMA without images: the search writes a placement, the train stage
     reads it, trains the skipped layer's skip adapter and never runs that layer."""
     common = _common(arrows, tmp_path)
-    r = _run("das_search_llama_boolq", backbone="test_plm_llama", das_llama_adapter_dim=4, **common)
+    r = sacred("das_search_llama_boolq", backbone="test_plm_llama", das_llama_adapter_dim=4, **common)
     p = Placement.load(r.result["placement_path"])
     assert p.method == "das" and len(p.skip) == 1 and p.insert_layer is None and p.num_layers == 3
     assert p.meta["rounds"] > 0 and any(s != 0 for s in p.scores)
     assert p.meta["computation"]["flops"]["chosen"] < p.meta["computation"]["flops"]["full"]
-    r = _run("das_train_llama_boolq", backbone="test_plm_llama", das_llama_adapter_dim=4, placement="latest",
-             export_pruned=True, **{**common, "max_epoch": 1})
+    r = sacred("das_train_llama_boolq", backbone="test_plm_llama", das_llama_adapter_dim=4, placement="latest",
+               export_pruned=True, **{**common, "max_epoch": 1})
     ckpt = torch.load(Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["vlpeft_placement"]["skip"] == list(p.skip)
     assert any(k.startswith(f"backbone.skip_adapters.{p.skip[0]}.0.adapter.") for k in ckpt["state_dict"])
@@ -460,8 +451,8 @@ def test_das_search_then_train_on_text_only_llama(arrows, tmp_path):
     # test_only: the placement comes from the checkpoint; the dump has one prediction per dev question, the same
     # from the full checkpoint and from the pruned export
     def predictions(ckpt: Path) -> list[dict]:
-        res = _run("das_train_llama_boolq", backbone="test_plm_llama", das_llama_adapter_dim=4, test_only=True,
-                   load_path=str(ckpt), **common)
+        res = sacred("das_train_llama_boolq", backbone="test_plm_llama", das_llama_adapter_dim=4, test_only=True,
+                     load_path=str(ckpt), **common)
         dumps = list(Path(res.result["run_dir"]).glob("boolq_predict_*.json"))
         assert len(dumps) == 1
         rows = json.loads(dumps[0].read_text())
@@ -473,25 +464,25 @@ def test_das_search_then_train_on_text_only_llama(arrows, tmp_path):
 
 
 @pytest.mark.parametrize("lm", ["bert", "t5"])
-def test_das_search_on_text_only_bert_and_t5(arrows, tmp_path, lm):
-    r = _run(f"das_search_{lm}_boolq", backbone=f"test_plm_{lm}", das_skip_adapter_dim=8,
-             **{**_common(arrows, tmp_path), "max_epoch": 1, "das_epoch": 1})
+def test_das_search_on_text_only_bert_and_t5(sacred, arrows, tmp_path, lm):
+    r = sacred(f"das_search_{lm}_boolq", backbone=f"test_plm_{lm}", das_skip_adapter_dim=8,
+               **{**_common(arrows, tmp_path), "max_epoch": 1, "das_epoch": 1})
     p = Placement.load(r.result["placement_path"])
     assert len(p.skip) == 1 and p.num_layers == 3 and p.meta["rounds"] > 0
 
 
-def test_text_only_task_on_an_image_backbone_is_refused(arrows, tmp_path):
+def test_text_only_task_on_an_image_backbone_is_refused(sacred, arrows, tmp_path):
     from vlpeft.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"task boolq needs the backbone capability \['text_only'\] which "
                                           r"backbone=test_clip_llama lacks"):
-        _run("das_search_llama_boolq", backbone="test_clip_llama", **_common(arrows, tmp_path))
+        sacred("das_search_llama_boolq", backbone="test_clip_llama", **_common(arrows, tmp_path))
 
 
-def test_das_search_on_scienceqa_through_clip_llama(arrows, tmp_path):
+def test_das_search_on_scienceqa_through_clip_llama(sacred, arrows, tmp_path):
     """ScienceQA-style image+text multiple choice through the DVP LLaMA backbone, LaVIN's router adapters."""
-    r = _run("das_search_llama_sqa", backbone="test_clip_llama", das_llama_adapter_dim=4, image_size=32,
-             **{**_common(arrows, tmp_path), "max_epoch": 1, "das_epoch": 1})
+    r = sacred("das_search_llama_sqa", backbone="test_clip_llama", das_llama_adapter_dim=4, image_size=32,
+               **{**_common(arrows, tmp_path), "max_epoch": 1, "das_epoch": 1})
     p = Placement.load(r.result["placement_path"])
     assert len(p.skip) == 1 and p.insert_layer == 0 and p.meta["rounds"] > 0
 
@@ -543,9 +534,9 @@ def test_lavin_das_reward_batch_and_round_cadence():
         build_das({**DEFAULTS, "das_reward_batch_mult": 0}, 12)
 
 
-def test_lavin_das_cadence_reaches_the_run(arrows, tmp_path):
+def test_lavin_das_cadence_reaches_the_run(sacred, arrows, tmp_path):
     """Through run.py: 32 training rows in batches of 8 = 4 iterations an epoch; das_rounds_per_epoch=2 makes
     das_turn 2, so 2 rounds an epoch over 2 search epochs (das_turn=1 of the command line would give 8)."""
-    r = _run("das_search_llama_boolq", backbone="test_plm_llama", das_llama_adapter_dim=4,
-             **{**_common(arrows, tmp_path), "das_rounds_per_epoch": 2})
+    r = sacred("das_search_llama_boolq", backbone="test_plm_llama", das_llama_adapter_dim=4,
+               **{**_common(arrows, tmp_path), "das_rounds_per_epoch": 2})
     assert Placement.load(r.result["placement_path"]).meta["rounds"] == 4

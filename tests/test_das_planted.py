@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from vlpeft.build import build_with_pet
+from vlpeft.backbones import LayerPlan
 from vlpeft.config import DEFAULTS
 from vlpeft.search.das import DASSearch
 from vlpeft.tasks.heads import build_heads
@@ -50,14 +51,14 @@ def _search_once(seed: int, j: int, rounds: int = 40) -> list[int]:
         "text_masks": torch.ones(8, 8, dtype=torch.long),
     }
     with torch.no_grad():
-        full = heads["vqa_classifier"](model.infer(batch)["cls_feats"])
+        full = heads["vqa_classifier"](model(batch, LayerPlan())["cls_feats"])
     batch["vqa_targets"] = torch.sigmoid(full)  # the unskipped model's answers: its loss is the minimum
     search = DASSearch(model.num_layers, skip_num=1, das_step=3, seed=seed)
     for _ in range(rounds):
         cands = search.propose_candidates()
         with torch.no_grad():
             losses = torch.stack([
-                compute_tasks(lambda b, **kw: model.infer(b, skip=c), heads, batch, cfg["loss_names"])["loss"]
+                compute_tasks(lambda b, c=c, **kw: model(b, LayerPlan.of(c), **kw), heads, batch, cfg["loss_names"])["loss"]
                 for c in cands
             ])
         search.update(cands, losses)
@@ -72,9 +73,9 @@ def test_skipping_the_identity_block_is_free():
     batch = {"image": torch.randn(2, 3, 128, 128), "text_ids": torch.randint(1, 200, (2, 8)),
              "text_masks": torch.ones(2, 8, dtype=torch.long)}
     with torch.no_grad():
-        ref = model.infer(batch)["cls_feats"]
-        assert torch.allclose(model.infer(batch, skip=[2])["cls_feats"], ref, atol=1e-6)
-        assert not torch.allclose(model.infer(batch, skip=[1])["cls_feats"], ref, atol=1e-3)
+        ref = model(batch, LayerPlan())["cls_feats"]
+        assert torch.allclose(model(batch, LayerPlan.of([2]))["cls_feats"], ref, atol=1e-6)
+        assert not torch.allclose(model(batch, LayerPlan.of([1]))["cls_feats"], ref, atol=1e-3)
 
 
 def test_das_chooses_the_planted_block_in_most_seeds():

@@ -296,9 +296,8 @@ def test_check_data_lists_every_unreadable_split_before_any_dataset_is_built(vqa
         dm.check_data("test")
 
 
-def test_runner_checks_the_data_before_building_the_model(vqa_root, tmp_path, monkeypatch):
+def test_runner_checks_the_data_before_building_the_model(sacred, vqa_root, tmp_path, monkeypatch):
     """Missing or broken arrow files are named before the model is built and its weights are loaded."""
-    import run as run_py
     import vlpeft.runner as runner
 
     def no_model(*a, **k):
@@ -309,13 +308,13 @@ def test_runner_checks_the_data_before_building_the_model(vqa_root, tmp_path, mo
     updates = dict(data_root=str(vqa_root), log_dir=str(tmp_path / "log"), stage="train", vqav2_label_size=5,
                    per_gpu_batchsize=2, batch_size=2, max_epoch=1, num_workers=0)
     with pytest.raises(MissingArrowFilesError) as e:
-        run_py.ex.run(named_configs=["demo"], config_updates=updates, options={"--loglevel": "ERROR"})
+        sacred("demo", **updates)
     assert f"MISSING {vqa_root / 'vqav2_rest_val.arrow'}" in str(e.value) and "python -m write_arrow" in str(e.value)
     cols = vqa_columns(**VQA_TRAIN)
     cols["answer_scores"] = pa.array([[["high"]], [["low"]], [["x"], ["y"]]], type=pa.list_(pa.list_(pa.string())))
     write_arrow(vqa_root / "vqav2_rest_val.arrow", cols)
     with pytest.raises(ArrowSchemaError, match=r"vqav2_rest_val.arrow: column 'answer_scores' is list<item: list<"):
-        run_py.ex.run(named_configs=["demo"], config_updates=updates, options={"--loglevel": "ERROR"})
+        sacred("demo", **updates)
 
 
 def test_unknown_dataset_key_is_refused(tmp_path):

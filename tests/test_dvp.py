@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from vlpeft.backbones import LayerPlan
 from vlpeft.backbones._clip import build_clip_visual, hf_to_openai_clip, openai_to_hf_clip
 from vlpeft.build import build_with_pet
 from vlpeft.pet.adapters import SequentialAdapter
@@ -18,6 +19,15 @@ from helpers import proj_loss
 
 LMS = [("BERT", "test_bert_tiny"), ("T5", "test_t5_tiny"), ("LLAMA", "test_llama_tiny")]
 IMG = 32  # test_clip_tiny image size
+
+
+def at(k: int) -> LayerPlan:
+    """The plan that inserts the visual prompt before candidate layer ``k`` (and skips nothing)."""
+    return LayerPlan(insert_layer=k)
+
+
+def plans(ks: list[int]) -> list[LayerPlan]:
+    return [at(k) for k in ks]
 
 
 def build_dvp_backbone(cfg: dict):
@@ -53,7 +63,7 @@ def test_shapes_and_names(lm, plm, search_stage):
     bb = make(lm, plm, search_stage=search_stage, use_adapter=True).eval()
     n, d = bb.num_layers, bb.hidden_size
     assert n == len(bb.candidate_layers) and n == 3 and d == 32
-    out = bb.infer(make_batch(), n - 1)
+    out = bb(make_batch(), at(n - 1))
     assert out["cls_feats"].shape == (3, d) and torch.isfinite(out["cls_feats"]).all()
     names = {k for k, _ in bb.named_parameters()}
     if search_stage:
@@ -74,7 +84,7 @@ def test_prompt_enters_at_k(lm, plm, k):
     seen: list[int] = []
     hooks = [layer.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
              for layer in bb.candidate_layers]
-    bb.infer(make_batch(L=7), k)
+    bb(make_batch(L=7), at(k))
     for h in hooks:
         h.remove()
     base = 1 if lm == "T5" else 7  # T5: the stream is the one-token decoder
@@ -114,7 +124,7 @@ def test_padding_invariance(lm, plm):
     padded = dict(b, text_ids=torch.cat([b["text_ids"], torch.zeros(2, 3, dtype=torch.long)], 1),
                   text_masks=torch.cat([b["text_masks"], torch.zeros(2, 3, dtype=torch.long)], 1))
     for k in (0, 2):
-        torch.testing.assert_close(bb.infer(b, k)["cls_feats"], bb.infer(padded, k)["cls_feats"],
+        torch.testing.assert_close(bb(b, at(k))["cls_feats"], bb(padded, at(k))["cls_feats"],
                                    atol=1e-5, rtol=1e-5)
 
 
@@ -123,7 +133,7 @@ def test_t5_original_position_bias_flag_changes_numbers():
     fixed = make("T5", "test_t5_tiny").eval()
     orig = make("T5", "test_t5_tiny", t5_original_position_bias=True).eval()
     orig.load_state_dict(fixed.state_dict())
-    a, c = fixed.infer(b, 1)["cls_feats"], orig.infer(b, 1)["cls_feats"]
+    a, c = fixed(b, at(1))["cls_feats"], orig(b, at(1))["cls_feats"]
     assert (a - c).abs().max() > 1e-4
     # the original mean includes padding: the query differs exactly on the padded row
     m = b["text_masks"]
@@ -169,7 +179,7 @@ def test_freezing_after_optimizer_step(lm, plm):
     before = {n: p.detach().clone() for n, p in bb.named_parameters()}
     opt = torch.optim.SGD([p for p in bb.parameters() if p.requires_grad], lr=0.1)
     k = 1
-    loss = proj_loss(bb.infer(make_batch(), k)["cls_feats"])
+    loss = proj_loss(bb(make_batch(), at(k))["cls_feats"])
     loss.backward()
     opt.step()
     changed = {n for n, p in bb.named_parameters() if not torch.equal(p, before[n])}
@@ -208,32 +218,32 @@ def test_adapters_start_near_identity(lm, plm):
         {k: v for k, v in with_a.state_dict().items() if ".adapters." not in k}, strict=False)
     assert not missing and not unexpected
     b = make_batch()
-    a, c = with_a.infer(b, 1)["cls_feats"], without.infer(b, 1)["cls_feats"]
+    a, c = with_a(b, at(1))["cls_feats"], without(b, at(1))["cls_feats"]
     assert (a - c).norm() / c.norm() < 1e-2
     assert (a - c).abs().max() > 0  # the adapters are really in the path
 
 
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("lm,plm", LMS)
-def test_infer_many_equals_infer(lm, plm):
+def test_forward_many_equals_forward(lm, plm):
     bb = make(lm, plm, use_adapter=True, search_stage=True).eval()
     b = make_batch()
     ks = [2, 0, 2, 1]
-    many = bb.infer_many(b, ks)
+    many = bb.forward_many(b, plans(ks))
     for k, out in zip(ks, many):
-        torch.testing.assert_close(out["cls_feats"], bb.infer(b, k)["cls_feats"], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(out["cls_feats"], bb(b, at(k))["cls_feats"], atol=1e-6, rtol=1e-6)
     bb_off = make(lm, plm, use_adapter=True, search_stage=True, kab_shared_prefix=False).eval()
     bb_off.load_state_dict(bb.state_dict())
-    for a, c in zip(many, bb_off.infer_many(b, ks)):
+    for a, c in zip(many, bb_off.forward_many(b, plans(ks))):
         torch.testing.assert_close(a["cls_feats"], c["cls_feats"], atol=1e-6, rtol=1e-6)
 
 
-def test_infer_many_shares_the_prefix():
+def test_forward_many_shares_the_prefix():
     bb = make("BERT", "test_bert_tiny").eval()
     calls = [0] * bb.num_layers
     for i, layer in enumerate(bb.candidate_layers):
         layer.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
-    bb.infer_many(make_batch(), [1, 2, 1])
+    bb.forward_many(make_batch(), plans([1, 2, 1]))
     # text-only layer 0 and 1 once each; branch at 1 runs 1,2; branch at 2 runs 2
     assert calls == [1, 2, 2]
 
@@ -245,24 +255,24 @@ def test_clip_cache_identical_and_counts(tmp_path):
     on = make("BERT", "test_bert_tiny", clip_cache_dir=str(tmp_path)).eval()
     off = make("BERT", "test_bert_tiny", clip_feature_cache=False).eval()
     off.load_state_dict(on.state_dict())
-    a1 = on.infer(b, 1)["cls_feats"]
+    a1 = on(b, at(1))["cls_feats"]
     assert (on.feature_cache.misses, on.feature_cache.hits) == (2, 0)
-    a2 = on.infer(b, 1)["cls_feats"]
+    a2 = on(b, at(1))["cls_feats"]
     assert (on.feature_cache.misses, on.feature_cache.hits) == (2, 2)
-    ref = off.infer(b, 1)["cls_feats"]
+    ref = off(b, at(1))["cls_feats"]
     torch.testing.assert_close(a1, ref, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(a2, ref, atol=1e-6, rtol=1e-6)
     assert len(list(tmp_path.rglob("*.pt"))) == 2
     # a fresh backbone with the same CLIP reads the disk cache
     fresh = make("BERT", "test_bert_tiny", clip_cache_dir=str(tmp_path)).eval()
     fresh.load_state_dict(on.state_dict())
-    torch.testing.assert_close(fresh.infer(b, 1)["cls_feats"], ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(fresh(b, at(1))["cls_feats"], ref, atol=1e-6, rtol=1e-6)
     assert fresh.feature_cache.misses == 0
     # RandAugment training images are never cached
     ra = make("BERT", "test_bert_tiny", train_transform_keys=["clip_randaug"]).train()
-    ra.infer(b, 0)
+    ra(b, at(0))
     assert ra.feature_cache.misses == 0 and not ra.feature_cache.mem
-    ra.eval().infer(b, 0)
+    ra.eval()(b, at(0))
     assert ra.feature_cache.misses == 2
 
 
@@ -279,7 +289,7 @@ def test_frozen_prefix_no_grad_identical(lm, plm):
         grad_modes = []
         bb.candidate_layers[0].register_forward_pre_hook(lambda m, a: grad_modes.append(torch.is_grad_enabled()))
         torch.manual_seed(5)
-        loss = proj_loss(bb.infer(make_batch(), k)["cls_feats"])
+        loss = proj_loss(bb(make_batch(), at(k))["cls_feats"])
         loss.backward()
         grads = {n: p.grad.clone() for n, p in bb.named_parameters() if p.requires_grad}
         results[flag] = (loss.detach(), grads, grad_modes)
@@ -293,7 +303,7 @@ def test_frozen_prefix_no_grad_identical(lm, plm):
 
 def test_prefix_with_trainable_adapters_keeps_grad():
     bb = make("BERT", "test_bert_tiny", use_adapter=True).train()
-    proj_loss(bb.infer(make_batch(), 2)["cls_feats"]).backward()
+    proj_loss(bb(make_batch(), at(2))["cls_feats"]).backward()
     # adapters of layer 0 (below K) must receive gradients: the prefix was not run under no_grad
     assert bb.plm.adapters[0].up.weight.grad is not None
     assert bb.plm.adapters[0].up.weight.grad.abs().sum() > 0
@@ -329,10 +339,10 @@ def test_bad_inputs_raise_clear_errors():
     bb = make("LLAMA", "test_llama_tiny").eval()
     b = make_batch()
     with pytest.raises(ValueError, match="insert_layer=3"):
-        bb.infer(b, 3)
+        bb(b, at(3))
     left = dict(b, text_masks=b["text_masks"].flip(1))
     with pytest.raises(ValueError, match="right-padded"):
-        bb.infer(left, 0)
+        bb(left, at(0))
     with pytest.raises(TypeError, match="use_adapter"):
         make("BERT", "test_bert_tiny", use_adapter="true")
     with pytest.raises(ValueError, match="language_model"):
@@ -354,7 +364,7 @@ def test_real_minilm_bert_loads_offline():
               truncation=True, return_tensors="pt")
     batch = dict(image=torch.randn(2, 3, IMG, IMG), image_key=["a", "b"], text_ids=enc["input_ids"],
                  text_masks=enc["attention_mask"])
-    out = bb.infer(batch, 3)["cls_feats"]
+    out = bb(batch, at(3))["cls_feats"]
     assert out.shape == (2, 384) and torch.isfinite(out).all()
     assert bb.trainable_report()["adapters"] == 12 * (2 * 384 * 48 + 48 + 384)
 

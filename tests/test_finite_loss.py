@@ -5,26 +5,21 @@ from __future__ import annotations
 
 import math
 import re
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import run as run_py  # the command line's own entry (run_commandline), on sys.path through tests/conftest.py
+from vlpeft.data.datasets import VQADataset
+from vlpeft.finite_loss import LossGuard, NonFiniteLossError
+from vlpeft.lightning import VLPeftModule
 
-import run as run_py  # noqa: E402  (registers the sacred main)
-from vlpeft.data.datasets import VQADataset  # noqa: E402
-from vlpeft.finite_loss import LossGuard, NonFiniteLossError  # noqa: E402
-from vlpeft.lightning import VLPeftModule  # noqa: E402
-from write_arrow.synthetic import write_synthetic  # noqa: E402
+SYNTHETIC = dict(images=24)  # this module's arrows (tests/conftest.py)
 
 
-def test_nan_input_stops_the_run_non_zero_naming_step_rows_and_cause(tmp_path, monkeypatch, capsys):
-    root, log = tmp_path / "arrows", tmp_path / "log"
-    write_synthetic(root, seed=0, images=24, variants=("vqa",))
+def test_nan_input_stops_the_run_non_zero_naming_step_rows_and_cause(arrows, tmp_path, monkeypatch, capsys):
+    root, log = arrows, tmp_path / "log"
     get_image = VQADataset.get_image
 
     def nan_row_1(self, row, column="image"):  # stands in for any non-finite input (e.g. NaN features)

@@ -6,21 +6,12 @@ falls. A DAS search over the encoder/decoder layers of the same model runs on on
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import run as run_py  # noqa: E402  (registers the sacred main)
-from write_arrow.synthetic import write_synthetic  # noqa: E402
-
-QUIET = {"--loglevel": "ERROR"}
-
-
-def _upd(tmp_path, **kw):
+def _upd(tmp_path, data: Path, **kw):
     upd = dict(backbone="test_vl_bart", pet="vl_pet_large", vl_pet_down_dim=8, vl_pet_gate_dim=8, vl_pet_vpa_dim=8,
-               data_root=str(tmp_path / "data"), log_dir=str(tmp_path / "result"), exp_name="gen",
+               data_root=str(data), log_dir=str(tmp_path / "result"), exp_name="gen",
                datasets=["vqa", "gqa", "nlvr2", "coco"],
                loss_names={"vqa": 1, "gqa": 1, "nlvr2": 1, "caption": 1, "itm": 0, "mlm": 0}, per_gpu_batchsize=4,
                batch_size=4, image_size=32, num_beams=2, gen_max_length=6, max_text_len=20, max_epoch=2,
@@ -43,11 +34,10 @@ def _epoch_losses(run_dir: Path) -> dict[str, list[float]]:
     return out
 
 
-def test_vl_bart_vl_pet_large_four_tasks_train_then_test_only(tmp_path):
-    write_synthetic(tmp_path / "data", seed=0, images=16, image_px=32,
-                    variants=("vqa", "gqa", "nlvr2", "coco_captions"))
-    upd = _upd(tmp_path)
-    train = run_py.ex.run(config_updates=upd, options=QUIET).result
+def test_vl_bart_vl_pet_large_four_tasks_train_then_test_only(sacred, make_arrows, tmp_path):
+    data = make_arrows("gen_data", images=16, image_px=32, variants=("vqa", "gqa", "nlvr2", "coco_captions"))
+    upd = _upd(tmp_path, data)
+    train = sacred(**upd).result
     run_dir = Path(train["run_dir"])
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
@@ -58,7 +48,7 @@ def test_vl_bart_vl_pet_large_four_tasks_train_then_test_only(tmp_path):
     losses = _epoch_losses(run_dir)
     assert set(losses) == {"vqa", "gqa", "nlvr2", "caption"}
     assert all(ls[-1] < ls[0] for ls in losses.values()), losses
-    test = run_py.ex.run(config_updates=dict(upd, test_only=True, load_path=str(ckpt)), options=QUIET).result
+    test = sacred(**dict(upd, test_only=True, load_path=str(ckpt))).result
     test_dir = Path(test["run_dir"])
     sub = json.loads(Path(test["submission"]).read_text())
     assert Path(test["submission"]).parent == test_dir and sub
@@ -97,42 +87,40 @@ def test_vl_adapter_and_vl_pet_named_configs_reproduce_the_scripts():
             assert keys == {"vqa", "gqa", "nlvr2", "caption"}, (name, keys)
 
 
-def test_das_search_on_vl_bart_then_train_on_its_placement(tmp_path):
+def test_das_search_on_vl_bart_then_train_on_its_placement(sacred, make_arrows, tmp_path):
     """DAS on the generative hosts (issue 11 item 5): a search over VL-BART's encoder + decoder layers with DAS's skip
     adapters on generative VQA (reward: minus the LM loss) writes placement.json; a train run reads it back with
     placement=latest, and the skipped layers are the searched ones."""
-    write_synthetic(tmp_path / "data", seed=0, images=16, image_px=32, variants=("vqa",))
-    upd = _upd(tmp_path, pet="das", das_adapter_dim=4, das_skip_adapter_dim=8, datasets=["vqa"],
+    data = make_arrows("gen_das_data", images=16, image_px=32)
+    upd = _upd(tmp_path, data, pet="das", das_adapter_dim=4, das_skip_adapter_dim=8, datasets=["vqa"],
                loss_names={"vqa": 1, "itm": 0, "mlm": 0}, exp_name="gen_das", max_epoch=2, skip_num=1,
                das_turn=1, das_warmup_epoch=0, das_epoch=2, search="das")
-    search = run_py.ex.run(config_updates=dict(upd, stage="search"), options=QUIET).result
+    search = sacred(**dict(upd, stage="search")).result
     placement = json.loads(Path(search["placement_path"]).read_text())
     assert len(placement["skip"]) == 1 and 0 <= placement["skip"][0] < 4  # test_vl_bart: 2 encoder + 2 decoder layers
-    train = run_py.ex.run(config_updates=dict(upd, stage="train", placement="latest", max_epoch=1),
-                          options=QUIET).result
+    train = sacred(**dict(upd, stage="train", placement="latest", max_epoch=1)).result
     run = json.loads((Path(train["run_dir"]) / "run.json").read_text())
     assert run["placement_source"] == search["placement_path"]
     comp = json.loads((Path(train["run_dir"]) / "computation.json").read_text())
     assert comp["flops"]["chosen"] < comp["flops"]["full"]
 
 
-def test_vit_gpt2_routing_captioning_through_run_py(tmp_path):
+def test_vit_gpt2_routing_captioning_through_run_py(sacred, make_arrows, tmp_path):
     """Routing-VLPEFT's captioning setting through run.py: the named config ``routing_vit_gpt2_lora`` on the tiny
     ViT + GPT-2 (routing LoRA reading the ViT pooler output) trains on COCO captions — the caption loss falls — and
     test_only writes the COCO caption results."""
-    write_synthetic(tmp_path / "data", seed=0, images=16, image_px=32, variants=("coco_captions",))
+    data = make_arrows("caption_data", images=16, image_px=32, variants=("coco_captions",))
     upd = dict(backbone="test_vit_gpt2", tokenizer="bert-base-uncased", routing_r=4, routing_alpha=4,
-               data_root=str(tmp_path / "data"),
+               data_root=str(data),
                log_dir=str(tmp_path / "result"), per_gpu_batchsize=4, batch_size=4, image_size=32, max_epoch=2,
                warmup_steps=0, learning_rate=3e-3, num_beams=2, gen_max_length=6, num_gpus=0, num_workers=0,
                train_transform_keys=["vit"], val_transform_keys=["vit"])
-    train = run_py.ex.run(named_configs=["routing_vit_gpt2_lora"], config_updates=upd, options=QUIET).result
+    train = sacred("routing_vit_gpt2_lora", **upd).result
     run_dir = Path(train["run_dir"])
     losses = _epoch_losses(run_dir)
     assert list(losses) == ["caption"] and losses["caption"][-1] < losses["caption"][0], losses
     assert "caption_cider" in json.loads((run_dir / "metrics.json").read_text())["val"]
-    test = run_py.ex.run(named_configs=["routing_vit_gpt2_lora"],
-                         config_updates=dict(upd, test_only=True, load_path=str(run_dir / "checkpoints" / "last.ckpt")),
-                         options=QUIET).result
+    test = sacred("routing_vit_gpt2_lora",
+                  **dict(upd, test_only=True, load_path=str(run_dir / "checkpoints" / "last.ckpt"))).result
     caps = json.loads(next(Path(test["run_dir"]).glob("caption_result_*.json")).read_text())
     assert caps and all(isinstance(r["caption"], str) for r in caps)

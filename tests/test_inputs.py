@@ -10,20 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from vlpeft.config import ConfigError
+from vlpeft.search.placement import Placement, PlacementError
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import run as run_py  # noqa: E402
-from vlpeft.config import ConfigError  # noqa: E402
-from vlpeft.search.placement import Placement, PlacementError  # noqa: E402
-from write_arrow.synthetic import write_synthetic  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def arrows(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("inputs_arrows")
-    write_synthetic(root, seed=0, images=16, variants=("vqa",))
-    return root
 
 
 @pytest.fixture
@@ -35,11 +25,6 @@ def no_build(monkeypatch):
         raise AssertionError("a model was built before the refusal")
 
     monkeypatch.setattr(vlpeft.lightning.VLPeftModule, "__init__", refuse)
-
-
-def _run(**updates):
-    base = dict(per_gpu_batchsize=8, batch_size=8, num_workers=0, max_epoch=1, stage="train")
-    return run_py.ex.run(named_configs=["demo"], config_updates={**base, **updates}, options={"--loglevel": "ERROR"})
 
 
 def _versions(log_dir: Path) -> list[Path]:
@@ -63,9 +48,9 @@ def test_hand_edited_skip_of_the_wrong_type_is_refused(tmp_path, skip, words):
         Placement.load(path)
 
 
-def test_skip_module_of_non_integers_is_refused(arrows, tmp_path, no_build):
+def test_skip_module_of_non_integers_is_refused(demo, arrows, tmp_path, no_build):
     with pytest.raises(ConfigError, match=r"skip_module \[1.7\]: \[1.7\] are not layer indices"):
-        _run(data_root=str(arrows), log_dir=str(tmp_path / "r"), skip_module=[1.7])
+        demo(data_root=str(arrows), log_dir=str(tmp_path / "r"), skip_module=[1.7])
 
 
 def test_hand_edited_placement_duplicates_and_range_name_the_file(tmp_path):
@@ -80,37 +65,37 @@ def test_hand_edited_placement_duplicates_and_range_name_the_file(tmp_path):
     assert Placement.load(path).skip == (3, 1)  # a well-formed file still loads
 
 
-def test_placement_not_utf8_or_non_numeric_scores_names_the_file(arrows, tmp_path, no_build):
+def test_placement_not_utf8_or_non_numeric_scores_names_the_file(demo, arrows, tmp_path, no_build):
     bad = tmp_path / "latin1" / "placement.json"
     bad.parent.mkdir()
     bad.write_bytes('{"method": "das", "skip": [1], "meta": {"note": "caf\xe9"}}'.encode("latin-1"))
     log = tmp_path / "r"
     with pytest.raises(PlacementError, match=f"placement file {bad} is not UTF-8 text"):
-        _run(data_root=str(arrows), log_dir=str(log), placement=str(bad))
+        demo(data_root=str(arrows), log_dir=str(log), placement=str(bad))
     scores = tmp_path / "scores" / "placement.json"
     scores.parent.mkdir()
     scores.write_text(json.dumps({"method": "das", "skip": [1], "scores": ["high", 0.2]}))
     with pytest.raises(PlacementError, match=f"{scores}: 'scores' is \\['high', 0.2\\]; it must be a list of numbers"):
-        _run(data_root=str(arrows), log_dir=str(log), placement=str(scores))
+        demo(data_root=str(arrows), log_dir=str(log), placement=str(scores))
     assert _versions(log) == []
 
 
-def test_kab_placement_given_to_vilt_names_the_file_and_fix(arrows, tmp_path, no_build):
+def test_kab_placement_given_to_vilt_names_the_file_and_fix(demo, arrows, tmp_path, no_build):
     path = tmp_path / "dvp" / "placement.json"
     Placement.kab(1, num_layers=4).save(path)
     log = tmp_path / "r"
     with pytest.raises(ConfigError, match=rf"placement {path} places a visual prompt \(method=kab, insert_layer=1.*"
                                           r"backbone=vilt takes no inserted prompt; pass placement=<the placement.json "
                                           r"of a DAS search on vilt>"):
-        _run(data_root=str(arrows), log_dir=str(log), placement=str(path))
+        demo(data_root=str(arrows), log_dir=str(log), placement=str(path))
     assert _versions(log) == []
 
 
 # --- item 11: a search that searches nothing -----------------------------------------------------------------------
-def test_das_search_with_no_search_epoch_is_refused(arrows, tmp_path, no_build):
+def test_das_search_with_no_search_epoch_is_refused(demo, arrows, tmp_path, no_build):
     log = tmp_path / "r"
     with pytest.raises(ConfigError, match=r"das_epoch=1 <= das_warmup_epoch=1: .*set das_epoch > das_warmup_epoch"):
-        _run(data_root=str(arrows), log_dir=str(log), stage="search", das_epoch=1)
+        demo(data_root=str(arrows), log_dir=str(log), stage="search", das_epoch=1)
     assert _versions(log) == []
 
 
@@ -133,16 +118,16 @@ def test_das_search_with_no_search_epoch_is_refused(arrows, tmp_path, no_build):
     (dict(pet="routing_lora_add"), r"pet=routing_lora_add reads the visual context \['x_v'\], which backbone=vilt "
                                    r"does not compute; use a backbone that provides it \(vit_gpt2, vit_roberta\)"),
 ])
-def test_unclear_inputs_are_named_before_the_build(arrows, tmp_path, no_build, updates, words):
+def test_unclear_inputs_are_named_before_the_build(demo, arrows, tmp_path, no_build, updates, words):
     log = tmp_path / "r"
     with pytest.raises(ConfigError, match=words):
-        _run(data_root=str(arrows), log_dir=str(log), **updates)
+        demo(data_root=str(arrows), log_dir=str(log), **updates)
     assert _versions(log) == []
 
 
-def test_unknown_loss_names_key_is_ours_not_sacreds(arrows, tmp_path):
+def test_unknown_loss_names_key_is_ours_not_sacreds(demo, arrows, tmp_path):
     with pytest.raises(ConfigError, match=r"unknown loss_names key\(s\) \['vqa_gen'\]; valid keys: \['itm', "):
-        _run(data_root=str(arrows), log_dir=str(tmp_path / "r"), loss_names={"vqa": 1, "vqa_gen": 1})
+        demo(data_root=str(arrows), log_dir=str(tmp_path / "r"), loss_names={"vqa": 1, "vqa_gen": 1})
 
 
 def test_command_line_unknown_loss_name_and_unquoted_list(arrows, tmp_path):
@@ -180,11 +165,11 @@ def _folder(tmp_path: Path, name: str, model_type: str, **cfg) -> Path:
     (lambda f: dict(backbone="clip_plm", clip_model=str(f["bert"]), plm_config="test_bert_tiny_bertvocab"),
      r"clip_model='.*bert' holds a 'bert' model, but the CLIP image tower needs clip"),
 ])
-def test_model_folder_of_another_family_is_refused_before_the_build(arrows, tmp_path, no_build, updates, words):
+def test_model_folder_of_another_family_is_refused_before_the_build(demo, arrows, tmp_path, no_build, updates, words):
     f = {k: _folder(tmp_path, k, k) for k in ("bert", "bart", "t5")}
     log = tmp_path / "r"
     with pytest.raises(ConfigError, match=words):
-        _run(data_root=str(arrows), log_dir=str(log), **updates(f))
+        demo(data_root=str(arrows), log_dir=str(log), **updates(f))
     assert _versions(log) == []
 
 
@@ -228,7 +213,7 @@ def test_tokenizer_of_another_vocabulary_is_refused_and_the_vl_resize_is_said(tm
     assert "loaded vl_model=" in out and "bart, 1 layers, width 16" in out
 
 
-def test_bert_base_name_never_loads_minilm(arrows, tmp_path, no_build, monkeypatch):
+def test_bert_base_name_never_loads_minilm(sacred, arrows, tmp_path, no_build, monkeypatch):
     import huggingface_hub
 
     from vlpeft.data.tokenizer import TokenizerError, default_tokenizer_folder, load_tokenizer, resolve_model_path
@@ -239,9 +224,8 @@ def test_bert_base_name_never_loads_minilm(arrows, tmp_path, no_build, monkeypat
                                           r"width 768\), which is not available offline.*MiniLM \(6 layers, width "
                                           r"384\), not BERT-base. Set tokenizer=<folder of bert-base-uncased.*or "
                                           r"tokenizer=minilm"):
-        run_py.ex.run(named_configs=["dvp_adaption_bert_vqa"], options={"--loglevel": "ERROR"},
-                      config_updates=dict(data_root=str(arrows), log_dir=str(log), per_gpu_batchsize=8, num_gpus=0,
-                                          clip_model="test_clip_tiny"))
+        sacred("dvp_adaption_bert_vqa", data_root=str(arrows), log_dir=str(log), per_gpu_batchsize=8, num_gpus=0,
+               clip_model="test_clip_tiny")
     assert _versions(log) == []
     with pytest.raises(TokenizerError, match="tokenizer=minilm"):
         resolve_model_path("bert-base-uncased")

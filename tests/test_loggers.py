@@ -5,37 +5,29 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from vlpeft.config import ConfigError
 
-import run as run_py  # noqa: E402  (registers the sacred main)
-from vlpeft.config import ConfigError  # noqa: E402
-from write_arrow.synthetic import write_synthetic  # noqa: E402
-
-QUIET = {"--loglevel": "ERROR"}
+SYNTHETIC = dict(images=48)  # this module's arrows (tests/conftest.py)
 
 
-@pytest.fixture(scope="module")
-def arrows(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("arrows")
-    write_synthetic(root, seed=0, images=48, variants=("vqa",))
-    return root
+@pytest.fixture
+def train(sacred, arrows, tmp_path):
+    """One training epoch of the demo on this module's arrows, logging into ``tmp_path / "result"``."""
+
+    def run(**kw):
+        cfg = dict(data_root=str(arrows), log_dir=str(tmp_path / "result"), per_gpu_batchsize=16, batch_size=16,
+                   max_epoch=1, num_workers=0, stage="train", skip_module=[2])
+        return sacred("demo", **{**cfg, **kw})
+
+    return run
 
 
-def _sacred(arrows: Path, log_dir: Path, **kw):
-    cfg = dict(data_root=str(arrows), log_dir=str(log_dir), per_gpu_batchsize=16, batch_size=16, max_epoch=1,
-               num_workers=0, stage="train", skip_module=[2])
-    cfg.update(kw)
-    return run_py.ex.run(named_configs=["demo"], config_updates=cfg, options=QUIET)
-
-
-def test_csv_logger_writes_metrics_into_the_run_folder(arrows, tmp_path):
-    r = _sacred(arrows, tmp_path / "result", logger="csv")
+def test_csv_logger_writes_metrics_into_the_run_folder(train):
+    r = train(logger="csv")
     run_dir = Path(r.result["run_dir"])
     metrics = run_dir / "metrics.csv"
     assert metrics.is_file() and (run_dir / "hparams.yaml").is_file()
@@ -47,9 +39,9 @@ def test_csv_logger_writes_metrics_into_the_run_folder(arrows, tmp_path):
 
 @pytest.mark.parametrize("value, words", [("tb", r"logger='tb' is not one of \['tensorboard', 'csv', 'wandb'\]"),
                                           (None, "logger=None")])
-def test_bad_logger_is_refused_before_building(arrows, tmp_path, value, words):
+def test_bad_logger_is_refused_before_building(train, tmp_path, value, words):
     with pytest.raises(ConfigError, match=words):
-        _sacred(arrows, tmp_path / "result", logger=value)
+        train(logger=value)
     assert not list((tmp_path / "result").glob("*/version_*"))  # no run folder: refused up front
 
 

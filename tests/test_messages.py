@@ -10,26 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from vlpeft.checkpoint import CheckpointError
+from vlpeft.config import ConfigError
+from vlpeft.search.placement import Placement, PlacementError
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import run as run_py  # noqa: E402
-from vlpeft.checkpoint import CheckpointError  # noqa: E402
-from vlpeft.config import ConfigError  # noqa: E402
-from vlpeft.search.placement import Placement, PlacementError  # noqa: E402
-from write_arrow.synthetic import write_synthetic  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def arrows(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("msg_arrows")
-    write_synthetic(root, seed=0, images=16, variants=("vqa",))
-    return root
-
-
-def _run(**updates):
-    base = dict(per_gpu_batchsize=8, batch_size=8, num_workers=0, max_epoch=1, stage="train")
-    return run_py.ex.run(named_configs=["demo"], config_updates={**base, **updates}, options={"--loglevel": "ERROR"})
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -44,14 +29,14 @@ def test_command_line_typos_name_the_closest_key():
     assert p.returncode == 2 and "did you mean 'task_finetune_vqa_randaug'" in p.stderr
 
 
-def test_a_refusal_inside_the_run_is_one_line_on_the_command_line(arrows):
+def test_a_refusal_inside_the_run_is_one_line_on_the_command_line(demo, arrows):
     # refused by the run's own checks (after sacred has parsed the command line): one line, exit 2, no traceback
     p = _cli("run.py", "with", "demo", f"data_root={arrows}", "stage=search", "das_epoch=1")
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert "error: das_epoch=1 <= das_warmup_epoch=1" in p.stderr and "set das_epoch > das_warmup_epoch" in p.stderr
     # a Python caller keeps the exception
     with pytest.raises(ConfigError, match="das_epoch"):
-        _run(data_root=str(arrows), stage="search", das_epoch=1)
+        demo(data_root=str(arrows), stage="search", das_epoch=1)
 
 
 def test_write_arrow_bad_count_is_one_line(tmp_path):
@@ -68,26 +53,26 @@ def test_write_arrow_bad_count_is_one_line(tmp_path):
     (dict(pet="dass"), r"pet='dass' is not a registered PET preset \(did you mean 'das'\?\)"),
     (dict(stage="search", search="kab"), r"search=kab places a visual prompt.*backbone=vilt offers only \['skip'\]"),
 ])
-def test_config_errors_name_key_and_fix(arrows, tmp_path, updates, words):
+def test_config_errors_name_key_and_fix(demo, arrows, tmp_path, updates, words):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     upd = {k: v.format(tmp=tmp_path, file=a_file) if isinstance(v, str) else v for k, v in updates.items()}
     with pytest.raises(ConfigError, match=words):
-        _run(**{"data_root": str(arrows), "log_dir": str(tmp_path / "r"), **upd})
+        demo(**{"data_root": str(arrows), "log_dir": str(tmp_path / "r"), **upd})
 
 
-def test_placement_of_a_deeper_backbone_names_the_file(arrows, tmp_path):
+def test_placement_of_a_deeper_backbone_names_the_file(demo, arrows, tmp_path):
     path = tmp_path / "deep" / "placement.json"
     Placement.das([7], num_layers=12).save(path)
     with pytest.raises(PlacementError, match=r"placement .*deep/placement.json was searched on a backbone with 12 "
                                              r"layers, but this backbone has 4"):
-        _run(data_root=str(arrows), log_dir=str(tmp_path / "r"), placement=str(path))
+        demo(data_root=str(arrows), log_dir=str(tmp_path / "r"), placement=str(path))
 
 
-def test_checkpoint_head_of_another_label_count_names_the_key(arrows, tmp_path):
+def test_checkpoint_head_of_another_label_count_names_the_key(demo, arrows, tmp_path):
     labels = len(json.loads((arrows / "vqav2_label_vocab.json").read_text()))
     sd = {"vqa_classifier.3.weight": torch.zeros(labels + 5, 256), "vqa_classifier.3.bias": torch.zeros(labels + 5)}
     ckpt = tmp_path / "other_labels.ckpt"
     torch.save({"state_dict": sd}, ckpt)
     with pytest.raises(CheckpointError, match=rf"\({labels + 5}, 256\).*set vqav2_label_size to the checkpoint's"):
-        _run(data_root=str(arrows), log_dir=str(tmp_path / "r"), test_only=True, load_path=str(ckpt), pet="none")
+        demo(data_root=str(arrows), log_dir=str(tmp_path / "r"), test_only=True, load_path=str(ckpt), pet="none")

@@ -12,34 +12,24 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from vlpeft.backbones import task_gate
+from vlpeft.build import false_images
+from vlpeft.config import DEFAULTS, NAMED_CONFIGS, ConfigError, validate_config
+from vlpeft.data.datamodule import MTDataModule
+from vlpeft.data.datasets import CaptionDataset
+from vlpeft.tasks.heads import active_tasks
+from vlpeft.tasks.objectives import itm_labels
 
-from vlpeft.backbones import task_gate  # noqa: E402
-from vlpeft.build import false_images  # noqa: E402
-from vlpeft.config import DEFAULTS, NAMED_CONFIGS, ConfigError, validate_config  # noqa: E402
-from vlpeft.data.datamodule import MTDataModule  # noqa: E402
-from vlpeft.data.datasets import CaptionDataset  # noqa: E402
-from vlpeft.tasks.heads import active_tasks  # noqa: E402
-from vlpeft.tasks.objectives import itm_labels  # noqa: E402
-from write_arrow.synthetic import write_synthetic  # noqa: E402
 
 B = 6
 FALSE_TEXTS = 2
-
-
-@pytest.fixture(scope="module")
-def arrows(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("itm_arrows")
-    write_synthetic(root, seed=5, images=16, variants=("captions",))
-    return root
+SYNTHETIC = dict(seed=5, images=16, variants=("captions",))  # this module's arrows (tests/conftest.py)
 
 
 def _config(named: str, arrows: Path | None = None, **updates) -> dict:

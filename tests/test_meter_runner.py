@@ -5,34 +5,18 @@ bert-base-uncased vocabulary (METER's ``*_clip_bert`` text option), so the offli
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import run as run_py  # noqa: E402
-from vlpeft.config import NAMED_CONFIGS  # noqa: E402
-from vlpeft.search.placement import Placement  # noqa: E402
-from write_arrow.synthetic import write_synthetic  # noqa: E402
+from vlpeft.config import NAMED_CONFIGS
+from vlpeft.search.placement import Placement
 
 HIDDEN = 32  # test_meter_tiny_bert's hidden_size
 NAMED = ["task_finetune_vqa_clip_bert", "clip16", "clip_randaug"]  # the DAS-METER VQA scripts' (minus text_roberta)
-
-
-@pytest.fixture(scope="module")
-def arrows(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("meter_arrows")
-    write_synthetic(root, seed=5, images=24, variants=("vqa",))
-    return root
-
-
-def _run(named, **updates):
-    return run_py.ex.run(named_configs=list(named), config_updates=updates, options={"--loglevel": "ERROR"})
+SYNTHETIC = dict(seed=5, images=24)  # this module's arrows (tests/conftest.py)
 
 
 def _common(arrows: Path, log: Path) -> dict:
@@ -59,17 +43,17 @@ def _test_qids(arrows: Path) -> set[int]:
     return {q for row in table.column("question_id").to_pylist() for q in row}
 
 
-def test_meter_search_train_test_through_run_py(arrows, tmp_path):
+def test_meter_search_train_test_through_run_py(sacred, arrows, tmp_path):
     log = tmp_path / "result"
     common = _common(arrows, log)
     # 1. DAS search over the 2·num_top_layer fusion layers (0–1 text, 2–3 image)
-    r = _run(NAMED + ["das_search"], max_epoch=2, skip_num=2, das_epoch=2, das_turn=1, das_warmup_epoch=0, **common)
+    r = sacred(*NAMED, "das_search", max_epoch=2, skip_num=2, das_epoch=2, das_turn=1, das_warmup_epoch=0, **common)
     p = Placement.load(r.result["placement_path"])
     assert p.method == "das" and len(p.skip) == 2 and p.num_layers == 4 and len(p.scores) == 4
     assert p.meta["rounds"] > 0 and any(s != 0 for s in p.scores)
 
     # 2. train on the newest placement of this experiment
-    r = _run(NAMED, placement="latest", max_epoch=1, **common)
+    r = sacred(*NAMED, placement="latest", max_epoch=1, **common)
     run_dir = Path(r.result["run_dir"])
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
@@ -88,7 +72,7 @@ def test_meter_search_train_test_through_run_py(arrows, tmp_path):
     assert lrs["decay"] == pytest.approx(25e-6)
 
     # 3. test_only writes the VQAv2 submission, one answer per test question
-    r = _run(NAMED, test_only=True, load_path=str(last), **common)
+    r = sacred(*NAMED, test_only=True, load_path=str(last), **common)
     sub = Path(r.result["submission"])
     assert sub.parent == Path(r.result["run_dir"]) and sub.name.startswith("vqa_submit_")
     rows = json.loads(sub.read_text())

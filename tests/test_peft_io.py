@@ -325,26 +325,20 @@ def test_cli_reports_a_missing_run_with_exit_code_2(tmp_path, capsys):
 
 
 # --- the CLI on a run folder ------------------------------------------------------------------------------------------
-def test_cli_exports_a_trained_run_and_imports_it_back(tmp_path, capsys):
+def test_cli_exports_a_trained_run_and_imports_it_back(sacred, make_arrows, tmp_path, capsys):
     """CLIP+BERT with LoRA trained through run.py; the CLI exports its BERT's adapter; peft on the plain BertModel
     (built from the run's base weights, same names) gives the run's BERT outputs; import writes a loadable ckpt."""
-    import sys
     from pathlib import Path
 
     from transformers import BertModel
 
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root))
-    import run as run_py
     from vlpeft.peft_io import _load_run
-    from write_arrow.synthetic import write_synthetic
 
-    write_synthetic(tmp_path / "arrows", seed=6, images=32, variants=("vqa",))
-    cfg = dict(data_root=str(tmp_path / "arrows"), log_dir=str(tmp_path / "result"), per_gpu_batchsize=16,
+    cfg = dict(data_root=str(make_arrows("peft_io_arrows", seed=6, images=32)), log_dir=str(tmp_path / "result"), per_gpu_batchsize=16,
                batch_size=16, num_gpus=0, precision=32, num_workers=0, vqav2_label_size=0, seed=1,
                backbone="test_clip_bert", image_size=32, insert_layer=1, max_epoch=1, learning_rate=1e-2,
                pet="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0)
-    r = run_py.ex.run(named_configs=["dvp_adaption_bert_vqa"], config_updates=cfg, options={"--loglevel": "ERROR"})
+    r = sacred("dvp_adaption_bert_vqa", **cfg)
     run_dir = Path(r.result["run_dir"])
     # the root is found: the one transformers model carrying LoRA (CLIP's vision model carries none)
     assert peft_io_main(["export", str(run_dir), str(tmp_path / "ad")]) == 0

@@ -5,25 +5,13 @@ backbone policy) and lowers its training loss."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import run as run_py  # noqa: E402
-from write_arrow.synthetic import write_synthetic  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def arrows(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pet_arrows")
-    write_synthetic(root, seed=6, images=48, variants=("vqa",))
-    return root
+SYNTHETIC = dict(seed=6, images=48)  # this module's arrows (tests/conftest.py)
 
 
 class _Losses(pl.Callback):
@@ -38,17 +26,19 @@ class _Losses(pl.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def _run(named: str, arrows: Path, tmp: Path, monkeypatch, **updates) -> _Losses:
-    from vlpeft import runner
+@pytest.fixture
+def train_recorded(sacred, arrows, tmp_path, trainer_callbacks):
+    """``train_recorded(named, **updates)``: runs the named config (tiny settings) on this module's arrows and returns
+    the recorder of its training losses and trainable parameter names."""
 
-    rec = _Losses()
-    real = runner.build_trainer
-    monkeypatch.setattr(runner, "build_trainer", lambda *a, **kw: real(*a, **dict(kw, extra_callbacks=[rec])))
-    cfg = dict(data_root=str(arrows), log_dir=str(tmp / "result"), per_gpu_batchsize=16, batch_size=16,
+    def run(named: str, **updates) -> _Losses:
+        rec = _Losses()
+        trainer_callbacks[:] = [rec]
+        sacred(named, data_root=str(arrows), log_dir=str(tmp_path / "result"), per_gpu_batchsize=16, batch_size=16,
                num_gpus=0, precision=32, num_workers=0, vqav2_label_size=0, seed=1, **updates)
-    run_py.ex.run(named_configs=[named], config_updates=cfg, options={"--loglevel": "ERROR"})
-    monkeypatch.setattr(runner, "build_trainer", real)
-    return rec
+        return rec
+
+    return run
 
 
 def _improved(losses: list[float], k: int = 6) -> bool:
@@ -71,9 +61,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_preset_trains_through_run_py(case, arrows, tmp_path, monkeypatch):
+def test_preset_trains_through_run_py(case, train_recorded):
     named, updates, must_train = CASES[case]
-    rec = _run(named, arrows, tmp_path, monkeypatch, **updates)
+    rec = train_recorded(named, **updates)
     assert len(rec.losses) >= 12 and all(torch.isfinite(torch.tensor(rec.losses)))
     assert _improved(rec.losses), rec.losses
     for piece in must_train:
@@ -82,30 +72,27 @@ def test_preset_trains_through_run_py(case, arrows, tmp_path, monkeypatch):
     assert not any(n.endswith(("attn.qkv.weight", "attention.self.query.weight")) for n in rec.trainable)
 
 
-def test_merge_pet_gives_the_unmerged_predictions(arrows, tmp_path, capsys):
+def test_merge_pet_gives_the_unmerged_predictions(sacred, arrows, tmp_path, capsys):
     """``merge_pet=True``: test_only folds the trained LoRA into the projection weights; the VQA submission equals the
     unmerged one (answers by argmax: identical unless two logits tie within float rounding)."""
     import json
 
     from vlpeft.config import ConfigError
 
-    quiet = {"--loglevel": "ERROR"}
     upd = dict(data_root=str(arrows), log_dir=str(tmp_path / "result"), per_gpu_batchsize=16, batch_size=16,
                num_gpus=0, precision=32, num_workers=0, vqav2_label_size=0, seed=1, stage="train", skip_module=[],
                pet="lora", lora_r=8, lora_alpha=16, max_epoch=1, learning_rate=2e-3)
-    r = run_py.ex.run(named_configs=["demo"], config_updates=upd, options=quiet)
+    r = sacred("demo", **upd)
     last = Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
     assert any(k.endswith("lora_B") and v.abs().sum() > 0 for k, v in saved.items())  # LoRA moved off B = 0
     subs = {}
     for merge in (False, True):
-        res = run_py.ex.run(named_configs=["demo"], options=quiet,
-                            config_updates=dict(upd, test_only=True, load_path=str(last), merge_pet=merge)).result
+        res = sacred("demo", **dict(upd, test_only=True, load_path=str(last), merge_pet=merge)).result
         subs[merge] = json.loads(Path(res["submission"]).read_text())
         merged_line = "[vlpeft] merge_pet: LoRA merged into 4 projection weights"  # fused qkv of 4 blocks
         assert (merged_line in capsys.readouterr().out) == merge
     assert subs[True] and subs[True] == subs[False]
     with pytest.raises(ConfigError, match="merge_pet=True but pet='ia3'"):
-        run_py.ex.run(named_configs=["demo"], options=quiet,
-                      config_updates=dict(upd, pet="ia3", test_only=True, load_path=str(last), merge_pet=True,
-                                          allow_random_init=True))
+        sacred("demo", **dict(upd, pet="ia3", test_only=True, load_path=str(last), merge_pet=True,
+                              allow_random_init=True))

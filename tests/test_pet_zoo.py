@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import proj_loss
+from tests.helpers import EXEMPT, proj_loss
 from vlpeft.pet import presets_zoo  # noqa: F401  (registers the zoo)
 from vlpeft.pet import unfreeze
 from vlpeft.pet._base import PETS, PRESETS, inject
@@ -827,53 +827,71 @@ def test_vl_pet_value_adapter_on_bart_cross_attention():
 
 
 # --- conformance over the registry ------------------------------------------------------------------------------------
-# name → (site kwargs, options, identity under the module's default options?)
-ZOO_MODULES = {
-    "bottleneck": (dict(), {}, True),
-    "multihead_adapter": (dict(), dict(r=8), True),
-    "compacter": (dict(), {}, True),  # library default zero-up; the presets pass the original init
-    "hyperformer": (dict(num_layers=1), dict(tasks=("vqa",)), False),  # generated weights, N(0, 0.02) generators
-    "gate": (dict(anchor="gate"), {}, True),
-    "lora": (dict(anchor="proj:q", in_dim=16, out_dim=16), {}, True),
-    "routing_lora": (dict(anchor="proj:q", in_dim=16, out_dim=16), dict(routing="mul"), True),
-    "routing_adapter": (dict(), dict(routing="add"), True),
-    "ia3": (dict(anchor="proj:v", in_dim=16, out_dim=16), {}, True),
-    "prompt": (dict(anchor="input"), dict(length=3, mid=5), None),
-}
+# Every PET module declares its tiny test entry where it registers (``register_pet(name, test=dict(site=…,
+# options=…, identity=…))``); tests/test_registries.py fails for a module without one.
+PET_NAMES = [n for n in PETS.names() if n not in EXEMPT["PET module"]]
 
 
-def test_every_zoo_module_has_a_conformance_entry():
-    zoo = {"bottleneck", "compacter", "gate", "hyperformer", "ia3", "lora", "multihead_adapter", "prompt",
-           "routing_adapter", "routing_lora"}
-    assert zoo <= set(PETS.names()) and set(ZOO_MODULES) == zoo
+def _conformance_site(name: str) -> tuple[ZooSite, dict]:
+    test = PETS.test_options(name)
+    kw = dict(test["site"])
+    meta = {k: kw.pop(k) for k in ("in_dim", "out_dim", "num_layers", "input_norm") if k in kw}
+    if meta.pop("input_norm", False):  # the layer's own pre-attention norm, which a skip site names
+        meta["input_norm"] = nn.LayerNorm(16)
+    extra = {"pool": SharePool()} if test.get("pool") else {}
+    return site(dim=16, **kw, **meta), {**test["options"], **extra}
 
 
-@pytest.mark.parametrize("name", sorted(ZOO_MODULES))
-def test_zoo_module_conformance(name):
-    site_kw, options, identity = ZOO_MODULES[name]
-    kw = dict(site_kw)
-    meta = {k: kw.pop(k) for k in ("in_dim", "out_dim", "num_layers") if k in kw}
+def _apply(m: nn.Module, anchor: str, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output without the module, output with it) at a site of ``anchor``: X the sublayer input, H its output."""
+    if anchor.startswith("proj:"):
+        lin = nn.Linear(16, 16)
+        host = nn.Sequential(lin)
+        y0 = lin(x)
+        attach_to_linear(host, "0", m)
+        return y0, host(x)
+    if anchor == "gate":
+        return h, compose_site(x, h, gates=[m])
+    if anchor == "par":  # a delta from the sublayer input, added to its output
+        return h, compose_site(x, h, par=[m])
+    if anchor == "skip":  # replaces the skipped unit; an empty skip site is the identity
+        return h, m(h)
+    return h, compose_site(x, h, seq=[m])  # out_seq / in_seq: maps the tensor, with its own residual
+
+
+@pytest.mark.parametrize("name", PET_NAMES)
+def test_pet_module_conformance(name):
+    """Built from its registered test entry: unknown options refused, parameters present, identity at init exactly
+    as the entry declares, and once its weights are moved off their init the module changes the output and every
+    parameter gets a gradient."""
+    s, options = _conformance_site(name)
+    identity = PETS.get(name).test["identity"]
     torch.manual_seed(0)
-    m = PETS.build(name, site(dim=16, **kw, **meta), pool=SharePool(), **options) if name == "hyperformer" else \
-        PETS.build(name, site(dim=16, **kw, **meta), **options)
+    m = PETS.build(name, s, **options)
     assert n_params(m) > 0
-    with pytest.raises(TypeError, match="unknown options"):
-        PETS.build(name, site(dim=16, **kw, **meta), no_such_option=1, **options)
+    with pytest.raises(TypeError, match="unknown options|unexpected keyword"):
+        PETS.build(name, s, no_such_option=1, **options)
     x, h = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
     with pet_context(x_v=torch.randn(2, 16), task="vqa"):
-        if name == "prompt":
+        if s.anchor == "input":  # a prompt: the generated rows, then the input unchanged; the mask grows with it
             out, mask = m(h, torch.ones(2, 5))
-            assert out.shape == (2, 8, 16) and torch.equal(out[:, 3:], h) and mask.shape == (2, 8)
-            return
-        if kw.get("anchor", "out_seq").startswith("proj:"):
-            lin = nn.Linear(16, 16)
-            y0 = lin(x)
-            host = nn.Sequential(lin)
-            attach_to_linear(host, "0", m)
-            y = host(x)
-        elif kw.get("anchor") == "gate":
-            y0, y = h, compose_site(x, h, gates=[m])
+            length = out.shape[1] - 5
+            assert length > 0 and torch.equal(out[:, length:], h) and mask.shape == (2, 5 + length)
+            perturb = lambda: m(h, torch.ones(2, 5))[0][:, :length]  # noqa: E731
         else:
-            y0, y = h, compose_site(x, h, seq=[m])
-    assert y.shape == y0.shape
-    assert torch.equal(y, y0) == identity
+            y0, y = _apply(m, s.anchor, x, h)
+            assert y.shape == y0.shape
+            assert torch.equal(y, y0) == identity
+            perturb = lambda: _apply(m, s.anchor, x, h)[1]  # noqa: E731
+        before = perturb().detach()
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+        after = perturb()
+        assert not torch.allclose(after, before)
+        proj_loss(after).backward()
+    idle = tuple(PETS.get(name).test.get("idle", ()))  # parameters the entry says one site never uses
+    for n, p in m.named_parameters():
+        used = p.grad is not None and p.grad.abs().max() > 0
+        assert used != n.startswith(idle), n

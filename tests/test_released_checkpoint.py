@@ -5,28 +5,17 @@ randomly initialised DAS adapters (issue 7, defect 2)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import ViltConfig, ViltForQuestionAnswering
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from vlpeft.checkpoint import CheckpointError
+from vlpeft.config import DEFAULTS
+from vlpeft.data.datamodule import MTDataModule
 
-import run as run_py  # noqa: E402
-from vlpeft.checkpoint import CheckpointError  # noqa: E402
-from vlpeft.config import DEFAULTS  # noqa: E402
-from vlpeft.data.datamodule import MTDataModule  # noqa: E402
-from write_arrow.synthetic import write_synthetic  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def arrows(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("released_arrows")
-    write_synthetic(root, seed=2, images=32, variants=("vqa",))
-    return root
+SYNTHETIC = dict(seed=2, images=32)  # this module's arrows (tests/conftest.py)
 
 
 def _hf_model(labels: int) -> ViltForQuestionAnswering:
@@ -46,10 +35,6 @@ def _hf_model(labels: int) -> ViltForQuestionAnswering:
         model.classifier[0].weight.normal_(0.0, 1.0)
         model.classifier[3].weight.normal_(0.0, 1.0)
     return model
-
-
-def _run(**updates):
-    return run_py.ex.run(named_configs=["demo"], config_updates=updates, options={"--loglevel": "ERROR"})
 
 
 def _save(hf, tmp_path: Path, layout: str) -> Path:
@@ -72,7 +57,7 @@ def _save(hf, tmp_path: Path, layout: str) -> Path:
 
 
 @pytest.mark.parametrize("layout", ["bin_file", "folder", "sharded_folder", "bin_folder"])
-def test_released_checkpoint_equals_transformers_vilt(arrows, tmp_path, layout):
+def test_released_checkpoint_equals_transformers_vilt(sacred, arrows, tmp_path, layout):
     labels = len(json.loads((arrows / "vqav2_label_vocab.json").read_text()))
     hf = _hf_model(labels)
     ckpt = _save(hf, tmp_path, layout)
@@ -81,9 +66,9 @@ def test_released_checkpoint_equals_transformers_vilt(arrows, tmp_path, layout):
 
     # the DAS adapters are not in the file: refused, naming the fix
     with pytest.raises(CheckpointError, match=r"PET modules.*pet=none"):
-        _run(**common)
+        sacred("demo", **common)
 
-    r = _run(pet="none", **common)
+    r = sacred("demo", pet="none", **common)
     ours = {row["question_id"]: row["answer"] for row in json.loads(Path(r.result["submission"]).read_text())}
 
     dm = MTDataModule({**DEFAULTS, **_demo_config(), **common, "vqav2_label_size": labels})
@@ -106,7 +91,7 @@ def _demo_config() -> dict:
     return dict(NAMED_CONFIGS["demo"])
 
 
-def test_hf_folder_of_another_family_is_refused(arrows, tmp_path):
+def test_hf_folder_of_another_family_is_refused(sacred, arrows, tmp_path):
     """A BERT folder as load_path of a ViLT run: one error naming the folder, its model_type and the backbone,
     from the config check (before the model is built)."""
     from transformers import BertConfig, BertModel
@@ -117,14 +102,14 @@ def test_hf_folder_of_another_family_is_refused(arrows, tmp_path):
     BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32)).save_pretrained(folder)
     with pytest.raises(ConfigError, match=rf"{folder}.*model_type 'bert'.*backbone \(vilt\).*'vilt'"):
-        _run(data_root=str(arrows), log_dir=str(tmp_path / "result"), test_only=True, load_path=str(folder),
+        sacred("demo", data_root=str(arrows), log_dir=str(tmp_path / "result"), test_only=True, load_path=str(folder),
              pet="none", per_gpu_batchsize=8, batch_size=8, num_workers=0)
 
 
-def test_folder_without_weights_is_refused_before_the_build(arrows, tmp_path):
+def test_folder_without_weights_is_refused_before_the_build(sacred, arrows, tmp_path):
     from vlpeft.config import ConfigError
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"empty is a folder without config.json"):
-        _run(data_root=str(arrows), log_dir=str(tmp_path / "result"), test_only=True,
+        sacred("demo", data_root=str(arrows), log_dir=str(tmp_path / "result"), test_only=True,
              load_path=str(tmp_path / "empty"), pet="none")

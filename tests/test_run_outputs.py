@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import run as run_py  # its print_config command, on sys.path through tests/conftest.py
+from vlpeft.config import ALL_KEYS, DEFAULTS, LOSS_KEYS, ConfigError
 
-import run as run_py  # noqa: E402
-from vlpeft.config import ALL_KEYS, DEFAULTS, LOSS_KEYS, ConfigError  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC = dict(seed=3, images=24)  # this module's arrows (tests/conftest.py)
 
 QUIET = {"--loglevel": "ERROR"}
 
@@ -140,18 +140,14 @@ def test_report_names_the_metric_in_percent(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------ every run ends saying how it did
-def test_runs_end_with_their_score_and_files(tmp_path, capsys):
-    from write_arrow.synthetic import write_synthetic
-
-    arrows = tmp_path / "arrows"
-    write_synthetic(arrows, seed=3, images=24, variants=("vqa",))
+def test_runs_end_with_their_score_and_files(sacred, arrows, tmp_path, capsys):
     log = tmp_path / "result"
     common = dict(data_root=str(arrows), log_dir=str(log), per_gpu_batchsize=8, batch_size=8, num_workers=0,
                   max_epoch=1, das_epoch=1, das_turn=1, das_warmup_epoch=0, das_adapter_dim=8, das_skip_adapter_dim=16)
 
     def run(**upd):
         capsys.readouterr()
-        r = run_py.ex.run(named_configs=["demo"], config_updates=dict(common, **upd), options=QUIET)
+        r = sacred("demo", **dict(common, **upd))
         block = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[vlpeft] ")][-3:]
         return r, block
 

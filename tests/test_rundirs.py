@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from vlpeft import runner  # noqa: E402
-from vlpeft.config import ConfigError  # noqa: E402
-from vlpeft.rundir import (VERSION_ENV, dump_name, find_latest_placement, reserve_run_dir,  # noqa: E402
+from vlpeft import runner
+from vlpeft.config import ConfigError
+from vlpeft.rundir import (VERSION_ENV, dump_name, find_latest_placement, reserve_run_dir,
                            resolve_placement_source)
-from vlpeft.search.placement import Placement, PlacementError  # noqa: E402
+from vlpeft.search.placement import Placement, PlacementError
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC = dict(images=48)  # this module's arrows (tests/conftest.py)
 
 
 @pytest.fixture(autouse=True)
@@ -203,15 +203,6 @@ def test_stage_forcing_refuses_the_other_stage():
         forced_stage_argv("train", ["run_train.py", "with", "x=1", "stage=search", "-l", "ERROR"])
 
 
-@pytest.fixture(scope="module")
-def arrows(tmp_path_factory) -> Path:
-    from write_arrow.synthetic import write_synthetic
-
-    root = tmp_path_factory.mktemp("arrows")
-    write_synthetic(root, seed=0, images=48, variants=("vqa",))
-    return root
-
-
 def _tiny(arrows: Path, log: Path) -> list[str]:
     return ["demo", f"data_root={arrows}", f"log_dir={log}", "per_gpu_batchsize=16", "batch_size=16",
             "max_epoch=2", "das_epoch=2", "das_turn=1", "num_workers=0"]
@@ -245,14 +236,11 @@ def test_run_search_and_run_train_scripts(arrows, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- 5 + 2, in-process
-def test_progress_lines_and_test_dumps_per_run(arrows, tmp_path, capsys):
-    import run as run_py
-
+def test_progress_lines_and_test_dumps_per_run(sacred, arrows, tmp_path, capsys):
     log = tmp_path / "result"
-    quiet = {"--loglevel": "ERROR"}
     upd = dict(data_root=str(arrows), log_dir=str(log), per_gpu_batchsize=16, batch_size=16, max_epoch=1,
                num_workers=0, stage="train", skip_module=[1])
-    r = run_py.ex.run(named_configs=["demo"], config_updates=dict(upd, progress_interval=0), options=quiet)
+    r = sacred("demo", **dict(upd, progress_interval=0))
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("[vlpeft] train epoch")]
     assert any("step 1/" in ln and "loss " in ln and "loss n/a" not in ln and "samples/s" in ln and "ETA" in ln
@@ -260,8 +248,7 @@ def test_progress_lines_and_test_dumps_per_run(arrows, tmp_path, capsys):
     assert any(ln.endswith("(epoch end)") for ln in lines)
 
     last = Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt"
-    subs = [Path(run_py.ex.run(named_configs=["demo"], options=quiet,
-                               config_updates=dict(upd, test_only=True, load_path=str(last))).result["submission"])
+    subs = [Path(sacred("demo", **dict(upd, test_only=True, load_path=str(last))).result["submission"])
             for _ in range(2)]
     assert subs[0] != subs[1] and all(s.is_file() for s in subs)  # the second test run did not overwrite the first
     for i, s in enumerate(subs):

@@ -12,22 +12,12 @@ import pytest
 from sacred.utils import ConfigAddedError
 import torch
 
+from vlpeft.config import ConfigError
+from vlpeft.search.placement import Placement, PlacementError
+from write_arrow.synthetic import write_synthetic
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import run as run_py  # noqa: E402  (registers the sacred main)
-from vlpeft.config import ConfigError  # noqa: E402
-from vlpeft.search.placement import Placement, PlacementError  # noqa: E402
-from write_arrow.synthetic import write_synthetic  # noqa: E402
-
-QUIET = {"--loglevel": "ERROR"}
-
-
-@pytest.fixture(scope="module")
-def arrows(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("arrows")
-    write_synthetic(root, seed=0, images=48, variants=("vqa",))
-    return root
+SYNTHETIC = dict(images=48)  # this module's arrows (tests/conftest.py)
 
 
 def _updates(arrows: Path, log_dir: Path, **kw) -> dict:
@@ -37,19 +27,15 @@ def _updates(arrows: Path, log_dir: Path, **kw) -> dict:
     return cfg
 
 
-def _sacred(named=("demo",), **updates):
-    return run_py.ex.run(named_configs=list(named), config_updates=updates, options=QUIET)
-
-
 def _test_qids(arrows: Path) -> set[int]:
     table = pa.ipc.open_file(pa.memory_map(str(arrows / "vqav2_test.arrow"))).read_all()
     return {q for row in table.column("question_id").to_pylist() for q in row}
 
 
-def test_search_train_test_through_sacred(arrows, tmp_path):
+def test_search_train_test_through_sacred(sacred, arrows, tmp_path):
     log = tmp_path / "result"
     # 1. search: writes placement.json and the PNG into its run folder
-    r = _sacred(**_updates(arrows, log, stage="search", max_epoch=2))
+    r = sacred("demo", **_updates(arrows, log, stage="search", max_epoch=2))
     placement_path = Path(r.result["placement_path"])
     assert placement_path.is_file() and placement_path.parent == Path(r.result["run_dir"])
     placement = Placement.load(placement_path)
@@ -60,7 +46,7 @@ def test_search_train_test_through_sacred(arrows, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # 2. train on it, reading placement.json (no hand copying); "latest" finds the same file
-    r = _sacred(**_updates(arrows, log, stage="train", placement="latest"))
+    r = sacred("demo", **_updates(arrows, log, stage="train", placement="latest"))
     run_dir = Path(r.result["run_dir"])
     ckpts = sorted(run_dir.glob("checkpoints/*.ckpt"))
     assert ckpts
@@ -72,7 +58,7 @@ def test_search_train_test_through_sacred(arrows, tmp_path):
 
     # 3. test_only: the VQAv2 server's submission file, one answer per test question, no duplicates
     best = next(p for p in ckpts if p.name.startswith("best"))
-    r = _sacred(**_updates(arrows, log, stage="train", test_only=True, load_path=str(best)))
+    r = sacred("demo", **_updates(arrows, log, stage="train", test_only=True, load_path=str(best)))
     sub = Path(r.result["submission"])
     # in the test run's own folder, named after the tested run and checkpoint (never shared between runs)
     assert sub == Path(r.result["run_dir"]) / f"vqa_submit_{run_dir.parent.name}_v{run_dir.name[8:]}_{best.stem}.json"
@@ -85,13 +71,13 @@ def test_search_train_test_through_sacred(arrows, tmp_path):
     assert not list(log.glob("*.tmp"))
 
 
-def test_trainable_weights_on_top_of_backbone(arrows, tmp_path):
+def test_trainable_weights_on_top_of_backbone(sacred, arrows, tmp_path):
     """load_path takes [backbone ckpt, trainable.safetensors]: same predictions as the full checkpoint."""
     log = tmp_path / "result"
-    r = _sacred(**_updates(arrows, log, stage="train", skip_module=[2]))
+    r = sacred("demo", **_updates(arrows, log, stage="train", skip_module=[2]))
     run_dir = Path(r.result["run_dir"])
     full = sorted(run_dir.glob("checkpoints/last.ckpt"))[0]
-    a = _sacred(**_updates(arrows, log, stage="train", test_only=True, load_path=str(full), exp_name="a"))
+    a = sacred("demo", **_updates(arrows, log, stage="train", test_only=True, load_path=str(full), exp_name="a"))
     # a "backbone" checkpoint whose trainable tensors are wrong: the safetensors on top must restore them
     from safetensors.torch import load_file
 
@@ -102,7 +88,7 @@ def test_trainable_weights_on_top_of_backbone(arrows, tmp_path):
     sd = {k: (v + 1.0 if k in trained and v.is_floating_point() else v) for k, v in sd.items()}
     backbone_ckpt = tmp_path / "backbone.ckpt"
     torch.save({"state_dict": sd}, backbone_ckpt)
-    b = _sacred(**_updates(arrows, log, stage="train", test_only=True, exp_name="b",
+    b = sacred("demo", **_updates(arrows, log, stage="train", test_only=True, exp_name="b",
                            load_path=[str(backbone_ckpt), str(run_dir / "trainable.safetensors")]))
     ra = json.loads(Path(a.result["submission"]).read_text())
     rb = json.loads(Path(b.result["submission"]).read_text())
@@ -143,14 +129,14 @@ def test_ddp_two_process_search_agrees(arrows, tmp_path):
     assert not list(log.rglob("*.tmp"))
 
 
-def test_resume_continues_saved_search_state(arrows, tmp_path):
+def test_resume_continues_saved_search_state(sacred, arrows, tmp_path):
     log = tmp_path / "result"
-    first = _sacred(**_updates(arrows, log, stage="search", max_epoch=2, das_epoch=3))
+    first = sacred("demo", **_updates(arrows, log, stage="search", max_epoch=2, das_epoch=3))
     last = Path(first.result["run_dir"]) / "checkpoints" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
     gates, hist = saved["search.das_gate"], saved["search.history"]
     assert hist.shape[0] > 0
-    second = _sacred(**_updates(arrows, log, stage="search", max_epoch=3, das_epoch=3, resume_from=str(last)))
+    second = sacred("demo", **_updates(arrows, log, stage="search", max_epoch=3, das_epoch=3, resume_from=str(last)))
     resumed = torch.load(Path(second.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu",
                          weights_only=True)["state_dict"]
     # the resumed run's history starts with the saved one: it continued from the saved gates
@@ -164,7 +150,7 @@ class _Killed(RuntimeError):
     pass
 
 
-def test_resumed_search_equals_uninterrupted_bit_for_bit(arrows, tmp_path, monkeypatch):
+def test_resumed_search_equals_uninterrupted_bit_for_bit(sacred, arrows, tmp_path, monkeypatch):
     """Kill a search after epoch 1 (its last.ckpt written), resume it: gates, history, draws, reward-batch
     position and every trained weight equal the same-seed uninterrupted run's, bit for bit (dropout on, so the
     RNG streams must be restored too)."""
@@ -173,7 +159,7 @@ def test_resumed_search_equals_uninterrupted_bit_for_bit(arrows, tmp_path, monke
     from vlpeft import runner
 
     upd = dict(stage="search", max_epoch=3, das_epoch=3, das_turn=2, drop_rate=0.1)
-    full = _sacred(**_updates(arrows, tmp_path / "full", **upd))
+    full = sacred("demo", **_updates(arrows, tmp_path / "full", **upd))
 
     class KillAfterEpoch1(pl.Callback):
         def on_train_epoch_start(self, trainer, pl_module):
@@ -185,11 +171,11 @@ def test_resumed_search_equals_uninterrupted_bit_for_bit(arrows, tmp_path, monke
                         lambda *a, **kw: real_build(*a, **dict(kw, extra_callbacks=[KillAfterEpoch1()])))
     log = tmp_path / "killed"
     with pytest.raises(_Killed):
-        _sacred(**_updates(arrows, log, **upd))
+        sacred("demo", **_updates(arrows, log, **upd))
     monkeypatch.setattr(runner, "build_trainer", real_build)
     last = next(log.glob("*/version_0/checkpoints/last.ckpt"))
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
-    resumed = _sacred(**_updates(arrows, log, resume_from=str(last), **upd))
+    resumed = sacred("demo", **_updates(arrows, log, resume_from=str(last), **upd))
 
     def final(r):
         return torch.load(Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu",
@@ -214,14 +200,14 @@ def test_resumed_search_equals_uninterrupted_bit_for_bit(arrows, tmp_path, monke
         (dict(batch_size=24), ConfigError, "multiple of"),
     ],
 )
-def test_bad_config_is_rejected_clearly(arrows, tmp_path, updates, error, words):
+def test_bad_config_is_rejected_clearly(sacred, arrows, tmp_path, updates, error, words):
     with pytest.raises(error, match=words):
-        _sacred(**_updates(arrows, tmp_path / "r", stage="train", **updates))
+        sacred("demo", **_updates(arrows, tmp_path / "r", stage="train", **updates))
 
 
-def test_missing_arrow_files_name_the_fix(tmp_path):
+def test_missing_arrow_files_name_the_fix(sacred, tmp_path):
     with pytest.raises(Exception, match="DATA.md"):
-        _sacred(**_updates(tmp_path / "nowhere", tmp_path / "r", stage="train", vqav2_label_size=18))
+        sacred("demo", **_updates(tmp_path / "nowhere", tmp_path / "r", stage="train", vqav2_label_size=18))
 
 
 def test_unknown_key_suggests_the_known_one():
@@ -232,23 +218,21 @@ def test_unknown_key_suggests_the_known_one():
 
 
 @pytest.fixture(scope="module")
-def pair_and_caption_arrows(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("arrows_nlvr2_f30k")
-    write_synthetic(root, seed=2, images=32, variants=("nlvr2", "captions"))
-    return root
+def pair_and_caption_arrows(make_arrows) -> Path:
+    return make_arrows("arrows_nlvr2_f30k", seed=2, images=32, variants=("nlvr2", "captions"))
 
 
-def test_nlvr2_and_f30k_tasks_train_and_evaluate(pair_and_caption_arrows, tmp_path):
+def test_nlvr2_and_f30k_tasks_train_and_evaluate(sacred, pair_and_caption_arrows, tmp_path):
     """NLVR2 (image pairs, 3-row token types) and Flickr30K retrieval (rank loss, IR/TR recall@k) run end to end."""
     root = pair_and_caption_arrows
     common = dict(data_root=str(root), stage="train", per_gpu_batchsize=8, batch_size=8, max_epoch=1, num_workers=0,
                   skip_module=[1], train_transform_keys=["pixelbert"])
-    r = _sacred(named=("demo", "task_finetune_nlvr2"), log_dir=str(tmp_path / "n"), **common)
+    r = sacred("demo", "task_finetune_nlvr2", log_dir=str(tmp_path / "n"), **common)
     ckpt = torch.load(Path(r.result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["state_dict"]["backbone.token_type_embeddings.weight"].shape[0] == 3
     assert ckpt["state_dict"]["heads.nlvr2_classifier.3.weight"].shape == (2, 256)
 
-    r = _sacred(named=("demo", "task_finetune_irtr_f30k"), log_dir=str(tmp_path / "f"), draw_false_text=3,
+    r = sacred("demo", "task_finetune_irtr_f30k", log_dir=str(tmp_path / "f"), draw_false_text=3,
                 **common)
     events = list(Path(r.result["run_dir"]).glob("events.out.tfevents.*"))
     assert events

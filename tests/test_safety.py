@@ -16,28 +16,22 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import run as run_py  # noqa: E402
-from vlpeft import _io, evaluate, export, report  # noqa: E402
-from vlpeft.checkpoint import CheckpointError, read_checkpoint, save_trainable, torch_load  # noqa: E402
-from vlpeft.config import ConfigError  # noqa: E402
-from vlpeft.rundir import release_run_dir, reserve_run_dir  # noqa: E402
-from write_arrow.synthetic import write_synthetic  # noqa: E402
+from vlpeft import _io, evaluate, export, report
+from vlpeft.checkpoint import CheckpointError, read_checkpoint, save_trainable, torch_load
+from vlpeft.config import ConfigError
+from vlpeft.rundir import release_run_dir, reserve_run_dir
 
 
-@pytest.fixture(scope="module")
-def arrows(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("safety_arrows")
-    write_synthetic(root, seed=0, images=16, variants=("vqa",))
-    return root
+@pytest.fixture
+def run_demo(sacred, arrows):
+    """The demo (one train epoch unless overridden) on this module's arrows, logging into ``log``."""
 
+    def run(log: Path, **updates):
+        base = dict(data_root=str(arrows), log_dir=str(log), per_gpu_batchsize=8, batch_size=8, num_workers=0,
+                    max_epoch=1, stage="train")
+        return sacred("demo", **{**base, **updates})
 
-def _run(arrows: Path, log: Path, **updates):
-    base = dict(data_root=str(arrows), log_dir=str(log), per_gpu_batchsize=8, batch_size=8, num_workers=0,
-                max_epoch=1, stage="train")
-    return run_py.ex.run(named_configs=["demo"], config_updates={**base, **updates}, options={"--loglevel": "ERROR"})
+    return run
 
 
 class _Payload:
@@ -87,11 +81,11 @@ def test_unsafe_pickle_is_the_one_named_opt_in(tmp_path, capsys):
     assert "WARNING: unsafe_pickle=True" in capsys.readouterr().out  # … and says what it risks
 
 
-def test_train_run_refuses_code_in_load_path(arrows, tmp_path):
+def test_train_run_refuses_code_in_load_path(run_demo, tmp_path):
     evil, marker = _evil(tmp_path)
     log = tmp_path / "result"
     with pytest.raises(CheckpointError, match="unsafe_pickle=True"):
-        _run(arrows, log, load_path=str(evil))
+        run_demo(log, load_path=str(evil))
     assert not marker.exists()
     assert not list(log.glob("*/version_*"))  # failed before training: its run folder was given back
 
@@ -124,12 +118,12 @@ def test_original_checkpoint_containers_load_weights_only(tmp_path):
     assert key is not ModelCheckpoint and key.__name__ == "ModelCheckpoint"
 
 
-def test_load_path_matching_no_tensor_is_refused(arrows, tmp_path):
+def test_load_path_matching_no_tensor_is_refused(run_demo, tmp_path):
     other = tmp_path / "other_model.ckpt"
     torch.save({"state_dict": {"encoder.layer.0.weight": torch.randn(3, 3), "decoder.w": torch.randn(2)}}, other)
     log = tmp_path / "result"
     with pytest.raises(CheckpointError) as e:
-        _run(arrows, log, load_path=str(other))
+        run_demo(log, load_path=str(other))
     msg = str(e.value)
     assert f"load_path {other} matches no tensor of this model" in msg and "encoder.layer.0.weight" in msg
     assert "load_path=''" in msg
@@ -138,11 +132,11 @@ def test_load_path_matching_no_tensor_is_refused(arrows, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- 2. exp_name
 @pytest.mark.parametrize("name", ["../../escaped", "a/b", "..", "ABS"])
-def test_exp_name_must_be_one_folder_name(arrows, tmp_path, name):
+def test_exp_name_must_be_one_folder_name(run_demo, tmp_path, name):
     name = str(tmp_path / "abs_target") if name == "ABS" else name
     log = tmp_path / "deep" / "result"
     with pytest.raises(ConfigError) as e:
-        _run(arrows, log, exp_name=name)
+        run_demo(log, exp_name=name)
     assert f"exp_name={name!r} is not a single folder name" in str(e.value) and "log_dir=" in str(e.value)
     assert not list(tmp_path.rglob("version_*")) and not list(tmp_path.glob("*escaped*"))
     assert not list(tmp_path.glob("abs_target*")) and not list(log.glob("*"))
@@ -160,7 +154,7 @@ class _SigtermAt(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_sigterm_stops_a_search_with_nonzero_exit_and_the_resume_command(arrows, tmp_path, monkeypatch, capsys):
+def test_sigterm_stops_a_search_with_nonzero_exit_and_the_resume_command(run_demo, tmp_path, monkeypatch, capsys):
     import vlpeft.runner as runner
 
     real = runner.progress_callbacks
@@ -168,7 +162,7 @@ def test_sigterm_stops_a_search_with_nonzero_exit_and_the_resume_command(arrows,
     monkeypatch.setattr(sys, "argv", ["run.py", "with", "demo", "stage=search"])
     log = tmp_path / "result"
     with pytest.raises(SystemExit) as e:
-        _run(arrows, log, stage="search", max_epoch=2, das_epoch=2, das_turn=1)
+        run_demo(log, stage="search", max_epoch=2, das_epoch=2, das_turn=1)
     assert e.value.code == 143  # not 0: `set -e` in scripts/das.sh stops before training on an old placement
     (run_dir,) = log.glob("*/version_*")
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -176,7 +170,7 @@ def test_sigterm_stops_a_search_with_nonzero_exit_and_the_resume_command(arrows,
     err = capsys.readouterr().err
     assert "stopped by SIGTERM" in err and f"python run.py with demo stage=search resume_from={last}" in err
     monkeypatch.setattr(runner, "progress_callbacks", real)
-    r = _run(arrows, log, stage="search", max_epoch=2, das_epoch=2, das_turn=1, resume_from=str(last))
+    r = run_demo(log, stage="search", max_epoch=2, das_epoch=2, das_turn=1, resume_from=str(last))
     assert Path(r.result["placement_path"]).is_file()
 
 
@@ -288,7 +282,7 @@ def test_disk_full_while_saving_trainable_weights(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
-def test_disk_full_in_a_file_lightning_writes_names_it(arrows, tmp_path, monkeypatch):
+def test_disk_full_in_a_file_lightning_writes_names_it(run_demo, tmp_path, monkeypatch):
     import pytorch_lightning.loggers.tensorboard as tb
 
     def full(path, hparams, *args, **kwargs):
@@ -297,17 +291,17 @@ def test_disk_full_in_a_file_lightning_writes_names_it(arrows, tmp_path, monkeyp
     monkeypatch.setattr(tb, "save_hparams_to_yaml", full)
     log = tmp_path / "result"
     with pytest.raises(OSError) as e:
-        _run(arrows, log)
+        run_demo(log)
     msg = str(e.value)
     assert "no space left on the device writing" in msg and "hparams.yaml" in msg and "may be incomplete" in msg
     assert "never half-written" in msg and "run it again" in msg
 
 
 # ---------------------------------------------------------------------------------------------- early failure
-def test_run_failing_before_training_gives_its_folder_back(arrows, tmp_path):
+def test_run_failing_before_training_gives_its_folder_back(run_demo, tmp_path):
     log = tmp_path / "result"
     with pytest.raises(Exception, match="no-such-tokenizer"):
-        _run(arrows, log, tokenizer=str(tmp_path / "no-such-tokenizer"))
+        run_demo(log, tokenizer=str(tmp_path / "no-such-tokenizer"))
     assert not list(log.glob("*/version_*")) and not list(log.glob("*"))
 
 

@@ -13,30 +13,18 @@ gradients already are the step's own (those the step ends with). Weights are mov
 
 from __future__ import annotations
 
-import sys
 import zlib
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from vlpeft.search.das import DASSearch
+from vlpeft.search.kab import KABSearch
 
-import run as run_py  # noqa: E402
-from vlpeft.search.das import DASSearch  # noqa: E402
-from vlpeft.search.kab import KABSearch  # noqa: E402
-from write_arrow.synthetic import write_synthetic  # noqa: E402
 
 STEPS = 5
-
-
-@pytest.fixture(scope="module")
-def arrows(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("timing_arrows")
-    write_synthetic(root, seed=5, images=24, variants=("vqa",))
-    return root
+SYNTHETIC = dict(seed=5, images=24)  # this module's arrows (tests/conftest.py)
 
 
 class _Watch(pl.Callback):
@@ -88,33 +76,34 @@ class _Watch(pl.Callback):
                    and (end[n] is None or torch.equal(r["grads"][n], end[n])) for n in end)
 
 
-def _search(arrows: Path, log: Path, monkeypatch, **updates) -> _Watch:
-    from vlpeft import runner
+@pytest.fixture
+def search_watched(sacred, arrows, tmp_path, trainer_callbacks):
+    """``search_watched(**updates)``: a short demo search on this module's arrows under the ``_Watch`` callback."""
 
-    watch = _Watch()
-    real = runner.build_trainer
-    monkeypatch.setattr(runner, "build_trainer", lambda *a, **kw: real(*a, **dict(kw, extra_callbacks=[watch])))
-    cfg = dict(data_root=str(arrows), log_dir=str(log), per_gpu_batchsize=8, batch_size=8, max_epoch=1,
-               max_steps=STEPS, num_gpus=0, precision=32, num_workers=0, vqav2_label_size=0, seed=3,
+    def run(**updates) -> _Watch:
+        watch = _Watch()
+        trainer_callbacks[:] = [watch]
+        sacred("demo", data_root=str(arrows), log_dir=str(tmp_path / "r"), per_gpu_batchsize=8, batch_size=8,
+               max_epoch=1, max_steps=STEPS, num_gpus=0, precision=32, num_workers=0, vqav2_label_size=0, seed=3,
                stage="search", das_warmup_epoch=0, das_turn=2, drop_rate=0.0, **updates)
-    run_py.ex.run(named_configs=["demo"], config_updates=cfg, options={"--loglevel": "ERROR"})
-    monkeypatch.setattr(runner, "build_trainer", real)
-    assert watch.rounds, "no reward round ran"
-    for start, end in watch.steps:  # every step really moves the weights
-        assert any(not torch.equal(start[n], end[n]) for n in start)
-    return watch
+        assert watch.rounds, "no reward round ran"
+        for start, end in watch.steps:  # every step really moves the weights
+            assert any(not torch.equal(start[n], end[n]) for n in start)
+        return watch
+
+    return run
 
 
-def test_das_scores_candidates_before_backward_and_the_optimizer_step(arrows, tmp_path, monkeypatch):
-    watch = _search(arrows, tmp_path / "r", monkeypatch)
+def test_das_scores_candidates_before_backward_and_the_optimizer_step(search_watched):
+    watch = search_watched()
     # das_turn=2: a round in steps 1 and 3 (the count restarts after each), each on the step-start weights
     assert [r["step"] for r in watch.rounds] == [1, 3]
     assert all(r["as_step_start"] for r in watch.rounds)
     assert not any(watch.grads_are_the_steps(r) for r in watch.rounds)  # the step's backward has not run yet
 
 
-def test_after_step_option_scores_one_update_later(arrows, tmp_path, monkeypatch):
-    watch = _search(arrows, tmp_path / "r", monkeypatch, das_round_timing="after_step")
+def test_after_step_option_scores_one_update_later(search_watched):
+    watch = search_watched(das_round_timing="after_step")
     assert [r["step"] for r in watch.rounds] == [1, 3]
     assert not any(r["as_step_start"] for r in watch.rounds)
     assert all(watch.grads_are_the_steps(r) for r in watch.rounds)  # after the step's backward and update

@@ -11,13 +11,13 @@ import torch
 from torch import nn
 from transformers import ViltConfig, ViltForQuestionAnswering
 
-from vlpeft.backbones import BACKBONES
+from vlpeft.backbones import BACKBONES, LayerPlan
 from vlpeft.backbones._convert import hf_to_vilt_state_dict, vilt_to_hf_state_dict
 from vlpeft.backbones.vilt import ViLT, ViltCheckpointError, checkpoint_filter_fn
 from vlpeft.build import build_with_pet
 from vlpeft.checkpoint import CheckpointError, load_checkpoint_file
 from vlpeft.pet.adapters import DASAdapter
-from vlpeft.search.placement import PlacementError
+from vlpeft.search.placement import PlacementError, validate_skip
 
 from helpers import proj_loss
 
@@ -56,8 +56,8 @@ class VQAModel(nn.Module):
         self.vilt = vilt
         self.vqa_classifier = vqa_head(vilt.hidden_size, labels)
 
-    def forward(self, batch, **kw):
-        return self.vqa_classifier(self.vilt.infer(batch, **kw)["cls_feats"])
+    def forward(self, batch, plan=LayerPlan()):
+        return self.vqa_classifier(self.vilt(batch, plan)["cls_feats"])
 
 
 def make_batch(B=3, L=12, size=64, seed=0, heights=None, widths=None):
@@ -117,7 +117,7 @@ def test_vqa_logits_match_transformers_vilt():
     with torch.no_grad():
         ref = hf(input_ids=batch["text_ids"], attention_mask=batch["text_masks"], pixel_values=batch["image"],
                  pixel_mask=batch["image_mask"].long(), output_hidden_states=True)
-        out = ours.vilt.infer(batch, skip=[])
+        out = ours.vilt(batch, LayerPlan())
         logits = ours.vqa_classifier(out["cls_feats"])
     assert logits.shape == (3, labels)
     torch.testing.assert_close(logits, ref.logits, atol=1e-4, rtol=0)
@@ -168,12 +168,12 @@ def test_round_trip_through_original_ckpt(tmp_path):
     b = VQAModel(build_vilt(tiny_config()), 4).eval()
     batch = make_batch(heights=[64, 48, 32])
     with torch.no_grad():
-        assert not torch.allclose(a(batch, skip=[1]), b(batch, skip=[1]))
+        assert not torch.allclose(a(batch, LayerPlan.of([1])), b(batch, LayerPlan.of([1])))
         rep = load_checkpoint_file(b, p, prefix_map={"vqa_classifier.": "vqa_classifier.", "": "vilt."})
         assert rep.missing == [] and rep.unexpected == []
         assert rep.loaded == len(a.state_dict())
         for skip in ([], [0], [1]):
-            assert torch.equal(a(batch, skip=skip), b(batch, skip=skip))
+            assert torch.equal(a(batch, LayerPlan.of(skip)), b(batch, LayerPlan.of(skip)))
     # the names are the original ViLT ones (no prefix on the backbone itself)
     keys = set(a.vilt.state_dict())
     for k in ("text_embeddings.word_embeddings.weight", "token_type_embeddings.weight", "transformer.cls_token",
@@ -201,7 +201,7 @@ def test_nlvr2_token_types():
     w = two.token_type_embeddings.weight.detach().clone()
     batch = make_batch()
     with pytest.raises(ValueError, match="expand_token_types_for_nlvr2"):
-        two.infer(batch, image_token_type_idx=2)
+        two(batch, image_token_type_idx=2)
     two.expand_token_types_for_nlvr2()
     t = two.token_type_embeddings.weight
     assert t.shape == (3, 64) and torch.equal(t[:2], w) and torch.equal(t[2], w[1])
@@ -214,7 +214,7 @@ def test_nlvr2_token_types():
     nl["image_0"], nl["image_0_mask"] = nl.pop("image"), nl.pop("image_mask")
     with torch.no_grad():
         three.eval()
-        f = three.infer(nl, image_key="image_0", image_token_type_idx=2)["cls_feats"]
+        f = three(nl, image_key="image_0", image_token_type_idx=2)["cls_feats"]
     assert f.shape == (2, 64)
 
 
@@ -298,13 +298,13 @@ def test_skipped_block_not_computed():
         seq[0].register_forward_hook(lambda m, a, o, i=i: calls.append(f"skip{i}"))
     batch = make_batch(B=2, size=128)
     with torch.no_grad():
-        model.infer(batch, skip=[3, 1])
+        model(batch, LayerPlan.of([3, 1]))
     # inner hooks fire before their block's; nothing of blocks 1 and 3 runs, only their skip adapters
     assert calls == ["attn0", "adapter0_0", "block0", "skip1", "attn2", "adapter0_2", "block2", "skip3"]
     assert calls.count("skip1") == 1 and calls.count("skip3") == 1
     # training through a skip set: the skipped blocks get no gradient, their skip adapters do
     model.train()
-    proj_loss(model.infer(batch, skip=[1])["cls_feats"]).backward()
+    proj_loss(model(batch, LayerPlan.of([1]))["cls_feats"]).backward()
     assert model.transformer.blocks[1].attn.qkv.weight.grad is None
     assert model.transformer.blocks[1].adapter0.up_proj.weight.grad is None
     assert model.adapter_list[1][0].up_proj.weight.grad.abs().sum() > 0
@@ -316,8 +316,8 @@ def test_skip_adapter_is_residual_and_changes_output():
     model = build_vilt(tiny_config()).eval()
     batch = make_batch()
     with torch.no_grad():
-        full = model.infer(batch)["cls_feats"]
-        skip = model.infer(batch, skip=[0])["cls_feats"]
+        full = model(batch)["cls_feats"]
+        skip = model(batch, LayerPlan.of([0]))["cls_feats"]
         assert not torch.allclose(full, skip)
         # a zero skip adapter makes a skipped block the identity
         zero_adapters(model)
@@ -326,11 +326,17 @@ def test_skip_adapter_is_residual_and_changes_output():
         assert torch.equal(model.transformer.blocks[0].adapter0(x), torch.zeros_like(x))
 
 
-@pytest.mark.parametrize("skip, match", [([2], "out of range"), ([-1], "out of range"), ([1, 1], "more than once")])
+@pytest.mark.parametrize("skip, match", [([2], "out of range"), ([-1], "out of range")])
 def test_bad_skip_raises(skip, match):
     model = build_vilt(tiny_config())
     with pytest.raises(PlacementError, match=match):
-        model.infer(make_batch(), skip=skip)
+        model(make_batch(), LayerPlan.of(skip))
+
+
+def test_a_skip_list_naming_a_block_twice_is_refused():
+    # a LayerPlan holds a set, so a repeated block can only come from a list: the placement's own check
+    with pytest.raises(PlacementError, match="more than once"):
+        validate_skip([1, 1], build_vilt(tiny_config()).num_layers)
 
 
 def test_max_image_len_caps_tokens_and_is_seeded():
@@ -338,11 +344,11 @@ def test_max_image_len_caps_tokens_and_is_seeded():
     batch = make_batch(B=3, heights=[64, 64, 32], widths=[64, 64, 32])  # 16, 16 and 4 valid patches
     with torch.no_grad():
         torch.manual_seed(0)
-        a = model.infer(batch)
+        a = model(batch)
         torch.manual_seed(0)
-        b = model.infer(batch)
+        b = model(batch)
         torch.manual_seed(1)
-        c = model.infer(batch)
+        c = model(batch)
     assert a["image_masks"].shape == (3, 6)
     assert a["image_masks"].sum(1).tolist() == [6, 6, 5]  # cls + min(valid, 5)
     pi, grid = a["patch_index"]
@@ -356,11 +362,11 @@ def test_max_image_len_caps_tokens_and_is_seeded():
     # an explicit generator drives the draw instead of the global RNG
     model.patch_generator = torch.Generator().manual_seed(7)
     with torch.no_grad():
-        d = model.infer(batch)
+        d = model(batch)
     model.patch_generator = torch.Generator().manual_seed(7)
     torch.manual_seed(99)
     with torch.no_grad():
-        e = model.infer(batch)
+        e = model(batch)
     assert torch.equal(d["patch_index"][0], e["patch_index"][0])
     with pytest.raises(ValueError, match="max_image_len"):
         build_vilt(tiny_config(max_image_len=0))
@@ -370,38 +376,38 @@ def test_image_mask_respected():
     model = build_vilt(tiny_config()).eval()
     batch = make_batch(B=2, heights=[64, 32], widths=[64, 48])  # sample 1: 2x3 valid patches
     with torch.no_grad():
-        out = model.infer(batch)
+        out = model(batch)
         assert out["image_masks"][1].tolist() == [1] * 7 + [0] * 10
         assert {tuple(x) for x in out["patch_index"][0][1, :6].tolist()} == {(r, c) for r in range(2) for c in range(3)}
         # pixels under padding do not matter; pixels in the image do
         noisy = dict(batch, image=batch["image"].clone())
         noisy["image"][1, :, 32:, :] = 7.0
         noisy["image"][1, :, :, 48:] = -3.0
-        torch.testing.assert_close(model.infer(noisy)["cls_feats"], out["cls_feats"], atol=1e-6, rtol=0)
+        torch.testing.assert_close(model(noisy)["cls_feats"], out["cls_feats"], atol=1e-6, rtol=0)
         noisy["image"][1, :, 0, 0] += 1.0
-        assert not torch.allclose(model.infer(noisy)["cls_feats"][1], out["cls_feats"][1])
+        assert not torch.allclose(model(noisy)["cls_feats"][1], out["cls_feats"][1])
         # the explicit mask decides, not the pixel values: an all-zero real image still has its patches
         zero = dict(batch, image=torch.zeros_like(batch["image"]))
-        assert model.infer(zero)["image_masks"][0].sum() == 17
+        assert model(zero)["image_masks"][0].sum() == 17
     bad = dict(batch, image_mask=batch["image_mask"].clone())
     bad["image_mask"][0, 20:40, 20:40] = False
     with pytest.raises(ValueError, match="top-left aligned rectangle"):
-        model.infer(bad)
+        model(bad)
 
 
 def test_outputs_deterministic_under_seed_with_dropout():
     model = build_vilt(tiny_config(drop_rate=0.1)).train()
     batch = make_batch()
     torch.manual_seed(3)
-    a = model.infer(batch, skip=[1])["cls_feats"]
+    a = model(batch, LayerPlan.of([1]))["cls_feats"]
     torch.manual_seed(3)
-    b = model.infer(batch, skip=[1])["cls_feats"]
+    b = model(batch, LayerPlan.of([1]))["cls_feats"]
     torch.manual_seed(4)
-    c = model.infer(batch, skip=[1])["cls_feats"]
+    c = model(batch, LayerPlan.of([1]))["cls_feats"]
     assert torch.equal(a, b) and not torch.equal(a, c)
     model.eval()
     with torch.no_grad():
-        assert torch.equal(model.infer(batch)["cls_feats"], model.infer(batch)["cls_feats"])
+        assert torch.equal(model(batch)["cls_feats"], model(batch)["cls_feats"])
 
 
 def test_outputs_and_sizes_follow_the_variant():
@@ -413,7 +419,7 @@ def test_outputs_and_sizes_follow_the_variant():
         batch = make_batch(B=2, size=size)
         batch["text_ids_mlm"] = batch["text_ids"].clone()
         with torch.no_grad():
-            out = m.eval().infer(batch, mask_text=True)
+            out = m.eval()(batch, LayerPlan(), mask_text=True)
         assert out["cls_feats"].shape == (2, 64) and out["text_feats"].shape == (2, 12, 64)
         assert out["image_feats"].shape == (2, 17, 64) and out["raw_cls_feats"].shape == (2, 64)
         torch.testing.assert_close(out["cls_feats"], torch.tanh(m.pooler.dense(out["text_feats"][:, 0])))
@@ -432,9 +438,9 @@ def test_config_errors():
         build_backbone(dict(tiny_config(), backbone="vitl"))
     m = build_vilt(tiny_config())
     with pytest.raises(ValueError, match="max_text_len"):
-        m.infer(make_batch(L=41))
+        m(make_batch(L=41))
     with pytest.raises(KeyError, match="image_0"):
-        m.infer(make_batch(), image_key="image_0")
+        m(make_batch(), image_key="image_0")
 
 
 def test_das_adapter_shapes_and_init():

@@ -4,9 +4,6 @@ reading the image's ``x_v``, and the parameter counts of spec §6.5 at base size
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -15,11 +12,10 @@ from vlpeft.backbones import BACKBONES, LayerPlan
 from vlpeft.pet import PRESETS, inject
 from vlpeft.pet.trainable import apply_trainable, count_parameters
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run.py, write_arrow
-
 PLAN = LayerPlan()
 ROUTING_PRESETS = [f"routing_{k}_{fn}" for k in ("lora", "adapter") for fn in ("add", "mul", "mul_expand", "vl")]
 SMALL = dict(routing_r=4, routing_alpha=8, routing_adapter_r=4, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+SYNTHETIC = dict(seed=6, images=48)  # the arrows of the run.py tests (tests/conftest.py)
 
 
 def _bb(name: str, seed: int = 0, **cfg):
@@ -402,26 +398,17 @@ def test_named_configs_build_the_released_runs(cfg_name, routed, trainable, tota
 
 
 # --- through run.py ---------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def arrows(tmp_path_factory):
-    from write_arrow.synthetic import write_synthetic
-
-    root = tmp_path_factory.mktemp("vit_lm_arrows")
-    write_synthetic(root, seed=6, images=48, variants=("vqa",))
-    return root
-
-
 # the RT VQA named config on the tiny test backbone (its tokenizer, 32 px images) and the synthetic data
 TINY_RUN = dict(per_gpu_batchsize=16, batch_size=16, num_gpus=0, num_workers=0, vqav2_label_size=0,
                 backbone="test_vit_roberta", image_size=32, max_epoch=3, learning_rate=2e-3, warmup_steps=0.1,
                 max_text_len=16, tokenizer="bert-base-uncased", seed=1)
 
 
-def _run_py(arrows, tmp_path, monkeypatch, **updates):
+@pytest.fixture
+def rt_run(sacred, arrows, tmp_path, trainer_callbacks):
+    """``rt_run(**updates)``: the RT VQA named config on the tiny backbone and this module's arrows; returns the
+    recorder of its training losses / trainable names and the run's result."""
     import pytorch_lightning as pl
-
-    import run as run_py
-    from vlpeft import runner
 
     class _Rec(pl.Callback):
         def __init__(self):
@@ -433,19 +420,19 @@ def _run_py(arrows, tmp_path, monkeypatch, **updates):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.losses.append(float(outputs["loss"]))
 
-    rec = _Rec()
-    real = runner.build_trainer
-    monkeypatch.setattr(runner, "build_trainer", lambda *a, **kw: real(*a, **dict(kw, extra_callbacks=[rec])))
-    cfg = dict(TINY_RUN, data_root=str(arrows), log_dir=str(tmp_path / "result"), **updates)
-    result = run_py.ex.run(named_configs=["routing_vit_roberta_lora"], config_updates=cfg,
-                           options={"--loglevel": "ERROR"}).result
-    return rec, result
+    def run(**updates):
+        rec = _Rec()
+        trainer_callbacks[:] = [rec]
+        cfg = dict(TINY_RUN, data_root=str(arrows), log_dir=str(tmp_path / "result"), **updates)
+        return rec, sacred("routing_vit_roberta_lora", **cfg).result
+
+    return run
 
 
-def test_routing_vit_roberta_trains_through_run_py(arrows, tmp_path, monkeypatch):
+def test_routing_vit_roberta_trains_through_run_py(rt_run):
     """Routed LoRA (+ q / v biases) and the head train, the LM's other weights and the ViT stay frozen, and the
     training loss drops."""
-    rec, _ = _run_py(arrows, tmp_path, monkeypatch, routing_r=8, routing_alpha=8)
+    rec, _ = rt_run(routing_r=8, routing_alpha=8)
     assert len(rec.losses) >= 6 and all(torch.isfinite(torch.tensor(rec.losses)))
     k = 3
     assert sum(rec.losses[-k:]) / k < 0.9 * sum(rec.losses[:k]) / k, rec.losses
@@ -454,11 +441,11 @@ def test_routing_vit_roberta_trains_through_run_py(arrows, tmp_path, monkeypatch
     assert not any(".vit." in n or n.endswith(("query.weight", "key.bias", "LayerNorm.weight")) for n in rec.trainable)
 
 
-def test_das_search_skips_roberta_layers_through_run_py(arrows, tmp_path, monkeypatch):
+def test_das_search_skips_roberta_layers_through_run_py(rt_run):
     import json
 
-    _, result = _run_py(arrows, tmp_path, monkeypatch, stage="search", search="das", pet="das", train_base="",
-                        skip_num=1, das_turn=2, das_warmup_epoch=0, das_adapter_dim=8, das_skip_adapter_dim=8,
-                        max_epoch=2)
+    _, result = rt_run(stage="search", search="das", pet="das", train_base="",
+                       skip_num=1, das_turn=2, das_warmup_epoch=0, das_adapter_dim=8, das_skip_adapter_dim=8,
+                       max_epoch=2)
     placement = json.loads(open(result["placement_path"]).read())
     assert placement["num_layers"] == 3 and len(placement["skip"]) == 1

@@ -36,6 +36,7 @@ class ToyQTypeDataset(VQADataset):
 @register_task
 class ToyQTypeTask(ClassifierTask):
     """Question type (``toy_qtype_classifier``, CE over 4 classes)."""
+    test_backbone = "test_vilt"
 
     name = NAME
     heads = (f"{NAME}_classifier",)

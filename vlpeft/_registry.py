@@ -4,6 +4,11 @@ An entry is a name, a builder and the flat config keys (with defaults) that the 
 config is assembled from the core keys plus every entry's keys, and unknown-key validation asks the registries,
 so a new backbone or module brings its keys along instead of editing a hand-kept list. ``names("test_*")``
 lists the tiny entries that the conformance tests are parametrized over (timm style).
+
+Every real entry says how the conformance tests exercise it, where it registers: ``register(name, test={...})``
+(tiny options the tests read: a PET module's site and options, a preset's backbone and config, …), or a tiny
+``test_*`` entry registered beside it whose ``family`` meta names it (the backbones). ``untested(exempt)`` lists
+the entries that do neither, so a new entry without a test entry fails the suite (``tests/test_registries.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -23,6 +28,7 @@ class Entry(Generic[T]):
     keys: dict[str, Any] = field(default_factory=dict)  # flat config keys read, with their defaults
     doc: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    test: dict[str, Any] | None = None  # tiny options the conformance tests build this entry with
 
 
 class RegistryError(KeyError):
@@ -38,13 +44,24 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
 
     def register(self, name: str, *, keys: dict[str, Any] | None = None, doc: str = "",
-                 **meta: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+                 test: dict[str, Any] | None = None, **meta: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """``test``: the tiny options the conformance tests build this entry with (see the module docstring)."""
+        if test is not None and not isinstance(test, dict):
+            raise TypeError(f"{self.kind} {name!r}: test= must be a dict of tiny test options, "
+                            f"got {type(test).__name__}")
+
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._entries[name] = Entry(name, fn, dict(keys or {}), doc or (fn.__doc__ or "").strip(), meta)
+            self._entries[name] = Entry(name, fn, dict(keys or {}), doc or (fn.__doc__ or "").strip(), meta,
+                                        None if test is None else dict(test))
             return fn
         return deco
+
+    def unregister(self, name: str) -> Entry[T]:
+        """Remove ``name`` (tests that register a throwaway entry remove it again); returns its entry."""
+        self.get(name)  # the usual error for an unknown name
+        return self._entries.pop(name)
 
     def get(self, name: str) -> Entry[T]:
         if name not in self._entries:
@@ -59,6 +76,22 @@ class Registry(Generic[T]):
 
     def names(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+
+    def test_options(self, name: str) -> dict[str, Any]:
+        """The tiny test options ``name`` registered with (a copy); an error naming the fix if it has none."""
+        entry = self.get(name)
+        if entry.test is None:
+            raise RegistryError(f"{self.kind} {name!r} registered no test options: add test=dict(...) to its "
+                                f"registration")
+        return dict(entry.test)
+
+    def untested(self, exempt: Mapping[str, str] | Iterable[str] = ()) -> list[str]:
+        """Real entries (not ``test_*``) with neither test options nor a ``test_*`` entry of their family, less
+        ``exempt``: what the conformance tests would silently miss."""
+        exempt = set(exempt)
+        families = {e.meta.get("family") for n, e in self._entries.items() if fnmatch.fnmatch(n, "test_*")}
+        return [n for n in self.names() if not fnmatch.fnmatch(n, "test_*") and n not in exempt
+                and self._entries[n].test is None and n not in families]
 
     def config_keys(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -20,8 +20,8 @@ Batch keys of generative tasks (the collate of ``vlpeft.data`` writes them):
   (B, 3, H, W) pixels, which the backbone turns into features itself;
 - ``task`` (str): the batch's task, which selects per-task PET modules through ``pet_context``.
 
-Generative tasks call ``infer(batch)`` for the loss, and ``infer(batch, generate=True, ...)`` in validation and
-test (``tasks._base.compute(..., generate=True)``), which routes to ``Generative.generate``.
+Generative tasks call ``forward(batch, plan)`` for the loss, and ``forward(batch, plan, generate=True, ...)`` in
+validation and test (``tasks._base.compute(..., generate=True)``), which routes to ``Generative.generate``.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Each wrapper turns one HF model into four steps the placement code composes:
 ``prepare(ids, masks) -> PLMState`` (embeddings, masks, and for T5 the whole encoder),
 ``run_layer(i, state)`` (candidate layer i), ``query(state)`` (the token that asks CLIP for a prompt),
 ``insert(state, prompt, tte)`` (prepend the prompt, widen the mask) and ``readout(state)`` (the feature
-the head reads). States are never mutated, so ``infer_many`` can branch one text-only state into
-several insertion layers.
+the head reads). States are never mutated, so ``DVPBackbone.forward_many`` can branch one text-only state
+into several insertion layers.
 
 The HF layers are called whole (``BertLayer``, ``T5Block``, ``LlamaDecoderLayer``; their call signatures
 are pinned by tests/test_dvp.py, seeds.md §8 item 32) with masks built here. Adapters are attached with

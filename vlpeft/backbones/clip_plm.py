@@ -8,8 +8,8 @@ prompt is prepended and layers K..L−1 run on [prompt; text]; ``cls_feats`` is 
 Public API::
 
     build_dvp_backbone(config: dict) -> DVPBackbone
-    DVPBackbone.infer(batch, insert_layer: int, deterministic_images: bool | None = None) -> {"cls_feats"}
-    DVPBackbone.infer_many(batch, insert_layers: list[int], ...) -> list[{"cls_feats"}]
+    DVPBackbone.forward(batch, plan: LayerPlan, deterministic_images: bool | None = None) -> {"cls_feats"}
+    DVPBackbone.forward_many(batch, plans: list[LayerPlan], ...) -> list[{"cls_feats"}]
     DVPBackbone.num_layers, .hidden_size, .trainable_report() -> dict[str, int]
 
 Parameter names: ``clip.model.*`` (HF CLIPVisionModel), ``plm.bert.*`` / ``plm.t5.*`` / ``plm.llama.*``
@@ -32,8 +32,8 @@ Efficiency switches (config keys, default on; results equal with and without, to
   in-memory LRU. Only sound for deterministic transforms: the backbone cannot see the transform, so it
   trusts ``deterministic_images`` (config key; by default derived from ``train_transform_keys`` /
   ``val_transform_keys``: any key containing "randaug" disables caching for that mode) and a per-call
-  ``deterministic_images=`` override of ``infer``.
-- ``kab_shared_prefix``: ``infer_many`` computes CLIP once, runs the text-only layers once and branches
+  ``deterministic_images=`` override of ``forward``.
+- ``kab_shared_prefix``: ``forward_many`` computes CLIP once, runs the text-only layers once and branches
   into each requested K at its depth (the sampling stage of the KAB search).
 - ``frozen_prefix_no_grad``: at call time, the leading stages (embeddings, then layers 0..K−1) whose
   parameters (adapters included) all have ``requires_grad=False`` run under ``torch.no_grad()``; the
@@ -268,26 +268,13 @@ class DVPBackbone(HostsPLM, Backbone):
                              f"({self.num_layers} candidate layers)")
         return k
 
-    def infer(self, batch: Mapping[str, Any], insert_layer: int, deterministic_images: bool | None = None,
-              skip: Sequence[int] = ()) -> dict[str, torch.Tensor]:
-        k = self._check_layer(insert_layer)
-        skip = frozenset(validate_skip(sorted(skip), self.num_layers))
-        visual = self.visual_features(batch, deterministic_images)
-        with self._lm_precision():
-            state, frozen = self._prefix(batch)
-            state, _ = self._advance(state, 0, k, frozen, skip)
-            return self._branch(state, visual, k, skip)
-
-    def infer_many(self, batch: Mapping[str, Any], insert_layers: Sequence[int],
-                   deterministic_images: bool | None = None) -> list[dict[str, torch.Tensor]]:
-        """``[infer(batch, k) for k in insert_layers]``, sharing CLIP and the text-only layers.
+    def _forward_shared(self, batch: Mapping[str, Any], ks: list[int],
+                        deterministic_images: bool | None) -> list[dict[str, torch.Tensor]]:
+        """One output per insertion layer in ``ks`` (no skip), sharing CLIP and the text-only layers.
 
         In eval mode repeated layers are computed once (same result object); in training mode each entry
         gets its own branch (own dropout draws) above the shared text-only prefix.
         """
-        ks = [self._check_layer(k) for k in insert_layers]
-        if not self.cfg.kab_shared_prefix:
-            return [self.infer(batch, k, deterministic_images) for k in ks]
         if not ks:
             return []
         visual = self.visual_features(batch, deterministic_images)
@@ -317,15 +304,28 @@ class DVPBackbone(HostsPLM, Backbone):
         """LLaMA's pre-attention RMSNorm, which LaVIN's skip adapter reads."""
         return {"input_norm": self.plm.layers[i].input_layernorm} if self.plm.kind == "LLAMA" else {}
 
-    def forward(self, batch: Mapping[str, Any], plan: LayerPlan, **ctx: Any) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Mapping[str, Any], plan: LayerPlan, deterministic_images: bool | None = None,
+                **ctx: Any) -> dict[str, torch.Tensor]:
+        """``cls_feats`` with the prompt inserted at ``plan.insert_layer`` and ``plan.skip`` skipped;
+        ``deterministic_images`` overrides the config's say on caching CLIP features for this call."""
         if ctx:
             raise TypeError(f"DVP backbone takes no {sorted(ctx)} (one image per text)")
-        return self.infer(batch, plan.insert_layer, skip=plan.skip)
+        k = self._check_layer(plan.insert_layer)
+        skip = frozenset(validate_skip(sorted(plan.skip), self.num_layers))
+        visual = self.visual_features(batch, deterministic_images)
+        with self._lm_precision():
+            state, frozen = self._prefix(batch)
+            state, _ = self._advance(state, 0, k, frozen, skip)
+            return self._branch(state, visual, k, skip)
 
-    def forward_many(self, batch: Mapping[str, Any], plans: Sequence[LayerPlan]) -> list[dict[str, torch.Tensor]]:
-        if plans and all(p.skip == plans[0].skip for p in plans) and not plans[0].skip:
-            return self.infer_many(batch, [p.insert_layer for p in plans])  # shares CLIP and the text prefix
-        return [self(batch, p) for p in plans]
+    def forward_many(self, batch: Mapping[str, Any], plans: Sequence[LayerPlan],
+                     deterministic_images: bool | None = None) -> list[dict[str, torch.Tensor]]:
+        """``[forward(batch, p) for p in plans]``; plans that skip nothing share CLIP and the text-only layers
+        (``kab_shared_prefix``: the sampling stage of the KAB search)."""
+        ks = [self._check_layer(p.insert_layer) for p in plans]
+        if self.cfg.kab_shared_prefix and not any(p.skip for p in plans):
+            return self._forward_shared(batch, ks, deterministic_images)
+        return [self(batch, p, deterministic_images) for p in plans]
 
     def base_trainable(self, policy: str) -> list[tuple[str, nn.Parameter]]:
         """The prompt generator and token types always train; the PLM per policy (CLIP never: it is locked)."""

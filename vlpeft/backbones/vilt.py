@@ -3,8 +3,8 @@
 Public API::
 
     build_vilt(config: dict) -> ViLT                      (bare: PET modules come through vlpeft.pet.inject)
-    ViLT.forward(batch, plan: LayerPlan, **ctx) / ViLT.infer(batch, skip=(), image_key="image",
-               image_token_type_idx=1, mask_text=False, image_embeds=None, image_masks=None, image_cache=None)
+    ViLT.forward(batch, plan: LayerPlan = LayerPlan(), image_key="image", image_token_type_idx=1,
+                 mask_text=False, image_embeds=None, image_masks=None, image_cache=None)
     ViLT.candidates(), .sites(), .attach(site, module), .base_trainable(policy), .encode_images(batch)
     ViLT.visual_embed(img, img_mask=None, max_image_len=None, generator=None) -> (x, mask, (patch_index, (Hp, Wp)))
     ViLT.expand_token_types_for_nlvr2() -> None
@@ -368,10 +368,10 @@ class ViLT(Backbone):
         return x, mask, (patch_index, (Hp, Wp))
 
     # ------------------------------------------------------------------ forward
-    def infer(
+    def forward(
         self,
         batch: Mapping[str, Any],
-        skip: Sequence[int] = (),
+        plan: LayerPlan = LayerPlan(),
         image_key: str = "image",
         image_token_type_idx: int = 1,
         mask_text: bool = False,
@@ -379,10 +379,10 @@ class ViLT(Backbone):
         image_masks: torch.Tensor | None = None,
         image_cache: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, Any]:
-        """Run text + image through the blocks; blocks listed in ``skip`` are replaced by their skip adapter
+        """Run text + image through the blocks; blocks in ``plan.skip`` are replaced by their skip adapter
         (the block itself is not computed). ``image_embeds``/``image_masks``: precomputed ``visual_embed``
         output (before token types), e.g. for retrieval over many captions per image."""
-        skipset = set(validate_skip(sorted(skip), self.num_layers))
+        skipset = set(validate_skip(sorted(plan.skip), self.num_layers))
         if image_cache is not None:  # one image's tokens, scored against every row of the text batch
             n = batch["text_ids"].shape[0]
             image_embeds, image_masks = image_cache[0].expand(n, -1, -1), image_cache[1].expand(n, -1)
@@ -396,7 +396,7 @@ class ViLT(Backbone):
         text_key = "text_ids_mlm" if mask_text else "text_ids"
         for k in (text_key, "text_masks"):
             if k not in batch:
-                raise KeyError(f"ViLT.infer: batch has no {k!r} (keys: {sorted(batch)})")
+                raise KeyError(f"ViLT.forward: batch has no {k!r} (keys: {sorted(batch)})")
         text_ids = batch[text_key].to(dev)
         text_masks = batch["text_masks"].to(dev)
         max_len = self.text_embeddings.position_embeddings.num_embeddings
@@ -408,12 +408,12 @@ class ViLT(Backbone):
         patch_index = None
         if image_embeds is None:
             if image_key not in batch:
-                raise KeyError(f"ViLT.infer: batch has no image {image_key!r} (keys: {sorted(batch)})")
+                raise KeyError(f"ViLT.forward: batch has no image {image_key!r} (keys: {sorted(batch)})")
             image_embeds, image_masks, patch_index = self.visual_embed(
                 batch[image_key], batch.get(f"{image_key}_mask"), self.max_image_len, self.patch_generator,
                 batch.get(f"{image_key}_sizes"))
         elif image_masks is None:
-            raise ValueError("ViLT.infer: image_embeds given without image_masks")
+            raise ValueError("ViLT.forward: image_embeds given without image_masks")
         image_embeds, image_masks = image_embeds.to(dev), image_masks.to(dev)
 
         text_embeds = text_embeds + self.token_type_embeddings(torch.zeros_like(text_masks, dtype=torch.long))
@@ -478,9 +478,6 @@ class ViLT(Backbone):
         if getattr(blk, attr) is not None:
             raise ValueError(f"site {site.name} is taken; one module per slot")
         setattr(blk, attr, module)
-
-    def forward(self, batch: Mapping[str, Any], plan: LayerPlan = LayerPlan(), **ctx: Any) -> dict[str, Any]:
-        return self.infer(batch, skip=plan.skip, **ctx)
 
     def base_trainable(self, policy: str) -> list[tuple[str, nn.Parameter]]:
         """``das_original``: what the original DAS name rule unfreezes in the backbone (the pooler and both

@@ -103,19 +103,19 @@ def _init_linears(module: nn.Module, init: str) -> nn.Module:
     return module
 
 
-@register_pet("parallel_adapter")
+@register_pet("parallel_adapter", test=dict(site=dict(anchor="par"), options=dict(bottleneck=4), identity=False))
 def parallel_adapter(site: Site, bottleneck: int, init: str = "bert") -> DASAdapter:
     """DAS parallel adapter: a delta from the sublayer input, no own residual (anchor ``par``)."""
     return _init_linears(DASAdapter(site.dim, int(bottleneck), residual=False), init)
 
 
-@register_pet("skip_adapter")
+@register_pet("skip_adapter", test=dict(site=dict(anchor="skip"), options=dict(bottleneck=4), identity=False))
 def skip_adapter(site: Site, bottleneck: int, init: str = "bert") -> DASAdapter:
     """DAS skip adapter: replaces a skipped unit, with its residual (anchor ``skip``)."""
     return _init_linears(DASAdapter(site.dim, int(bottleneck), residual=True), init)
 
 
-@register_pet("sequential_adapter")
+@register_pet("sequential_adapter", test=dict(site={}, options=dict(reduction=4), identity=False))
 def sequential_adapter(site: Site, reduction: int = 8, min_bottleneck: int = 1, activation: str = "relu",
                        init: str = "normal") -> SequentialAdapter:
     """DVP sequential adapter on a sublayer output: bottleneck ``max(dim // reduction, min_bottleneck)``."""

@@ -134,7 +134,7 @@ class Bottleneck(nn.Module):
                 f"scale={self.scale:g}" + (f", routing={self.routing}" if self.routing else ""))
 
 
-@register_pet("bottleneck")
+@register_pet("bottleneck", test=dict(site={}, options={}, identity=True))
 def build_bottleneck(site, **options) -> nn.Module:
     """Bottleneck adapter (M1 on ``out_seq``; VPA with ``inner_skip=False`` on ``proj:v``; RT routed adapter)."""
     cfg, placing = config_from(BottleneckConfig, "bottleneck", options)
@@ -147,7 +147,7 @@ def build_bottleneck(site, **options) -> nn.Module:
                  site, "bottleneck", **placing)
 
 
-@register_pet("routing_adapter")
+@register_pet("routing_adapter", test=dict(site={}, options=dict(routing="add"), identity=True))
 def build_routing_adapter(site, **options) -> nn.Module:
     """Bottleneck adapter whose down code is routed with the visual context (RT adapter; spec §2 M10)."""
     if not options.get("routing"):

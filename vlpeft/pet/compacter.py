@@ -93,7 +93,8 @@ class Compacter(nn.Module):
         return z + delta if self.inner_skip else delta
 
 
-@register_pet("compacter")
+# identity: the library default is zero-up; the presets pass the original init
+@register_pet("compacter", test=dict(site={}, options={}, identity=True))
 def build_compacter(site, **options) -> nn.Module:
     """Compacter (PHM bottleneck) on ``out_seq`` (spec §2 M5); with ``inner_skip=False`` a parallel delta, e.g. VL-PET
     Table 9's value adapter on ``proj:v`` of the decoder cross-attention."""

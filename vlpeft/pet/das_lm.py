@@ -115,13 +115,16 @@ def _adapter(dim: int, hidden: int, router: bool, scale: float, t: float, residu
     return LaVINAdapter(dim, hidden, scale=scale, residual=residual)
 
 
-@register_pet("lavin_adapter")
+@register_pet("lavin_adapter", test=dict(site=dict(anchor="in_seq", family="llama"), options=dict(hidden=4),
+                                           identity=True))
 def lavin_adapter(site: Site, hidden: int = 8, router: bool = False, scale: float = 1.0, t: float = 10.0) -> nn.Module:
     """LaVIN's in-block adapter (with residual) on the normed input of a sublayer (``in_seq``)."""
     return _adapter(site.dim, int(hidden), bool(router), float(scale), float(t), residual=True)
 
 
-@register_pet("lavin_skip_adapter")
+# input_norm=True: the test gives the site a LayerNorm as the layer's pre-attention norm
+@register_pet("lavin_skip_adapter", test=dict(site=dict(anchor="skip", family="llama", input_norm=True),
+                                             options=dict(hidden=4), identity=True))
 def lavin_skip_adapter(site: Site, hidden: int = 32, router: bool = False, scale: float = 1.0,
                        t: float = 10.0) -> LaVINSkip:
     """LaVIN-DAS's skip adapter on a LLaMA skip site (reads the site's ``input_norm``)."""
@@ -144,7 +147,8 @@ def _positive(config: Mapping[str, Any], key: str) -> int:
     return v
 
 
-@register_preset("das_llama", keys=DAS_LLAMA_KEYS)
+@register_preset("das_llama", keys=DAS_LLAMA_KEYS,
+                 test=dict(backbone="test_plm_llama", config=dict(das_llama_adapter_dim=4)))
 def das_llama(config: Mapping[str, Any]) -> Recipe:
     """LaVIN-DAS on LLaMA: skip adapters of width ``4·das_llama_adapter_dim`` on every layer's skip site, in-block
     adapters of width ``das_llama_adapter_dim`` on the attention's normed input (``das_llama_in_block``; LaVIN's

@@ -118,7 +118,7 @@ class Gate(nn.Module):
                 f"scale={self.scale:g}, init={self.init}")
 
 
-@register_pet("gate")
+@register_pet("gate", test=dict(site=dict(anchor="gate"), options={}, identity=True))
 def build_gate(site, **options) -> nn.Module:
     """VL-PET gate on a ``gate`` site (spec §2 M4); options: ``GateConfig`` + sharing keys."""
     cfg, placing = config_from(GateConfig, "gate", options)

@@ -109,7 +109,10 @@ class HyperformerConfig:
     block_types: tuple[str, ...] | None = None  # default: DEFAULT_BLOCK_TYPES by stack
 
 
-@register_pet("hyperformer")
+# not identity: generated weights from N(0, 0.02) generators; pool: the preset's SharePool (test builds one);
+# idle: the stack's shared hyper-network also generates the other block type's adapters, unused at an attn site
+@register_pet("hyperformer", test=dict(site=dict(num_layers=1), options=dict(tasks=("vqa",)), pool=True,
+                                       identity=False, idle=("hypernet.generators.ffn.",)))
 def build_hyperformer(site, **options) -> nn.Module:
     """Hyperformer adapter on ``out_seq``; needs ``tasks`` and ``pool`` (spec §2 M6)."""
     cfg, placing = config_from(HyperformerConfig, "hyperformer", options)

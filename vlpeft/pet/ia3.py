@@ -38,7 +38,7 @@ class IA3(nn.Module):
         return f"dim={self.ia3_l.numel()}, scales the {'input' if self.feedforward else 'output'}"
 
 
-@register_pet("ia3")
+@register_pet("ia3", test=dict(site=dict(anchor="proj:v", in_dim=16, out_dim=16), options={}, identity=True))
 def build_ia3(site, **options) -> nn.Module:
     """IA3 vector on a projection site (``proj:*``); options: ``IA3Config`` + sharing keys."""
     cfg, placing = config_from(IA3Config, "ia3", options)

@@ -129,7 +129,7 @@ class LoRA(nn.Module):
         return f"{self.in_features}→{self.out_features}, r={self.r}, scaling={self.scaling:g}, mask={self.mask}{routed}"
 
 
-@register_pet("lora")
+@register_pet("lora", test=dict(site=dict(anchor="proj:q", in_dim=16, out_dim=16), options={}, identity=True))
 def build_lora(site, **options) -> nn.Module:
     """LoRA on a projection site (anchors ``proj:*``); options: ``LoRAConfig`` + sharing keys (spec §2 M7)."""
     cfg, placing = config_from(LoRAConfig, "lora", options)
@@ -145,7 +145,8 @@ def build_lora(site, **options) -> nn.Module:
                               cfg.transpose_fix, cfg.context, cfg.after_b), site, "lora", **placing)
 
 
-@register_pet("routing_lora")
+@register_pet("routing_lora", test=dict(site=dict(anchor="proj:q", in_dim=16, out_dim=16),
+                                       options=dict(routing="mul"), identity=True))
 def build_routing_lora(site, **options) -> nn.Module:
     """LoRA whose code is routed with the visual context (RT "beforeB"; spec §2 M10)."""
     if not options.get("routing"):

@@ -80,7 +80,7 @@ class MultiHeadAdapter(nn.Module):
         return f"d={self.d}, r={self.r}, heads={self.heads}, mode={self.mode}"
 
 
-@register_pet("multihead_adapter")
+@register_pet("multihead_adapter", test=dict(site={}, options=dict(r=8), identity=True))
 def build_multihead_adapter(site, **options) -> nn.Module:
     """VL-PET multi-head down-projection adapter on ``out_seq`` (spec §2 M2)."""
     cfg, placing = config_from(MultiHeadConfig, "multihead_adapter", options)

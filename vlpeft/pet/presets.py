@@ -20,7 +20,8 @@ from vlpeft.pet._base import PetSpec, Recipe, register_preset
 DAS_KEYS = {"das_adapter_dim": 96, "das_skip_adapter_dim": 192}
 
 
-@register_preset("das", keys=DAS_KEYS)
+@register_preset("das", keys=DAS_KEYS,
+                 test=dict(backbone="test_vilt", config=dict(das_adapter_dim=8, das_skip_adapter_dim=12)))
 def das(config: Mapping[str, Any]) -> Recipe:
     return Recipe("das", (
         PetSpec("parallel_adapter", ("par",), {"bottleneck": int(config["das_adapter_dim"]), "init": "trunc_normal"},
@@ -29,7 +30,7 @@ def das(config: Mapping[str, Any]) -> Recipe:
     ), base_policy="das_original")
 
 
-@register_preset("dvp_adapter")
+@register_preset("dvp_adapter", test=dict(backbone="test_clip_bert", config={}))
 def dvp_adapter(config: Mapping[str, Any]) -> Recipe:
     return Recipe("dvp_adapter", (
         PetSpec("sequential_adapter", ("out_seq",), {"reduction": 8}, families=("bert", "t5"), required=False),
@@ -38,6 +39,6 @@ def dvp_adapter(config: Mapping[str, Any]) -> Recipe:
     ), base_policy="norms")
 
 
-@register_preset("none")
+@register_preset("none", test=dict(backbone="test_meter", config={}))
 def none(config: Mapping[str, Any]) -> Recipe:
     return Recipe("none", (), base_policy="none")

@@ -52,6 +52,8 @@ def _layers(value: Any) -> tuple[int, ...] | None:
 # --- LoRA / IA3 (projection sites) ----------------------------------------------------------------------------------
 # merge_pet: test_only folds the LoRA deltas into the projection weights before testing (vlpeft.runner.merge_pet)
 LORA_KEYS = {"lora_r": 128, "lora_alpha": 32, "lora_dropout": 0.1, "merge_pet": False}
+# tiny test options (tests/test_registries.py builds each preset on its backbone with them)
+_LORA_TEST = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0)
 
 
 def _lora_specs(config, sharing, tasks=()):
@@ -61,26 +63,27 @@ def _lora_specs(config, sharing, tasks=()):
             ZooSpec("lora", ("proj:qkv",), dict(opts, qkv_mask=QV_MASK), sublayers=ATTN, required=False))
 
 
-@register_preset("lora", keys=LORA_KEYS)
+@register_preset("lora", keys=LORA_KEYS, test=dict(backbone="test_vl_t5", config=_LORA_TEST))
 def preset_lora(config):
     """VL-Adapter single LoRA: q and v of every attention (r = 128, α = 32, dropout 0.1) + all biases (M7, §9 7)."""
     return Recipe("lora", _lora_specs(config, "shared"), base_policy="bias")
 
 
-@register_preset("lora_multiple", keys=LORA_KEYS)
+@register_preset("lora_multiple", keys=LORA_KEYS,
+                 test=dict(backbone="test_vl_bart", config=dict(_LORA_TEST, datasets=["vqa", "gqa"])))
 def preset_lora_multiple(config):
     """VL-Adapter multiple LoRA: one (A, B) per task."""
     return Recipe("lora_multiple", _lora_specs(config, "per_task", _tasks(config)), base_policy="bias")
 
 
-@register_preset("ia3")
+@register_preset("ia3", test=dict(backbone="test_clip_t5", config={}))
 def preset_ia3(config):
     """peft's IA3: k, v (outputs) and the second FFN linear (input); fused qkv gets one 3d vector."""
     return Recipe("ia3", (ZooSpec("ia3", ("proj:k", "proj:v", "proj:ff_out"), required=False),
                           ZooSpec("ia3", ("proj:qkv",), required=False)), base_policy="none")
 
 
-@register_preset("bitfit")
+@register_preset("bitfit", test=dict(backbone="test_vl_bart", config={}))
 def preset_bitfit(config):
     """BitFit: no modules, every bias (M9)."""
     return Recipe("bitfit", (), base_policy="bias")
@@ -88,6 +91,7 @@ def preset_bitfit(config):
 
 # --- VL-Adapter family (sublayer outputs) ---------------------------------------------------------------------------
 ADAPTER_KEYS = {"adapter_reduction": 8}
+_ADAPTER_TEST = dict(adapter_reduction=4, datasets=["vqa", "gqa"])
 
 
 def _adapter_specs(config, module, sharing, tasks=(), **extra):
@@ -101,27 +105,27 @@ def _adapter_specs(config, module, sharing, tasks=(), **extra):
     return (ZooSpec(module, ("out_seq",), base, sublayers=ALL_SUBLAYERS),)
 
 
-@register_preset("vl_adapter", keys=ADAPTER_KEYS)
+@register_preset("vl_adapter", keys=ADAPTER_KEYS, test=dict(backbone="test_vl_bart", config=_ADAPTER_TEST))
 def preset_vl_adapter(config):
     """VL-Adapter single adapter: M1 r = d/8 on every sublayer output, shared by tasks; all norms (M1)."""
     return Recipe("vl_adapter", _adapter_specs(config, "bottleneck", "shared"), base_policy="norms")
 
 
-@register_preset("vl_adapter_multiple", keys=ADAPTER_KEYS)
+@register_preset("vl_adapter_multiple", keys=ADAPTER_KEYS, test=dict(backbone="test_vl_t5", config=_ADAPTER_TEST))
 def preset_vl_adapter_multiple(config):
     """VL-Adapter multiple adapters: one M1 per task per site."""
     return Recipe("vl_adapter_multiple", _adapter_specs(config, "bottleneck", "per_task", _tasks(config)),
                   base_policy="norms")
 
 
-@register_preset("vl_adapter_half_up", keys=ADAPTER_KEYS)
+@register_preset("vl_adapter_half_up", keys=ADAPTER_KEYS, test=dict(backbone="test_vl_bart", config=_ADAPTER_TEST))
 def preset_vl_adapter_half_up(config):
     """VL-Adapter half-shared adapters: per task, one shared up layer (no script; spec §6.2 8.36%)."""
     return Recipe("vl_adapter_half_up", _adapter_specs(config, "bottleneck", "half_up", _tasks(config)),
                   base_policy="norms")
 
 
-@register_preset("vl_adapter_half_down", keys=ADAPTER_KEYS)
+@register_preset("vl_adapter_half_down", keys=ADAPTER_KEYS, test=dict(backbone="test_vl_t5", config=_ADAPTER_TEST))
 def preset_vl_adapter_half_down(config):
     """VL-Adapter half-shared adapters with a shared down layer."""
     return Recipe("vl_adapter_half_down", _adapter_specs(config, "bottleneck", "half_down", _tasks(config)),
@@ -131,7 +135,7 @@ def preset_vl_adapter_half_down(config):
 COMPACTER_KEYS = {"adapter_reduction": 8, "phm_n": 2, "phm_c_init_std": 0.01}
 
 
-@register_preset("compacter", keys=COMPACTER_KEYS)
+@register_preset("compacter", keys=COMPACTER_KEYS, test=dict(backbone="test_vl_bart", config=_ADAPTER_TEST))
 def preset_compacter(config):
     """VL-Adapter single compacter: PHM n = 2, own rule per layer, unfactorised, r = d/8; all norms (M5)."""
     specs = _adapter_specs(config, "compacter", "shared", n=config.get("phm_n", 2),
@@ -139,7 +143,7 @@ def preset_compacter(config):
     return Recipe("compacter", specs, base_policy="norms")
 
 
-@register_preset("compacter_multiple", keys=COMPACTER_KEYS)
+@register_preset("compacter_multiple", keys=COMPACTER_KEYS, test=dict(backbone="test_vl_t5", config=_ADAPTER_TEST))
 def preset_compacter_multiple(config):
     """VL-Adapter multiple compacters (``multiple_compacters.sh``): one compacter per task per site."""
     specs = _adapter_specs(config, "compacter", "per_task", _tasks(config), n=config.get("phm_n", 2),
@@ -150,7 +154,8 @@ def preset_compacter_multiple(config):
 HYPER_KEYS = {"adapter_reduction": 8, "hyper_proj_dim": 8, "hyper_task_dim": 512, "hyper_hidden": 128}
 
 
-@register_preset("hyperformer", keys=HYPER_KEYS)
+@register_preset("hyperformer", keys=HYPER_KEYS,
+                 test=dict(backbone="test_vl_t5", config=dict(_ADAPTER_TEST, hyper_task_dim=8, hyper_hidden=8)))
 def preset_hyperformer(config):
     """Hyperformer: generated M1 weights per (task, layer, block type), p = 8, r = d/8; all norms (M6).
     Sites must carry ``meta["num_layers"]`` (the stack's depth)."""
@@ -162,6 +167,7 @@ def preset_hyperformer(config):
 
 
 PROMPT_KEYS = {"prompt_len": 40, "prompt_mid": 800}
+_PROMPT_TEST = dict(prompt_len=3, prompt_mid=8, datasets=["vqa", "gqa"])
 
 
 def _prompt_recipe(name: str, config, **placing) -> Recipe:
@@ -172,13 +178,13 @@ def _prompt_recipe(name: str, config, **placing) -> Recipe:
                                  required=False)), base_policy="none")
 
 
-@register_preset("prompt", keys=PROMPT_KEYS)
+@register_preset("prompt", keys=PROMPT_KEYS, test=dict(backbone="test_vl_bart", config=_PROMPT_TEST))
 def preset_prompt(config):
     """VL-Adapter single prompt: L = 40 input prompts through Lin(d→800)–tanh–Lin(800→d) (M8)."""
     return _prompt_recipe("prompt", config)
 
 
-@register_preset("prompt_multiple", keys=PROMPT_KEYS)
+@register_preset("prompt_multiple", keys=PROMPT_KEYS, test=dict(backbone="test_vl_t5", config=_PROMPT_TEST))
 def preset_prompt_multiple(config):
     """VL-Adapter multiple prompts (``multiple_prompts.sh``): one prompt generator per task."""
     return _prompt_recipe("prompt_multiple", config, sharing="per_task", tasks=_tasks(config))
@@ -187,6 +193,7 @@ def preset_prompt_multiple(config):
 # --- VL-PET ---------------------------------------------------------------------------------------------------------
 VL_PET_KEYS = {"vl_pet_down_dim": None, "vl_pet_heads": 4, "vl_pet_gate_dim": None, "vl_pet_gate_scale": None,
                "vl_pet_vpa_dim": 96}
+_VL_PET_TEST = dict(vl_pet_down_dim=8, vl_pet_gate_dim=8, vl_pet_vpa_dim=8, adapter_reduction=4)
 _VL_PET_GRAN = {"small": "small", "middle_x": "middle_x", "middle_y": "middle_y", "large": "large"}
 
 
@@ -221,7 +228,7 @@ for _g in _VL_PET_GRAN:
             f"decoder. The value adapter needs decoder cross-attention (CLIP+T5); on ViLT and CLIP+BERT it is "
             f"reported as unmatched. CLIP+LLaMA and METER offer no VL-PET site: injection is refused (PetError).")
         return preset
-    register_preset(f"vl_pet_{_g}", keys=VL_PET_KEYS)(_make(_g))
+    register_preset(f"vl_pet_{_g}", keys=VL_PET_KEYS, test=dict(backbone="test_vl_t5", config=_VL_PET_TEST))(_make(_g))
 
 
 def _vl_pet_compacter(config, granularity: str) -> Recipe:
@@ -246,12 +253,14 @@ for _g in _VL_PET_GRAN:
             return _vl_pet_compacter(config, g)
         preset.__doc__ = _vl_pet_compacter.__doc__
         return preset
-    register_preset(f"vl_pet_compacter_{_g}", keys={**VL_PET_KEYS, **COMPACTER_KEYS})(_make_c(_g))
+    register_preset(f"vl_pet_compacter_{_g}", keys={**VL_PET_KEYS, **COMPACTER_KEYS},
+                    test=dict(backbone="test_vl_bart", config=_VL_PET_TEST))(_make_c(_g))
 
 
 # --- Routing-VLPEFT -------------------------------------------------------------------------------------------------
 ROUTING_KEYS = {"routing_r": 128, "routing_alpha": 128, "routing_fusion_layers": None, "routing_adapter_r": 128,
                 "routing_add_res": False}
+_ROUTING_TEST = dict(routing_r=4, routing_alpha=4, routing_adapter_r=4)
 
 
 def _routing_lora(config, fn):
@@ -293,11 +302,13 @@ for _fn in ("add", "mul", "mul_expand", "vl"):
                           f"by attn and ffn; RoBERTa one per sublayer replacing its output unless routing_add_res (§2 M10).")
         return preset
     # needs_context: what the modules read from the backbone's pet_context (checked against its `context` meta)
-    register_preset(f"routing_lora_{_fn}", keys=ROUTING_KEYS, needs_context=("x_v",))(_make_rl(_fn))
-    register_preset(f"routing_adapter_{_fn}", keys=ROUTING_KEYS, needs_context=("x_v",))(_make_ra(_fn))
+    register_preset(f"routing_lora_{_fn}", keys=ROUTING_KEYS, needs_context=("x_v",),
+                    test=dict(backbone="test_vit_roberta", config=_ROUTING_TEST))(_make_rl(_fn))
+    register_preset(f"routing_adapter_{_fn}", keys=ROUTING_KEYS, needs_context=("x_v",),
+                    test=dict(backbone="test_vit_gpt2", config=_ROUTING_TEST))(_make_ra(_fn))
 
 
-@register_preset("rt_adapter", keys=ROUTING_KEYS)
+@register_preset("rt_adapter", keys=ROUTING_KEYS, test=dict(backbone="test_vit_roberta", config=_ROUTING_TEST))
 def preset_rt_adapter(config):
     """RT's adapter with routing off (the released RoBERTa adapter script, whose routing flag is stale; spec §5):
     the routing_adapter_* placement and options without x_v."""

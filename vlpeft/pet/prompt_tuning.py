@@ -59,7 +59,8 @@ class InputPrompt(nn.Module):
         return out, torch.cat([ones, attention_mask], dim=1)
 
 
-@register_pet("prompt")
+# identity None: a prompt lengthens the sequence (the test checks the prompt rows and the kept input)
+@register_pet("prompt", test=dict(site=dict(anchor="input"), options=dict(length=3, mid=5), identity=None))
 def build_prompt(site, **options) -> nn.Module:
     """Input prompt generator on an ``input`` site (spec §2 M8)."""
     cfg, placing = config_from(PromptConfig, "prompt", options)

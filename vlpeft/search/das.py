@@ -262,7 +262,8 @@ DAS_KEYS = {"skip_num": 4, "das_step": 3, "das_turn": 10, "das_epoch": 3, "das_w
             "das_reward_batch_mult": 1}  # reward batch = this × per_gpu_batchsize (LaVIN-DAS: 4)
 
 
-@SEARCHES.register("das", keys=DAS_KEYS, needs="skip")
+@SEARCHES.register("das", keys=DAS_KEYS, needs="skip",
+                   test=dict(backbone="test_vilt", config=dict(skip_num=1, das_step=2)))
 def build_das(config: dict[str, Any], num_layers: int) -> DASSearch:
     return DASSearch(num_layers, config["skip_num"], das_step=config["das_step"], das_turn=config["das_turn"],
                      das_epoch=config["das_epoch"], warmup_epochs=config["das_warmup_epoch"], lr=config["das_lr"],

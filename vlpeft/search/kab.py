@@ -159,6 +159,7 @@ def format_progress(epoch: int, batch_idx: int, stats: dict[str, Any], ce_loss: 
     return "  ".join(parts)
 
 
-@SEARCHES.register("kab", keys={"search_sample": 5, "kab_lr": 0.005}, needs="insert")
+@SEARCHES.register("kab", keys={"search_sample": 5, "kab_lr": 0.005}, needs="insert",
+                   test=dict(backbone="test_clip_bert", config=dict(search_sample=4)))
 def build_kab(config: dict[str, Any], num_layers: int) -> KABSearch:
     return KABSearch(num_layers, search_sample=config["search_sample"], lr=config["kab_lr"], seed=config["seed"])

@@ -171,6 +171,7 @@ class Task:
     ``settings`` and its ``mode``. Keys a task writes into the step's output start with its name."""
 
     name: ClassVar[str] = ""
+    test_backbone: ClassVar[str] = ""  # the tiny backbone the conformance tests run it on (tests/test_registries.py)
     modes: ClassVar[tuple[str, ...]] = ("classify",)  # the first is the default where a backbone offers several
     needs: ClassVar[frozenset[str]] = frozenset({"classify"})  # backbone capabilities in classify mode
     heads: ClassVar[tuple[str, ...]] = ()  # head names (original parameter names) it builds in classify mode
@@ -381,7 +382,8 @@ def register_task(cls: type[Task]) -> type[Task]:
     keys = {key: default for key, default in cls.option_keys.values()}
     if "generate" in cls.modes:
         keys.update(GENERATIVE_KEYS)
-    TASKS.register(cls.name, keys=keys, doc=(cls.__doc__ or "").strip())(cls)
+    TASKS.register(cls.name, keys=keys, doc=(cls.__doc__ or "").strip(),
+                   test=dict(backbone=cls.test_backbone) if cls.test_backbone else None)(cls)
     _REGISTERED.append(cls.name)
     return cls
 

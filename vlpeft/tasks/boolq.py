@@ -16,6 +16,7 @@ BOOLQ_CLASSES = 2  # no 0, yes 1
 @register_task
 class BoolQTask(ClassifierTask):
     """BoolQ (``boolq_classifier``, CE over {no, yes} from the backbone's cls features)."""
+    test_backbone = "test_plm_bert"
 
     name = "boolq"
     needs = frozenset({"classify", "text_only"})

@@ -18,6 +18,7 @@ from vlpeft.tasks.metrics import CaptionScores, Scalar
 @register_task
 class CaptionTask(Task):
     """Captioning (the backbone's LM head; a classifying backbone is refused for lacking ``generate``)."""
+    test_backbone = "test_vit_gpt2"
 
     name = "caption"
     modes = ("generate",)

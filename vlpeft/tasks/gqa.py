@@ -19,6 +19,7 @@ from vlpeft.tasks.generative import soft_scores
 class GQATask(ClassifierTask):
     """GQA balanced (classify: ``gqa_classifier``, CE on the one labelled answer; generate: exact match, as GQA
     labels hold one answer of score 1)."""
+    test_backbone = "test_vilt"
 
     name = "gqa"
     modes = ("classify", "generate")

@@ -56,6 +56,7 @@ def irtr_batch(batch: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
 class RetrievalTask(Task):
     """IR/TR (``itm_score`` + ``rank_output``): CE of the positive caption's rank score; the selection metric is
     ``ir_r1 + tr_r1`` when recall was computed."""
+    test_backbone = "test_vilt"
 
     name = "irtr"
     needs = frozenset({"score_pairs"})

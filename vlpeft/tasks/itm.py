@@ -45,6 +45,7 @@ def itm_batch(batch: Mapping[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
 @register_task
 class ITMTask(Task):
     """ITM (``itm_score``); its pairs are not the batch as given (false images swapped in per row)."""
+    test_backbone = "test_meter"
 
     name = "itm"
     needs = frozenset({"itm"})

@@ -18,6 +18,7 @@ NLVR2_CLASSES = 2
 @register_task
 class NLVR2Task(ClassifierTask):
     """NLVR2 (``nlvr2_classifier`` on [cls(image_0); cls(image_1)]); selection on dev."""
+    test_backbone = "test_vilt"
 
     name = "nlvr2"
     modes = ("classify", "generate")

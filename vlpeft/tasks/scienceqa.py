@@ -17,6 +17,7 @@ SCIENCEQA_CHOICES = 5  # ScienceQA problems have 2..5 choices; logits past a pro
 @register_task
 class ScienceQATask(ClassifierTask):
     """ScienceQA (``scienceqa_classifier``, CE against the answer's index over the problem's own choices)."""
+    test_backbone = "test_clip_llama"
 
     name = "scienceqa"
     heads = ("scienceqa_classifier",)

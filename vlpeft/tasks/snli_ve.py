@@ -15,6 +15,7 @@ SNLI_VE_CLASSES = 3  # contradiction 0, neutral 1, entailment 2
 @register_task
 class SNLIVETask(ClassifierTask):
     """SNLI-VE (``snli_ve_classifier``, CE over contradiction / neutral / entailment); selection on dev."""
+    test_backbone = "test_vilt"
 
     name = "snli_ve"
     heads = ("snli_ve_classifier",)

@@ -27,6 +27,7 @@ def vqa_batch_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 class VQATask(Task):
     """VQAv2 (classify: ``vqa_classifier``, BCE on the soft targets × the label count; generate: VL-T5's
     ``vqa: `` prompt, an answer drawn ∝ its score as the target)."""
+    test_backbone = "test_vilt"
 
     name = "vqa"
     modes = ("classify", "generate")

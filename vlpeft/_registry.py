@@ -11,7 +11,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
+
+from vlpeft.sections import declared_keys, take
 
 T = TypeVar("T")
 
@@ -23,6 +25,13 @@ class Entry(Generic[T]):
     keys: dict[str, Any] = field(default_factory=dict)  # flat config keys read, with their defaults
     doc: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    spec: type | None = None  # the entry's settings dataclass (vlpeft.sections): its fields are the keys it reads
+
+    def settings(self, config: Any) -> Any:
+        """The entry's typed settings from a flat config (already typed settings pass through)."""
+        if self.spec is None or not isinstance(config, Mapping):
+            return config
+        return take(self.spec, config)
 
 
 class RegistryError(KeyError):
@@ -37,12 +46,15 @@ class Registry(Generic[T]):
         self.kind, self.config_key = kind, config_key
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, *, keys: dict[str, Any] | None = None, doc: str = "",
+    def register(self, name: str, *, keys: dict[str, Any] | None = None, doc: str = "", spec: type | None = None,
                  **meta: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """``spec``: the entry's settings dataclass; its fields declare the keys (``keys`` is for entries without
+        one). The builder then receives the typed settings, never the flat dict."""
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._entries[name] = Entry(name, fn, dict(keys or {}), doc or (fn.__doc__ or "").strip(), meta)
+            declared = {**(declared_keys(spec) if spec is not None else {}), **dict(keys or {})}
+            self._entries[name] = Entry(name, fn, declared, doc or (fn.__doc__ or "").strip(), meta, spec)
             return fn
         return deco
 
@@ -55,7 +67,11 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> T:
-        return self.get(name).build(*args, **kwargs)
+        """Build entry ``name``; its first argument, a flat config, becomes the entry's typed settings."""
+        entry = self.get(name)
+        if args:
+            args = (entry.settings(args[0]),) + args[1:]
+        return entry.build(*args, **kwargs)
 
     def names(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))

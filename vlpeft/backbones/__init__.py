@@ -21,11 +21,12 @@ from typing import Any, Mapping
 
 from vlpeft._registry import Registry
 from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site
+from vlpeft.backbones._settings import MeterSettings, ViltSpec
+from vlpeft.sections import declared_keys
 
 BACKBONES: Registry[Backbone] = Registry("backbone", "backbone")
 
-VILT_KEYS = {"vit": "vit_base_patch32_384", "hidden_size": 768, "num_heads": 12, "num_layers": 12, "mlp_ratio": 4,
-             "drop_rate": 0.1, "vocab_size": 30522, "max_text_len": 40, "max_image_len": -1, "patch_size": 32}
+VILT_KEYS = declared_keys(ViltSpec)  # the keys ViLT reads, with their defaults (ViltSpec's fields)
 CLIP_PLM_KEYS = {"clip_model": "ViT-B/16", "language_model": "BERT", "plm_config": "", "plm_gguf_file": "",
                  "search_stage": False, "use_adapter": False, "dvp_llama_xattn_dim": 512,
                  "dvp_original_trainable": False, "t5_original_position_bias": False, "clip_feature_cache": True,
@@ -34,12 +35,12 @@ CLIP_PLM_KEYS = {"clip_model": "ViT-B/16", "language_model": "BERT", "plm_config
                  "plm_dtype": "fp32", "grad_checkpointing": False}  # the last two: the plm backbone's too
 
 
-@BACKBONES.register("vilt", keys=VILT_KEYS, candidate_kinds=("skip",),
+@BACKBONES.register("vilt", spec=ViltSpec, candidate_kinds=("skip",),
                     capabilities=("classify", "pair_images", "score_pairs"))
-def vilt(config: Mapping[str, Any]) -> Backbone:
-    from vlpeft.backbones.vilt import build_vilt
+def vilt(spec: ViltSpec) -> Backbone:
+    from vlpeft.backbones.vilt import build_vilt  # deferred: timm / transformers, only when ViLT is built
 
-    return build_vilt(config)
+    return build_vilt(spec)
 
 
 @BACKBONES.register("clip_plm", keys=CLIP_PLM_KEYS, candidate_kinds=("skip", "insert"), capabilities=("classify",))
@@ -59,18 +60,17 @@ def plm(config: Mapping[str, Any]) -> Backbone:
     return build_plm_backbone(config)
 
 
-METER_KEYS = {"num_top_layer": 6, "input_image_embed_size": 768, "input_text_embed_size": 768, "text_encoder": None,
-              "token4classifier": False}  # METER's other keys (vit, image_size, tokenizer, …) are base keys
+METER_KEYS = declared_keys(MeterSettings)  # METER's own keys; its other keys (vit, image_size, …) are base keys
 
 
 # task_gate ">0": METER's set_task activates every loss with weight > 0 (its retrieval lines' itm=0.5 trains);
 # capability "itm": METER's image-text matching (ViLT's adds word-patch alignment, which is not implemented)
 @BACKBONES.register("meter", keys=METER_KEYS, candidate_kinds=("skip",), task_gate=">0",
                     capabilities=("classify", "pair_images", "score_pairs", "itm"))
-def meter(config: Mapping[str, Any]) -> Backbone:
-    from vlpeft.backbones.meter import build_meter
+def meter(settings: MeterSettings) -> Backbone:
+    from vlpeft.backbones.meter import build_meter  # deferred: open_clip-free but heavy (transformers)
 
-    return build_meter(config)
+    return build_meter(settings)
 
 
 # ViT + GPT-2 / RoBERTa (Routing-VLPEFT's flag names where RT has one)

@@ -13,19 +13,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from vlpeft.pet._base import PetSpec, Recipe, register_preset
+from vlpeft.sections import declared_keys, key, take
 
-DAS_KEYS = {"das_adapter_dim": 96, "das_skip_adapter_dim": 192}
+
+@dataclass(frozen=True)
+class DasPresetSettings:
+    """The DAS adapters' widths (ViLT-DAS: 96 / 192; DAS-METER's named configs: 96 / 288)."""
+
+    das_adapter_dim: int = key(convert=int, default=96)
+    das_skip_adapter_dim: int = key(convert=int, default=192)
 
 
-@register_preset("das", keys=DAS_KEYS)
-def das(config: Mapping[str, Any]) -> Recipe:
+DAS_KEYS = declared_keys(DasPresetSettings)
+
+
+@register_preset("das", spec=DasPresetSettings)
+def das(settings: DasPresetSettings | Mapping[str, Any]) -> Recipe:
+    s = take(DasPresetSettings, settings)
     return Recipe("das", (
-        PetSpec("parallel_adapter", ("par",), {"bottleneck": int(config["das_adapter_dim"]), "init": "trunc_normal"},
+        PetSpec("parallel_adapter", ("par",), {"bottleneck": s.das_adapter_dim, "init": "trunc_normal"},
                 required=False),
-        PetSpec("skip_adapter", ("skip",), {"bottleneck": int(config["das_skip_adapter_dim"]), "init": "bert"}),
+        PetSpec("skip_adapter", ("skip",), {"bottleneck": s.das_skip_adapter_dim, "init": "bert"}),
     ), base_policy="das_original")
 
 

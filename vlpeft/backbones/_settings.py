@@ -1,0 +1,80 @@
+"""The settings of the backbone families: what each reads from the flat config, as dataclasses (``vlpeft.sections``).
+
+They live apart from the families' modules so that registering a backbone (``vlpeft.backbones``) imports none of
+the families' dependencies. A field's default is *the* default of its key (the sacred base config collects them);
+a field without one reads a key another section owns (METER reads ViLT's ``hidden_size``; its own defaults come
+with its named configs, ``METER_BASE``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from vlpeft.sections import key, take
+
+
+def _token_type_rows(loss_names: Any) -> int:
+    """3 token-type rows when NLVR2 is active (its second image gets type 2), else 2 (as the original)."""
+    return 3 if float((loss_names or {}).get("nlvr2", 0)) >= 1 else 2
+
+
+@dataclass(frozen=True)
+class ViltSpec:
+    """What ``build_vilt`` reads from the config (original key names); the defaults are those keys' defaults (the
+    original ViLT-DAS ``vilt/config.py``), collected into the sacred base config from here."""
+
+    vit: str = key(convert=str, default="vit_base_patch32_384")
+    hidden_size: int = key(convert=int, default=768)
+    num_heads: int = key(convert=int, default=12)
+    num_layers: int = key(convert=int, default=12)
+    mlp_ratio: float = 4
+    drop_rate: float = key(convert=float, default=0.1)
+    vocab_size: int = key(convert=int, default=30522)
+    max_text_len: int = key(convert=int, default=40)
+    max_image_len: int | None = -1
+    patch_size: int | None = 32  # informational in the original; checked against the variant when given
+    token_type_rows: int = key("loss_names", convert=_token_type_rows, default=2, derived=True)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "ViltSpec":
+        return take(cls, config)
+
+
+def _meter_token_type_rows(loss_names: Any) -> int:
+    """METER's gate (``> 0``): NLVR2 with any weight adds the third token-type row."""
+    return 3 if float((loss_names or {}).get("nlvr2", 0) or 0) > 0 else 2
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+@dataclass(frozen=True)
+class MeterSettings:
+    """What ``build_meter`` reads (METER's original key names, ``METER/meter/config.py``). The keys METER shares
+    with ViLT (vit, image_size, patch_size, tokenizer, hidden_size, …) take the base config's defaults; METER's
+    own values for them are in its named configs (``vlpeft.config.METER_BASE``)."""
+
+    vit: Any  # CLIP: OpenAI name/file, HF CLIP folder, or a registered name (test_clip_tiny)
+    image_size: int = key(convert=int)  # resolution_after: the CLIP position grid is re-gridded to image_size/patch
+    tokenizer: str = key()  # names the text encoder unless text_encoder is set ('roberta' → RoBERTa)
+    hidden_size: int = key(convert=int)
+    num_heads: int = key(convert=int)
+    mlp_ratio: float = key()
+    drop_rate: float = key(convert=float)
+    patch_size: int | None = key(convert=_opt_int, default=None, shared=True)  # checked against the CLIP's patch
+    num_top_layer: int = key(convert=int, default=6)  # co-attention layers per stream
+    input_image_embed_size: int = key(convert=int, default=768)  # CLIP width (checked)
+    input_text_embed_size: int = key(convert=int, default=768)  # text encoder width (checked)
+    # ours (no original key):
+    text_encoder: Any = None  # None: use tokenizer; else a folder, a registered name or RobertaConfig kwargs
+    token4classifier: bool = key(convert=bool, default=False)  # DAS-METER's learned <s> replacement (True in DAS-METER)
+    token_type_rows: int = key("loss_names", convert=_meter_token_type_rows, default=2, derived=True)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "MeterSettings":
+        return take(cls, config)
+
+
+__all__ = ["MeterSettings", "ViltSpec"]

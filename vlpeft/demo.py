@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from vlpeft._io import atomic_path
+from vlpeft.config import check_trainer, validate_config
 
 
 def _fmt_metrics(result) -> str:
@@ -41,6 +42,8 @@ def run_demo(config: dict[str, Any]) -> Any:
     from vlpeft.runner import RunResult, run
 
     t0 = time.time()
+    # every stage's value checks (the search's included) before the first stage builds a model or reserves a folder
+    check_trainer(validate_config(copy.deepcopy(dict(config))))
     root = Path(config["data_root"])
     if not (root / "vqav2_train.arrow").is_file():
         from write_arrow.synthetic import write_synthetic

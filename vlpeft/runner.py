@@ -233,7 +233,7 @@ def _build_module(rc: RunConfig, placement: Placement | None, *, fresh_heads: bo
     from vlpeft.lightning import VLPeftModule
 
     take_loaded()  # forget loads of an earlier build in this process
-    module = VLPeftModule(rc.flat, placement=placement)  # the module is given the flat keys (what it saves)
+    module = VLPeftModule(rc, placement=placement)  # its sections as resolved here; it saves the flat keys
     loaded = take_loaded()
     run_dir = rc.run.run_dir or rc.run.dump_dir
     if loaded and run_dir and Path(run_dir).is_dir() and os.environ.get("LOCAL_RANK", "0") == "0":

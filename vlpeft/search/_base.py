@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from vlpeft._registry import Registry
 from vlpeft.backbones._protocol import LayerPlan
-from vlpeft.sections import take
+from vlpeft.sections import key, take
 
 SEARCHES: Registry["SearchStrategy"] = Registry("search", "search")
 ROUND_TIMINGS = ("before_backward", "after_step")
@@ -159,6 +159,7 @@ class SearchBatch:
     per_gpu_batchsize: int
     batch_size: int
     search_val_batch_size: int
+    score_mode: str = key("search_score_mode", default="eval", shared=True)  # eval: dropout off while scoring
 
 
 def build_search(name: str, config: Any, candidates) -> SearchStrategy:

@@ -112,28 +112,38 @@ def test_axes_are_resolved_once_per_run(arrows, tmp_path, monkeypatch):
 def _registry_entries():
     for reg in (BACKBONES, PRESETS, SEARCHES):
         for name in reg.names():
-            e = reg.get(name)
-            if getattr(e, "spec", None) is not None:
-                yield f"{reg.kind}:{name}", e
+            if not name.startswith("test_"):  # tiny test entries take their family's settings
+                yield f"{reg.kind}:{name}", reg.get(name)
 
 
-SPEC_ENTRIES = dict(_registry_entries())
+ENTRIES = dict(_registry_entries())
+# Families whose builders still read the flat dict (their settings dataclass declares the keys and defaults only);
+# their modules are other helpers' this round (vl_seq2seq.py: issue 17 item 5; clip_plm.py / plm.py: the contract).
+PENDING_FLAT_BUILDERS = {"backbone:clip_plm", "backbone:plm", "backbone:vl_bart", "backbone:vl_t5"}
 
 
-def test_registered_settings_cover_the_named_families():
-    # the entries the issue names have their settings dataclass (not a hand-written key dict)
-    assert {"backbone:vilt", "search:das", "search:kab", "PET preset:das"} <= set(SPEC_ENTRIES)
-
-
-@pytest.mark.parametrize("label", sorted(SPEC_ENTRIES))
-def test_an_entry_declares_its_keys_and_defaults_once(label):
-    entry = SPEC_ENTRIES[label]
-    fields = {f.metadata.get("key") or f.name: f for f in dataclasses.fields(entry.spec)}
+@pytest.mark.parametrize("label", sorted(ENTRIES))
+def test_every_entry_declares_its_keys_on_one_settings_dataclass(label):
+    entry = ENTRIES[label]
+    spec = getattr(entry, "spec", None)
+    assert spec is not None and dataclasses.is_dataclass(spec), f"{label} is registered with a hand-written key dict"
+    if getattr(entry, "flat_builder", False):
+        assert label in PENDING_FLAT_BUILDERS, f"{label}'s builder must take its settings, not the flat dict"
+    fields = {f.metadata.get("key") or f.name: f for f in dataclasses.fields(spec)}
     for k, default in entry.keys.items():
         assert k in fields, f"{label} declares {k!r} outside its settings dataclass"
         # written once: not again in the base config or the added keys, and the run's default is the field's
         assert k not in C.BASE_CONFIG and k not in C.NEW_KEYS, f"{label}: {k!r}'s default is written twice"
         assert C.DEFAULTS[k] == default
+
+
+def test_a_typed_builder_gets_its_settings_not_the_flat_dict(monkeypatch):
+    seen = []
+    entry = PRESETS.get("lora")
+    spy = dataclasses.replace(entry, build=lambda settings: seen.append(settings) or entry.build(settings))
+    monkeypatch.setitem(PRESETS._entries, "lora", spy)
+    PRESETS.build("lora", {**C.DEFAULTS, "lora_r": 4})
+    assert type(seen[0]).__name__ == "LoraSettings" and seen[0].lora_r == 4
 
 
 def test_vilt_defaults_have_one_source():
@@ -154,10 +164,11 @@ PENDING_TASK_SIDE = {
     "vlpeft/tasks/_base.py", "vlpeft/tasks/dumps.py", "vlpeft/tasks/generative.py", "vlpeft/tasks/heads.py",
     "vlpeft/data/datamodule.py", "vlpeft/data/generative.py", "vlpeft/api.py",
 }
-# Not converted yet on this branch (entries registered with a key dict: their builders still take the flat dict):
+# Not converted yet on this branch:
 PENDING_ENTRIES = {
-    "vlpeft/backbones/__init__.py", "vlpeft/backbones/_folders.py", "vlpeft/backbones/vit_lm.py",
-    "vlpeft/backbones/clip_plm.py", "vlpeft/pet/presets_zoo.py", "vlpeft/demo.py",
+    "vlpeft/backbones/__init__.py",  # build_backbone(config) names the backbone by key (item 5 renames it)
+    "vlpeft/backbones/_folders.py",  # the folder pre-checks config._check_axes calls, per family
+    "vlpeft/backbones/clip_plm.py",  # a flat builder (PENDING_FLAT_BUILDERS)
 }
 # names a flat config travels under in these modules
 _FLAT_NAMES = {"config", "c", "flat", "self.config", "module.config", "self.hparams", "hparams", "_config"}

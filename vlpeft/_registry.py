@@ -26,10 +26,11 @@ class Entry(Generic[T]):
     doc: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     spec: type | None = None  # the entry's settings dataclass (vlpeft.sections): its fields are the keys it reads
+    flat_builder: bool = False  # the builder still reads the flat dict (its spec declares the keys only)
 
     def settings(self, config: Any) -> Any:
         """The entry's typed settings from a flat config (already typed settings pass through)."""
-        if self.spec is None or not isinstance(config, Mapping):
+        if self.spec is None or self.flat_builder or not isinstance(config, Mapping):
             return config
         return take(self.spec, config)
 
@@ -47,14 +48,16 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
 
     def register(self, name: str, *, keys: dict[str, Any] | None = None, doc: str = "", spec: type | None = None,
-                 **meta: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+                 flat_builder: bool = False, **meta: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """``spec``: the entry's settings dataclass; its fields declare the keys (``keys`` is for entries without
-        one). The builder then receives the typed settings, never the flat dict."""
+        one). The builder then receives the typed settings, never the flat dict; ``flat_builder=True``: not yet (a
+        family whose builder still reads the flat dict; its spec only declares the keys and their defaults)."""
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             declared = {**(declared_keys(spec) if spec is not None else {}), **dict(keys or {})}
-            self._entries[name] = Entry(name, fn, declared, doc or (fn.__doc__ or "").strip(), meta, spec)
+            self._entries[name] = Entry(name, fn, declared, doc or (fn.__doc__ or "").strip(), meta, spec,
+                                        flat_builder)
             return fn
         return deco
 

@@ -8,12 +8,13 @@ their scripts' command lines work; keys we add are listed in ``NEW_KEYS`` with w
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from sacred import Experiment
 
-from vlpeft.backbones import BACKBONES
+from vlpeft._registry import RegistryError
+from vlpeft.backbones import BACKBONES, task_gate
 from vlpeft.data.splits import SPLITS
 from vlpeft.optim import OptimConfig
 from vlpeft.pet import PRESETS
@@ -662,11 +663,6 @@ def check_trainer(config: dict[str, Any]) -> None:
 
 
 def _check_axes(config: dict[str, Any]) -> Axes:
-    from vlpeft._registry import RegistryError
-    from vlpeft.backbones import BACKBONES, task_gate
-    from vlpeft.pet import PRESETS
-    from vlpeft.search import SEARCHES
-
     axes = resolve_axes(config)
     try:
         bb = BACKBONES.get(axes.backbone)

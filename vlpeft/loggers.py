@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from vlpeft.sections import key, take
 

@@ -13,7 +13,7 @@ This module imports nothing of vlpeft, so every layer can use it without an impo
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, TypeVar
 
 S = TypeVar("S")
 _MISSING = dataclasses.MISSING
@@ -74,8 +74,13 @@ def take(cls: type[S], flat: Any) -> S:
     return cls(**kw)
 
 
+@dataclasses.dataclass(frozen=True)
+class NoKeys:
+    """The settings of an entry that reads no key (a preset without options)."""
+
+
 def is_settings(x: Any) -> bool:
     return dataclasses.is_dataclass(x) and not isinstance(x, type)
 
 
-__all__ = ["declared_keys", "flat_key", "is_settings", "key", "read_keys", "take"]
+__all__ = ["NoKeys", "declared_keys", "flat_key", "is_settings", "key", "read_keys", "take"]

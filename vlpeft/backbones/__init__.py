@@ -21,18 +21,14 @@ from typing import Any, Mapping
 
 from vlpeft._registry import Registry
 from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site
-from vlpeft.backbones._settings import MeterSettings, ViltSpec
+from vlpeft.backbones._settings import (ClipPlmSettings, MeterSettings, PlmSettings, ViltSpec, VitLmSettings,
+                                         VlSeq2SeqSettings)
 from vlpeft.sections import declared_keys
 
 BACKBONES: Registry[Backbone] = Registry("backbone", "backbone")
 
 VILT_KEYS = declared_keys(ViltSpec)  # the keys ViLT reads, with their defaults (ViltSpec's fields)
-CLIP_PLM_KEYS = {"clip_model": "ViT-B/16", "language_model": "BERT", "plm_config": "", "plm_gguf_file": "",
-                 "search_stage": False, "use_adapter": False, "dvp_llama_xattn_dim": 512,
-                 "dvp_original_trainable": False, "t5_original_position_bias": False, "clip_feature_cache": True,
-                 "clip_cache_dir": "", "kab_shared_prefix": True, "frozen_prefix_no_grad": True,
-                 "deterministic_images": None, "clip_cache_max_items": 4096,
-                 "plm_dtype": "fp32", "grad_checkpointing": False}  # the last two: the plm backbone's too
+CLIP_PLM_KEYS = declared_keys(ClipPlmSettings)
 
 
 @BACKBONES.register("vilt", spec=ViltSpec, candidate_kinds=("skip",),
@@ -43,17 +39,19 @@ def vilt(spec: ViltSpec) -> Backbone:
     return build_vilt(spec)
 
 
-@BACKBONES.register("clip_plm", keys=CLIP_PLM_KEYS, candidate_kinds=("skip", "insert"), capabilities=("classify",))
+@BACKBONES.register("clip_plm", spec=ClipPlmSettings, flat_builder=True, candidate_kinds=("skip", "insert"),
+                    capabilities=("classify",))
 def clip_plm(config: Mapping[str, Any]) -> Backbone:
     from vlpeft.backbones.clip_plm import build_dvp_backbone
 
     return build_dvp_backbone(config)
 
 
-PLM_KEYS = {"plm_num_layers": 0}  # language_model, plm_config, plm_gguf_file, tokenizer: shared with clip_plm
+PLM_KEYS = declared_keys(PlmSettings)  # language_model, plm_config, plm_gguf_file, tokenizer: clip_plm's
 
 
-@BACKBONES.register("plm", keys=PLM_KEYS, candidate_kinds=("skip",), capabilities=("classify", "text_only"))
+@BACKBONES.register("plm", spec=PlmSettings, flat_builder=True, candidate_kinds=("skip",),
+                    capabilities=("classify", "text_only"))
 def plm(config: Mapping[str, Any]) -> Backbone:
     from vlpeft.backbones.plm import build_plm_backbone
 
@@ -65,7 +63,7 @@ METER_KEYS = declared_keys(MeterSettings)  # METER's own keys; its other keys (v
 
 # task_gate ">0": METER's set_task activates every loss with weight > 0 (its retrieval lines' itm=0.5 trains);
 # capability "itm": METER's image-text matching (ViLT's adds word-patch alignment, which is not implemented)
-@BACKBONES.register("meter", keys=METER_KEYS, candidate_kinds=("skip",), task_gate=">0",
+@BACKBONES.register("meter", spec=MeterSettings, candidate_kinds=("skip",), task_gate=">0",
                     capabilities=("classify", "pair_images", "score_pairs", "itm"))
 def meter(settings: MeterSettings) -> Backbone:
     from vlpeft.backbones.meter import build_meter  # deferred: open_clip-free but heavy (transformers)
@@ -74,37 +72,32 @@ def meter(settings: MeterSettings) -> Backbone:
 
 
 # ViT + GPT-2 / RoBERTa (Routing-VLPEFT's flag names where RT has one)
-VIT_LM_KEYS = {
-    "vit_model": "google/vit-base-patch16-224-in21k",  # local ViT folder (or HF-cache name), or a VIT_VARIANTS name
-    "lm_config": "",  # "" = the pretrained LM from the `tokenizer` folder; else an LM_VARIANTS name (random init)
-    "vit_use_pooler": True,  # x_v = ViT pooler output (B×1×d); False: last hidden state (B×N×d)
-    "no_vis_prefix": False,  # GPT-2: drop the one-token visual prefix (vision enters only through routing)
-    "use_vis_prefix": False,  # RoBERTa: prepend the visual prefix
-    "vit_pet_sites": False,  # also offer the ViT's projections to PET modules (RT keeps the ViT frozen and unadapted)
-}
+VIT_LM_KEYS = declared_keys(VitLmSettings)
 
 
-@BACKBONES.register("vit_gpt2", keys=VIT_LM_KEYS, candidate_kinds=("skip",), capabilities=("generate",),
+@BACKBONES.register("vit_gpt2", spec=VitLmSettings, candidate_kinds=("skip",),
+                    capabilities=("generate",),
                     context=("x_v",))  # x_v: the pooled image, read by routing presets
-def vit_gpt2(config: Mapping[str, Any]) -> Backbone:
+def vit_gpt2(settings: VitLmSettings) -> Backbone:
     from vlpeft.backbones.vit_lm import build_vit_lm
 
-    return build_vit_lm(config, "gpt2")
+    return build_vit_lm(settings, "gpt2")
 
 
-@BACKBONES.register("vit_roberta", keys=VIT_LM_KEYS, candidate_kinds=("skip",), capabilities=("classify",),
+@BACKBONES.register("vit_roberta", spec=VitLmSettings, candidate_kinds=("skip",),
+                    capabilities=("classify",),
                     context=("x_v",))  # x_v: the pooled image, read by routing presets
-def vit_roberta(config: Mapping[str, Any]) -> Backbone:
+def vit_roberta(settings: VitLmSettings) -> Backbone:
     from vlpeft.backbones.vit_lm import build_vit_lm
 
-    return build_vit_lm(config, "roberta")
+    return build_vit_lm(settings, "roberta")
 
 
-VL_SEQ_KEYS = {"vl_model": "", "vl_config": None, "vl_vocab_size": None, "vis_feat_dim": 2048, "vl_clip_model": None,
-               "vl_grid": 6, "vl_pet_init": "recipe"}  # + tokenizer (base key), clip_feature_cache / clip_cache_* (above)
+VL_SEQ_KEYS = declared_keys(VlSeq2SeqSettings)  # + tokenizer (a base key), clip_feature_cache / clip_cache_*
 
 
-@BACKBONES.register("vl_bart", keys=VL_SEQ_KEYS, candidate_kinds=("skip",), capabilities=("generate",))
+@BACKBONES.register("vl_bart", spec=VlSeq2SeqSettings, flat_builder=True, candidate_kinds=("skip",),
+                    capabilities=("generate",))
 def vl_bart(config: Mapping[str, Any]) -> Backbone:
     """VL-BART (spec §1.1): HF BART + the originals' visual projector; ``vl_seq2seq.py``."""
     from vlpeft.backbones.vl_seq2seq import build_vl_seq2seq
@@ -112,7 +105,8 @@ def vl_bart(config: Mapping[str, Any]) -> Backbone:
     return build_vl_seq2seq(config, "bart")
 
 
-@BACKBONES.register("vl_t5", keys=VL_SEQ_KEYS, candidate_kinds=("skip",), capabilities=("generate",))
+@BACKBONES.register("vl_t5", spec=VlSeq2SeqSettings, flat_builder=True, candidate_kinds=("skip",),
+                    capabilities=("generate",))
 def vl_t5(config: Mapping[str, Any]) -> Backbone:
     """VL-T5 (spec §1.1): HF T5 + the originals' visual projector; ``vl_seq2seq.py``."""
     from vlpeft.backbones.vl_seq2seq import build_vl_seq2seq

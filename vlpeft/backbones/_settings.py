@@ -77,4 +77,63 @@ class MeterSettings:
         return take(cls, config)
 
 
-__all__ = ["MeterSettings", "ViltSpec"]
+# --- families whose builders still read the flat dict (all but VitLmSettings) (their settings declare the keys and defaults: one source;
+# the builders take the settings once their modules are converted) -------------------------------------------------
+@dataclass(frozen=True)
+class ClipPlmSettings:
+    """DVP's CLIP + PLM (``clip_plm.py``); also reads the base keys tokenizer, num_heads, drop_rate, max_text_len."""
+
+    clip_model: str = "ViT-B/16"
+    language_model: str = "BERT"
+    plm_config: str = ""
+    plm_gguf_file: str = ""
+    search_stage: bool = False
+    use_adapter: bool = False
+    dvp_llama_xattn_dim: int = 512
+    dvp_original_trainable: bool = False
+    t5_original_position_bias: bool = False
+    clip_feature_cache: bool = True
+    clip_cache_dir: str = ""
+    kab_shared_prefix: bool = True
+    frozen_prefix_no_grad: bool = True
+    deterministic_images: bool | None = None
+    clip_cache_max_items: int = 4096
+    plm_dtype: str = "fp32"  # the plm backbone's too
+    grad_checkpointing: bool = False  # the plm backbone's too
+
+
+@dataclass(frozen=True)
+class PlmSettings:
+    """A language model alone (``plm.py``); language_model, plm_config, plm_gguf_file, plm_dtype, tokenizer are
+    shared with clip_plm (declared there)."""
+
+    plm_num_layers: int = 0
+
+
+@dataclass(frozen=True)
+class VitLmSettings:
+    """ViT + GPT-2 / RoBERTa (``vit_lm.py``; Routing-VLPEFT's flag names where RT has one)."""
+
+    vit_model: str = "google/vit-base-patch16-224-in21k"  # local ViT folder (or HF-cache name), or a variant name
+    lm_config: str = ""  # "" = the pretrained LM from the `tokenizer` folder; else an LM variant name (random init)
+    vit_use_pooler: bool = True  # x_v = ViT pooler output (B×1×d); False: last hidden state (B×N×d)
+    no_vis_prefix: bool = False  # GPT-2: drop the one-token visual prefix (vision enters only through routing)
+    use_vis_prefix: bool = False  # RoBERTa: prepend the visual prefix
+    vit_pet_sites: bool = False  # also offer the ViT's projections to PET modules (RT keeps the ViT unadapted)
+    tokenizer: str = key(default="bert-base-uncased", shared=True)  # the LM's folder (a base key)
+
+
+@dataclass(frozen=True)
+class VlSeq2SeqSettings:
+    """VL-BART / VL-T5 (``vl_seq2seq.py``); also reads tokenizer and clip_feature_cache / clip_cache_*."""
+
+    vl_model: str = ""
+    vl_config: str | None = None
+    vl_vocab_size: int | None = None
+    vis_feat_dim: int = 2048
+    vl_clip_model: str | None = None
+    vl_grid: int = 6
+    vl_pet_init: str = "recipe"
+
+
+__all__ = ["ClipPlmSettings", "MeterSettings", "PlmSettings", "ViltSpec", "VitLmSettings", "VlSeq2SeqSettings"]

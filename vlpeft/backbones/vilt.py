@@ -32,7 +32,7 @@ Differences from the original, on purpose (seeds.md §8):
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from vlpeft.pet._base import PetSpec, Recipe, register_preset
-from vlpeft.sections import declared_keys, key, take
+from vlpeft.sections import NoKeys, declared_keys, key, take
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,8 @@ def das(settings: DasPresetSettings | Mapping[str, Any]) -> Recipe:
     ), base_policy="das_original")
 
 
-@register_preset("dvp_adapter")
-def dvp_adapter(config: Mapping[str, Any]) -> Recipe:
+@register_preset("dvp_adapter", spec=NoKeys)
+def dvp_adapter(settings: NoKeys) -> Recipe:
     return Recipe("dvp_adapter", (
         PetSpec("sequential_adapter", ("out_seq",), {"reduction": 8}, families=("bert", "t5"), required=False),
         PetSpec("sequential_adapter", ("out_seq",), {"reduction": 64, "min_bottleneck": 8, "activation": "silu",
@@ -50,6 +50,6 @@ def dvp_adapter(config: Mapping[str, Any]) -> Recipe:
     ), base_policy="norms")
 
 
-@register_preset("none")
-def none(config: Mapping[str, Any]) -> Recipe:
+@register_preset("none", spec=NoKeys)
+def none(settings: NoKeys) -> Recipe:
     return Recipe("none", (), base_policy="none")

@@ -39,12 +39,11 @@ def vilt(spec: ViltSpec) -> Backbone:
     return build_vilt(spec)
 
 
-@BACKBONES.register("clip_plm", spec=ClipPlmSettings, flat_builder=True, candidate_kinds=("skip", "insert"),
-                    capabilities=("classify",))
-def clip_plm(config: Mapping[str, Any]) -> Backbone:
-    from vlpeft.backbones.clip_plm import build_dvp_backbone
+@BACKBONES.register("clip_plm", spec=ClipPlmSettings, candidate_kinds=("skip", "insert"), capabilities=("classify",))
+def clip_plm(settings: ClipPlmSettings) -> Backbone:
+    from vlpeft.backbones.clip_plm import build_dvp_backbone  # deferred: CLIP / transformers, only when built
 
-    return build_dvp_backbone(config)
+    return build_dvp_backbone(settings)
 
 
 PLM_KEYS = declared_keys(PlmSettings)  # language_model, plm_config, plm_gguf_file, tokenizer: clip_plm's

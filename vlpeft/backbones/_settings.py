@@ -77,11 +77,12 @@ class MeterSettings:
         return take(cls, config)
 
 
-# --- families whose builders still read the flat dict (all but VitLmSettings) (their settings declare the keys and defaults: one source;
+# --- the other families (the builders of plm, vl_bart and vl_t5 still read the flat dict (their settings declare the keys and defaults: one source;
 # the builders take the settings once their modules are converted) -------------------------------------------------
 @dataclass(frozen=True)
 class ClipPlmSettings:
-    """DVP's CLIP + PLM (``clip_plm.py``); also reads the base keys tokenizer, num_heads, drop_rate, max_text_len."""
+    """DVP's CLIP + PLM (``clip_plm.py``, whose ``DVPConfig`` checks these). Defaults: the original DVP base config
+    where it has one."""
 
     clip_model: str = "ViT-B/16"
     language_model: str = "BERT"
@@ -100,6 +101,12 @@ class ClipPlmSettings:
     clip_cache_max_items: int = 4096
     plm_dtype: str = "fp32"  # the plm backbone's too
     grad_checkpointing: bool = False  # the plm backbone's too
+    # base keys it reads too
+    tokenizer: str | None = key(default=None, shared=True)  # the PLM folder
+    num_heads: int = key(default=12, shared=True)
+    drop_rate: float = key(default=0.1, shared=True)
+    train_transform_keys: tuple[str, ...] = key(default=("clip",), shared=True)
+    val_transform_keys: tuple[str, ...] = key(default=("clip",), shared=True)
 
 
 @dataclass(frozen=True)

@@ -49,12 +49,11 @@ def clip_plm(settings: ClipPlmSettings) -> Backbone:
 PLM_KEYS = declared_keys(PlmSettings)  # language_model, plm_config, plm_gguf_file, tokenizer: clip_plm's
 
 
-@BACKBONES.register("plm", spec=PlmSettings, flat_builder=True, candidate_kinds=("skip",),
-                    capabilities=("classify", "text_only"))
-def plm(config: Mapping[str, Any]) -> Backbone:
-    from vlpeft.backbones.plm import build_plm_backbone
+@BACKBONES.register("plm", spec=PlmSettings, candidate_kinds=("skip",), capabilities=("classify", "text_only"))
+def plm(settings: PlmSettings) -> Backbone:
+    from vlpeft.backbones.plm import build_plm_backbone  # deferred: transformers, only when built
 
-    return build_plm_backbone(config)
+    return build_plm_backbone(settings)
 
 
 METER_KEYS = declared_keys(MeterSettings)  # METER's own keys; its other keys (vit, image_size, …) are base keys

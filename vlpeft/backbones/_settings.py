@@ -77,7 +77,7 @@ class MeterSettings:
         return take(cls, config)
 
 
-# --- the other families (the builders of plm, vl_bart and vl_t5 still read the flat dict (their settings declare the keys and defaults: one source;
+# --- the other families (the builders of vl_bart and vl_t5 still read the flat dict (their settings declare the keys and defaults: one source;
 # the builders take the settings once their modules are converted) -------------------------------------------------
 @dataclass(frozen=True)
 class ClipPlmSettings:
@@ -111,10 +111,17 @@ class ClipPlmSettings:
 
 @dataclass(frozen=True)
 class PlmSettings:
-    """A language model alone (``plm.py``); language_model, plm_config, plm_gguf_file, plm_dtype, tokenizer are
-    shared with clip_plm (declared there)."""
+    """A language model alone (``plm.py``, whose ``PLMBackboneConfig`` checks these). The keys it shares with
+    clip_plm are declared there; the fallbacks here serve a direct build from a partial dict (a test's)."""
 
-    plm_num_layers: int = 0
+    plm_num_layers: int = 0  # > 0: keep only the first N candidate layers
+    language_model: str = key(default="LLAMA", shared=True)
+    tokenizer: str | None = key(default=None, shared=True)  # the PLM folder (pretrained weights)
+    plm_config: Any = key(default=None, shared=True)  # random PLM: a PLM_VARIANTS name or config kwargs
+    plm_gguf_file: str | None = key(default=None, shared=True)
+    t5_original_position_bias: bool = key(default=False, shared=True)
+    plm_dtype: str = key(default="fp32", shared=True)  # the LM's weights: fp32 | bf16 | fp16 (PET modules stay fp32)
+    grad_checkpointing: bool = key(default=False, shared=True)
 
 
 @dataclass(frozen=True)

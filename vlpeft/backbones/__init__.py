@@ -17,13 +17,14 @@ collect from here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from vlpeft._registry import Registry
 from vlpeft.backbones._protocol import Backbone, Candidates, LayerPlan, Site
 from vlpeft.backbones._settings import (ClipPlmSettings, MeterSettings, PlmSettings, ViltSpec, VitLmSettings,
                                          VlSeq2SeqSettings)
-from vlpeft.sections import declared_keys
+from vlpeft.sections import declared_keys, key, take
 
 BACKBONES: Registry[Backbone] = Registry("backbone", "backbone")
 
@@ -173,9 +174,14 @@ def task_gate(name: str) -> str:
     return str(BACKBONES.get(entry.meta.get("family", entry.name)).meta.get("task_gate", ">=1"))
 
 
+@dataclass(frozen=True)
+class _Named:
+    backbone: str = key(default="", shared=True)
+
+
 def build_backbone(config: Mapping[str, Any]) -> Backbone:
-    """The bare backbone named by ``config["backbone"]`` (no PET modules; see ``vlpeft.build``)."""
-    return BACKBONES.build(config["backbone"], config)
+    """The bare backbone named by the config's ``backbone`` key (no PET modules; see ``vlpeft.build``)."""
+    return BACKBONES.build(take(_Named, config).backbone, config)
 
 
 __all__ = ["BACKBONES", "Backbone", "Candidates", "LayerPlan", "Site", "build_backbone", "task_gate"]

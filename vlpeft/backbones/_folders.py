@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+from vlpeft.sections import key, take
 
 LOADED: list[dict[str, Any]] = []
 
@@ -41,18 +44,36 @@ def check_family(folder: str | os.PathLike, expected: tuple[str, ...], key: str,
                       f"(loading it would leave most weights random); {fix}")
 
 
-def precheck(family: str, config: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class FolderKeys:
+    """The keys naming the folders the backbone families read (each owned by its family's settings or the base
+    config; the fallbacks serve a partial dict)."""
+
+    load_path: Any = key(default="", shared=True)
+    clip_model: Any = key(default=None, shared=True)
+    vl_clip_model: Any = key(default=None, shared=True)
+    vit_model: Any = key(default=None, shared=True)
+    tokenizer: Any = key(default=None, shared=True)
+    language_model: Any = key(default="", shared=True)
+    plm_config: Any = key(default=None, shared=True)
+    lm_config: Any = key(default=None, shared=True)
+    vl_config: Any = key(default=None, shared=True)
+    vl_model: Any = key(default=None, shared=True)
+
+
+def precheck(family: str, config: FolderKeys | Mapping[str, Any]) -> None:
     """The folder checks of the backbone builders, run by config validation before a run folder is reserved (the
     builders run them again, for direct builds). Families without pretrained folders pass."""
     from vlpeft.data.tokenizer import resolve_model_path
 
-    precheck_load_path(family, config)
+    k = take(FolderKeys, config)
+    precheck_load_path(family, k)
 
-    def folder(key: str) -> Path | None:
-        v = config.get(key)
+    def folder(name: str) -> Path | None:
+        v = getattr(k, name)
         if not v or not isinstance(v, (str, os.PathLike)):
             return None
-        p = Path(resolve_model_path(v, key)).expanduser()
+        p = Path(resolve_model_path(v, name)).expanduser()
         return p if p.is_dir() else None
 
     clip = folder("clip_model" if family == "clip_plm" else "vl_clip_model") if family in (
@@ -60,36 +81,35 @@ def precheck(family: str, config: dict[str, Any]) -> None:
     if clip is not None:
         check_family(clip, ("clip", "clip_vision_model"), "clip_model", "the CLIP image tower",
                      "set it to a folder saved with CLIPVisionModel.save_pretrained or an OpenAI CLIP .pt file")
-    if family in ("clip_plm", "plm") and not config.get("plm_config"):
-        lm = str(config.get("language_model", "")).lower()
+    if family in ("clip_plm", "plm") and not k.plm_config:
+        lm = str(k.language_model or "").lower()
         path = folder("tokenizer")
         if path is not None and lm in ("bert", "t5", "llama"):
             check_family(path, (lm,), "tokenizer", f"language_model={lm.upper()}",
                          f"set tokenizer=<a {lm} folder>, or language_model= to the folder's family")
     if family in ("vit_gpt2", "vit_roberta"):
         lm = family.removeprefix("vit_")
-        path = folder("tokenizer") if not config.get("lm_config") else None
+        path = folder("tokenizer") if not k.lm_config else None
         if path is not None:
             check_family(path, ("gpt2",) if lm == "gpt2" else ("roberta", "bert"), "tokenizer", family,
                          f"set tokenizer=<the pretrained {lm} folder>, or lm_config=<a {lm} variant> for a random one")
         vit = folder("vit_model")
         if vit is not None:
             check_family(vit, ("vit",), "vit_model", "the ViT image tower", "set vit_model=<a ViT folder>")
-    if family in ("vl_bart", "vl_t5") and not config.get("vl_config"):
+    if family in ("vl_bart", "vl_t5") and not k.vl_config:
         fam = family.removeprefix("vl_")
         path = folder("vl_model")
         if path is not None:
             check_family(path, (fam,), "vl_model", family, f"set vl_model=<a {fam} folder>")
-            if config.get("tokenizer"):
+            if k.tokenizer:
                 from vlpeft.backbones.vl_seq2seq import _vl_tokenizer, check_vocabulary, model_cfg_vocab
 
                 rows = model_cfg_vocab(path)
                 if rows:
-                    check_vocabulary(_vl_tokenizer(config["tokenizer"], fam), rows, fam,
-                                     f"vl_model={str(config['vl_model'])!r}")
+                    check_vocabulary(_vl_tokenizer(k.tokenizer, fam), rows, fam, f"vl_model={str(k.vl_model)!r}")
 
 
-def _load_path_types(family: str, config: dict[str, Any]) -> tuple[str, ...] | None:
+def _load_path_types(family: str, k: FolderKeys) -> tuple[str, ...] | None:
     """The Hugging Face ``model_type``s a ``load_path`` folder may have for backbone ``family``, known from the
     config alone (the built backbone's ``hf_model_types`` says the same, and the loader checks it again); None
     where only the built backbone knows."""
@@ -97,19 +117,20 @@ def _load_path_types(family: str, config: dict[str, Any]) -> tuple[str, ...] | N
         return ("vilt",) if family == "vilt" else ()
     if family in ("vl_bart", "vl_t5"):
         return (family.removeprefix("vl_"),)
-    if family in ("plm", "clip_plm") and str(config.get("language_model", "")).lower() in ("bert", "t5", "llama"):
-        return (str(config["language_model"]).lower(),)
+    if family in ("plm", "clip_plm") and str(k.language_model or "").lower() in ("bert", "t5", "llama"):
+        return (str(k.language_model).lower(),)
     return None
 
 
-def precheck_load_path(family: str, config: dict[str, Any]) -> None:
+def precheck_load_path(family: str, config: FolderKeys | Mapping[str, Any]) -> None:
     """FolderError for a ``load_path`` Hugging Face folder of another family than the backbone reads, before
     anything is built."""
-    paths = config.get("load_path") or []
+    k = take(FolderKeys, config)
+    paths = k.load_path or []
     for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         if not p or not Path(p).is_dir():
             continue
-        kind, types = model_type(p), _load_path_types(family, config)
+        kind, types = model_type(p), _load_path_types(family, k)
         if kind is None or types is None or kind in types:
             continue
         reads = (f"reads Hugging Face folders of model_type {' or '.join(map(repr, types))}" if types

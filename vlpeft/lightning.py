@@ -14,6 +14,7 @@ from vlpeft._rng import RNG_KEY, rng_state, set_rng_state
 from vlpeft.api import answer_vocabularies, check_checkpoint_plan, generate, predict
 from vlpeft.backbones import LayerPlan
 from vlpeft.build import assemble
+from vlpeft.config import RunConfig, sections
 from vlpeft.finite_loss import LossGuard
 from vlpeft.optim import build_optimizer, build_scheduler
 from vlpeft.pet.context import pet_context
@@ -29,14 +30,17 @@ ANSWERS_KEY = "vlpeft_answers"  # {task: [answer of class id 0, 1, ...]}: the vo
 
 
 class VLPeftModule(pl.LightningModule):
-    def __init__(self, config: dict[str, Any], placement: Placement | dict | None = None):
+    def __init__(self, config: RunConfig | dict[str, Any], placement: Placement | dict | None = None):
         super().__init__()
-        self.config = copy.deepcopy(config)
+        # the runner passes its typed sections (axes resolved once, by from_sacred); load_from_checkpoint passes the
+        # saved flat keys, turned into sections here. The flat keys are what the checkpoint stores.
+        self.rc = sections(config)
+        self.config = copy.deepcopy(self.rc.flat)
         self.save_hyperparameters({"config": self.config})  # only the config: no datasets or tensors
         if isinstance(placement, dict):  # load_from_checkpoint passes the hparams' plain dict (see on_save_checkpoint)
             placement = Placement.from_dict(placement, source="checkpoint hyper_parameters")
         self.answers: dict[str, list[str]] = {}  # filled from a checkpoint's ANSWERS_KEY (vlpeft.api.predict)
-        a = assemble(self.config, placement)
+        a = assemble(self.rc, placement)
         self.backbone, self.heads, self.search = a.backbone, a.heads, a.search
         self.tasks, self.pet_report, self.base_plan, self.policy = a.tasks, a.report, a.base_plan, a.policy
         self.task_settings = self.tasks[0].settings if self.tasks else settings_from_config(self.config)
@@ -46,7 +50,7 @@ class VLPeftModule(pl.LightningModule):
             self.search.ddp_ignore(self)  # host-side state, identical on every rank by construction
         self._search_iter: Iterator | None = None
         self._test_outputs: list[dict[str, list[dict]]] = []
-        self._loss_guard = LossGuard(self.config.get("data_root"), self.named_parameters)  # NaN / inf stops the run
+        self._loss_guard = LossGuard(self.rc.run.data_root, self.named_parameters)  # NaN / inf stops the run
 
     def trainable_summary(self) -> str:
         return f"{format_trainable(self)}\n{self.pet_report.summary()}"
@@ -111,7 +115,7 @@ class VLPeftModule(pl.LightningModule):
         batch = self._next_search_batch()
         plans = self.search.propose(self.base_plan)
         was_training = self.training
-        if self.config["search_score_mode"] == "eval":
+        if self.rc.search_batch.score_mode == "eval":
             self.eval()  # score candidates with dropout off (the originals scored in train mode)
         try:
             if all(t.single_pass for t in self.tasks):  # backbones may share work between the plans
@@ -133,7 +137,7 @@ class VLPeftModule(pl.LightningModule):
     def _next_search_batch(self) -> dict[str, Any]:
         if self._search_iter is None:
             # continue the stream where the saved state says it stood (a resumed search sees the same batches)
-            loader = self.trainer.datamodule.search_dataloader(self.search.search_batch_size(self.config))
+            loader = self.trainer.datamodule.search_dataloader(self.search.search_batch_size(self.rc.search_batch))
             start_pass, skip = divmod(int(self.search.reward_batches), max(1, len(loader)))
             self._search_iter = reward_stream(loader, start_pass, skip)
         batch = next(self._search_iter)
@@ -148,7 +152,7 @@ class VLPeftModule(pl.LightningModule):
 
     def on_fit_end(self) -> None:
         if self.search is not None:
-            run_dir = Path(self.config.get("_run_dir") or self.trainer.log_dir or ".")
+            run_dir = Path(self.rc.run.run_dir or self.trainer.log_dir or ".")
             finish_search(self.search, self.base_plan, run_dir, self.trainer.is_global_zero)
 
     # ------------------------------------------------------------------ evaluation
@@ -189,9 +193,9 @@ class VLPeftModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation and checkpoints
     def configure_optimizers(self):
-        opt = build_optimizer(self.named_parameters(), self.config)
+        opt = build_optimizer(self.named_parameters(), self.rc.optim)
         total = int(self.trainer.estimated_stepping_batches)
-        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.config, total)}
+        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.rc.optim, total)}
 
     def on_train_end(self) -> None:
         self._loss_guard.flush()  # every loss checked before fit returns and the runner writes weights

@@ -16,12 +16,14 @@ T5's ``layer_norm.weight`` are decayed.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from vlpeft.sections import is_settings, key, take
 from vlpeft.tasks.heads import LR_MULT_HEADS
 
 NO_DECAY = (
@@ -35,9 +37,28 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant", "<number: polynomial power>")
 
 
-def no_decay_substrings(config: Mapping[str, Any]) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class OptimConfig:
+    """What the optimiser and the schedule read. The keys' defaults are the base config's (``vlpeft.config``);
+    the fallbacks here only serve a partial dict (a test, an older checkpoint's config)."""
+
+    learning_rate: float = key(convert=float)
+    weight_decay: float = key(convert=float)
+    optim_type: str = key(default="adamw", shared=True)
+    lr_mult: float = key(convert=float, default=1.0, shared=True)
+    lr_mult_head: float | None = key(convert=float, default=None, shared=True)  # METER's key; None = lr_mult
+    lr_mult_cross_modal: float = key(convert=float, default=1.0, shared=True)
+    adam_eps: float = key(convert=float, default=1e-8, shared=True)
+    adam_betas: Any = key(default=(0.9, 0.98), shared=True)
+    no_decay: Any = key(default=None, shared=True)
+    warmup_steps: Any = key(default=0, shared=True)
+    decay_power: Any = key(default=1, shared=True)
+    end_lr: float = key(default=0, shared=True)
+
+
+def no_decay_substrings(config: OptimConfig | Mapping[str, Any]) -> tuple[str, ...]:
     """The config's no-decay substrings (``no_decay``; ``None`` → ViLT's ``NO_DECAY``)."""
-    nd = config.get("no_decay")
+    nd = _no_decay(config)
     if nd is None:
         return NO_DECAY
     if isinstance(nd, str) or not isinstance(nd, (list, tuple)) or not all(isinstance(x, str) and x for x in nd):
@@ -47,13 +68,23 @@ def no_decay_substrings(config: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(nd)
 
 
+def _no_decay(config: OptimConfig | Mapping[str, Any]) -> Any:
+    # no_decay alone: the VL checks call this with only that key
+    return config.no_decay if isinstance(config, OptimConfig) else take(_NoDecay, config).no_decay
+
+
+@dataclass(frozen=True)
+class _NoDecay:
+    no_decay: Any = key(default=None, shared=True)
+
+
 def _named(model_or_named_params: nn.Module | Iterable[tuple[str, nn.Parameter]]) -> list[tuple[str, nn.Parameter]]:
     if isinstance(model_or_named_params, nn.Module):
         return list(model_or_named_params.named_parameters())
     return list(model_or_named_params)
 
 
-def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], config: Mapping[str, Any],
+def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], config: OptimConfig | Mapping[str, Any],
                  head_names: Sequence[str] = HEAD_NAMES) -> list[dict[str, Any]]:
     """The original four groups over parameters with ``requires_grad`` (empty groups dropped).
 
@@ -61,12 +92,10 @@ def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], config: Mappi
     cross_modal_no_decay; the last two only for METER's names) and ``param_names``
     for inspection; torch optimisers keep extra group keys untouched.
     """
-    lr = float(config["learning_rate"])
-    wd = float(config["weight_decay"])
-    lr_mult = float(config.get("lr_mult", 1))
-    if config.get("lr_mult_head") is not None:  # METER's key
-        lr_mult = float(config["lr_mult_head"])
-    cross_mult = float(config.get("lr_mult_cross_modal", 1))
+    o = take(OptimConfig, config)
+    lr, wd = o.learning_rate, o.weight_decay
+    lr_mult = o.lr_mult if o.lr_mult_head is None else o.lr_mult_head  # lr_mult_head: METER's key
+    cross_mult = o.lr_mult_cross_modal
     groups: dict[str, dict[str, Any]] = {
         "decay": {"params": [], "param_names": [], "weight_decay": wd, "lr": lr},
         "no_decay": {"params": [], "param_names": [], "weight_decay": 0.0, "lr": lr},
@@ -75,7 +104,7 @@ def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], config: Mappi
         "cross_modal_decay": {"params": [], "param_names": [], "weight_decay": wd, "lr": lr * cross_mult},
         "cross_modal_no_decay": {"params": [], "param_names": [], "weight_decay": 0.0, "lr": lr * cross_mult},
     }
-    no_decay_names = no_decay_substrings(config)
+    no_decay_names = no_decay_substrings(o)
     seen: set[int] = set()
     for name, p in named_params:
         if not p.requires_grad or id(p) in seen:
@@ -91,28 +120,34 @@ def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], config: Mappi
 
 
 def build_optimizer(model_or_named_params: nn.Module | Iterable[tuple[str, nn.Parameter]],
-                    config: Mapping[str, Any]) -> torch.optim.Optimizer:
+                    config: OptimConfig | Mapping[str, Any]) -> torch.optim.Optimizer:
     """``optim_type``: adamw (decoupled decay; ``adam_betas`` (0.9, 0.98) and ``adam_eps`` 1e-8 by default, as ViLT),
     adam, or sgd (momentum 0.9)."""
-    groups = param_groups(_named(model_or_named_params), config)
+    o = take(OptimConfig, config)
+    groups = param_groups(_named(model_or_named_params), o)
     if not groups:
         raise ValueError("no parameter has requires_grad=True: nothing to optimise (check the trainable set)")
-    lr = float(config["learning_rate"])
-    kind = str(config.get("optim_type", "adamw")).lower()
+    lr = o.learning_rate
+    kind = str(o.optim_type).lower()
     if kind == "adamw":
         # torch's AdamW = the deprecated transformers AdamW (decoupled decay, bias correction)
-        betas = tuple(float(b) for b in config.get("adam_betas", (0.9, 0.98)))
-        return torch.optim.AdamW(groups, lr=lr, eps=float(config.get("adam_eps", 1e-8)), betas=betas)
+        betas = tuple(float(b) for b in o.adam_betas)
+        return torch.optim.AdamW(groups, lr=lr, eps=o.adam_eps, betas=betas)
     if kind == "adam":
         return torch.optim.Adam(groups, lr=lr)
     if kind == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
-    raise ValueError(f"optim_type={config.get('optim_type')!r} is not one of {OPTIMIZERS}")
+    raise ValueError(f"optim_type={o.optim_type!r} is not one of {OPTIMIZERS}")
 
 
-def warmup_steps(config: Mapping[str, Any], total_steps: int) -> int:
+@dataclass(frozen=True)
+class _Warmup:
+    warmup_steps: Any = key(default=0, shared=True)
+
+
+def warmup_steps(config: OptimConfig | Mapping[str, Any], total_steps: int) -> int:
     """``warmup_steps`` as a step count: an int is taken as is, a float is a fraction of ``total_steps``."""
-    w = config.get("warmup_steps", 0)
+    w = (config if is_settings(config) else take(_Warmup, config)).warmup_steps
     if isinstance(w, bool) or not isinstance(w, (int, float)):
         raise ValueError(f"warmup_steps must be an int (steps) or a float (fraction of total), got {w!r}")
     if isinstance(w, float):
@@ -122,6 +157,15 @@ def warmup_steps(config: Mapping[str, Any], total_steps: int) -> int:
     if w < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {w}")
     return int(w)
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """The schedule's keys (a test builds it from a dict without the optimiser's keys)."""
+
+    warmup_steps: Any = key(default=0, shared=True)
+    decay_power: Any = key(default=1, shared=True)
+    end_lr: float = key(default=0, shared=True)
 
 
 def polynomial_multiplier(step: int, warmup: int, total: int, lr_init: float, lr_end: float,
@@ -136,7 +180,8 @@ def polynomial_multiplier(step: int, warmup: int, total: int, lr_init: float, lr
     return ((lr_init - lr_end) * remaining ** power + lr_end) / lr_init
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: Mapping[str, Any], total_steps: int) -> dict[str, Any]:
+def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig | Mapping[str, Any],
+                    total_steps: int) -> dict[str, Any]:
     """Lightning scheduler dict stepping every optimizer step.
 
     ``decay_power``: a number → polynomial decay from the lr to ``end_lr`` with linear warm-up (HF formula; each
@@ -146,8 +191,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Mapping[str, Any],
     total = int(total_steps)
     if total <= 0:
         raise ValueError(f"total_steps must be positive, got {total_steps} (set max_steps or max_epoch)")
-    warmup = warmup_steps(config, total)
-    power = config.get("decay_power", 1)
+    o = config if is_settings(config) else take(_Schedule, config)
+    warmup = warmup_steps(o, total)
+    power = o.decay_power
     if power == "cosine":
         from transformers import get_cosine_schedule_with_warmup
 
@@ -164,7 +210,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Mapping[str, Any],
         if isinstance(power, bool) or not math.isfinite(p):
             raise ValueError(f"decay_power={power!r} is not one of {SCHEDULES}")
         lr_init = float(optimizer.defaults["lr"])
-        lr_end = float(config.get("end_lr", 0) or 0)
+        lr_end = float(o.end_lr or 0)
         if not lr_init > lr_end:
             raise ValueError(f"end_lr ({lr_end}) must be smaller than learning_rate ({lr_init})")
         # own LambdaLR with the HF formula: HF divides by (total - warmup), which is 0 when they are equal

@@ -14,12 +14,14 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
 from vlpeft.config import ConfigError
+from vlpeft.sections import key, take
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -30,12 +32,21 @@ def _is_terminal(stream: Any) -> bool:
         return False
 
 
-def progress_callbacks(config: dict[str, Any], stream: Any = None) -> list[pl.Callback]:
+@dataclass(frozen=True)
+class ProgressKeys:
+    """What the progress lines read (the trainer section has both)."""
+
+    progress_interval: float = key(default=30.0, shared=True)  # the key's default is the base config's
+    stage: str = key(default="train", shared=True)
+
+
+def progress_callbacks(config: ProgressKeys | Any, stream: Any = None) -> list[pl.Callback]:
     """``[ProgressLines]`` when the output is not a terminal; ``[]`` on a terminal (Lightning's bar shows it)."""
     stream = sys.stdout if stream is None else stream
     if _is_terminal(stream):
         return []
-    return [ProgressLines(config.get("progress_interval", 30.0), stage=config.get("stage", "train"))]
+    keys = take(ProgressKeys, config)
+    return [ProgressLines(keys.progress_interval, stage=keys.stage)]
 
 
 def _batch_size(batch: Any) -> int | None:

@@ -36,12 +36,13 @@ def _rel(path: Any, run_dir: Path) -> str:
         return str(p)
 
 
-def summary_lines(result, config: Mapping[str, Any]) -> list[str]:
-    """The lines of the closing block (``[vlpeft]`` prefixed) for a ``RunResult`` of ``vlpeft.runner``."""
+def summary_lines(result, load_path: Any) -> list[str]:
+    """The lines of the closing block (``[vlpeft]`` prefixed) for a ``RunResult`` of ``vlpeft.runner`` that read
+    ``load_path`` (the config key's value)."""
     run_dir = Path(result.run_dir)
     phase = "test" if result.stage == "test" else "val"
     lines = [f"{result.stage} run done: {score_text(result.metrics, phase, result.best_metric)}"]
-    loads = [str(p) for p in _as_list(config.get("load_path")) if p]
+    loads = [str(p) for p in _as_list(load_path) if p]
     read = [f"load_path {', '.join(loads) if loads else '(none: initialised weights)'}"]
     if result.placement_source:
         read.append(f"placement {result.placement_source}")
@@ -65,5 +66,5 @@ def summary_lines(result, config: Mapping[str, Any]) -> list[str]:
     return ["[vlpeft] " + line for line in lines]
 
 
-def print_summary(result, config: Mapping[str, Any]) -> None:
-    print("\n".join(summary_lines(result, config)), flush=True)
+def print_summary(result, load_path: Any) -> None:
+    print("\n".join(summary_lines(result, load_path)), flush=True)

@@ -15,12 +15,14 @@ import os
 import re
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from vlpeft._io import write_json_atomic
 from vlpeft.config import ConfigError
 from vlpeft.search.placement import PlacementError
+from vlpeft.sections import key, take
 
 VERSION_ENV = "VLPEFT_RUN_VERSION"  # set by the launching process; DDP ranks join that version, never reserve
 RUN_INFO = "run.json"
@@ -198,21 +200,32 @@ def find_latest_placement(log_dir: str | os.PathLike, exp_name: str, seed: int, 
     return top[0]
 
 
-def resolve_placement_source(config: dict[str, Any], load_name: str) -> str:
+@dataclass(frozen=True)
+class PlacementKeys:
+    """What resolving ``placement=`` reads: the key, and where ``latest`` looks (``_run_dir``: the runner's)."""
+
+    placement: str
+    log_dir: str = ""
+    exp_name: str = ""
+    seed: int = 0
+    run_dir: str | None = key("_run_dir", default=None, shared=True)
+
+
+def resolve_placement_source(where: PlacementKeys | Mapping[str, Any], load_name: str) -> str:
     """The placement file a train run uses, from ``placement=`` (a path, a run folder, or ``latest``).
 
-    ``latest`` is resolved with :func:`find_latest_placement` and printed. When ``config['_run_dir']`` is given
+    ``latest`` is resolved with :func:`find_latest_placement` and printed. When a run folder (``_run_dir``) is given
     the resolved path is recorded as ``placement_source`` in that folder's ``run.json``; a process joining a run
     folder that already records one (a DDP rank) takes that file, so every rank trains on the same placement.
     """
-    src = str(config["placement"])
-    run_dir = config.get("_run_dir")
+    w = take(PlacementKeys, where)
+    src, run_dir = str(w.placement), w.run_dir
     if run_dir:
         recorded = read_run_info(run_dir).get("placement_source")
         if recorded and read_run_info(run_dir).get("placement") == src:
             return recorded
     if src == "latest":
-        found = find_latest_placement(config["log_dir"], config["exp_name"], config["seed"], load_name)
+        found = find_latest_placement(w.log_dir, w.exp_name, w.seed, load_name)
         print(f"[vlpeft] placement=latest → {found}", flush=True)
         resolved = str(found.resolve())
     else:

@@ -28,18 +28,18 @@ from vlpeft.checkpoint import CheckpointError, load_weights, safe_globals_for, s
 from vlpeft.computation import after_fit, save_metrics
 from vlpeft.config import ConfigError, from_sacred
 from vlpeft.pruning import dropped_keys
+from vlpeft.backbones import BACKBONES
+from vlpeft.build import false_images
+from vlpeft.config import RunConfig, RunSection, TrainerConfig, sections
+from vlpeft.loggers import build_logger
 from vlpeft.progress import progress_callbacks
-from vlpeft.rundir import (VERSION_ENV, check_name_part, dump_name, ranks_join, release_run_dir, reserve_run_dir,
+from vlpeft.rundir import (VERSION_ENV, PlacementKeys, check_name_part, dump_name, ranks_join, release_run_dir, reserve_run_dir,
                            resolve_placement_source, update_run_info)
 from vlpeft.search.placement import Placement
-from vlpeft.backbones import BACKBONES
 from vlpeft.backbones._folders import take_loaded
-from vlpeft.build import false_images
 from vlpeft.checkpoint import _as_list, TRAINABLE_CONFIG
-from vlpeft.config import resolve_axes
 from vlpeft.data.generative import datamodule_for
 from vlpeft.lightning import VLPeftModule
-from vlpeft.loggers import build_logger
 from vlpeft.pet._wrap import merge_all
 from vlpeft.run_summary import print_summary
 from vlpeft.tasks import TASKS
@@ -67,56 +67,59 @@ class RunResult:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def load_name(config: dict[str, Any]) -> str:
-    paths = config["load_path"] if isinstance(config["load_path"], (list, tuple)) else [config["load_path"]]
+def load_name(config: RunConfig | dict[str, Any]) -> str:
+    load_path = sections(config).run.load_path
+    paths = load_path if isinstance(load_path, (list, tuple)) else [load_path]
     first = next((p for p in paths if p), "")
     return Path(first).stem if first else "scratch"
 
 
-def resolve_placement(config: dict[str, Any]) -> Placement | None:
+def resolve_placement(config: RunConfig | dict[str, Any]) -> Placement | None:
     """The train stage's placement file (``placement=``: a path, its run folder, or ``latest`` of the same
     exp_name, recorded in run.json); None when the plan comes from ``skip_module`` / ``insert_layer``."""
-    if not config["placement"]:
+    r = sections(config).run
+    if not r.placement:
         return None
-    return Placement.load(resolve_placement_source(config, load_name(config)))
+    where = PlacementKeys(r.placement, log_dir=r.log_dir, exp_name=r.exp_name, seed=r.seed, run_dir=r.run_dir)
+    return Placement.load(resolve_placement_source(where, load_name(config)))
 
 
-def check_placement(config: dict[str, Any]) -> Placement | None:
+def check_placement(rc: RunConfig) -> Placement | None:
     """Read the train stage's placement file once before the run folder is reserved (a bad file leaves no empty
     version_N/), and refuse one that decides what this backbone lacks (a KAB/DVP prompt layer given to ViLT)."""
-    placement = resolve_placement(config)
+    placement = resolve_placement(rc)
     if placement is None:
         return None
-    backbone = resolve_axes(config).backbone
+    backbone = rc.axes.backbone
     entry = BACKBONES.get(backbone)
     kinds = BACKBONES.get(entry.meta.get("family", backbone)).meta.get("candidate_kinds", ())
     if placement.insert_layer is not None and "insert" not in kinds:
         raise ConfigError(
-            f"placement {placement.source or config['placement']} places a visual prompt (method={placement.method}, "
+            f"placement {placement.source or rc.run.placement} places a visual prompt (method={placement.method}, "
             f"insert_layer={placement.insert_layer}: from a KAB/DVP search), but backbone={backbone} takes no inserted "
             f"prompt; pass placement=<the placement.json of a DAS search on {backbone}> (or skip_module=[...]), or "
             "train a backbone with a prompt layer (backbone=clip_plm)")
     return placement
 
 
-def _devices(config: dict[str, Any]) -> dict[str, Any]:
-    n_gpus = config["num_gpus"] if isinstance(config["num_gpus"], int) else len(config["num_gpus"])
+def _devices(t: TrainerConfig) -> dict[str, Any]:
+    n_gpus = t.num_gpus if isinstance(t.num_gpus, int) else len(t.num_gpus)
     if n_gpus > 0:
         if not torch.cuda.is_available():
             raise ConfigError(f"num_gpus={n_gpus} but no GPU is visible; pass num_gpus=0 to run on the CPU")
-        devices, accel = config["num_gpus"], "gpu"
+        devices, accel = t.num_gpus, "gpu"
     else:
-        devices, accel = int(config["cpu_devices"]), "cpu"
+        devices, accel = int(t.cpu_devices), "cpu"
     n = n_gpus if n_gpus > 0 else devices
-    strategy = config["strategy"]
-    if strategy == "auto" and n * config["num_nodes"] > 1:
+    strategy = t.strategy
+    if strategy == "auto" and n * t.num_nodes > 1:
         strategy = "ddp"
     if strategy in ("ddp", "ddp_spawn"):
         from pytorch_lightning.strategies import DDPStrategy
 
         # a skipped block's modules (and the prompt modules of layers not drawn) get no gradient in a step
         strategy = DDPStrategy(find_unused_parameters=True, start_method="spawn" if strategy == "ddp_spawn" else "popen")
-    precision = config["precision"]
+    precision = t.precision
     if accel == "cpu" and str(precision) in ("16", "16-mixed"):
         print("[vlpeft] precision=16 needs a GPU; running in 32-bit on the CPU")
         precision = 32
@@ -124,43 +127,42 @@ def _devices(config: dict[str, Any]) -> dict[str, Any]:
         precision = "16-mixed"
     elif str(precision) == "bf16":
         precision = "bf16-mixed"
-    return dict(accelerator=accel, devices=devices, strategy=strategy, precision=precision, world=n * config["num_nodes"])
+    return dict(accelerator=accel, devices=devices, strategy=strategy, precision=precision, world=n * t.num_nodes)
 
 
-def grad_steps(config: dict[str, Any], world: int) -> int:
-    per = config["per_gpu_batchsize"]
-    if not isinstance(per, int) or per <= 0:
-        raise ConfigError("per_gpu_batchsize must be set to a positive integer on the command line, "
-                          "e.g. per_gpu_batchsize=32")
-    denom = per * world
-    if config["batch_size"] < denom or config["batch_size"] % denom:
-        raise ConfigError(
-            f"batch_size={config['batch_size']} must be a positive multiple of per_gpu_batchsize×devices×nodes "
-            f"= {per}×{world} = {denom} (gradient accumulation = batch_size // that)"
-        )
-    return config["batch_size"] // denom
+def grad_steps(t: TrainerConfig, world: int) -> int:
+    """Gradient accumulation; the values were checked by ``vlpeft.config.check_trainer`` before any build."""
+    return t.batch_size // (t.per_gpu_batchsize * world)
 
 
-def _run_dir(config: dict[str, Any], name: str) -> tuple[str, int]:
+def _run_dir(config: RunConfig | dict[str, Any], name: str) -> tuple[str, int]:
     """Reserve the run folder once, in the launching process (atomic mkdir); DDP ranks join it via VERSION_ENV."""
-    return name, reserve_run_dir(config["log_dir"], name)[1]
+    return name, reserve_run_dir(sections(config).run.log_dir, name)[1]
 
 
-def _finalize_label_sizes(config: dict[str, Any]) -> dict[str, Any]:
+def _finalize_label_sizes(config: RunConfig | dict[str, Any]) -> Any:
     """A label size of 0 (``vqav2_label_size=0``) means: take it from the data — the task's vocabulary json next to
     the arrow files, else the train + val tables' answer labels as the original ViLT datamodule
-    (``vlpeft.data.datamodule.answer_map``); for every active task with an answer vocabulary."""
+    (``vlpeft.data.datamodule.answer_map``); for every active task with an answer vocabulary. Returns the config in
+    the form given (a RunConfig, or the flat dict, updated in place)."""
+    rc = sections(config)
+    r = rc.run
+    updates: dict[str, int] = {}
     for task in all_tasks():
         if not task.answer_vocab_file:
             continue
         key = task.option_keys[task.answer_vocab_option][0]
-        if config.get(key, 1) == 0 and config["loss_names"].get(task.name, 0) >= 1:
-
+        if rc.flat.get(key, 1) == 0 and (r.loss_names or {}).get(task.name, 0) >= 1:
             try:
-                names = vocab_file_names(task.name, config.get("data_splits"))
-                config[key] = max(answer_map(config["data_root"], names, task.name)) + 1
+                names = vocab_file_names(task.name, r.data_splits)
+                updates[key] = max(answer_map(r.data_root, names, task.name)) + 1
             except LabelVocabError as e:
                 raise ConfigError(f"{e}\n(needed for {key}=0; or set {key} explicitly)") from e
+    if not updates:
+        return config
+    if isinstance(config, RunConfig):
+        return rc.updated(**updates)
+    config.update(updates)
     return config
 
 
@@ -186,13 +188,15 @@ class _AtomicCheckpointIO(TorchCheckpointIO):
 
 
 # ---------------------------------------------------------------------------------------------- stages
-def build_trainer(config: dict[str, Any], run_dir_name: str, version: int, *, extra_callbacks=(), enable_ckpt=True):
+def build_trainer(config: RunConfig | TrainerConfig, run_dir_name: str, version: int, *, extra_callbacks=(),
+                  enable_ckpt=True):
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    dev = _devices(config)
-    accumulate = grad_steps(config, dev["world"])
-    logger = build_logger(config, run_dir_name, version)  # config key logger (vlpeft.loggers)
-    callbacks = list(extra_callbacks) + [_CleanDDPExit()] + progress_callbacks(config)
+    t = config.trainer if isinstance(config, RunConfig) else config
+    dev = _devices(t)
+    accumulate = grad_steps(t, dev["world"])
+    logger = build_logger(t, run_dir_name, version)  # config key logger (vlpeft.loggers)
+    callbacks = list(extra_callbacks) + [_CleanDDPExit()] + progress_callbacks(t)
     if enable_ckpt:
         callbacks.append(ModelCheckpoint(monitor="val/the_metric", mode="max", save_top_k=1,
                                          filename="best-{epoch}-{step}"))
@@ -200,15 +204,15 @@ def build_trainer(config: dict[str, Any], run_dir_name: str, version: int, *, ex
         # monitored metric improved, so a resume from "last" would restart from the best epoch instead.
         callbacks.append(ModelCheckpoint(monitor=None, save_top_k=1, filename="last", enable_version_counter=False))
     callbacks.append(LearningRateMonitor(logging_interval="step"))
-    max_steps = config["max_steps"]
+    max_steps = t.max_steps
     trainer = pl.Trainer(
-        accelerator=dev["accelerator"], devices=dev["devices"], num_nodes=config["num_nodes"], strategy=dev["strategy"],
-        precision=dev["precision"], max_epochs=config["max_epoch"] if max_steps is None else 1000,
+        accelerator=dev["accelerator"], devices=dev["devices"], num_nodes=t.num_nodes, strategy=dev["strategy"],
+        precision=dev["precision"], max_epochs=t.max_epoch if max_steps is None else 1000,
         max_steps=-1 if max_steps is None else max_steps, accumulate_grad_batches=accumulate,
-        val_check_interval=config["val_check_interval"], fast_dev_run=config["fast_dev_run"], logger=logger,
+        val_check_interval=t.val_check_interval, fast_dev_run=t.fast_dev_run, logger=logger,
         callbacks=callbacks, log_every_n_steps=10, deterministic=False, benchmark=dev["accelerator"] == "gpu",
         num_sanity_val_steps=0, enable_progress_bar=True,
-        gradient_clip_val=float(config.get("gradient_clip_val") or 0.0) or None, plugins=[_AtomicCheckpointIO()],
+        gradient_clip_val=float(t.gradient_clip_val or 0.0) or None, plugins=[_AtomicCheckpointIO()],
     )
     return trainer
 
@@ -216,63 +220,64 @@ def build_trainer(config: dict[str, Any], run_dir_name: str, version: int, *, ex
 def run(config: dict[str, Any]) -> RunResult:
     """One stage of one run (the demo, which chains stages, lives in ``vlpeft.demo``)."""
     rc = from_sacred(config)
-    config = rc.flat
-    check_name_part("exp_name", config["exp_name"])  # the run folder must stay inside log_dir
-    pl.seed_everything(config["seed"], workers=True, verbose=False)
-    result = run_test(config) if rc.test_only else run_fit(config, search=rc.stage == "search")
+    check_name_part("exp_name", rc.run.exp_name)  # the run folder must stay inside log_dir
+    pl.seed_everything(rc.run.seed, workers=True, verbose=False)
+    result = run_test(rc) if rc.test_only else run_fit(rc, search=rc.stage == "search")
     from pytorch_lightning.utilities import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) == 0:  # every run ends saying how it did and what it read and wrote
-        print_summary(result, config)
+        print_summary(result, rc.run.load_path)
     return result
 
 
-def _datamodule(config: dict[str, Any]):
+def _datamodule(config: RunConfig | dict[str, Any]):
     """``MTDataModule``, or the generative one (prefixes, targets, .h5 features, multi-task schedule) for a
     backbone registered with the ``generate`` capability and without ``classify``."""
-    entry = BACKBONES.get(resolve_axes(config).backbone)
+    rc = sections(config)
+    entry = BACKBONES.get(rc.axes.backbone)
     family = BACKBONES.get(entry.meta.get("family", entry.name))
-    return datamodule_for(config, frozenset(family.meta.get("capabilities", ("classify",))),
-                          false_images=false_images(config))
+    return datamodule_for(rc.flat, frozenset(family.meta.get("capabilities", ("classify",))),
+                          false_images=false_images(rc))
 
 
-def _build_module(config: dict[str, Any], placement: Placement | None, *, fresh_heads: bool):
+def _build_module(rc: RunConfig, placement: Placement | None, *, fresh_heads: bool):
     take_loaded()  # forget loads of an earlier build in this process
-    module = VLPeftModule(config, placement=placement)
+    module = VLPeftModule(rc, placement=placement)  # its sections as resolved here; it saves the flat keys
     loaded = take_loaded()
-    run_dir = config.get("_run_dir") or config.get("_dump_dir")
+    run_dir = rc.run.run_dir or rc.run.dump_dir
     if loaded and run_dir and Path(run_dir).is_dir() and os.environ.get("LOCAL_RANK", "0") == "0":
         update_run_info(run_dir, pretrained=loaded)  # which pretrained folders the run is on (name, layers, width)
-    reports = load_weights(module, config["load_path"], fresh_heads=fresh_heads,
-                           unsafe_pickle=bool(config.get("unsafe_pickle")))
+    reports = load_weights(module, rc.run.load_path, fresh_heads=fresh_heads, unsafe_pickle=bool(rc.run.unsafe_pickle))
     for report in reports:
         print(f"[vlpeft] {report.summary()}")
     return module, reports
 
 
-def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
-    config = _finalize_label_sizes(config)
+def run_fit(config: RunConfig | dict[str, Any], *, search: bool) -> RunResult:
+    rc = _finalize_label_sizes(sections(config))
+    r = rc.run
     if not search:
-        check_placement(config)  # read again below, with the run folder, where its source is recorded
-    dm = _datamodule(config)
+        check_placement(rc)  # read again below, with the run folder, where its source is recorded
+    dm = _datamodule(rc)
     dm.check_data("fit")  # every file the run reads opens, with its columns, before a folder or a model exists
-    name, version = _run_dir(config, f"{config['exp_name']}_seed{config['seed']}_from_{load_name(config)}")
-    run_dir = Path(config["log_dir"]) / name / f"version_{version}"
+    name, version = _run_dir(rc, f"{r.exp_name}_seed{r.seed}_from_{load_name(rc)}")
+    run_dir = Path(r.log_dir) / name / f"version_{version}"
     joined = os.environ.get(VERSION_ENV, "") != ""  # a DDP rank in a folder its launcher reserved
     os.environ[VERSION_ENV] = str(version)  # DDP ranks re-running this script land in the same folder
     try:
         with _released_on_early_failure(run_dir, joined):
-            placement = None if search else resolve_placement(dict(config, _run_dir=str(run_dir)))
-            module, _ = _build_module(dict(config, _run_dir=str(run_dir)), placement, fresh_heads=True)
+            in_run = rc.updated(_run_dir=str(run_dir))
+            placement = None if search else resolve_placement(in_run)
+            module, _ = _build_module(in_run, placement, fresh_heads=True)
             print(f"[vlpeft] plan: skip {sorted(module.base_plan.skip)}, insert_layer {module.base_plan.insert_layer}"
                   + ("" if module.search is None else f" (search={type(module.search).__name__} decides "
                                                       f"{module.search.plan_field})"))
             print(f"[vlpeft] {module.trainable_summary()}")
-            trainer = build_trainer(config, name, version)
-            resume, unsafe = config["resume_from"], bool(config.get("unsafe_pickle"))
+            trainer = build_trainer(rc, name, version)
+            resume, unsafe = r.resume_from, bool(r.unsafe_pickle)
             allowed = safe_globals_for(resume) if resume and not unsafe else []
         # training randomness (dropout, draws) starts from the seed whatever building the model consumed
-        pl.seed_everything(config["seed"], workers=True, verbose=False)
+        pl.seed_everything(r.seed, workers=True, verbose=False)
         try:
             # resume_from is unpickled as load_path is: weights_only unless the run opts in with unsafe_pickle=True
             with torch.serialization.safe_globals(allowed):
@@ -302,11 +307,11 @@ def run_fit(config: dict[str, Any], *, search: bool) -> RunResult:
             if not result.placement_path.is_file():  # written by the module at fit end; ddp_spawn keeps it there
                 result.placement.save(result.placement_path)
             print(f"[vlpeft] search result: {result.placement.to_dict()}  → {result.placement_path}")
-        if config["save_trainable"]:
-            result.trainable_path = save_trainable(module, run_dir, config,
+        if r.save_trainable:
+            result.trainable_path = save_trainable(module, run_dir, rc.flat,  # trainable.json keeps the flat keys
                                                    result.placement.to_dict() if result.placement else None)
             _report_sizes(result)
-        after_fit(module, dm, run_dir, config, result, search=search)  # metrics.json, computation.json, export
+        after_fit(module, dm, run_dir, rc.run, result, search=search)  # metrics.json, computation.json, export
     return result
 
 
@@ -373,25 +378,26 @@ def _report_sizes(result: RunResult) -> None:
     print(msg)
 
 
-def run_test(config: dict[str, Any]) -> RunResult:
+def run_test(config: RunConfig | dict[str, Any]) -> RunResult:
     """test_only=True: load ``load_path`` (placement from the checkpoint unless given) and write the dumps."""
-    config = _finalize_label_sizes(config)
-    if not _as_list(config["load_path"]):
+    rc = _finalize_label_sizes(sections(config))
+    r = rc.run
+    if not _as_list(r.load_path):
         raise ConfigError("test_only=True needs load_path=<checkpoint of a trained run>")
-    check_placement(config)
-    dm = _datamodule(config)
+    check_placement(rc)
+    dm = _datamodule(rc)
     dm.check_data("test")  # before a folder is reserved and the model and its checkpoint are loaded
-    name, version = _run_dir(config, f"{config['exp_name']}_seed{config['seed']}_test_{load_name(config)}")
-    run_dir = Path(config["log_dir"]) / name / f"version_{version}"
+    name, version = _run_dir(rc, f"{r.exp_name}_seed{r.seed}_test_{load_name(rc)}")
+    run_dir = Path(r.log_dir) / name / f"version_{version}"
     with _released_on_early_failure(run_dir, os.environ.get(VERSION_ENV, "") != ""):
-        cfg = dict(config, stage="train", _dump_dir=str(run_dir), _dump_name=dump_name(config["load_path"]))
-        placement = resolve_placement(config)
+        cfg = rc.updated(stage="train", _dump_dir=str(run_dir), _dump_name=dump_name(r.load_path))
+        placement = resolve_placement(rc)
         if placement is None:  # the plan the checkpoint was trained with (peeked before building the model)
-            placement = saved_placement(config["load_path"], unsafe_pickle=bool(config.get("unsafe_pickle")))
+            placement = saved_placement(r.load_path, unsafe_pickle=bool(r.unsafe_pickle))
         module, reports = _build_module(cfg, placement, fresh_heads=False)
-        check_loaded(module, reports, config)
-        if config.get("merge_pet"):
-            merge_pet(module, config)
+        check_loaded(module, reports, r)
+        if r.merge_pet:
+            merge_pet(module, r)
         print(f"[vlpeft] plan: skip {sorted(module.base_plan.skip)}, insert_layer {module.base_plan.insert_layer}")
         trainer = build_trainer(cfg, name, version, enable_ckpt=False)
     with ranks_join(version):  # DDP ranks write into this run folder too
@@ -413,16 +419,16 @@ def run_test(config: dict[str, Any]) -> RunResult:
     return result
 
 
-def merge_pet(module, config: dict[str, Any]) -> int:
+def merge_pet(module, r: RunSection) -> int:
     """``merge_pet=True`` (test only): fold every LoRA delta into the frozen projection weight it sits on
     (``vlpeft.pet._wrap.merge_all``), so inference runs the plain projections; predictions equal the unmerged
     ones up to float rounding. Returns how many projections were merged."""
     try:
         n = merge_all(module.backbone)
     except RuntimeError as e:
-        raise ConfigError(f"merge_pet=True: {e}; set merge_pet=False for pet={config.get('pet')!r}") from None
+        raise ConfigError(f"merge_pet=True: {e}; set merge_pet=False for pet={r.pet!r}") from None
     if n == 0:
-        raise ConfigError(f"merge_pet=True but pet={config.get('pet')!r} put no mergeable module (LoRA shared by "
+        raise ConfigError(f"merge_pet=True but pet={r.pet!r} put no mergeable module (LoRA shared by "
                           f"every task) on a projection; set merge_pet=False")
     print(f"[vlpeft] merge_pet: LoRA merged into {n} projection weights")
     return n
@@ -444,7 +450,7 @@ def saved_placement(load_path, *, unsafe_pickle: bool = False) -> Placement | No
     return None
 
 
-def check_loaded(module, reports, config: dict[str, Any]) -> None:
+def check_loaded(module, reports, r: RunSection) -> None:
     """A test run must not evaluate randomly initialised PET modules or heads: refuse, naming them and the fixes."""
     missing = set().union(*(set(r.missing) for r in reports)) if reports else set()
     if len(reports) > 1:  # a later file may supply what an earlier one lacked
@@ -459,10 +465,10 @@ def check_loaded(module, reports, config: dict[str, Any]) -> None:
         what.append(f"{len(pet)} tensors of PET modules (pet={module.pet_report.recipe.name}; first: {pet[0]})")
     if heads:
         what.append(f"{len(heads)} head tensors (first: {heads[0]})")
-    msg = (f"load_path {config['load_path']} lacks {' and '.join(what)}: they would run with random weights. "
+    msg = (f"load_path {r.load_path} lacks {' and '.join(what)}: they would run with random weights. "
            "If the checkpoint has no PET modules (a released backbone), pass pet=none; to evaluate random "
            "weights on purpose, pass allow_random_init=True")
-    if not config["allow_random_init"]:
+    if not r.allow_random_init:
         raise CheckpointError(msg)
     print(f"[vlpeft] WARNING: {msg}", flush=True)
 

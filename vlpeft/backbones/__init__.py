@@ -19,6 +19,7 @@ defaults), which the sacred base config and the unknown-key check collect from h
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
@@ -29,84 +30,76 @@ from vlpeft.backbones.plm import build_plm_backbone
 from vlpeft.backbones.vilt import build_vilt
 from vlpeft.backbones.vit_lm import build_vit_lm
 from vlpeft.backbones.vl_seq2seq import build_vl_seq2seq
+from vlpeft.backbones._settings import (ClipPlmSettings, MeterSettings, PlmSettings, ViltSpec, VitLmSettings,
+                                         VlSeq2SeqSettings)
+from vlpeft.sections import declared_keys, key, take
 
 BACKBONES: Registry[Backbone] = Registry("backbone", "backbone")
 
-VILT_KEYS = {"vit": "vit_base_patch32_384", "hidden_size": 768, "num_heads": 12, "num_layers": 12, "mlp_ratio": 4,
-             "drop_rate": 0.1, "vocab_size": 30522, "max_text_len": 40, "max_image_len": -1, "patch_size": 32}
-CLIP_PLM_KEYS = {"clip_model": "ViT-B/16", "language_model": "BERT", "plm_config": "", "plm_gguf_file": "",
-                 "search_stage": False, "use_adapter": False, "dvp_llama_xattn_dim": 512,
-                 "dvp_original_trainable": False, "t5_original_position_bias": False, "clip_feature_cache": True,
-                 "clip_cache_dir": "", "kab_shared_prefix": True, "frozen_prefix_no_grad": True,
-                 "deterministic_images": None, "clip_cache_max_items": 4096,
-                 "plm_dtype": "fp32", "grad_checkpointing": False}  # the last two: the plm backbone's too
+VILT_KEYS = declared_keys(ViltSpec)  # the keys ViLT reads, with their defaults (ViltSpec's fields)
+CLIP_PLM_KEYS = declared_keys(ClipPlmSettings)
 
 
-@BACKBONES.register("vilt", keys=VILT_KEYS, candidate_kinds=("skip",),
+@BACKBONES.register("vilt", spec=ViltSpec, candidate_kinds=("skip",),
                     capabilities=("classify", "pair_images", "score_pairs"))
-def vilt(config: Mapping[str, Any]) -> Backbone:
-    return build_vilt(config)
+def vilt(spec: ViltSpec) -> Backbone:
+    return build_vilt(spec)
 
 
-@BACKBONES.register("clip_plm", keys=CLIP_PLM_KEYS, candidate_kinds=("skip", "insert"), capabilities=("classify",))
-def clip_plm(config: Mapping[str, Any]) -> Backbone:
-    return build_dvp_backbone(config)
+@BACKBONES.register("clip_plm", spec=ClipPlmSettings, candidate_kinds=("skip", "insert"), capabilities=("classify",))
+def clip_plm(settings: ClipPlmSettings) -> Backbone:
+    return build_dvp_backbone(settings)
 
 
-PLM_KEYS = {"plm_num_layers": 0}  # language_model, plm_config, plm_gguf_file, tokenizer: shared with clip_plm
+PLM_KEYS = declared_keys(PlmSettings)  # language_model, plm_config, plm_gguf_file, tokenizer: clip_plm's
 
 
-@BACKBONES.register("plm", keys=PLM_KEYS, candidate_kinds=("skip",), capabilities=("classify", "text_only"))
-def plm(config: Mapping[str, Any]) -> Backbone:
-    return build_plm_backbone(config)
+@BACKBONES.register("plm", spec=PlmSettings, candidate_kinds=("skip",), capabilities=("classify", "text_only"))
+def plm(settings: PlmSettings) -> Backbone:
+    return build_plm_backbone(settings)
 
 
-METER_KEYS = {"num_top_layer": 6, "input_image_embed_size": 768, "input_text_embed_size": 768, "text_encoder": None,
-              "token4classifier": False}  # METER's other keys (vit, image_size, tokenizer, …) are base keys
+METER_KEYS = declared_keys(MeterSettings)  # METER's own keys; its other keys (vit, image_size, …) are base keys
 
 
 # task_gate ">0": METER's set_task activates every loss with weight > 0 (its retrieval lines' itm=0.5 trains);
 # capability "itm": METER's image-text matching (ViLT's adds word-patch alignment, which is not implemented)
-@BACKBONES.register("meter", keys=METER_KEYS, candidate_kinds=("skip",), task_gate=">0",
+@BACKBONES.register("meter", spec=MeterSettings, candidate_kinds=("skip",), task_gate=">0",
                     capabilities=("classify", "pair_images", "score_pairs", "itm"))
-def meter(config: Mapping[str, Any]) -> Backbone:
-    return build_meter(config)
+def meter(settings: MeterSettings) -> Backbone:
+    return build_meter(settings)
 
 
 # ViT + GPT-2 / RoBERTa (Routing-VLPEFT's flag names where RT has one)
-VIT_LM_KEYS = {
-    "vit_model": "google/vit-base-patch16-224-in21k",  # local ViT folder (or HF-cache name), or a VIT_VARIANTS name
-    "lm_config": "",  # "" = the pretrained LM from the `tokenizer` folder; else an LM_VARIANTS name (random init)
-    "vit_use_pooler": True,  # x_v = ViT pooler output (B×1×d); False: last hidden state (B×N×d)
-    "no_vis_prefix": False,  # GPT-2: drop the one-token visual prefix (vision enters only through routing)
-    "use_vis_prefix": False,  # RoBERTa: prepend the visual prefix
-    "vit_pet_sites": False,  # also offer the ViT's projections to PET modules (RT keeps the ViT frozen and unadapted)
-}
+VIT_LM_KEYS = declared_keys(VitLmSettings)
 
 
-@BACKBONES.register("vit_gpt2", keys=VIT_LM_KEYS, candidate_kinds=("skip",), capabilities=("generate",),
+@BACKBONES.register("vit_gpt2", spec=VitLmSettings, candidate_kinds=("skip",),
+                    capabilities=("generate",),
                     context=("x_v",))  # x_v: the pooled image, read by routing presets
-def vit_gpt2(config: Mapping[str, Any]) -> Backbone:
-    return build_vit_lm({**VIT_LM_KEYS, **dict(config)}, "gpt2")
+def vit_gpt2(settings: VitLmSettings) -> Backbone:
+    return build_vit_lm(settings, "gpt2")
 
 
-@BACKBONES.register("vit_roberta", keys=VIT_LM_KEYS, candidate_kinds=("skip",), capabilities=("classify",),
+@BACKBONES.register("vit_roberta", spec=VitLmSettings, candidate_kinds=("skip",),
+                    capabilities=("classify",),
                     context=("x_v",))  # x_v: the pooled image, read by routing presets
-def vit_roberta(config: Mapping[str, Any]) -> Backbone:
-    return build_vit_lm({**VIT_LM_KEYS, **dict(config)}, "roberta")
+def vit_roberta(settings: VitLmSettings) -> Backbone:
+    return build_vit_lm(settings, "roberta")
 
 
-VL_SEQ_KEYS = {"vl_model": "", "vl_config": None, "vl_vocab_size": None, "vis_feat_dim": 2048, "vl_clip_model": None,
-               "vl_grid": 6, "vl_pet_init": "recipe"}  # + tokenizer (base key), clip_feature_cache / clip_cache_* (above)
+VL_SEQ_KEYS = declared_keys(VlSeq2SeqSettings)  # + tokenizer (a base key), clip_feature_cache / clip_cache_*
 
 
-@BACKBONES.register("vl_bart", keys=VL_SEQ_KEYS, candidate_kinds=("skip",), capabilities=("generate",))
+@BACKBONES.register("vl_bart", spec=VlSeq2SeqSettings, flat_builder=True, candidate_kinds=("skip",),
+                    capabilities=("generate",))
 def vl_bart(config: Mapping[str, Any]) -> Backbone:
     """VL-BART (spec §1.1): HF BART + the originals' visual projector; ``vl_seq2seq.py``."""
     return build_vl_seq2seq(config, "bart")
 
 
-@BACKBONES.register("vl_t5", keys=VL_SEQ_KEYS, candidate_kinds=("skip",), capabilities=("generate",))
+@BACKBONES.register("vl_t5", spec=VlSeq2SeqSettings, flat_builder=True, candidate_kinds=("skip",),
+                    capabilities=("generate",))
 def vl_t5(config: Mapping[str, Any]) -> Backbone:
     """VL-T5 (spec §1.1): HF T5 + the originals' visual projector; ``vl_seq2seq.py``."""
     return build_vl_seq2seq(config, "t5")
@@ -171,10 +164,15 @@ def task_gate(name: str) -> str:
     return str(BACKBONES.get(entry.meta.get("family", entry.name)).meta.get("task_gate", ">=1"))
 
 
+@dataclass(frozen=True)
+class _Named:
+    backbone: str = key(default="", shared=True)
+
+
 def build_bare_backbone(config: Mapping[str, Any]) -> Backbone:
-    """The bare backbone named by ``config["backbone"]``: no PET modules, nothing frozen (``vlpeft.build.
+    """The bare backbone named by the config's ``backbone`` key: no PET modules, nothing frozen (``vlpeft.build.
     build_with_pet`` adds both)."""
-    return BACKBONES.build(config["backbone"], config)
+    return BACKBONES.build(take(_Named, config).backbone, config)
 
 
 __all__ = ["BACKBONES", "Backbone", "Candidates", "LayerPlan", "Site", "build_bare_backbone", "task_gate"]

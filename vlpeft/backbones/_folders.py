@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+from vlpeft.sections import key, take
 
 LOADED: list[dict[str, Any]] = []
 
@@ -41,7 +44,24 @@ def check_family(folder: str | os.PathLike, expected: tuple[str, ...], key: str,
                       f"(loading it would leave most weights random); {fix}")
 
 
-def _load_path_types(family: str, config: dict[str, Any]) -> tuple[str, ...] | None:
+@dataclass(frozen=True)
+class FolderKeys:
+    """The keys naming the folders the backbone families read (each owned by its family's settings or the base
+    config; the fallbacks serve a partial dict)."""
+
+    load_path: Any = key(default="", shared=True)
+    clip_model: Any = key(default=None, shared=True)
+    vl_clip_model: Any = key(default=None, shared=True)
+    vit_model: Any = key(default=None, shared=True)
+    tokenizer: Any = key(default=None, shared=True)
+    language_model: Any = key(default="", shared=True)
+    plm_config: Any = key(default=None, shared=True)
+    lm_config: Any = key(default=None, shared=True)
+    vl_config: Any = key(default=None, shared=True)
+    vl_model: Any = key(default=None, shared=True)
+
+
+def _load_path_types(family: str, k: FolderKeys) -> tuple[str, ...] | None:
     """The Hugging Face ``model_type``s a ``load_path`` folder may have for backbone ``family``, known from the
     config alone (the built backbone's ``hf_model_types`` says the same, and the loader checks it again); None
     where only the built backbone knows."""
@@ -49,19 +69,20 @@ def _load_path_types(family: str, config: dict[str, Any]) -> tuple[str, ...] | N
         return ("vilt",) if family == "vilt" else ()
     if family in ("vl_bart", "vl_t5"):
         return (family.removeprefix("vl_"),)
-    if family in ("plm", "clip_plm") and str(config.get("language_model", "")).lower() in ("bert", "t5", "llama"):
-        return (str(config["language_model"]).lower(),)
+    if family in ("plm", "clip_plm") and str(k.language_model or "").lower() in ("bert", "t5", "llama"):
+        return (str(k.language_model).lower(),)
     return None
 
 
-def precheck_load_path(family: str, config: dict[str, Any]) -> None:
+def precheck_load_path(family: str, config: FolderKeys | Mapping[str, Any]) -> None:
     """FolderError for a ``load_path`` Hugging Face folder of another family than the backbone reads, before
     anything is built."""
-    paths = config.get("load_path") or []
+    k = take(FolderKeys, config)
+    paths = k.load_path or []
     for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         if not p or not Path(p).is_dir():
             continue
-        kind, types = model_type(p), _load_path_types(family, config)
+        kind, types = model_type(p), _load_path_types(family, k)
         if kind is None or types is None or kind in types:
             continue
         reads = (f"reads Hugging Face folders of model_type {' or '.join(map(repr, types))}" if types

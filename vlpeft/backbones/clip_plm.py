@@ -56,8 +56,10 @@ from vlpeft.backbones._memory import checkpointed, heads_dtype, lm_autocast, plm
 from vlpeft.backbones._clip import CLIPFeatureCache, FrozenCLIP, build_clip_visual
 from vlpeft.backbones._plm import LANGUAGE_MODELS, HostsPLM, PLMState, PLMWrapper, build_hf_plm, wrap_plm
 from vlpeft._protocol import Backbone, Candidates, LayerPlan
+from vlpeft.backbones._settings import ClipPlmSettings
 from vlpeft.pet.prompts import CrossAttentionPrompt
 from vlpeft.search.placement import validate_skip
+from vlpeft.sections import is_settings
 
 
 def _bool(config: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -70,34 +72,13 @@ def _bool(config: Mapping[str, Any], key: str, default: bool) -> bool:
 
 
 @dataclass(frozen=True)
-class DVPConfig:
-    """The config keys the DVP backbone reads (defaults = the original base config where it has one)."""
-
-    clip_model: Any = "ViT-B/16"
-    language_model: str = "BERT"
-    tokenizer: str | None = None  # the PLM folder
-    plm_config: Any = None  # random PLM: PLM_VARIANTS name or config kwargs (tests, bench)
-    plm_gguf_file: str | None = None
-    search_stage: bool = False
-    use_adapter: bool = False
-    num_heads: int = 12
-    drop_rate: float = 0.1
-    dvp_llama_xattn_dim: int = 512
-    dvp_original_trainable: bool = False
-    t5_original_position_bias: bool = False
-    clip_feature_cache: bool = True
-    clip_cache_dir: str | None = None
-    clip_cache_max_items: int = 4096
-    deterministic_images: bool | None = None
-    train_transform_keys: tuple[str, ...] = ("clip",)
-    val_transform_keys: tuple[str, ...] = ("clip",)
-    kab_shared_prefix: bool = True
-    frozen_prefix_no_grad: bool = True
-    plm_dtype: str = "fp32"  # the LM's weights: fp32 | bf16 | fp16 (PET modules, CLIP, prompt modules stay fp32)
-    grad_checkpointing: bool = False
+class DVPConfig(ClipPlmSettings):
+    """The DVP backbone's settings, checked (the fields and their defaults: ``ClipPlmSettings``)."""
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "DVPConfig":
+    def from_config(cls, config: ClipPlmSettings | Mapping[str, Any]) -> "DVPConfig":
+        if is_settings(config):  # the registry's typed settings: checked here like a dict's values
+            config = {f.name: getattr(config, f.name) for f in fields(config)}
         kw: dict[str, Any] = {}
         for f in fields(cls):
             if f.name not in config:
@@ -371,8 +352,8 @@ class DVPBackbone(HostsPLM, Backbone):
         return groups
 
 
-def build_dvp_backbone(config: Mapping[str, Any]) -> DVPBackbone:
-    """Build the bare DVP backbone from a (sacred) config dict (``DVPConfig`` lists the keys read); adapters
+def build_dvp_backbone(config: ClipPlmSettings | Mapping[str, Any]) -> DVPBackbone:
+    """Build the bare DVP backbone from its settings or a config dict (``ClipPlmSettings`` lists the keys); adapters
     come through ``vlpeft.pet.inject`` and the trainable set from ``vlpeft.pet.trainable``."""
     cfg = DVPConfig.from_config(config)
     clip = build_clip_visual(cfg.clip_model)

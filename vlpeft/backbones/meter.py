@@ -70,33 +70,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlpeft._init import init_weights_bert
+from vlpeft.sections import declared_keys, take
 from vlpeft.backbones._layers import Pooler, SublayerSlots
 from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
 from vlpeft.backbones._sites import attach_projection, attach_skip, base_policy_params, projection_sites
 from vlpeft.backbones import _clip
-from vlpeft.tasks._base import any_active_needs
+from vlpeft.backbones._settings import MeterSettings
 
 # ----------------------------------------------------------------------------------------------- config
-# The original METER keys this backbone reads, with METER's defaults (METER/meter/config.py), plus ours.
-METER_CONFIG_KEYS: dict[str, Any] = {
-    "vit": "ViT-B/32",                # CLIP: OpenAI name/file, HF CLIP folder, or a registered name (test_clip_tiny)
-    "image_size": 224,                # resolution_after: the CLIP position grid is re-gridded to image_size/patch
-    "patch_size": 32,                 # checked against the CLIP's patch when given
-    "tokenizer": "bert-base-uncased",  # names the text encoder unless text_encoder is set ('roberta' → RoBERTa)
-    "vocab_size": 30522,              # cross-layer config only (informational here)
-    "max_text_len": 40,               # cross-layer config only (informational here)
-    "num_top_layer": 6,               # co-attention layers per stream
-    "input_image_embed_size": 768,    # CLIP width (checked)
-    "input_text_embed_size": 768,     # text encoder width (checked)
-    "hidden_size": 768,
-    "num_heads": 12,
-    "num_layers": 6,                  # cross-layer config num_hidden_layers (informational)
-    "mlp_ratio": 4,
-    "drop_rate": 0.1,
-    # ours (no original key):
-    "text_encoder": None,             # None: use tokenizer; else a folder, a registered name or RobertaConfig kwargs
-    "token4classifier": False,        # DAS-METER's learned <s> replacement (True in every DAS-METER run)
-}
+# The keys this backbone reads, with their defaults: ``MeterSettings`` (vlpeft.backbones._settings).
+METER_CONFIG_KEYS: dict[str, Any] = declared_keys(MeterSettings)
 
 # Text encoders with random weights (tests, counts). RoBERTa-base's shapes are those of ``roberta-base``.
 TEXT_VARIANTS: dict[str, dict[str, Any]] = {
@@ -157,17 +140,14 @@ class MeterSpec:
     token4classifier: bool = False
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "MeterSpec":
-        c = {**METER_CONFIG_KEYS, **dict(config)}
-        pairs = any_active_needs(c.get("loss_names") or {}, "pair_images", ">0")  # METER's gate: > 0
-        text = c["text_encoder"] if c.get("text_encoder") not in (None, "") else c["tokenizer"]
-        return cls(vit=c["vit"], image_size=int(c["image_size"]),
-                   patch_size=None if c.get("patch_size") is None else int(c["patch_size"]),
-                   text_encoder=text, num_top_layer=int(c["num_top_layer"]),
-                   input_image_embed_size=int(c["input_image_embed_size"]),
-                   input_text_embed_size=int(c["input_text_embed_size"]), hidden_size=int(c["hidden_size"]),
-                   num_heads=int(c["num_heads"]), mlp_ratio=c["mlp_ratio"], drop_rate=float(c["drop_rate"]),
-                   token_type_rows=3 if pairs else 2, token4classifier=bool(c["token4classifier"]))
+    def from_config(cls, config: MeterSettings | Mapping[str, Any]) -> "MeterSpec":
+        s = take(MeterSettings, config)
+        text = s.text_encoder if s.text_encoder not in (None, "") else s.tokenizer
+        return cls(vit=s.vit, image_size=s.image_size, patch_size=s.patch_size, text_encoder=text,
+                   num_top_layer=s.num_top_layer, input_image_embed_size=s.input_image_embed_size,
+                   input_text_embed_size=s.input_text_embed_size, hidden_size=s.hidden_size, num_heads=s.num_heads,
+                   mlp_ratio=s.mlp_ratio, drop_rate=s.drop_rate, token_type_rows=s.token_type_rows,
+                   token4classifier=s.token4classifier)
 
 
 class MeterCheckpointError(ValueError):
@@ -775,8 +755,8 @@ class METER(Backbone):
         return checkpoint_filter_fn(state_dict, self)
 
 
-def build_meter(config: Mapping[str, Any]) -> METER:
-    """METER from a (sacred) config dict; keys and defaults in ``METER_CONFIG_KEYS``."""
+def build_meter(config: MeterSettings | Mapping[str, Any]) -> METER:
+    """METER from its settings (or a flat config dict; keys and defaults in ``MeterSettings``)."""
     return METER(MeterSpec.from_config(config))
 
 

@@ -32,23 +32,18 @@ from vlpeft.backbones._memory import (check_grad_checkpointing, checkpointed, he
                                       plm_torch_dtype)
 from vlpeft.backbones._plm import LANGUAGE_MODELS, HostsPLM, PLMState, PLMWrapper, build_hf_plm, wrap_plm
 from vlpeft._protocol import Backbone, Candidates, LayerPlan
+from vlpeft.backbones._settings import PlmSettings
+from vlpeft.sections import is_settings
 
 
 @dataclass(frozen=True)
-class PLMBackboneConfig:
-    """The config keys the text-only backbone reads."""
-
-    language_model: str = "LLAMA"
-    tokenizer: str | None = None  # the PLM folder (pretrained weights)
-    plm_config: Any = None  # random PLM: a PLM_VARIANTS name or config kwargs
-    plm_gguf_file: str | None = None
-    plm_num_layers: int = 0  # > 0: keep only the first N candidate layers
-    t5_original_position_bias: bool = False
-    plm_dtype: str = "fp32"  # the LM's weights: fp32 | bf16 | fp16 (PET modules stay fp32)
-    grad_checkpointing: bool = False
+class PLMBackboneConfig(PlmSettings):
+    """The text-only backbone's settings, checked (the fields and their defaults: ``PlmSettings``)."""
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "PLMBackboneConfig":
+    def from_config(cls, config: PlmSettings | Mapping[str, Any]) -> "PLMBackboneConfig":
+        if is_settings(config):  # the registry's typed settings: checked here like a dict's values
+            config = {f.name: getattr(config, f.name) for f in fields(config)}
         kw = {f.name: config[f.name] for f in fields(cls) if f.name in config and config[f.name] is not None}
         c = cls(**kw)
         if str(c.language_model).upper() not in LANGUAGE_MODELS:
@@ -151,8 +146,8 @@ class PLMBackbone(HostsPLM, Backbone):
         return [(hf_prefix + n, p) for n, p in self.plm.base_trainable(policy)]
 
 
-def build_plm_backbone(config: Mapping[str, Any]) -> PLMBackbone:
-    """The bare text-only backbone from a (sacred) config dict (``PLMBackboneConfig`` lists the keys read)."""
+def build_plm_backbone(config: PlmSettings | Mapping[str, Any]) -> PLMBackbone:
+    """The bare text-only backbone from its settings or a config dict (``PlmSettings`` lists the keys)."""
     cfg = PLMBackboneConfig.from_config(config)
     hf = build_hf_plm(cfg.language_model, cfg.plm_config, cfg.tokenizer, cfg.plm_gguf_file,
                       plm_torch_dtype(cfg.plm_dtype))

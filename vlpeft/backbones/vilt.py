@@ -32,7 +32,7 @@ Differences from the original, on purpose (seeds.md §8):
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -44,12 +44,12 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings
 
 from vlpeft.backbones._convert import hf_to_vilt_state_dict
+from vlpeft.backbones._settings import ViltSpec
 from vlpeft._init import init_weights_bert
 from vlpeft.backbones._layers import Pooler
 from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
 from vlpeft.backbones._sites import attach_projection, attach_skip, base_policy_params, projection_sites
 from vlpeft.search.placement import validate_skip
-from vlpeft.tasks._base import any_active_needs
 
 # ----------------------------------------------------------------------------------------------- ViT variants
 VIT_VARIANTS: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -126,39 +126,6 @@ class DASBlock(Block):
         h = self.ls2(self.mlp(self.norm2(x)))
         h = x + self.drop_path2(self._compose(x, h, self.out_mlp, self.out_par_mlp, self.gate_mlp))
         return h if self.adapter1 is None else h + self.adapter1(x)
-
-
-@dataclass(frozen=True)
-class ViltSpec:
-    """What ``build_vilt`` reads from the config (original key names)."""
-
-    vit: str = "vit_base_patch32_384"
-    hidden_size: int = 768
-    num_heads: int = 12
-    num_layers: int = 12
-    mlp_ratio: float = 4
-    drop_rate: float = 0.1
-    vocab_size: int = 30522
-    max_text_len: int = 40
-    max_image_len: int | None = -1
-    token_type_rows: int = 2  # 3 when NLVR2 is active (rows 0, 1 and 2 := 1)
-    patch_size: int | None = None  # informational in the original; checked against the variant when given
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "ViltSpec":
-        required = ("vit", "hidden_size", "num_heads", "num_layers", "mlp_ratio", "drop_rate", "vocab_size",
-                    "max_text_len")
-        missing = [k for k in required if k not in config]
-        if missing:
-            raise KeyError(f"build_vilt: config lacks {missing}; start from vlpeft.config's base config")
-        pairs = any_active_needs(config.get("loss_names") or {}, "pair_images", ">=1")  # ViLT's gate: >= 1
-        return cls(
-            vit=str(config["vit"]), hidden_size=int(config["hidden_size"]), num_heads=int(config["num_heads"]),
-            num_layers=int(config["num_layers"]), mlp_ratio=config["mlp_ratio"], drop_rate=float(config["drop_rate"]),
-            vocab_size=int(config["vocab_size"]), max_text_len=int(config["max_text_len"]),
-            max_image_len=config.get("max_image_len", -1),
-            token_type_rows=3 if pairs else 2, patch_size=config.get("patch_size"),
-        )
 
 
 def _check_max_image_len(v: Any) -> int | None:
@@ -515,9 +482,9 @@ def _nearest_count(real: int, size: int, grid: int) -> int:
     return sum(1 for i in range(grid) if min(int(np.floor(np.float32(i) * scale)), size - 1) < real)
 
 
-def build_vilt(config: Mapping[str, Any]) -> ViLT:
-    """ViLT from a (sacred) config dict; keys listed in ``ViltSpec``. Random init, no download."""
-    return ViLT(ViltSpec.from_config(config))
+def build_vilt(spec: ViltSpec | Mapping[str, Any]) -> ViLT:
+    """ViLT from its settings (or a flat config dict; keys listed in ``ViltSpec``). Random init, no download."""
+    return ViLT(spec if isinstance(spec, ViltSpec) else ViltSpec.from_config(spec))
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

@@ -63,6 +63,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
+from vlpeft.backbones._settings import VitLmSettings
 from vlpeft.backbones._generative import Generative, hold_cache_slot, lm_loss
 from vlpeft.backbones._plm import HostsPLM, PLMWrapper, _SiteHook, _XCapture
 from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
@@ -71,6 +72,7 @@ from vlpeft.pet.context import pet_context
 from vlpeft.backbones._folders import check_family, note_loaded
 from vlpeft.data.tokenizer import load_tokenizer, resolve_model_path
 from vlpeft.pet.unfreeze import norm_param_names, unfreeze_params
+from vlpeft.sections import take
 
 # --- architectures as data (random init for tests and counting; real weights come from local folders) -----------
 VIT_VARIANTS: dict[str, dict[str, Any]] = {
@@ -105,6 +107,7 @@ LM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 LMS = ("gpt2", "roberta")
 
 # the flat config keys both entries read: ``vlpeft.backbones.VIT_LM_KEYS`` (their registry entries fill them in)
+# the flat config keys both entries read: ``vlpeft.backbones._settings.VitLmSettings``
 
 
 @dataclass(frozen=True)
@@ -118,24 +121,24 @@ class ViTLMConfig:
     vit_pet_sites: bool = False
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], lm: str) -> "ViTLMConfig":
+    def from_config(cls, config: VitLmSettings | Mapping[str, Any], lm: str) -> "ViTLMConfig":
         if lm not in LMS:
             raise ValueError(f"vit_lm: lm={lm!r} is not one of {LMS}")
-        c = dict(config)  # the registry entries pass VIT_LM_KEYS under it
+        s = take(VitLmSettings, config)
         for k in ("vit_use_pooler", "no_vis_prefix", "use_vis_prefix", "vit_pet_sites"):
-            if not isinstance(c[k], bool):
-                raise ValueError(f"{k}={c[k]!r} must be True or False")
-        if not c["vit_model"]:
+            if not isinstance(getattr(s, k), bool):
+                raise ValueError(f"{k}={getattr(s, k)!r} must be True or False")
+        if not s.vit_model:
             raise ValueError("vit_model is empty; set vit_model=<local folder of google/vit-base-patch16-224-in21k> "
                              f"(or one of {sorted(VIT_VARIANTS)} for a random ViT)")
-        lm_config = str(c["lm_config"] or "")
+        lm_config = str(s.lm_config or "")
         if lm_config and (lm_config not in LM_VARIANTS or LM_VARIANTS[lm_config][0] != lm):
             ok = sorted(k for k, (f, _) in LM_VARIANTS.items() if f == lm)
             raise ValueError(f"lm_config={lm_config!r} is not a {lm} variant; use one of {ok}, or lm_config='' to load "
                              f"the pretrained {lm} from the `tokenizer` folder")
-        prefix = (not c["no_vis_prefix"]) if lm == "gpt2" else bool(c["use_vis_prefix"])
-        return cls(lm, str(c["vit_model"]), lm_config, str(c.get("tokenizer") or "bert-base-uncased"),
-                   bool(c["vit_use_pooler"]), prefix, bool(c["vit_pet_sites"]))
+        prefix = (not s.no_vis_prefix) if lm == "gpt2" else bool(s.use_vis_prefix)
+        return cls(lm, str(s.vit_model), lm_config, str(s.tokenizer or "bert-base-uncased"), bool(s.vit_use_pooler),
+                   prefix, bool(s.vit_pet_sites))
 
 
 def _local_folder(name: str, key: str = "tokenizer") -> str:
@@ -555,8 +558,8 @@ class ViTRoberta(_ViTLM):
         return {"cls_feats": out.pooler_output, "x_v": x_v}
 
 
-def build_vit_lm(config: Mapping[str, Any], lm: str) -> _ViTLM:
-    """The bare backbone (``lm``: gpt2 or roberta) from the flat config; PET modules come through ``inject``."""
+def build_vit_lm(config: VitLmSettings | Mapping[str, Any], lm: str) -> _ViTLM:
+    """The bare backbone (``lm``: gpt2 or roberta) from its settings (or a flat config); PET modules come through ``inject``."""
     cfg = ViTLMConfig.from_config(config, lm)
     tokenizer = load_tokenizer(cfg.tokenizer)
     hf = build_lm(lm, cfg.lm_config, cfg.tokenizer)

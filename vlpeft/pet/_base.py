@@ -162,8 +162,10 @@ def register_pet(name: str, **meta: Any) -> Callable[[Callable[..., nn.Module]],
     return PETS.register(name, **meta)
 
 
-def register_preset(name: str, *, keys: Mapping[str, Any] | None = None, **meta: Any) -> Callable:
-    return PRESETS.register(name, keys=dict(keys or {}), **meta)
+def register_preset(name: str, *, keys: Mapping[str, Any] | None = None, spec: type | None = None,
+                    **meta: Any) -> Callable:
+    """``spec``: the preset's settings dataclass (``vlpeft.sections``); its builder then gets the typed settings."""
+    return PRESETS.register(name, keys=dict(keys or {}), spec=spec, **meta)
 
 
 def build_recipe(config: Mapping[str, Any], name: str) -> Recipe:

@@ -29,6 +29,7 @@ trainer's precision setting.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -36,6 +37,7 @@ from torch import nn
 
 from vlpeft._protocol import Site
 from vlpeft.pet._base import PetError, PetSpec, Recipe, register_pet, register_preset
+from vlpeft.sections import declared_keys, take
 
 
 class LaVINAdapter(nn.Module):
@@ -136,33 +138,38 @@ def lavin_skip_adapter(site: Site, hidden: int = 32, router: bool = False, scale
     return LaVINSkip(_adapter(site.dim, int(hidden), bool(router), float(scale), float(t), residual=False), norm)
 
 
-DAS_LLAMA_KEYS = {"das_llama_adapter_dim": 8, "das_llama_router": False, "das_llama_scale": 1.0,
-                  "das_llama_temperature": 10.0, "das_llama_in_block": True}
+@dataclass(frozen=True)
+class DasLlamaSettings:
+    """LaVIN-DAS's adapter keys (its scripts: adapter_dim 8, text router off for BoolQ, scale 1, temperature 10)."""
+
+    das_llama_adapter_dim: int = 8
+    das_llama_router: bool = False
+    das_llama_scale: float = 1.0
+    das_llama_temperature: float = 10.0
+    das_llama_in_block: bool = True
 
 
-def _positive(config: Mapping[str, Any], key: str) -> int:
-    v = config[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise PetError(f"{key}={v!r} must be a positive int (LaVIN-DAS: --adapter_dim 8)")
-    return v
+DAS_LLAMA_KEYS = declared_keys(DasLlamaSettings)
 
 
-@register_preset("das_llama", keys=DAS_LLAMA_KEYS,
-                 test=dict(backbone="test_plm_llama", config=dict(das_llama_adapter_dim=4)))
-def das_llama(config: Mapping[str, Any]) -> Recipe:
+@register_preset("das_llama", spec=DasLlamaSettings,
+                   test=dict(backbone="test_plm_llama", config=dict(das_llama_adapter_dim=4)))
+def das_llama(settings: DasLlamaSettings | Mapping[str, Any]) -> Recipe:
     """LaVIN-DAS on LLaMA: skip adapters of width ``4·das_llama_adapter_dim`` on every layer's skip site, in-block
     adapters of width ``das_llama_adapter_dim`` on the attention's normed input (``das_llama_in_block``; LaVIN's
     ``--adapter_type attn``);
     ``das_llama_router`` picks the multimodal router form (ScienceQA) over the text form (BoolQ & co.).
     Only LLaMA sites match; the backbone's own parameters stay frozen (LaVIN trains only ``adapter`` / ``lora``)."""
-    b = _positive(config, "das_llama_adapter_dim")
-    for key in ("das_llama_router", "das_llama_in_block"):
-        if not isinstance(config[key], bool):
-            raise PetError(f"{key}={config[key]!r} must be True or False")
-    opts = dict(router=config["das_llama_router"], scale=float(config["das_llama_scale"]),
-                t=float(config["das_llama_temperature"]))
+    s = take(DasLlamaSettings, settings)
+    b = s.das_llama_adapter_dim
+    if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
+        raise PetError(f"das_llama_adapter_dim={b!r} must be a positive int (LaVIN-DAS: --adapter_dim 8)")
+    for name in ("das_llama_router", "das_llama_in_block"):
+        if not isinstance(getattr(s, name), bool):
+            raise PetError(f"{name}={getattr(s, name)!r} must be True or False")
+    opts = dict(router=s.das_llama_router, scale=float(s.das_llama_scale), t=float(s.das_llama_temperature))
     specs = [PetSpec("lavin_skip_adapter", ("skip",), dict(opts, hidden=4 * b), families=("llama",))]
-    if config["das_llama_in_block"]:
+    if s.das_llama_in_block:
         specs.append(PetSpec("lavin_adapter", ("in_seq",), dict(opts, hidden=b), sublayers=("attn",),
                              families=("llama",), required=False))
     # LaVIN's train stage deletes a skipped layer's adapter_attn and a kept layer's replaced_adapter (mm_adaptation;
@@ -170,5 +177,5 @@ def das_llama(config: Mapping[str, Any]) -> Recipe:
     return Recipe("das_llama", tuple(specs), base_policy="none", original_trains_used=True)
 
 
-__all__ = ["DAS_LLAMA_KEYS", "LaVINAdapter", "LaVINRouterAdapter", "LaVINSkip", "das_llama", "lavin_adapter",
+__all__ = ["DAS_LLAMA_KEYS", "DasLlamaSettings", "LaVINAdapter", "LaVINRouterAdapter", "LaVINSkip", "das_llama", "lavin_adapter",
            "lavin_skip_adapter"]

@@ -13,25 +13,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from vlpeft.pet._base import PetSpec, Recipe, register_preset
+from vlpeft.sections import NoKeys, declared_keys, key, take
 
-DAS_KEYS = {"das_adapter_dim": 96, "das_skip_adapter_dim": 192}
+
+@dataclass(frozen=True)
+class DasPresetSettings:
+    """The DAS adapters' widths (ViLT-DAS: 96 / 192; DAS-METER's named configs: 96 / 288)."""
+
+    das_adapter_dim: int = key(convert=int, default=96)
+    das_skip_adapter_dim: int = key(convert=int, default=192)
 
 
-@register_preset("das", keys=DAS_KEYS,
+DAS_KEYS = declared_keys(DasPresetSettings)
+
+
+@register_preset("das", spec=DasPresetSettings,
                  test=dict(backbone="test_vilt", config=dict(das_adapter_dim=8, das_skip_adapter_dim=12)))
-def das(config: Mapping[str, Any]) -> Recipe:
+def das(settings: DasPresetSettings | Mapping[str, Any]) -> Recipe:
+    s = take(DasPresetSettings, settings)
     return Recipe("das", (
-        PetSpec("parallel_adapter", ("par",), {"bottleneck": int(config["das_adapter_dim"]), "init": "trunc_normal"},
+        PetSpec("parallel_adapter", ("par",), {"bottleneck": s.das_adapter_dim, "init": "trunc_normal"},
                 required=False),
-        PetSpec("skip_adapter", ("skip",), {"bottleneck": int(config["das_skip_adapter_dim"]), "init": "bert"}),
+        PetSpec("skip_adapter", ("skip",), {"bottleneck": s.das_skip_adapter_dim, "init": "bert"}),
     ), base_policy="das_original")
 
 
-@register_preset("dvp_adapter", test=dict(backbone="test_clip_bert", config={}))
-def dvp_adapter(config: Mapping[str, Any]) -> Recipe:
+@register_preset("dvp_adapter", spec=NoKeys,
+                 test=dict(backbone="test_clip_bert", config={}))
+def dvp_adapter(settings: NoKeys) -> Recipe:
     return Recipe("dvp_adapter", (
         PetSpec("sequential_adapter", ("out_seq",), {"reduction": 8}, families=("bert", "t5"), required=False),
         PetSpec("sequential_adapter", ("out_seq",), {"reduction": 64, "min_bottleneck": 8, "activation": "silu",
@@ -39,6 +52,7 @@ def dvp_adapter(config: Mapping[str, Any]) -> Recipe:
     ), base_policy="norms")
 
 
-@register_preset("none", test=dict(backbone="test_meter", config={}))
-def none(config: Mapping[str, Any]) -> Recipe:
+@register_preset("none", spec=NoKeys,
+                 test=dict(backbone="test_meter", config={}))
+def none(settings: NoKeys) -> Recipe:
     return Recipe("none", (), base_policy="none")

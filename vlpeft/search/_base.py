@@ -12,14 +12,16 @@ that lacks it is refused with the reason.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from vlpeft._registry import Registry
 from vlpeft._protocol import LayerPlan
+from vlpeft.sections import key, take
 
 SEARCHES: Registry["SearchStrategy"] = Registry("search", "search")
 ROUND_TIMINGS = ("before_backward", "after_step")
@@ -107,8 +109,9 @@ class SearchStrategy(SearchState):
     # "after_step" = once the training step's optimizer step is done (DVP's KAB scores in optimizer_step).
     round_timing = "after_step"
 
-    def search_batch_size(self, config: dict[str, Any]) -> int:
-        return int(config["search_val_batch_size"] or config["per_gpu_batchsize"])
+    def search_batch_size(self, batch: "SearchBatch | Mapping[str, Any]") -> int:
+        b = take(SearchBatch, batch)
+        return int(b.search_val_batch_size or b.per_gpu_batchsize)
 
     def fit_epoch_length(self, batches_per_epoch: int, accumulate: int) -> str | None:
         """Told the training loader's length on this rank (micro-batches) when training starts, for a cadence given
@@ -149,7 +152,17 @@ class SearchStrategy(SearchState):
         raise NotImplementedError
 
 
-def build_search(name: str, config: dict[str, Any], candidates) -> SearchStrategy:
+@dataclass(frozen=True)
+class SearchBatch:
+    """The batch keys a search's reward / mini-validation batch derives from (defaults: the base config's)."""
+
+    per_gpu_batchsize: int
+    batch_size: int
+    search_val_batch_size: int
+    score_mode: str = key("search_score_mode", default="eval", shared=True)  # eval: dropout off while scoring
+
+
+def build_search(name: str, config: Any, candidates) -> SearchStrategy:
     """The strategy ``name`` for a backbone with ``candidates``; refuses a backbone that lacks the candidate kind."""
     entry = SEARCHES.get(name)
     need = entry.meta.get("needs")
@@ -158,7 +171,7 @@ def build_search(name: str, config: dict[str, Any], candidates) -> SearchStrateg
                 "insert": "places a prompt before a unit (needs units a prompt can enter before)"}[need]
         raise ValueError(f"search={name} {what}; this backbone offers only {candidates.kinds()} candidates — "
                          f"choose another search or backbone")
-    return entry.build(config, candidates.count)
+    return SEARCHES.build(name, config, candidates.count)
 
 
 
@@ -217,5 +230,5 @@ def mean_across_ranks(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-__all__ = ["ROUND_TIMINGS", "SEARCHES", "SearchState", "SearchStrategy", "build_search", "finish_search", "mean_across_ranks",
+__all__ = ["ROUND_TIMINGS", "SEARCHES", "SearchBatch", "SearchState", "SearchStrategy", "build_search", "finish_search", "mean_across_ranks",
            "reward_stream"]

@@ -17,15 +17,18 @@ before its backward and optimizer step, as every DAS original (ViLT / METER ``fo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from vlpeft._protocol import LayerPlan
 from vlpeft.search._base import ROUND_TIMINGS, SEARCHES, SearchStrategy
+from vlpeft.search._base import SearchBatch
 from vlpeft.search.placement import Placement
+from vlpeft.sections import declared_keys, take
 
 _MAX_REJECTIONS = 10_000  # see propose_candidates
 
@@ -211,9 +214,10 @@ class DASSearch(SearchStrategy):
     # --- the search strategy protocol -------------------------------------------------------------------------
     plan_field = "skip"
 
-    def search_batch_size(self, config: dict[str, Any]) -> int:
+    def search_batch_size(self, batch: SearchBatch | Mapping[str, Any]) -> int:
         """``search_val_batch_size``, else ``das_reward_batch_mult × per_gpu_batchsize`` (LaVIN-DAS: 4 × the batch)."""
-        return int(config["search_val_batch_size"] or self.reward_batch_mult * config["per_gpu_batchsize"])
+        b = take(SearchBatch, batch)
+        return int(b.search_val_batch_size or self.reward_batch_mult * b.per_gpu_batchsize)
 
     def fit_epoch_length(self, batches_per_epoch: int, accumulate: int) -> str | None:
         """With ``das_rounds_per_epoch`` = R > 0: ``das_turn = max(1, n // R)``, n = this rank's training loader
@@ -256,17 +260,32 @@ class DASSearch(SearchStrategy):
                 f"lr={self.lr}, seed={self.seed}")
 
 
-DAS_KEYS = {"skip_num": 4, "das_step": 3, "das_turn": 10, "das_epoch": 3, "das_warmup_epoch": 1, "das_lr": 1.0,
-            "das_count_unit": "micro_batch", "das_round_timing": "before_backward",
-            "das_rounds_per_epoch": 0,  # > 0: das_turn = len(train loader) // this (LaVIN-DAS: 150); 0: das_turn
-            "das_reward_batch_mult": 1}  # reward batch = this × per_gpu_batchsize (LaVIN-DAS: 4)
+@dataclass(frozen=True)
+class DasSettings:
+    """The keys the DAS search reads; the defaults are the keys' defaults (ViLT-DAS ``vilt/config.py``, ours for
+    the LaVIN-DAS ones)."""
+
+    seed: int
+    skip_num: int = 4
+    das_step: int = 3
+    das_turn: int = 10
+    das_epoch: int = 3
+    das_warmup_epoch: int = 1
+    das_lr: float = 1.0
+    das_count_unit: str = "micro_batch"  # micro_batch (the original) | optimizer_step
+    das_round_timing: str = "before_backward"  # before_backward (the original) | after_step
+    das_rounds_per_epoch: int = 0  # > 0: das_turn = len(train loader) // this (LaVIN-DAS: 150); 0: das_turn
+    das_reward_batch_mult: int = 1  # reward batch = this × per_gpu_batchsize (LaVIN-DAS: 4)
 
 
-@SEARCHES.register("das", keys=DAS_KEYS, needs="skip",
+DAS_KEYS = declared_keys(DasSettings)  # the keys with their defaults (kept for callers of the old name)
+
+
+@SEARCHES.register("das", spec=DasSettings, needs="skip",
                    test=dict(backbone="test_vilt", config=dict(skip_num=1, das_step=2)))
-def build_das(config: dict[str, Any], num_layers: int) -> DASSearch:
-    return DASSearch(num_layers, config["skip_num"], das_step=config["das_step"], das_turn=config["das_turn"],
-                     das_epoch=config["das_epoch"], warmup_epochs=config["das_warmup_epoch"], lr=config["das_lr"],
-                     seed=config["seed"], count_unit=config["das_count_unit"],
-                     rounds_per_epoch=config["das_rounds_per_epoch"], reward_batch_mult=config["das_reward_batch_mult"],
-                     round_timing=config["das_round_timing"])
+def build_das(settings: DasSettings | Mapping[str, Any], num_layers: int) -> DASSearch:
+    s = take(DasSettings, settings)
+    return DASSearch(num_layers, s.skip_num, das_step=s.das_step, das_turn=s.das_turn, das_epoch=s.das_epoch,
+                     warmup_epochs=s.das_warmup_epoch, lr=s.das_lr, seed=s.seed, count_unit=s.das_count_unit,
+                     rounds_per_epoch=s.das_rounds_per_epoch, reward_batch_mult=s.das_reward_batch_mult,
+                     round_timing=s.das_round_timing)

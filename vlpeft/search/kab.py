@@ -9,15 +9,18 @@ The caller runs the scoring forwards and passes the (all-reduced) scores in; no 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from vlpeft._protocol import LayerPlan
 from vlpeft.search._base import SEARCHES, SearchStrategy
+from vlpeft.search._base import SearchBatch
 from vlpeft.search.placement import Placement
+from vlpeft.sections import take
 
 
 class KABSearch(SearchStrategy):
@@ -117,9 +120,10 @@ class KABSearch(SearchStrategy):
     plan_field = "insert_layer"
     round_timing = "after_step"  # DVP samples in optimizer_step, after optimizer.step
 
-    def search_batch_size(self, config: dict[str, Any]) -> int:
-        # the original's mini-validation batch is config["batch_size"] // 2 (the global batch size)
-        return int(config["search_val_batch_size"] or max(1, config["batch_size"] // 2))
+    def search_batch_size(self, batch: SearchBatch | Mapping[str, Any]) -> int:
+        # the original's mini-validation batch is half its global batch size (batch_size // 2)
+        b = take(SearchBatch, batch)
+        return int(b.search_val_batch_size or max(1, b.batch_size // 2))
 
     def train_plan(self, epoch: int, base: LayerPlan) -> LayerPlan:
         return base.replace(insert_layer=self.sample_train_layer())
@@ -159,7 +163,17 @@ def format_progress(epoch: int, batch_idx: int, stats: dict[str, Any], ce_loss: 
     return "  ".join(parts)
 
 
-@SEARCHES.register("kab", keys={"search_sample": 5, "kab_lr": 0.005}, needs="insert",
+@dataclass(frozen=True)
+class KabSettings:
+    """The keys DVP's KAB-APP search reads (DVP ``dvp/config.py`` defaults)."""
+
+    seed: int
+    search_sample: int = 5
+    kab_lr: float = 0.005
+
+
+@SEARCHES.register("kab", spec=KabSettings, needs="insert",
                    test=dict(backbone="test_clip_bert", config=dict(search_sample=4)))
-def build_kab(config: dict[str, Any], num_layers: int) -> KABSearch:
-    return KABSearch(num_layers, search_sample=config["search_sample"], lr=config["kab_lr"], seed=config["seed"])
+def build_kab(settings: KabSettings | Mapping[str, Any], num_layers: int) -> KABSearch:
+    s = take(KabSettings, settings)
+    return KABSearch(num_layers, search_sample=s.search_sample, lr=s.kab_lr, seed=s.seed)

@@ -158,7 +158,9 @@ def test_vilt_defaults_have_one_source():
 
 # ---------------------------------------------------------------------------------------------- the flat dict
 # Modules allowed to read the flat dict by key: the sacred front end and the builders of the typed sections.
-FLAT_READERS = {"vlpeft/config.py", "vlpeft/sections.py", "vlpeft/backbones/_settings.py"}
+# the sacred front end (config.py: the experiment and from_sacred; experiment.py: its main picks the stage) and
+# the builders of the typed sections
+FLAT_READERS = {"vlpeft/config.py", "vlpeft/experiment.py", "vlpeft/sections.py", "vlpeft/backbones/_settings.py"}
 # Task side, owned by the ``tasks`` helper (issue 17 item 1: a task owns its heads, dumps and data needs):
 PENDING_TASK_SIDE = {
     "vlpeft/tasks/_base.py", "vlpeft/tasks/dumps.py", "vlpeft/tasks/generative.py", "vlpeft/tasks/heads.py",

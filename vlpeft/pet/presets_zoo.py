@@ -389,6 +389,12 @@ for _fn in ("add", "mul", "mul_expand", "vl"):
                           f"by attn and ffn; RoBERTa one per sublayer replacing its output unless routing_add_res (§2 M10).")
         return preset
     # needs_context: what the modules read from the backbone's pet_context (checked against its `context` meta)
+    register_preset(f"routing_lora_{_fn}", spec=RoutingSettings, needs_context=("x_v",),
+                    test=dict(backbone="test_vit_roberta", config=_ROUTING_TEST))(_make_rl(_fn))
+    register_preset(f"routing_adapter_{_fn}", spec=RoutingSettings, needs_context=("x_v",),
+                    test=dict(backbone="test_vit_gpt2", config=_ROUTING_TEST))(_make_ra(_fn))
+
+
 @register_preset("rt_adapter", spec=RoutingSettings,
                  test=dict(backbone="test_vit_roberta", config=_ROUTING_TEST))
 def preset_rt_adapter(config):

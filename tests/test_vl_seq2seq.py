@@ -76,6 +76,23 @@ def test_generate_equals_hf_generate(bare, beams):
     assert len(text) == 2 and all(isinstance(s, str) for s in text)
 
 
+def test_generate_records_no_autograd_graph(bare):
+    """Generation with grad enabled (a caller outside ``no_grad``) builds no graph for the encoder: transformers'
+    ``generate`` runs its own encoder without one, and a graph would hold the encoder's activations for the whole
+    decoding loop."""
+    name, bb = bare
+    seen = []
+    last = bb._layers("encoder")[-1]
+    handle = last.register_forward_hook(lambda m, a, out: seen.append((out[0] if isinstance(out, tuple) else out)
+                                                                      .requires_grad))
+    try:
+        assert torch.is_grad_enabled()
+        ids = bb.generate_ids(_batch(image=True), PLAN, num_beams=2, max_new_tokens=3)
+    finally:
+        handle.remove()
+    assert seen == [False] and ids.shape[0] == 2
+
+
 def test_visual_tokens_change_the_output_and_features_equal_pixels(bare):
     name, bb = bare
     b = _batch(image=True)

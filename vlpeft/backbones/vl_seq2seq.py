@@ -524,10 +524,13 @@ class VLSeq2Seq(Generative):
             raise ValueError("VL-BART/T5 generate needs a tokenizer to decode: set config tokenizer=<local folder>")
         return self.decode(self.generate_ids(batch, plan, num_beams=num_beams, max_new_tokens=max_new_tokens))
 
+    @torch.no_grad()
     def generate_ids(self, batch: Mapping[str, Any], plan: LayerPlan, *, num_beams: int = 1,
                      max_new_tokens: int = 20, use_cache: bool = True) -> torch.Tensor:
         """Token ids through transformers' ``generate`` (greedy / beam search) on our encoder states.
-        ``use_cache=False`` recomputes the whole prefix at every step (the reference the cached path must equal)."""
+        ``use_cache=False`` recomputes the whole prefix at every step (the reference the cached path must equal).
+        No autograd graph, as transformers' ``generate`` on its own encoder: a caller with grad enabled would
+        otherwise record the encoder's graph and keep its activations alive through every decoding step."""
         from transformers.modeling_outputs import BaseModelOutput
 
         plan = self.check_plan(plan)

@@ -1,0 +1,185 @@
+"""Generation against transformers' own ``generate`` on the same weights: VL-BART, VL-T5, ViT + GPT-2.
+
+Issue 21 item 3: our ``generate_ids`` must be at least as fast as transformers' ``generate`` on the same model
+(goal: speed = t(transformers) / t(ours) ≥ 1.0). Models, random weights at base size:
+
+- ``bart``: VL-BART on BART-base's shape (``vl_config=bart_base``), text-only batch (no visual tokens: the bare model
+  is then exactly HF's), peer ``BartForConditionalGeneration.generate(input_ids=…, attention_mask=…)`` on the very
+  module our backbone wraps;
+- ``t5``: VL-T5 on T5-base's shape, the same way;
+- ``gpt2``: ViT + GPT-2 (ViT-B/16 + GPT-2 small, the visual prefix on), peer: HF's ``ViTModel`` pooler output as the
+  prefix embedding, then ``GPT2LMHeadModel.generate(inputs_embeds=[prefix, token embeddings])`` (what the original
+  RT code does by hand).
+
+Each model and beam count (``--beams``, default greedy and 5 beams) runs ours and the peer alternately (the order
+flips every round) after warm-up rounds; ``--new-tokens`` tokens every time (``min_new_tokens`` keeps EOS out, so
+both do the same number of steps). Neither side runs under an outer ``no_grad``: each is called as a caller would
+(transformers' ``generate`` disables grad itself). Per round the speed t(peer) / t(ours) is taken in CPU time
+(``time.process_time``: steadier on a shared machine) and in wall time; the report gives median [min, max] over the
+rounds.
+
+    python bench/generate_vs_hf.py [--model bart,t5,gpt2] [--beams 1,5] [--batch 4] [--repeats 7] [--warmup 1]
+    python bench/generate_vs_hf.py --quick    # batch 2, 8 text tokens, 10 new tokens, 3 rounds, no warm-up
+
+Timing never fails the bench. It exits 1 only on a wrong result: our ids differ from transformers' ids, or either
+side's ids change between rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vlpeft._io import write_json_atomic  # noqa: E402
+from vlpeft.backbones._protocol import LayerPlan  # noqa: E402
+
+MODELS = ("bart", "t5", "gpt2")
+PLAN = LayerPlan()
+
+
+def build(model: str) -> Any:
+    from vlpeft.backbones.vit_lm import build_vit_lm
+    from vlpeft.backbones.vl_seq2seq import build_vl_seq2seq
+
+    torch.manual_seed(0)
+    if model == "gpt2":
+        return build_vit_lm({"vit_model": "vit_base_patch16_224_in21k", "lm_config": "gpt2",
+                             "tokenizer": "bert-base-uncased"}, "gpt2").eval()
+    return build_vl_seq2seq({"vl_config": f"{model}_base"}, model).eval()
+
+
+def make_batch(model: str, args) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    b, n = args.batch, args.text_len
+    batch = {"text_ids": torch.randint(10, 30000, (b, n), generator=g),
+             "text_masks": torch.ones(b, n, dtype=torch.long)}
+    if model == "gpt2":
+        batch["image"] = torch.randn(b, 3, 224, 224, generator=g)
+    return batch
+
+
+def contenders(bb: Any, model: str, batch: dict, beams: int, new: int) -> tuple[Callable, Callable]:
+    """(ours, peer): each returns the generated ids without the prompt."""
+    ids, mask = batch["text_ids"], batch["text_masks"]
+
+    def ours() -> torch.Tensor:
+        return bb.generate_ids(batch, PLAN, num_beams=beams, max_new_tokens=new)
+
+    if model != "gpt2":
+        hf = bb.seq2seq
+        hf.generation_config.min_new_tokens = new  # the same number of steps on both sides (shared config)
+
+        def peer() -> torch.Tensor:
+            return hf.generate(input_ids=ids, attention_mask=mask, num_beams=beams, max_new_tokens=new,
+                               do_sample=False)
+        return ours, peer
+
+    gpt2, vit = bb.gpt2, bb.vit
+    cfg = gpt2.config
+    gpt2.generation_config.min_new_tokens = new
+
+    def peer() -> torch.Tensor:
+        prefix = vit(pixel_values=batch["image"]).pooler_output.unsqueeze(1)
+        embeds = torch.cat([prefix, gpt2.transformer.wte(ids)], dim=1)
+        full = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
+        return gpt2.generate(inputs_embeds=embeds, attention_mask=full, num_beams=beams, max_new_tokens=new,
+                             do_sample=False, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.eos_token_id,
+                             bos_token_id=cfg.bos_token_id)
+    return ours, peer
+
+
+def spread(v: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(v), "min": min(v), "max": max(v)}
+
+
+def timed(fn: Callable) -> tuple[float, float, torch.Tensor]:
+    # no outer no_grad: each side runs as a caller would call it (transformers' generate disables grad itself)
+    c, t = time.process_time(), time.perf_counter()
+    ids = fn()
+    return time.process_time() - c, time.perf_counter() - t, ids
+
+
+def measure(bb: Any, model: str, batch: dict, beams: int, args) -> tuple[dict[str, Any], list[str]]:
+    ours, peer = contenders(bb, model, batch, beams, args.new_tokens)
+    errors: list[str] = []
+    _, _, ref_ours = timed(ours)
+    _, _, ref_peer = timed(peer)
+    if not torch.equal(ref_ours, ref_peer):
+        errors.append(f"{beams} beams: our ids differ from transformers' ({tuple(ref_ours.shape)} vs "
+                      f"{tuple(ref_peer.shape)})")
+    for _ in range(args.warmup):
+        timed(ours), timed(peer)
+    cpu = {"ours": [], "peer": []}
+    wall = {"ours": [], "peer": []}
+    for r in range(args.repeats):
+        order = (("ours", ours), ("peer", peer)) if r % 2 == 0 else (("peer", peer), ("ours", ours))
+        for name, fn in order:
+            c, w, ids = timed(fn)
+            cpu[name].append(c)
+            wall[name].append(w)
+            if not torch.equal(ids, ref_ours if name == "ours" else ref_peer):
+                errors.append(f"{beams} beams, round {r}: {name} ids changed between rounds")
+    res = {"beams": beams, "new_tokens": int(ref_ours.shape[1]), "cpu_s": cpu, "wall_s": wall,
+           "speed_cpu": spread([p / o for o, p in zip(cpu["ours"], cpu["peer"])]),
+           "speed_wall": spread([p / o for o, p in zip(wall["ours"], wall["peer"])])}
+    return res, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="bart,t5,gpt2")
+    ap.add_argument("--beams", default="1,5")
+    ap.add_argument("--batch", type=int, default=None, help="default 4")
+    ap.add_argument("--text-len", type=int, default=None, help="default 20")
+    ap.add_argument("--new-tokens", type=int, default=None, help="default 20")
+    ap.add_argument("--repeats", type=int, default=None, help="default 7")
+    ap.add_argument("--warmup", type=int, default=None, help="default 1")
+    ap.add_argument("--quick", action="store_true", help="batch 2, 8 text tokens, 10 new tokens, 3 rounds")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    full = dict(batch=4, text_len=20, new_tokens=20, repeats=7, warmup=1)
+    quick = dict(batch=2, text_len=8, new_tokens=10, repeats=3, warmup=0)
+    for key, value in (quick if args.quick else full).items():  # explicit options win over --quick
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    bad = [m for m in models if m not in MODELS]
+    if bad:
+        ap.error(f"--model {bad} not in {list(MODELS)}")
+    beams = [int(b) for b in args.beams.split(",")]
+    print(f"torch threads {torch.get_num_threads()}, batch {args.batch}, {args.text_len} text tokens, "
+          f"{args.new_tokens} new tokens, {args.repeats} rounds after {args.warmup} warm-up; speed = transformers' "
+          f"time / ours per round (goal ≥ 1.0), median [min, max]")
+    print("| model | beams | ids | median CPU s ours | median CPU s transformers | speed CPU | speed wall |")
+    print("|---|---|---|---|---|---|---|")
+    f = lambda s: f"{s['median']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"  # noqa: E731
+    out: dict[str, Any] = {"args": vars(args), "results": {}}
+    errors: list[str] = []
+    for m in models:
+        bb = build(m)
+        batch = make_batch(m, args)
+        for nb in beams:
+            res, errs = measure(bb, m, batch, nb, args)
+            out["results"][f"{m}/beams{nb}"] = res
+            errors += [f"{m}: {e}" for e in errs]
+            print(f"| {m} | {nb} | {res['new_tokens']} | {statistics.median(res['cpu_s']['ours']):.3f} | "
+                  f"{statistics.median(res['cpu_s']['peer']):.3f} | {f(res['speed_cpu'])} | {f(res['speed_wall'])} |",
+                  flush=True)
+        del bb
+    if args.json:
+        write_json_atomic(args.json, out)
+    for e in errors:
+        print("WRONG:", e, file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

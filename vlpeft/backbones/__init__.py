@@ -75,8 +75,8 @@ def meter(config: Mapping[str, Any]) -> Backbone:
 
 # ViT + GPT-2 / RoBERTa (Routing-VLPEFT's flag names where RT has one)
 VIT_LM_KEYS = {
-    "vit_model": "google/vit-base-patch16-224-in21k",  # local ViT folder (or HF-cache name), or a VIT_VARIANTS name
-    "lm_config": "",  # "" = the pretrained LM from the `tokenizer` folder; else an LM_VARIANTS name (random init)
+    "vit_model": "google/vit-base-patch16-224-in21k",  # local ViT folder (or HF-cache name), or an HF_VIT_VARIANTS name
+    "lm_config": "",  # "" = the pretrained LM from the `tokenizer` folder; else an LM_VARIANTS[lm] name (random init)
     "vit_use_pooler": True,  # x_v = ViT pooler output (B×1×d); False: last hidden state (B×N×d)
     "no_vis_prefix": False,  # GPT-2: drop the one-token visual prefix (vision enters only through routing)
     "use_vis_prefix": False,  # RoBERTa: prepend the visual prefix

@@ -28,9 +28,10 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from vlpeft._io import write_bytes_atomic
+from vlpeft.backbones._variants import Variants
 
 # Named architectures (random weights). The tiny one keeps tests fast; vit_b16_random is ViT-B/16 @ 224.
-CLIP_VARIANTS: dict[str, dict[str, Any]] = {
+CLIP_VARIANTS = Variants("CLIP vision tower", "transformers.CLIPVisionConfig", {
     "test_clip_tiny": dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         image_size=32, patch_size=8, hidden_act="quick_gelu",
@@ -39,7 +40,7 @@ CLIP_VARIANTS: dict[str, dict[str, Any]] = {
         hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
         image_size=224, patch_size=16, hidden_act="quick_gelu",
     ),
-}
+})
 
 _OPENAI_HEAD_DIM = 64  # OpenAI CLIP ViTs use width // 64 heads
 

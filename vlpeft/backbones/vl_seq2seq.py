@@ -15,8 +15,8 @@ Public API::
     VLSeq2Seq.generate(batch, plan, num_beams=, max_new_tokens=) -> list[str]
     VLSeq2Seq.encode(batch, plan)      -> (encoder states (B, N, d), mask (B, N))
 
-Config keys: ``vl_model`` (a local HF folder with the pretrained weights) or ``vl_config`` (a ``VL_VARIANTS`` name
-or a dict of config kwargs: random weights), ``tokenizer`` (a local HF tokenizer folder; the ``<extra_id_i>`` /
+Config keys: ``vl_model`` (a local HF folder with the pretrained weights) or ``vl_config`` (a name in the family's
+``VL_BART_VARIANTS`` / ``VL_T5_VARIANTS`` or a dict of config kwargs: random weights), ``tokenizer`` (a local HF tokenizer folder; the ``<extra_id_i>`` /
 ``<vis_extra_id_i>`` tokens are added and the embeddings resized to it), ``vl_vocab_size`` (the resized vocabulary
 without a tokenizer: parameter counts), ``vis_feat_dim`` (F: 2048 for the originals' RN101 features, 512 video),
 ``vl_clip_model`` (a ``_clip`` spec: ``image`` pixels → frozen CLIP → ``vl_grid``² pooled grid features, cached per
@@ -60,6 +60,7 @@ from torch import nn
 from vlpeft.backbones._generative import Generative, hold_cache_slot, lm_loss, shift_right
 from vlpeft.backbones._plm import _SiteHook, _XCapture
 from vlpeft.backbones._protocol import (Candidates, LayerPlan, Site, attach_projection, attach_skip, policy_params)
+from vlpeft.backbones._variants import Variants, lookup_in
 
 FAMILIES = ("bart", "t5")
 N_EXTRA = 100  # <extra_id_i> and <vis_extra_id_i>, i < 100 (the originals' tokenizers)
@@ -72,17 +73,20 @@ _T5_BASE = dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12
                 relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="relu",
                 pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 # architectures as data: the originals' hosts (counts, spec §6) and tiny ones on the bert-base-uncased vocabulary
-VL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "bart_base": ("bart", _BART_BASE),
-    "t5_base": ("t5", _T5_BASE),
-    "test_vl_bart_tiny": ("bart", dict(vocab_size=30522, d_model=32, encoder_layers=2, decoder_layers=2,
-                                       encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-                                       decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0,
-                                       attention_dropout=0.0, activation_dropout=0.0)),
-    "test_vl_t5_tiny": ("t5", dict(vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-                                   num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
-                                   dropout_rate=0.0)),
-}
+VL_BART_VARIANTS = Variants("bart", "transformers.BartConfig", {
+    "bart_base": _BART_BASE,
+    "test_vl_bart_tiny": dict(vocab_size=30522, d_model=32, encoder_layers=2, decoder_layers=2,
+                              encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                              decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
+                              activation_dropout=0.0),
+})
+VL_T5_VARIANTS = Variants("t5", "transformers.T5Config", {
+    "t5_base": _T5_BASE,
+    "test_vl_t5_tiny": dict(vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                            num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                            dropout_rate=0.0),
+})
+VL_VARIANTS: dict[str, Variants] = {"bart": VL_BART_VARIANTS, "t5": VL_T5_VARIANTS}  # vl_config names, per family
 PET_INITS = ("recipe", "original")
 
 
@@ -108,7 +112,8 @@ class VLSeqConfig:
         c = cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config and config[f.name] is not None})
         if not c.vl_model and not c.vl_config:
             raise ValueError("VL-BART/T5 needs vl_model=<local HF folder with the pretrained weights> or "
-                             f"vl_config=<one of {sorted(VL_VARIANTS)} or a dict of config kwargs> (random weights)")
+                             f"vl_config=<one of {sorted(n for t in VL_VARIANTS.values() for n in t)} or a dict of "
+                             "config kwargs> (random weights)")
         if c.vl_pet_init not in PET_INITS:
             raise ValueError(f"vl_pet_init={c.vl_pet_init!r} is not one of {PET_INITS}")
         if int(c.vis_feat_dim) < 1:
@@ -709,11 +714,7 @@ def _hf_model(cfg: VLSeqConfig, cls: type[VLSeq2Seq], tok: Any = None) -> nn.Mod
     kw = {"attn_implementation": cls.attn_implementation} if cls.attn_implementation else {}
     if cfg.vl_config:
         if isinstance(cfg.vl_config, str):
-            if cfg.vl_config not in VL_VARIANTS:
-                raise ValueError(f"vl_config={cfg.vl_config!r} is not one of {sorted(VL_VARIANTS)} (or give a dict)")
-            fam, kwargs = VL_VARIANTS[cfg.vl_config]
-            if fam != family:
-                raise ValueError(f"vl_config={cfg.vl_config!r} is a {fam} variant; this backbone is {family}")
+            kwargs = lookup_in(VL_VARIANTS, family, cfg.vl_config, "vl_config")
         elif isinstance(cfg.vl_config, Mapping):
             kwargs = dict(cfg.vl_config)
         else:
@@ -788,4 +789,4 @@ def build_vl_seq2seq(config: Mapping[str, Any], family: str) -> VLSeq2Seq:
     return cls(hf, cfg, tok, extractor)
 
 
-__all__ = ["FAMILY_CLASSES", "VLBart", "VLSeq2Seq", "VLSeqConfig", "VLT5", "VL_VARIANTS", "VisualEmbedding", "build_vl_seq2seq"]
+__all__ = ["FAMILY_CLASSES", "VLBart", "VLSeq2Seq", "VLSeqConfig", "VLT5", "VL_BART_VARIANTS", "VL_T5_VARIANTS", "VL_VARIANTS", "VisualEmbedding", "build_vl_seq2seq"]

@@ -16,13 +16,14 @@ Public API::
     VLSeq2Seq.encode(batch, plan)      -> (encoder states (B, N, d), mask (B, N))
 
 Config keys: ``vl_model`` (a local HF folder with the pretrained weights) or ``vl_config`` (a name in the family's
-``VL_BART_VARIANTS`` / ``VL_T5_VARIANTS`` or a dict of config kwargs: random weights), ``tokenizer`` (a local HF tokenizer folder; the ``<extra_id_i>`` /
-``<vis_extra_id_i>`` tokens are added and the embeddings resized to it), ``vl_vocab_size`` (the resized vocabulary
-without a tokenizer: parameter counts), ``vis_feat_dim`` (F: 2048 for the originals' RN101 features, 512 video),
-``vl_clip_model`` (a ``_clip`` spec: ``image`` pixels → frozen CLIP → ``vl_grid``² pooled grid features, cached per
-``image_key``), ``vl_pet_init`` (``recipe``: PET modules keep the init their preset gave them; ``original``: the
-original host's rule at attach — BART's ``_init_weights`` N(0, 0.02) / zero bias on every Linear and Embedding of
-the module, T5's PyTorch defaults; spec §1.1). The visual projector follows the family's original init.
+``VL_BART_VARIANTS`` / ``VL_T5_VARIANTS`` or a dict of config kwargs: random weights), ``tokenizer`` (a local HF
+tokenizer folder; the ``<extra_id_i>`` / ``<vis_extra_id_i>`` tokens are added and the embeddings resized to it),
+``vl_vocab_size`` (the resized vocabulary without a tokenizer: parameter counts), ``vis_feat_dim`` (F: 2048 for the
+originals' RN101 features, 512 video), ``vl_clip_model`` (a ``_clip`` spec: ``image`` pixels → frozen CLIP →
+``vl_grid``² pooled grid features, cached per ``image_key``), ``vl_pet_init`` (``recipe``: PET modules keep the init
+their preset gave them; ``original``: the original host's rule at attach — BART's ``_init_weights`` N(0, 0.02) / zero
+bias on every Linear and Embedding of the module, T5's PyTorch defaults; spec §1.1). The visual projector follows the
+family's original init.
 
 Batch: ``text_ids`` / ``text_masks``; visual input ``vis_feats`` (B, V, F) + ``vis_pos`` (B, V, 4: x1, y1, x2, y2),
 or ``image`` (+ ``image_key`` for the cache), or none (text only: the bare model is then exactly HF's);
@@ -789,4 +790,5 @@ def build_vl_seq2seq(config: Mapping[str, Any], family: str) -> VLSeq2Seq:
     return cls(hf, cfg, tok, extractor)
 
 
-__all__ = ["FAMILY_CLASSES", "VLBart", "VLSeq2Seq", "VLSeqConfig", "VLT5", "VL_BART_VARIANTS", "VL_T5_VARIANTS", "VL_VARIANTS", "VisualEmbedding", "build_vl_seq2seq"]
+__all__ = ["FAMILY_CLASSES", "VLBart", "VLSeq2Seq", "VLSeqConfig", "VLT5", "VL_BART_VARIANTS", "VL_T5_VARIANTS",
+           "VL_VARIANTS", "VisualEmbedding", "build_vl_seq2seq"]

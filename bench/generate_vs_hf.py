@@ -19,7 +19,8 @@ speed ≥ 1.0×) is taken in CPU time (``time.process_time``: steadier on a shar
 gives median [min, max] over the rounds.
 
 Where the time goes, without timing noise: one profiled call per side counts the aten ops run and the Python
-function calls made (``ops ours/peer``, ``py calls ours/peer``): equal work gives 1.000. ``--graph-row`` adds a
+function calls made (``ops ours/peer``, ``py calls ours/peer``: equal work gives 1.000) and compares the matrix
+products with their input shapes (``same GEMMs``: where nearly all the time goes). ``--graph-row`` adds a
 third contender, ours with the autograd graph recorded for our encoder (the path before ``generate_ids`` ran under
 ``no_grad``), timed in the same interleaved rounds: the 3–7 % that VL-BART / VL-T5 lost to transformers (issue 21)
 was that graph — the encoder's activations saved and held through the whole decoding loop, which transformers'
@@ -41,6 +42,7 @@ import pstats
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -119,17 +121,23 @@ def spread(v: list[float]) -> dict[str, float]:
     return {"median": statistics.median(v), "min": min(v), "max": max(v)}
 
 
-def work(fn: Callable) -> tuple[int, int]:
-    """(aten ops, Python function calls) of one call: the same work on both sides gives the same counts."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+_GEMMS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
+
+
+def work(fn: Callable) -> tuple[int, int, Counter]:
+    """(aten ops, Python function calls, matrix products by input shapes) of one call: the same work on both sides
+    gives the same counts and the same products."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         fn()
     ops = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+    gemms = Counter({(e.key, str(e.input_shapes)): e.count for e in prof.key_averages(group_by_input_shape=True)
+                     if e.key in _GEMMS})
     pr = cProfile.Profile()
     pr.enable()
     fn()
     pr.disable()
     calls = sum(v[1] for v in pstats.Stats(pr).stats.values())
-    return ops, calls
+    return ops, calls, gemms
 
 
 def timed(fn: Callable) -> tuple[float, float, torch.Tensor]:
@@ -151,7 +159,7 @@ def measure(bb: Any, model: str, batch: dict, beams: int, args) -> tuple[dict[st
     for _ in range(args.warmup):
         for _, fn in sides:
             timed(fn)
-    (ops_o, py_o), (ops_p, py_p) = work(ours), work(peer)
+    (ops_o, py_o, mm_o), (ops_p, py_p, mm_p) = work(ours), work(peer)
     cpu: dict[str, list[float]] = {name: [] for name, _ in sides}
     wall: dict[str, list[float]] = {name: [] for name, _ in sides}
     for r in range(args.repeats):
@@ -165,6 +173,7 @@ def measure(bb: Any, model: str, batch: dict, beams: int, args) -> tuple[dict[st
     ratio = lambda t, name: spread([a / p for a, p in zip(t[name], t["peer"])])  # noqa: E731
     res = {"beams": beams, "new_tokens": int(ref_ours.shape[1]), "cpu_s": cpu, "wall_s": wall,
            "ops": {"ours": ops_o, "peer": ops_p}, "py_calls": {"ours": py_o, "peer": py_p},
+           "same_gemms": mm_o == mm_p, "gemms": sum(mm_o.values()),
            "ratio_cpu": ratio(cpu, "ours"), "ratio_wall": ratio(wall, "ours")}
     if args.graph_row:
         res["graph_ratio_cpu"], res["graph_ratio_wall"] = ratio(cpu, "graph"), ratio(wall, "graph")
@@ -200,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.new_tokens} new tokens, {args.repeats} rounds after {args.warmup} warm-up; ratio = our time / "
           f"transformers' per round, interleaved (goal ≤ 1.0: generation ≥ 1.0× transformers'), median [min, max]")
     print("| model | beams | new ids | CPU s ours | CPU s transformers | ours/peer CPU | ours/peer wall | "
-          "ops ours/peer | py calls ours/peer |" + (" with graph/peer CPU |" if args.graph_row else ""))
-    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if args.graph_row else ""))
+          "ops ours/peer | py calls ours/peer | same GEMMs |" + (" with graph/peer CPU |" if args.graph_row else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.graph_row else ""))
     f = lambda s: f"{s['median']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"  # noqa: E731
     out: dict[str, Any] = {"args": vars(args), "results": {}}
     errors: list[str] = []
@@ -216,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {m} | {nb} | {res['new_tokens']} | {statistics.median(res['cpu_s']['ours']):.3f} | "
                   f"{statistics.median(res['cpu_s']['peer']):.3f} | {f(res['ratio_cpu'])} | {f(res['ratio_wall'])} | "
                   f"{ops['ours']}/{ops['peer']} = {ops['ours'] / ops['peer']:.3f} | "
-                  f"{py['ours']}/{py['peer']} = {py['ours'] / py['peer']:.3f} |"
+                  f"{py['ours']}/{py['peer']} = {py['ours'] / py['peer']:.3f} | "
+                  f"{'yes' if res['same_gemms'] else 'NO'} ({res['gemms']}) |"
                   + (f" {f(res['graph_ratio_cpu'])} |" if args.graph_row else ""), flush=True)
         del bb
     if args.json:

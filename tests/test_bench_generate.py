@@ -35,13 +35,14 @@ def test_same_ids_and_same_ops_as_transformers(bench, model, tmp_path, capsys):
         # our generate runs transformers' decoding on our encoder states: the aten ops differ only by a constant
         # handful (the prompt's left-packing for GPT-2, a mask for VL), none per decoding step
         assert abs(r["ops"]["ours"] - r["ops"]["peer"]) <= 50, r["ops"]
+        assert r["same_gemms"] and r["gemms"] > 0  # every matrix product the same, with the same shapes
         assert len(r["cpu_s"]["ours"]) == len(r["cpu_s"]["peer"]) == len(r["cpu_s"]["graph"]) == 2
         s = r["ratio_cpu"]
         assert s["min"] <= s["median"] <= s["max"]
     assert f"| {model} | 3 |" in text and "ours/peer CPU" in text
 
 
-def test_wrong_ids_exit_1_and_timing_never_does(bench, monkeypatch, capsys):
+def test_wrong_ids_exit_1_and_timing_never_does(bench, monkeypatch, capsys, tmp_path):
     real = bench.contenders
 
     def tampered(bb, model, batch, beams, new):
@@ -69,5 +70,8 @@ def test_wrong_ids_exit_1_and_timing_never_does(bench, monkeypatch, capsys):
         return slower, peer
 
     monkeypatch.setattr(bench, "contenders", slow)
-    assert bench.main(ARGS + ["--model", "bart", "--beams", "1"]) == 0
+    out = tmp_path / "slow.json"
+    assert bench.main(ARGS + ["--model", "bart", "--beams", "1", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["results"]["bart/beams1"]
+    assert not r["same_gemms"] and r["ops"]["ours"] > 2 * r["ops"]["peer"]  # the extra work is seen, not timed
 

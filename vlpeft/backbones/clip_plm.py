@@ -76,7 +76,7 @@ class DVPConfig:
     clip_model: Any = "ViT-B/16"
     language_model: str = "BERT"
     tokenizer: str | None = None  # the PLM folder
-    plm_config: Any = None  # random PLM: PLM_VARIANTS name or config kwargs (tests, bench)
+    plm_config: Any = None  # random PLM: a PLM_VARIANTS[language_model] name or config kwargs (tests, bench)
     plm_gguf_file: str | None = None
     search_stage: bool = False
     use_adapter: bool = False

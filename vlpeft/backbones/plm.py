@@ -40,7 +40,7 @@ class PLMBackboneConfig:
 
     language_model: str = "LLAMA"
     tokenizer: str | None = None  # the PLM folder (pretrained weights)
-    plm_config: Any = None  # random PLM: a PLM_VARIANTS name or config kwargs
+    plm_config: Any = None  # random PLM: a PLM_VARIANTS[language_model] name or config kwargs
     plm_gguf_file: str | None = None
     plm_num_layers: int = 0  # > 0: keep only the first N candidate layers
     t5_original_position_bias: bool = False

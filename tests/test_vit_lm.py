@@ -98,6 +98,24 @@ def test_gpt2_generate_equals_hf_generate(num_beams):
     assert text == bb.decode(ours) and len(text) == 2
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_gpt2_generate_with_the_visual_prefix_equals_hf_vit_then_hf_generate(num_beams):
+    """With the visual prefix (the released runs' setting): the same ids as HF's ViT pooler output put in front of
+    the token embeddings and HF's ``generate(inputs_embeds=...)`` (RT's captioning by hand; bench/generate_vs_hf.py's
+    peer)."""
+    bb = _bb("test_vit_gpt2")
+    hf, cfg, b = bb.plm.gpt2, bb.plm.gpt2.config, _batch()
+    with torch.no_grad():
+        ours = bb.generate_ids(b, PLAN, num_beams=num_beams, max_new_tokens=6)
+        prefix = bb.vit(pixel_values=b["image"]).pooler_output.unsqueeze(1)
+        embeds = torch.cat([prefix, hf.transformer.wte(b["text_ids"])], dim=1)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+        ref = hf.generate(inputs_embeds=embeds, attention_mask=mask, num_beams=num_beams, max_new_tokens=6,
+                          do_sample=False, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,
+                          bos_token_id=cfg.bos_token_id)
+    assert torch.equal(ours, ref)
+
+
 def test_gpt2_generate_left_packs_a_padded_prompt():
     bb = _bb("test_vit_gpt2")
     b = _batch(pad_row=True)

@@ -4,10 +4,14 @@ bad input. Tiny random models on the offline bert-base-uncased vocabulary (+ the
 
 from __future__ import annotations
 
+import ast
+import inspect
+
 import pytest
 import torch
 from torch import nn
 
+import vlpeft.backbones.vl_seq2seq as vl
 import vlpeft.pet.presets_zoo  # noqa: F401  (registers the zoo presets)
 from vlpeft.backbones import BACKBONES, LayerPlan
 from vlpeft.pet import PRESETS, inject
@@ -74,6 +78,23 @@ def test_generate_equals_hf_generate(bare, beams):
     assert torch.equal(ours, ref)
     assert text == [s.strip() for s in bb.tokenizer.batch_decode(ref, skip_special_tokens=True)]
     assert len(text) == 2 and all(isinstance(s, str) for s in text)
+
+
+def test_generate_records_no_autograd_graph(bare):
+    """Generation with grad enabled (a caller outside ``no_grad``) builds no graph for the encoder: transformers'
+    ``generate`` runs its own encoder without one, and a graph would hold the encoder's activations for the whole
+    decoding loop."""
+    name, bb = bare
+    seen = []
+    last = bb._layers("encoder")[-1]
+    handle = last.register_forward_hook(lambda m, a, out: seen.append((out[0] if isinstance(out, tuple) else out)
+                                                                      .requires_grad))
+    try:
+        assert torch.is_grad_enabled()
+        ids = bb.generate_ids(_batch(image=True), PLAN, num_beams=2, max_new_tokens=3)
+    finally:
+        handle.remove()
+    assert seen == [False] and ids.shape[0] == 2
 
 
 def test_visual_tokens_change_the_output_and_features_equal_pixels(bare):
@@ -386,3 +407,19 @@ def test_generate_with_skipped_decoder_layers_keeps_the_kv_cache(name, k, beams)
         assert not torch.equal(bb.generate_ids(b, PLAN, num_beams=beams, max_new_tokens=6)[:, :ours.shape[1]], ours) \
             or not torch.equal(bb(dict(b, target_ids=ours[:, 1:]), PLAN)["lm_logits"],
                                bb(dict(b, target_ids=ours[:, 1:]), plan)["lm_logits"])
+
+
+def test_no_family_branches_in_the_shared_class():
+    """Issue #17 item 5: VL-BART and VL-T5 differ only through their parts (``VLBart`` / ``VLT5``), so
+    ``vl_seq2seq.py`` compares nothing against a family name (the module before had 20 such comparisons)."""
+    names = {"bart", "t5"}
+
+    def is_family(node: ast.AST) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in names
+        return isinstance(node, (ast.Tuple, ast.List, ast.Set)) and any(is_family(e) for e in node.elts)
+
+    found = [ast.unparse(n) for n in ast.walk(ast.parse(inspect.getsource(vl)))
+             if isinstance(n, ast.Compare) and any(is_family(c) for c in (n.left, *n.comparators))]
+    assert found == []
+    assert {c.family for c in vl.FAMILY_CLASSES.values()} == names

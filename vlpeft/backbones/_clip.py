@@ -29,9 +29,10 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from vlpeft._io import write_bytes_atomic
 from vlpeft.backbones._folders import check_family, note_loaded
+from vlpeft.backbones._variants import Variants
 
 # Named architectures (random weights). The tiny one keeps tests fast; vit_b16_random is ViT-B/16 @ 224.
-CLIP_VARIANTS: dict[str, dict[str, Any]] = {
+CLIP_VARIANTS = Variants("CLIP vision tower", "transformers.CLIPVisionConfig", {
     "test_clip_tiny": dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         image_size=32, patch_size=8, hidden_act="quick_gelu",
@@ -40,9 +41,36 @@ CLIP_VARIANTS: dict[str, dict[str, Any]] = {
         hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
         image_size=224, patch_size=16, hidden_act="quick_gelu",
     ),
-}
+})
 
 _OPENAI_HEAD_DIM = 64  # OpenAI CLIP ViTs use width // 64 heads
+
+
+# OpenAI CLIP ``visual.*`` names ↔ HF ``CLIPVisionModel`` names: one table read in both directions. Whole tensors:
+# the top-level ones and, per residual block, ``{i}``-formatted ones (each with ``.weight`` and ``.bias``);
+# ``attn.in_proj_{weight,bias}`` stacks HF's q, k, v projections in that order (``_QKV``).
+_CLIP_TOP_KEYS: tuple[tuple[str, str], ...] = (
+    ("visual.class_embedding", "embeddings.class_embedding"),
+    ("visual.conv1.weight", "embeddings.patch_embedding.weight"),
+    ("visual.positional_embedding", "embeddings.position_embedding.weight"),
+    ("visual.ln_pre.weight", "pre_layrnorm.weight"),  # HF's spelling
+    ("visual.ln_pre.bias", "pre_layrnorm.bias"),
+    ("visual.ln_post.weight", "post_layernorm.weight"),
+    ("visual.ln_post.bias", "post_layernorm.bias"),
+)
+_CLIP_BLOCK_KEYS: tuple[tuple[str, str], ...] = tuple(
+    (f"visual.transformer.resblocks.{{i}}.{a}.{kind}", f"encoder.layers.{{i}}.{b}.{kind}")
+    for a, b in (("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("attn.out_proj", "self_attn.out_proj"),
+                 ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"))
+    for kind in ("weight", "bias"))
+_QKV = tuple((f"visual.transformer.resblocks.{{i}}.attn.in_proj_{kind}",
+              tuple(f"encoder.layers.{{i}}.self_attn.{p}_proj.{kind}" for p in "qkv")) for kind in ("weight", "bias"))
+
+
+def _clip_key_pairs(n_layers: int) -> list[tuple[str, str]]:
+    """(OpenAI name, HF name) of every one-to-one tensor of an ``n_layers``-block CLIP ViT."""
+    return list(_CLIP_TOP_KEYS) + [(o.format(i=i), h.format(i=i)) for i in range(n_layers)
+                                   for o, h in _CLIP_BLOCK_KEYS]
 
 
 def openai_to_hf_clip(state: Mapping[str, torch.Tensor]) -> tuple[CLIPVisionConfig, dict[str, torch.Tensor]]:
@@ -74,28 +102,11 @@ def openai_to_hf_clip(state: Mapping[str, torch.Tensor]) -> tuple[CLIPVisionConf
         num_attention_heads=max(1, width // _OPENAI_HEAD_DIM), image_size=grid * patch, patch_size=patch,
         hidden_act="quick_gelu", layer_norm_eps=1e-5,
     )
-    out: dict[str, torch.Tensor] = {
-        "embeddings.class_embedding": state["visual.class_embedding"],
-        "embeddings.patch_embedding.weight": conv,
-        "embeddings.position_embedding.weight": state["visual.positional_embedding"],
-    }
-    for src, dst in (("ln_pre", "pre_layrnorm"), ("ln_post", "post_layernorm")):
-        out[f"{dst}.weight"] = state[f"visual.{src}.weight"]
-        out[f"{dst}.bias"] = state[f"visual.{src}.bias"]
-    simple = {
-        "ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
-        "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
-    }
+    out = {hf: state[oa] for oa, hf in _clip_key_pairs(len(layers))}
     for i in layers:
-        s, d = f"visual.transformer.resblocks.{i}.", f"encoder.layers.{i}."
-        for a, b in simple.items():
-            out[d + b + ".weight"] = state[s + a + ".weight"]
-            out[d + b + ".bias"] = state[s + a + ".bias"]
-        for kind in ("weight", "bias"):
-            q, k, v = state[s + f"attn.in_proj_{kind}"].chunk(3, dim=0)
-            out[d + f"self_attn.q_proj.{kind}"] = q
-            out[d + f"self_attn.k_proj.{kind}"] = k
-            out[d + f"self_attn.v_proj.{kind}"] = v
+        for oa, hfs in _QKV:
+            for hf, t in zip(hfs, state[oa.format(i=i)].chunk(3, dim=0)):
+                out[hf.format(i=i)] = t
     return cfg, out
 
 
@@ -103,28 +114,11 @@ def hf_to_openai_clip(model: CLIPVisionModel) -> dict[str, torch.Tensor]:
     """Inverse of ``openai_to_hf_clip`` (used by the tests; ``visual.proj`` is filled with an identity)."""
     sd = model.state_dict()
     n = model.config.num_hidden_layers
-    out = {
-        "visual.class_embedding": sd["embeddings.class_embedding"],
-        "visual.conv1.weight": sd["embeddings.patch_embedding.weight"],
-        "visual.positional_embedding": sd["embeddings.position_embedding.weight"],
-        "visual.proj": torch.eye(model.config.hidden_size),
-    }
-    for dst, src in (("ln_pre", "pre_layrnorm"), ("ln_post", "post_layernorm")):
-        out[f"visual.{dst}.weight"] = sd[f"{src}.weight"]
-        out[f"visual.{dst}.bias"] = sd[f"{src}.bias"]
-    simple = {
-        "ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
-        "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
-    }
+    out = {oa: sd[hf] for oa, hf in _clip_key_pairs(n)}
+    out["visual.proj"] = torch.eye(model.config.hidden_size)
     for i in range(n):
-        d, s = f"visual.transformer.resblocks.{i}.", f"encoder.layers.{i}."
-        for a, b in simple.items():
-            out[d + a + ".weight"] = sd[s + b + ".weight"]
-            out[d + a + ".bias"] = sd[s + b + ".bias"]
-        for kind in ("weight", "bias"):
-            out[d + f"attn.in_proj_{kind}"] = torch.cat(
-                [sd[s + f"self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")], dim=0
-            )
+        for oa, hfs in _QKV:
+            out[oa.format(i=i)] = torch.cat([sd[hf.format(i=i)] for hf in hfs], dim=0)
     return out
 
 

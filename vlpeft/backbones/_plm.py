@@ -27,28 +27,35 @@ from vlpeft._protocol import Site, is_scoped_policy
 from vlpeft.backbones._folders import check_family, note_loaded
 from vlpeft.backbones._sites import attach_projection, attach_skip, projection_sites, scoped_policy_params
 from vlpeft.data.tokenizer import resolve_model_path
+from vlpeft.backbones._variants import Variants, lookup_in
 
 # --------------------------------------------------------------------------------------------------
-# named random configurations (tests, bench)
-PLM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "test_bert_tiny": ("BERT", dict(
-        vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, type_vocab_size=2)),
-    "bert_base_random": ("BERT", dict(
-        vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        max_position_embeddings=512, type_vocab_size=2)),
-    "test_t5_tiny": ("T5", dict(
-        vocab_size=120, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4,
-        relative_attention_num_buckets=8, relative_attention_max_distance=16, decoder_start_token_id=0,
-        pad_token_id=0)),
-    "test_llama_tiny": ("LLAMA", dict(
-        vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+# named random configurations (tests, bench): plm_config names, one table per language model
+_BERT_TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                  max_position_embeddings=64, type_vocab_size=2)
+_T5_TINY = dict(vocab_size=120, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4,
+                relative_attention_num_buckets=8, relative_attention_max_distance=16, decoder_start_token_id=0,
+                pad_token_id=0)
+_LLAMA_TINY = dict(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+# the *_bertvocab ones: the same tiny models sized to the default (bert-base-uncased) vocabulary, for end-to-end runs
+# with real tokens
+PLM_VARIANTS: dict[str, Variants] = {
+    "BERT": Variants("BERT", "transformers.BertConfig", {
+        "test_bert_tiny": _BERT_TINY,
+        "test_bert_tiny_bertvocab": {**_BERT_TINY, "vocab_size": 30522},
+        "bert_base_random": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                 intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2),
+    }),
+    "T5": Variants("T5", "transformers.T5Config", {
+        "test_t5_tiny": _T5_TINY,
+        "test_t5_tiny_bertvocab": {**_T5_TINY, "vocab_size": 30522},
+    }),
+    "LLAMA": Variants("LLAMA", "transformers.LlamaConfig", {
+        "test_llama_tiny": _LLAMA_TINY,
+        "test_llama_tiny_bertvocab": {**_LLAMA_TINY, "vocab_size": 30522, "bos_token_id": 101, "eos_token_id": 102},
+    }),
 }
-# the same tiny models sized to the default (bert-base-uncased) vocabulary, for end-to-end runs with real tokens
-for _name, _lm, _extra in (("test_bert_tiny_bertvocab", "BERT", {}), ("test_t5_tiny_bertvocab", "T5", {}),
-                           ("test_llama_tiny_bertvocab", "LLAMA", dict(bos_token_id=101, eos_token_id=102))):
-    PLM_VARIANTS[_name] = (_lm, {**PLM_VARIANTS[_name.replace("_bertvocab", "")][1], "vocab_size": 30522, **_extra})
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -614,7 +621,7 @@ def _gguf_in(folder: Path) -> str | None:
 
 def build_hf_plm(language_model: str, plm_config: Any, folder: str | os.PathLike | None,
                  gguf_file: str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
-    """The bare HF model: random from ``plm_config`` (a PLM_VARIANTS name or a config-kwargs dict) when
+    """The bare HF model: random from ``plm_config`` (a ``PLM_VARIANTS[lm]`` name or a config-kwargs dict) when
     given, else pretrained from ``folder`` (config key ``tokenizer``); its weights in ``dtype`` (``plm_dtype``;
     HF keeps what must stay fp32, e.g. LLaMA's rotary frequencies)."""
     from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel, T5Config, T5Model
@@ -626,11 +633,7 @@ def build_hf_plm(language_model: str, plm_config: Any, folder: str | os.PathLike
     cfg_cls, model_cls = classes[lm]
     if plm_config:
         if isinstance(plm_config, str):
-            if plm_config not in PLM_VARIANTS:
-                raise ValueError(f"plm_config={plm_config!r} is not a registered variant {sorted(PLM_VARIANTS)}")
-            var_lm, kwargs = PLM_VARIANTS[plm_config]
-            if var_lm != lm:
-                raise ValueError(f"plm_config={plm_config!r} is a {var_lm} variant but language_model={lm!r}")
+            kwargs = lookup_in(PLM_VARIANTS, lm, plm_config, "plm_config")
         elif isinstance(plm_config, Mapping):
             kwargs = dict(plm_config)
         else:

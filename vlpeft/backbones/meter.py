@@ -76,13 +76,14 @@ from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
 from vlpeft.backbones._sites import attach_projection, attach_skip, base_policy_params, projection_sites
 from vlpeft.backbones import _clip
 from vlpeft.backbones._settings import MeterSettings
+from vlpeft.backbones._variants import Variants
 
 # ----------------------------------------------------------------------------------------------- config
 # The keys this backbone reads, with their defaults: ``MeterSettings`` (vlpeft.backbones._settings).
 METER_CONFIG_KEYS: dict[str, Any] = declared_keys(MeterSettings)
 
 # Text encoders with random weights (tests, counts). RoBERTa-base's shapes are those of ``roberta-base``.
-TEXT_VARIANTS: dict[str, dict[str, Any]] = {
+TEXT_VARIANTS = Variants("METER text encoder", "transformers.RobertaConfig (BertConfig where model_type='bert')", {
     "test_roberta_tiny": dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                               intermediate_size=64, max_position_embeddings=42, type_vocab_size=1,
                               layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2),
@@ -94,7 +95,7 @@ TEXT_VARIANTS: dict[str, dict[str, Any]] = {
     "roberta_base_random": dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                                 intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1,
                                 layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2),
-}
+})
 
 # Size of the CLIP text-tower leftovers METER's wrapper carries (context_length, text width), for registered
 # CLIP names that have no text tower to read them from (an OpenAI file is read instead).
@@ -104,7 +105,7 @@ CLIP_TEXT_LEFTOVERS: dict[str, tuple[int, int]] = {
 }
 
 # Named METER configurations (original keys). test_* ones are tiny; *_random ones have base shapes, random weights.
-METER_VARIANTS: dict[str, dict[str, Any]] = {
+METER_VARIANTS = Variants("METER", "METER config keys (build_meter)", {
     "test_meter_tiny": dict(vit="test_clip_tiny", image_size=32, patch_size=8, tokenizer="roberta-base",
                             text_encoder="test_roberta_tiny", vocab_size=100, max_text_len=40, num_top_layer=2,
                             input_image_embed_size=32, input_text_embed_size=32, hidden_size=32, num_heads=4,
@@ -118,7 +119,7 @@ METER_VARIANTS: dict[str, dict[str, Any]] = {
                                             vocab_size=50265, max_text_len=50, num_top_layer=6,
                                             input_image_embed_size=768, input_text_embed_size=768, hidden_size=768,
                                             num_heads=12, num_layers=6, mlp_ratio=4, drop_rate=0.1),
-}
+})
 
 
 @dataclass(frozen=True)

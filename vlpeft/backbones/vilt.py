@@ -9,7 +9,7 @@ Public API::
     ViLT.visual_embed(img, img_mask=None, max_image_len=None, generator=None) -> (x, mask, (patch_index, (Hp, Wp)))
     ViLT.expand_token_types_for_nlvr2() -> None
     ViLT.checkpoint_filter_fn(state_dict) -> state_dict   (also converts transformers' ``vilt.*`` names)
-    register_vit_variant(fn) / VIT_VARIANTS: ViT hyper-parameter factories (``vit_base_patch32_384``, ``test_vilt_*``)
+    VIT_VARIANTS: timm ViT hyper-parameters per ``vit`` name (``vit_base_patch32_384``, ``test_vilt_*``)
 
 Weights: always random init here (no download, we run offline); real weights come from an original ViLT ``.ckpt``
 (``vilt_200k_mlm_itm.ckpt`` or a fine-tuned one) through ``vlpeft.checkpoint`` and ``checkpoint_filter_fn``.
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,40 +49,21 @@ from vlpeft._init import init_weights_bert
 from vlpeft.backbones._layers import Pooler
 from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
 from vlpeft.backbones._sites import attach_projection, attach_skip, base_policy_params, projection_sites
+from vlpeft.backbones._variants import Variants
 from vlpeft.search.placement import validate_skip
 
 # ----------------------------------------------------------------------------------------------- ViT variants
-VIT_VARIANTS: dict[str, Callable[[], dict[str, Any]]] = {}
-
-
-def register_vit_variant(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
-    """Register a factory that only returns ViT hyper-parameters (timm style), under the function's name."""
-    VIT_VARIANTS[fn.__name__] = fn
-    return fn
-
-
-@register_vit_variant
-def vit_base_patch32_384() -> dict[str, Any]:
-    """ViT-B/32 at 384 px (ViLT-B/32): 12 blocks, width 768, 12 heads, 12×12 position grid."""
-    return dict(img_size=384, patch_size=32, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0)
-
-
-@register_vit_variant
-def test_vilt_tiny() -> dict[str, Any]:
-    """Test-only: width 64, 2 blocks, 4 heads, patch 16 at 64 px (4×4 grid)."""
-    return dict(img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0)
-
-
-@register_vit_variant
-def test_vilt_tiny_p32() -> dict[str, Any]:
-    """Test-only: width 64, 4 blocks, 4 heads, patch 32 at 128 px (4×4 grid)."""
-    return dict(img_size=128, patch_size=32, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4.0)
-
-
-@register_vit_variant
-def test_vilt_small() -> dict[str, Any]:
-    """Demo/test: width 128, 4 blocks, 4 heads, patch 16 at 64 px (4×4 grid)."""
-    return dict(img_size=64, patch_size=16, embed_dim=128, depth=4, num_heads=4, mlp_ratio=4.0)
+# timm ``VisionTransformer`` hyper-parameters per ``vit`` name (data, as open_clip's model configs)
+VIT_VARIANTS = Variants("ViT", "timm.models.vision_transformer.VisionTransformer", {
+    # ViT-B/32 at 384 px (ViLT-B/32): 12 blocks, width 768, 12 heads, 12x12 position grid
+    "vit_base_patch32_384": dict(img_size=384, patch_size=32, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),
+    # test-only: width 64, 2 blocks, 4 heads, patch 16 at 64 px (4x4 grid)
+    "test_vilt_tiny": dict(img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0),
+    # test-only: width 64, 4 blocks, 4 heads, patch 32 at 128 px (4x4 grid)
+    "test_vilt_tiny_p32": dict(img_size=128, patch_size=32, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4.0),
+    # demo/test: width 128, 4 blocks, 4 heads, patch 16 at 64 px (4x4 grid)
+    "test_vilt_small": dict(img_size=64, patch_size=16, embed_dim=128, depth=4, num_heads=4, mlp_ratio=4.0),
+})
 
 
 # ----------------------------------------------------------------------------------------------- modules
@@ -155,9 +136,7 @@ class ViLT(Backbone):
 
     def __init__(self, spec: ViltSpec):
         super().__init__()
-        if spec.vit not in VIT_VARIANTS:
-            raise ValueError(f"vit={spec.vit!r} is not a known ViT variant; choose one of {sorted(VIT_VARIANTS)}")
-        hp = VIT_VARIANTS[spec.vit]()
+        hp = VIT_VARIANTS.lookup(spec.vit, "vit")
         if hp["embed_dim"] != spec.hidden_size:
             raise ValueError(
                 f"vit={spec.vit!r} has width {hp['embed_dim']} but hidden_size={spec.hidden_size}; "
@@ -559,5 +538,5 @@ def _resize_pos_embed(posemb: torch.Tensor, old: tuple[int, int], new: tuple[int
 
 __all__ = [
     "VIT_VARIANTS", "DASBlock", "Pooler", "ViLT", "ViltSpec", "ViltCheckpointError",
-    "build_vilt", "checkpoint_filter_fn", "register_vit_variant", "init_weights_bert",
+    "build_vilt", "checkpoint_filter_fn", "init_weights_bert",
 ]

@@ -7,7 +7,7 @@ Public API::
     ViTGPT2(batch, plan) -> {"lm_logits", "lm_loss" (with target_ids), "x_v"};  .generate(batch, plan, num_beams=…)
     ViTRoberta(batch, plan) -> {"cls_feats" (RoBERTa pooler output), "x_v"}
 
-Model. A frozen Hugging Face ViT (``vit_model``: a local folder, or a ``VIT_VARIANTS`` name for a random model)
+Model. A frozen Hugging Face ViT (``vit_model``: a local folder, or a ``HF_VIT_VARIANTS`` name for a random model)
 turns ``batch["image"]`` into ``x_v``: its pooler output tanh(Lin(CLS)) as B×1×d (``vit_use_pooler``, every RT
 script), else its last hidden state B×N×d. There is no projector (RT: ViT-B width = LM width; a mismatch is refused).
 ``x_v`` is used raw (a) as the visual prefix, concatenated before the text's token embeddings (GPT-2: on unless
@@ -68,6 +68,7 @@ from vlpeft.backbones._generative import Generative, hold_cache_slot, lm_loss
 from vlpeft.backbones._plm import HostsPLM, PLMWrapper, _SiteHook, _XCapture
 from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
 from vlpeft.backbones._sites import projection_sites
+from vlpeft.backbones._variants import Variants
 from vlpeft.pet.context import pet_context
 from vlpeft.backbones._folders import check_family, note_loaded
 from vlpeft.data.tokenizer import load_tokenizer, resolve_model_path
@@ -75,7 +76,7 @@ from vlpeft.pet.unfreeze import norm_param_names, unfreeze_params
 from vlpeft.sections import take
 
 # --- architectures as data (random init for tests and counting; real weights come from local folders) -----------
-VIT_VARIANTS: dict[str, dict[str, Any]] = {
+HF_VIT_VARIANTS = Variants("HF ViT", "transformers.ViTConfig", {
     # google/vit-base-patch16-224-in21k (RT's vision tower; pooler present)
     "vit_base_patch16_224_in21k": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                                        intermediate_size=3072, image_size=224, patch_size=16, hidden_act="gelu",
@@ -88,21 +89,26 @@ VIT_VARIANTS: dict[str, dict[str, Any]] = {
                                   attention_probs_dropout_prob=0.0),
     "test_vit_tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                           image_size=32, patch_size=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
-}
-LM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "gpt2": ("gpt2", dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
-                          bos_token_id=50256, eos_token_id=50256)),
-    "roberta_base": ("roberta", dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                                     intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1,
-                                     layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)),
-    # tiny models on the offline bert-base-uncased vocabulary ([CLS] 101 as BOS, [SEP] 102 as EOS, [PAD] 0)
-    "test_gpt2_tiny": ("gpt2", dict(vocab_size=30522, n_positions=64, n_embd=32, n_layer=3, n_head=4, n_inner=64,
-                                    bos_token_id=101, eos_token_id=102, pad_token_id=0, resid_pdrop=0.0,
-                                    embd_pdrop=0.0, attn_pdrop=0.0)),
-    "test_roberta_tiny": ("roberta", dict(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                          intermediate_size=64, max_position_embeddings=72, type_vocab_size=1,
-                                          pad_token_id=0, bos_token_id=101, eos_token_id=102,
-                                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)),
+})
+# random LMs, one table per LM family (lm_config names)
+LM_VARIANTS: dict[str, Variants] = {
+    "gpt2": Variants("gpt2", "transformers.GPT2Config", {
+        "gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, bos_token_id=50256,
+                     eos_token_id=50256),
+        # tiny models on the offline bert-base-uncased vocabulary ([CLS] 101 as BOS, [SEP] 102 as EOS, [PAD] 0)
+        "test_gpt2_tiny": dict(vocab_size=30522, n_positions=64, n_embd=32, n_layer=3, n_head=4, n_inner=64,
+                               bos_token_id=101, eos_token_id=102, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0,
+                               attn_pdrop=0.0),
+    }),
+    "roberta": Variants("roberta", "transformers.RobertaConfig", {
+        "roberta_base": dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                             intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1,
+                             layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2),
+        "test_roberta_tiny": dict(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=72, type_vocab_size=1, pad_token_id=0,
+                                  bos_token_id=101, eos_token_id=102, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0),
+    }),
 }
 LMS = ("gpt2", "roberta")
 
@@ -130,12 +136,11 @@ class ViTLMConfig:
                 raise ValueError(f"{k}={getattr(s, k)!r} must be True or False")
         if not s.vit_model:
             raise ValueError("vit_model is empty; set vit_model=<local folder of google/vit-base-patch16-224-in21k> "
-                             f"(or one of {sorted(VIT_VARIANTS)} for a random ViT)")
+                             f"(or one of {sorted(HF_VIT_VARIANTS)} for a random ViT)")
         lm_config = str(s.lm_config or "")
-        if lm_config and (lm_config not in LM_VARIANTS or LM_VARIANTS[lm_config][0] != lm):
-            ok = sorted(k for k, (f, _) in LM_VARIANTS.items() if f == lm)
-            raise ValueError(f"lm_config={lm_config!r} is not a {lm} variant; use one of {ok}, or lm_config='' to load "
-                             f"the pretrained {lm} from the `tokenizer` folder")
+        if lm_config and lm_config not in LM_VARIANTS[lm]:
+            raise ValueError(f"lm_config={lm_config!r} is not a {lm} variant; use one of {sorted(LM_VARIANTS[lm])}, or "
+                             f"lm_config='' to load the pretrained {lm} from the `tokenizer` folder")
         prefix = (not s.no_vis_prefix) if lm == "gpt2" else bool(s.use_vis_prefix)
         return cls(lm, str(s.vit_model), lm_config, str(s.tokenizer or "bert-base-uncased"), bool(s.vit_use_pooler),
                    prefix, bool(s.vit_pet_sites))
@@ -151,8 +156,8 @@ def _local_folder(name: str, key: str = "tokenizer") -> str:
 def build_vit(name: str) -> nn.Module:
     from transformers import ViTConfig, ViTModel
 
-    if name in VIT_VARIANTS:
-        return ViTModel(ViTConfig(**VIT_VARIANTS[name]), add_pooling_layer=True)
+    if name in HF_VIT_VARIANTS:
+        return ViTModel(ViTConfig(**HF_VIT_VARIANTS[name]), add_pooling_layer=True)
 
     folder = _local_folder(name, "vit_model")
     check_family(folder, ("vit",), "vit_model", "the ViT image tower", "set vit_model=<a ViT folder, e.g. "
@@ -163,7 +168,7 @@ def build_vit(name: str) -> nn.Module:
         return model
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"vit_model={name!r} is neither a local ViT folder nor in the local HF cache ({e}); "
-                                f"set vit_model=<folder with config.json + weights> or one of {sorted(VIT_VARIANTS)}"
+                                f"set vit_model=<folder with config.json + weights> or one of {sorted(HF_VIT_VARIANTS)}"
                                 ) from None
 
 
@@ -172,7 +177,7 @@ def build_lm(lm: str, lm_config: str, folder: str) -> nn.Module:
 
     cfg_cls, model_cls = {"gpt2": (GPT2Config, GPT2LMHeadModel), "roberta": (RobertaConfig, RobertaModel)}[lm]
     if lm_config:
-        cfg = cfg_cls(**LM_VARIANTS[lm_config][1])
+        cfg = cfg_cls(**LM_VARIANTS[lm].lookup(lm_config, "lm_config"))
         cfg._attn_implementation = "sdpa"
         return model_cls(cfg, add_pooling_layer=True) if lm == "roberta" else model_cls(cfg)
 
@@ -193,7 +198,7 @@ def build_lm(lm: str, lm_config: str, folder: str) -> nn.Module:
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"tokenizer={folder!r}: no local {lm} model there ({e}); set tokenizer=<folder of the "
                                 f"pretrained {lm} with its tokenizer files>, or lm_config=<one of "
-                                f"{sorted(k for k, (f, _) in LM_VARIANTS.items() if f == lm)}> for a random one"
+                                f"{sorted(LM_VARIANTS[lm])}> for a random one"
                                 ) from None
 
 
@@ -572,5 +577,5 @@ def build_vit_lm(config: VitLmSettings | Mapping[str, Any], lm: str) -> _ViTLM:
     return ViTRoberta(vit, RobertaSites(hf), tokenizer, cfg)
 
 
-__all__ = ["LM_VARIANTS", "VIT_VARIANTS", "ViTGPT2", "ViTLMConfig", "ViTRoberta", "build_lm",
+__all__ = ["HF_VIT_VARIANTS", "LM_VARIANTS", "ViTGPT2", "ViTLMConfig", "ViTRoberta", "build_lm",
            "build_vit", "build_vit_lm"]

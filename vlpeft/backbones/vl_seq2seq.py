@@ -10,18 +10,20 @@ LM head and beam search are Hugging Face's (``generate(encoder_outputs=...)``).
 Public API::
 
     build_vl_seq2seq(config, family)   # family "bart" | "t5"; BACKBONES entries vl_bart / vl_t5 / test_vl_*
+    VLSeq2Seq                          # the shared class; VLBart / VLT5 (FAMILY_CLASSES) hold the family's parts
     VLSeq2Seq.forward(batch, plan)     -> {"lm_logits", "lm_loss" (with target_ids)}
     VLSeq2Seq.generate(batch, plan, num_beams=, max_new_tokens=) -> list[str]
     VLSeq2Seq.encode(batch, plan)      -> (encoder states (B, N, d), mask (B, N))
 
-Config keys: ``vl_model`` (a local HF folder with the pretrained weights) or ``vl_config`` (a ``VL_VARIANTS`` name
-or a dict of config kwargs: random weights), ``tokenizer`` (a local HF tokenizer folder; the ``<extra_id_i>`` /
-``<vis_extra_id_i>`` tokens are added and the embeddings resized to it), ``vl_vocab_size`` (the resized vocabulary
-without a tokenizer: parameter counts), ``vis_feat_dim`` (F: 2048 for the originals' RN101 features, 512 video),
-``vl_clip_model`` (a ``_clip`` spec: ``image`` pixels → frozen CLIP → ``vl_grid``² pooled grid features, cached per
-``image_key``), ``vl_pet_init`` (``recipe``: PET modules keep the init their preset gave them; ``original``: the
-original host's rule at attach — BART's ``_init_weights`` N(0, 0.02) / zero bias on every Linear and Embedding of
-the module, T5's PyTorch defaults; spec §1.1). The visual projector follows the family's original init.
+Config keys: ``vl_model`` (a local HF folder with the pretrained weights) or ``vl_config`` (a name in the family's
+``VL_BART_VARIANTS`` / ``VL_T5_VARIANTS`` or a dict of config kwargs: random weights), ``tokenizer`` (a local HF
+tokenizer folder; the ``<extra_id_i>`` / ``<vis_extra_id_i>`` tokens are added and the embeddings resized to it),
+``vl_vocab_size`` (the resized vocabulary without a tokenizer: parameter counts), ``vis_feat_dim`` (F: 2048 for the
+originals' RN101 features, 512 video), ``vl_clip_model`` (a ``_clip`` spec: ``image`` pixels → frozen CLIP →
+``vl_grid``² pooled grid features, cached per ``image_key``), ``vl_pet_init`` (``recipe``: PET modules keep the init
+their preset gave them; ``original``: the original host's rule at attach — BART's ``_init_weights`` N(0, 0.02) / zero
+bias on every Linear and Embedding of the module, T5's PyTorch defaults; spec §1.1). The visual projector follows the
+family's original init.
 
 Batch: ``text_ids`` / ``text_masks``; visual input ``vis_feats`` (B, V, F) + ``vis_pos`` (B, V, 4: x1, y1, x2, y2),
 or ``image`` (+ ``image_key`` for the cache), or none (text only: the bare model is then exactly HF's);
@@ -35,7 +37,7 @@ Candidates: every encoder layer, then every decoder layer (index ``L_e + ℓ``);
 skip slot ``skip_adapters.i.0`` runs instead; decoder layers are swapped for the call). ``generate`` keeps the KV
 cache with skipped decoder layers: a skipped one holds a one-number-per-position entry in it (``hold_cache_slot``), as
 HF derives the decoder positions / mask sizes from layer 0's entry. T5's relative position bias lives
-in block 0 of each stack; it is computed even when block 0 is skipped (encoder: here; decoder: by ``_Skipped``).
+in block 0 of each stack; it is computed even when block 0 is skipped (encoder: here; decoder: by ``_SkippedT5``).
 
 PET sites (spec §1.3), per layer and sublayer (``attn``, ``cross_attn``, ``ffn``; j numbers them encoder first):
 ``out_seq`` (``pet_seq.j``), ``par`` (``pet_par.j``), ``out_par`` (``pet_out_par.j``), ``gate`` (``pet_gates.j``),
@@ -65,6 +67,7 @@ from vlpeft.backbones.visual_features import GridFeatures
 from vlpeft.data.tokenizer import load_tokenizer
 from vlpeft.pet._sites_hf import ProjHost
 from vlpeft.pet._wrap import wrap_linear
+from vlpeft.backbones._variants import Variants, lookup_in
 
 FAMILIES = ("bart", "t5")
 N_EXTRA = 100  # <extra_id_i> and <vis_extra_id_i>, i < 100 (the originals' tokenizers)
@@ -77,17 +80,20 @@ _T5_BASE = dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12
                 relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="relu",
                 pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 # architectures as data: the originals' hosts (counts, spec §6) and tiny ones on the bert-base-uncased vocabulary
-VL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "bart_base": ("bart", _BART_BASE),
-    "t5_base": ("t5", _T5_BASE),
-    "test_vl_bart_tiny": ("bart", dict(vocab_size=30522, d_model=32, encoder_layers=2, decoder_layers=2,
-                                       encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-                                       decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0,
-                                       attention_dropout=0.0, activation_dropout=0.0)),
-    "test_vl_t5_tiny": ("t5", dict(vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-                                   num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
-                                   dropout_rate=0.0)),
-}
+VL_BART_VARIANTS = Variants("bart", "transformers.BartConfig", {
+    "bart_base": _BART_BASE,
+    "test_vl_bart_tiny": dict(vocab_size=30522, d_model=32, encoder_layers=2, decoder_layers=2,
+                              encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                              decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
+                              activation_dropout=0.0),
+})
+VL_T5_VARIANTS = Variants("t5", "transformers.T5Config", {
+    "t5_base": _T5_BASE,
+    "test_vl_t5_tiny": dict(vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                            num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                            dropout_rate=0.0),
+})
+VL_VARIANTS: dict[str, Variants] = {"bart": VL_BART_VARIANTS, "t5": VL_T5_VARIANTS}  # vl_config names, per family
 PET_INITS = ("recipe", "original")
 
 
@@ -113,7 +119,8 @@ class VLSeqConfig:
         c = cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config and config[f.name] is not None})
         if not c.vl_model and not c.vl_config:
             raise ValueError("VL-BART/T5 needs vl_model=<local HF folder with the pretrained weights> or "
-                             f"vl_config=<one of {sorted(VL_VARIANTS)} or a dict of config kwargs> (random weights)")
+                             f"vl_config=<one of {sorted(n for t in VL_VARIANTS.values() for n in t)} or a dict of "
+                             "config kwargs> (random weights)")
         if c.vl_pet_init not in PET_INITS:
             raise ValueError(f"vl_pet_init={c.vl_pet_init!r} is not one of {PET_INITS}")
         if int(c.vis_feat_dim) < 1:
@@ -165,25 +172,34 @@ def _torch_init(module: nn.Module) -> None:
 
 class _Skipped(nn.Module):
     """Stands in for a skipped decoder layer during one call: runs its skip slot and keeps the layer's KV-cache entry
-    growing (``hold_cache_slot``). T5 passes the shared position biases on; where the skipped block is the one holding
-    the relative attention bias (block 0) and no bias has been computed yet, it computes it as the block would have
-    (queries at positions past.., keys 0..past+n), so the later blocks keep their relative positions."""
+    growing (``hold_cache_slot``)."""
 
-    def __init__(self, slot: nn.Module, layer_idx: int, t5_block: nn.Module | None = None) -> None:
+    def __init__(self, slot: nn.Module, layer_idx: int) -> None:
         super().__init__()
         self.__dict__["slot"] = slot  # not registered: the slot stays named skip_adapters.i
-        self.__dict__["t5_block"] = t5_block
         self.layer_idx = layer_idx
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        h = self.slot(hidden_states)
         past = hold_cache_slot(kwargs.get("cache", kwargs.get("past_key_values")), self.layer_idx, hidden_states)
-        blk = self.t5_block
-        if blk is None:
-            return h
+        return self._output(self.slot(hidden_states), hidden_states, past, args, kwargs)
+
+    def _output(self, h: torch.Tensor, hidden_states: torch.Tensor, past: int, args: tuple, kwargs: dict) -> Any:
+        return h  # BART's decoder layer returns the hidden states alone
+
+
+class _SkippedT5(_Skipped):
+    """A skipped T5 block also passes the shared position biases on. Where it is the block holding the relative
+    attention bias (block 0) and no bias has been computed yet, it computes it as the block would have (queries at
+    positions past.., keys 0..past+n), so the later blocks keep their relative positions."""
+
+    def __init__(self, slot: nn.Module, layer_idx: int, block: nn.Module) -> None:
+        super().__init__(slot, layer_idx)
+        self.__dict__["block"] = block
+
+    def _output(self, h: torch.Tensor, hidden_states: torch.Tensor, past: int, args: tuple, kwargs: dict) -> Any:
         position_bias = args[1] if len(args) > 1 else kwargs.get("position_bias")
         enc_dec_bias = args[4] if len(args) > 4 else kwargs.get("encoder_decoder_position_bias")
-        attn = blk.layer[0].SelfAttention
+        attn = self.block.layer[0].SelfAttention
         if position_bias is None and attn.has_relative_attention_bias:
             n = hidden_states.shape[1]
             position_bias = attn.compute_bias(n, past + n, device=hidden_states.device,
@@ -206,25 +222,21 @@ class _Sub:
 
 
 class VLSeq2Seq(Generative):
-    capabilities = frozenset({"generate"})
+    """The shared VL encoder-decoder; ``VLBart`` / ``VLT5`` supply the family's parts (where its layers live, the
+    embedding and encoder steps HF's encoder would run, the sublayer hosts of the PET sites, its init rule)."""
 
-    def __init__(self, hf: nn.Module, family: str, cfg: VLSeqConfig, tokenizer: Any = None,
+    capabilities = frozenset({"generate"})
+    family = ""  # the HF model_type: "bart" | "t5"
+    _base_path = ""  # the HF module holding encoder / decoder, relative to seq2seq
+    _layers_attr = ""  # the layer list's attribute in each stack
+
+    def __init__(self, hf: nn.Module, cfg: VLSeqConfig, tokenizer: Any = None,
                  extractor: nn.Module | None = None) -> None:
         super().__init__()
-        if family not in FAMILIES:
-            raise ValueError(f"VL seq2seq family {family!r} is not one of {FAMILIES}")
-        self.family, self.cfg, self.tokenizer = family, cfg, tokenizer
+        self.cfg, self.tokenizer = cfg, tokenizer
         self.seq2seq = hf
-        d = self.hidden_size
-        if family == "bart":
-            norm = nn.LayerNorm
-        else:
-            from transformers.models.t5.modeling_t5 import T5LayerNorm
-
-            def norm(n):
-                return T5LayerNorm(n, eps=hf.config.layer_norm_epsilon)
-        vis = VisualEmbedding(int(cfg.vis_feat_dim), d, norm)
-        (_bart_init if family == "bart" else _torch_init)(vis)
+        vis = VisualEmbedding(int(cfg.vis_feat_dim), self.hidden_size, self._norm)
+        self._init_module(vis)
         self._encoder.visual_embedding = vis  # the originals' place: …encoder.visual_embedding.*
         self.extractor = extractor
         if extractor is not None and extractor.width != int(cfg.vis_feat_dim):
@@ -238,10 +250,60 @@ class VLSeq2Seq(Generative):
         self._hooks: dict[int, _SiteHook] = {}
         self._handles: list[Any] = []
 
+    # -- the family's parts (VLBart / VLT5) ---------------------------------------------------------------------------
+    @staticmethod
+    def hf_classes() -> tuple[type, type]:
+        """(config class, ``…ForConditionalGeneration`` class) of the family."""
+        raise NotImplementedError
+
+    attn_implementation: str | None = None  # forced on the HF model (T5: eager, for the joint relative bias)
+
+    @staticmethod
+    def start_token(tok: Any, eos: int | None) -> int | None:
+        """The decoder start id for random weights with tokenizer ``tok`` (BART: EOS; T5: PAD)."""
+        raise NotImplementedError
+
+    def _norm(self, d: int) -> nn.Module:
+        """The family's LayerNorm, for the visual projector."""
+        raise NotImplementedError
+
+    def _init_module(self, module: nn.Module) -> None:
+        """The original host's init rule for a new module (the projector; PET modules with ``vl_pet_init=original``)."""
+        raise NotImplementedError
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Text embeddings before the input prompt."""
+        raise NotImplementedError
+
+    def _embed_norm(self, h: torch.Tensor) -> torch.Tensor:
+        """What the family applies to the text (+ prompt) embeddings before the visual tokens join."""
+        return h
+
+    def _embed_dropout(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _encoder_bias(self, h: torch.Tensor, text_len: int) -> torch.Tensor | None:
+        """The position bias every encoder layer adds (T5), or None."""
+        return None
+
+    def _encoder_layer(self, layer: nn.Module, h: torch.Tensor, attn: Any, bias: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _encoder_end(self, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+    def _sub(self, p: str, cand: int, stack: str, ell: int, k: int, sub: str) -> _Sub:
+        """The hooks of sublayer ``sub`` (k-th of its layer) at layer path ``p``."""
+        raise NotImplementedError
+
+    def _skipped(self, slot: nn.Module, i: int, layer: nn.Module) -> _Skipped:
+        """The stand-in for skipped decoder layer ``i`` during one call."""
+        return _Skipped(slot, i)
+
     # -- structure -------------------------------------------------------------------------------------------------
     @property
     def _base(self) -> nn.Module:
-        return self.seq2seq.model if self.family == "bart" else self.seq2seq
+        return self.seq2seq.get_submodule(self._base_path)
 
     @property
     def _encoder(self) -> nn.Module:
@@ -252,12 +314,10 @@ class VLSeq2Seq(Generative):
         return self._base.decoder
 
     def _layers(self, stack: str) -> nn.ModuleList:
-        s = self._encoder if stack == "encoder" else self._decoder
-        return s.layers if self.family == "bart" else s.block
+        return getattr(self._encoder if stack == "encoder" else self._decoder, self._layers_attr)
 
     def _prefix(self, stack: str) -> str:
-        return ("seq2seq.model." if self.family == "bart" else "seq2seq.") + stack + (
-            ".layers" if self.family == "bart" else ".block")
+        return ".".join(p for p in ("seq2seq", self._base_path, stack, self._layers_attr) if p)
 
     @property
     def hidden_size(self) -> int:
@@ -286,17 +346,7 @@ class VLSeq2Seq(Generative):
                 p = f"{self._prefix(stack)}.{ell}"
                 c = ell + (le if stack == "decoder" else 0)
                 names = ("attn", "ffn") if stack == "encoder" else ("attn", "cross_attn", "ffn")
-                for k, sub in enumerate(names):
-                    if self.family == "bart":
-                        if sub == "ffn":
-                            out.append(_Sub(c, stack, ell, sub, f"{p}.fc2", "output", f"{p}.fc1", 0, "x",
-                                            (f"{p}.fc1", f"{p}.fc2")))
-                        else:
-                            att = f"{p}.self_attn" if sub == "attn" else f"{p}.encoder_attn"
-                            out.append(_Sub(c, stack, ell, sub, att, "tuple_output", att, 0, "hidden_states"))
-                    else:  # T5: H enters the sublayer's dropout; X enters layer[k]
-                        out.append(_Sub(c, stack, ell, sub, f"{p}.layer.{k}.dropout", "input", f"{p}.layer.{k}", 0,
-                                        "hidden_states"))
+                out += [self._sub(p, c, stack, ell, k, sub) for k, sub in enumerate(names)]
         return out
 
     def sites(self) -> list[Site]:
@@ -334,7 +384,7 @@ class VLSeq2Seq(Generative):
     # -- attaching -------------------------------------------------------------------------------------------------
     def attach(self, site: Site, module: nn.Module) -> None:
         if self.cfg.vl_pet_init == "original":
-            (_bart_init if self.family == "bart" else _torch_init)(module)
+            self._init_module(module)
         if site.anchor == "skip":
             attach_skip(self.skip_adapters, site, module)
             return
@@ -416,38 +466,21 @@ class VLSeq2Seq(Generative):
                 raise KeyError(f"VL-BART/T5 batch needs {k!r} (see vlpeft.backbones._generative)")
         dev = self._device()
         ids, mask = batch["text_ids"].to(dev), batch["text_masks"].to(dev)
-        enc = self._encoder
-        h = enc.embed_tokens(ids)
-        if self.family == "bart":
-            h = h + enc.embed_positions(ids).to(h.device)
+        h = self._embed(ids)
         if len(self.input_prompt):
             h, mask = self.input_prompt[0](h, mask)
-        if self.family == "bart":
-            h = enc.layernorm_embedding(h)
+        h = self._embed_norm(h)
         text_len = h.shape[1]
         vis = self._visual(batch)
         if vis is not None:
             h = torch.cat([h, vis.to(h.dtype)], dim=1)
             mask = torch.cat([mask, mask.new_ones(vis.shape[:2])], dim=1)
-        h = F.dropout(h, p=enc.dropout, training=self.training) if self.family == "bart" else enc.dropout(h)
-        attn = create_bidirectional_mask(config=enc.config, inputs_embeds=h, attention_mask=mask)
-        bias = None
-        if self.family == "t5":  # text ↔ text relative bias only (the original JointEncoder)
-            sa = self._layers("encoder")[0].layer[0].SelfAttention
-            n = h.shape[1]
-            text = sa.compute_bias(text_len, text_len, device=h.device).to(h.dtype)
-            bias = text.new_zeros(1, text.shape[1], n, n)
-            bias[:, :, :text_len, :text_len] = text
+        h = self._embed_dropout(h)
+        attn = create_bidirectional_mask(config=self._encoder.config, inputs_embeds=h, attention_mask=mask)
+        bias = self._encoder_bias(h, text_len)
         for ell, layer in enumerate(self._layers("encoder")):
-            if ell in plan.skip:
-                h = self.skip_adapters[ell](h)
-            elif self.family == "bart":
-                h = layer(h, attn)
-            else:
-                h = layer(h, attn, bias)[0]
-        if self.family == "t5":
-            h = enc.dropout(enc.final_layer_norm(h))
-        return h, mask
+            h = self.skip_adapters[ell](h) if ell in plan.skip else self._encoder_layer(layer, h, attn, bias)
+        return self._encoder_end(h), mask
 
     @contextmanager
     def _decoder_skips(self, plan: LayerPlan) -> Iterator[None]:
@@ -457,7 +490,7 @@ class VLSeq2Seq(Generative):
         saved = {i: layers[i] for i in idx}
         try:
             for i in idx:
-                layers[i] = _Skipped(self.skip_adapters[le + i], i, saved[i] if self.family == "t5" else None)
+                layers[i] = self._skipped(self.skip_adapters[le + i], i, saved[i])
             yield
         finally:
             for i, m in saved.items():
@@ -499,10 +532,13 @@ class VLSeq2Seq(Generative):
             raise ValueError("VL-BART/T5 generate needs a tokenizer to decode: set config tokenizer=<local folder>")
         return self.decode(self.generate_ids(batch, plan, num_beams=num_beams, max_new_tokens=max_new_tokens))
 
+    @torch.no_grad()
     def generate_ids(self, batch: Mapping[str, Any], plan: LayerPlan, *, num_beams: int = 1,
                      max_new_tokens: int = 20, use_cache: bool = True) -> torch.Tensor:
         """Token ids through transformers' ``generate`` (greedy / beam search) on our encoder states.
-        ``use_cache=False`` recomputes the whole prefix at every step (the reference the cached path must equal)."""
+        ``use_cache=False`` recomputes the whole prefix at every step (the reference the cached path must equal).
+        No autograd graph, as transformers' ``generate`` on its own encoder: a caller with grad enabled would
+        otherwise record the encoder's graph and keep its activations alive through every decoding step."""
         from transformers.modeling_outputs import BaseModelOutput
 
         plan = self.check_plan(plan)
@@ -537,6 +573,111 @@ class VLSeq2Seq(Generative):
         return (self.family,)  # a BartForConditionalGeneration / T5ForConditionalGeneration folder
 
 
+class VLBart(VLSeq2Seq):
+    """VL-BART's parts: ``seq2seq.model.{encoder,decoder}.layers``; learned positions and ``layernorm_embedding``
+    on the text; H at the attention output / ``fc2`` output; BART's ``_init_weights``."""
+
+    family = "bart"
+    _base_path = "model"
+    _layers_attr = "layers"
+
+    @staticmethod
+    def hf_classes() -> tuple[type, type]:
+        from transformers import BartConfig, BartForConditionalGeneration
+
+        return BartConfig, BartForConditionalGeneration
+
+    @staticmethod
+    def start_token(tok: Any, eos: int | None) -> int | None:
+        return eos
+
+    def _norm(self, d: int) -> nn.Module:
+        return nn.LayerNorm(d)
+
+    def _init_module(self, module: nn.Module) -> None:
+        _bart_init(module)
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        enc = self._encoder
+        h = enc.embed_tokens(ids)
+        return h + enc.embed_positions(ids).to(h.device)
+
+    def _embed_norm(self, h: torch.Tensor) -> torch.Tensor:
+        return self._encoder.layernorm_embedding(h)
+
+    def _embed_dropout(self, h: torch.Tensor) -> torch.Tensor:
+        return F.dropout(h, p=self._encoder.dropout, training=self.training)
+
+    def _encoder_layer(self, layer: nn.Module, h: torch.Tensor, attn: Any, bias: torch.Tensor | None) -> torch.Tensor:
+        return layer(h, attn)
+
+    def _sub(self, p: str, cand: int, stack: str, ell: int, k: int, sub: str) -> _Sub:
+        if sub == "ffn":
+            return _Sub(cand, stack, ell, sub, f"{p}.fc2", "output", f"{p}.fc1", 0, "x", (f"{p}.fc1", f"{p}.fc2"))
+        att = f"{p}.self_attn" if sub == "attn" else f"{p}.encoder_attn"
+        return _Sub(cand, stack, ell, sub, att, "tuple_output", att, 0, "hidden_states")
+
+
+class VLT5(VLSeq2Seq):
+    """VL-T5's parts: ``seq2seq.{encoder,decoder}.block``; raw token embeddings; the text ↔ text relative bias; the
+    final norm; H entering each sublayer's dropout; PyTorch's default init."""
+
+    family = "t5"
+    _base_path = ""
+    _layers_attr = "block"
+    attn_implementation = "eager"  # the joint relative bias goes through the eager path
+
+    @staticmethod
+    def hf_classes() -> tuple[type, type]:
+        from transformers import T5Config, T5ForConditionalGeneration
+
+        return T5Config, T5ForConditionalGeneration
+
+    @staticmethod
+    def start_token(tok: Any, eos: int | None) -> int | None:
+        return tok.pad_token_id
+
+    def _norm(self, d: int) -> nn.Module:
+        from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+        return T5LayerNorm(d, eps=self.seq2seq.config.layer_norm_epsilon)
+
+    def _init_module(self, module: nn.Module) -> None:
+        _torch_init(module)
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._encoder.embed_tokens(ids)
+
+    def _embed_dropout(self, h: torch.Tensor) -> torch.Tensor:
+        return self._encoder.dropout(h)
+
+    def _encoder_bias(self, h: torch.Tensor, text_len: int) -> torch.Tensor:
+        """Text ↔ text relative bias only, zero for every pair with a visual token (the original JointEncoder)."""
+        sa = self._layers("encoder")[0].layer[0].SelfAttention
+        n = h.shape[1]
+        text = sa.compute_bias(text_len, text_len, device=h.device).to(h.dtype)
+        bias = text.new_zeros(1, text.shape[1], n, n)
+        bias[:, :, :text_len, :text_len] = text
+        return bias
+
+    def _encoder_layer(self, layer: nn.Module, h: torch.Tensor, attn: Any, bias: torch.Tensor | None) -> torch.Tensor:
+        return layer(h, attn, bias)[0]
+
+    def _encoder_end(self, h: torch.Tensor) -> torch.Tensor:
+        enc = self._encoder
+        return enc.dropout(enc.final_layer_norm(h))
+
+    def _sub(self, p: str, cand: int, stack: str, ell: int, k: int, sub: str) -> _Sub:
+        # H enters the sublayer's dropout; X enters layer[k]
+        return _Sub(cand, stack, ell, sub, f"{p}.layer.{k}.dropout", "input", f"{p}.layer.{k}", 0, "hidden_states")
+
+    def _skipped(self, slot: nn.Module, i: int, layer: nn.Module) -> _Skipped:
+        return _SkippedT5(slot, i, layer)
+
+
+FAMILY_CLASSES: dict[str, type[VLSeq2Seq]] = {c.family: c for c in (VLBart, VLT5)}
+
+
 # --- building --------------------------------------------------------------------------------------------------------
 def _vl_tokenizer(name: str | None, family: str) -> Any:
     """The tokenizer with the originals' added tokens: ``<extra_id_i>`` (when missing) and ``<vis_extra_id_i>``,
@@ -568,25 +709,20 @@ def check_vocabulary(tok: Any, rows: int, family: str, where: str) -> None:
                          f"Set tokenizer=<the vl_model folder or its {family} tokenizer>")
 
 
-def _hf_model(cfg: VLSeqConfig, family: str, tok: Any = None) -> nn.Module:
-    from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
-
-    cfg_cls, model_cls = ((BartConfig, BartForConditionalGeneration) if family == "bart"
-                          else (T5Config, T5ForConditionalGeneration))
+def _hf_model(cfg: VLSeqConfig, cls: type[VLSeq2Seq], tok: Any = None) -> nn.Module:
+    family = cls.family
+    cfg_cls, model_cls = cls.hf_classes()
+    kw = {"attn_implementation": cls.attn_implementation} if cls.attn_implementation else {}
     if cfg.vl_config:
         if isinstance(cfg.vl_config, str):
-            if cfg.vl_config not in VL_VARIANTS:
-                raise ValueError(f"vl_config={cfg.vl_config!r} is not one of {sorted(VL_VARIANTS)} (or give a dict)")
-            fam, kwargs = VL_VARIANTS[cfg.vl_config]
-            if fam != family:
-                raise ValueError(f"vl_config={cfg.vl_config!r} is a {fam} variant; this backbone is {family}")
+            kwargs = lookup_in(VL_VARIANTS, family, cfg.vl_config, "vl_config")
         elif isinstance(cfg.vl_config, Mapping):
             kwargs = dict(cfg.vl_config)
         else:
             raise TypeError(f"vl_config must be a variant name or a dict, got {type(cfg.vl_config).__name__}")
         hf_cfg = cfg_cls(**kwargs)
-        if family == "t5":
-            hf_cfg._attn_implementation = "eager"  # the relative bias goes through the eager path
+        if cls.attn_implementation:
+            hf_cfg._attn_implementation = cls.attn_implementation
         return model_cls(hf_cfg)
     from pathlib import Path
 
@@ -596,11 +732,11 @@ def _hf_model(cfg: VLSeqConfig, family: str, tok: Any = None) -> nn.Module:
                                 f"(no hub downloads); or set vl_config for random weights")
 
     check_family(path, (family,), "vl_model", f"vl_{family}", f"set vl_model=<a {family} folder> (or use "
-                 f"backbone=vl_{'t5' if family == 'bart' else 'bart'} if that is the folder you mean)")
+                 f"{' or '.join(f'backbone=vl_{f}' for f in FAMILY_CLASSES if f != family)} if that is the folder "
+                 f"you mean)")
     rows = model_cfg_vocab(path)
     if tok is not None and rows:
         check_vocabulary(tok, rows, family, f"vl_model={cfg.vl_model!r}")
-    kw = {"attn_implementation": "eager"} if family == "t5" else {}
     model = model_cls.from_pretrained(str(path), local_files_only=True, **kw)
     note_loaded("vl_model", cfg.vl_model, path, model)
     return model
@@ -617,9 +753,12 @@ def model_cfg_vocab(path) -> int | None:
 
 
 def build_vl_seq2seq(config: Mapping[str, Any], family: str) -> VLSeq2Seq:
+    if family not in FAMILY_CLASSES:
+        raise ValueError(f"VL seq2seq family {family!r} is not one of {FAMILIES}")
+    cls = FAMILY_CLASSES[family]
     cfg = VLSeqConfig.from_config(config)
     tok = _vl_tokenizer(cfg.tokenizer, family) if cfg.tokenizer else None
-    hf = _hf_model(cfg, family, tok)
+    hf = _hf_model(cfg, cls, tok)
     vocab = int(cfg.vl_vocab_size) if cfg.vl_vocab_size else (len(tok) if tok is not None else None)
     if tok is not None and vocab < len(tok):
         raise ValueError(f"vl_vocab_size={vocab} is smaller than the tokenizer ({len(tok)} tokens with the added ones)")
@@ -634,7 +773,7 @@ def build_vl_seq2seq(config: Mapping[str, Any], family: str) -> VLSeq2Seq:
     if tok is not None and cfg.vl_config:  # random weights: the special ids come from the tokenizer
         eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
         bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
-        start = eos if family == "bart" else tok.pad_token_id
+        start = cls.start_token(tok, eos)
         for obj in (hf.config, hf.generation_config):
             obj.pad_token_id, obj.eos_token_id, obj.bos_token_id = tok.pad_token_id, eos, bos
             obj.decoder_start_token_id = start
@@ -645,7 +784,8 @@ def build_vl_seq2seq(config: Mapping[str, Any], family: str) -> VLSeq2Seq:
     if cfg.vl_clip_model:
         extractor = GridFeatures(cfg.vl_clip_model, cfg.vl_grid, cfg.clip_feature_cache, cfg.clip_cache_max_items,
                                  cfg.clip_cache_dir)
-    return VLSeq2Seq(hf, family, cfg, tok, extractor)
+    return cls(hf, cfg, tok, extractor)
 
 
-__all__ = ["VLSeq2Seq", "VLSeqConfig", "VL_VARIANTS", "VisualEmbedding", "build_vl_seq2seq"]
+__all__ = ["FAMILY_CLASSES", "VLBart", "VLSeq2Seq", "VLSeqConfig", "VLT5", "VL_BART_VARIANTS", "VL_T5_VARIANTS",
+           "VL_VARIANTS", "VisualEmbedding", "build_vl_seq2seq"]

@@ -73,6 +73,7 @@ class Bench:
     run: Callable[[list[int]], torch.Tensor]
     units: list[nn.Module]
     out_shape: tuple[int, ...]
+    model: nn.Module | None = None  # every module ``run`` uses (bench/mixed_precision.py perturbs them all)
 
 
 def build_vilt_bench(args, device) -> Bench:
@@ -97,7 +98,8 @@ def build_vilt_bench(args, device) -> Bench:
              "image_sizes": [hw] * b}  # the collate's real sizes: the patch extents come from host data
     units = [vilt.candidate_module(i) for i in range(vilt.num_layers)]
     return Bench("vilt", f"ViLT {variant} (L={vilt.num_layers}, d={d}), {text_len} text tokens, image {hw[0]}x{hw[1]}",
-                 lambda skip: head(vilt.infer(batch, skip=skip)["cls_feats"]), units, (b, labels))
+                 lambda skip: head(vilt.infer(batch, skip=skip)["cls_feats"]), units, (b, labels),
+                 nn.ModuleList([vilt, head]))
 
 
 def build_meter_bench(args, device) -> Bench:
@@ -118,7 +120,7 @@ def build_meter_bench(args, device) -> Bench:
     units = [model.candidate_module(i) for i in range(model.num_layers)]
     return Bench("meter", f"METER {args.meter_variant} (L={model.num_layers} co-attention layers, "
                           f"d={model.hidden_size}), {text_len} text tokens, image {size}x{size}",
-                 lambda skip: model(batch, LayerPlan.of(skip))["cls_feats"], units, (b, model.cls_dim))
+                 lambda skip: model(batch, LayerPlan.of(skip))["cls_feats"], units, (b, model.cls_dim), model)
 
 
 def build_llama_bench(args, device) -> Bench:
@@ -151,7 +153,7 @@ def build_llama_bench(args, device) -> Bench:
     units = [model.candidate_module(i) for i in range(model.num_layers)]
     return Bench("llama", f"LLaMA {args.llama_shape} shape (L={model.num_layers}, d={model.hidden_size}, "
                           f"{args.llama_dtype}), {n} tokens, pet=das_llama",
-                 lambda skip: model(batch, LayerPlan.of(skip))["cls_feats"], units, (b, model.hidden_size))
+                 lambda skip: model(batch, LayerPlan.of(skip))["cls_feats"], units, (b, model.hidden_size), model)
 
 
 BUILDERS = {"vilt": build_vilt_bench, "meter": build_meter_bench, "llama": build_llama_bench}
@@ -270,7 +272,8 @@ def print_summary(results: dict[str, Any], timing: str, goal: float) -> None:
                   f"{sp['max']:.3f}] | {ratio:.3f} | {goal:.2f} | {'yes' if ratio >= goal else 'no'} |")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The bench's options (``bench/mixed_precision.py`` builds its models from the same ones)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="vilt", help="comma-separated: vilt, meter, llama")
     ap.add_argument("--variant", default="vit_base_patch32_384", choices=sorted(VIT_VARIANTS), help="vilt: ViT")
@@ -291,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
 
     models = [m.strip() for m in args.model.split(",") if m.strip()]

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlpeft.backbones._layers import PatchConv
-from vlpeft.backbones.meter import METER_VARIANTS, build_meter
+from vlpeft.backbones.meter import METER_VARIANTS, CLIPResidualBlock, build_meter
 from vlpeft.backbones.vilt import VIT_VARIANTS, _nearest_counts, build_vilt
+from vlpeft.computation import count_flops
 
 
 @pytest.mark.parametrize("patch,size,bias", [(32, (96, 160), True), (16, (70, 49), False)])
@@ -132,3 +133,17 @@ def test_visual_embed_equals_the_per_image_computation_exactly(train, cap, use_s
     if cap == 7:  # the cap bit: the larger images kept 7 valid patches, drawn at random (not the first 7)
         assert x.shape[1] == 1 + 7 and m.sum(1).tolist() == [8, 8, 8, 7, 8]  # 17x33 pixels: 2x3 patches
         assert not torch.equal(pidx[0], torch.stack([torch.zeros(7, dtype=torch.long), torch.arange(7)], 1))
+
+
+@pytest.mark.parametrize("batch,tokens,width,heads,mlp", [(2, 10, 64, 4, 256), (3, 7, 48, 6, 96)])
+def test_flops_count_clip_blocks_fused_attention(batch, tokens, width, heads, mlp):
+    """METER's CLIP blocks run ``nn.MultiheadAttention``'s fused inference op, which torch's FLOP counter sees as
+    nothing: the count must include its Q, K, V, output projections and the two attention products (else the frozen
+    image tower counts low and DAS-METER's FLOP ideal comes out too high)."""
+    blk = CLIPResidualBlock(width, heads, mlp).eval()
+    x = torch.randn(batch, tokens, width)
+    rows = batch * tokens
+    projections = 2 * rows * width * width * 4
+    attention = 2 * 2 * batch * tokens * tokens * width  # Q·Kᵀ and A·V over all heads
+    ffn = 2 * rows * width * mlp * 2
+    assert count_flops(lambda: blk(x)) == projections + attention + ffn

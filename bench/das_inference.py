@@ -25,7 +25,13 @@ k = 0 is t(0)/t(k) in CPU time (``time.process_time``: steadier than wall time o
 
 ``speed-up / ideal`` = measured median / ``ideal (model)`` (the issue's goal: ≥ 0.95 at the originals' batch sizes).
 
-    python bench/das_inference.py [--model vilt,meter,llama] [--batch 8] [--repeats 5] [--device cpu] [--json PATH]
+    python bench/das_inference.py [--model vilt,meter,llama] [--batch 2,8] [--repeats 5] [--device cpu] [--json PATH]
+
+``--batch`` takes several sizes (comma-separated): each model × batch is measured on its own (k round-robin inside),
+and a closing summary gives, per backbone × batch × k, ``ideal (model)``, the measured speed-up (median [min, max]),
+their ratio and the goal (``--goal``, 0.95). On the CPU the bench keeps freed memory in the process (``--malloc
+keep``, the default: glibc ``mallopt``, as jemalloc / tcmalloc behave); with glibc's default every forward's large
+activations come back as fresh pages, a fixed page-fault cost per forward that DAS skipping cannot remove.
 
 Timing never fails the bench. It exits 1 only on a wrong result: non-finite outputs, an output of the wrong
 shape, a k > 0 whose output equals k = 0's (the skip did not take effect), or a k whose output changes between
@@ -35,6 +41,7 @@ rounds (beyond float tolerance) — the same input must give the same answer.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import statistics
 import sys
@@ -70,6 +77,7 @@ class Bench:
     run: Callable[[list[int]], torch.Tensor]
     units: list[nn.Module]
     out_shape: tuple[int, ...]
+    model: nn.Module | None = None  # every module ``run`` uses (bench/mixed_precision.py perturbs them all)
 
 
 def build_vilt_bench(args, device) -> Bench:
@@ -90,10 +98,12 @@ def build_vilt_bench(args, device) -> Bench:
     batch = {"text_ids": torch.randint(1000, 30522, (b, text_len), generator=g).to(device),
              "text_masks": torch.ones(b, text_len, dtype=torch.long, device=device),
              "image": torch.randn(b, 3, *hw, generator=g).to(device),
-             "image_mask": torch.ones(b, *hw, dtype=torch.bool, device=device)}
+             "image_mask": torch.ones(b, *hw, dtype=torch.bool, device=device),
+             "image_sizes": [hw] * b}  # the collate's real sizes: the patch extents come from host data
     units = [vilt.candidate_module(i) for i in range(vilt.num_layers)]
     return Bench("vilt", f"ViLT {variant} (L={vilt.num_layers}, d={d}), {text_len} text tokens, image {hw[0]}x{hw[1]}",
-                 lambda skip: head(vilt(batch, LayerPlan.of(skip))["cls_feats"]), units, (b, labels))
+                 lambda skip: head(vilt(batch, LayerPlan.of(skip))["cls_feats"]), units, (b, labels),
+                 nn.ModuleList([vilt, head]))
 
 
 def build_meter_bench(args, device) -> Bench:
@@ -113,7 +123,7 @@ def build_meter_bench(args, device) -> Bench:
     units = [model.candidate_module(i) for i in range(model.num_layers)]
     return Bench("meter", f"METER {args.meter_variant} (L={model.num_layers} co-attention layers, "
                           f"d={model.hidden_size}), {text_len} text tokens, image {size}x{size}",
-                 lambda skip: model(batch, LayerPlan.of(skip))["cls_feats"], units, (b, model.cls_dim))
+                 lambda skip: model(batch, LayerPlan.of(skip))["cls_feats"], units, (b, model.cls_dim), model)
 
 
 def build_llama_bench(args, device) -> Bench:
@@ -145,7 +155,7 @@ def build_llama_bench(args, device) -> Bench:
     units = [model.candidate_module(i) for i in range(model.num_layers)]
     return Bench("llama", f"LLaMA {args.llama_shape} shape (L={model.num_layers}, d={model.hidden_size}, "
                           f"{args.llama_dtype}), {n} tokens, pet=das_llama",
-                 lambda skip: model(batch, LayerPlan.of(skip))["cls_feats"], units, (b, model.hidden_size))
+                 lambda skip: model(batch, LayerPlan.of(skip))["cls_feats"], units, (b, model.hidden_size), model)
 
 
 BUILDERS = {"vilt": build_vilt_bench, "meter": build_meter_bench, "llama": build_llama_bench}
@@ -248,7 +258,24 @@ def print_table(res: dict[str, Any], timing: str) -> None:
               f"{res['ideal_model'][k]:.3f} | {res['flops_ratio'][k]:.3f} | {sp['median'] / res['ideal_model'][k]:.3f} |")
 
 
-def main(argv: list[str] | None = None) -> int:
+def print_summary(results: dict[str, Any], timing: str, goal: float) -> None:
+    """One row per backbone × batch × k > 0: the whole-model ideal, the measured speed-up, their ratio, the goal."""
+    print(f"\nSummary ({timing} time): speed-up t(0)/t(k), median [min, max] over interleaved rounds, against "
+          f"ideal (model) = F(0) / (F(0) − skipped units' FLOPs)")
+    print("| backbone | batch | k | ideal (model) | speed-up | ratio | goal | met |")
+    print("|---|---|---|---|---|---|---|---|")
+    for res in results.values():
+        for k in res["skip_sets"]:
+            if k == "0":
+                continue
+            sp, ideal = res[f"speedup_{timing}"][k], res["ideal_model"][k]
+            ratio = sp["median"] / ideal
+            print(f"| {res['model']} | {res['batch']} | {k} | {ideal:.3f} | {sp['median']:.3f} [{sp['min']:.3f}, "
+                  f"{sp['max']:.3f}] | {ratio:.3f} | {goal:.2f} | {'yes' if ratio >= goal else 'no'} |")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The bench's options (``bench/mixed_precision.py`` builds its models from the same ones)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="vilt", help="comma-separated: vilt, meter, llama")
     ap.add_argument("--variant", default="vit_base_patch32_384", choices=sorted(VIT_VARIANTS), help="vilt: ViT")
@@ -257,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llama-layers", type=int, default=8, help="llama: depth (0 = the shape's own)")
     ap.add_argument("--llama-text-len", type=int, default=128)
     ap.add_argument("--llama-dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", default="8", help="batch size(s), comma-separated: each is measured on its own")
+    ap.add_argument("--goal", type=float, default=0.95, help="the goal for speed-up / ideal (model), printed")
     ap.add_argument("--text-len", type=int, default=40, help="vilt: text tokens")
     ap.add_argument("--image-hw", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="vilt: input size (default: the variant's image size, square)")
@@ -267,45 +295,82 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--malloc", default="keep", choices=("keep", "default"),
+                    help="cpu: keep freed memory in the process (glibc mallopt) instead of returning it to the OS")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
+    return ap
+
+
+def keep_freed_memory() -> str:
+    """Tell glibc's malloc to keep freed memory instead of unmapping it (what jemalloc / tcmalloc do, which
+    PyTorch's CPU tuning guide recommends). By default every forward's large activations come back as fresh pages:
+    ~0.1 s of page faults per ViLT-B/32 forward at batch 8 on the development machine, a fixed cost that stayed
+    when DAS skipped blocks (6 % of a k = 6 forward). The same setting holds for every k."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's mallopt parameter numbers
+        ok = (libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, (1 << 31) - 1)
+              and libc.mallopt(m_top_pad, 256 << 20))
+    except (OSError, AttributeError):
+        return "default (no glibc mallopt here)"
+    return "glibc mallopt: mmap threshold 32 MiB, no trimming (--malloc default: glibc's dynamic default)" if ok \
+        else "default (mallopt refused)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
 
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     bad = [m for m in models if m not in BUILDERS]
     if bad or not models:
         ap.error(f"--model {args.model!r}: choose from {sorted(BUILDERS)} (comma-separated)")
+    try:
+        batches = [int(b) for b in str(args.batch).split(",") if b.strip()]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        ap.error(f"--batch {args.batch!r}: give positive batch sizes, comma-separated (e.g. 2,8)")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cpu" and args.malloc == "keep":
+        print(f"allocator: {keep_freed_memory()}")
     timing = "wall" if device.type == "cuda" else "cpu"
-    print(f"DAS inference, batch {args.batch}, device {device}, threads {args.threads}, {args.repeats} rounds after "
-          f"{args.warmup} warm-up rounds; speed-ups are median [min, max] over rounds (round-robin over k)")
+    print(f"DAS inference, batch {','.join(map(str, batches))}, device {device}, threads {args.threads}, "
+          f"{args.repeats} rounds after {args.warmup} warm-up rounds; speed-ups are median [min, max] over rounds "
+          f"(round-robin over k)")
     results, wrong = {}, []
     for name in models:
-        torch.manual_seed(0)
-        bench = BUILDERS[name](args, device)
-        L = len(bench.units)
-        ks = sorted({int(k) for k in args.skips.split(",") if k.strip()})
-        dropped = [k for k in ks if not 0 <= k < L]
-        ks = sorted({0} | {k for k in ks if 0 <= k < L})
-        if dropped:
-            print(f"note: {name}: k={dropped} not measurable with {L} units; measuring k={ks}")
-        res = measure(bench, ks, args, device)
-        print_table(res, timing)
-        results[name] = res
-        wrong += res["wrong"]
-        del bench
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        for batch in batches:
+            run_args = argparse.Namespace(**{**vars(args), "batch": batch})
+            torch.manual_seed(0)
+            bench = BUILDERS[name](run_args, device)
+            L = len(bench.units)
+            ks = sorted({int(k) for k in args.skips.split(",") if k.strip()})
+            dropped = [k for k in ks if not 0 <= k < L]
+            ks = sorted({0} | {k for k in ks if 0 <= k < L})
+            if dropped:
+                print(f"note: {name}: k={dropped} not measurable with {L} units; measuring k={ks}")
+            res = measure(bench, ks, run_args, device)
+            res["batch"] = batch
+            print(f"\nbatch {batch}:", end="")
+            print_table(res, timing)
+            results[name if len(batches) == 1 else f"{name}@{batch}"] = res
+            wrong += res["wrong"]
+            del bench
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    print_summary(results, timing, args.goal)
     status = 1 if wrong else 0
     print("\nWRONG RESULT:\n  " + "\n  ".join(wrong) if wrong else
           "\noutputs OK (finite, right shape, stable over rounds, every k > 0 differs from k = 0)")
     if args.json:
-        write_json_atomic(args.json, {"models": results, "batch": args.batch, "device": str(device),
+        write_json_atomic(args.json, {"models": results, "batch": batches, "device": str(device),
                                       "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
-                                      "timing": timing, "args": vars(args), "wrong": wrong, "passed": status == 0})
+                                      "timing": timing, "goal": args.goal, "args": vars(args), "wrong": wrong,
+                                      "passed": status == 0})
         print(f"wrote {args.json}")
     return status
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -50,6 +50,7 @@ from vlpeft.backbones._layers import Pooler
 from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
 from vlpeft.backbones._sites import attach_projection, attach_skip, base_policy_params, projection_sites
 from vlpeft.backbones._variants import Variants
+from vlpeft.backbones._layers import PatchConv
 from vlpeft.search.placement import validate_skip
 
 # ----------------------------------------------------------------------------------------------- ViT variants
@@ -176,6 +177,8 @@ class ViLT(Backbone):
             drop_path_rate=0.0, norm_layer=functools.partial(nn.LayerNorm, eps=1e-6),
             block_fn=DASBlock,
         )
+        # the patch conv as one matmul (same parameters and names): a fixed per-image cost no DAS skip removes
+        self.transformer.patch_embed.proj = PatchConv.adopt(self.transformer.patch_embed.proj)
         self.pooler = Pooler(d)
         self.pooler.apply(init_weights_bert)
         # one skip site per block: an empty Sequential is the identity; a PET skip module goes in as
@@ -247,53 +250,54 @@ class ViLT(Backbone):
                 raise ValueError(f"image mask shape {tuple(img_mask.shape)} does not match image "
                                  f"{tuple(img.shape)}; expected (B, H, W)")
             pm = F.interpolate(img_mask.to(dev)[:, None].float(), size=(Hp, Wp), mode="nearest")[:, 0] > 0.5
+        H, W = img.shape[2], img.shape[3]
         if sizes is not None:
             # the collate's real pixel sizes (host data): the patch extents need no device→host copy
             if len(sizes) != B:
                 raise ValueError(f"image sizes list has {len(sizes)} entries for {B} images")
-            H, W = img.shape[2], img.shape[3]
-            hw = [[_nearest_count(int(h), H, Hp), _nearest_count(int(w), W, Wp)] for h, w in sizes]
-        else:  # derive them from the mask (a device sync; direct calls without the collate's sizes)
+            real = np.asarray([[int(h), int(w)] for h, w in sizes], dtype=np.int64).reshape(B, 2)
+            hw = np.stack([_nearest_counts(real[:, 0], H, Hp), _nearest_counts(real[:, 1], W, Wp)], 1)
+        else:  # derive them from the mask (one device sync; direct calls without the collate's sizes)
             x_h = pm[:, :, 0].sum(1)
             x_w = pm[:, 0, :].sum(1)
             rect = (torch.arange(Hp, device=dev)[None, :, None] < x_h[:, None, None]) & (
                 torch.arange(Wp, device=dev)[None, None, :] < x_w[:, None, None])
-            if not torch.equal(pm, rect):
+            read = torch.cat([x_h, x_w, (pm == rect).all().long()[None]]).cpu().numpy()
+            if not read[-1]:
                 raise ValueError("image_mask must mark one top-left aligned rectangle per image (the collate's layout)")
-            hw = torch.stack([x_h, x_w], 1).tolist()
-        empty = [b for b, (h, w) in enumerate(hw) if h * w == 0]
-        if empty:
-            raise ValueError(f"samples {empty} have no valid image patch; check image_mask / image sizes "
-                             f"(an image needs at least {self.patch_size} real pixels)")
+            hw = np.stack([read[:B], read[B:2 * B]], 1)
+        counts = hw[:, 0] * hw[:, 1]
+        if not counts.all():
+            raise ValueError(f"samples {np.flatnonzero(counts == 0).tolist()} have no valid image patch; check "
+                             f"image_mask / image sizes (an image needs at least {self.patch_size} real pixels)")
 
-        # position grid bilinearly resized (align_corners=True) to each image's patch extent, zero elsewhere
+        # position grid bilinearly resized (align_corners=True) to each image's patch extent, zero elsewhere: one
+        # resize per distinct extent (F.interpolate itself, so each image's positions are bit-equal to its own
+        # resize), then one index picks every image's grid; no per-image Python loop
         gh, gw = self.pos_grid
         grid = self.transformer.pos_embed[:, 1:].transpose(1, 2).reshape(1, D, gh, gw)
-        resized: dict[tuple[int, int], torch.Tensor] = {}
-        pos_list = []
-        for h, w in hw:
-            if (h, w) not in resized:
-                r = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=True)
-                resized[(h, w)] = F.pad(r, (0, Wp - w, 0, Hp - h))
-            pos_list.append(resized[(h, w)])
-        pos = torch.cat(pos_list, 0).to(x.dtype)
+        uniq, inv = np.unique(hw, axis=0, return_inverse=True)
+        table = torch.cat([F.pad(F.interpolate(grid, size=(int(h), int(w)), mode="bilinear", align_corners=True),
+                                 (0, Wp - int(w), 0, Hp - int(h))) for h, w in uniq], 0)
+        pos = table.expand(B, -1, -1, -1) if len(uniq) == 1 else table[torch.from_numpy(inv.reshape(B)).to(dev)]
 
         N = Hp * Wp
-        x = x.flatten(2).transpose(1, 2)
-        pos = pos.flatten(2).transpose(1, 2)
+        # positions added before the selection (one gather instead of two; the same sums), in the dtype the cat
+        # with the cls token promoted them to before
+        dt = torch.promote_types(x.dtype, self.transformer.cls_token.dtype)
+        x = x.flatten(2).transpose(1, 2).to(dt) + pos.flatten(2).transpose(1, 2).to(x.dtype).to(dt)
         valid = pm.flatten(1)
         patch_index = torch.stack(
             torch.meshgrid(torch.arange(Hp, device=dev), torch.arange(Wp, device=dev), indexing="ij"), -1
         ).view(N, 2)
 
-        counts = [h * w for h, w in hw]
-        T = max(counts)
+        T = int(counts.max())
         cap = _check_max_image_len(max_image_len)
         if cap is not None:
             T = min(T, cap)
         # order: valid patches (raster order) then invalid ones; the first T of that order are kept
         base = torch.arange(N, device=dev)[None].expand(B, N) + N * (~valid).long()
-        if T < max(counts):
+        if T < int(counts.max()):
             # a cap bites: random valid subset (keys in [0, 1) for valid, >= N for invalid), then raster order
             r = torch.rand(B, N, generator=generator, device=generator.device if generator is not None else "cpu")
             key = torch.where(valid, r.to(dev, torch.float64), base.double())
@@ -302,14 +306,11 @@ class ViLT(Backbone):
         else:
             sel = base.argsort(1)[:, :T]
         x = x.gather(1, sel[..., None].expand(-1, -1, D))
-        pos = pos.gather(1, sel[..., None].expand(-1, -1, D))
         mask = valid.gather(1, sel).long()
         patch_index = patch_index[sel]
 
-        cls = self.transformer.cls_token.expand(B, -1, -1)
-        x = torch.cat([cls, x], 1)
-        pos = torch.cat([self.transformer.pos_embed[:, :1].expand(B, -1, -1), pos], 1)
-        x = self.transformer.pos_drop(x + pos)
+        cls = (self.transformer.cls_token + self.transformer.pos_embed[:, :1]).expand(B, -1, -1)
+        x = self.transformer.pos_drop(torch.cat([cls, x], 1))
         mask = torch.cat([mask.new_ones(B, 1), mask], 1)
         return x, mask, (patch_index, (Hp, Wp))
 
@@ -452,13 +453,19 @@ class ViLT(Backbone):
         return ("vilt",)  # ViltForQuestionAnswering / ViltModel folders: names converted by checkpoint_filter_fn
 
 
-def _nearest_count(real: int, size: int, grid: int) -> int:
-    """How many of ``grid`` nearest-downsampled positions of a ``size``-long axis fall on its first ``real``
-    pixels, as ``F.interpolate(mode="nearest")`` picks them (float32 scale, floor; ``visual_embed``'s mask)."""
-    if grid == size:
-        return real
+@functools.lru_cache(maxsize=64)
+def _nearest_sources(size: int, grid: int) -> np.ndarray:
+    """The source pixel of each of ``grid`` nearest-downsampled positions of a ``size``-long axis (non-decreasing)."""
     scale = np.float32(size) / np.float32(grid)
-    return sum(1 for i in range(grid) if min(int(np.floor(np.float32(i) * scale)), size - 1) < real)
+    return np.minimum(np.floor(np.arange(grid, dtype=np.float32) * scale).astype(np.int64), size - 1)
+
+
+def _nearest_counts(real: np.ndarray, size: int, grid: int) -> np.ndarray:
+    """How many of ``grid`` nearest-downsampled positions of a ``size``-long axis fall on its first ``real[b]``
+    pixels, as ``F.interpolate(mode="nearest")`` picks them (``visual_embed``'s mask), for every b at once."""
+    if grid == size:
+        return real.astype(np.int64)
+    return np.searchsorted(_nearest_sources(int(size), int(grid)), real, side="left").astype(np.int64)
 
 
 def build_vilt(spec: ViltSpec | Mapping[str, Any]) -> ViLT:

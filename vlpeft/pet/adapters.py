@@ -50,7 +50,9 @@ class DASAdapter(nn.Module):
         self.adapter_layer_norm_before.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.up_proj(self.dropout(self.act(self.down_proj(self.adapter_layer_norm_before(x))))) * self.scale
+        h = self.up_proj(self.dropout(self.act(self.down_proj(self.adapter_layer_norm_before(x)))))
+        if self.scale != 1.0:  # ×1 is exact: skip the pass over the tokens
+            h = h * self.scale
         return x + h if self.residual else h
 
     def extra_repr(self) -> str:

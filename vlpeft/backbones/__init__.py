@@ -31,6 +31,7 @@ CLIP_PLM_KEYS = {"clip_model": "ViT-B/16", "language_model": "BERT", "plm_config
                  "dvp_original_trainable": False, "t5_original_position_bias": False, "clip_feature_cache": True,
                  "clip_cache_dir": "", "kab_shared_prefix": True, "frozen_prefix_no_grad": True,
                  "deterministic_images": None, "clip_cache_max_items": 4096,
+                 "clip_precompute": True, "clip_precompute_batch": 128,
                  "plm_dtype": "fp32", "grad_checkpointing": False}  # the last two: the plm backbone's too
 
 

@@ -1,8 +1,7 @@
 """VL-PET's modules after the train-step trimming (issue #21 item 5): the multi-head adapter's heads run as one matmul
-and the σ-gate skips its "+ 0" offset, with the per-head formula's outputs bit for bit and its gradients to float
-rounding (the formula is restated here, head by head, as VL-PET's code writes it). At ViLT-B's widths (d = 768,
-r = 96) the outputs are equal bit for bit on the CPU; at tiny widths the BLAS kernels for thin and wide matrices
-round differently, so the check here is to float rounding."""
+and the σ-gate skips its "+ 0" offset, with the per-head formula's outputs and gradients to float rounding
+(the formula is restated here, head by head, as VL-PET's code writes it). The BLAS kernels for one wide
+and N_h thin matrices may sum in another order, so the outputs are compared to float rounding."""
 
 from __future__ import annotations
 

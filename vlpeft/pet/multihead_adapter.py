@@ -61,7 +61,8 @@ class MultiHeadAdapter(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.mode == "concat":
             # the heads' concatenation is one affine map (row-stacked weights): one matmul and one activation
-            # instead of N_h thin ones — the same outputs bit for bit (each output column is the same dot product)
+            # instead of N_h thin ones; each output column is the same dot product, so the outputs agree to float
+            # rounding (bit for bit where BLAS picks the same kernel for the wide and the thin matrices)
             w = torch.cat([lin.weight for lin in self.down])
             b = torch.cat([lin.bias for lin in self.down])
             d = self.up(self._act(F.linear(z, w, b)))

@@ -11,9 +11,15 @@ Scenarios (random weights; ViT-B/16-sized CLIP at 224 px and a BERT-base-sized P
 Variants: ``all_on``, ``all_off`` and each switch off alone, run round-robin (one iteration of each per
 round, median of the timed rounds). The images come from a small pool that is cycled, and the first
 ``--warmup`` rounds (one pool pass) are untimed, so the CLIP cache figures are the steady state of a
-second epoch (or of repeated images — VQA has ~5 questions per image); the first epoch gains nothing.
+second epoch (or of repeated images — VQA has ~5 questions per image).
+
+First-epoch row (``--first-epoch search,train``; ``first_epoch`` below): the features computed ahead in large
+batches, as ``vlpeft.frozen_features`` does before the first epoch, then the step reading them, against the uncached
+path, interleaved on images never seen before, with the precompute's cost charged per image and shared by the
+``q`` items of an image (q = 1 and VQAv2's 5.36).
 
     python bench/dvp_train.py [--tiny] [--batch 8] [--iters 3] [--json PATH]
+    python bench/dvp_train.py --only-first-epoch --iters 3 --warmup 1 --precompute-batch 32 [--clock cpu]
 """
 
 from __future__ import annotations
@@ -72,10 +78,110 @@ def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
 
 
+def one_step(name: str, bb, head, opt, args, device, train_pool, val_pool, step: int, rng) -> None:
+    """One training step (plus, for ``search``, KAB's sampling stage) on batch ``step`` of the pools."""
+    n = bb.num_layers
+    bb.train()
+    head.train()
+    batch = batch_from(train_pool, step * args.batch, args.batch, args.labels, device)
+    k = int(torch.randint(n, (1,), generator=rng)) if name == "search" else n // 2
+    logits = head(bb(batch, LayerPlan(insert_layer=k))["cls_feats"])
+    loss = vqa_loss(logits, batch["vqa_targets"])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if name == "search":  # KAB sampling stage: eval mode, no_grad, half batch
+        bb.eval()
+        head.eval()
+        vb = batch_from(val_pool, step * (args.batch // 2), args.batch // 2, args.labels, device)
+        ks = torch.randint(n, (args.search_sample,), generator=rng).tolist()
+        with torch.no_grad():
+            for o in bb.forward_many(vb, [LayerPlan(insert_layer=k) for k in ks]):
+                top = head(o["cls_feats"]).argmax(1, keepdim=True)
+                float(vb["vqa_targets"].gather(1, top).mean() * 100)  # the KAB score
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def spread(xs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+
+
+def first_epoch(name: str, bb, head, args, device, size: int, vocab: int) -> dict:
+    """First epoch: ours (CLIP features of the epoch's images computed ahead in batches of ``--precompute-batch``,
+    as ``vlpeft.frozen_features`` does before the first epoch, then the step reading them) vs the uncached path
+    (CLIP inside every step), interleaved on fresh images every round. Per round, the time per training sample:
+    uncached t_u; ours t_c + n·t_p / (q·N), where the step reads n images (batch, + half a batch of val images for
+    the search), t_p is one precompute call on N images, and q is how many items share an image in the split
+    (each image is computed once per epoch however many questions it has): q = 1 (every item its own image) and
+    ``--questions-per-image`` (VQAv2 train: 443,757 questions on 82,783 images = 5.36)."""
+    params = [p for p in list(bb.parameters()) + list(head.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    base_cfg = bb.cfg
+    n_pre = max(args.precompute_batch, args.batch + args.batch // 2)
+    n_read = args.batch + (args.batch // 2 if name == "search" else 0)
+    qs = (1.0, args.questions_per_image)
+    t_u, t_c, t_p = [], [], []
+    ratios: dict[float, list[float]] = {q: [] for q in qs}
+    bounds: dict[float, list[float]] = {q: [] for q in qs}
+    rngs = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)]  # same draws for both
+    for r in range(args.warmup + args.iters):
+        pool = make_pool(n_pre, size, args.text_len, vocab, 100 + r, f"epoch1:{r}")  # images never seen before
+        train_pool, val_pool = pool[:args.batch], pool[args.batch:]
+        order = (0, 1) if r % 2 == 0 else (1, 0)  # alternate who goes first
+        got: dict[int, float] = {}
+        pre = 0.0
+        for who in order:
+            if who == 0:  # uncached path
+                bb.cfg = dataclasses.replace(base_cfg, clip_feature_cache=False)
+                t0 = args.timer()
+                one_step(name, bb, head, opt, args, device, train_pool, val_pool, 0, rngs[0])
+                got[0] = args.timer() - t0
+            else:  # ours: precompute (the hook's call, one batch of n_pre images), then the step
+                bb.cfg = base_cfg
+                bb.feature_cache = CLIPFeatureCache(base_cfg.clip_cache_max_items)
+                images = torch.stack([x["image"] for x in pool]).to(device)
+                t0 = args.timer()
+                computed = bb.cache_frozen_features(images, [x["key"] for x in pool])
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                pre = args.timer() - t0
+                assert computed == n_pre
+                misses = bb.feature_cache.misses
+                t0 = args.timer()
+                one_step(name, bb, head, opt, args, device, train_pool, val_pool, 0, rngs[1])
+                got[1] = args.timer() - t0
+                if bb.feature_cache.misses != misses:
+                    raise SystemExit("first-epoch bench: the step after the precompute missed the cache")
+        if r < args.warmup:
+            continue
+        t_u.append(got[0])
+        t_c.append(got[1])
+        t_p.append(pre)
+        for q in qs:
+            ratios[q].append(got[0] / (got[1] + n_read * pre / (q * n_pre)))
+            # the ceiling for a precompute as cheap per image as CLIP inside the step: t_u / (t_c + (t_u - t_c) / q)
+            bounds[q].append(got[0] / (got[1] + (got[0] - got[1]) / q))
+    bb.cfg = base_cfg
+    in_step = [(u - c) / n_read for u, c in zip(t_u, t_c)]  # CLIP's cost per image inside the uncached step
+    out = {"uncached_step_s": spread(t_u), "cached_step_s": spread(t_c),
+           "precompute_s_per_image": spread([x / n_pre for x in t_p]), "precompute_batch": n_pre,
+           "images_per_step": n_read, "clip_in_step_s_per_image": spread(in_step),
+           "precompute_vs_in_step_per_image": spread([x / n_pre / y for x, y in zip(t_p, in_step)]),
+           "cached_vs_uncached_step": spread([u / c for u, c in zip(t_u, t_c)]),
+           "speedup": {f"q={q:g}": spread(v) for q, v in ratios.items()},
+           "ceiling": {f"q={q:g}": spread(v) for q, v in bounds.items()}}
+    for q, v in ratios.items():
+        m, b = spread(v), spread(bounds[q])
+        print(f"  {name:18s} first epoch, q={q:<5.2f} ours vs uncached  {m['median']:.2f}x "
+              f"[{m['min']:.2f}, {m['max']:.2f}]  (ceiling at the step's CLIP cost per image {b['median']:.2f}x)",
+              flush=True)
+    return out
+
+
 def run_scenario(name: str, bb, head, args, device, pools) -> dict[str, dict[str, float]]:
     """Round-robin over the variants (one iteration of each per round) so drift hits all alike."""
     train_pool, val_pool = pools
-    n = bb.num_layers
     params = [p for p in list(bb.parameters()) + list(head.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     base_cfg = bb.cfg
@@ -88,30 +194,10 @@ def run_scenario(name: str, bb, head, args, device, pools) -> dict[str, dict[str
         for vname, flags in vs.items():
             bb.cfg = dataclasses.replace(base_cfg, **flags)
             bb.feature_cache = caches[vname]
-            rng = rngs[vname]
-            t0 = time.perf_counter()
-            bb.train()
-            head.train()
-            batch = batch_from(train_pool, step * args.batch, args.batch, args.labels, device)
-            k = int(torch.randint(n, (1,), generator=rng)) if name == "search" else n // 2
-            logits = head(bb(batch, LayerPlan(insert_layer=k))["cls_feats"])
-            loss = vqa_loss(logits, batch["vqa_targets"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if name == "search":  # KAB sampling stage: eval mode, no_grad, half batch
-                bb.eval()
-                head.eval()
-                vb = batch_from(val_pool, step * (args.batch // 2), args.batch // 2, args.labels, device)
-                ks = torch.randint(n, (args.search_sample,), generator=rng).tolist()
-                with torch.no_grad():
-                    for o in bb.forward_many(vb, [LayerPlan(insert_layer=k) for k in ks]):
-                        top = head(o["cls_feats"]).argmax(1, keepdim=True)
-                        float(vb["vqa_targets"].gather(1, top).mean() * 100)  # the KAB score
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            t0 = args.timer()
+            one_step(name, bb, head, opt, args, device, train_pool, val_pool, step, rngs[vname])
             if it >= args.warmup:
-                times[vname].append(time.perf_counter() - t0)
+                times[vname].append(args.timer() - t0)
     bb.cfg = base_cfg
     out: dict[str, dict[str, float]] = {}
     for vname in vs:
@@ -135,7 +221,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--scenarios", default="search,train,train_prompt_only")
     ap.add_argument("--json", default=None, help="write the figures to this JSON file")
+    ap.add_argument("--first-epoch", default="search,train",
+                    help="scenarios that also get the first-epoch row (precompute vs uncached); empty: none")
+    ap.add_argument("--precompute-batch", type=int, default=32, help="images per CLIP call of the precompute")
+    ap.add_argument("--questions-per-image", type=float, default=443757 / 82783,
+                    help="items sharing one image in the split (default VQAv2 train)")
+    ap.add_argument("--only-first-epoch", action="store_true", help="skip the switch-by-switch table")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: perf_counter; cpu: process_time (steadier on a shared machine; CPU device only)")
     args = ap.parse_args(argv)
+    if args.clock == "cpu" and args.device != "cpu":
+        ap.error("--clock cpu measures this process's CPU time; with --device cuda use --clock wall")
+    args.timer = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.warmup is None:
         args.warmup = args.pool_batches
     device = torch.device(args.device)
@@ -149,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": dict(search_stage=False, use_adapter=True),
         "train_prompt_only": dict(search_stage=False, use_adapter=True),
     }
-    results: dict = {"config": {k: v for k, v in vars(args).items()}, "threads": torch.get_num_threads(),
+    results: dict = {"config": {k: v for k, v in vars(args).items() if k != "timer"}, "threads": torch.get_num_threads(),
                      "scenarios": {}}
     print(f"DVP bench: CLIP {clip}, PLM {plm}, batch {args.batch}, {size}px, {args.text_len} tokens, "
           f"{torch.get_num_threads()} threads, device {device}", flush=True)
@@ -169,11 +266,15 @@ def main(argv: list[str] | None = None) -> int:
         vocab = bb.plm.bert.config.vocab_size
         pools = (make_pool(args.batch * args.pool_batches, size, args.text_len, vocab, 1, "train"),
                  make_pool((args.batch // 2) * args.pool_batches, size, args.text_len, vocab, 2, "val"))
-        results["scenarios"][name] = run_scenario(name, bb, head, args, device, pools)
+        if not args.only_first_epoch:
+            results["scenarios"][name] = run_scenario(name, bb, head, args, device, pools)
+        if name in args.first_epoch.split(","):
+            results.setdefault("first_epoch", {})[name] = first_epoch(name, bb, head, args, device, size, vocab)
         del bb
 
-    print("\n| scenario | variant | s/iter | samples/s | speed-up vs all_off | all_on / this |")
-    print("|---|---|---|---|---|---|")
+    if results["scenarios"]:
+        print("\n| scenario | variant | s/iter | samples/s | speed-up vs all_off | all_on / this |")
+        print("|---|---|---|---|---|---|")
     for name, vs in results["scenarios"].items():
         off, on = vs["all_off"]["sec_per_iter"], vs["all_on"]["sec_per_iter"]
         for vname, r in vs.items():
@@ -181,6 +282,21 @@ def main(argv: list[str] | None = None) -> int:
             r["all_on_speedup_vs_this"] = r["sec_per_iter"] / on
             print(f"| {name} | {vname} | {r['sec_per_iter']:.3f} | {r['samples_per_s']:.2f} | "
                   f"{r['speedup_vs_all_off']:.2f}x | {r['all_on_speedup_vs_this']:.2f}x |")
+    if results.get("first_epoch"):
+        print("\n| scenario | first epoch: ours (precompute + cached step) vs uncached, per training sample | "
+              "q (items per image) | speed-up median [min, max] | ceiling | cached / uncached step (q → ∞) |")
+        print("|---|---|---|---|---|---|")
+        for name, fe in results["first_epoch"].items():
+            u, c, p, i = (fe[k]["median"] for k in ("uncached_step_s", "cached_step_s", "precompute_s_per_image",
+                                                    "clip_in_step_s_per_image"))
+            for q, m in fe["speedup"].items():
+                print(f"| {name} | uncached {u:.3f} s/step, cached {c:.3f} s/step + {fe['images_per_step']} images × "
+                      f"{p * 1e3:.1f} ms/image (batch {fe['precompute_batch']}; in the step {i * 1e3:.1f}) / q | "
+                      f"{float(q[2:]):.2f} | {m['median']:.2f}x [{m['min']:.2f}, {m['max']:.2f}] | "
+                      f"{fe['ceiling'][q]['median']:.2f}x | {fe['cached_vs_uncached_step']['median']:.2f}x |")
+        print("ceiling: t_u / (t_c + (t_u − t_c) / q), a precompute that costs per image what CLIP costs inside the "
+              "step; a precompute beats it only where batching makes CLIP cheaper per image (a GPU; tiny models' per-call "
+              "costs)")
     if args.json:
         write_json_atomic(args.json, results)
         print(f"wrote {args.json}")

@@ -16,6 +16,7 @@ from vlpeft.backbones import LayerPlan
 from vlpeft.build import assemble
 from vlpeft.config import RunConfig, sections
 from vlpeft.finite_loss import LossGuard
+from vlpeft.frozen_features import precompute_frozen_features
 from vlpeft.optim import build_optimizer, build_scheduler
 from vlpeft.pet.context import pet_context
 from vlpeft.pet.trainable import format_trainable
@@ -77,6 +78,16 @@ class VLPeftModule(pl.LightningModule):
             return compute(self.tasks, lambda b, **kw: self.backbone(b, plan, **kw), self.heads, batch, generate)
 
     # ------------------------------------------------------------------ training and the search round
+    def on_fit_start(self) -> None:
+        # frozen image-tower features (DVP's CLIP) computed once, in large batches, on this rank's device, so that
+        # the first epoch already reads them from the cache (vlpeft.frozen_features; a no-op for other backbones)
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and isinstance(getattr(dm, "datasets", None), dict):
+            precompute_frozen_features(self.backbone, dm.datasets, rank=self.trainer.global_rank,
+                                       world_size=self.trainer.world_size, barrier=self.trainer.strategy.barrier,
+                                       num_workers=int(getattr(dm, "num_workers", 0)),
+                                       interval=float(self.config.get("progress_interval", 30.0)))
+
     def on_train_start(self) -> None:
         if self.search is not None:  # a round cadence given as a share of the epoch (LaVIN-DAS) needs its length
             msg = self.search.fit_epoch_length(self.trainer.num_training_batches,

@@ -109,6 +109,8 @@ class ClipPlmSettings:
     frozen_prefix_no_grad: bool = True
     deterministic_images: bool | None = None
     clip_cache_max_items: int = 4096
+    clip_precompute: bool = True  # frozen CLIP features computed in batches before the first epoch
+    clip_precompute_batch: int = 128
     plm_dtype: str = "fp32"  # the plm backbone's too
     grad_checkpointing: bool = False  # the plm backbone's too
     # base keys it reads too

@@ -33,6 +33,10 @@ Efficiency switches (config keys, default on; results equal with and without, to
   trusts ``deterministic_images`` (config key; by default derived from ``train_transform_keys`` /
   ``val_transform_keys``: any key containing "randaug" disables caching for that mode) and a per-call
   ``deterministic_images=`` override of ``forward``.
+- ``clip_precompute``: before the first epoch of a fit, the features of every distinct image of the train and
+  val splits whose transform is deterministic are computed in batches of ``clip_precompute_batch``
+  (``vlpeft.frozen_features``, from ``VLPeftModule.on_fit_start``), so that the first epoch already reads the
+  cache; the splits that do not fit the in-memory cache (and no ``clip_cache_dir``) are left to the lazy path.
 - ``kab_shared_prefix``: ``forward_many`` computes CLIP once, runs the text-only layers once and branches
   into each requested K at its depth (the sampling stage of the KAB search).
 - ``frozen_prefix_no_grad``: at call time, the leading stages (embeddings, then layers 0..K−1) whose
@@ -96,6 +100,10 @@ class DVPConfig(ClipPlmSettings):
             raise ValueError(f"language_model={c.language_model!r} must be one of {LANGUAGE_MODELS}")
         if not 0.0 <= float(c.drop_rate) < 1.0:
             raise ValueError(f"drop_rate={c.drop_rate} must be in [0, 1)")
+        if isinstance(c.clip_precompute_batch, bool) or not isinstance(c.clip_precompute_batch, int) \
+                or c.clip_precompute_batch < 1:
+            raise ValueError(f"clip_precompute_batch={c.clip_precompute_batch!r} must be a positive int "
+                             "(images per CLIP forward when the features are computed ahead of the first epoch)")
         plm_torch_dtype(c.plm_dtype)
         return c
 
@@ -165,13 +173,46 @@ class DVPBackbone(HostsPLM, Backbone):
         return self
 
     # -- images --------------------------------------------------------------------------------------
-    def images_deterministic(self, override: bool | None = None) -> bool:
+    def images_deterministic(self, override: bool | None = None, training: bool | None = None) -> bool:
+        """Whether an image's pixels depend on its key alone in ``training`` mode (default: the current mode)."""
         if override is not None:
             return bool(override)
         if self.cfg.deterministic_images is not None:
             return bool(self.cfg.deterministic_images)
-        keys = self.cfg.train_transform_keys if self.training else self.cfg.val_transform_keys
+        training = self.training if training is None else training
+        keys = self.cfg.train_transform_keys if training else self.cfg.val_transform_keys
         return not any("randaug" in k.lower() for k in keys)
+
+    # the frozen-feature protocol read by vlpeft.frozen_features (features computed ahead of the first epoch)
+    def frozen_feature_splits(self) -> tuple[str, ...]:
+        """The splits whose images' CLIP features may be computed ahead: train when training-mode images are
+        deterministic, val (validation and the search's reward batches, both in eval mode) when eval-mode ones
+        are; none when the cache or the precompute is off."""
+        if not (self.cfg.clip_feature_cache and self.cfg.clip_precompute):
+            return ()
+        return tuple(s for s, mode in (("train", True), ("val", False)) if self.images_deterministic(training=mode))
+
+    def frozen_feature_capacity(self) -> int | None:
+        """How many images' features the cache keeps: ``None`` when a disk folder backs it (unbounded)."""
+        return None if self.feature_cache.cache_dir is not None else max(0, self.feature_cache.max_items)
+
+    def frozen_feature_batch(self) -> int:
+        return int(self.cfg.clip_precompute_batch)
+
+    def frozen_feature_bytes(self) -> int:
+        """Bytes one image's features take in the cache (fp32 CLIP tokens)."""
+        c = self.clip.model.config
+        return (1 + (int(c.image_size) // int(c.patch_size)) ** 2) * int(c.hidden_size) * 4
+
+    def cache_frozen_features(self, images: torch.Tensor, keys: Sequence[str]) -> int:
+        """Put the CLIP features of ``images`` (row i keyed ``keys[i]``) into the cache, computing only those not
+        there yet (memory or disk) in one forward: the same call the lazy path makes, so the stored features are
+        the uncached path's. Returns how many were computed."""
+        if self._fingerprint is None:
+            self._fingerprint = CLIPFeatureCache.fingerprint(self.clip.model, tuple(images.shape[1:]))
+        before = self.feature_cache.misses
+        self.feature_cache.features(self._fingerprint, list(keys), images, self.clip)
+        return self.feature_cache.misses - before
 
     def visual_features(self, batch: Mapping[str, Any], deterministic_images: bool | None = None) -> torch.Tensor:
         """CLIP tokens (B, 1 + P, d_v), before post-layernorm and projection; never carries grad."""

@@ -95,7 +95,8 @@ class Gate(nn.Module):
                 last.bias.zero_()
 
     def _q(self, u: torch.Tensor) -> torch.Tensor:
-        return self.offset + (torch.sigmoid(u) if self.squash == "sigmoid" else u)
+        v = torch.sigmoid(u) if self.squash == "sigmoid" else u
+        return v if self.offset == 0.0 else self.offset + v  # + 0 would be one more pass for nothing
 
     def logits(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The pre-squash values (before the small gate's mean)."""

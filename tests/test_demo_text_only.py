@@ -3,10 +3,15 @@ the question alone" is computed by the demo itself, so a fresh clone prints it."
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 
+from vlpeft.config import BASE_CONFIG, NAMED_CONFIGS
 from vlpeft.demo import text_only_score
+from write_arrow.synthetic import write_synthetic
 
 
 def _write(path, rows):
@@ -37,3 +42,14 @@ def test_an_answer_missing_from_the_val_soft_scores_counts_zero(tmp_path):
     _write(tmp_path / "vqav2_trainable_val.arrow", [[("shape?", {5: 1.0})]])
     _write(tmp_path / "vqav2_rest_val.arrow", [[("shape?", {6: 1.0})], [("shape?", {5: 0.9, 6: 0.3})]])
     assert text_only_score(tmp_path) == pytest.approx(0.45)
+
+
+def test_the_readme_states_the_reference_the_demo_prints(tmp_path):
+    """README "The two commands" quotes the demo's question-alone reference; it is what the demo computes on its
+    own data (the ``demo`` named config's seed and image count)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    stated = re.search(r"answering from the question alone gives (\d+\.\d)\b", readme)
+    assert stated, "README no longer states the demo's question-alone reference"
+    demo = {**BASE_CONFIG, **NAMED_CONFIGS["demo"]}
+    write_synthetic(tmp_path, seed=demo["seed"], images=demo["demo_images"])
+    assert f"{100 * text_only_score(tmp_path):.1f}" == stated.group(1)

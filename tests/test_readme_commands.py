@@ -109,6 +109,29 @@ def test_every_readme_command_is_run_or_listed():
     assert len(cmds) == len(set(cmds)) == len(known)
 
 
+HEAVY_MARK = "**Heavy commands.**"
+# an UPPER-CASE word that is not an environment variable being set: a path the user fills in
+_PLACEHOLDER = re.compile(r"(?<![\w/.-])[A-Z][A-Z0-9_]{3,}(?![\w=])")
+
+
+def test_only_commands_the_readme_calls_heavy_are_resolved_instead_of_run():
+    """The README says, before them, which command blocks are heavy (real data, released weights, GPUs): exactly the
+    ``bash`` blocks after its "Heavy commands" paragraph are the resolved ones; every block before it is run as
+    written, and only the heavy ones name paths the user must fill in."""
+    assert README.count(HEAVY_MARK) == 1
+    cut = README.index(HEAVY_MARK)
+    before = [c for b in _blocks(README[:cut], "bash") for c in _commands(b)]
+    after = [c for b in _blocks(README[cut:], "bash") for c in _commands(b)]
+    assert set(before) == set(SETUP) | set(SMALL_WORKFLOW)
+    assert set(after) == set(NOT_RUN)
+    assert not [c for c in before if _PLACEHOLDER.search(c)], "a command run as written names a placeholder path"
+    unmarked = [c for c in after if not _PLACEHOLDER.search(c)]
+    assert not unmarked, f"heavy commands without an UPPER-CASE placeholder for the user's data: {unmarked}"
+    # the paragraph says the suite resolves them, and by which command
+    paragraph = README[cut:README.index("\n\n", cut)]
+    assert "print_config" in paragraph and "tests/test_readme_commands.py" in paragraph
+
+
 def test_the_set_up_commands_are_the_first_block_and_ci_runs_them():
     first = _commands(_blocks(README, "bash")[0])
     assert tuple(first) == SETUP
@@ -291,6 +314,24 @@ def test_the_paper_table_names_scripts_that_take_its_arguments():
                     f"paper table: {script} does not accept {choice!r} (its cases: {labels})"
             seen.add(script)
     assert seen == {f"scripts/{s}.sh" for s in ("das", "das_meter", "das_lm", "dvp", "vl_adapter", "routing")}
+
+
+def test_the_paper_table_says_where_each_weight_is_published():
+    """Each row names its weights by release name and says where each is published, with a link to the file or
+    model page (a row may refer to the row above: "as VL-Adapter", "as above")."""
+    for row in _paper_table():
+        weights = row[4]
+        assert " — " in weights, f"paper table: no 'release name — where published' in {row[0]}"
+        linked = re.findall(r"\]\((https://[^)\s]+)\)", weights)
+        assert linked or weights.startswith("as "), f"paper table: {row[0]} links no published weights"
+        for url in linked:
+            assert re.match(r"https://(github\.com/[\w.-]+/[\w.-]+/releases/download/|huggingface\.co/[\w.-]+/[\w.-]+$|"
+                            r"openaipublic\.azureedge\.net/clip/models/|forms\.gle/|drive\.google\.com/)", url), url
+    text = "\n".join(r[4] for r in _paper_table())
+    for name in ("vilt_200k_mlm_itm.ckpt", "meter_clip16_288_roberta_pretrain.ckpt", "ViT-B-16.pt", "LLaMA-7B",
+                 "facebook/bart-base", "google-t5/t5-base", "google-bert/bert-base-uncased",
+                 "google/vit-base-patch16-224-in21k", "openai-community/gpt2", "FacebookAI/roberta-base", "clip_features"):
+        assert name in text, f"paper table: the weights {name} are not named"
 
 
 def test_every_named_config_of_the_paper_table_resolves(resolved):

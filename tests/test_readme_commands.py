@@ -212,11 +212,14 @@ _DRIVER = r"""
 import contextlib, io, json, runpy, sys
 out = []
 for argv in json.load(open(sys.argv[1])):
-    sys.argv = list(argv)
+    sys.argv = list(argv[1:]) if argv[0] == "-m" else list(argv)
     buf, err, code = io.StringIO(), io.StringIO(), 0
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
         try:
-            runpy.run_path(argv[0], run_name="__main__")
+            if argv[0] == "-m":  # python -m MODULE ARGS
+                runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(argv[0], run_name="__main__")
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         except Exception as e:  # noqa: BLE001  (reported to the test, which names the command)
@@ -256,6 +259,21 @@ def _table_named_configs() -> list[str]:
     return names
 
 
+def _inline_module_commands() -> list[str]:
+    """The ``python -m MODULE …`` commands written inline (in backquotes) in README.md and DATA.md, whitespace
+    joined (a span may wrap a line)."""
+    spans = re.findall(r"`(python -m [^`]+)`", README + "\n" + DATA_MD)
+    return sorted({" ".join(s.split()) for s in spans})
+
+
+def _help_argv(cmd: str) -> list[str]:
+    """``-m MODULE [SUBCOMMAND] --help``: the subcommand (or write_arrow's dataset) is the first lower-case word."""
+    words = cmd.split()[2:]
+    module, rest = words[0], words[1:]
+    sub = rest[:1] if rest and re.fullmatch(r"[a-z][a-z0-9_-]*", rest[0]) else []
+    return ["-m", module, *sub, "--help"]
+
+
 # a key typo must fail the resolution: the check would be worthless otherwise
 _TYPO = "python run.py with das_search_llama_boolq data_root=ARROWS per_gpu_batchsze=4"
 
@@ -266,6 +284,7 @@ def resolved(tmp_path_factory) -> dict:
     process (one interpreter start-up), each as its own command line."""
     jobs = [_print_config_argv(c) for c in NOT_RUN] + [_print_config_argv(_TYPO)]
     jobs += [["run.py", "print_config", "with", name] for name in _table_named_configs()]
+    jobs += [_help_argv(c) for c in _inline_module_commands()]
     path = tmp_path_factory.mktemp("resolve") / "jobs.json"
     path.write_text(json.dumps(jobs))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -289,6 +308,21 @@ def test_each_command_not_run_resolves(cmd, resolved):
     # the named configs and keys took effect: every plain numeric key=value is in the printed config
     for key, value in re.findall(r"(?:^|\s)([a-z_0-9]+)=(\d+)(?=\s|$)", cmd):
         assert re.search(rf"^\s*{key} = {value}\b", r["stdout"], re.M), f"{key}={value} not in print_config of {cmd}"
+
+
+def test_every_inline_python_m_command_names_a_module_subcommand_and_options_that_exist(resolved):
+    """The one-line ``python -m …`` commands of README.md / DATA.md (placeholders for the user's files) are not run;
+    their module, subcommand (or dataset) and every ``--option`` they name must exist: ``--help`` of that
+    subcommand exits 0 and lists each option."""
+    cmds = _inline_module_commands()
+    assert {c.split()[2] for c in cmds} >= {"write_arrow", "vlpeft.evaluate", "vlpeft.report", "vlpeft.export",
+                                             "vlpeft.peft_io"}
+    for cmd in cmds:
+        r = _result(resolved, _help_argv(cmd))
+        assert r["code"] == 0, f"`{cmd}` (README / DATA.md): {' '.join(_help_argv(cmd))} fails:\n{r['stderr'][-1500:]}"
+        for option in re.findall(r"(?<![\w-])--[a-z][\w-]*", cmd):
+            assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", r["stdout"]), \
+                f"`{cmd}` (README / DATA.md): {option} is not an option of {' '.join(_help_argv(cmd)[1:-1])}"
 
 
 def test_a_typo_in_such_a_command_fails_to_resolve(resolved):

@@ -19,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlpeft.config import BASE_CONFIG, NAMED_CONFIGS, NEW_KEYS  # noqa: E402
+from vlpeft.config import DEFAULTS, NAMED_CONFIGS  # noqa: E402
 from vlpeft.demo import text_only_score  # noqa: E402
 from vlpeft.runner import run  # noqa: E402
 from write_arrow.synthetic import write_synthetic  # noqa: E402
@@ -41,7 +41,7 @@ def main() -> None:
     root = work / "arrows"
     write_synthetic(root, seed=0, images=args.images, variants=("vqa",))
     baseline = text_only_score(root)
-    cfg = {**BASE_CONFIG, **NEW_KEYS, **NAMED_CONFIGS["dvp_adaption_bert_vqa"]}
+    cfg = {**DEFAULTS, **NAMED_CONFIGS["dvp_adaption_bert_vqa"]}  # every key the config declares
     cfg.update(data_root=str(root), log_dir=str(work / "result"), clip_model=SMALL_CLIP, image_size=64,
                per_gpu_batchsize=32, batch_size=32, max_epoch=args.epochs, num_gpus=0, precision=32, num_workers=0,
                vqav2_label_size=0, insert_layer=args.insert_layer, learning_rate=args.lr, lr_mult=10, drop_rate=0.0,

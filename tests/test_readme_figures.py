@@ -1,15 +1,19 @@
-"""The demo's text-only reference (``vlpeft.demo.text_only_score``): the figure the README quotes as "answering from
-the question alone" is computed by the demo itself, so a fresh clone prints it."""
+"""Figures the README states and what prints them in a fresh clone: the demo's question-alone reference
+(``vlpeft.demo.text_only_score``, printed by the demo) and ``scripts/dvp_learns_synthetic.py`` (DVP with the packaged
+MiniLM learns to use the image), run here small."""
 
 from __future__ import annotations
 
+import json
 import re
+import runpy
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from vlpeft.config import BASE_CONFIG, NAMED_CONFIGS
+from vlpeft.config import DEFAULTS, NAMED_CONFIGS
 from vlpeft.demo import text_only_score
 from write_arrow.synthetic import write_synthetic
 
@@ -50,6 +54,23 @@ def test_the_readme_states_the_reference_the_demo_prints(tmp_path):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     stated = re.search(r"answering from the question alone gives (\d+\.\d)\b", readme)
     assert stated, "README no longer states the demo's question-alone reference"
-    demo = {**BASE_CONFIG, **NAMED_CONFIGS["demo"]}
+    demo = {**DEFAULTS, **NAMED_CONFIGS["demo"]}
     write_synthetic(tmp_path, seed=demo["seed"], images=demo["demo_images"])
     assert f"{100 * text_only_score(tmp_path):.1f}" == stated.group(1)
+
+
+def test_the_dvp_learning_check_script_runs_and_reports_its_reference(tmp_path, monkeypatch):
+    """The README's DVP learning figures come from ``scripts/dvp_learns_synthetic.py``: run tiny (16 images, one
+    epoch), it trains BERT-DVP and reports the same question-alone reference the demo computes, on its own data."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "figures.json"
+    monkeypatch.setattr(sys, "argv", ["dvp_learns_synthetic.py", "--images", "16", "--epochs", "1", "--json", str(out)])
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts the repository first on it
+    runpy.run_path(str(root / "scripts" / "dvp_learns_synthetic.py"), run_name="__main__")
+    figures = json.loads(out.read_text())
+    assert figures["images"] == 16 and figures["epochs"] == 1
+    assert 0 <= figures["dvp_bert_val_vqa_score"] <= 100
+    write_synthetic(tmp_path / "arrows", seed=0, images=16, variants=("vqa",))
+    assert figures["text_only_val_vqa_score"] == round(100 * text_only_score(tmp_path / "arrows"), 2)
+    assert figures["margin_points"] == pytest.approx(figures["dvp_bert_val_vqa_score"] -
+                                                     figures["text_only_val_vqa_score"], abs=0.011)

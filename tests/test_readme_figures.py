@@ -12,10 +12,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import torch
 
 from vlpeft.config import DEFAULTS, NAMED_CONFIGS
 from vlpeft.demo import text_only_score
+from vlpeft.export import dropped_keys
+from vlpeft.lightning import VLPeftModule
+from vlpeft.search.placement import Placement
 from write_arrow.synthetic import write_synthetic
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 def _write(path, rows):
@@ -51,8 +57,7 @@ def test_an_answer_missing_from_the_val_soft_scores_counts_zero(tmp_path):
 def test_the_readme_states_the_reference_the_demo_prints(tmp_path):
     """README "The two commands" quotes the demo's question-alone reference; it is what the demo computes on its
     own data (the ``demo`` named config's seed and image count)."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    stated = re.search(r"answering from the question alone gives (\d+\.\d)\b", readme)
+    stated = re.search(r"answering from the question alone gives (\d+\.\d)\b", README)
     assert stated, "README no longer states the demo's question-alone reference"
     demo = {**DEFAULTS, **NAMED_CONFIGS["demo"]}
     write_synthetic(tmp_path, seed=demo["seed"], images=demo["demo_images"])
@@ -74,3 +79,19 @@ def test_the_dvp_learning_check_script_runs_and_reports_its_reference(tmp_path, 
     assert figures["text_only_val_vqa_score"] == round(100 * text_only_score(tmp_path / "arrows"), 2)
     assert figures["margin_points"] == pytest.approx(figures["dvp_bert_val_vqa_score"] -
                                                      figures["text_only_val_vqa_score"], abs=0.011)
+
+
+def test_the_pruned_share_of_vilt_b_the_readme_states():
+    """README step 7: a pruned export of ViLT-B (DAS, 1 of 12 blocks skipped) is smaller by "about 8.5 %" — the block
+    with its in-block adapters and the 11 skip adapters that never run, over every tensor of the model (VQAv2 head
+    of 3129 answers). Built on the meta device: shapes only."""
+    stated = re.search(r"11 unused skip adapters, about (\d+\.\d) %", README)
+    assert stated, "README no longer states the pruned share"
+    cfg = {**DEFAULTS, **NAMED_CONFIGS["task_finetune_vqa_randaug"], "stage": "train", "vqav2_label_size": 3129}
+    with torch.device("meta"):
+        model = VLPeftModule(dict(cfg, skip_module=[11]), placement=Placement.das([11]))
+    state = model.state_dict()
+    dropped = set(dropped_keys(model))
+    assert len(model.backbone.transformer.blocks) == 12 and any(".blocks.11." in k for k in dropped)
+    share = sum(state[k].numel() for k in dropped) / sum(v.numel() for v in state.values())
+    assert f"{100 * share:.1f}" == stated.group(1)

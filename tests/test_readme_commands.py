@@ -364,7 +364,8 @@ def test_the_paper_table_says_where_each_weight_is_published():
     text = "\n".join(r[4] for r in _paper_table())
     for name in ("vilt_200k_mlm_itm.ckpt", "meter_clip16_288_roberta_pretrain.ckpt", "ViT-B-16.pt", "LLaMA-7B",
                  "facebook/bart-base", "google-t5/t5-base", "google-bert/bert-base-uncased",
-                 "google/vit-base-patch16-224-in21k", "openai-community/gpt2", "FacebookAI/roberta-base", "clip_features"):
+                 "google/vit-base-patch16-224-in21k", "openai-community/gpt2", "FacebookAI/roberta-base",
+                 "clip_features"):
         assert name in text, f"paper table: the weights {name} are not named"
 
 
@@ -386,7 +387,8 @@ def test_readme_links_into_data_md_land_on_an_anchor():
 def test_the_user_documents_point_to_no_document_outside_the_repository():
     # the project's design notes and specs are not shipped: README, DATA.md, bench/README.md and the scripts a user
     # reads must not send them there
-    outside = re.compile(r"\.\./shared|/work/|seeds\.md|spec(s/| §)|ARCHITECTURE\.md|contracts\.md|search_algorithms\.md")
+    outside = re.compile(r"\.\./shared|/work/|seeds\.md|spec(s/| §)|ARCHITECTURE\.md|contracts\.md|"
+                         r"search_algorithms\.md")
     docs = [ROOT / "README.md", ROOT / "DATA.md", ROOT / "bench" / "README.md", *sorted((ROOT / "scripts").iterdir()),
             *sorted((ROOT / "write_arrow").glob("*.py"))]
     found = [f"{p.relative_to(ROOT)}:{i}" for p in docs if p.is_file()

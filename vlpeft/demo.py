@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import json
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import torch
 
 from vlpeft._io import atomic_path
@@ -31,6 +33,29 @@ def _fmt_metrics(result) -> str:
     val = result.metrics.get("val") or result.metrics.get("test") or {}
     score = val.get("vqa_score")
     return "n/a" if score is None else f"{100 * score:.1f} %"  # as the runs' closing lines print it
+
+
+def _questions(path: Path):
+    """(question, {answer: soft score}) of every question of a VQA arrow file."""
+    t = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    for qs, labels, scores in zip(*(t.column(c).to_pylist() for c in ("questions", "answer_labels", "answer_scores"))):
+        for q, lab, sc in zip(qs, labels, scores):
+            yield q, dict(zip(lab, sc))
+
+
+def text_only_score(root: Path) -> float:
+    """The val VQA score (``vqav2_rest_val``) of the majority answer of each question string on the train split
+    (``vqav2_train`` + ``vqav2_trainable_val``): what a model that ignores the image reaches on this data."""
+    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for name in ("vqav2_train", "vqav2_trainable_val"):
+        for q, soft in _questions(root / f"{name}.arrow"):
+            counts[q][max(soft, key=soft.get)] += 1
+    overall = sum(counts.values(), collections.Counter())  # for a question never seen in training
+    total, n = 0.0, 0
+    for q, soft in _questions(root / "vqav2_rest_val.arrow"):
+        total += soft.get((counts[q] or overall).most_common(1)[0][0], 0.0)
+        n += 1
+    return total / n
 
 
 def export_original_checkpoint(module, path: Path) -> Path:
@@ -65,6 +90,8 @@ def run_demo(config: dict[str, Any]) -> Any:
 
         print(f"[demo] writing the synthetic dataset to {root}")
         write_synthetic(root, seed=d.seed, images=d.demo_images)
+    text_only = text_only_score(root)
+    print(f"[demo] text only (majority answer of each question on train): val vqa_score {100 * text_only:.1f} %")
     base = copy.deepcopy(config)
     base.update(stage="train", placement="", load_path="")
     out = Path(d.log_dir).parent
@@ -93,6 +120,7 @@ def run_demo(config: dict[str, Any]) -> Any:
     n = len(json.loads(Path(test.submission).read_text())) if test.submission else 0
     print("\n" + "=" * 72)
     print("[demo] summary")
+    print(f"  text only (majority answer/question)   val vqa_score {100 * text_only:.1f} %")
     print(f"  stand-in pre-training (full, no skip)  val vqa_score {_fmt_metrics(pre)}")
     print(f"  DAS search (skip_num={d.skip_num})              placement skip={list(search.placement.skip)}"
           f"  → {search.placement_path}")

@@ -1,4 +1,4 @@
-"""GQA balanced questions + OpenVQA dicts.json → gqa_{train,test-dev,val}.arrow (seeds.md §2.3)."""
+"""GQA balanced questions + OpenVQA dicts.json → gqa_{train,test-dev,val}.arrow."""
 
 from __future__ import annotations
 

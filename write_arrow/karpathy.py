@@ -1,4 +1,4 @@
-"""Flickr30K and COCO with Karpathy splits (dataset_*.json) → *_caption_karpathy_*.arrow (seeds.md §2.6)."""
+"""Flickr30K and COCO with Karpathy splits (dataset_*.json) → *_caption_karpathy_*.arrow."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""NLVR2 (JSON lines + PNG image pairs) → nlvr2_*.arrow, all seven files (seeds.md §2.5)."""
+"""NLVR2 (JSON lines + PNG image pairs) → nlvr2_*.arrow, all seven files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SNLI-VE in OFA's TSV release → snli_ve_{train,dev,test}.arrow (seeds.md §2.4, DVP layout)."""
+"""SNLI-VE in OFA's TSV release → snli_ve_{train,dev,test}.arrow (DVP's layout)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""VQAv2 (COCO 2014/2015 images + v2 questions/annotations) → vqav2_*.arrow (seeds.md §2.2)."""
+"""VQAv2 (COCO 2014/2015 images + v2 questions/annotations) → vqav2_*.arrow."""
 
 from __future__ import annotations
 

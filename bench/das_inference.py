@@ -83,7 +83,7 @@ class Bench:
 def build_vilt_bench(args, device) -> Bench:
     variant, text_len, labels = args.variant, args.text_len, args.labels
     hp = VIT_VARIANTS[variant]
-    cfg = dict(vit=variant, hidden_size=hp["embed_dim"], num_heads=hp["num_heads"], num_layers=hp["depth"],
+    cfg = dict(vit=variant, patch_size=hp["patch_size"], hidden_size=hp["embed_dim"], num_heads=hp["num_heads"], num_layers=hp["depth"],
                mlp_ratio=4, drop_rate=0.1, vocab_size=30522, max_text_len=text_len, max_image_len=-1)
     from vlpeft.pet import PRESETS, inject
 

@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import run as run_py  # noqa: E402
+from vlpeft.backbones import LayerPlan  # noqa: E402
 from vlpeft.backbones.clip_plm import build_dvp_backbone  # noqa: E402
 from vlpeft.frozen_features import precompute_frozen_features  # noqa: E402
 from write_arrow.synthetic import write_synthetic  # noqa: E402
@@ -81,8 +82,10 @@ def test_precomputed_features_are_the_uncached_bits_and_training_misses_nothing(
         misses = bb.feature_cache.misses
         got = bb.visual_features(batch)
         assert bb.feature_cache.misses == misses  # every row read from the precomputed cache
-        assert torch.equal(got, ref.visual_features(batch))  # bit-identical to CLIP on the training batch
-        assert torch.equal(got, ref.clip(batch["image"]))
+        # CLIP on the training batch, to float rounding: the precompute runs CLIP on batches of another size, and
+        # CLIP's matmuls round differently with the batch's size (per image vs the batch: ~6e-7 here)
+        torch.testing.assert_close(got, ref.visual_features(batch), rtol=0, atol=1e-5)
+        torch.testing.assert_close(got, ref.clip(batch["image"]), rtol=0, atol=1e-5)
 
 
 def test_results_of_a_training_step_equal_the_uncached_path():
@@ -94,7 +97,8 @@ def test_results_of_a_training_step_equal_the_uncached_path():
     batch = dict(image=src.images[[2, 7, 9]], image_key=[src.image_key(r) for r in (2, 7, 9)],
                  text_ids=torch.randint(3, 100, (3, 6), generator=g), text_masks=torch.ones(3, 6, dtype=torch.long))
     bb.eval(), ref.eval()
-    assert torch.equal(bb.infer(batch, 1)["cls_feats"], ref.infer(batch, 1)["cls_feats"])
+    plan = LayerPlan(insert_layer=1)
+    torch.testing.assert_close(bb(batch, plan)["cls_feats"], ref(batch, plan)["cls_feats"], rtol=0, atol=1e-5)
 
 
 def test_random_transforms_are_not_precomputed():

@@ -14,7 +14,7 @@ from vlpeft import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-LOCAL = {"vlpeft", "write_arrow", "run", "run_search", "run_train", "tests", "helpers", "fixtures", "fixtures_raw",
+LOCAL = {"vlpeft", "write_arrow", "run", "run_search", "run_train", "tests", "helpers", "task_axis_scan", "toy_task", "fixtures", "fixtures_raw",
          "conftest"}
 # Declared but never imported by name, each needed by a library we call:
 INDIRECT = {

@@ -36,7 +36,7 @@ FROZEN = ("text_transformer", "vit_model")
 
 # A test-only PET builder (the real DAS preset belongs to vlpeft.pet): DAS adapters, residual on skip sites.
 if "_test_meter_das" not in PETS:
-    PETS.register("_test_meter_das")(
+    PETS.register("_test_meter_das", test=dict(site={}, options=dict(bottleneck=4), identity=False))(
         lambda site, bottleneck: DASAdapter(site.dim, bottleneck, residual=site.anchor == "skip"))
 
 

@@ -294,7 +294,10 @@ def test_lightning_forward_sets_the_task_context():
         name = "vqa"
         generative = False  # tasks._base.compute(generate=) asks every task
 
-        def compute(self, infer, heads, batch):
+        def owns(self, batch, n_tasks):
+            return True
+
+        def compute(self, infer, heads, batch, generate=False):
             return {"task_seen": infer(batch)}
 
     stub = SimpleNamespace(tasks=[_Task()], heads=None, plan=lambda: LayerPlan(),

@@ -44,8 +44,8 @@ def test_patch_conv_refuses_an_overlapping_conv():
 
 
 def test_backbones_embed_patches_with_patch_conv():
-    hp = VIT_VARIANTS["test_vilt_small"]()
-    vilt = build_vilt(dict(vit="test_vilt_small", hidden_size=hp["embed_dim"], num_heads=hp["num_heads"],
+    hp = VIT_VARIANTS["test_vilt_small"]
+    vilt = build_vilt(dict(vit="test_vilt_small", patch_size=hp["patch_size"], hidden_size=hp["embed_dim"], num_heads=hp["num_heads"],
                            num_layers=hp["depth"], mlp_ratio=4, drop_rate=0.0, vocab_size=50, max_text_len=8))
     assert isinstance(vilt.transformer.patch_embed.proj, PatchConv)
     assert "transformer.patch_embed.proj.weight" in vilt.state_dict()
@@ -63,9 +63,9 @@ def test_nearest_counts_equal_the_nearest_downsampled_mask():
 
 
 def _small_vilt():
-    hp = VIT_VARIANTS["test_vilt_small"]()
+    hp = VIT_VARIANTS["test_vilt_small"]
     torch.manual_seed(0)
-    vilt = build_vilt(dict(vit="test_vilt_small", hidden_size=hp["embed_dim"], num_heads=hp["num_heads"],
+    vilt = build_vilt(dict(vit="test_vilt_small", patch_size=hp["patch_size"], hidden_size=hp["embed_dim"], num_heads=hp["num_heads"],
                            num_layers=hp["depth"], mlp_ratio=4, drop_rate=0.0, vocab_size=50, max_text_len=8))
     with torch.no_grad():  # off the init: positions and cls token must all matter
         for p in vilt.parameters():

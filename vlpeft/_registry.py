@@ -105,11 +105,13 @@ class Registry(Generic[T]):
         return dict(entry.test)
 
     def untested(self, exempt: Mapping[str, str] | Iterable[str] = ()) -> list[str]:
-        """Real entries (not ``test_*``) with neither test options nor a ``test_*`` entry of their family, less
-        ``exempt``: what the conformance tests would silently miss."""
+        """Real entries (not ``test_*``, not the ``_*`` helpers a test module registers for itself) with neither
+        test options nor a ``test_*`` entry of their family, less ``exempt``: what the conformance tests would
+        silently miss."""
         exempt = set(exempt)
         families = {e.meta.get("family") for n, e in self._entries.items() if fnmatch.fnmatch(n, "test_*")}
-        return [n for n in self.names() if not fnmatch.fnmatch(n, "test_*") and n not in exempt
+        return [n for n in self.names() if not fnmatch.fnmatch(n, "test_*") and not n.startswith("_")
+                and n not in exempt
                 and self._entries[n].test is None and n not in families]
 
     def config_keys(self) -> dict[str, Any]:

@@ -43,7 +43,8 @@ def build_with_pet(config: RunConfig | Mapping[str, Any],
     return backbone, report, policy
 
 
-def _inject(backbone: Backbone, rc: RunConfig, plan: LayerPlan | None) -> tuple[PetReport, str]:
+def _inject(backbone: Backbone, rc: RunConfig | Mapping[str, Any], plan: LayerPlan | None) -> tuple[PetReport, str]:
+    rc = sections(rc)  # a RunConfig passes through; a flat dict (tests, benches) gets its sections
     axes = rc.axes
     recipe = build_recipe(rc.pet, axes.pet)
     report = inject(backbone, recipe)

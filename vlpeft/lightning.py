@@ -83,10 +83,14 @@ class VLPeftModule(pl.LightningModule):
         # the first epoch already reads them from the cache (vlpeft.frozen_features; a no-op for other backbones)
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and isinstance(getattr(dm, "datasets", None), dict):
+            # the precompute draws from the random streams (image loading, transforms): the run's own draws (dropout,
+            # sampling, the search) must be those of a run without it, so every generator is restored afterwards
+            state = rng_state()
             precompute_frozen_features(self.backbone, dm.datasets, rank=self.trainer.global_rank,
                                        world_size=self.trainer.world_size, barrier=self.trainer.strategy.barrier,
                                        num_workers=int(getattr(dm, "num_workers", 0)),
-                                       interval=float(self.config.get("progress_interval", 30.0)))
+                                       interval=float(self.rc.trainer.progress_interval))
+            set_rng_state(state)
 
     def on_train_start(self) -> None:
         if self.search is not None:  # a round cadence given as a share of the epoch (LaVIN-DAS) needs its length

@@ -452,6 +452,8 @@ def build_task_heads(tasks: Sequence[Task], hidden_size: int, in_dim: int | None
     d = int(in_dim or hidden_size)
     heads = nn.ModuleDict()
     for t in tasks:
+        if t.generative:  # generate mode answers with the backbone's LM head: no head of its own
+            continue
         for name, module in t.build_heads(d, inner).items():
             if name not in heads:  # a head two tasks share (itm_score: irtr and itm) is built once
                 heads[name] = module

@@ -351,6 +351,16 @@ class Task:
     def predictions(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> list[dict]:
         return []
 
+    def question_predictions(self, out: Mapping[str, Any], batch: Mapping[str, Any], id_key: str,
+                             as_id: Callable[[Any], Any]) -> list[dict]:
+        """The rows of a QA dump: ``{id_key: qid, pred}`` (class id; the dump maps it through the vocabulary) or
+        ``{id_key: qid, answer}`` (generated); ``as_id`` types the id as the official format has it."""
+        if self.generative:
+            gen = out.get(f"{self.name}_generated")
+            return [] if gen is None else [{id_key: as_id(q), "answer": a} for q, a in zip(batch["qid"], gen)]
+        pred = out[f"{self.name}_logits"].detach().argmax(-1).cpu().tolist()
+        return [{id_key: as_id(q), "pred": p} for q, p in zip(batch["qid"], pred)]
+
     def dump_options(self) -> dict[str, Any]:
         """Options its dump writer reads (e.g. VQA's fill questions), resolved once at test end."""
         return {}

@@ -55,11 +55,7 @@ class GQATask(ClassifierTask):
 
     def predictions(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> list[dict]:
         """``{questionId, pred}`` (class id) or ``{questionId, answer}`` (generated)."""
-        if self.generative:
-            gen = out.get("gqa_generated")
-            return [] if gen is None else [{"questionId": str(q), "answer": a} for q, a in zip(batch["qid"], gen)]
-        pred = out["gqa_logits"].detach().argmax(-1).cpu().tolist()
-        return [{"questionId": str(q), "pred": p} for q, p in zip(batch["qid"], pred)]
+        return self.question_predictions(out, batch, "questionId", str)
 
     def write_dump(self, rows, out_dir: Path, run_name: str, vocab, expected: Any = None, **_: Any) -> Path:
         return write_gqa_predictions([r["questionId"] for r in rows], answers_of_rows(rows, vocab or ()),

@@ -109,11 +109,7 @@ class VQATask(Task):
     # ------------------------------------------------------------------ predictions and the submission
     def predictions(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> list[dict]:
         """``{question_id, pred}`` (class id; the dump maps it through the vocabulary) or ``{question_id, answer}``."""
-        if self.generative:
-            gen = out.get("vqa_generated")
-            return [] if gen is None else [{"question_id": int(q), "answer": a} for q, a in zip(batch["qid"], gen)]
-        pred = out["vqa_logits"].detach().argmax(-1).cpu().tolist()
-        return [{"question_id": int(q), "pred": p} for q, p in zip(batch["qid"], pred)]
+        return self.question_predictions(out, batch, "question_id", int)
 
     def dump_options(self) -> dict[str, Any]:
         """``vqa_fill_questions`` (test2015 questions JSON) fills a test-dev submission to every test-std question,

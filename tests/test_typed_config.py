@@ -22,10 +22,15 @@ sys.path.insert(0, str(ROOT))
 import run as run_py  # noqa: E402  (registers the sacred main)
 from vlpeft import config as C  # noqa: E402
 from vlpeft.backbones import BACKBONES  # noqa: E402
+from vlpeft.backbones._settings import VlSeq2SeqSettings  # noqa: E402
 from vlpeft.backbones.vilt import ViltSpec  # noqa: E402
+from vlpeft.backbones.vl_seq2seq import VLSeqConfig  # noqa: E402
+from vlpeft.data.section import DataSection  # noqa: E402
+from vlpeft import runner  # noqa: E402
 from vlpeft.lightning import VLPeftModule  # noqa: E402
 from vlpeft.pet import PRESETS  # noqa: E402
 from vlpeft.search import SEARCHES  # noqa: E402
+from vlpeft.tasks import TaskSettings  # noqa: E402
 from write_arrow.synthetic import write_synthetic  # noqa: E402
 
 QUIET = {"--loglevel": "ERROR"}
@@ -117,9 +122,8 @@ def _registry_entries():
 
 
 ENTRIES = dict(_registry_entries())
-# Families whose builders still read the flat dict (their settings dataclass declares the keys and defaults only);
-# vl_seq2seq.py is split into a shared class and per-family parts by another helper this round (issue 17 item 5).
-PENDING_FLAT_BUILDERS = {"backbone:vl_bart", "backbone:vl_t5"}
+# Families whose builders still read the flat dict (their settings dataclass declares the keys and defaults only)
+PENDING_FLAT_BUILDERS: set[str] = set()
 
 
 @pytest.mark.parametrize("label", sorted(ENTRIES))
@@ -137,13 +141,45 @@ def test_every_entry_declares_its_keys_on_one_settings_dataclass(label):
         assert C.DEFAULTS[k] == default
 
 
-def test_a_typed_builder_gets_its_settings_not_the_flat_dict(monkeypatch):
+@pytest.mark.parametrize("reg, name, settings, key, value", [
+    (PRESETS, "lora", "LoraSettings", "lora_r", 4),
+    (BACKBONES, "vl_bart", "VlSeq2SeqSettings", "vl_grid", 3),
+    (BACKBONES, "vl_t5", "VlSeq2SeqSettings", "vis_feat_dim", 16),
+])
+def test_a_typed_builder_gets_its_settings_not_the_flat_dict(monkeypatch, reg, name, settings, key, value):
     seen = []
-    entry = PRESETS.get("lora")
-    spy = dataclasses.replace(entry, build=lambda settings: seen.append(settings) or entry.build(settings))
-    monkeypatch.setitem(PRESETS._entries, "lora", spy)
-    PRESETS.build("lora", {**C.DEFAULTS, "lora_r": 4})
-    assert type(seen[0]).__name__ == "LoraSettings" and seen[0].lora_r == 4
+    entry = reg.get(name)
+    spy = dataclasses.replace(entry, build=lambda s: seen.append(s))  # records what the builder gets, builds nothing
+    monkeypatch.setitem(reg._entries, name, spy)
+    reg.build(name, {**C.DEFAULTS, key: value})
+    assert type(seen[0]).__name__ == settings and getattr(seen[0], key) == value
+
+
+def test_vl_seq2seq_settings_carry_the_shared_keys_its_config_reads():
+    # VLSeqConfig reads the base config's tokenizer / transform keys and clip_plm's cache keys: the settings carry them
+    flat = {**C.DEFAULTS, "vl_config": "test_vl_t5_tiny", "tokenizer": "t5-base", "clip_cache_max_items": 7,
+            "train_transform_keys": ["clip_randaug"]}
+    cfg = VLSeqConfig.from_config(BACKBONES.get("vl_t5").settings(flat))
+    assert (cfg.tokenizer, cfg.clip_cache_max_items, cfg.train_transform_keys) == ("t5-base", 7, ("clip_randaug",))
+    assert VLSeqConfig.from_config(VlSeq2SeqSettings(vl_config="test_vl_t5_tiny")) == VLSeqConfig(
+        vl_config="test_vl_t5_tiny", vl_model="")
+
+
+def test_the_datamodule_gets_the_runs_data_and_task_sections(arrows, tmp_path, monkeypatch):
+    # built once by from_sacred (RunConfig.data / .tasks) and passed on: the datamodule never sees the flat dict
+    got = []
+
+    def spy(data, capabilities, false_images=0, tasks=None):
+        got.append((data, tasks))
+        raise _Built("stop before the build")
+
+    monkeypatch.setattr(runner, "datamodule_for", spy)
+    with pytest.raises(_Built):
+        _run(arrows, tmp_path / "runs", vqav2_label_size=7, max_text_len=12)
+    data, tasks = got[0]
+    assert isinstance(data, DataSection) and (data.data_root, data.datasets, data.max_text_len) == (
+        str(arrows), ["vqa"], 12)
+    assert isinstance(tasks, TaskSettings) and tasks.option("vqa", "label_size") == 7
 
 
 def test_vilt_defaults_have_one_source():
@@ -157,47 +193,62 @@ def test_vilt_defaults_have_one_source():
 
 
 # ---------------------------------------------------------------------------------------------- the flat dict
-# Modules allowed to read the flat dict by key: the sacred front end and the builders of the typed sections.
-# the sacred front end (config.py: the experiment and from_sacred; experiment.py: its main picks the stage) and
-# the builders of the typed sections
-FLAT_READERS = {"vlpeft/config.py", "vlpeft/experiment.py", "vlpeft/sections.py", "vlpeft/backbones/_settings.py"}
-# Task side, owned by the ``tasks`` helper (issue 17 item 1: a task owns its heads, dumps and data needs):
-PENDING_TASK_SIDE = {
-    "vlpeft/tasks/_base.py", "vlpeft/tasks/dumps.py", "vlpeft/tasks/generative.py", "vlpeft/tasks/heads.py",
-    "vlpeft/data/datamodule.py", "vlpeft/data/generative.py",
-    "vlpeft/api.py",  # predict(): the data keys of the datamodule it builds for a checkpoint
-}
-# names a flat config travels under in these modules
-_FLAT_NAMES = {"config", "c", "flat", "self.config", "module.config", "self.hparams", "hparams", "_config"}
+# The only modules that read the flat dict by key: the sacred front end with the builder of the run's sections
+# (config.py: validation, from_sacred, sections) and the reader the section builders share (sections.py: take,
+# options). Everything else (experiment, runner, build, Lightning module, tasks, data, api, backbones) gets a
+# section, or hands the flat dict to a registry / ``take``, which types it.
+FLAT_READERS = {"vlpeft/config.py", "vlpeft/sections.py"}
+# names a flat config travels under in the project's modules
+_FLAT_NAMES = {"config", "c", "flat", "self.config", "module.config", "self.hparams", "hparams", "_config",
+               "rc.flat", "self.rc.flat", "module.rc.flat"}
 
 
 def _flat_reads(path: Path) -> list[tuple[int, str]]:
+    """(line, key) of each read of the flat config by key in ``path``: ``x["key"]``, ``x.get("key")``,
+    ``x.pop("key")`` for a config key on a name a flat config travels under, and a read by a variable key of
+    ``flat`` or a RunConfig's ``.flat`` (a task's option key is a variable)."""
     keys = set(C.ALL_KEYS)
     out = []
     for n in ast.walk(ast.parse(path.read_text())):
         k = base = None
-        if isinstance(n, ast.Subscript) and isinstance(n.slice, ast.Constant) and isinstance(n.slice.value, str):
-            k, base = n.slice.value, n.value
-        elif (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in ("get", "pop")
-              and n.args and isinstance(n.args[0], ast.Constant) and isinstance(n.args[0].value, str)):
-            k, base = n.args[0].value, n.func.value
-        if k in keys and ast.unparse(base) in _FLAT_NAMES:
-            out.append((n.lineno, k))
+        if isinstance(n, ast.Subscript):
+            k, base = n.slice, n.value
+        elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in ("get", "pop") and n.args:
+            k, base = n.args[0], n.func.value
+        if base is None:
+            continue
+        name = ast.unparse(base)
+        if isinstance(k, ast.Constant) and isinstance(k.value, str) and k.value in keys and name in _FLAT_NAMES:
+            out.append((n.lineno, k.value))
+        elif (name.endswith(".flat") or name == "flat") and not isinstance(k, ast.Constant):
+            out.append((n.lineno, ast.unparse(k)))
     return out
 
 
-def test_the_flat_dict_is_read_only_by_the_front_end_and_the_section_builders():
+def _readers() -> dict[str, list[tuple[int, str]]]:
     readers = {}
     for p in sorted((ROOT / "vlpeft").rglob("*.py")):
-        rel = p.relative_to(ROOT).as_posix()
         hits = _flat_reads(p)
         if hits:
-            readers[rel] = hits
+            readers[p.relative_to(ROOT).as_posix()] = hits
+    return readers
+
+
+def test_the_flat_dict_is_read_only_by_the_front_end_and_the_section_builders():
+    readers = _readers()
+    assert len(FLAT_READERS) <= 3  # issue 17: the sacred front end and the builders of the typed sections
     # the scan sees the front end (else it would pass vacuously)
     assert "vlpeft/config.py" in readers
-    outside = {m: h[:3] for m, h in readers.items() if m not in FLAT_READERS | PENDING_TASK_SIDE}
+    outside = {m: h[:3] for m, h in readers.items() if m not in FLAT_READERS}
     assert not outside, f"modules reading the flat config by key (give them a typed section): {outside}"
-    # runner, build, optimiser, search, progress, loggers and the Lightning module take sections
-    for m in ("runner.py", "build.py", "optim.py", "progress.py", "loggers.py", "rundir.py", "computation.py",
-              "lightning.py", "search/_base.py", "search/das.py", "search/kab.py"):
-        assert f"vlpeft/{m}" not in readers
+
+
+@pytest.mark.parametrize("source", ['def f(config):\n    return config["data_root"]\n',
+                                    'def f(c):\n    return c.get("per_gpu_batchsize", 8)\n',
+                                    'def f(rc, key):\n    return rc.flat.get(key, 1)\n',
+                                    'class M:\n    def f(self):\n        return self.config["tokenizer"]\n'])
+def test_the_scan_finds_a_new_module_that_reads_the_flat_dict(tmp_path, source):
+    # what the test above would report for a module added to vlpeft/ (so it fails for a new reader)
+    p = tmp_path / "new_module.py"
+    p.write_text(source)
+    assert _flat_reads(p)

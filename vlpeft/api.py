@@ -34,6 +34,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from vlpeft.checkpoint import CheckpointError
+from vlpeft.config import RunConfig, sections
 from vlpeft.data.collate import Collator
 from vlpeft.data.datamodule import LabelVocabError, answer_map, vocab_file_names
 from vlpeft.data.datasets import BaseDataset
@@ -114,11 +115,10 @@ class _Inputs:
     """The run's own transform, tokenizer and collate (from its config), built once per module."""
 
     def __init__(self, module):
-        c = module.config
-        self.config = c
-        self.transform = keys_to_transforms(c["val_transform_keys"], int(c["image_size"]))[0]  # the test view
-        self.tokenizer = load_tokenizer(c.get("tokenizer", "bert-base-uncased"))
-        self.max_text_len = int(c["max_text_len"])
+        d = self.data = _sections(module).data
+        self.transform = keys_to_transforms(d.val_transform_keys, d.image_size)[0]  # the test view
+        self.tokenizer = load_tokenizer(d.tokenizer)
+        self.max_text_len = d.max_text_len
         self.tasks = {t.name: t for t in module.tasks}
         self.settings = module.task_settings
 
@@ -139,8 +139,7 @@ class _Inputs:
         return Collator(self.tokenizer, label_sizes={task: int(t.label_size() or 0)})(items)
 
     def generative_batch(self, task: str, images: Sequence, texts: Sequence[str] | None) -> dict[str, Any]:
-        c = self.config
-        if c.get("visual_features"):
+        if self.data.visual_features:
             raise ApiError("this run read pre-extracted visual features (visual_features=…), not pixels: its model "
                            "cannot take raw images; use a run trained on images")
         ts = self.settings
@@ -148,6 +147,13 @@ class _Inputs:
                                      task_prompts() if ts.use_tasks_prompts else {})
         texts = [""] * len(images) if texts is None else texts  # captions: the prompt alone (caption_clip_data.py)
         return collate([{"task": task, "image": self.image(img), "text": t} for img, t in zip(images, texts)])
+
+
+def _sections(module) -> RunConfig:
+    """The module's typed sections: built from the checkpoint's saved config by the run's own builder
+    (``vlpeft.config.sections``, as ``VLPeftModule`` does when it loads)."""
+    rc = getattr(module, "rc", None)
+    return sections(rc if isinstance(rc, RunConfig) else module.config)
 
 
 def _inputs(module) -> _Inputs:
@@ -195,7 +201,7 @@ def predict(module, image: ImageLike | Sequence[ImageLike], question: str | Sequ
     task = _task(module, "answer", "predict()", "use generate() to caption with a captioning backbone")
     images, texts, single = _as_lists(image, question, "question")
     inp = _inputs(module)
-    size = int(batch_size or module.config.get("per_gpu_batchsize") or 8)
+    size = int(batch_size or _sections(module).data.per_gpu_batchsize or 8)
     vocab = None if task.generative else _vocabulary(module, task.name)
     answers: list[str] = []
     for sl in _chunks(len(images), size):
@@ -214,7 +220,7 @@ def generate(module, image: ImageLike | Sequence[ImageLike], *, batch_size: int 
     task = _task(module, "caption", "generate()", "use predict(image=…, question=…) to answer questions")
     images, _, single = _as_lists(image, None, "image")
     inp = _inputs(module)
-    size = int(batch_size or module.config.get("per_gpu_batchsize") or 8)
+    size = int(batch_size or _sections(module).data.per_gpu_batchsize or 8)
     captions: list[str] = []
     for sl in _chunks(len(images), size):
         out = _run(module, inp.generative_batch(task.name, images[sl], None))
@@ -229,7 +235,8 @@ def _vocabulary(module, task: str) -> list[str]:
         return list(stored)
 
     try:
-        amap = answer_map(module.config["data_root"], vocab_file_names(task, module.config.get("data_splits")), task)
+        data = _sections(module).data
+        amap = answer_map(data.data_root, vocab_file_names(task, data.data_splits), task)
     except LabelVocabError as e:
         raise ApiError(f"this checkpoint stores no {task} answer vocabulary and its data_root cannot give one "
                        f"({e}); set model.answers[{task!r}] = [answer of class 0, 1, ...]") from None

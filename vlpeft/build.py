@@ -19,7 +19,7 @@ from vlpeft.pet import PetReport, build_recipe, inject
 from vlpeft.pet.trainable import apply_trainable
 from vlpeft.search import SearchStrategy, build_search
 from vlpeft.search.placement import Placement, validate_skip
-from vlpeft.tasks import Task, build_task_heads, build_tasks, settings_from_config
+from vlpeft.tasks import Task, build_task_heads, build_tasks
 
 
 @dataclass
@@ -77,7 +77,7 @@ def assemble(config: RunConfig | Mapping[str, Any], placement: Placement | None 
     searching = bool(axes.search)
     backbone = BACKBONES.build(axes.backbone, rc.flat)  # the registry turns the keys into the entry's settings
     gate = task_gate(axes.backbone)  # the family's loss_names rule (METER: weight > 0; ViLT / DVP: >= 1)
-    settings = settings_from_config(rc.flat)  # the tasks' typed settings (label sizes, generation, dumps)
+    settings = rc.tasks  # the tasks' typed settings (label sizes, generation, dumps)
     tasks = build_tasks(b.loss_names, backbone.capabilities, axes.backbone, settings, gate=gate)
     if not tasks:
         raise ConfigError("no active task: set loss_names, e.g. with task_finetune_vqa_randaug or a dvp_* config")
@@ -102,7 +102,7 @@ def false_images(config: RunConfig | Mapping[str, Any]) -> int:
     axes = rc.axes
     entry = BACKBONES.get(axes.backbone)
     caps = frozenset(BACKBONES.get(entry.meta.get("family", entry.name)).meta.get("capabilities", ()))
-    tasks = build_tasks(rc.build.loss_names, caps, axes.backbone, settings_from_config(rc.flat),
+    tasks = build_tasks(rc.build.loss_names, caps, axes.backbone, rc.tasks,
                         gate=task_gate(axes.backbone))
     return int(rc.build.draw_false_image or 0) if any(t.false_images for t in tasks) else 0
 

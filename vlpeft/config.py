@@ -17,6 +17,7 @@ from vlpeft._registry import RegistryError
 from vlpeft.backbones import BACKBONES, task_gate
 from vlpeft.backbones._precheck import precheck
 from vlpeft.checkpoint import hf_folder_problem
+from vlpeft.data.section import DataSection
 from vlpeft.data.splits import SPLITS
 from vlpeft.loggers import check_logger
 from vlpeft.named_configs import routing as _routing_configs, vl_adapter as _vl_adapter_configs
@@ -24,7 +25,7 @@ from vlpeft.pet import PRESETS
 from vlpeft.search import SEARCHES
 from vlpeft.search.placement import PlacementError, check_skip_types
 from vlpeft.tasks import TASKS, active_tasks, task_for
-from vlpeft.tasks._base import loss_keys
+from vlpeft.tasks._base import TaskSettings, loss_keys, settings_from_config
 from vlpeft.optim import OptimConfig
 from vlpeft.search._base import SearchBatch
 from vlpeft.sections import key, take
@@ -453,9 +454,9 @@ class BuildSection:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The flat sacred dict turned into typed sections once (``from_sacred``). ``flat`` keeps the original keys
-    for the parts not converted yet (the Lightning module, tasks and data read it by name; they are given it, and
-    it is what a checkpoint stores)."""
+    """The flat sacred dict turned into typed sections once (``from_sacred``). ``flat`` keeps the original keys:
+    what a checkpoint and trainable.json store, and what the registries turn into an entry's settings (no module
+    outside the section builders reads it by key)."""
 
     axes: Axes
     trainer: TrainerConfig
@@ -463,6 +464,8 @@ class RunConfig:
     run: RunSection
     build: BuildSection
     search_batch: SearchBatch
+    data: DataSection  # what the datamodules read (vlpeft.data.section)
+    tasks: TaskSettings  # what the tasks read: generation, heads, dumps and each task's options
     search: Any  # the search entry's settings (DasSettings, KabSettings); None outside the search stage
     pet: Any  # the PET preset's settings (its dataclass; the flat dict for a preset registered without one)
     stage: str
@@ -516,7 +519,8 @@ def sections(config: Mapping[str, Any] | RunConfig, *, axes: Axes | None = None)
     search = SEARCHES.get(axes.search).settings(flat) if axes.search and axes.search in SEARCHES else None
     pet = PRESETS.get(axes.pet).settings(flat) if axes.pet in PRESETS else None
     return RunConfig(axes=axes, trainer=take(TrainerConfig, flat), optim=take(OptimConfig, flat),
-                     run=take(RunSection, flat), build=take(BuildSection, flat), search_batch=take(SearchBatch, flat), search=search, pet=pet,
+                     run=take(RunSection, flat), build=take(BuildSection, flat), search_batch=take(SearchBatch, flat),
+                     data=take(DataSection, flat), tasks=settings_from_config(flat), search=search, pet=pet,
                      stage=take(TrainerConfig, flat).stage, test_only=bool(take(_TestOnly, flat).test_only),
                      flat=flat)
 

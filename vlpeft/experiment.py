@@ -5,11 +5,13 @@ run``): it lives in the package, and ``run.py`` imports it (the package never im
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from vlpeft.config import ex
 from vlpeft.demo import run_demo
 from vlpeft.runner import run
+from vlpeft.sections import key, take
 
 # Set by the command-line entry points: a refusal then ends the process with one line (exit 2) instead of sacred's
 # traceback. Python callers of ``ex.run`` (the tests, notebooks) keep the exception.
@@ -33,12 +35,21 @@ def main(_config):
         raise SystemExit(2) from None
 
 
+@dataclass(frozen=True)
+class _Stage:
+    """What the main command reads to pick the stage (the rest goes to the stage's own section builders)."""
+
+    stage: str = key(shared=True)
+    test_only: bool = key(default=False, shared=True)
+
+
 def _main(config: dict[str, Any]) -> dict[str, str]:
-    if config["stage"] == "demo" and not config["test_only"]:
+    k = take(_Stage, config)
+    if k.stage == "demo" and not k.test_only:
         result = run_demo(config)
     else:
-        if config["stage"] == "demo":  # test_only=True under the demo config: a test of load_path
-            config["stage"] = "train"
+        if k.stage == "demo":  # test_only=True under the demo config: a test of load_path
+            config = {**config, "stage": "train"}
         result = run(config)
     # what sacred's closing "Result:" shows: the files a run read its plan from and wrote (None ones left out)
     keep = ("stage", "run_dir", "placement_source", "placement_path", "checkpoint", "submission")

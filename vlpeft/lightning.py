@@ -23,7 +23,7 @@ from vlpeft.pet.trainable import format_trainable
 from vlpeft.search._base import finish_search, mean_across_ranks, reward_stream
 from vlpeft.search.placement import Placement
 from vlpeft.tasks import metrics as tm
-from vlpeft.tasks._base import compute, settings_from_config
+from vlpeft.tasks._base import compute
 from vlpeft.tasks.dumps import write_run_dumps
 
 PLACEMENT_KEY = "vlpeft_placement"
@@ -44,7 +44,7 @@ class VLPeftModule(pl.LightningModule):
         a = assemble(self.rc, placement)
         self.backbone, self.heads, self.search = a.backbone, a.heads, a.search
         self.tasks, self.pet_report, self.base_plan, self.policy = a.tasks, a.report, a.base_plan, a.policy
-        self.task_settings = self.tasks[0].settings if self.tasks else settings_from_config(self.config)
+        self.task_settings = self.tasks[0].settings if self.tasks else self.rc.tasks
         self.train_metrics, self.val_metrics, self.test_metrics = (
             tm.TaskMetrics(self.tasks, prefix=p) for p in ("train", "val", "test"))  # objects: generative metrics
         if self.search is not None:

@@ -152,7 +152,7 @@ def _finalize_label_sizes(config: RunConfig | dict[str, Any]) -> Any:
         if not task.answer_vocab_file:
             continue
         key = task.option_keys[task.answer_vocab_option][0]
-        if rc.flat.get(key, 1) == 0 and (r.loss_names or {}).get(task.name, 0) >= 1:
+        if rc.tasks.option(task.name, task.answer_vocab_option, 1) == 0 and (r.loss_names or {}).get(task.name, 0) >= 1:
             try:
                 names = vocab_file_names(task.name, r.data_splits)
                 updates[key] = max(answer_map(r.data_root, names, task.name)) + 1
@@ -236,8 +236,8 @@ def _datamodule(config: RunConfig | dict[str, Any]):
     rc = sections(config)
     entry = BACKBONES.get(rc.axes.backbone)
     family = BACKBONES.get(entry.meta.get("family", entry.name))
-    return datamodule_for(rc.flat, frozenset(family.meta.get("capabilities", ("classify",))),
-                          false_images=false_images(rc))
+    return datamodule_for(rc.data, frozenset(family.meta.get("capabilities", ("classify",))),
+                          false_images=false_images(rc), tasks=rc.tasks)
 
 
 def _build_module(rc: RunConfig, placement: Placement | None, *, fresh_heads: bool):

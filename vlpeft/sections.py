@@ -13,7 +13,7 @@ This module imports nothing of vlpeft, so every layer can use it without an impo
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 S = TypeVar("S")
 _MISSING = dataclasses.MISSING
@@ -74,6 +74,12 @@ def take(cls: type[S], flat: Any) -> S:
     return cls(**kw)
 
 
+def options(option_keys: Mapping[str, tuple[str, Any]], flat: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry's options from the flat config: ``option_keys`` maps option -> (flat key, default), as a task
+    declares them (``Task.option_keys``); an absent key takes its default (an older checkpoint's config)."""
+    return {opt: flat.get(k, default) for opt, (k, default) in option_keys.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class NoKeys:
     """The settings of an entry that reads no key (a preset without options)."""
@@ -83,4 +89,4 @@ def is_settings(x: Any) -> bool:
     return dataclasses.is_dataclass(x) and not isinstance(x, type)
 
 
-__all__ = ["NoKeys", "declared_keys", "flat_key", "is_settings", "key", "read_keys", "take"]
+__all__ = ["NoKeys", "declared_keys", "flat_key", "is_settings", "key", "options", "read_keys", "take"]

@@ -88,21 +88,21 @@ def vit_roberta(settings: VitLmSettings) -> Backbone:
     return build_vit_lm(settings, "roberta")
 
 
-VL_SEQ_KEYS = declared_keys(VlSeq2SeqSettings)  # + tokenizer (a base key), clip_feature_cache / clip_cache_*
+VL_SEQ_KEYS = declared_keys(VlSeq2SeqSettings)
 
 
-@BACKBONES.register("vl_bart", spec=VlSeq2SeqSettings, flat_builder=True, candidate_kinds=("skip",),
+@BACKBONES.register("vl_bart", spec=VlSeq2SeqSettings, candidate_kinds=("skip",),
                     capabilities=("generate",))
-def vl_bart(config: Mapping[str, Any]) -> Backbone:
+def vl_bart(settings: VlSeq2SeqSettings) -> Backbone:
     """VL-BART (spec §1.1): HF BART + the originals' visual projector; ``vl_seq2seq.py``."""
-    return build_vl_seq2seq(config, "bart")
+    return build_vl_seq2seq(settings, "bart")
 
 
-@BACKBONES.register("vl_t5", spec=VlSeq2SeqSettings, flat_builder=True, candidate_kinds=("skip",),
+@BACKBONES.register("vl_t5", spec=VlSeq2SeqSettings, candidate_kinds=("skip",),
                     capabilities=("generate",))
-def vl_t5(config: Mapping[str, Any]) -> Backbone:
+def vl_t5(settings: VlSeq2SeqSettings) -> Backbone:
     """VL-T5 (spec §1.1): HF T5 + the originals' visual projector; ``vl_seq2seq.py``."""
-    return build_vl_seq2seq(config, "t5")
+    return build_vl_seq2seq(settings, "t5")
 
 
 # --- tiny entries: the conformance tests build every one of these ----------------------------------------------

@@ -151,15 +151,23 @@ class VitLmSettings:
 
 @dataclass(frozen=True)
 class VlSeq2SeqSettings:
-    """VL-BART / VL-T5 (``vl_seq2seq.py``); also reads tokenizer and clip_feature_cache / clip_cache_*."""
+    """VL-BART / VL-T5 (``vl_seq2seq.py``). The shared keys (the base config's tokenizer and transform keys,
+    ``clip_plm``'s CLIP feature cache) fall back to ``VLSeqConfig``'s defaults in a direct build."""
 
     vl_model: str = ""
-    vl_config: str | None = None
+    vl_config: Any = None  # a variant name (vl_seq2seq.VL_VARIANTS) or a dict of config kwargs
     vl_vocab_size: int | None = None
     vis_feat_dim: int = 2048
     vl_clip_model: str | None = None
     vl_grid: int = 6
     vl_pet_init: str = "recipe"
+    tokenizer: str | None = key(default=None, shared=True)
+    clip_feature_cache: bool = key(default=True, shared=True)
+    clip_cache_max_items: int = key(default=4096, shared=True)
+    clip_cache_dir: str | None = key(default=None, shared=True)
+    deterministic_images: bool | None = key(default=None, shared=True)
+    train_transform_keys: tuple = key(convert=tuple, default=(), shared=True)
+    val_transform_keys: tuple = key(convert=tuple, default=(), shared=True)
 
 
 __all__ = ["ClipPlmSettings", "MeterSettings", "PlmSettings", "ViltSpec", "VitLmSettings", "VlSeq2SeqSettings"]

@@ -68,6 +68,7 @@ from vlpeft.data.tokenizer import load_tokenizer
 from vlpeft.pet._sites_hf import ProjHost
 from vlpeft.pet._wrap import wrap_linear
 from vlpeft.backbones._variants import Variants, lookup_in
+from vlpeft.sections import is_settings
 
 FAMILIES = ("bart", "t5")
 N_EXTRA = 100  # <extra_id_i> and <vis_extra_id_i>, i < 100 (the originals' tokenizers)
@@ -115,8 +116,11 @@ class VLSeqConfig:
     val_transform_keys: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "VLSeqConfig":
-        c = cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config and config[f.name] is not None})
+    def from_config(cls, config: Any) -> "VLSeqConfig":
+        """From the family's settings (``VlSeq2SeqSettings``: the registry's build) or a dict of these fields (a
+        direct build); a value None keeps this class's default."""
+        given = {f.name: getattr(config, f.name) for f in fields(config)} if is_settings(config) else dict(config)
+        c = cls(**{f.name: given[f.name] for f in fields(cls) if given.get(f.name) is not None})
         if not c.vl_model and not c.vl_config:
             raise ValueError("VL-BART/T5 needs vl_model=<local HF folder with the pretrained weights> or "
                              f"vl_config=<one of {sorted(n for t in VL_VARIANTS.values() for n in t)} or a dict of "
@@ -752,7 +756,8 @@ def model_cfg_vocab(path) -> int | None:
     return int(v) if isinstance(v, int) else None
 
 
-def build_vl_seq2seq(config: Mapping[str, Any], family: str) -> VLSeq2Seq:
+def build_vl_seq2seq(config: Any, family: str) -> VLSeq2Seq:
+    """VL-BART / VL-T5 from the family's settings (``VlSeq2SeqSettings``) or a dict of ``VLSeqConfig``'s fields."""
     if family not in FAMILY_CLASSES:
         raise ValueError(f"VL seq2seq family {family!r} is not one of {FAMILIES}")
     cls = FAMILY_CLASSES[family]

@@ -1,4 +1,4 @@
-"""MTDataModule: the datasets named in config["datasets"], their splits, loaders and answer vocabularies."""
+"""MTDataModule: the datasets of the run's data section (``datasets``), their splits, loaders and answer vocabularies."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from vlpeft.data.collate import Collator
 from vlpeft.data.datasets import DATASETS, BaseDataset, CaptionDataset, VQADataset
 from vlpeft.data.splits import SPLITS  # the table lives apart so the config can import it without torch
 from vlpeft.data.tokenizer import load_tokenizer
-from vlpeft.tasks import TASKS, Task, settings_from_config
+from vlpeft.data.section import DataSection
+from vlpeft.sections import is_settings, take
+from vlpeft.tasks import TASKS, Task, TaskSettings, settings_from_config
 
 UNKNOWN_ANSWER = "unknown"
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -224,48 +226,50 @@ def vqa_label_size(data_root: str | os.PathLike, names: Sequence[str] | None = N
 
 
 class MTDataModule(pl.LightningDataModule):
-    def __init__(self, config: Mapping[str, Any], false_images: int = 0):
-        """``false_images``: negative images per caption item (``vlpeft.build.false_images``: draw_false_image
-        when a task reads them, else 0)."""
+    def __init__(self, config: DataSection | Mapping[str, Any], false_images: int = 0,
+                 tasks: TaskSettings | None = None):
+        """``config``: the run's data section (``RunConfig.data``; a flat dict is read into one, and gives the
+        tasks' section too); ``tasks``: the run's task section (``RunConfig.tasks``: label sizes, generation
+        lengths). ``false_images``: negative images per caption item (``vlpeft.build.false_images``:
+        draw_false_image when a task reads them, else 0)."""
         super().__init__()
         self.false_images = int(false_images)
-        self.config = dict(config)
-        c = self.config
-        self.dataset_keys: list[str] = list(c["datasets"])
+        if tasks is None:  # one section builder reads the flat dict; a data section alone gives the defaults
+            tasks = TaskSettings() if is_settings(config) else settings_from_config(config)
+        self.data = d = take(DataSection, config)
+        self.dataset_keys: list[str] = list(d.datasets)
         unknown = [k for k in self.dataset_keys if k not in DATASETS]
         if not self.dataset_keys or unknown:
             raise ValueError(f"config datasets={self.dataset_keys}: unsupported {unknown or 'empty list'}; "
                              f"supported: {sorted(DATASETS)} (vg/sbu/gcc pre-training sets are not)")
-        if not c.get("data_root"):
+        if not d.data_root:
             raise ValueError("config data_root is empty; set data_root=<folder with the .arrow files>")
-        self.data_root = Path(c["data_root"])
+        self.data_root = Path(d.data_root)
         self.splits = {k: {s: list(v) for s, v in SPLITS[k].items()} for k in self.dataset_keys}
-        for key, over in (c.get("data_splits") or {}).items():
+        for key, over in (d.data_splits or {}).items():
             if key not in self.splits:
                 continue
             for split, names in over.items():
                 if split not in ("train", "val", "test"):
                     raise ValueError(f"data_splits[{key!r}] has split {split!r}; use train/val/test")
                 self.splits[key][split] = [names] if isinstance(names, str) else list(names)
-        self.batch_size = int(c["per_gpu_batchsize"])
-        self.num_workers = int(c.get("num_workers", 0))
-        self.image_size = int(c["image_size"])
-        self.max_text_len = int(c["max_text_len"])
-        self.train_transform_keys = list(c["train_transform_keys"])
-        self.val_transform_keys = list(c["val_transform_keys"])
-        self.draw_false_text = int(c.get("draw_false_text", 0) or 0)
-        self.seed = int(c.get("seed", 0))
+        self.batch_size = d.per_gpu_batchsize
+        self.num_workers = d.num_workers
+        self.image_size = d.image_size
+        self.max_text_len = d.max_text_len
+        self.train_transform_keys = list(d.train_transform_keys)
+        self.val_transform_keys = list(d.val_transform_keys)
+        self.draw_false_text = int(d.draw_false_text or 0)
+        self.seed = d.seed
         self._answer_maps: dict[str, AnswerMap] = {}
-        self.tokenizer = load_tokenizer(c.get("tokenizer", "bert-base-uncased"))
-        self.task_settings = settings_from_config(c)
+        self.tokenizer = load_tokenizer(d.tokenizer)
+        self.task_settings = tasks
         # the tasks its datasets' items train (their collate fields, label sizes, vocabularies)
         self.tasks: dict[str, Task] = {DATASETS[k].task: TASKS.build(DATASETS[k].task).configured(self.task_settings)
                                        for k in self.dataset_keys if DATASETS[k].task in TASKS}
-        loss_names = c.get("loss_names") or {}
-        self.mlm = bool(c.get("mlm", loss_names.get("mlm", 0) >= 1))
+        self.mlm = d.mlm
         self.collate = Collator(self.tokenizer, label_sizes=self._label_sizes(), mlm=self.mlm,
-                                mlm_prob=float(c.get("mlm_prob", 0.15)),
-                                whole_word_masking=bool(c.get("whole_word_masking", False)))
+                                mlm_prob=d.mlm_prob, whole_word_masking=d.whole_word_masking)
         self.eval_collate = Collator(self.tokenizer, label_sizes=self._label_sizes()) if self.mlm else self.collate
         self.datasets: dict[str, dict[str, BaseDataset]] = {"train": {}, "val": {}, "test": {}}
 

@@ -40,7 +40,8 @@ from vlpeft.data.collate import IMAGE_KEYS, CollateError, batch_task, collate_im
 from vlpeft.data.datamodule import EpochRandomSampler, MTDataModule
 from vlpeft.data.datasets import CaptionDataset, GQADataset, NLVR2Dataset, VQADataset
 from vlpeft.data.features import FeatureError, FeatureReader, image_id_candidates
-from vlpeft.tasks import TASKS, Task
+from vlpeft.data.section import DataSection
+from vlpeft.tasks import TASKS, Task, TaskSettings
 
 SAMPLING = ("roundrobin", "balanced")
 # per-sample fields the collate passes through as lists (a task adds its own: Task.list_fields)
@@ -311,13 +312,14 @@ class GenerativeDataModule(MTDataModule):
     """``MTDataModule`` for generative backbones: the generative datasets and collate, ``.h5`` features when
     ``visual_features`` is set, and the multi-task schedule when ``datasets`` names several tasks.
 
-    Config keys read (besides ``MTDataModule``'s): ``use_tasks_prompts``, ``gen_max_length``, ``visual_features``
-    (a folder / file for every dataset, or ``{dataset: folder}``), ``n_boxes``, ``multitask_sampling``.
+    Keys read (besides ``MTDataModule``'s), from the data section: ``visual_features`` (a folder / file for every
+    dataset, or ``{dataset: folder}``), ``n_boxes``, ``multitask_sampling``; from the task section:
+    ``use_tasks_prompts``, ``gen_max_length``.
     """
 
-    def __init__(self, config: Mapping[str, Any]):
-        super().__init__(config)
-        c = self.config
+    def __init__(self, config: DataSection | Mapping[str, Any], tasks: TaskSettings | None = None):
+        super().__init__(config, tasks=tasks)
+        d = self.data
         bad = [k for k in self.dataset_keys if k not in GEN_DATASETS]
         if bad:
             raise ValueError(f"datasets {bad} have no generative task; generative backbones train on "
@@ -325,13 +327,13 @@ class GenerativeDataModule(MTDataModule):
         tasks = [GEN_DATASETS[k].task for k in self.dataset_keys]
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"datasets {self.dataset_keys} give one task twice ({tasks}); keep one per task")
-        self.sampling = str(c.get("multitask_sampling", "roundrobin"))
+        self.sampling = d.multitask_sampling
         if self.sampling not in SAMPLING:
             raise ValueError(f"multitask_sampling={self.sampling!r}: choose one of {list(SAMPLING)}")
         ts = self.task_settings
         self.collate = self.eval_collate = GenerativeCollator(
             self.tokenizer, self.max_text_len, ts.gen_max_length, task_prompts() if ts.use_tasks_prompts else {})
-        self.readers = self._feature_readers(c.get("visual_features") or "", int(c.get("n_boxes", 36) or 36))
+        self.readers = self._feature_readers(d.visual_features or "", int(d.n_boxes or 36))
         self._train_loader: MultitaskLoader | None = None
 
     def _feature_readers(self, spec: Any, n_boxes: int) -> dict[str, FeatureReader]:
@@ -420,13 +422,15 @@ class GenerativeDataModule(MTDataModule):
             self._train_loader.set_epoch(epoch)
 
 
-def datamodule_for(config: Mapping[str, Any], capabilities: frozenset[str], false_images: int = 0) -> MTDataModule:
+def datamodule_for(config: DataSection | Mapping[str, Any], capabilities: frozenset[str], false_images: int = 0,
+                   tasks: TaskSettings | None = None) -> MTDataModule:
     """The datamodule a backbone needs: ``GenerativeDataModule`` for one that generates and cannot classify.
+    ``config``: the run's data section (a flat dict is read into one); ``tasks``: its task section.
     ``false_images``: negative images per caption item (METER's ITM; ``vlpeft.build.false_images``)."""
     caps = set(capabilities)
     if "generate" in caps and "classify" not in caps:
-        return GenerativeDataModule(config)
-    return MTDataModule(config, false_images=false_images)
+        return GenerativeDataModule(config, tasks=tasks)
+    return MTDataModule(config, false_images=false_images, tasks=tasks)
 
 
 __all__ = ["DATASET_TASK", "GEN_DATASETS", "GenCaptionDataset", "GenGQADataset", "GenNLVR2Dataset", "GenVQADataset",

@@ -7,8 +7,8 @@ reads from the data (item fields, collate fields, generative prompt and lengths)
 the mode is an option of one task (VQA on ViLT vs on VL-T5), not a second registry.
 
 Nothing here knows a task by name: the generic code (Lightning module, metrics, collate, datamodule, dumps, the
-config's ``loss_names`` keys) asks ``TASKS``. ``settings_from_config`` is the one place the task side reads the flat
-sacred config.
+config's ``loss_names`` keys) asks ``TASKS``. The task side never reads the flat sacred config: ``TaskSettings``
+is built from it once per run (``settings_from_config``, through ``vlpeft.sections``) and passed in.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import nn
 
 from vlpeft._init import init_weights_bert
 from vlpeft._registry import Registry
+from vlpeft.sections import key, options as entry_options, take
 
 Infer = Callable[..., Mapping[str, torch.Tensor]]
 IGNORE_INDEX = -100
@@ -31,23 +32,37 @@ MODES = ("classify", "generate")
 
 
 # ---------------------------------------------------------------------------------------------- settings
+def _int_or(fallback: int) -> Callable[[Any], int]:
+    return lambda v: int(v or fallback)  # 0 / "" read as the fallback, as the originals' ``or`` defaults
+
+
 @dataclass(frozen=True)
 class TaskSettings:
-    """What the tasks read from a run's config, typed, built once (``settings_from_config``).
+    """The tasks' section of a run's config, typed, built once (``settings_from_config``, called by
+    ``vlpeft.config.sections``). Each field reads the flat key of its name (``key(...)``: renamed or converted);
+    the keys' defaults belong to other sections (``shared``): these are the fallbacks of a direct build.
 
     ``options[task]``: that task's own options (its ``Task.option_keys``: label sizes, dump options, …)."""
 
-    head_hidden: int = 0  # classifier inner width; 0 = 2 × hidden
-    max_text_len: int = 40
-    num_beams: int = 1  # generate mode: beam width of validation / test decoding
-    gen_max_length: int = 20  # generate mode: most generated tokens (and the caption target truncation)
-    use_tasks_prompts: bool = True  # generate mode: the originals' textual task prefixes
-    get_recall_metric: bool = False  # retrieval: recall@k over the whole split at epoch end
-    dump_dir: str = ""  # test dumps: the run folder (set by the runner)
-    dump_name: str = ""  # test dumps: <run>_v<version>_<checkpoint>
+    head_hidden: int = key(convert=_int_or(0), default=0, shared=True)  # classifier inner width; 0 = 2 × hidden
+    max_text_len: int = key(convert=_int_or(40), default=40, shared=True)
+    # generate mode: beam width of validation / test decoding
+    num_beams: int = key(convert=_int_or(1), default=1, shared=True)
+    # generate mode: most generated tokens (and the caption target truncation)
+    gen_max_length: int = key(convert=_int_or(20), default=20, shared=True)
+    # generate mode: the originals' textual task prefixes
+    use_tasks_prompts: bool = key(convert=bool, default=True, shared=True)
+    # retrieval: recall@k over the whole split at epoch end
+    get_recall_metric: bool = key(convert=bool, default=False, shared=True)
+    dump_dir: str = key("_dump_dir", convert=str, default="", shared=True)  # test dumps: the run folder (runner)
+    dump_name: str = key("_dump_name", convert=str, default="", shared=True)  # <run>_v<version>_<checkpoint>
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name, fallback in (("head_hidden", 0), ("max_text_len", 40), ("num_beams", 1), ("gen_max_length", 20),
+                               ("dump_dir", ""), ("dump_name", "")):
+            if getattr(self, name) is None:  # a config value None (the sections' reader skips converting it)
+                object.__setattr__(self, name, fallback)
         bad = {k: v for k, v in (("num_beams", self.num_beams), ("gen_max_length", self.gen_max_length))
                if int(v) < 1}
         if bad:
@@ -66,18 +81,16 @@ class TaskSettings:
         return {"num_beams": int(self.num_beams or 1), "max_new_tokens": int(self.gen_max_length or 20)}
 
 
-def settings_from_config(config: Mapping[str, Any]) -> TaskSettings:
-    """The task side's builder from the flat sacred config (the only function of ``vlpeft.tasks`` that reads it)."""
-    options = {name: {opt: config.get(key, default) for opt, (key, default) in TASKS.build(name).option_keys.items()}
-               for name in TASKS.names()}
-    return TaskSettings(head_hidden=int(config.get("head_hidden") or 0),
-                        max_text_len=int(config.get("max_text_len", 40) or 40),
-                        num_beams=int(config.get("num_beams", 1) or 1),
-                        gen_max_length=int(config.get("gen_max_length", 20) or 20),
-                        use_tasks_prompts=bool(config.get("use_tasks_prompts", True)),
-                        get_recall_metric=bool(config.get("get_recall_metric", False)),
-                        dump_dir=str(config.get("_dump_dir") or ""), dump_name=str(config.get("_dump_name") or ""),
-                        options=options)
+def settings_from_config(config: Any) -> TaskSettings:
+    """The tasks' section of a flat config (``vlpeft.config.sections`` builds it once per run; a RunConfig gives
+    its own). The flat keys are read by ``vlpeft.sections`` only: each field from its key, each task's options
+    from its ``option_keys``."""
+    if isinstance(config, TaskSettings):
+        return config
+    if isinstance(getattr(config, "tasks", None), TaskSettings):  # a RunConfig
+        return config.tasks
+    opts = {name: entry_options(TASKS.build(name).option_keys, config) for name in TASKS.names()}
+    return replace(take(TaskSettings, config), options=opts)
 
 
 # ---------------------------------------------------------------------------------------------- shared pieces

@@ -7,14 +7,21 @@ The heads live in one ``nn.ModuleDict`` keyed by those names, so an original che
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from vlpeft._init import init_weights_bert as init_weights
+from vlpeft.sections import key, take
 from vlpeft.tasks._base import (TASK_GATES, active_tasks, all_tasks, build_task_heads, build_tasks, head_names,
                                 lr_mult_heads, settings_from_config)
+
+@dataclass(frozen=True)
+class _Gates:
+    loss_names: Mapping[str, float] = key()  # which tasks are on (their weights gate them)
+
 
 # pre-training heads of original ViLT/METER checkpoints that no task here builds (loaded when built, else reported)
 PRETRAINING_HEADS: tuple[str, ...] = ("itm_score", "mlm_score", "mpp_score")
@@ -39,7 +46,7 @@ def build_heads(config: Mapping[str, Any], hidden_size: int, in_dim: int | None 
     if "loss_names" not in config:
         raise KeyError("build_heads needs config['loss_names'] (a dict task -> gate, e.g. {'vqa': 1})")
     settings = settings_from_config(config)
-    tasks = build_tasks(config["loss_names"], frozenset({"classify", "pair_images", "score_pairs", "itm",
+    tasks = build_tasks(take(_Gates, config).loss_names, frozenset({"classify", "pair_images", "score_pairs", "itm",
                                                          "text_only", "generate"}), "heads", settings, gate)
     if only is not None:
         tasks = [t for t in tasks if t.name in set(only)]

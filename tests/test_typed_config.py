@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -26,7 +27,7 @@ from vlpeft.backbones._settings import VlSeq2SeqSettings  # noqa: E402
 from vlpeft.backbones.vilt import ViltSpec  # noqa: E402
 from vlpeft.backbones.vl_seq2seq import VLSeqConfig  # noqa: E402
 from vlpeft.data.section import DataSection  # noqa: E402
-from vlpeft import runner  # noqa: E402
+from vlpeft import api, runner  # noqa: E402
 from vlpeft.lightning import VLPeftModule  # noqa: E402
 from vlpeft.pet import PRESETS  # noqa: E402
 from vlpeft.search import SEARCHES  # noqa: E402
@@ -190,6 +191,16 @@ def test_vilt_defaults_have_one_source():
         assert f.name not in C.BASE_CONFIG
         assert C.DEFAULTS[f.name] == f.default
     assert ViltSpec.from_config(C.DEFAULTS) == ViltSpec(token_type_rows=2)
+
+
+def test_the_api_reads_a_checkpoints_config_through_the_section_builder():
+    # vlpeft.api on a module loaded from a checkpoint: its saved flat config gives the data section (batch size,
+    # transform, tokenizer, vocabulary files) through vlpeft.config.sections, as the run itself had it
+    saved = {**C.DEFAULTS, "per_gpu_batchsize": 5, "image_size": 96, "data_root": "/somewhere"}
+    rc = api._sections(SimpleNamespace(config=saved))
+    assert isinstance(rc, C.RunConfig)
+    assert (rc.data.per_gpu_batchsize, rc.data.image_size, rc.data.data_root) == (5, 96, "/somewhere")
+    assert api._sections(SimpleNamespace(rc=rc, config={})) is rc  # a built module's own sections
 
 
 # ---------------------------------------------------------------------------------------------- the flat dict

@@ -450,6 +450,7 @@ class BuildSection:
     trainable: str
     loss_names: dict
     draw_false_image: int
+    method: str = key(default="das", shared=True)  # the legacy axes selector (a DVP run asks for a prompt layer)
 
 
 @dataclass(frozen=True)

@@ -333,7 +333,8 @@ class GenerativeDataModule(MTDataModule):
         ts = self.task_settings
         self.collate = self.eval_collate = GenerativeCollator(
             self.tokenizer, self.max_text_len, ts.gen_max_length, task_prompts() if ts.use_tasks_prompts else {})
-        self.readers = self._feature_readers(d.visual_features or "", int(d.n_boxes or 36))
+        self.n_boxes = int(d.n_boxes or 36)
+        self.readers = self._feature_readers(d.visual_features or "", self.n_boxes)
         self._train_loader: MultitaskLoader | None = None
 
     def _feature_readers(self, spec: Any, n_boxes: int) -> dict[str, FeatureReader]:

@@ -32,7 +32,9 @@ class Entry(Generic[T]):
     meta: dict[str, Any] = field(default_factory=dict)
     test: dict[str, Any] | None = None  # tiny options the conformance tests build this entry with
     spec: type | None = None  # the entry's settings dataclass (vlpeft.sections): its fields are the keys it reads
-    flat_builder: bool = False  # the builder still reads the flat dict (its spec declares the keys only)
+    # the builder still reads the flat dict (its spec declares the keys only); no entry does now, and
+    # tests/test_typed_config.py refuses a new one
+    flat_builder: bool = False
 
     def settings(self, config: Any) -> Any:
         """The entry's typed settings from a flat config (already typed settings pass through)."""

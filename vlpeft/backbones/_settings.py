@@ -87,8 +87,7 @@ class MeterSettings:
         return take(cls, config)
 
 
-# --- the other families (the builders of vl_bart and vl_t5 still read the flat dict (their settings declare the keys and defaults: one source;
-# the builders take the settings once their modules are converted) -------------------------------------------------
+# --- the other families: each builder takes its settings (its module checks them) ------------------------------------
 @dataclass(frozen=True)
 class ClipPlmSettings:
     """DVP's CLIP + PLM (``clip_plm.py``, whose ``DVPConfig`` checks these). Defaults: the original DVP base config

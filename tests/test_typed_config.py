@@ -257,7 +257,8 @@ def test_the_flat_dict_is_read_only_by_the_front_end_and_the_section_builders():
 @pytest.mark.parametrize("source", ['def f(config):\n    return config["data_root"]\n',
                                     'def f(c):\n    return c.get("per_gpu_batchsize", 8)\n',
                                     'def f(rc, key):\n    return rc.flat.get(key, 1)\n',
-                                    'class M:\n    def f(self):\n        return self.config["tokenizer"]\n'])
+                                    'class M:\n    def f(self):\n        return self.config["tokenizer"]\n'],
+                         ids=["subscript", "get", "rc.flat by a variable key", "self.config"])
 def test_the_scan_finds_a_new_module_that_reads_the_flat_dict(tmp_path, source):
     # what the test above would report for a module added to vlpeft/ (so it fails for a new reader)
     p = tmp_path / "new_module.py"

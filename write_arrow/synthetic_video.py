@@ -106,7 +106,7 @@ def write_value_synthetic(root: str | Path, *, seed: int = 0, n_train: int = 48)
                 test = base == "test"
                 rows = []
                 for k, v in enumerate(videos[base]):
-                    if spec.task == "tvqa" and (split == "test_release") == (k % 2 == 0):
+                    if spec.task == "tvqa" and test and (split == "test_release") == (k % 2 == 0):
                         continue  # TVQA's two test files split the test videos
                     rows.extend(_rows(spec, rng, v, k + 100_000 * ("train", "val", "test").index(base), test))
                 _write_jsonl(root / "ann" / spec.task / f"{spec.task}_{split}.jsonl", rows)

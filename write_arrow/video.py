@@ -111,13 +111,13 @@ def write_video(task: str, src: str | Path, dst: str | Path, *, progress: bool =
     spec = VIDEO_SETS[task]
     src, dst = Path(src), Path(dst)
     ann = require_dir(src / "ann", "the VALUE 'ann' folder (annotations and subtitles)")
-    feat_dir = require_dir(src / "vis_features" / spec.source / "clip-vit",
-                           f"VALUE CLIP-ViT features of {spec.source} (<vid_name>.npz)")
     files = {s: ann / task / f"{task}_{s}.jsonl" for s in spec.splits}
     present = {s: p for s, p in files.items() if p.is_file()}
     if not present:
         raise WriteArrowError(f"{ann / task}: none of the {task} annotation files found (expected "
                               f"{[p.name for p in files.values()]})")
+    feat_dir = require_dir(src / "vis_features" / spec.source / "clip-vit",
+                           f"VALUE CLIP-ViT features of {spec.source} (<vid_name>.npz)")
     subs = _subtitles(ann / f"{spec.source}_subtitles.jsonl")
     videos = {p.stem: p for p in feat_dir.iterdir() if p.suffix == ".npz"}
     make = _qa_row if spec.kind == "qa" else _caption_row

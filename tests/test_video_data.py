@@ -281,8 +281,8 @@ def test_test_dumps_in_the_originals_formats(tmp_path):
     assert [option_index(a) for a in ("a3", "a", "ab", "b2", "a12")] == [3, 0, 0, 2, 1]
     by_task = {t.name: t for t in _tasks(*VIDEO_TASKS)}
     qa = [{"qid": "12", "answer": "a4"}, {"qid": "7", "answer": "oops"}, {"qid": "12", "answer": "a4"}]
-    cap = [{"qid": "c2", "video_id": "v2", "clip_id": "c2", "ts": "[0.5, 2.0]", "caption": "x"},
-           {"qid": "c1", "video_id": "v1", "clip_id": "c1", "ts": "[1, 3.5]", "caption": "y"}]
+    cap = [{"qid": "c2", "video_id": "v2", "clip_id": "c2", "ts": "[0.5, 2.0]", "desc": "x"},
+           {"qid": "c1", "video_id": "v1", "clip_id": "c1", "ts": "[1, 3.5]", "desc": "y"}]
     paths = write_test_dumps({"tvqa": qa, "how2qa": qa[:1], "tvc": cap, "yc2c": cap}, {}, tmp_path, "run",
                              tasks=by_task)
     assert {t: p.name for t, p in paths.items()} == {

@@ -115,11 +115,12 @@ class VideoCaptionTask(Task):
         return [] if v is None else [(self.score_key, v)]
 
     def predictions(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> list[dict]:
-        """``{qid, video_id, clip_id, ts, caption}`` (``qid``: the description id, or the clip id on test)."""
+        """``{qid, video_id, clip_id, ts, desc}`` (``qid``: the description id, or the clip id on test; ``desc``: the
+        generated description, the originals' name)."""
         gen = out.get(f"{self.name}_generated")
         if gen is None:
             return []
-        return [{"qid": q, "video_id": v, "clip_id": c, "ts": ts, "caption": g}
+        return [{"qid": q, "video_id": v, "clip_id": c, "ts": ts, "desc": g}
                 for q, v, c, ts, g in zip(batch["qid"], batch["video_id"], batch["clip_id"], batch["ts"], gen)]
 
     def write_dump(self, rows: Sequence[Mapping[str, Any]], out_dir: Path, run_name: str, vocab,
@@ -142,7 +143,7 @@ def write_qa_dump(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
 def write_caption_dump(rows: Sequence[Mapping[str, Any]], path: Path, uses_ts: bool) -> Path:
     """One JSON line per sample, ``{"vid_name", "clip_id", "ts" (TVC: the raw value), "descs": [{"desc"}]}``, in
     (clip id, sample id) order; duplicates (sampler padding) must agree."""
-    by_id = _dedupe(((str(r["qid"]), (r["clip_id"], r["video_id"], r.get("ts") or "", str(r["caption"])))
+    by_id = _dedupe(((str(r["qid"]), (r["clip_id"], r["video_id"], r.get("ts") or "", str(r["desc"])))
                      for r in rows), "qid")
     if not by_id:
         raise SubmissionError(f"no caption rows to write to {path}")
@@ -150,11 +151,11 @@ def write_caption_dump(rows: Sequence[Mapping[str, Any]], path: Path, uses_ts: b
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            for _, (clip, vid, ts, caption) in ordered:
+            for _, (clip, vid, ts, desc) in ordered:
                 entry: dict[str, Any] = {"vid_name": vid, "clip_id": clip}
                 if uses_ts:
                     entry["ts"] = json.loads(ts) if ts else None
-                entry["descs"] = [{"desc": caption}]
+                entry["descs"] = [{"desc": desc}]
                 f.write(json.dumps(entry) + "\n")
     return path
 

@@ -362,7 +362,8 @@ class GenerativeDataModule(MTDataModule):
         """``MTDataModule.check_data``, plus the video tables (``<source>_videos.arrow``) the video sets read."""
         super().check_data(stage)
         sources = sorted({VIDEO_DATASETS[k].source for k in self.dataset_keys if k in VIDEO_DATASETS})
-        check_files(self.data_root, [f"{s}_videos" for s in sources], what=f"the frames of datasets {self.dataset_keys}")
+        check_files(self.data_root, [f"{s}_videos" for s in sources],
+                    what=f"the frames of datasets {self.dataset_keys}")
         for s in sources:
             VideoStore(self.data_root, s).rows()  # opens it and checks its columns (milliseconds)
 

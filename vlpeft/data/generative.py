@@ -23,6 +23,9 @@ files ``write_arrow`` writes:
   ``MultitaskLoader``'s schedule: ``roundrobin`` = every batch of every task once per epoch, in a seeded
   shuffled order; ``balanced`` = ``sum(len) // n_tasks`` batches of each task (a task that runs out restarts its
   loader — the original's ``next()`` would end the epoch early).
+- **Video-text** (TVQA, How2QA, TVC, YC2C; ``vlpeft.data.video``): the frames come from the converted
+  ``<source>_videos.arrow`` (resized to ``n_boxes``, zero boxes), never ``visual_features``; the task prefix
+  goes after the text (``Task.input_text``); every task takes ``per_gpu_batchsize`` (``multitask_video.py``).
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from vlpeft.backbones._generative import pad_targets
+from vlpeft.data.arrow import check_files
 from vlpeft.data.collate import IMAGE_KEYS, CollateError, batch_task, collate_images
 from vlpeft.data.datamodule import EpochRandomSampler, MTDataModule
 from vlpeft.data.datasets import CaptionDataset, GQADataset, NLVR2Dataset, VQADataset
 from vlpeft.data.features import FeatureError, FeatureReader, image_id_candidates
 from vlpeft.data.section import DataSection
+from vlpeft.data.video import VIDEO_DATASETS, VideoStore
 from vlpeft.tasks import TASKS, Task, TaskSettings
 
 SAMPLING = ("roundrobin", "balanced")
@@ -187,6 +192,7 @@ class GenF30KDataset(GenCaptionDataset):
 
 GEN_DATASETS: dict[str, type] = {c.key: c for c in (GenVQADataset, GenGQADataset, GenNLVR2Dataset,
                                                       GenCaptionDataset, GenF30KDataset)}
+GEN_DATASETS.update(VIDEO_DATASETS)  # VALUE video-text: frames from their own arrow files (vlpeft.data.video)
 # config datasets → the task its samples train
 DATASET_TASK: dict[str, str] = {k: c.task for k, c in GEN_DATASETS.items()}
 
@@ -207,7 +213,8 @@ class GenerativeCollator:
         t = _task(task)
         batch: dict[str, Any] = {"task": task}
         prompt = self.prompts.get(task, "")
-        enc = self.tokenizer([f"{prompt}{it.get('text', '')}" for it in items], padding="longest", truncation=True,
+        enc = self.tokenizer([t.input_text(str(it.get("text", "")), prompt) for it in items], padding="longest",
+                             truncation=True,
                              max_length=t.text_max_length or self.max_text_len, return_tensors="pt")
         batch["text_ids"], batch["text_masks"] = enc["input_ids"].long(), enc["attention_mask"].long()
 
@@ -334,6 +341,11 @@ class GenerativeDataModule(MTDataModule):
         self.collate = self.eval_collate = GenerativeCollator(
             self.tokenizer, self.max_text_len, ts.gen_max_length, task_prompts() if ts.use_tasks_prompts else {})
         self.n_boxes = int(d.n_boxes or 36)
+        video = [k for k in self.dataset_keys if k in VIDEO_DATASETS]
+        if video and d.visual_features:
+            raise FeatureError(f"datasets {video} read their frames from <source>_videos.arrow (write_arrow "
+                               f"{video[0]}), not from visual_features; unset visual_features "
+                               f"(visual_features='')")
         self.readers = self._feature_readers(d.visual_features or "", self.n_boxes)
         self._train_loader: MultitaskLoader | None = None
 
@@ -356,6 +368,15 @@ class GenerativeDataModule(MTDataModule):
     def dataset_class(self, key: str) -> type:
         return GEN_DATASETS[key]
 
+    def check_data(self, stage: str = "fit") -> None:
+        """``MTDataModule.check_data``, plus the video tables (``<source>_videos.arrow``) the video sets read."""
+        super().check_data(stage)
+        sources = sorted({VIDEO_DATASETS[k].source for k in self.dataset_keys if k in VIDEO_DATASETS})
+        check_files(self.data_root, [f"{s}_videos" for s in sources],
+                    what=f"the frames of datasets {self.dataset_keys}")
+        for s in sources:
+            VideoStore(self.data_root, s).rows()  # opens it and checks its columns (milliseconds)
+
     def uses_features(self, key: str) -> bool:
         return key in self.readers
 
@@ -367,6 +388,9 @@ class GenerativeDataModule(MTDataModule):
             draw_false_text=0, seed=self.seed, features=reader)
         if TASKS.build(GEN_DATASETS[key].task).eval_per_image and split != "train":
             kwargs["image_only"] = True  # one sample per image, all references
+        if key in VIDEO_DATASETS:  # the frames, resized to n_boxes, come from <source>_videos.arrow
+            kwargs.pop("features")
+            kwargs["n_boxes"] = self.n_boxes
         kwargs.update(overrides)
         return self.dataset_class(key)(self.data_root, self.splits[key][split], **kwargs)
 

@@ -86,6 +86,11 @@ VL_BART_VARIANTS = Variants("bart", "transformers.BartConfig", {
                               encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
                               decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
                               activation_dropout=0.0),
+    # the video inputs: subtitles + question + choices up to 600 tokens (+ BART's position offset of 2)
+    "test_vl_bart_video_tiny": dict(vocab_size=30522, d_model=32, encoder_layers=2, decoder_layers=2,
+                                    encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                                    decoder_ffn_dim=64, max_position_embeddings=600, dropout=0.0,
+                                    attention_dropout=0.0, activation_dropout=0.0),
 })
 VL_T5_VARIANTS = Variants("t5", "transformers.T5Config", {
     "t5_base": _T5_BASE,

@@ -22,8 +22,9 @@ tokenizer folder; the ``<extra_id_i>`` / ``<vis_extra_id_i>`` tokens are added a
 originals' RN101 features, 512 video), ``vl_clip_model`` (a ``_clip`` spec: ``image`` pixels → frozen CLIP →
 ``vl_grid``² pooled grid features, cached per ``image_key``), ``vl_pet_init`` (``recipe``: PET modules keep the init
 their preset gave them; ``original``: the original host's rule at attach — BART's ``_init_weights`` N(0, 0.02) / zero
-bias on every Linear and Embedding of the module, T5's PyTorch defaults; spec §1.1). The visual projector follows the
-family's original init.
+bias on every Linear and Embedding of the module, T5's PyTorch defaults; spec §1.1), ``vl_loss_reduction``
+(``token``: ``lm_loss`` is the mean over the batch's target tokens; ``sample``: each sample's mean, then the batch's,
+as the originals' ``train_step``). The visual projector follows the family's original init.
 
 Batch: ``text_ids`` / ``text_masks``; visual input ``vis_feats`` (B, V, F) + ``vis_pos`` (B, V, 4: x1, y1, x2, y2),
 or ``image`` (+ ``image_key`` for the cache), or none (text only: the bare model is then exactly HF's);
@@ -58,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlpeft.backbones._generative import Generative, hold_cache_slot, lm_loss, shift_right
+from vlpeft.backbones._generative import IGNORE_INDEX, Generative, hold_cache_slot, lm_loss, shift_right
 from vlpeft.backbones._plm import _SiteHook, _XCapture
 from vlpeft._protocol import Candidates, LayerPlan, Site
 from vlpeft.backbones._sites import attach_projection, attach_skip, base_policy_params
@@ -100,6 +101,7 @@ VL_T5_VARIANTS = Variants("t5", "transformers.T5Config", {
 })
 VL_VARIANTS: dict[str, Variants] = {"bart": VL_BART_VARIANTS, "t5": VL_T5_VARIANTS}  # vl_config names, per family
 PET_INITS = ("recipe", "original")
+LOSS_REDUCTIONS = ("token", "sample")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class VLSeqConfig:
     vl_clip_model: Any = None
     vl_grid: int = 6
     vl_pet_init: str = "recipe"
+    vl_loss_reduction: str = "token"
     clip_feature_cache: bool = True
     clip_cache_max_items: int = 4096
     clip_cache_dir: str | None = None
@@ -128,6 +131,8 @@ class VLSeqConfig:
                              "config kwargs> (random weights)")
         if c.vl_pet_init not in PET_INITS:
             raise ValueError(f"vl_pet_init={c.vl_pet_init!r} is not one of {PET_INITS}")
+        if c.vl_loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"vl_loss_reduction={c.vl_loss_reduction!r} is not one of {LOSS_REDUCTIONS}")
         if int(c.vis_feat_dim) < 1:
             raise ValueError(f"vis_feat_dim={c.vis_feat_dim} must be the visual feature width (2048 for RN101)")
         return c
@@ -154,6 +159,16 @@ class VisualEmbedding(nn.Module):
         obj = F.embedding(word_table.shape[0] - order - 1, word_table)  # reverse order of the shared table
         img = self.img_order_embedding(torch.zeros_like(order))
         return self.feat_embedding(feats) + self.absolute_vis_pos_embedding(box) + img + obj.to(feats.dtype)
+
+
+def sample_mean_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The VL-T5 trainers' loss: token cross-entropy averaged within each sample (a sample without targets counts
+    0), then over the batch — a short answer weighs as much as a long caption."""
+    keep = (targets != IGNORE_INDEX).to(torch.float32)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 at least (fp64 stays)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                         ignore_index=IGNORE_INDEX, reduction="none").view_as(keep)
+    return ((ce * keep).sum(1) / keep.sum(1).clamp(min=1)).mean()
 
 
 def _bart_init(module: nn.Module) -> None:
@@ -528,7 +543,8 @@ class VLSeq2Seq(Generative):
                                decoder_input_ids=dec_in, use_cache=False)
         feats = {"lm_logits": out.logits}
         if targets is not None:
-            feats["lm_loss"] = lm_loss(out.logits, targets)
+            feats["lm_loss"] = (sample_mean_lm_loss(out.logits, targets) if self.cfg.vl_loss_reduction == "sample"
+                                else lm_loss(out.logits, targets))
         return feats
 
     def generate(self, batch: Mapping[str, Any], plan: LayerPlan, *, num_beams: int = 1,

@@ -6,7 +6,8 @@ Every one trains the four video-text tasks jointly on VL-BART — TVQA and How2Q
 ``a{i}`` generated) and TVC and YC2C (captioning) — with ``--use_tasks_prompts`` (the prefix ``"tvqa: "`` … is
 appended after the text by the video data, not put in front as for images), 64 CLIP-ViT frame features of width
 512 per clip (``--feature ViT --n_boxes 64``; boxes all zero), batch 50 and the image-text scripts' trainer (AdamW
-eps 1e-6, weight decay 0.01 by the VL-T5 no-decay rule, warm-up 0.1 then linear decay, clip 5, fp32, 5 beams).
+eps 1e-6, weight decay 0.01 by the VL-T5 no-decay rule, warm-up 0.1 then linear decay, clip 5, fp32, 5 beams) and
+its loss: each sample's token mean, then the batch mean (``vl_loss_reduction="sample"``, ``video_model.py``).
 
 - ``vladapter_video_<method>``: ``full_finetuning`` (lr 3e-5, every weight), ``single_adapter`` (r = d/8, all LNs),
   ``single_lora`` (r = 128 on q, v; all biases) and ``single_prompt`` (L = 40, mid 800), lr 3e-4 for the three;
@@ -33,7 +34,7 @@ VIDEO_TASKS = ("tvqa", "how2qa", "tvc", "yc2c")
 # what the video scripts change from the image-text trainer: ViT frames (f = 512), 64 boxes, batch 50, inputs up to
 # 600 tokens (the video data's tokenizer.encode(..., max_length=600)), targets up to 20 tokens
 _VIDEO = dict(vis_feat_dim=512, n_boxes=64, batch_size=50, max_text_len=600, gen_max_length=20,
-              use_tasks_prompts=True, visual_features="", vl_clip_model=None)
+              use_tasks_prompts=True, visual_features="", vl_clip_model=None, vl_loss_reduction="sample")
 # VL-Adapter's video scripts: method → lr (the methods' modules as in the image-text table)
 VLA_VIDEO_LR = {"full_finetuning": 3e-5, "single_adapter": 3e-4, "single_lora": 3e-4, "single_prompt": 3e-4}
 VLA_VIDEO_EPOCHS, VLPET_VIDEO_EPOCHS = 7, 20

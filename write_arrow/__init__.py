@@ -12,6 +12,8 @@ from .nlvr2 import write_nlvr2
 from .scienceqa import write_scienceqa, write_scienceqa_synthetic
 from .snli_ve import write_snli_ve
 from .synthetic import write_synthetic
+from .synthetic_video import write_synthetic_video
+from .video import write_how2qa, write_tvc, write_tvqa, write_video, write_yc2c
 from .vqa import write_vqa
 
 __all__ = [
@@ -27,5 +29,11 @@ __all__ = [
     "write_scienceqa_synthetic",
     "write_snli_ve",
     "write_synthetic",
+    "write_synthetic_video",
+    "write_how2qa",
+    "write_tvc",
+    "write_tvqa",
+    "write_video",
+    "write_yc2c",
     "write_vqa",
 ]

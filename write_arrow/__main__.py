@@ -18,11 +18,14 @@ from . import (
     write_scienceqa_synthetic,
     write_snli_ve,
     write_synthetic,
+    write_synthetic_video,
+    write_video,
     write_vqa,
 )
 
 DATASETS = ("vqa", "gqa", "snli_ve", "nlvr2", "f30k", "coco", "boolq", "scienceqa", "synthetic", "boolq_synthetic",
-            "scienceqa_synthetic")
+            "scienceqa_synthetic", "tvqa", "how2qa", "tvc", "yc2c", "synthetic_video")
+VIDEO = ("tvqa", "how2qa", "tvc", "yc2c")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-test", action="store_true", help="vqa: skip the test / test-dev splits")
     p.add_argument("--dicts", help="gqa: OpenVQA dicts.json (default SRC/dicts.json)")
     p.add_argument("--images", type=int, default=400, help="synthetic: number of VQA training images (*_synthetic: training rows)")
+    p.add_argument("--videos", type=int, default=48, help="synthetic_video: training videos per source (tv, how2, yc2)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
@@ -46,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = not args.no_progress
-    if not args.dataset.endswith("synthetic") and not args.src:
+    if not (args.dataset.endswith("synthetic") or args.dataset == "synthetic_video") and not args.src:
         print(f"error: {args.dataset} needs --src RAW_DIR (the raw release; see DATA.md)", file=sys.stderr)
         return 2
     try:
@@ -69,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             written = write_boolq(args.src, args.dst, progress=progress)
         elif args.dataset == "scienceqa":
             written = write_scienceqa(args.src, args.dst, progress=progress)
+        elif args.dataset in VIDEO:
+            written = write_video(args.dataset, args.src, args.dst, progress=progress)
+        elif args.dataset == "synthetic_video":  # --src: where the VALUE-layout folder goes (default DST/value_synthetic)
+            written = write_synthetic_video(args.dst, seed=args.seed, n_train=args.videos, src=args.src,
+                                            progress=progress)
         elif args.dataset == "boolq_synthetic":
             written = write_boolq_synthetic(args.dst, seed=args.seed, n_train=args.images, progress=progress)
         elif args.dataset == "scienceqa_synthetic":

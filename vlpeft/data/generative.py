@@ -36,10 +36,12 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from vlpeft.backbones._generative import pad_targets
+from vlpeft.data.arrow import check_files
 from vlpeft.data.collate import IMAGE_KEYS, CollateError, batch_task, collate_images
 from vlpeft.data.datamodule import EpochRandomSampler, MTDataModule
 from vlpeft.data.datasets import CaptionDataset, GQADataset, NLVR2Dataset, VQADataset
 from vlpeft.data.features import FeatureError, FeatureReader, image_id_candidates
+from vlpeft.data.video import VIDEO_DATASETS, VideoStore
 from vlpeft.tasks import TASKS, Task
 
 SAMPLING = ("roundrobin", "balanced")
@@ -186,6 +188,7 @@ class GenF30KDataset(GenCaptionDataset):
 
 GEN_DATASETS: dict[str, type] = {c.key: c for c in (GenVQADataset, GenGQADataset, GenNLVR2Dataset,
                                                       GenCaptionDataset, GenF30KDataset)}
+GEN_DATASETS.update(VIDEO_DATASETS)  # VALUE video-text: frames from their own arrow files (vlpeft.data.video)
 # config datasets → the task its samples train
 DATASET_TASK: dict[str, str] = {k: c.task for k, c in GEN_DATASETS.items()}
 
@@ -206,7 +209,8 @@ class GenerativeCollator:
         t = _task(task)
         batch: dict[str, Any] = {"task": task}
         prompt = self.prompts.get(task, "")
-        enc = self.tokenizer([f"{prompt}{it.get('text', '')}" for it in items], padding="longest", truncation=True,
+        enc = self.tokenizer([t.input_text(str(it.get("text", "")), prompt) for it in items], padding="longest",
+                             truncation=True,
                              max_length=t.text_max_length or self.max_text_len, return_tensors="pt")
         batch["text_ids"], batch["text_masks"] = enc["input_ids"].long(), enc["attention_mask"].long()
 
@@ -331,7 +335,8 @@ class GenerativeDataModule(MTDataModule):
         ts = self.task_settings
         self.collate = self.eval_collate = GenerativeCollator(
             self.tokenizer, self.max_text_len, ts.gen_max_length, task_prompts() if ts.use_tasks_prompts else {})
-        self.readers = self._feature_readers(c.get("visual_features") or "", int(c.get("n_boxes", 36) or 36))
+        self.n_boxes = int(c.get("n_boxes", 36) or 36)
+        self.readers = self._feature_readers(c.get("visual_features") or "", self.n_boxes)
         self._train_loader: MultitaskLoader | None = None
 
     def _feature_readers(self, spec: Any, n_boxes: int) -> dict[str, FeatureReader]:
@@ -353,6 +358,14 @@ class GenerativeDataModule(MTDataModule):
     def dataset_class(self, key: str) -> type:
         return GEN_DATASETS[key]
 
+    def check_data(self, stage: str = "fit") -> None:
+        """``MTDataModule.check_data``, plus the video tables (``<source>_videos.arrow``) the video sets read."""
+        super().check_data(stage)
+        sources = sorted({VIDEO_DATASETS[k].source for k in self.dataset_keys if k in VIDEO_DATASETS})
+        check_files(self.data_root, [f"{s}_videos" for s in sources], what=f"the frames of datasets {self.dataset_keys}")
+        for s in sources:
+            VideoStore(self.data_root, s).rows()  # opens it and checks its columns (milliseconds)
+
     def uses_features(self, key: str) -> bool:
         return key in self.readers
 
@@ -364,6 +377,9 @@ class GenerativeDataModule(MTDataModule):
             draw_false_text=0, seed=self.seed, features=reader)
         if TASKS.build(GEN_DATASETS[key].task).eval_per_image and split != "train":
             kwargs["image_only"] = True  # one sample per image, all references
+        if key in VIDEO_DATASETS:  # the frames, resized to n_boxes, come from <source>_videos.arrow
+            kwargs.pop("features")
+            kwargs["n_boxes"] = self.n_boxes
         kwargs.update(overrides)
         return self.dataset_class(key)(self.data_root, self.splits[key][split], **kwargs)
 

@@ -22,4 +22,10 @@ SPLITS: dict[str, dict[str, list[str]]] = {
     # BoolQ has no public test labels: val = its dev set, test = the same (LaVIN-DAS evaluates on dev)
     "boolq": {"train": ["boolq_train"], "val": ["boolq_val"], "test": ["boolq_val"]},
     "scienceqa": {"train": ["scienceqa_train"], "val": ["scienceqa_val"], "test": ["scienceqa_test"]},
+    # VALUE video-text (write_arrow tvqa|how2qa|tvc|yc2c): the split names VL-Adapter's multitask_video.py reads
+    "tvqa": {"train": ["tvqa_train"], "val": ["tvqa_val"], "test": ["tvqa_test_public", "tvqa_test_release"]},
+    "how2qa": {"train": ["how2qa_train_release"], "val": ["how2qa_val_release"],
+               "test": ["how2qa_test_public_release"]},
+    "tvc": {"train": ["tvc_train_release"], "val": ["tvc_val_release"], "test": ["tvc_test_release"]},
+    "yc2c": {"train": ["yc2c_train_release"], "val": ["yc2c_val_release"], "test": ["yc2c_test_release"]},
 }

@@ -286,6 +286,11 @@ class Task:
     def score_generated(self, generated: list[str], batch: Mapping[str, Any]) -> dict[str, Any]:
         return {}
 
+    def input_text(self, text: str, prompt: str) -> str:
+        """The generative input of one sample: the task prefix, then the text (VL-Adapter's image tasks); the
+        video tasks put it after the text."""
+        return f"{prompt}{text}"
+
     def owns(self, batch: Mapping[str, Any], n_tasks: int) -> bool:
         """Whether this task computes on ``batch``: in a multi-task generative run a batch is one task's."""
         own = batch.get("task") if isinstance(batch, Mapping) else None

@@ -163,3 +163,48 @@ def test_video_backbone_takes_frames_not_pixels():
     with pytest.raises(ValueError, match="has no feature extractor"):
         bb.encode(dict(text_ids=ids, text_masks=torch.ones_like(ids), image=torch.randn(1, 3, 32, 32)),
                   LayerPlan.of((), None))
+
+
+# --- end to end: the four video tasks jointly through run.py --------------------------------------------------------
+def test_video_single_adapter_trains_then_test_only_writes_the_dumps(sacred, tmp_path_factory, tmp_path,
+                                                                     monkeypatch):
+    """``vladapter_video_single_adapter`` on the tiny video VL-BART and the synthetic video set: one train run on
+    TVQA + How2QA + TVC + YC2C (single-task batches, prefixes after the text, 64 frames), then ``test_only`` from
+    its checkpoint writes the four test dumps in the originals' formats. (Caption scores without Java here: METEOR's
+    JVM costs ~50 s on a loaded CI machine; the scores have their own tests.)"""
+    from vlpeft.tasks import caption_eval
+    from write_arrow.synthetic_video import write_synthetic_video
+
+    monkeypatch.setattr(caption_eval, "java_available", lambda: False)
+    data = tmp_path_factory.mktemp("video_e2e")
+    write_synthetic_video(data, seed=0, n_train=4, progress=False)
+    upd = dict(backbone="test_vl_bart_video", tokenizer="bert-base-uncased", adapter_reduction=4,
+               data_root=str(data), log_dir=str(tmp_path / "result"), per_gpu_batchsize=4, batch_size=4,
+               max_epoch=1, warmup_steps=0, learning_rate=3e-3, num_beams=2, gen_max_length=3, num_gpus=0,
+               num_workers=0)
+    train = sacred("vladapter_video_single_adapter", **upd).result
+    run_dir = Path(train["run_dir"])
+    val = json.loads((run_dir / "metrics.json").read_text())["val"]
+    assert {"tvqa_accuracy", "how2qa_accuracy", "tvc_cider", "yc2c_cider"} <= set(val), sorted(val)
+    test = sacred("vladapter_video_single_adapter",
+                  **dict(upd, test_only=True, load_path=str(run_dir / "checkpoints" / "last.ckpt"))).result
+    out = Path(test["run_dir"])
+    for stem in ("tvqa_test_predictions", "how2qa_test_public_predictions"):
+        qa = json.loads(next(out.glob(f"{stem}*.json")).read_text())
+        assert qa and all(isinstance(k, str) and v in range(10) for k, v in qa.items()), stem  # int(answer[1])
+    for stem in ("tvc_test_predictions", "yc2c_test_predictions"):
+        rows = [json.loads(line) for line in next(out.glob(f"{stem}*.jsonl")).read_text().splitlines()]
+        assert rows and all({"vid_name", "clip_id", "descs"} <= set(r) and isinstance(r["descs"][0]["desc"], str)
+                            for r in rows), stem
+        assert all(("ts" in r) == (stem == "tvc_test_predictions") for r in rows)
+
+
+def test_per_task_modules_are_keyed_by_the_video_tasks():
+    """A per-task recipe under a video config (``--use_tasks_prompts`` runs carry ``batch["task"]``) builds one module
+    copy per video task name, the names the video batches carry."""
+    from vlpeft.pet import PRESETS, inject
+
+    cfg = {**_script("vladapter_video_single_adapter"), "pet": "vl_adapter_multiple", "adapter_reduction": 8}
+    report = inject(BACKBONES.build("test_vl_bart_video"), PRESETS.build(cfg["pet"], cfg))
+    keys = {n.split(".tasks.")[1].split(".")[0] for n in report.param_names() if ".tasks." in n}
+    assert keys == {"tvqa", "how2qa", "tvc", "yc2c"}

@@ -31,9 +31,9 @@ from typing import Any, Callable
 from vlpeft.named_configs.vl_adapter import HOSTS, VLA_METHODS, VLPET_VARIANTS, VLT5_TRAIN
 
 VIDEO_TASKS = ("tvqa", "how2qa", "tvc", "yc2c")
-# what the video scripts change from the image-text trainer: ViT frames (f = 512), 64 boxes, batch 50, inputs up to
-# 600 tokens (the video data's tokenizer.encode(..., max_length=600)), targets up to 20 tokens
-_VIDEO = dict(vis_feat_dim=512, n_boxes=64, batch_size=50, max_text_len=600, gen_max_length=20,
+# what the video scripts change from the image-text trainer: ViT frames (f = 512), 64 boxes, batch 50 (inputs up to
+# 600 tokens and targets up to 20: the video tasks' own limits, as the originals' video data hard-code them)
+_VIDEO = dict(vis_feat_dim=512, n_boxes=64, batch_size=50, gen_max_length=20,
               use_tasks_prompts=True, visual_features="", vl_clip_model=None, vl_loss_reduction="sample")
 # VL-Adapter's video scripts: method → lr (the methods' modules as in the image-text table)
 VLA_VIDEO_LR = {"full_finetuning": 3e-5, "single_adapter": 3e-4, "single_lora": 3e-4, "single_prompt": 3e-4}

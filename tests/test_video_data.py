@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from vlpeft import evaluate
 from vlpeft.data.generative import GenerativeDataModule, MultitaskLoader
 from vlpeft.data.video import TVCDataset, TVQADataset, YC2CDataset, resize_frames
 from vlpeft.tasks import TASKS, TaskSettings
@@ -300,3 +301,26 @@ def test_yc2c_text_has_no_time_span(synth):
     root, _ = synth
     item = _ds(YC2CDataset, root, ["yc2c_val_release"])[0]
     assert item["text"] == "[Subs] Look at this " + item["text"].split("this ")[1] and "[TS]" not in item["text"]
+
+
+# ------------------------------------------------------------------------------------------- official scorers
+def test_evaluate_scores_video_dumps_against_value_annotations(tmp_path, monkeypatch, capsys):
+    ann = tmp_path / "tvqa_val.jsonl"
+    _jsonl(ann, [{"qid": 1, "answer_idx": 2, "show_name": "a"}, {"qid": 2, "answer_idx": 0, "show_name": "a"},
+                 {"qid": 3, "answer_idx": 4, "show_name": "b"}])
+    (tmp_path / "pred.json").write_text(json.dumps({"1": 2, "2": 1, "3": 4}))
+    assert evaluate.main(["tvqa", "--annotations", str(ann), "--predictions", str(tmp_path / "pred.json"),
+                          "--json", str(tmp_path / "r.json")]) == 0
+    got = json.loads((tmp_path / "r.json").read_text())
+    assert got["correct"] == 2 and got["total"] == 3 and got["per_type"] == {"a": 50.0, "b": 100.0}
+    (tmp_path / "bad.json").write_text(json.dumps({"1": "a2"}))
+    assert evaluate.main(["how2qa", "--annotations", str(ann), "--predictions", str(tmp_path / "bad.json")]) == 2
+    assert "expected an option index" in capsys.readouterr().err
+    # captions: one caption per clip against all its descriptions (no Java in this test)
+    monkeypatch.setattr(evaluate, "caption_scores", functools.partial(caption_scores, tokenizer="python",
+                                                                      meteor=False))
+    cap = tmp_path / "tvc_val.jsonl"
+    _jsonl(cap, [{"clip_id": 5, "vid_name": "v", "descs": [{"desc": "a red star moves up"}, {"desc": "it goes up"}]}])
+    _jsonl(tmp_path / "pred.jsonl", [{"vid_name": "v", "clip_id": 5, "descs": [{"desc": "a red star moves up"}]}])
+    r = evaluate.video_caption_scores_files(cap, tmp_path / "pred.jsonl")
+    assert r["total"] == 1 and r["rouge_l"] == pytest.approx(100.0) and r["bleu4"] == pytest.approx(100.0, abs=1e-3)

@@ -80,6 +80,7 @@ from vlpeft.data.normalize import normalize_word, process_digit_article, process
 from vlpeft.tasks.dumps import SubmissionError, fill_vqa_submission
 from vlpeft.tasks import TASKS
 from vlpeft.tasks._base import OfficialScorer
+from vlpeft.tasks.caption_eval import caption_scores
 
 
 __all__ = [
@@ -91,6 +92,9 @@ __all__ = [
     "official_round",
     "snli_ve_accuracy",
     "snli_ve_accuracy_files",
+    "video_caption_scores_files",
+    "video_qa_accuracy",
+    "video_qa_accuracy_files",
     "vqa_accuracy",
     "vqa_accuracy_files",
     "vqa_proxy_accuracy",
@@ -583,6 +587,76 @@ def nlvr2_accuracy_files(annotations: str | Path | None, predictions: str | Path
                       "the official NLVR2 JSON lines (identifier, sentence, label)", only_predicted)
 
 
+# ---------------------------------------------------------------------------------------------- VALUE video-text
+VIDEO_QA_ANNOTATIONS = ("VALUE QA JSON lines with answers (qid, answer_idx[, show_name]), e.g. "
+                        "ann/tvqa/tvqa_val.jsonl or ann/how2qa/how2qa_val_release.jsonl")
+VIDEO_QA_PREDICTIONS = "a JSON object {question_id: option index} (tvqa_test_predictions*.json)"
+VIDEO_CAPTION_ANNOTATIONS = ("VALUE caption JSON lines with descriptions (clip_id, descs: [{desc}]), e.g. "
+                             "ann/tvc/tvc_val_release.jsonl")
+VIDEO_CAPTION_PREDICTIONS = "JSON lines {vid_name, clip_id, descs: [{desc}]} (tvc_test_predictions*.jsonl)"
+
+
+def video_qa_accuracy(annotations: Sequence[Mapping[str, Any]], predictions: Any, *, only_predicted: bool = False,
+                      sources: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """TVQA / How2QA accuracy (percent) of a ``{qid: option index}`` dump: the predicted index equals
+    ``answer_idx`` (the original ``TVQAEvaluator`` compares ``"a<k>"`` strings: the same test), overall and per
+    ``show_name`` (its per-type accuracies; How2QA has one type)."""
+    src = dict(sources or {})
+    asrc, psrc = src.get("annotations"), src.get("predictions")
+    if not isinstance(predictions, Mapping):
+        raise EvaluationError(f"{_where(psrc)}the top level is a {type(predictions).__name__}; expected "
+                              f"{VIDEO_QA_PREDICTIONS}")
+    gold: dict[str, int] = {}
+    kind: dict[str, str] = {}
+    for i, a in enumerate(annotations):
+        _require(a, ["qid", "answer_idx"], asrc, f"record {i}")
+        gold[str(a["qid"])] = int(a["answer_idx"])
+        kind[str(a["qid"])] = str(a.get("show_name", "all"))
+    keyed = []
+    for k, v in predictions.items():
+        if not _is_int(v):
+            raise EvaluationError(f"{_where(psrc)}question {k!r} has {v!r}; expected an option index (int)")
+        keyed.append((str(k), int(v)))
+    result = _joined_accuracy(gold, keyed, "qid", psrc, only_predicted)
+    preds = dict(keyed)
+    per: dict[str, list[int]] = {}
+    for q in (q for q in gold if q in preds or not only_predicted):
+        per.setdefault(kind[q], []).append(int(preds.get(q) == gold[q]))
+    result["per_type"] = {t: 100 * sum(v) / len(v) for t, v in sorted(per.items())}
+    return result
+
+
+def video_qa_accuracy_files(annotations: str | Path, predictions: str | Path, *,
+                            only_predicted: bool = False) -> dict[str, Any]:
+    return video_qa_accuracy(load_records(annotations, VIDEO_QA_ANNOTATIONS),
+                             load_json_file(predictions, VIDEO_QA_PREDICTIONS), only_predicted=only_predicted,
+                             sources={"annotations": str(annotations), "predictions": str(predictions)})
+
+
+def video_caption_scores_files(annotations: str | Path, predictions: str | Path, *,
+                               only_predicted: bool = False) -> dict[str, Any]:
+    """TVC / YC2C caption scores (CIDEr-D, BLEU-4, ROUGE-L, METEOR with Java; ×100) of a dump, one caption per clip
+    against every description of that clip in ``annotations`` (the clip-level protocol of a VALUE submission;
+    training-time validation scores one sample per description instead, as the originals)."""
+    anns = load_records(annotations, VIDEO_CAPTION_ANNOTATIONS)
+    rows = load_records(predictions, VIDEO_CAPTION_PREDICTIONS)
+    refs: dict[str, list[str]] = {}
+    for i, a in enumerate(anns):
+        _require(a, ["clip_id", "descs"], str(annotations), f"record {i}")
+        refs[str(a["clip_id"])] = [str(d["desc"]) for d in a["descs"]]
+    keyed = []
+    for i, r in enumerate(rows):
+        _require(r, ["clip_id", "descs"], str(predictions), f"line {i + 1}")
+        if not r["descs"] or "desc" not in r["descs"][0]:
+            raise EvaluationError(f"{predictions}: line {i + 1} has no descs[0].desc; expected "
+                                  f"{VIDEO_CAPTION_PREDICTIONS}")
+        keyed.append((str(r["clip_id"]), str(r["descs"][0]["desc"])))
+    preds = _dedupe(keyed, "clip_id", str(predictions))
+    ids = _coverage(preds, refs, "clip_id", str(predictions), only_predicted)
+    scores = caption_scores({k: refs[k] for k in ids}, {k: preds[k] for k in ids})
+    return {**{k: 100 * v for k, v in scores.items()}, "total": len(ids)}
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def official_scorers() -> dict[str, OfficialScorer]:
     """The tasks that declare an official scorer (``Task.official``), in registration order."""
@@ -618,8 +692,13 @@ def _print_result(task: str, result: Mapping[str, Any]) -> None:
         print("Per Question Type Accuracy is the following:")
         for k in sorted(result["perQuestionType"]):
             print(f"  {k} : {result['perQuestionType'][k]:.2f}")
+    elif "accuracy" not in result:  # caption scores
+        print(f"{task} ({result['total']} clips): " + ", ".join(f"{k} {v:.2f}" for k, v in result.items()
+                                                             if k != "total"))
     else:
         print(f"{task} accuracy: {result['accuracy']:.2f}% ({result['correct']}/{result['total']})")
+        for t, v in (result.get("per_type") or {}).items():
+            print(f"  {t} : {v:.2f}")
 
 
 def _fill(args: argparse.Namespace) -> int:

@@ -26,12 +26,20 @@ import torch
 from torch import nn
 
 from vlpeft._io import atomic_path, write_json_atomic
-from vlpeft.tasks._base import Task, value_of
+from vlpeft.tasks._base import OfficialScorer, Task, value_of
 from vlpeft.tasks.dumps import SubmissionError, _dedupe, _sort_key
 from vlpeft.tasks.metrics import CaptionScores, Scalar, Scores
 
 TEXT_MAX_LENGTH = 600  # video/*_data.py: tokenizer.encode(f"{sent} {prompt}", max_length=600, truncation=True)
 TARGET_MAX_LENGTH = 20  # and encode(answer, max_length=20, truncation=True), captions included
+
+# ``python -m vlpeft.evaluate <task>``: a dump scored against the VALUE annotations of a split with answers (val);
+# the test splits are scored by the VALUE server
+QA_SCORER = OfficialScorer("TVQA / How2QA accuracy of a {question_id: option} dump", "video_qa_accuracy_files", (
+    ("--annotations", True, "VALUE QA JSON lines with answer_idx, e.g. ann/tvqa/tvqa_val.jsonl"),))
+CAPTION_SCORER = OfficialScorer("TVC / YC2C caption scores of a JSON-lines dump (one caption per clip)",
+                                "video_caption_scores_files", (
+    ("--annotations", True, "VALUE caption JSON lines with descs, e.g. ann/tvc/tvc_val_release.jsonl"),))
 
 
 def qa_correct(generated: Sequence[str], answers: Sequence[str | None]) -> list[float]:
@@ -160,5 +168,5 @@ def write_caption_dump(rows: Sequence[Mapping[str, Any]], path: Path, uses_ts: b
     return path
 
 
-__all__ = ["TARGET_MAX_LENGTH", "TEXT_MAX_LENGTH", "VideoCaptionTask", "VideoQATask", "dump_name", "option_index",
+__all__ = ["CAPTION_SCORER", "QA_SCORER", "TARGET_MAX_LENGTH", "TEXT_MAX_LENGTH", "VideoCaptionTask", "VideoQATask", "dump_name", "option_index",
            "qa_correct", "write_caption_dump", "write_qa_dump"]

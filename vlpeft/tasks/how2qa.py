@@ -5,7 +5,7 @@ exact match; the test dump ``how2qa_test_public_predictions_<run>.json`` (``{que
 from __future__ import annotations
 
 from vlpeft.tasks._base import register_task
-from vlpeft.tasks._video import VideoQATask
+from vlpeft.tasks._video import QA_SCORER, VideoQATask
 
 
 @register_task
@@ -16,6 +16,7 @@ class How2QATask(VideoQATask):
     name = "how2qa"
     prompt = "how2qa: "
     score_key = "how2qa_accuracy"
+    official = QA_SCORER
     dump_file = "how2qa_test_public_predictions.json"
 
 

@@ -5,7 +5,7 @@ METEOR, ROUGE-L (``tvc_cider`` …); the test dump ``tvc_test_predictions_<run>.
 from __future__ import annotations
 
 from vlpeft.tasks._base import register_task
-from vlpeft.tasks._video import VideoCaptionTask
+from vlpeft.tasks._video import CAPTION_SCORER, VideoCaptionTask
 
 
 @register_task
@@ -16,6 +16,7 @@ class TVCTask(VideoCaptionTask):
     name = "tvc"
     prompt = "tvc: "
     score_key = "tvc_cider"
+    official = CAPTION_SCORER
     dump_file = "tvc_test_predictions.jsonl"
 
 

@@ -4,7 +4,7 @@ match; the test dump ``tvqa_test_predictions_<run>.json`` (``{question_id: k}``)
 from __future__ import annotations
 
 from vlpeft.tasks._base import register_task
-from vlpeft.tasks._video import VideoQATask
+from vlpeft.tasks._video import QA_SCORER, VideoQATask
 
 
 @register_task
@@ -15,6 +15,7 @@ class TVQATask(VideoQATask):
     name = "tvqa"
     prompt = "tvqa: "
     score_key = "tvqa_accuracy"
+    official = QA_SCORER
     dump_file = "tvqa_test_predictions.json"
 
 

@@ -5,7 +5,7 @@ ROUGE-L (``yc2c_cider`` …); the test dump ``yc2c_test_predictions_<run>.jsonl`
 from __future__ import annotations
 
 from vlpeft.tasks._base import register_task
-from vlpeft.tasks._video import VideoCaptionTask
+from vlpeft.tasks._video import CAPTION_SCORER, VideoCaptionTask
 
 
 @register_task
@@ -17,6 +17,7 @@ class YC2CTask(VideoCaptionTask):
     prompt = "yc2c: "
     score_key = "yc2c_cider"
     uses_ts = False
+    official = CAPTION_SCORER
     dump_file = "yc2c_test_predictions.jsonl"
 
 

@@ -1,11 +1,13 @@
 """Video-text on VL-BART (issue 19 items 3, parity): the named configs of the 8 released video scripts, and our video
-forward against VL-Adapter's ``VLBartVideo`` on identical, non-init weights in fp64.
+forward against the originals' ``VLBartVideo`` (VL-Adapter's, and VL-PET's for its four variants) on identical,
+non-init weights in fp64.
 
-Parity: ``fixtures/vl_adapter_video_reference.json`` holds what the original computed (its parameter names and
-shapes, then per config the first 16 logits of every position, each position's log-sum-exp over the vocabulary, the
-train-step loss and greedy / 3-beam ids) on a tiny BART (d = 32, 2 + 2 layers, vocabulary 300) with the video
-projector (f = 512) and 64 frames with zero boxes, its flags those of the scripts (``--feature ViT --n_boxes 64
---downsample --use_tasks_prompts``; LoRA r = 4 and prompt mid 16 for the tiny width). Every weight there is
+Parity: ``fixtures/video_reference.json`` holds what the originals computed (their parameter names and shapes, then
+per config the first 16 logits of every position, each position's log-sum-exp over the vocabulary, the train-step
+loss and greedy / 3-beam ids) on a tiny BART (d = 32, 2 + 2 layers, vocabulary 300) with the video projector
+(f = 512) and 64 frames with zero boxes, their flags those of the scripts (``--feature ViT --n_boxes 64 --downsample
+--use_tasks_prompts`` and each method's; for the tiny width LoRA r = 4, prompt mid 16, VL-PET R = r_g = RD = 8 with
+4 heads). Every weight there is
 ``0.1·N(0, 1)`` drawn from a generator seeded with the CRC-32 of the original's parameter name (norm weights
 ``1 + 0.1·N``): the test draws the same numbers, loads them through our released-checkpoint importer (backbone, visual
 projector and PET modules), and runs our model on the same inputs.
@@ -27,13 +29,14 @@ from vlpeft.config import DEFAULTS, NAMED_CONFIGS
 from vlpeft.named_configs.video import VIDEO_CONFIGS
 from vlpeft.pet.import_released import import_released
 
-REF = json.loads((Path(__file__).parent / "fixtures" / "vl_adapter_video_reference.json").read_text())
+REF = json.loads((Path(__file__).parent / "fixtures" / "video_reference.json").read_text())
 TINY = dict(vocab_size=300, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
             activation_function="gelu", scale_embedding=False, pad_token_id=1, bos_token_id=0, eos_token_id=2,
             decoder_start_token_id=2, forced_bos_token_id=None, forced_eos_token_id=2, dropout=0.0,
             attention_dropout=0.0, activation_dropout=0.0)
-TINY_WIDTHS = dict(lora_r=4, prompt_mid=16)  # the scripts' r = 128 / mid 800 are for d = 768
+# the scripts' LoRA r = 128, prompt mid 800 and VL-PET R = r_g = RD = 96 are for d = 768
+TINY_WIDTHS = dict(lora_r=4, prompt_mid=16, vl_pet_down_dim=8, vl_pet_vpa_dim=8)
 PAD, EOS = 1, 2
 
 
@@ -97,6 +100,8 @@ def video_models():
     out = {}
     for name, case in REF["cases"].items():
         cfg = {**_script(name), **TINY_WIDTHS}
+        if cfg["vl_pet_gate_dim"]:  # VL-PET-large's low-rank gate
+            cfg["vl_pet_gate_dim"] = 8
         torch.manual_seed(0)
         bb = BACKBONES.build("vl_bart", dict(cfg, vl_config=TINY, vl_model="", tokenizer=None, vl_vocab_size=None))
         report, _ = _inject(bb, cfg, None)
@@ -111,7 +116,7 @@ def video_models():
 
 
 @pytest.mark.parametrize("name", sorted(REF["cases"]))
-def test_forward_equals_vl_adapter_video(video_models, name):
+def test_forward_equals_the_originals_video_forward(video_models, name):
     case, bb = REF["cases"][name], video_models[name]
     batch, plan = _inputs(), LayerPlan.of((), None)
     with torch.no_grad():
@@ -129,8 +134,9 @@ def test_forward_equals_vl_adapter_video(video_models, name):
     assert abs(float(token_mean) - case["loss"]) > 1e-4  # the two reductions differ on this batch
 
 
-@pytest.mark.parametrize("name", ["vladapter_video_single_adapter", "vladapter_video_single_prompt"])
-def test_generate_equals_vl_adapter_video(video_models, name):
+@pytest.mark.parametrize("name", ["vladapter_video_single_adapter", "vladapter_video_single_prompt",
+                                  "vlpet_large_video"])
+def test_generate_equals_the_originals(video_models, name):
     """3-beam ids (the scripts decode with 5 beams) equal the original's, forced EOS at the length limit included.
     Greedy: transformers 4.2.1's greedy search did not force BART's EOS at the last position, today's does: the
     ids agree up to that position."""

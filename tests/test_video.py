@@ -147,11 +147,16 @@ def test_generate_equals_the_originals(video_models, name):
     assert [row[:-1] for row in greedy] == [row[:-1] for row in ref] and all(row[-1] == EOS for row in greedy)
 
 
-def test_sample_reduction_is_an_option_and_checked():
+def test_sample_reduction_is_an_option_checked_before_a_model_is_built(tmp_path):
     from vlpeft.backbones.vl_seq2seq import VLSeqConfig
+    from vlpeft.config import ConfigError, validate_config
 
     with pytest.raises(ValueError, match="vl_loss_reduction='mean' is not one of"):
         VLSeqConfig.from_config(dict(vl_config="test_vl_bart_tiny", vl_loss_reduction="mean"))
+    cfg = {**_script("vladapter_video_single_adapter"), "backbone": "test_vl_bart_video", "data_root": str(tmp_path)}
+    validate_config(cfg)
+    with pytest.raises(ConfigError, match=r"vl_loss_reduction='mean' is not one of \('token', 'sample'\)"):
+        validate_config({**cfg, "vl_loss_reduction": "mean"})
     assert DEFAULTS["vl_loss_reduction"] == "token"  # the image-text configs keep the token mean
 
 

@@ -129,13 +129,19 @@ class VLSeqConfig:
             raise ValueError("VL-BART/T5 needs vl_model=<local HF folder with the pretrained weights> or "
                              f"vl_config=<one of {sorted(n for t in VL_VARIANTS.values() for n in t)} or a dict of "
                              "config kwargs> (random weights)")
-        if c.vl_pet_init not in PET_INITS:
-            raise ValueError(f"vl_pet_init={c.vl_pet_init!r} is not one of {PET_INITS}")
-        if c.vl_loss_reduction not in LOSS_REDUCTIONS:
-            raise ValueError(f"vl_loss_reduction={c.vl_loss_reduction!r} is not one of {LOSS_REDUCTIONS}")
+        check_choices(config)
         if int(c.vis_feat_dim) < 1:
             raise ValueError(f"vis_feat_dim={c.vis_feat_dim} must be the visual feature width (2048 for RN101)")
         return c
+
+
+def check_choices(config: Mapping[str, Any]) -> None:
+    """The keys with a fixed set of values (config validation runs this before a model is built)."""
+    for key, choices, default in (("vl_pet_init", PET_INITS, "recipe"),
+                                  ("vl_loss_reduction", LOSS_REDUCTIONS, "token")):
+        value = config.get(key)
+        if value is not None and value not in choices:
+            raise ValueError(f"{key}={value!r} is not one of {choices} (default {default!r})")
 
 
 # --- the visual projector ------------------------------------------------------------------------------------------
@@ -809,4 +815,4 @@ def build_vl_seq2seq(config: Mapping[str, Any], family: str) -> VLSeq2Seq:
 
 
 __all__ = ["FAMILY_CLASSES", "VLBart", "VLSeq2Seq", "VLSeqConfig", "VLT5", "VL_BART_VARIANTS", "VL_T5_VARIANTS",
-           "VL_VARIANTS", "VisualEmbedding", "build_vl_seq2seq"]
+           "VL_VARIANTS", "VisualEmbedding", "build_vl_seq2seq", "check_choices", "sample_mean_lm_loss"]

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from vlpeft import evaluate
+from vlpeft.data.features import FeatureError
 from vlpeft.data.generative import GenerativeDataModule, MultitaskLoader
 from vlpeft.data.video import TVCDataset, TVQADataset, YC2CDataset, resize_frames
 from vlpeft.tasks import TASKS, TaskSettings
@@ -202,6 +203,8 @@ def test_four_task_schedule_and_batches(synth):
     assert seen == {t: 6 for t in VIDEO_TASKS}
     bal = MultitaskLoader(loader.loaders, "balanced", seed=0)
     assert Counter(b["task"] for b in bal) == {t: 6 for t in VIDEO_TASKS}  # sum // n_tasks each
+    with pytest.raises(FeatureError, match=r"read their frames from <source>_videos.arrow .* unset visual_features"):
+        GenerativeDataModule(config(root, ["tvqa"], visual_features="features/"))
     tests = {b["task"]: b for b in dm.test_dataloader()}
     assert set(tests) == set(VIDEO_TASKS) and all("target_ids" not in b for b in tests.values())
 

@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             written = write_scienceqa(args.src, args.dst, progress=progress)
         elif args.dataset in VIDEO:
             written = write_video(args.dataset, args.src, args.dst, progress=progress)
-        elif args.dataset == "synthetic_video":  # --src: where the VALUE-layout folder goes (default DST/value_synthetic)
+        elif args.dataset == "synthetic_video":  # --src: where its VALUE-layout folder goes (DST/value_synthetic)
             written = write_synthetic_video(args.dst, seed=args.seed, n_train=args.videos, src=args.src,
                                             progress=progress)
         elif args.dataset == "boolq_synthetic":

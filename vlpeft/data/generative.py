@@ -23,6 +23,9 @@ files ``write_arrow`` writes:
   ``MultitaskLoader``'s schedule: ``roundrobin`` = every batch of every task once per epoch, in a seeded
   shuffled order; ``balanced`` = ``sum(len) // n_tasks`` batches of each task (a task that runs out restarts its
   loader — the original's ``next()`` would end the epoch early).
+- **Video-text** (TVQA, How2QA, TVC, YC2C; ``vlpeft.data.video``): the frames come from the converted
+  ``<source>_videos.arrow`` (resized to ``n_boxes``, zero boxes), never ``visual_features``; the task prefix
+  goes after the text (``Task.input_text``); every task takes ``per_gpu_batchsize`` (``multitask_video.py``).
 """
 
 from __future__ import annotations
@@ -336,6 +339,11 @@ class GenerativeDataModule(MTDataModule):
         self.collate = self.eval_collate = GenerativeCollator(
             self.tokenizer, self.max_text_len, ts.gen_max_length, task_prompts() if ts.use_tasks_prompts else {})
         self.n_boxes = int(c.get("n_boxes", 36) or 36)
+        video = [k for k in self.dataset_keys if k in VIDEO_DATASETS]
+        if video and c.get("visual_features"):
+            raise FeatureError(f"datasets {video} read their frames from <source>_videos.arrow (write_arrow "
+                               f"{video[0]}), not from visual_features; unset visual_features "
+                               f"(visual_features='')")
         self.readers = self._feature_readers(c.get("visual_features") or "", self.n_boxes)
         self._train_loader: MultitaskLoader | None = None
 
@@ -362,7 +370,8 @@ class GenerativeDataModule(MTDataModule):
         """``MTDataModule.check_data``, plus the video tables (``<source>_videos.arrow``) the video sets read."""
         super().check_data(stage)
         sources = sorted({VIDEO_DATASETS[k].source for k in self.dataset_keys if k in VIDEO_DATASETS})
-        check_files(self.data_root, [f"{s}_videos" for s in sources], what=f"the frames of datasets {self.dataset_keys}")
+        check_files(self.data_root, [f"{s}_videos" for s in sources],
+                    what=f"the frames of datasets {self.dataset_keys}")
         for s in sources:
             VideoStore(self.data_root, s).rows()  # opens it and checks its columns (milliseconds)
 

@@ -168,5 +168,6 @@ def write_caption_dump(rows: Sequence[Mapping[str, Any]], path: Path, uses_ts: b
     return path
 
 
-__all__ = ["CAPTION_SCORER", "QA_SCORER", "TARGET_MAX_LENGTH", "TEXT_MAX_LENGTH", "VideoCaptionTask", "VideoQATask", "dump_name", "option_index",
+__all__ = ["CAPTION_SCORER", "QA_SCORER", "TARGET_MAX_LENGTH", "TEXT_MAX_LENGTH", "VideoCaptionTask", "VideoQATask",
+           "dump_name", "option_index",
            "qa_correct", "write_caption_dump", "write_qa_dump"]

@@ -23,6 +23,9 @@ def backbone_batch(bb, B: int = 2, L: int = 6) -> dict:
     ids = torch.randint(5, 90, (B, L), generator=g)
     masks = torch.ones(B, L, dtype=torch.long)
     masks[1, -2:] = 0
+    if getattr(bb, "extractor", False) is None:  # features in the batch (VL-BART video: frames, zero boxes)
+        return {"text_ids": ids, "text_masks": masks, "vis_pos": torch.zeros(B, 8, 4),
+                "vis_feats": torch.randn(B, 8, int(bb.cfg.vis_feat_dim), generator=g)}
     return {"text_ids": ids, "text_masks": masks, "image": torch.randn(B, 3, size, size, generator=g),
             "image_mask": torch.ones(B, size, size, dtype=torch.bool), "image_sizes": [(size, size)] * B}
 

@@ -107,3 +107,40 @@ def test_table9_compacter_with_gates(granularity, trainable, total, reported):
     """VL-PET Table 9 "Compacter + G + LW" through its presets (the decoder value adapter is a compacter)."""
     t, a = _build(BART, 2048, f"vl_pet_compacter_{granularity}")
     assert (t, a) == (trainable, total) and abs(100.0 * t / a - reported) <= 0.005
+
+
+# --- §6.4 from the video named configs (issue 19 item 3): the scripts' flags → our keys → these exact counts ---
+VIDEO_NAMED = {
+    "vladapter_video_single_adapter": (4_901_952, 144_426_816, 3.39),
+    "vladapter_video_single_lora": (7_607_040, 147_055_104, None),
+    "vladapter_video_single_prompt": (1_664_288, 141_238_304, None),
+    "vladapter_video_full_finetuning": (139_574_016 + 403_200, 139_574_016 + 403_200, None),
+    "vlpet_large_video": (4_872_768, 144_426_816, None),
+    "vlpet_small_video": (3_111_372, 142_665_420, None),
+    "vlpet_middle_x_video": (3_102_156, 142_656_204, None),
+    "vlpet_middle_y_video": (3_102_144, 142_656_192, None),
+}
+
+
+def test_every_video_config_has_a_count():
+    from vlpeft.named_configs.video import VIDEO_CONFIGS
+
+    assert sorted(VIDEO_NAMED) == sorted(VIDEO_CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(VIDEO_NAMED))
+def test_video_named_config_counts(name):
+    from vlpeft.build import _inject
+    from vlpeft.config import DEFAULTS, NAMED_CONFIGS
+
+    cfg = dict(DEFAULTS, **NAMED_CONFIGS[name])
+    assert cfg["vis_feat_dim"] == 512 and cfg["n_boxes"] == 64
+    with torch.device("meta"):  # the config's own host and projector width; only the weights are left out
+        bb = BACKBONES.build(cfg["backbone"], dict(cfg, vl_config="bart_base", vl_model="", vl_vocab_size=50465,
+                                                   tokenizer=None))
+        _inject(bb, cfg, None)
+    t, a = count_parameters(bb)
+    trainable, total, reported = VIDEO_NAMED[name]
+    assert (t, a) == (trainable, total)
+    if reported is not None:
+        assert abs(100.0 * t / a - reported) <= 0.005

@@ -36,8 +36,9 @@ REFUSED = {(m, "dvp_adapter") for m in METERS} | {
     ("test_vilt", "dvp_adapter"), ("test_clip_llama", "vl_pet_large"),
     ("test_vit_gpt2", "dvp_adapter"), ("test_vit_roberta", "dvp_adapter"),  # DVP's adapters: BERT / T5 / LLaMA only
     ("test_vit_gpt2", "vl_pet_large"),  # GPT-2 is a decoder without cross-attention: no VL-PET site
-    ("test_vl_bart", "dvp_adapter"), ("test_plm_llama", "vl_pet_large")}
-DECODER_XATTN = {"test_clip_t5", "test_plm_t5", "test_vl_bart", "test_vl_t5"}  # backbones with decoder cross-attention
+    ("test_vl_bart", "dvp_adapter"), ("test_vl_bart_video", "dvp_adapter"), ("test_plm_llama", "vl_pet_large")}
+# backbones with decoder cross-attention
+DECODER_XATTN = {"test_clip_t5", "test_plm_t5", "test_vl_bart", "test_vl_bart_video", "test_vl_t5"}
 IDENTITY = {"none", "bitfit", "lora", "ia3"}  # B = 0, ones, no modules: exactly the bare backbone at init
 NOT_IDENTITY = {"vl_adapter", "compacter", "vl_pet_large"}  # legacy_bart N(0, 0.02), PHM C ~ N(0, 0.01), G ≈ 0.5
 

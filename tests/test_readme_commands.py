@@ -371,7 +371,8 @@ def test_the_paper_table_says_where_each_weight_is_published():
 
 def test_every_named_config_of_the_paper_table_resolves(resolved):
     names = _table_named_configs()
-    assert {"das_search", "dvp_adaption_llama_snli_ve", "vlpet_middle_y_t5", "routing_vit_gpt2_lora"} <= set(names)
+    assert {"das_search", "dvp_adaption_llama_snli_ve", "vlpet_middle_y_t5", "routing_vit_gpt2_lora",
+            "vladapter_video_single_prompt", "vlpet_large_video"} <= set(names)
     bad = [n for n in names if _result(resolved, ["run.py", "print_config", "with", n])["code"] != 0]
     assert not bad, f"paper table: named configs that do not resolve: {bad}"
 

@@ -123,6 +123,11 @@ TEST_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     # bert-base-uncased vocabulary (offline) + 200 added tokens; images through the tiny CLIP, 2 × 2 grid features
     "test_vl_bart": ("vl_bart", dict(vl_config="test_vl_bart_tiny", vl_model="", tokenizer="bert-base-uncased",
                                      vis_feat_dim=32, vl_clip_model="test_clip_tiny", vl_grid=2, vl_vocab_size=None)),
+    # video-text (issue 19): the originals' CLIP-ViT frame features (f = 512) come in the batch, no extractor; 600
+    # text positions (the video inputs' length)
+    "test_vl_bart_video": ("vl_bart", dict(vl_config="test_vl_bart_video_tiny", vl_model="",
+                                           tokenizer="bert-base-uncased", vis_feat_dim=512, vl_clip_model=None,
+                                           vl_vocab_size=None)),
     "test_vl_t5": ("vl_t5", dict(vl_config="test_vl_t5_tiny", vl_model="", tokenizer="bert-base-uncased",
                                  vis_feat_dim=32, vl_clip_model="test_clip_tiny", vl_grid=2, vl_vocab_size=None)),
     "test_plm_bert": ("plm", dict(language_model="BERT", plm_config="test_bert_tiny_bertvocab")),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from vlpeft.backbones._folders import FolderKeys, check_family, precheck_load_path
-from vlpeft.backbones.vl_seq2seq import _vl_tokenizer, check_vocabulary, model_cfg_vocab
+from vlpeft.backbones.vl_seq2seq import _vl_tokenizer, check_choices, check_vocabulary, model_cfg_vocab
 from vlpeft.data.tokenizer import resolve_model_path
 from vlpeft.sections import take
 
@@ -21,6 +21,8 @@ def precheck(family: str, config: FolderKeys | Mapping[str, Any]) -> None:
     builders run them again, for direct builds). Families without pretrained folders pass."""
     k = take(FolderKeys, config)
     precheck_load_path(family, k)
+    if family in ("vl_bart", "vl_t5") and isinstance(config, Mapping):
+        check_choices(config)
 
     def folder(name: str) -> Path | None:
         v = getattr(k, name)

@@ -160,6 +160,9 @@ class VlSeq2SeqSettings:
     vl_clip_model: str | None = None
     vl_grid: int = 6
     vl_pet_init: str = "recipe"
+    # "token": mean over the batch's target tokens; "sample": each sample's token mean, then the batch mean (the
+    # VL-T5 trainers' train_step, e.g. VL-Adapter's video_model.py)
+    vl_loss_reduction: str = "token"
     tokenizer: str | None = key(default=None, shared=True)
     clip_feature_cache: bool = key(default=True, shared=True)
     clip_cache_max_items: int = key(default=4096, shared=True)

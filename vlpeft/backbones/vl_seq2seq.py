@@ -22,8 +22,9 @@ tokenizer folder; the ``<extra_id_i>`` / ``<vis_extra_id_i>`` tokens are added a
 originals' RN101 features, 512 video), ``vl_clip_model`` (a ``_clip`` spec: ``image`` pixels → frozen CLIP →
 ``vl_grid``² pooled grid features, cached per ``image_key``), ``vl_pet_init`` (``recipe``: PET modules keep the init
 their preset gave them; ``original``: the original host's rule at attach — BART's ``_init_weights`` N(0, 0.02) / zero
-bias on every Linear and Embedding of the module, T5's PyTorch defaults; spec §1.1). The visual projector follows the
-family's original init.
+bias on every Linear and Embedding of the module, T5's PyTorch defaults; spec §1.1), ``vl_loss_reduction``
+(``token``: ``lm_loss`` is the mean over the batch's target tokens; ``sample``: each sample's mean, then the batch's,
+as the originals' ``train_step``). The visual projector follows the family's original init.
 
 Batch: ``text_ids`` / ``text_masks``; visual input ``vis_feats`` (B, V, F) + ``vis_pos`` (B, V, 4: x1, y1, x2, y2),
 or ``image`` (+ ``image_key`` for the cache), or none (text only: the bare model is then exactly HF's);
@@ -58,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlpeft.backbones._generative import Generative, hold_cache_slot, lm_loss, shift_right
+from vlpeft.backbones._generative import IGNORE_INDEX, Generative, hold_cache_slot, lm_loss, shift_right
 from vlpeft.backbones._plm import _SiteHook, _XCapture
 from vlpeft._protocol import Candidates, LayerPlan, Site
 from vlpeft.backbones._sites import attach_projection, attach_skip, base_policy_params
@@ -87,6 +88,11 @@ VL_BART_VARIANTS = Variants("bart", "transformers.BartConfig", {
                               encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
                               decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
                               activation_dropout=0.0),
+    # the video inputs: subtitles + question + choices up to 600 tokens (+ BART's position offset of 2)
+    "test_vl_bart_video_tiny": dict(vocab_size=30522, d_model=32, encoder_layers=2, decoder_layers=2,
+                                    encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                                    decoder_ffn_dim=64, max_position_embeddings=600, dropout=0.0,
+                                    attention_dropout=0.0, activation_dropout=0.0),
 })
 VL_T5_VARIANTS = Variants("t5", "transformers.T5Config", {
     "t5_base": _T5_BASE,
@@ -96,6 +102,7 @@ VL_T5_VARIANTS = Variants("t5", "transformers.T5Config", {
 })
 VL_VARIANTS: dict[str, Variants] = {"bart": VL_BART_VARIANTS, "t5": VL_T5_VARIANTS}  # vl_config names, per family
 PET_INITS = ("recipe", "original")
+LOSS_REDUCTIONS = ("token", "sample")
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,7 @@ class VLSeqConfig:
     vl_clip_model: Any = None
     vl_grid: int = 6
     vl_pet_init: str = "recipe"
+    vl_loss_reduction: str = "token"
     clip_feature_cache: bool = True
     clip_cache_max_items: int = 4096
     clip_cache_dir: str | None = None
@@ -125,11 +133,19 @@ class VLSeqConfig:
             raise ValueError("VL-BART/T5 needs vl_model=<local HF folder with the pretrained weights> or "
                              f"vl_config=<one of {sorted(n for t in VL_VARIANTS.values() for n in t)} or a dict of "
                              "config kwargs> (random weights)")
-        if c.vl_pet_init not in PET_INITS:
-            raise ValueError(f"vl_pet_init={c.vl_pet_init!r} is not one of {PET_INITS}")
+        check_choices(config)
         if int(c.vis_feat_dim) < 1:
             raise ValueError(f"vis_feat_dim={c.vis_feat_dim} must be the visual feature width (2048 for RN101)")
         return c
+
+
+def check_choices(config: Mapping[str, Any]) -> None:
+    """The keys with a fixed set of values (config validation runs this before a model is built)."""
+    for key, choices, default in (("vl_pet_init", PET_INITS, "recipe"),
+                                  ("vl_loss_reduction", LOSS_REDUCTIONS, "token")):
+        value = config.get(key)
+        if value is not None and value not in choices:
+            raise ValueError(f"{key}={value!r} is not one of {choices} (default {default!r})")
 
 
 # --- the visual projector ------------------------------------------------------------------------------------------
@@ -153,6 +169,16 @@ class VisualEmbedding(nn.Module):
         obj = F.embedding(word_table.shape[0] - order - 1, word_table)  # reverse order of the shared table
         img = self.img_order_embedding(torch.zeros_like(order))
         return self.feat_embedding(feats) + self.absolute_vis_pos_embedding(box) + img + obj.to(feats.dtype)
+
+
+def sample_mean_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The VL-T5 trainers' loss: token cross-entropy averaged within each sample (a sample without targets counts
+    0), then over the batch — a short answer weighs as much as a long caption."""
+    keep = (targets != IGNORE_INDEX).to(torch.float32)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 at least (fp64 stays)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                         ignore_index=IGNORE_INDEX, reduction="none").view_as(keep)
+    return ((ce * keep).sum(1) / keep.sum(1).clamp(min=1)).mean()
 
 
 def _bart_init(module: nn.Module) -> None:
@@ -527,7 +553,8 @@ class VLSeq2Seq(Generative):
                                decoder_input_ids=dec_in, use_cache=False)
         feats = {"lm_logits": out.logits}
         if targets is not None:
-            feats["lm_loss"] = lm_loss(out.logits, targets)
+            feats["lm_loss"] = (sample_mean_lm_loss(out.logits, targets) if self.cfg.vl_loss_reduction == "sample"
+                                else lm_loss(out.logits, targets))
         return feats
 
     def generate(self, batch: Mapping[str, Any], plan: LayerPlan, *, num_beams: int = 1,
@@ -793,4 +820,4 @@ def build_vl_seq2seq(config: Any, family: str) -> VLSeq2Seq:
 
 
 __all__ = ["FAMILY_CLASSES", "VLBart", "VLSeq2Seq", "VLSeqConfig", "VLT5", "VL_BART_VARIANTS", "VL_T5_VARIANTS",
-           "VL_VARIANTS", "VisualEmbedding", "build_vl_seq2seq"]
+           "VL_VARIANTS", "VisualEmbedding", "build_vl_seq2seq", "check_choices", "sample_mean_lm_loss"]

@@ -38,6 +38,7 @@ _VLT5_TRAIN = dict(optim_type="adamw", adam_eps=1e-6, adam_betas=[0.9, 0.999], w
                    decay_power=1, end_lr=0, max_steps=None, max_epoch=20, gradient_clip_val=5.0, precision=32,
                    lr_mult=1, num_beams=5, gen_max_length=20, max_text_len=20, draw_false_image=0, skip_module=[],
                    image_size=224, train_transform_keys=["clip"], val_transform_keys=["clip"], vis_feat_dim=2048)
+VLT5_TRAIN = _VLT5_TRAIN  # the trainer as data, read by the video configs (named_configs.video)
 HOSTS = {"bart": dict(backbone="vl_bart", vl_model="facebook/bart-base", tokenizer="facebook/bart-base",
                       batch_size=500),
          "t5": dict(backbone="vl_t5", vl_model="t5-base", tokenizer="t5-base", batch_size=300)}
@@ -85,4 +86,5 @@ def register(named: Callable[..., None], loss_names: Callable[[dict[str, Any]], 
                 learning_rate=_lr, use_tasks_prompts=True, seed=42))
 
 
-__all__ = ["FOUR_TASKS", "VLA_METHODS", "VLPET_HOSTS", "VLPET_VARIANTS", "VLT5_NO_DECAY", "VL_CONFIGS", "register"]
+__all__ = ["FOUR_TASKS", "HOSTS", "VLA_METHODS", "VLPET_HOSTS", "VLPET_VARIANTS", "VLT5_NO_DECAY", "VLT5_TRAIN",
+           "VL_CONFIGS", "register"]

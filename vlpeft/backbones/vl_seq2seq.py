@@ -133,7 +133,7 @@ class VLSeqConfig:
             raise ValueError("VL-BART/T5 needs vl_model=<local HF folder with the pretrained weights> or "
                              f"vl_config=<one of {sorted(n for t in VL_VARIANTS.values() for n in t)} or a dict of "
                              "config kwargs> (random weights)")
-        check_choices(config)
+        check_choices(given)
         if int(c.vis_feat_dim) < 1:
             raise ValueError(f"vis_feat_dim={c.vis_feat_dim} must be the visual feature width (2048 for RN101)")
         return c

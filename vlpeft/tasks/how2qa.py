@@ -11,7 +11,7 @@ from vlpeft.tasks._video import QA_SCORER, VideoQATask
 @register_task
 class How2QATask(VideoQATask):
     """How2QA (``multitask_video.py``'s prefix ``"how2qa: "`` after the text)."""
-    test_backbone = "test_vl_bart"
+    test_backbone = "test_vl_bart_video"
 
     name = "how2qa"
     prompt = "how2qa: "

@@ -11,7 +11,7 @@ from vlpeft.tasks._video import CAPTION_SCORER, VideoCaptionTask
 @register_task
 class TVCTask(VideoCaptionTask):
     """TVC (``multitask_video.py``'s prefix ``"tvc: "`` after the text)."""
-    test_backbone = "test_vl_bart"
+    test_backbone = "test_vl_bart_video"
 
     name = "tvc"
     prompt = "tvc: "

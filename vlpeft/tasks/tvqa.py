@@ -10,7 +10,7 @@ from vlpeft.tasks._video import QA_SCORER, VideoQATask
 @register_task
 class TVQATask(VideoQATask):
     """TVQA (VL-BART / VL-T5 on CLIP-ViT frames; ``multitask_video.py``'s prefix ``"tvqa: "`` after the text)."""
-    test_backbone = "test_vl_bart"
+    test_backbone = "test_vl_bart_video"
 
     name = "tvqa"
     prompt = "tvqa: "

@@ -11,7 +11,7 @@ from vlpeft.tasks._video import CAPTION_SCORER, VideoCaptionTask
 @register_task
 class YC2CTask(VideoCaptionTask):
     """YC2C (``multitask_video.py``'s prefix ``"yc2c: "`` after the text)."""
-    test_backbone = "test_vl_bart"
+    test_backbone = "test_vl_bart_video"
 
     name = "yc2c"
     prompt = "yc2c: "

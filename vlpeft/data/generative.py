@@ -38,9 +38,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from vlpeft.backbones._generative import pad_targets
 from vlpeft.data.collate import IMAGE_KEYS, CollateError, batch_task, collate_images
 from vlpeft.data.datamodule import EpochRandomSampler, MTDataModule
-from vlpeft.data.datasets import CaptionDataset, GQADataset, NLVR2Dataset, VQADataset
+from vlpeft.data.datasets import (BoolQDataset, CaptionDataset, CSQADataset, GQADataset, GSM8KDataset, NLVR2Dataset,
+                                  ScienceQADataset, VQADataset)
 from vlpeft.data.features import FeatureError, FeatureReader, image_id_candidates
 from vlpeft.tasks import TASKS, Task
+from vlpeft.tasks import boolq as boolq_task
+from vlpeft.tasks import csqa as csqa_task
+from vlpeft.tasks import gsm8k as gsm8k_task
+from vlpeft.tasks import scienceqa as scienceqa_task
 
 SAMPLING = ("roundrobin", "balanced")
 # per-sample fields the collate passes through as lists (a task adds its own: Task.list_fields)
@@ -184,8 +189,69 @@ class GenF30KDataset(GenCaptionDataset):
     key = "f30k"
 
 
+# --- LaVIN-DAS's benchmarks: the whole LaVIN prompt is the text, LaVIN's answer text the target, and the gold
+# answer as its scorer compares it in <task>_gold (vlpeft.tasks._lavin). The test split reads the prompts of
+# LaVIN-DAS's 0-shot test files where they differ from training (BoolQ's header, GSM8K's last newline).
+class GenBoolQDataset(GenerativeMixin, BoolQDataset):
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = super().__getitem__(i)
+        row, cap = self.index(i)
+        question = str(self.table.list_item("questions", row, cap))
+        item["text"] = boolq_task.lavin_prompt(str(self.table.value("passage", row)), question,
+                                               test=self.split == "test")
+        yes = bool(item["boolq_label"])
+        item["target_text"], item["boolq_gold"] = boolq_task.lavin_target(yes), boolq_task.lavin_gold(yes)
+        return item
+
+
+class GenScienceQADataset(GenerativeMixin, ScienceQADataset):
+    """QCM-ALE: needs the converter's ``lecture`` / ``solution`` columns (LaVIN's target text)."""
+
+    required_columns = ScienceQADataset.required_columns + ("lecture", "solution")
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = super().__getitem__(i)
+        row, cap = self.index(i)
+        item["text"] = scienceqa_task.lavin_prompt(item["text"])
+        item["target_text"] = scienceqa_task.lavin_target(item["scienceqa_label"],
+                                                          str(self.table.value("lecture", row) or ""),
+                                                          str(self.table.value("solution", row) or ""))
+        item["scienceqa_gold"] = str(item["scienceqa_label"])
+        item.setdefault("scienceqa_meta", self.meta(row, cap, item["scienceqa_num_choices"]))
+        return item
+
+
+class GenCSQADataset(GenerativeMixin, CSQADataset):
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = super().__getitem__(i)
+        row, cap = self.index(i)
+        choices = [str(c) for c in self.table.list_item("choices", row, cap)]
+        labels = [str(c) for c in self.table.list_item("choice_labels", row, cap)]
+        key = str(self.table.list_item("answers", row, cap))
+        if key not in labels:
+            raise self._label_error(row, f"answer key {key!r} is not one of the option labels {labels}")
+        item["text"] = csqa_task.lavin_prompt(str(self.table.value("question_concept", row)), item["text"], choices,
+                                              labels)
+        item["target_text"], item["csqa_gold"] = csqa_task.lavin_target(key, choices, labels), key
+        return item
+
+
+class GenGSM8KDataset(GenerativeMixin, GSM8KDataset):
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = super().__getitem__(i)
+        row, cap = self.index(i)
+        answer = str(self.table.list_item("answers", row, cap))
+        try:
+            item["target_text"], item["gsm8k_gold"] = gsm8k_task.lavin_target(answer), gsm8k_task.gold_number(answer)
+        except ValueError as e:
+            raise self._label_error(row, str(e)) from e
+        item["text"] = gsm8k_task.lavin_prompt(item["text"], test=self.split == "test")
+        return item
+
+
 GEN_DATASETS: dict[str, type] = {c.key: c for c in (GenVQADataset, GenGQADataset, GenNLVR2Dataset,
-                                                      GenCaptionDataset, GenF30KDataset)}
+                                                      GenCaptionDataset, GenF30KDataset, GenBoolQDataset,
+                                                      GenScienceQADataset, GenCSQADataset, GenGSM8KDataset)}
 # config datasets → the task its samples train
 DATASET_TASK: dict[str, str] = {k: c.task for k, c in GEN_DATASETS.items()}
 
@@ -429,6 +495,7 @@ def datamodule_for(config: Mapping[str, Any], capabilities: frozenset[str], fals
     return MTDataModule(config, false_images=false_images)
 
 
-__all__ = ["DATASET_TASK", "GEN_DATASETS", "GenCaptionDataset", "GenGQADataset", "GenNLVR2Dataset", "GenVQADataset",
+__all__ = ["DATASET_TASK", "GEN_DATASETS", "GenBoolQDataset", "GenCSQADataset", "GenCaptionDataset", "GenGQADataset",
+           "GenGSM8KDataset", "GenNLVR2Dataset", "GenScienceQADataset", "GenVQADataset",
            "GenerativeCollator", "GenerativeDataModule", "MultitaskLoader",
            "EvalLoader", "TASK_PROMPTS", "datamodule_for", "multitask_batch_size", "task_prompts"]

@@ -22,4 +22,8 @@ SPLITS: dict[str, dict[str, list[str]]] = {
     # BoolQ has no public test labels: val = its dev set, test = the same (LaVIN-DAS evaluates on dev)
     "boolq": {"train": ["boolq_train"], "val": ["boolq_val"], "test": ["boolq_val"]},
     "scienceqa": {"train": ["scienceqa_train"], "val": ["scienceqa_val"], "test": ["scienceqa_test"]},
+    # CommonsenseQA's test answers are not public: val = test = its validation set (LaVIN-DAS's 0-shot test file)
+    "csqa": {"train": ["csqa_train"], "val": ["csqa_val"], "test": ["csqa_val"]},
+    # GSM8K has train and test only; LaVIN-DAS evaluates on test and has no validation
+    "gsm8k": {"train": ["gsm8k_train"], "val": ["gsm8k_test"], "test": ["gsm8k_test"]},
 }

@@ -272,12 +272,16 @@ class GenerativeCollator:
         t = _task(task)
         batch: dict[str, Any] = {"task": task}
         prompt = self.prompts.get(task, "")
-        enc = self.tokenizer([f"{prompt}{it.get('text', '')}" for it in items], padding="longest", truncation=True,
-                             max_length=t.text_max_length or self.max_text_len, return_tensors="pt")
-        batch["text_ids"], batch["text_masks"] = enc["input_ids"].long(), enc["attention_mask"].long()
-
         has_target = [it.get("target_text") is not None for it in items]
-        if any(has_target):
+        if t.joint_tokens:
+            self.joint_tokens(items, batch, [f"{prompt}{it.get('text', '')}" for it in items], has_target)
+        else:
+            enc = self.tokenizer([f"{prompt}{it.get('text', '')}" for it in items], padding="longest",
+                                 truncation=True, max_length=t.text_max_length or self.max_text_len,
+                                 return_tensors="pt")
+            batch["text_ids"], batch["text_masks"] = enc["input_ids"].long(), enc["attention_mask"].long()
+
+        if any(has_target) and not t.joint_tokens:
             limit = self.gen_max_length if t.target_max_length == "gen" else t.target_max_length
             ids = self.tokenizer([str(it.get("target_text") or "") for it in items], truncation=limit is not None,
                                  max_length=limit)["input_ids"]
@@ -299,6 +303,43 @@ class GenerativeCollator:
                 batch[k] = [it.get(k) for it in items]
         t.generative_collate(items, batch)
         return batch
+
+
+    def special_ids(self) -> tuple[int, int]:
+        """BOS and EOS of the tokenizer (a BERT vocabulary, as the tiny test LMs use: [CLS] and [SEP])."""
+        tok = self.tokenizer
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+        eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        if bos is None or eos is None:
+            raise CollateError(f"tokenizer {type(tok).__name__} has no BOS / EOS (nor CLS / SEP) token; a decoder-only "
+                               f"generative task needs both (set tokenizer to the LM's own)")
+        return int(bos), int(eos)
+
+    def joint_tokens(self, items: Sequence[Mapping[str, Any]], batch: dict[str, Any], prompts: Sequence[str],
+                     has_target: Sequence[bool]) -> None:
+        """LaVIN's ``tokenize``: BOS + tokens(prompt + answer) + EOS, truncated to ``max_text_len``; the first
+        ``1 + len(tokens(prompt))`` positions are the prompt (``text_ids``), the rest the target. Without an answer
+        (test) the prompt alone."""
+        bos, eos = self.special_ids()
+        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        full_ids = self.tokenizer([p + str(it.get("target_text") or "") if keep else p
+                                   for p, it, keep in zip(prompts, items, has_target)],
+                                  add_special_tokens=False)["input_ids"]
+        texts, targets = [], []
+        for p_ids, f_ids, keep in zip(prompt_ids, full_ids, has_target):
+            seq = ([bos] + list(f_ids) + ([eos] if keep else []))[: self.max_text_len]
+            n = min(1 + len(p_ids), len(seq))
+            texts.append(seq[:n])
+            targets.append(seq[n:])
+        width = max(len(s) for s in texts)
+        ids = torch.full((len(texts), width), self.pad_id, dtype=torch.long)
+        masks = torch.zeros((len(texts), width), dtype=torch.long)
+        for b, s in enumerate(texts):
+            ids[b, :len(s)] = torch.tensor(s, dtype=torch.long)
+            masks[b, :len(s)] = 1
+        batch["text_ids"], batch["text_masks"] = ids, masks
+        if any(has_target):
+            batch["target_ids"] = pad_targets(targets)
 
 
 # ---------------------------------------------------------------------------------------------- multi-task

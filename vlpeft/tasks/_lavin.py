@@ -36,7 +36,8 @@ class LavinQATask(ClassifierTask):
     batch's ``<task>_gold``; test rows ``{qid, answer (generated text), pred (extracted), label (gold)}``."""
 
     prompt = ""  # the dataset's text is the whole LaVIN prompt
-    target_max_length = None  # the answer text is never cut here (LaVIN truncates prompt + answer to max_seq_len)
+    target_max_length = None  # the answer is cut with the prompt (joint_tokens), not on its own
+    joint_tokens = True
 
     @property
     def gold_key(self) -> str:

@@ -130,6 +130,12 @@ class ScienceQATask(LavinQATask):
             batch["scienceqa_num_choices"] = torch.tensor([int(it["scienceqa_num_choices"]) for it in items],
                                                           dtype=torch.long)
 
+    def generative_collate(self, items: Sequence[Mapping[str, Any]], batch: dict[str, Any]) -> None:
+        """LaVIN's indicator: problems without an image (a blank one in the arrow file) read "Image: N/A"."""
+        if "scienceqa_meta" in items[0]:
+            batch["has_image"] = torch.tensor([int(bool(it["scienceqa_meta"]["has_image"])) for it in items],
+                                              dtype=torch.long)
+
     # ------------------------------------------------------------------ generate mode: the choice index
     def extract(self, generated: str, index: int, batch: Mapping[str, Any]) -> str:
         meta = batch["scienceqa_meta"][index]

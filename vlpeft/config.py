@@ -19,6 +19,7 @@ from vlpeft.backbones._precheck import precheck
 from vlpeft.checkpoint import hf_folder_problem
 from vlpeft.data.splits import SPLITS
 from vlpeft.loggers import check_logger
+from vlpeft.named_configs import lavin_das as _lavin_das_configs
 from vlpeft.named_configs import routing as _routing_configs, vl_adapter as _vl_adapter_configs
 from vlpeft.pet import PRESETS
 from vlpeft.search import SEARCHES
@@ -328,6 +329,7 @@ named("demo", exp_name="demo", stage="demo", method="das", datasets=["vqa"], los
 
 _routing_configs.register(named, _loss_names)  # Routing-VLPEFT's named configs
 _vl_adapter_configs.register(named, _loss_names)  # VL-Adapter / VL-PET named configs
+_lavin_das_configs.register(named, _loss_names)  # LaVIN-DAS (lavin backbone) and DVP on ScienceQA
 
 
 @ex.config_hook

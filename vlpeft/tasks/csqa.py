@@ -26,7 +26,7 @@ def lavin_target(answer_key: str, choices: Sequence[str], labels: Sequence[str] 
 @register_task
 class CSQATask(LavinQATask):
     """CommonsenseQA (generate: the generated option letter against ``answerKey``)."""
-    test_backbone = "test_vit_gpt2"
+    test_backbone = "test_lavin"
 
     name = "csqa"
     modes = ("generate",)

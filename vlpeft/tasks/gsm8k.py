@@ -51,7 +51,7 @@ def extract_number(generated: str) -> str:
 @register_task
 class GSM8KTask(LavinQATask):
     """GSM8K (generate: the final number's exact match)."""
-    test_backbone = "test_vit_gpt2"
+    test_backbone = "test_lavin"
 
     name = "gsm8k"
     modes = ("generate",)

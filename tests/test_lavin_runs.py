@@ -105,3 +105,19 @@ def test_search_train_test_only_through_run_py(sacred, arrows, tmp_path, bench):
         scores = json.loads(next(run_dir.glob("scienceqa_scores_*.json")).read_text())
         assert sorted(scores["preds"]) == sorted(x["qid"] for x in rows) and "Avg" in scores["table"]
         assert metrics["scienceqa_avg"] == pytest.approx(metrics["scienceqa_accuracy"])
+
+
+@pytest.mark.parametrize("name,message", [
+    ("dvp_search_llama_sqa", r"search=kab places a visual prompt before a unit, but backbone=test_lavin offers only"),
+    ("dvp_adaption_llama_sqa", r"method=dvp insert_layer=4 asks for DVP's visual prompt, but backbone=test_lavin has "
+                               r"no prompt layer"),
+])
+def test_dvp_on_scienceqa_is_refused_until_lavin_takes_a_prompt(sacred, arrows, tmp_path, name, message):
+    """The lavin backbone has no prompt layer yet: DVP's runs stop before a model is built instead of training LaVIN
+    without the prompt."""
+    from vlpeft.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        sacred(name, data_root=str(arrows), log_dir=str(tmp_path / "result"), backbone="test_lavin",
+               tokenizer="bert-base-uncased", num_gpus=0, num_workers=0, **TINY_CLIP)
+    assert not (tmp_path / "result").exists() or not any((tmp_path / "result").rglob("*.ckpt"))

@@ -196,3 +196,32 @@ def test_cli_writes_csqa_and_gsm8k(tmp_path):
                                                                  "gsm8k_test.arrow", "gsm8k_train.arrow"]
     assert main(["gsm8k", "--dst", str(tmp_path)]) == 2  # the real converter needs --src
     assert main(["csqa", "--src", str(tmp_path / "nowhere"), "--dst", str(tmp_path)]) == 2
+
+
+# --- LaVIN's tokenisation ---------------------------------------------------------------------------------------------
+def test_collate_tokenises_prompt_and_answer_as_lavin_does():
+    """BOS + tokens(prompt + answer) + EOS, cut after the prompt's own tokens, both truncated together to
+    max_text_len (LaVIN's ``tokenize``); at test time (no answer) the prompt alone after BOS."""
+    from vlpeft.data.generative import GenerativeCollator
+    from vlpeft.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("bert-base-uncased")  # the tiny test LMs' vocabulary: BOS = [CLS] 101, EOS = [SEP] 102
+    collate = GenerativeCollator(tok, max_text_len=64)
+    items = [{"task": "csqa", "text": "Question: where is water?\n", "target_text": "Answer: The answer is B. river.",
+              "csqa_gold": "B", "qid": "1"},
+             {"task": "csqa", "text": "Question: why?\n", "target_text": "Answer: The answer is A. x.",
+              "csqa_gold": "A", "qid": "2"}]
+    batch = collate(items)
+    for b, it in enumerate(items):
+        text = batch["text_ids"][b][batch["text_masks"][b].bool()].tolist()
+        target = [t for t in batch["target_ids"][b].tolist() if t != -100]
+        assert text == [101] + tok(it["text"], add_special_tokens=False)["input_ids"]
+        assert text + target == [101] + tok(it["text"] + it["target_text"], add_special_tokens=False)["input_ids"] \
+            + [102]
+    assert batch["csqa_gold"] == ["B", "A"] and batch["qid"] == ["1", "2"]
+    prompt = [101] + tok(items[0]["text"], add_special_tokens=False)["input_ids"]
+    short = GenerativeCollator(tok, max_text_len=len(prompt) + 1)(items[:1])  # the prompt and 1 answer token
+    assert short["text_ids"][0].tolist() == prompt
+    assert short["target_ids"].tolist() == [[tok.convert_tokens_to_ids("answer")]]
+    test = collate([{k: v for k, v in items[0].items() if k != "target_text"}])
+    assert "target_ids" not in test and test["text_ids"][0].tolist() == prompt

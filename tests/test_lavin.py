@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from vlpeft._protocol import LayerPlan
+from vlpeft.backbones import BACKBONES
 from vlpeft.backbones._clip import openai_to_hf_clip
 from vlpeft.backbones._generative import pad_targets
 from vlpeft.backbones.lavin import build_lavin, lavin_answer_letter
@@ -169,3 +170,73 @@ def test_lavin_clip_route_batch0_restores_the_original_batch_routing(reference):
         tokens = bb.image_tokens(reference["images"].double())
         _check(bb(_batch(reference, [0, 1], [1, 1]), LayerPlan.of([1])), reference, "both_loss", {1: "both_logits_1"})
     assert torch.allclose(tokens, reference["both_image_tokens"], rtol=1e-6, atol=1e-6)
+
+
+# --- behaviour on the tiny entry -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    bb = BACKBONES.build("test_lavin")
+    inject(bb, PRESETS.build("das_llama", {**DEFAULTS, "das_llama_adapter_dim": 4, "das_llama_router": True}))
+    with torch.no_grad():
+        for p in bb.parameters():  # off the init: zero up-projections would make every adapter the identity
+            p.add_(0.05 * torch.randn_like(p))
+    return bb.eval()
+
+
+def _text_batch(bb, prompts: list[str], answers: list[str] | None = None) -> dict[str, torch.Tensor]:
+    enc = bb.tokenizer(prompts, padding=True, return_tensors="pt")
+    batch = {"text_ids": enc["input_ids"], "text_masks": enc["attention_mask"]}
+    if answers is not None:
+        batch["target_ids"] = pad_targets([bb.tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers])
+    return batch
+
+
+def test_greedy_generation_is_the_argmax_of_its_own_teacher_forced_logits(tiny):
+    """Each generated token is the argmax of the next-token logits given the prompt and the tokens before it — the
+    loss path and the generation path build the same sequence (modality token, BOS, prefix, image tokens, prompt)."""
+    batch = {**_text_batch(tiny, ["what is shown here", "is it red"]), "image": torch.randn(2, 3, 32, 32),
+             "has_image": torch.tensor([1, 0])}
+    with torch.no_grad():
+        ids = tiny.generate_ids(batch, LayerPlan.of([2]), max_new_tokens=5)
+        logits = tiny({**batch, "target_ids": ids}, LayerPlan.of([2]))["lm_logits"]
+    assert ids.shape == (2, 5)
+    assert torch.equal(logits.argmax(-1), ids)
+    text = tiny(batch, LayerPlan.of([2]), generate=True, max_new_tokens=5)["generated"]
+    assert text == tiny.decode(ids)
+
+
+def test_has_image_selects_the_image_tokens_or_image_na(tiny):
+    """A sample without an image reads "Image: N/A" and modality row 0 whatever pixels the batch carries; without an
+    ``image`` key every sample is image-less."""
+    batch = _text_batch(tiny, ["what is shown here"], ["a cat"])
+    with torch.no_grad():
+        none = tiny(batch, LayerPlan())["lm_loss"]
+        off = tiny({**batch, "image": torch.randn(1, 3, 32, 32), "has_image": torch.tensor([0])}, LayerPlan())["lm_loss"]
+        on = tiny({**batch, "image": torch.randn(1, 3, 32, 32)}, LayerPlan())["lm_loss"]
+    assert torch.equal(none, off) and not torch.allclose(on, off)
+
+
+def test_text_only_lavin_is_the_plain_language_model():
+    """``lavin_clip_model=''`` is LaVIN-DAS's PL_Transformer: no CLIP, no modality token, no prefix — the answer
+    logits are the causal LM's over prompt + answer (a freshly injected das_llama is the identity)."""
+    torch.manual_seed(0)
+    bb = build_lavin({"plm_config": "test_llama_tiny_bertvocab", "lavin_clip_model": ""}).eval()
+    assert bb.clip is None and not any(n.startswith(("adapter_proj", "adapter_modality")) for n, _ in bb.named_parameters())
+    inject(bb, PRESETS.build("das_llama", {**DEFAULTS, "das_llama_adapter_dim": 4}))
+    batch = _text_batch(bb, ["is the sky blue"], ["yes it is"])
+    full = torch.cat([batch["text_ids"], batch["target_ids"]], dim=1)
+    with torch.no_grad():
+        ours = bb(batch, LayerPlan())["lm_logits"]
+        hf = bb.lm_head(bb.plm.llama(input_ids=full).last_hidden_state)
+    n, t = batch["text_ids"].shape[1], batch["target_ids"].shape[1]
+    assert torch.allclose(ours, hf[:, n - 1:n - 1 + t], atol=1e-5)
+
+
+def test_bad_lavin_settings_are_refused_before_building():
+    with pytest.raises(ValueError, match=r"lavin_visual_adapter='repadapter' must be one of \('router', 'none'\)"):
+        build_lavin({**TINY, "lavin_visual_adapter": "repadapter"})
+    with pytest.raises(ValueError, match=r"lavin needs a LLaMA: set tokenizer=<LLaMA folder>"):
+        build_lavin({"lavin_clip_model": "test_clip_tiny"})
+    with pytest.raises(ValueError, match=r"lavin_clip_every=0 must be a positive int"):
+        build_lavin({**TINY, "lavin_clip_every": 0})

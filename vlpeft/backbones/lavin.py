@@ -41,9 +41,9 @@ Batch keys (``vlpeft.backbones._generative``): ``text_ids`` / ``text_masks`` (ri
 layer runs ``x + A_skip(attention_norm(x))`` (``vlpeft.pet.das_lm.LaVINSkip``).
 
 Deliberate differences (the key that restores the original, where one does):
-- LaVIN's CLIP blocks run sequence-first (L, B, D), so ``x[:, 0]`` in their routers is batch item 0 at every
-  position: a sample's image tokens depend on its batch-mates. Here each sample routes on its own class token;
-  ``lavin_clip_route_batch0=True`` restores the original.
+- LaVIN's CLIP blocks run sequence-first (L, B, D), so ``x[:, 0]`` in their routers is batch item 0's token at each
+  position: a sample's image tokens depend on its batch-mates. Here each token routes on itself — the original's
+  result for a batch of one; ``lavin_clip_route_batch0=True`` restores the original at any batch size.
 - LaVIN cuts the sequence back to the padded prompt length after inserting the image tokens (``[:seqlen]``); here
   nothing is cut.
 - Generation is greedy; LaVIN samples with temperature 0.1, top-p 0.75. Generation recomputes the sequence each step
@@ -116,7 +116,8 @@ class LavinSettings:
     lavin_visual_adapter_dim: int = 8
     lavin_visual_adapter_scale: float = 1.0
     lavin_visual_adapter_t: float = 10.0
-    lavin_clip_route_batch0: bool = False  # True: CLIP routers read batch item 0 per position (the original)
+    lavin_clip_route_batch0: bool = False  # True: CLIP routers read batch item 0 per position (the original);
+    # False: each token routes on itself (the original's result at batch size 1)
     lavin_prefix_img: str = "Image: "
     lavin_prefix_nonimg: str = "Image: N/A"
     plm_config: Any = key(default=None, shared=True)  # a LLaMA variant name or LlamaConfig kwargs; None: pretrained
@@ -167,18 +168,17 @@ class AdapterMLP(nn.Module):
 
 
 class _ClipAdapterHook:
-    """Forward hook on a CLIP block's ``layer_norm1``: the attention reads ``A(ln_1(x))``. ``batch0``: route every
-    sample on batch item 0's token at the same position (the original's sequence-first reading of ``x[:, 0]``)."""
+    """Forward hook on a CLIP block's ``layer_norm1``: the attention reads ``A(ln_1(x))``, each token routed on itself
+    (what the original computes for a batch of one); ``batch0``: every sample's token at position l routed on batch
+    item 0's token at l (the original at any batch size: its sequence-first ``x[:, 0]``)."""
 
     def __init__(self, adapter: LaVINRouterAdapter, batch0: bool) -> None:
         self.adapter, self.batch0 = adapter, batch0
 
     def __call__(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-        if self.batch0:
-            a = self.adapter
-            w = torch.softmax(a.expert_weights(output[0]) / a.t, dim=-1)[None]  # (1, L, 2)
-            return a(output, weights=w)
-        return self.adapter(output)
+        a = self.adapter
+        x = output[:1] if self.batch0 else output  # (1 | B, L, d): who routes each position
+        return a(output, weights=torch.softmax(a.expert_weights(x) / a.t, dim=-1))
 
 
 class LaVINBackbone(HostsPLM, Generative):
@@ -431,7 +431,7 @@ def build_lavin(settings: LavinSettings | Mapping[str, Any]) -> LaVINBackbone:
     clip = None
     if s.lavin_clip_model:
         name = s.lavin_clip_model
-        spec = LAVIN_CLIP_VARIANTS[name] if name in LAVIN_CLIP_VARIANTS else name
+        spec = LAVIN_CLIP_VARIANTS[name] if isinstance(name, str) and name in LAVIN_CLIP_VARIANTS else name
         clip = build_clip_visual(spec)
     tokenizer = load_tokenizer(s.tokenizer or "bert-base-uncased")  # random LLaMAs: the offline default vocabulary
     return LaVINBackbone(LlamaPLM(llama), head, clip, tokenizer, s)

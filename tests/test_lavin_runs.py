@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import run as run_py
-from vlpeft.config import NAMED_CONFIGS
+from vlpeft.config import NAMED_CONFIGS, ConfigError
 from vlpeft.named_configs.lavin_das import DVP_SQA_CONFIGS, LAVIN_CONFIGS
 from vlpeft.search.placement import Placement
 from write_arrow import (write_boolq_synthetic, write_csqa_synthetic, write_gsm8k_synthetic,
@@ -115,8 +115,6 @@ def test_search_train_test_only_through_run_py(sacred, arrows, tmp_path, bench):
 def test_dvp_on_scienceqa_is_refused_until_lavin_takes_a_prompt(sacred, arrows, tmp_path, name, message):
     """The lavin backbone has no prompt layer yet: DVP's runs stop before a model is built instead of training LaVIN
     without the prompt."""
-    from vlpeft.config import ConfigError
-
     with pytest.raises(ConfigError, match=message):
         sacred(name, data_root=str(arrows), log_dir=str(tmp_path / "result"), backbone="test_lavin",
                tokenizer="bert-base-uncased", num_gpus=0, num_workers=0, **TINY_CLIP)

@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlpeft.data.generative import GEN_DATASETS
+from vlpeft.data.generative import GEN_DATASETS, GenerativeCollator
 from vlpeft.data.splits import SPLITS
+from vlpeft.data.tokenizer import load_tokenizer
 from vlpeft.tasks import TASKS
 from vlpeft.tasks import boolq, csqa, gsm8k, scienceqa
 from vlpeft.tasks._lavin import FAILED, answer_letter
 from write_arrow import (WriteArrowError, write_boolq_synthetic, write_csqa, write_csqa_synthetic, write_gsm8k,
                          write_gsm8k_synthetic, write_scienceqa_synthetic)
+from write_arrow.__main__ import main
 
 
 # --- answer extraction ------------------------------------------------------------------------------------------------
@@ -188,8 +190,6 @@ def test_synthetic_sets_read_as_lavin_das_reads_them(tmp_path):
 
 
 def test_cli_writes_csqa_and_gsm8k(tmp_path):
-    from write_arrow.__main__ import main
-
     assert main(["csqa_synthetic", "--dst", str(tmp_path), "--images", "8", "--no-progress"]) == 0
     assert main(["gsm8k_synthetic", "--dst", str(tmp_path), "--images", "8", "--no-progress"]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.arrow")) == ["csqa_train.arrow", "csqa_val.arrow",
@@ -202,9 +202,6 @@ def test_cli_writes_csqa_and_gsm8k(tmp_path):
 def test_collate_tokenises_prompt_and_answer_as_lavin_does():
     """BOS + tokens(prompt + answer) + EOS, cut after the prompt's own tokens, both truncated together to
     max_text_len (LaVIN's ``tokenize``); at test time (no answer) the prompt alone after BOS."""
-    from vlpeft.data.generative import GenerativeCollator
-    from vlpeft.data.tokenizer import load_tokenizer
-
     tok = load_tokenizer("bert-base-uncased")  # the tiny test LMs' vocabulary: BOS = [CLS] 101, EOS = [SEP] 102
     collate = GenerativeCollator(tok, max_text_len=64)
     items = [{"task": "csqa", "text": "Question: where is water?\n", "target_text": "Answer: The answer is B. river.",

@@ -59,8 +59,8 @@ def test_every_lavin_config_resolves_with_its_scripts_values():
     # DVP's SQA scripts: 2 GPUs × 8 × accumulation 2, blr 1e-2; search 2 epochs (1 warm-up, wd 0.04), fine-tuning
     # 20 epochs (2 warm-up, wd 0.05) at the script's insert_layer 4
     dvp_s, dvp_t = NAMED_CONFIGS["dvp_search_llama_sqa"], NAMED_CONFIGS["dvp_adaption_llama_sqa"]
-    assert (dvp_s["backbone"], dvp_s["search"], dvp_s["max_epoch"], dvp_s["weight_decay"], dvp_s["per_gpu_batchsize"]) \
-        == ("lavin", "kab", 2, 0.04, 8)
+    assert (dvp_s["backbone"], dvp_s["search"], dvp_s["max_epoch"], dvp_s["weight_decay"],
+            dvp_s["per_gpu_batchsize"]) == ("lavin", "kab", 2, 0.04, 8)
     assert (dvp_t["max_epoch"], dvp_t["weight_decay"], dvp_t["insert_layer"]) == (20, 0.05, 4)
     assert dvp_s["learning_rate"] == dvp_t["learning_rate"] == pytest.approx(1e-2 * 32 / 256)
 

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from vlpeft.data.generative import GEN_DATASETS, GenerativeCollator
 from vlpeft.data.splits import SPLITS
 from vlpeft.data.tokenizer import load_tokenizer
+from vlpeft.data.transforms import keys_to_transforms
 from vlpeft.tasks import TASKS
 from vlpeft.tasks import boolq, csqa, gsm8k, scienceqa
 from vlpeft.tasks._lavin import FAILED, answer_letter
@@ -222,3 +224,16 @@ def test_collate_tokenises_prompt_and_answer_as_lavin_does():
     assert short["target_ids"].tolist() == [[tok.convert_tokens_to_ids("answer")]]
     test = collate([{k: v for k, v in items[0].items() if k != "target_text"}])
     assert "target_ids" not in test and test["text_ids"][0].tolist() == prompt
+
+
+def test_lavin_transform_squashes_without_cropping():
+    """LaVIN resizes to 224 × 224 (bicubic) and normalises with ImageNet's mean / std: a wide image keeps both ends
+    (the ``imagenet`` key would crop them)."""
+    img = Image.new("RGB", (64, 16), (255, 0, 0))
+    img.paste((0, 0, 255), (48, 0, 64, 16))  # the right quarter blue
+    x = keys_to_transforms(["lavin"], 32)[0](img)
+    assert x.shape == (3, 32, 32)
+    red = torch.tensor([(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (0 - 0.406) / 0.225])
+    blue = torch.tensor([(0 - 0.485) / 0.229, (0 - 0.456) / 0.224, (1 - 0.406) / 0.225])
+    assert torch.allclose(x[:, 16, 0], red, atol=1e-4) and torch.allclose(x[:, 16, 31], blue, atol=1e-4)
+    assert not torch.allclose(keys_to_transforms(["imagenet"], 32)[0](img)[:, 16, 31], blue, atol=1e-2)

@@ -71,10 +71,10 @@ def register(named: Callable[..., None], loss_names: Callable[[dict[str, Any]], 
                     learning_rate=blr * _EFF_BATCH / 256, gen_max_length=gen_len, das_llama_router=not text_only)
         if text_only:  # --language_only: LaVIN-DAS's PL_Transformer, no CLIP
             base.update(lavin_clip_model="")
-        else:  # LaVIN: CLIP ViT-L/14, 224 px, ImageNet mean / std (bicubic), 6 image tokens (every 4th block)
+        else:  # LaVIN: CLIP ViT-L/14 on 224 × 224 (squashed, bicubic, ImageNet mean / std), 6 image tokens
             base.update(lavin_clip_model="ViT-L/14", lavin_clip_every=4, lavin_hidden_proj=128,
                         lavin_visual_adapter="router", lavin_visual_adapter_dim=8, image_size=224,
-                        train_transform_keys=["imagenet"], val_transform_keys=["imagenet"])
+                        train_transform_keys=["lavin"], val_transform_keys=["lavin"])
         seq, epochs, warm, skipped, nas_warm = _SEARCH[bench]
         named(f"das_search_lavin_{bench}", **dict(
             base, stage="search", search="das", max_text_len=seq, max_epoch=epochs, das_epoch=epochs,
@@ -92,7 +92,7 @@ def register(named: Callable[..., None], loss_names: Callable[[dict[str, Any]], 
                method="dvp", pet="das_llama", das_llama_router=True, per_gpu_batchsize=8, max_text_len=512,
                learning_rate=1e-2 * _EFF_BATCH / 256, gen_max_length=64, lavin_clip_model="ViT-L/14",
                lavin_clip_every=4, lavin_hidden_proj=128, lavin_visual_adapter="router", lavin_visual_adapter_dim=8,
-               image_size=224, train_transform_keys=["imagenet"], val_transform_keys=["imagenet"])
+               image_size=224, train_transform_keys=["lavin"], val_transform_keys=["lavin"])
     named("dvp_search_llama_sqa", **dict(dvp, stage="search", search="kab", search_stage=True, max_epoch=2,
                                          warmup_steps=1 / 2, weight_decay=0.04))
     named("dvp_adaption_llama_sqa", **dict(dvp, stage="train", search="", search_stage=False, max_epoch=20,

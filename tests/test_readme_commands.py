@@ -347,7 +347,8 @@ def test_the_paper_table_names_scripts_that_take_its_arguments():
                 assert any(fnmatch.fnmatchcase(choice, p) for p in labels if p != "*"), \
                     f"paper table: {script} does not accept {choice!r} (its cases: {labels})"
             seen.add(script)
-    assert seen == {f"scripts/{s}.sh" for s in ("das", "das_meter", "das_lm", "dvp", "vl_adapter", "routing")}
+    assert seen == {f"scripts/{s}.sh" for s in ("das", "das_meter", "das_lm", "das_lavin", "dvp", "vl_adapter",
+                                                "routing")}
 
 
 def test_the_paper_table_says_where_each_weight_is_published():

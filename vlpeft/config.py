@@ -20,6 +20,7 @@ from vlpeft.checkpoint import hf_folder_problem
 from vlpeft.data.section import DataSection
 from vlpeft.data.splits import SPLITS
 from vlpeft.loggers import check_logger
+from vlpeft.named_configs import lavin_das as _lavin_das_configs
 from vlpeft.named_configs import routing as _routing_configs, vl_adapter as _vl_adapter_configs
 from vlpeft.named_configs import video as _video_configs
 from vlpeft.pet import PRESETS
@@ -331,6 +332,7 @@ named("demo", exp_name="demo", stage="demo", method="das", datasets=["vqa"], los
 _routing_configs.register(named, _loss_names)  # Routing-VLPEFT's named configs
 _vl_adapter_configs.register(named, _loss_names)  # VL-Adapter / VL-PET named configs
 _video_configs.register(named, _loss_names)  # their video-text scripts
+_lavin_das_configs.register(named, _loss_names)  # LaVIN-DAS (lavin backbone) and DVP on ScienceQA
 
 
 @ex.config_hook

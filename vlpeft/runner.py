@@ -86,13 +86,20 @@ def resolve_placement(config: RunConfig | dict[str, Any]) -> Placement | None:
 
 def check_placement(rc: RunConfig) -> Placement | None:
     """Read the train stage's placement file once before the run folder is reserved (a bad file leaves no empty
-    version_N/), and refuse one that decides what this backbone lacks (a KAB/DVP prompt layer given to ViLT)."""
-    placement = resolve_placement(rc)
-    if placement is None:
-        return None
+    version_N/), and refuse one that decides what this backbone lacks (a KAB/DVP prompt layer given to ViLT); a DVP
+    run (``method=dvp`` or a non-zero ``insert_layer``) on a backbone without a prompt layer is refused too, instead of
+    training it without its prompt."""
     backbone = rc.axes.backbone
     entry = BACKBONES.get(backbone)
     kinds = BACKBONES.get(entry.meta.get("family", backbone)).meta.get("candidate_kinds", ())
+    if "insert" not in kinds and (rc.flat.get("method") == "dvp" or rc.build.insert_layer not in (None, 0)):
+        raise ConfigError(
+            f"method={rc.flat.get('method')} insert_layer={rc.build.insert_layer} asks for DVP's visual prompt, but "
+            f"backbone={backbone} has no prompt layer (its candidates: {list(kinds)}); use a backbone with one "
+            "(backbone=clip_plm), or drop the prompt (method=das insert_layer=0)")
+    placement = resolve_placement(rc)
+    if placement is None:
+        return None
     if placement.insert_layer is not None and "insert" not in kinds:
         raise ConfigError(
             f"placement {placement.source or rc.run.placement} places a visual prompt (method={placement.method}, "

@@ -6,7 +6,9 @@ function returning ``{arrow name: Written(path, rows)}``.
 
 from ._common import WriteArrowError, Written
 from .boolq import write_boolq, write_boolq_synthetic
+from .csqa import write_csqa, write_csqa_synthetic
 from .gqa import write_gqa
+from .gsm8k import write_gsm8k, write_gsm8k_synthetic
 from .karpathy import write_coco, write_f30k
 from .nlvr2 import write_nlvr2
 from .scienceqa import write_scienceqa, write_scienceqa_synthetic
@@ -22,8 +24,12 @@ __all__ = [
     "write_boolq",
     "write_boolq_synthetic",
     "write_coco",
+    "write_csqa",
+    "write_csqa_synthetic",
     "write_f30k",
     "write_gqa",
+    "write_gsm8k",
+    "write_gsm8k_synthetic",
     "write_nlvr2",
     "write_scienceqa",
     "write_scienceqa_synthetic",

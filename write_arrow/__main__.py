@@ -11,8 +11,12 @@ from . import (
     write_boolq,
     write_boolq_synthetic,
     write_coco,
+    write_csqa,
+    write_csqa_synthetic,
     write_f30k,
     write_gqa,
+    write_gsm8k,
+    write_gsm8k_synthetic,
     write_nlvr2,
     write_scienceqa,
     write_scienceqa_synthetic,
@@ -24,7 +28,8 @@ from . import (
 )
 
 DATASETS = ("vqa", "gqa", "snli_ve", "nlvr2", "f30k", "coco", "boolq", "scienceqa", "synthetic", "boolq_synthetic",
-            "scienceqa_synthetic", "tvqa", "how2qa", "tvc", "yc2c", "synthetic_video")
+            "scienceqa_synthetic", "csqa", "gsm8k", "csqa_synthetic", "gsm8k_synthetic", "tvqa", "how2qa", "tvc",
+            "yc2c", "synthetic_video")
 VIDEO = ("tvqa", "how2qa", "tvc", "yc2c")
 
 
@@ -73,6 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             written = write_boolq(args.src, args.dst, progress=progress)
         elif args.dataset == "scienceqa":
             written = write_scienceqa(args.src, args.dst, progress=progress)
+        elif args.dataset == "csqa":
+            written = write_csqa(args.src, args.dst, progress=progress)
+        elif args.dataset == "gsm8k":
+            written = write_gsm8k(args.src, args.dst, progress=progress)
+        elif args.dataset == "csqa_synthetic":
+            written = write_csqa_synthetic(args.dst, seed=args.seed, n_train=args.images, progress=progress)
+        elif args.dataset == "gsm8k_synthetic":
+            written = write_gsm8k_synthetic(args.dst, seed=args.seed, n_train=args.images, progress=progress)
         elif args.dataset in VIDEO:
             written = write_video(args.dataset, args.src, args.dst, progress=progress)
         elif args.dataset == "synthetic_video":  # --src: where its VALUE-layout folder goes (DST/value_synthetic)

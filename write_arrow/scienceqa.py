@@ -4,7 +4,9 @@ scienceqa_{train,val,test}.arrow; and a synthetic ScienceQA-style set.
 One arrow row per problem: ``image`` (the problem's image; problems without one get a blank 32×32 white PNG and
 ``has_image`` False — LaVIN feeds such problems a zero image and an indicator), ``questions`` [the formatted text],
 ``answers`` [answer index], ``choices`` [[choice strings]], ``question_id`` [pid], ``has_image``, ``subject``,
-``grade``. The text follows LaVIN's ``QCM`` prompt: ``"Question: <q>\\nContext: <hint>\\nOptions: (A) <c0> (B) <c1>
+``grade``, and ``hint`` (the text context), ``lecture``, ``solution`` (LaVIN's generative target, QCM-ALE, and
+the context-modality columns of the DAS README's table: TXT = hint given, IMG = image given, NO = neither). The
+text follows LaVIN's ``QCM`` prompt: ``"Question: <q>\\nContext: <hint>\\nOptions: (A) <c0> (B) <c1>
 …"`` (``Context: N/A`` when the hint is empty). Rows keep ``pid_splits.json``'s order.
 """
 
@@ -29,6 +31,9 @@ SCIENCEQA_SCHEMA = pa.schema([
     ("has_image", pa.bool_()),
     ("subject", pa.string()),
     ("grade", pa.string()),
+    ("hint", pa.string()),
+    ("lecture", pa.string()),
+    ("solution", pa.string()),
 ])
 SPLITS = ("train", "val", "test")
 LETTERS = "ABCDEFGHIJ"
@@ -51,7 +56,9 @@ def _row(image: bytes, has_image: bool, pid: str, prob: dict[str, Any]) -> dict[
     choices = [str(c) for c in prob["choices"]]
     return {"image": image, "questions": [format_text(str(prob["question"]), str(prob.get("hint") or ""), choices)],
             "answers": [int(prob["answer"])], "choices": [choices], "question_id": [pid], "has_image": has_image,
-            "subject": str(prob.get("subject", "")), "grade": str(prob.get("grade", ""))}
+            "subject": str(prob.get("subject", "")), "grade": str(prob.get("grade", "")),
+            "hint": str(prob.get("hint") or ""), "lecture": str(prob.get("lecture") or ""),
+            "solution": str(prob.get("solution") or "")}
 
 
 def write_scienceqa(src: str | Path, dst: str | Path, *, progress: bool = True) -> dict[str, Written]:
@@ -92,10 +99,17 @@ def write_scienceqa(src: str | Path, dst: str | Path, *, progress: bool = True) 
 
 
 # ------------------------------------------------------------------------------------------- synthetic
+def _grade(pid: str) -> str:
+    # its own stream: the problems (and every test built on them) stay what they were before grades were drawn
+    return f"grade{random.Random(f'{pid}:grade').randint(1, 12)}"
+
+
 def synthetic_problems(rng: random.Random, n: int, first_id: int, px: int) -> list[tuple[str, dict, bytes | None]]:
     """ScienceQA-style problems over the synthetic shape scenes: "how many <shape>s are in the picture?" with 2–4
     numeric choices in random order (image problems), and text-only arithmetic problems whose context holds the
-    answer ("Tom has 2 apples and gets 1 more.")."""
+    answer ("Tom has 2 apples and gets 1 more."). Subjects and grades are real ScienceQA ones (image problems
+    natural science, text ones social science; grades 1–12) so every column of the DAS README's table has problems;
+    the lecture / solution name the rule, as ScienceQA's explanations do."""
     from .synthetic import SHAPES, count, draw, sample_scene
 
     out = []
@@ -109,15 +123,18 @@ def synthetic_problems(rng: random.Random, n: int, first_id: int, px: int) -> li
             choices = [str(c) for c in [right] + wrong]
             rng.shuffle(choices)
             prob = {"question": f"How many {shape}s are in the picture?", "hint": "", "choices": choices,
-                    "answer": choices.index(str(right)), "subject": "synthetic vision", "grade": "grade1"}
+                    "answer": choices.index(str(right)), "subject": "natural science",
+                    "grade": _grade(pid), "lecture": "Count the shapes of one kind.",
+                    "solution": f"There are {right} {shape}s."}
             out.append((pid, prob, draw(scene, rng, px, fmt="PNG")))
         else:
             a, b = rng.randint(0, 4), rng.randint(0, 4)
             choices = [str(a + b)] + [str(c) for c in rng.sample([c for c in range(9) if c != a + b], 2)]
             rng.shuffle(choices)
             prob = {"question": "How many apples does Tom have now?", "hint": f"Tom has {a} apples and gets {b} more.",
-                    "choices": choices, "answer": choices.index(str(a + b)), "subject": "synthetic language",
-                    "grade": "grade1"}
+                    "choices": choices, "answer": choices.index(str(a + b)), "subject": "social science",
+                    "grade": _grade(pid), "lecture": "Adding means putting together.",
+                    "solution": f"{a} + {b} = {a + b}."}
             out.append((pid, prob, None))
     return out
 

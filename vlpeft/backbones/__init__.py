@@ -4,6 +4,7 @@
 - ``vl_bart`` / ``vl_t5``: VL-BART / VL-T5, generative (``vl_seq2seq.py``);
 - ``clip_plm``: frozen CLIP + BERT / T5 / LLaMA with the dynamic visual prompt (``clip_plm.py``);
 - ``plm``: a language model alone (BERT / T5 / LLaMA; text-only tasks, DAS layer skipping; ``plm.py``);
+- ``lavin``: LaVIN — LLaMA learning the answer text from CLIP image tokens, routers on a modality token (``lavin.py``);
 - ``meter``: METER (CLIP image tower, RoBERTa text tower, co-attention fusion; ``meter.py``);
 - ``vit_gpt2`` / ``vit_roberta``: frozen HF ViT + GPT-2 (captioning, ``generate``) / + RoBERTa (classify), the
   Routing-VLPEFT hosts (``vit_lm.py``);
@@ -25,6 +26,7 @@ from typing import Any, Mapping
 from vlpeft._protocol import Backbone, Candidates, LayerPlan, Site
 from vlpeft._registry import Registry
 from vlpeft.backbones.clip_plm import build_dvp_backbone
+from vlpeft.backbones.lavin import LavinSettings, build_lavin
 from vlpeft.backbones.meter import METER_VARIANTS, build_meter
 from vlpeft.backbones.plm import build_plm_backbone
 from vlpeft.backbones.vilt import build_vilt
@@ -57,6 +59,14 @@ PLM_KEYS = declared_keys(PlmSettings)  # language_model, plm_config, plm_gguf_fi
 @BACKBONES.register("plm", spec=PlmSettings, candidate_kinds=("skip",), capabilities=("classify", "text_only"))
 def plm(settings: PlmSettings) -> Backbone:
     return build_plm_backbone(settings)
+
+
+LAVIN_KEYS = declared_keys(LavinSettings)
+
+
+@BACKBONES.register("lavin", spec=LavinSettings, candidate_kinds=("skip",), capabilities=("generate", "text_only"))
+def lavin(settings: LavinSettings) -> Backbone:
+    return build_lavin(settings)
 
 
 METER_KEYS = declared_keys(MeterSettings)  # METER's own keys; its other keys (vit, image_size, …) are base keys
@@ -133,6 +143,9 @@ TEST_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "test_plm_bert": ("plm", dict(language_model="BERT", plm_config="test_bert_tiny_bertvocab")),
     "test_plm_t5": ("plm", dict(language_model="T5", plm_config="test_t5_tiny_bertvocab")),
     "test_plm_llama": ("plm", dict(language_model="LLAMA", plm_config="test_llama_tiny_bertvocab")),
+    # tiny LLaMA on the offline bert-base-uncased vocabulary + the tiny CLIP (2 blocks: one image token per block)
+    "test_lavin": ("lavin", dict(plm_config="test_llama_tiny_bertvocab", lavin_clip_model="test_clip_tiny",
+                                 lavin_clip_every=1, lavin_hidden_proj=16, lavin_visual_adapter_dim=4)),
 }
 
 

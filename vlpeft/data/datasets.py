@@ -393,6 +393,57 @@ class ScienceQADataset(BaseDataset):
         item["scienceqa_label"] = int(answers[cap])
         item["scienceqa_num_choices"] = len(choices)
         item["qid"] = str(self.table.list_item("question_id", row, cap))
+        if "subject" in self.table.table.column_names:  # files of this converter version: the table's metadata
+            item["scienceqa_meta"] = self.meta(row, cap, len(choices))
+
+    def meta(self, row: int, cap: int, num_choices: int) -> dict[str, Any]:
+        """What the DAS README's per-category table reads of a problem (files without ``hint``, written before
+        the converter kept it, count as having no text context)."""
+        names = self.table.table.column_names
+
+        def col(name: str, default: Any) -> Any:
+            return self.table.value(name, row) if name in names else default
+
+        return {"qid": str(self.table.list_item("question_id", row, cap)), "subject": str(col("subject", "")),
+                "grade": str(col("grade", "")), "has_image": bool(col("has_image", True)),
+                "has_hint": bool(str(col("hint", "") or "").strip()), "num_choices": int(num_choices)}
+
+
+class CSQADataset(BaseDataset):
+    """CommonsenseQA (``write_arrow.csqa``, text only): one row per question with its concept, option texts and
+    labels, the answer key; read by the generate mode only (``vlpeft.data.generative.GenCSQADataset``)."""
+
+    key = "csqa"
+    task = "csqa"
+    image_columns = ()
+    required_columns = ("questions", "question_concept", "choices", "choice_labels", "answers", "question_id")
+    column_types = {**BaseDataset.column_types, "question_concept": "str", "choices": "list<list<str>>",
+                    "choice_labels": "list<list<str>>", "answers": "list<str>", "question_id": "list<scalar>"}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["text_only"] = True
+        super().__init__(*args, **kwargs)
+
+    def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
+        item["qid"] = str(self.table.list_item("question_id", row, cap))
+
+
+class GSM8KDataset(BaseDataset):
+    """GSM8K (``write_arrow.gsm8k``, text only): one row per problem with the release's answer (reasoning and
+    "#### <number>"); read by the generate mode only (``vlpeft.data.generative.GenGSM8KDataset``)."""
+
+    key = "gsm8k"
+    task = "gsm8k"
+    image_columns = ()
+    required_columns = ("questions", "answers", "question_id")
+    column_types = {**BaseDataset.column_types, "answers": "list<str>", "question_id": "list<scalar>"}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["text_only"] = True
+        super().__init__(*args, **kwargs)
+
+    def add_targets(self, item: dict[str, Any], row: int, cap: int) -> None:
+        item["qid"] = str(self.table.list_item("question_id", row, cap))
 
 
 class CaptionDataset(BaseDataset):
@@ -436,7 +487,7 @@ class CocoDataset(CaptionDataset):
 
 DATASETS: dict[str, type[BaseDataset]] = {c.key: c for c in (
     VQADataset, GQADataset, SNLIVEDataset, METERSNLIDataset, NLVR2Dataset, F30KDataset, CocoDataset, BoolQDataset,
-    ScienceQADataset)}
+    ScienceQADataset, CSQADataset, GSM8KDataset)}
 
 
 def register_dataset(cls: type[BaseDataset], splits: dict[str, list[str]]) -> type[BaseDataset]:

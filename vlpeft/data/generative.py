@@ -42,11 +42,16 @@ from vlpeft.backbones._generative import pad_targets
 from vlpeft.data.arrow import check_files
 from vlpeft.data.collate import IMAGE_KEYS, CollateError, batch_task, collate_images
 from vlpeft.data.datamodule import EpochRandomSampler, MTDataModule
-from vlpeft.data.datasets import CaptionDataset, GQADataset, NLVR2Dataset, VQADataset
+from vlpeft.data.datasets import (BoolQDataset, CaptionDataset, CSQADataset, GQADataset, GSM8KDataset, NLVR2Dataset,
+                                  ScienceQADataset, VQADataset)
 from vlpeft.data.features import FeatureError, FeatureReader, image_id_candidates
 from vlpeft.data.section import DataSection
 from vlpeft.data.video import VIDEO_DATASETS, VideoStore
 from vlpeft.tasks import TASKS, Task, TaskSettings
+from vlpeft.tasks import boolq as boolq_task
+from vlpeft.tasks import csqa as csqa_task
+from vlpeft.tasks import gsm8k as gsm8k_task
+from vlpeft.tasks import scienceqa as scienceqa_task
 
 SAMPLING = ("roundrobin", "balanced")
 # per-sample fields the collate passes through as lists (a task adds its own: Task.list_fields)
@@ -190,8 +195,69 @@ class GenF30KDataset(GenCaptionDataset):
     key = "f30k"
 
 
+# --- LaVIN-DAS's benchmarks: the whole LaVIN prompt is the text, LaVIN's answer text the target, and the gold
+# answer as its scorer compares it in <task>_gold (vlpeft.tasks._lavin). The test split reads the prompts of
+# LaVIN-DAS's 0-shot test files where they differ from training (BoolQ's header, GSM8K's last newline).
+class GenBoolQDataset(GenerativeMixin, BoolQDataset):
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = super().__getitem__(i)
+        row, cap = self.index(i)
+        question = str(self.table.list_item("questions", row, cap))
+        item["text"] = boolq_task.lavin_prompt(str(self.table.value("passage", row)), question,
+                                               test=self.split == "test")
+        yes = bool(item["boolq_label"])
+        item["target_text"], item["boolq_gold"] = boolq_task.lavin_target(yes), boolq_task.lavin_gold(yes)
+        return item
+
+
+class GenScienceQADataset(GenerativeMixin, ScienceQADataset):
+    """QCM-ALE: needs the converter's ``lecture`` / ``solution`` columns (LaVIN's target text)."""
+
+    required_columns = ScienceQADataset.required_columns + ("lecture", "solution")
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = super().__getitem__(i)
+        row, cap = self.index(i)
+        item["text"] = scienceqa_task.lavin_prompt(item["text"])
+        item["target_text"] = scienceqa_task.lavin_target(item["scienceqa_label"],
+                                                          str(self.table.value("lecture", row) or ""),
+                                                          str(self.table.value("solution", row) or ""))
+        item["scienceqa_gold"] = str(item["scienceqa_label"])
+        item.setdefault("scienceqa_meta", self.meta(row, cap, item["scienceqa_num_choices"]))
+        return item
+
+
+class GenCSQADataset(GenerativeMixin, CSQADataset):
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = super().__getitem__(i)
+        row, cap = self.index(i)
+        choices = [str(c) for c in self.table.list_item("choices", row, cap)]
+        labels = [str(c) for c in self.table.list_item("choice_labels", row, cap)]
+        key = str(self.table.list_item("answers", row, cap))
+        if key not in labels:
+            raise self._label_error(row, f"answer key {key!r} is not one of the option labels {labels}")
+        item["text"] = csqa_task.lavin_prompt(str(self.table.value("question_concept", row)), item["text"], choices,
+                                              labels)
+        item["target_text"], item["csqa_gold"] = csqa_task.lavin_target(key, choices, labels), key
+        return item
+
+
+class GenGSM8KDataset(GenerativeMixin, GSM8KDataset):
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = super().__getitem__(i)
+        row, cap = self.index(i)
+        answer = str(self.table.list_item("answers", row, cap))
+        try:
+            item["target_text"], item["gsm8k_gold"] = gsm8k_task.lavin_target(answer), gsm8k_task.gold_number(answer)
+        except ValueError as e:
+            raise self._label_error(row, str(e)) from e
+        item["text"] = gsm8k_task.lavin_prompt(item["text"], test=self.split == "test")
+        return item
+
+
 GEN_DATASETS: dict[str, type] = {c.key: c for c in (GenVQADataset, GenGQADataset, GenNLVR2Dataset,
-                                                      GenCaptionDataset, GenF30KDataset)}
+                                                      GenCaptionDataset, GenF30KDataset, GenBoolQDataset,
+                                                      GenScienceQADataset, GenCSQADataset, GenGSM8KDataset)}
 GEN_DATASETS.update(VIDEO_DATASETS)  # VALUE video-text: frames from their own arrow files (vlpeft.data.video)
 # config datasets → the task its samples train
 DATASET_TASK: dict[str, str] = {k: c.task for k, c in GEN_DATASETS.items()}
@@ -213,13 +279,16 @@ class GenerativeCollator:
         t = _task(task)
         batch: dict[str, Any] = {"task": task}
         prompt = self.prompts.get(task, "")
-        enc = self.tokenizer([t.input_text(str(it.get("text", "")), prompt) for it in items], padding="longest",
-                             truncation=True,
-                             max_length=t.text_max_length or self.max_text_len, return_tensors="pt")
-        batch["text_ids"], batch["text_masks"] = enc["input_ids"].long(), enc["attention_mask"].long()
-
         has_target = [it.get("target_text") is not None for it in items]
-        if any(has_target):
+        if t.joint_tokens:
+            self.joint_tokens(items, batch, [t.input_text(str(it.get("text", "")), prompt) for it in items], has_target)
+        else:
+            enc = self.tokenizer([t.input_text(str(it.get("text", "")), prompt) for it in items], padding="longest",
+                                 truncation=True, max_length=t.text_max_length or self.max_text_len,
+                                 return_tensors="pt")
+            batch["text_ids"], batch["text_masks"] = enc["input_ids"].long(), enc["attention_mask"].long()
+
+        if any(has_target) and not t.joint_tokens:
             limit = self.gen_max_length if t.target_max_length == "gen" else t.target_max_length
             ids = self.tokenizer([str(it.get("target_text") or "") for it in items], truncation=limit is not None,
                                  max_length=limit)["input_ids"]
@@ -241,6 +310,43 @@ class GenerativeCollator:
                 batch[k] = [it.get(k) for it in items]
         t.generative_collate(items, batch)
         return batch
+
+
+    def special_ids(self) -> tuple[int, int]:
+        """BOS and EOS of the tokenizer (a BERT vocabulary, as the tiny test LMs use: [CLS] and [SEP])."""
+        tok = self.tokenizer
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+        eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        if bos is None or eos is None:
+            raise CollateError(f"tokenizer {type(tok).__name__} has no BOS / EOS (nor CLS / SEP) token; a decoder-only "
+                               f"generative task needs both (set tokenizer to the LM's own)")
+        return int(bos), int(eos)
+
+    def joint_tokens(self, items: Sequence[Mapping[str, Any]], batch: dict[str, Any], prompts: Sequence[str],
+                     has_target: Sequence[bool]) -> None:
+        """LaVIN's ``tokenize``: BOS + tokens(prompt + answer) + EOS, truncated to ``max_text_len``; the first
+        ``1 + len(tokens(prompt))`` positions are the prompt (``text_ids``), the rest the target. Without an answer
+        (test) the prompt alone."""
+        bos, eos = self.special_ids()
+        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        full_ids = self.tokenizer([p + str(it.get("target_text") or "") if keep else p
+                                   for p, it, keep in zip(prompts, items, has_target)],
+                                  add_special_tokens=False)["input_ids"]
+        texts, targets = [], []
+        for p_ids, f_ids, keep in zip(prompt_ids, full_ids, has_target):
+            seq = ([bos] + list(f_ids) + ([eos] if keep else []))[: self.max_text_len]
+            n = min(1 + len(p_ids), len(seq))
+            texts.append(seq[:n])
+            targets.append(seq[n:])
+        width = max(len(s) for s in texts)
+        ids = torch.full((len(texts), width), self.pad_id, dtype=torch.long)
+        masks = torch.zeros((len(texts), width), dtype=torch.long)
+        for b, s in enumerate(texts):
+            ids[b, :len(s)] = torch.tensor(s, dtype=torch.long)
+            masks[b, :len(s)] = 1
+        batch["text_ids"], batch["text_masks"] = ids, masks
+        if any(has_target):
+            batch["target_ids"] = pad_targets(targets)
 
 
 # ---------------------------------------------------------------------------------------------- multi-task
@@ -458,6 +564,7 @@ def datamodule_for(config: DataSection | Mapping[str, Any], capabilities: frozen
     return MTDataModule(config, false_images=false_images, tasks=tasks)
 
 
-__all__ = ["DATASET_TASK", "GEN_DATASETS", "GenCaptionDataset", "GenGQADataset", "GenNLVR2Dataset", "GenVQADataset",
+__all__ = ["DATASET_TASK", "GEN_DATASETS", "GenBoolQDataset", "GenCSQADataset", "GenCaptionDataset", "GenGQADataset",
+           "GenGSM8KDataset", "GenNLVR2Dataset", "GenScienceQADataset", "GenVQADataset",
            "GenerativeCollator", "GenerativeDataModule", "MultitaskLoader",
            "EvalLoader", "TASK_PROMPTS", "datamodule_for", "multitask_batch_size", "task_prompts"]

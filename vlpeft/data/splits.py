@@ -28,4 +28,9 @@ SPLITS: dict[str, dict[str, list[str]]] = {
                "test": ["how2qa_test_public_release"]},
     "tvc": {"train": ["tvc_train_release"], "val": ["tvc_val_release"], "test": ["tvc_test_release"]},
     "yc2c": {"train": ["yc2c_train_release"], "val": ["yc2c_val_release"], "test": ["yc2c_test_release"]},
+    # CommonsenseQA's test answers are not public: test = its validation set (LaVIN-DAS's 0-shot test file). GSM8K has
+    # train and test only. val = the training set for both, as LaVIN-DAS scores its search rounds on training data
+    # for the language-only tasks: rewards and checkpoint selection never see the set the run reports
+    "csqa": {"train": ["csqa_train"], "val": ["csqa_train"], "test": ["csqa_val"]},
+    "gsm8k": {"train": ["gsm8k_train"], "val": ["gsm8k_train"], "test": ["gsm8k_test"]},
 }

@@ -141,9 +141,16 @@ def vit_randaug(size: int = 224) -> Callable:
     return T.Compose([ToRGB(), rand_augment(), vit(size)])
 
 
+def lavin(size: int = 224) -> Callable:
+    """LaVIN's (``util/multimodal_datasets.py``): squashed to size × size (bicubic, no crop), ImageNet mean / std."""
+    return T.Compose([T.Resize((size, size), interpolation=InterpolationMode.BICUBIC), ToRGB(),
+                      ToNormalizedTensor(IMAGENET_MEAN, IMAGENET_STD)])
+
+
 TRANSFORMS: dict[str, Callable[[int], Callable]] = {
     "pixelbert": pixelbert, "pixelbert_randaug": pixelbert_randaug, "clip": clip, "clip_randaug": clip_randaug,
     "imagenet": imagenet, "imagenet_randaug": imagenet_randaug, "vit": vit, "vit_randaug": vit_randaug,
+    "lavin": lavin,
 }
 # transforms whose output size is fixed (size × size): the collate's image_mask is then all True
 FIXED_SIZE_KEYS = frozenset(k for k in TRANSFORMS if not k.startswith("pixelbert"))

@@ -86,11 +86,19 @@ class LaVINRouterAdapter(nn.Module):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = torch.softmax(self.expert_weights(x[:, 0]) / self.t, dim=-1).to(x.dtype)  # (B, 2)
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        """The mixing weights (B, 2) from each sample's first token."""
+        return torch.softmax(self.expert_weights(x[:, 0]) / self.t, dim=-1).to(x.dtype)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``weights``: (B, 2) per sample (default: ``route(x)``) or (B | 1, L, 2) per position (LaVIN's CLIP blocks,
+        whose sequence-first layout makes the router read batch item 0 at every position)."""
+        w = self.route(x) if weights is None else weights.to(x.dtype)
+        if w.dim() == 2:
+            w = w[:, None, :]
         h = self.dropout(self.conv_A(x.transpose(1, 2)))
-        out = (self.conv_B(h) * w[:, 0, None, None] + self.conv_D(h) * w[:, 1, None, None]) * self.scale
-        out = out.transpose(1, 2)
+        hb, hd = self.conv_B(h).transpose(1, 2), self.conv_D(h).transpose(1, 2)
+        out = (hb * w[..., 0:1] + hd * w[..., 1:2]) * self.scale
         return x + out if self.residual else out
 
 

@@ -1,5 +1,5 @@
 """Tasks, the fourth axis of a run: one file per task (``vqa``, ``gqa``, ``snli_ve``, ``nlvr2``, ``irtr``, ``itm``,
-``boolq``, ``scienceqa``, ``caption``, the video ``tvqa``, ``how2qa``, ``tvc``, ``yc2c``), each a ``Task`` registered in ``TASKS`` (``vlpeft.tasks._base``).
+``boolq``, ``scienceqa``, ``csqa``, ``gsm8k``, ``caption``, the video ``tvqa``, ``how2qa``, ``tvc``, ``yc2c``), each a ``Task`` registered in ``TASKS`` (``vlpeft.tasks._base``).
 
 A new task is one file with a ``@register_task`` class, imported once (here for the built-in ones; a plugin or a
 test imports its own file) before the config is read."""
@@ -14,6 +14,8 @@ from vlpeft.tasks import snli_ve  # noqa: F401
 from vlpeft.tasks import caption  # noqa: F401
 from vlpeft.tasks import boolq  # noqa: F401
 from vlpeft.tasks import scienceqa  # noqa: F401
+from vlpeft.tasks import csqa  # noqa: F401
+from vlpeft.tasks import gsm8k  # noqa: F401
 from vlpeft.tasks import tvqa  # noqa: F401
 from vlpeft.tasks import how2qa  # noqa: F401
 from vlpeft.tasks import tvc  # noqa: F401

@@ -205,6 +205,9 @@ class Task:
     target_max_length: ClassVar[int | str | None] = "gen"  # "gen": gen_max_length; None: no truncation
     multitask_ratio: ClassVar[tuple[int, int]] = (1, 1)
     eval_per_image: ClassVar[bool] = False  # val / test items: one per image with every reference (captioning)
+    # generate mode on a decoder-only LM (LaVIN): prompt + answer tokenised as one text between BOS and EOS, cut at
+    # the prompt's own token count, both truncated together to max_text_len (LaVIN's ``tokenize``)
+    joint_tokens: ClassVar[bool] = False
     generate_needs: ClassVar[frozenset[str]] = frozenset({"generate"})
 
     def __init__(self, settings: TaskSettings | None = None, mode: str | None = None):

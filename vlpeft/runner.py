@@ -92,9 +92,9 @@ def check_placement(rc: RunConfig) -> Placement | None:
     backbone = rc.axes.backbone
     entry = BACKBONES.get(backbone)
     kinds = BACKBONES.get(entry.meta.get("family", backbone)).meta.get("candidate_kinds", ())
-    if "insert" not in kinds and (rc.flat.get("method") == "dvp" or rc.build.insert_layer not in (None, 0)):
+    if "insert" not in kinds and (rc.build.method == "dvp" or rc.build.insert_layer not in (None, 0)):
         raise ConfigError(
-            f"method={rc.flat.get('method')} insert_layer={rc.build.insert_layer} asks for DVP's visual prompt, but "
+            f"method={rc.build.method} insert_layer={rc.build.insert_layer} asks for DVP's visual prompt, but "
             f"backbone={backbone} has no prompt layer (its candidates: {list(kinds)}); use a backbone with one "
             "(backbone=clip_plm), or drop the prompt (method=das insert_layer=0)")
     placement = resolve_placement(rc)

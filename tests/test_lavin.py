@@ -48,6 +48,13 @@ def test_lavin_7b_trainable_counts_match_the_das_readme(skip, exact, readme):
     assert round(n / 1e6, 1) == readme
 
 
+def test_lavin_7b_search_stage_trains_both_adapters_of_every_layer():
+    """LaVIN-DAS's search keeps adapter_attn and replaced_adapter on all 32 layers: 3,781,296 + 32 × 278,562."""
+    with torch.device("meta"):
+        bb, _, _ = build_with_pet({**DEFAULTS, **LAVIN_7B, "stage": "search", "search": "das"})
+    assert sum(p.numel() for p in bb.parameters() if p.requires_grad) == 12_695_280
+
+
 def test_answer_letter_extraction_as_lavin():
     assert lavin_answer_letter("The answer is B. Because ...") == "B"
     assert lavin_answer_letter("I think (C). maybe") == "C"  # the fallback pattern: first A-E followed by anything

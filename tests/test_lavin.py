@@ -61,12 +61,12 @@ def test_answer_letter_extraction_as_lavin():
     assert lavin_answer_letter("no letter here") == "FAILED"
 
 
-# --- parity with LaVIN-DAS's own modules ------------------------------------------------------------------------------
+# --- parity with LaVIN-DAS's own modules -------------------------------------------------------------------------
 # tests/fixtures/lavin_reference.safetensors: written by scripts/lavin_reference.py, which runs the original
-# das/mm_model.py (Transformer: insert_image_embeds, modality token, mask, loss), das/mm_adapter.py (set_MMAdapter 'attn',
-# set_Clip_Adapter 'router', the skip path) and clip/model.py (VisionTransformer: CLS after every 4th block) in fp64 on
-# a tiny LLaMA (d 32, 3 layers, 4 heads, FFN 96, vocab 120) + tiny CLIP (width 16, 8 blocks, 2 heads, 32 px / 8), every
-# weight moved off its init, layer 1 skipped. Stored: the weights (fp16 values, exact), the images, the loss, the logits
+# das/mm_model.py (Transformer: insert_image_embeds, modality token, mask, loss), das/mm_adapter.py (set_MMAdapter
+# 'attn', set_Clip_Adapter 'router', the skip path) and clip/model.py (VisionTransformer: CLS after every 4th block)
+# in fp64 on a tiny LLaMA (d 32, 3 layers, 4 heads, FFN 96, vocab 120) + tiny CLIP (width 16, 8 blocks, 2 heads,
+# 32 px / 8), every weight moved off its init, layer 1 skipped. Stored: the weights (fp16 values, exact), the images, the loss, the logits
 # predicting each answer token, and the image tokens after adapter_proj.
 REF = Path(__file__).parent / "fixtures" / "lavin_reference.safetensors"
 PROMPTS, ANSWERS = [[1, 11, 12, 13, 14], [1, 21, 22, 23]], [[31, 32, 33, 2], [41, 42, 2]]
@@ -143,7 +143,8 @@ def _batch(reference, rows: list[int], has_image: list[int]) -> dict[str, torch.
     ids = torch.zeros(len(rows), max(map(len, ps)), dtype=torch.long)
     for b, p in enumerate(ps):
         ids[b, :len(p)] = torch.tensor(p)
-    return {"text_ids": ids, "text_masks": (torch.arange(ids.shape[1])[None] < torch.tensor([len(p) for p in ps])[:, None]).long(),
+    lengths = torch.tensor([len(p) for p in ps])
+    return {"text_ids": ids, "text_masks": (torch.arange(ids.shape[1])[None] < lengths[:, None]).long(),
             "target_ids": pad_targets(ans), "image": reference["images"].double()[rows],
             "has_image": torch.tensor(has_image)}
 
@@ -164,7 +165,8 @@ def test_lavin_equals_the_original_modules_with_a_skipped_layer(reference):
     bb = _ours(reference, batch0=False)
     plan = LayerPlan.of([1])
     with torch.no_grad():
-        _check(bb(_batch(reference, [0, 1], [1, 0]), plan), reference, "pair_loss", {0: "pair_logits_0", 1: "pair_logits_1"})
+        _check(bb(_batch(reference, [0, 1], [1, 0]), plan), reference, "pair_loss",
+               {0: "pair_logits_0", 1: "pair_logits_1"})
         _check(bb(_batch(reference, [0], [1]), plan), reference, "single_loss", {0: "single_logits_0"})
         tokens = bb.image_tokens(reference["images"].double())
     assert torch.allclose(tokens[0], reference["pair_image_tokens"][0], rtol=1e-6, atol=1e-6)
@@ -180,7 +182,7 @@ def test_lavin_clip_route_batch0_restores_the_original_batch_routing(reference):
     assert torch.allclose(tokens, reference["both_image_tokens"], rtol=1e-6, atol=1e-6)
 
 
-# --- behaviour on the tiny entry -----------------------------------------------------------------------------------------
+# --- behaviour on the tiny entry ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
@@ -220,8 +222,9 @@ def test_has_image_selects_the_image_tokens_or_image_na(tiny):
     batch = _text_batch(tiny, ["what is shown here"], ["a cat"])
     with torch.no_grad():
         none = tiny(batch, LayerPlan())["lm_loss"]
-        off = tiny({**batch, "image": torch.randn(1, 3, 32, 32), "has_image": torch.tensor([0])}, LayerPlan())["lm_loss"]
-        on = tiny({**batch, "image": torch.randn(1, 3, 32, 32)}, LayerPlan())["lm_loss"]
+        pixels = torch.randn(1, 3, 32, 32)
+        off = tiny({**batch, "image": pixels, "has_image": torch.tensor([0])}, LayerPlan())["lm_loss"]
+        on = tiny({**batch, "image": pixels}, LayerPlan())["lm_loss"]
     assert torch.equal(none, off) and not torch.allclose(on, off)
 
 
@@ -230,7 +233,8 @@ def test_text_only_lavin_is_the_plain_language_model():
     logits are the causal LM's over prompt + answer (a freshly injected das_llama is the identity)."""
     torch.manual_seed(0)
     bb = build_lavin({"plm_config": "test_llama_tiny_bertvocab", "lavin_clip_model": ""}).eval()
-    assert bb.clip is None and not any(n.startswith(("adapter_proj", "adapter_modality")) for n, _ in bb.named_parameters())
+    assert bb.clip is None
+    assert not any(n.startswith(("adapter_proj", "adapter_modality")) for n, _ in bb.named_parameters())
     inject(bb, PRESETS.build("das_llama", {**DEFAULTS, "das_llama_adapter_dim": 4}))
     batch = _text_batch(bb, ["is the sky blue"], ["yes it is"])
     full = torch.cat([batch["text_ids"], batch["target_ids"]], dim=1)

@@ -66,8 +66,8 @@ def test_answer_letter_extraction_as_lavin():
 # das/mm_model.py (Transformer: insert_image_embeds, modality token, mask, loss), das/mm_adapter.py (set_MMAdapter
 # 'attn', set_Clip_Adapter 'router', the skip path) and clip/model.py (VisionTransformer: CLS after every 4th block)
 # in fp64 on a tiny LLaMA (d 32, 3 layers, 4 heads, FFN 96, vocab 120) + tiny CLIP (width 16, 8 blocks, 2 heads,
-# 32 px / 8), every weight moved off its init, layer 1 skipped. Stored: the weights (fp16 values, exact), the images, the loss, the logits
-# predicting each answer token, and the image tokens after adapter_proj.
+# 32 px / 8), every weight moved off its init, layer 1 skipped. Stored: the weights (fp16 values, exact), the images,
+# the loss, the logits predicting each answer token, and the image tokens after adapter_proj.
 REF = Path(__file__).parent / "fixtures" / "lavin_reference.safetensors"
 PROMPTS, ANSWERS = [[1, 11, 12, 13, 14], [1, 21, 22, 23]], [[31, 32, 33, 2], [41, 42, 2]]
 TINY = dict(

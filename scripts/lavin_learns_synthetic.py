@@ -161,7 +161,7 @@ def main() -> None:
                     search.update(cands, torch.stack([bb(search_batch, LayerPlan.of(c))["lm_loss"] for c in cands]))
             chose = search.best()
             hits.append(chose == [j])
-            print(f"seed {seed}: planted {j}, DAS chose {chose}; gates {[round(float(g), 3) for g in search.das_gate]}",
+            print(f"seed {seed}: planted {j}, DAS chose {chose}; gates {[f'{float(g):.2e}' for g in search.das_gate]}",
                   flush=True)
         finally:
             restore(bb, j, saved)

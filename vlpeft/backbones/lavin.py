@@ -244,8 +244,8 @@ class LaVINBackbone(HostsPLM, Generative):
     def base_trainable(self, policy: str) -> list[tuple[str, nn.Parameter]]:
         """LaVIN's own modules (``adapter_proj``, the modality token, CLIP's adapters) train under every policy; the
         LLaMA per policy; CLIP and the LM head never."""
-        own = [(n, p) for n, p in self.named_parameters()
-               if n.startswith(("adapter_proj.", "adapter_modality_embedding.", "clip_adapters."))]
+        own = [(f"{name}.{n}", p) for name in ("adapter_proj", "adapter_modality_embedding", "clip_adapters")
+               if hasattr(self, name) for n, p in getattr(self, name).named_parameters()]
         return own + [("plm.llama." + n, p) for n, p in self.plm.base_trainable(policy)]
 
     # -- vision -----------------------------------------------------------------------------------------------------

@@ -423,16 +423,21 @@ def build_lavin_llama(s: LavinSettings) -> tuple[nn.Module, nn.Module]:
 def build_lavin(settings: LavinSettings | Mapping[str, Any]) -> LaVINBackbone:
     """The bare LaVIN backbone (LLaMA adapters come through ``pet=das_llama``)."""
     s = _check(take(LavinSettings, settings))
+    clip = None
+    if s.lavin_clip_model:  # first: a missing CLIP file is reported before the (large) LLaMA is built
+        name = s.lavin_clip_model
+        spec = LAVIN_CLIP_VARIANTS[name] if isinstance(name, str) and name in LAVIN_CLIP_VARIANTS else name
+        try:
+            clip = build_clip_visual(spec)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"lavin_clip_model={name!r}: {e}. LaVIN uses OpenAI's ViT-L-14.pt (give its path); "
+                                    f"{sorted(LAVIN_CLIP_VARIANTS)} build a random tower of its shape; '' runs "
+                                    f"text-only") from None
     llama, head = build_lavin_llama(s)
     if s.plm_num_layers:
         truncate_layers(llama, "LLAMA", s.plm_num_layers)
     llama.requires_grad_(False)
     head.requires_grad_(False)
-    clip = None
-    if s.lavin_clip_model:
-        name = s.lavin_clip_model
-        spec = LAVIN_CLIP_VARIANTS[name] if isinstance(name, str) and name in LAVIN_CLIP_VARIANTS else name
-        clip = build_clip_visual(spec)
     tokenizer = load_tokenizer(s.tokenizer or "bert-base-uncased")  # random LLaMAs: the offline default vocabulary
     return LaVINBackbone(LlamaPLM(llama), head, clip, tokenizer, s)
 

@@ -250,8 +250,8 @@ def test_bad_lavin_settings_are_refused_before_building():
         build_lavin({**TINY, "lavin_visual_adapter": "repadapter"})
     with pytest.raises(ValueError, match=r"lavin needs a LLaMA: set tokenizer=<LLaMA folder>"):
         build_lavin({"lavin_clip_model": "test_clip_tiny"})
-    with pytest.raises(FileNotFoundError, match=r"lavin_clip_model='ViT-L/14': .* LaVIN uses OpenAI's ViT-L-14.pt"):
-        build_lavin({"plm_config": "test_llama_tiny_bertvocab", "lavin_clip_model": "ViT-L/14"})
+    with pytest.raises(FileNotFoundError, match=r"lavin_clip_model='/no/such/ViT-L-14.pt': .* LaVIN uses OpenAI's"):
+        build_lavin({"plm_config": "test_llama_tiny_bertvocab", "lavin_clip_model": "/no/such/ViT-L-14.pt"})
     with pytest.raises(ValueError, match=r"lavin_clip_every=0 must be a positive int"):
         build_lavin({**TINY, "lavin_clip_every": 0})
 

@@ -22,6 +22,7 @@ from vlpeft.backbones.lavin import build_lavin, lavin_answer_letter
 from vlpeft.build import build_with_pet
 from vlpeft.config import DEFAULTS
 from vlpeft.pet import PRESETS, inject
+from vlpeft.pet.trainable import apply_trainable
 
 # LaVIN-DAS's finetuning_sqa_7b.sh / search_sqa_7b.sh at LLaMA-7B + CLIP ViT-L/14 shapes (random, meta device)
 LAVIN_7B = dict(backbone="lavin", plm_config="llama_7b", lavin_clip_model="vit_l14_random", pet="das_llama",
@@ -47,19 +48,26 @@ def test_lavin_7b_trainable_counts_match_the_das_readme(skip, exact, readme):
     assert round(n / 1e6, 1) == readme
 
 
+def test_lavin_7b_search_stage_trains_both_adapters_of_every_layer():
+    """LaVIN-DAS's search keeps adapter_attn and replaced_adapter on all 32 layers: 3,781,296 + 32 × 278,562."""
+    with torch.device("meta"):
+        bb, _, _ = build_with_pet({**DEFAULTS, **LAVIN_7B, "stage": "search", "search": "das"})
+    assert sum(p.numel() for p in bb.parameters() if p.requires_grad) == 12_695_280
+
+
 def test_answer_letter_extraction_as_lavin():
     assert lavin_answer_letter("The answer is B. Because ...") == "B"
     assert lavin_answer_letter("I think (C). maybe") == "C"  # the fallback pattern: first A-E followed by anything
     assert lavin_answer_letter("no letter here") == "FAILED"
 
 
-# --- parity with LaVIN-DAS's own modules ------------------------------------------------------------------------------
+# --- parity with LaVIN-DAS's own modules -------------------------------------------------------------------------
 # tests/fixtures/lavin_reference.safetensors: written by scripts/lavin_reference.py, which runs the original
-# das/mm_model.py (Transformer: insert_image_embeds, modality token, mask, loss), das/mm_adapter.py (set_MMAdapter 'attn',
-# set_Clip_Adapter 'router', the skip path) and clip/model.py (VisionTransformer: CLS after every 4th block) in fp64 on
-# a tiny LLaMA (d 32, 3 layers, 4 heads, FFN 96, vocab 120) + tiny CLIP (width 16, 8 blocks, 2 heads, 32 px / 8), every
-# weight moved off its init, layer 1 skipped. Stored: the weights (fp16 values, exact), the images, the loss, the logits
-# predicting each answer token, and the image tokens after adapter_proj.
+# das/mm_model.py (Transformer: insert_image_embeds, modality token, mask, loss), das/mm_adapter.py (set_MMAdapter
+# 'attn', set_Clip_Adapter 'router', the skip path) and clip/model.py (VisionTransformer: CLS after every 4th block)
+# in fp64 on a tiny LLaMA (d 32, 3 layers, 4 heads, FFN 96, vocab 120) + tiny CLIP (width 16, 8 blocks, 2 heads,
+# 32 px / 8), every weight moved off its init, layer 1 skipped. Stored: the weights (fp16 values, exact), the images,
+# the loss, the logits predicting each answer token, and the image tokens after adapter_proj.
 REF = Path(__file__).parent / "fixtures" / "lavin_reference.safetensors"
 PROMPTS, ANSWERS = [[1, 11, 12, 13, 14], [1, 21, 22, 23]], [[31, 32, 33, 2], [41, 42, 2]]
 TINY = dict(
@@ -135,7 +143,8 @@ def _batch(reference, rows: list[int], has_image: list[int]) -> dict[str, torch.
     ids = torch.zeros(len(rows), max(map(len, ps)), dtype=torch.long)
     for b, p in enumerate(ps):
         ids[b, :len(p)] = torch.tensor(p)
-    return {"text_ids": ids, "text_masks": (torch.arange(ids.shape[1])[None] < torch.tensor([len(p) for p in ps])[:, None]).long(),
+    lengths = torch.tensor([len(p) for p in ps])
+    return {"text_ids": ids, "text_masks": (torch.arange(ids.shape[1])[None] < lengths[:, None]).long(),
             "target_ids": pad_targets(ans), "image": reference["images"].double()[rows],
             "has_image": torch.tensor(has_image)}
 
@@ -156,7 +165,8 @@ def test_lavin_equals_the_original_modules_with_a_skipped_layer(reference):
     bb = _ours(reference, batch0=False)
     plan = LayerPlan.of([1])
     with torch.no_grad():
-        _check(bb(_batch(reference, [0, 1], [1, 0]), plan), reference, "pair_loss", {0: "pair_logits_0", 1: "pair_logits_1"})
+        _check(bb(_batch(reference, [0, 1], [1, 0]), plan), reference, "pair_loss",
+               {0: "pair_logits_0", 1: "pair_logits_1"})
         _check(bb(_batch(reference, [0], [1]), plan), reference, "single_loss", {0: "single_logits_0"})
         tokens = bb.image_tokens(reference["images"].double())
     assert torch.allclose(tokens[0], reference["pair_image_tokens"][0], rtol=1e-6, atol=1e-6)
@@ -172,7 +182,7 @@ def test_lavin_clip_route_batch0_restores_the_original_batch_routing(reference):
     assert torch.allclose(tokens, reference["both_image_tokens"], rtol=1e-6, atol=1e-6)
 
 
-# --- behaviour on the tiny entry -----------------------------------------------------------------------------------------
+# --- behaviour on the tiny entry ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
@@ -212,8 +222,9 @@ def test_has_image_selects_the_image_tokens_or_image_na(tiny):
     batch = _text_batch(tiny, ["what is shown here"], ["a cat"])
     with torch.no_grad():
         none = tiny(batch, LayerPlan())["lm_loss"]
-        off = tiny({**batch, "image": torch.randn(1, 3, 32, 32), "has_image": torch.tensor([0])}, LayerPlan())["lm_loss"]
-        on = tiny({**batch, "image": torch.randn(1, 3, 32, 32)}, LayerPlan())["lm_loss"]
+        pixels = torch.randn(1, 3, 32, 32)
+        off = tiny({**batch, "image": pixels, "has_image": torch.tensor([0])}, LayerPlan())["lm_loss"]
+        on = tiny({**batch, "image": pixels}, LayerPlan())["lm_loss"]
     assert torch.equal(none, off) and not torch.allclose(on, off)
 
 
@@ -222,7 +233,8 @@ def test_text_only_lavin_is_the_plain_language_model():
     logits are the causal LM's over prompt + answer (a freshly injected das_llama is the identity)."""
     torch.manual_seed(0)
     bb = build_lavin({"plm_config": "test_llama_tiny_bertvocab", "lavin_clip_model": ""}).eval()
-    assert bb.clip is None and not any(n.startswith(("adapter_proj", "adapter_modality")) for n, _ in bb.named_parameters())
+    assert bb.clip is None
+    assert not any(n.startswith(("adapter_proj", "adapter_modality")) for n, _ in bb.named_parameters())
     inject(bb, PRESETS.build("das_llama", {**DEFAULTS, "das_llama_adapter_dim": 4}))
     batch = _text_batch(bb, ["is the sky blue"], ["yes it is"])
     full = torch.cat([batch["text_ids"], batch["target_ids"]], dim=1)
@@ -238,5 +250,54 @@ def test_bad_lavin_settings_are_refused_before_building():
         build_lavin({**TINY, "lavin_visual_adapter": "repadapter"})
     with pytest.raises(ValueError, match=r"lavin needs a LLaMA: set tokenizer=<LLaMA folder>"):
         build_lavin({"lavin_clip_model": "test_clip_tiny"})
+    with pytest.raises(FileNotFoundError, match=r"lavin_clip_model='/no/such/ViT-L-14.pt': .* LaVIN uses OpenAI's"):
+        build_lavin({"plm_config": "test_llama_tiny_bertvocab", "lavin_clip_model": "/no/such/ViT-L-14.pt"})
     with pytest.raises(ValueError, match=r"lavin_clip_every=0 must be a positive int"):
         build_lavin({**TINY, "lavin_clip_every": 0})
+
+
+def test_lm_loss_training_learns_to_read_the_image():
+    """The cheap form of scripts/lavin_learns_synthetic.py: the image is a solid colour, the prompt is the same for
+    every sample, the answer letter names the colour (chance 1/4). Training only LaVIN's trainables (adapter_proj, the
+    modality token, CLIP's routers, the LLaMA routers) on the answer's LM loss lifts the letter accuracy well above
+    chance: the image reaches the answer through adapter_proj and the routers."""
+    torch.manual_seed(0)
+    bb = build_lavin(dict(plm_config="test_llama_tiny", lavin_clip_model="test_clip_tiny", lavin_clip_every=1,
+                          lavin_hidden_proj=16, lavin_visual_adapter_dim=4))
+    with torch.no_grad():  # a random head reads an RMS-normed state: scaled up so that it can be confident at all
+        bb.lm_head.weight.mul_(50.0)
+    bb._prefix = {"img": [5, 6], "nonimg": [5, 6, 7, 8]}  # test_llama_tiny has no tokenizer of its own
+    report = inject(bb, PRESETS.build("das_llama", {**DEFAULTS, "das_llama_adapter_dim": 4, "das_llama_router": True}))
+    names = set(apply_trainable(bb, report, "none", LayerPlan()))
+    params = [p for n, p in bb.named_parameters() if n in names]
+    colours = torch.tensor([(1., -1, -1), (-1, 1., -1), (-1, -1, 1.), (1., 1., -1)])
+    letters = torch.tensor([40, 41, 42, 43])
+    g = torch.Generator().manual_seed(0)
+
+    def batch(n):
+        ys = torch.randint(0, 4, (n,), generator=g)
+        img = colours[ys][:, :, None, None].expand(n, 3, 32, 32) + 0.3 * torch.randn(n, 3, 32, 32, generator=g)
+        ids = torch.tensor([[1, 11, 12, 13, 14, 15]]).expand(n, -1)
+        return {"text_ids": ids, "text_masks": torch.ones_like(ids), "image": img,
+                "target_ids": pad_targets([[30, 31, int(letters[y]), 2] for y in ys])}, ys
+
+    def accuracy():
+        bb.eval()
+        b, ys = batch(128)
+        with torch.no_grad():
+            logits = bb(b, LayerPlan())["lm_logits"][:, 2, letters]
+        bb.train()
+        return float((logits.argmax(-1) == ys).float().mean())
+
+    before = accuracy()
+    opt = torch.optim.AdamW(params, lr=3e-2)
+    losses = []
+    for _ in range(40):
+        loss = bb(batch(16)[0], LayerPlan())["lm_loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    after = accuracy()
+    assert losses[-1] < 0.3 * losses[0]
+    assert after >= 0.45 and after >= before + 0.15, (before, after)

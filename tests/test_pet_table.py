@@ -36,7 +36,8 @@ REFUSED = {(m, "dvp_adapter") for m in METERS} | {
     ("test_vilt", "dvp_adapter"), ("test_clip_llama", "vl_pet_large"),
     ("test_vit_gpt2", "dvp_adapter"), ("test_vit_roberta", "dvp_adapter"),  # DVP's adapters: BERT / T5 / LLaMA only
     ("test_vit_gpt2", "vl_pet_large"),  # GPT-2 is a decoder without cross-attention: no VL-PET site
-    ("test_vl_bart", "dvp_adapter"), ("test_vl_bart_video", "dvp_adapter"), ("test_plm_llama", "vl_pet_large")}
+    ("test_vl_bart", "dvp_adapter"), ("test_vl_bart_video", "dvp_adapter"), ("test_plm_llama", "vl_pet_large"),
+    ("test_lavin", "vl_pet_large")}  # LaVIN's LLaMA: a decoder without cross-attention
 # backbones with decoder cross-attention
 DECODER_XATTN = {"test_clip_t5", "test_plm_t5", "test_vl_bart", "test_vl_bart_video", "test_vl_t5"}
 IDENTITY = {"none", "bitfit", "lora", "ia3"}  # B = 0, ones, no modules: exactly the bare backbone at init
@@ -276,6 +277,10 @@ def test_kind_scope_policies(name):
         plm = {f"plm.{hf}.{n}" for n, _ in unfreeze_params(bb.plm.hf_model(), "norms:encoder")}
         always = {n for n, _ in bb.base_trainable("none")}
         assert got == plm | always and (bool(plm) == (bb.plm.kind != "LLAMA"))
+    elif name == "test_lavin":  # adapter_proj, the modality token, CLIP's routers always train; LLaMA has no encoder
+        plm = {f"plm.llama.{n}" for n, _ in unfreeze_params(bb.plm.hf_model(), "norms:encoder")}
+        always = {n for n, _ in bb.base_trainable("none")}
+        assert always and not plm and got == always
     elif "generate" in bb.capabilities:  # VL-BART/T5: the HF model's encoder norms + the visual projector
         always = {n for n, _ in bb.base_trainable("none")}
         hf = {f"seq2seq.{n}" for n, _ in unfreeze_params(bb.seq2seq, "norms:encoder")}

@@ -4,7 +4,8 @@
 - ``vl_bart`` / ``vl_t5``: VL-BART / VL-T5, generative (``vl_seq2seq.py``);
 - ``clip_plm``: frozen CLIP + BERT / T5 / LLaMA with the dynamic visual prompt (``clip_plm.py``);
 - ``plm``: a language model alone (BERT / T5 / LLaMA; text-only tasks, DAS layer skipping; ``plm.py``);
-- ``lavin``: LaVIN — LLaMA learning the answer text from CLIP image tokens, routers on a modality token (``lavin.py``);
+- ``lavin``: LaVIN — LLaMA learning the answer text from CLIP image tokens, routers on a modality token
+  (``lavin.py``);
 - ``meter``: METER (CLIP image tower, RoBERTa text tower, co-attention fusion; ``meter.py``);
 - ``vit_gpt2`` / ``vit_roberta``: frozen HF ViT + GPT-2 (captioning, ``generate``) / + RoBERTa (classify), the
   Routing-VLPEFT hosts (``vit_lm.py``);

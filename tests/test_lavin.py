@@ -260,14 +260,14 @@ def test_lm_loss_training_learns_to_read_the_image():
     """The cheap form of scripts/lavin_learns_synthetic.py: the image is a solid colour, the prompt is the same for
     every sample, the answer letter names the colour (chance 1/4). Training only LaVIN's trainables (adapter_proj, the
     modality token, CLIP's routers, the LLaMA routers) on the answer's LM loss lifts the letter accuracy well above
-    chance: the image reaches the answer through adapter_proj and the routers."""
+    chance: the image reaches the answer through adapter_proj and the routers. (Seeds 0-3 reach 0.75-1.0.)"""
     torch.manual_seed(0)
     bb = build_lavin(dict(plm_config="test_llama_tiny", lavin_clip_model="test_clip_tiny", lavin_clip_every=1,
-                          lavin_hidden_proj=16, lavin_visual_adapter_dim=4))
+                          lavin_hidden_proj=32, lavin_visual_adapter_dim=8))
     with torch.no_grad():  # a random head reads an RMS-normed state: scaled up so that it can be confident at all
-        bb.lm_head.weight.mul_(50.0)
+        bb.lm_head.weight.mul_(20.0)
     bb._prefix = {"img": [5, 6], "nonimg": [5, 6, 7, 8]}  # test_llama_tiny has no tokenizer of its own
-    report = inject(bb, PRESETS.build("das_llama", {**DEFAULTS, "das_llama_adapter_dim": 4, "das_llama_router": True}))
+    report = inject(bb, PRESETS.build("das_llama", {**DEFAULTS, "das_llama_adapter_dim": 8, "das_llama_router": True}))
     names = set(apply_trainable(bb, report, "none", LayerPlan()))
     params = [p for n, p in bb.named_parameters() if n in names]
     colours = torch.tensor([(1., -1, -1), (-1, 1., -1), (-1, -1, 1.), (1., 1., -1)])
@@ -279,18 +279,18 @@ def test_lm_loss_training_learns_to_read_the_image():
         img = colours[ys][:, :, None, None].expand(n, 3, 32, 32) + 0.3 * torch.randn(n, 3, 32, 32, generator=g)
         ids = torch.tensor([[1, 11, 12, 13, 14, 15]]).expand(n, -1)
         return {"text_ids": ids, "text_masks": torch.ones_like(ids), "image": img,
-                "target_ids": pad_targets([[30, 31, int(letters[y]), 2] for y in ys])}, ys
+                "target_ids": pad_targets([[int(letters[y]), 2] for y in ys])}, ys
 
     def accuracy():
         bb.eval()
         b, ys = batch(128)
         with torch.no_grad():
-            logits = bb(b, LayerPlan())["lm_logits"][:, 2, letters]
+            logits = bb(b, LayerPlan())["lm_logits"][:, 0, letters]
         bb.train()
         return float((logits.argmax(-1) == ys).float().mean())
 
     before = accuracy()
-    opt = torch.optim.AdamW(params, lr=3e-2)
+    opt = torch.optim.AdamW(params, lr=1e-2)
     losses = []
     for _ in range(40):
         loss = bb(batch(16)[0], LayerPlan())["lm_loss"]
@@ -299,5 +299,5 @@ def test_lm_loss_training_learns_to_read_the_image():
         opt.step()
         losses.append(float(loss.detach()))
     after = accuracy()
-    assert losses[-1] < 0.3 * losses[0]
-    assert after >= 0.45 and after >= before + 0.15, (before, after)
+    assert losses[-1] < 0.5 * losses[0]
+    assert after >= 0.6 and after >= before + 0.3, (before, after)

@@ -20,19 +20,21 @@ from vlpeft.backbones._clip import openai_to_hf_clip
 from vlpeft.backbones._generative import pad_targets
 from vlpeft.backbones.lavin import build_lavin, lavin_answer_letter
 from vlpeft.build import build_with_pet
-from vlpeft.config import DEFAULTS
+from vlpeft.config import DEFAULTS, NAMED_CONFIGS
 from vlpeft.pet import PRESETS, inject
 from vlpeft.pet.trainable import apply_trainable
 
-# LaVIN-DAS's finetuning_sqa_7b.sh / search_sqa_7b.sh at LLaMA-7B + CLIP ViT-L/14 shapes (random, meta device)
-LAVIN_7B = dict(backbone="lavin", plm_config="llama_7b", lavin_clip_model="vit_l14_random", pet="das_llama",
-                das_llama_adapter_dim=8, das_llama_router=True, lavin_hidden_proj=128, lavin_visual_adapter="router",
-                lavin_visual_adapter_dim=8, trainable="original")
+# LaVIN-DAS's finetuning_sqa_7b.sh / search_sqa_7b.sh as their named configs, at LLaMA-7B + CLIP ViT-L/14 shapes
+# (random weights of those shapes on the meta device in place of the weights' folders; the offline vocabulary)
+SHAPES_7B = dict(plm_config="llama_7b", lavin_clip_model="vit_l14_random", tokenizer=DEFAULTS["tokenizer"])
 
 
-def _trainable_7b(skip: list[int]) -> int:
+def _trainable_7b(name: str, **over) -> int:
+    cfg = {**DEFAULTS, **NAMED_CONFIGS[name], **SHAPES_7B, **over}
     with torch.device("meta"):  # shapes only: nothing allocated
-        bb, report, _ = build_with_pet({**DEFAULTS, **LAVIN_7B}, LayerPlan.of(skip))
+        # a train stage on its fixed skip list; the search stage builds every candidate's skip adapter (no plan)
+        plan = None if cfg["stage"] == "search" else LayerPlan.of(cfg["skip_module"])
+        bb, report, _ = build_with_pet(cfg, plan)
     return sum(p.numel() for p in bb.parameters() if p.requires_grad)
 
 
@@ -43,16 +45,14 @@ def _trainable_7b(skip: list[int]) -> int:
     ([20, 13, 28, 8, 12, 17], 4_961_088, 5.0),  # BoolQ's DAS6 list
 ])
 def test_lavin_7b_trainable_counts_match_the_das_readme(skip, exact, readme):
-    n = _trainable_7b(skip)
+    n = _trainable_7b("das_train_lavin_sqa", skip_module=skip)
     assert n == exact
     assert round(n / 1e6, 1) == readme
 
 
 def test_lavin_7b_search_stage_trains_both_adapters_of_every_layer():
     """LaVIN-DAS's search keeps adapter_attn and replaced_adapter on all 32 layers: 3,781,296 + 32 × 278,562."""
-    with torch.device("meta"):
-        bb, _, _ = build_with_pet({**DEFAULTS, **LAVIN_7B, "stage": "search", "search": "das"})
-    assert sum(p.numel() for p in bb.parameters() if p.requires_grad) == 12_695_280
+    assert _trainable_7b("das_search_lavin_sqa") == 12_695_280
 
 
 def test_answer_letter_extraction_as_lavin():

@@ -29,7 +29,8 @@ How the scripts' flags become keys:
 Deliberate differences: decoding is greedy (the originals sample with temperature 0.1, top-p 0.75); BoolQ and
 CSQA are tested on their validation sets and GSM8K on its test set through the same converter files (the originals
 read pre-built 0-shot JSON files holding the same prompts; their BoolQ / GSM8K prompt variants are kept on the test
-split); search rewards of the language tasks are scored on the val split (LaVIN-DAS: on the training set).
+split); search rewards are scored on the val split, which for CSQA and GSM8K reads their training file (as LaVIN-DAS
+scores its language tasks' rounds on training data) and for BoolQ its dev set.
 """
 
 from __future__ import annotations

@@ -5,4 +5,4 @@
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 CORES="$(nproc 2>/dev/null || echo 1)"
 WORKERS="${VLPEFT_TEST_WORKERS:-$(( CORES < 4 ? CORES : 4 ))}"
-exec python -m pytest -q -p no:cacheprovider -n "$WORKERS" --dist loadfile "$@" tests
+exec python -m pytest -q -p no:cacheprovider -n "$WORKERS" --dist loadfile --no-loadscope-reorder "$@" tests

@@ -34,6 +34,18 @@ from write_arrow.synthetic import write_synthetic  # noqa: E402
 if _WORKERS > 1:  # in case a plugin imported torch before the variable was set
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+# scripts/test.sh hands whole files to the xdist workers in collection order (--no-loadscope-reorder): the files
+# whose end-to-end runs or subprocesses take minutes go first, so the suite does not end on one worker running one
+# of them while the other idles. Only the order of files changes; within a file the order is pytest's.
+SLOW_FILES_FIRST = ("test_readme_commands.py", "test_gpu_check.py", "test_das_lm.py", "test_api.py", "test_runner.py",
+                    "test_rundirs.py", "test_generative_runpy.py", "test_messages.py", "test_inputs.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: other files keep their order
+
+
 QUIET = {"--loglevel": "ERROR"}
 SYNTHETIC_DEFAULTS = dict(seed=0, images=16, variants=("vqa",))
 

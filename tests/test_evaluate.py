@@ -10,6 +10,8 @@ fixture) copied verbatim. The official code is not part of the project.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import random
 import subprocess
@@ -221,14 +223,28 @@ def test_vqa_proxy_gap_on_fixture():
 
 
 # ------------------------------------------------------------------------------------------ VQA CLI
-def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlpeft.evaluate", *args], cwd=cwd, capture_output=True,
+def _shell(*args: str) -> subprocess.CompletedProcess:
+    """``python -m vlpeft.evaluate ARGS`` in a fresh interpreter (the entry point itself)."""
+    return subprocess.run([sys.executable, "-m", "vlpeft.evaluate", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """What ``python -m vlpeft.evaluate ARGS`` runs (``sys.exit(main())``), in this process: the exit code, stdout
+    and stderr, without an interpreter start-up per call (``test_cli_vqa_json`` starts one). An exception escaping
+    ``main`` fails the test, as its traceback (exit 1) would fail a returncode == 2 check."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return subprocess.CompletedProcess(["vlpeft.evaluate", *args], code, out.getvalue(), err.getvalue())
 
 
 def test_cli_vqa_json(tmp_path):
     out = tmp_path / "acc.json"
-    r = _cli("vqa", "--questions", str(Q), "--annotations", str(A), "--predictions", str(P), "--json", str(out))
+    r = _shell("vqa", "--questions", str(Q), "--annotations", str(A), "--predictions", str(P), "--json", str(out))
     assert r.returncode == 0, r.stderr
     assert "Overall Accuracy is: 71.19" in r.stdout
     _assert_accuracy_equal(json.loads(out.read_text()), OFFICIAL_FIXTURE)

@@ -11,7 +11,7 @@ import pytest
 
 from vlpeft.config import ConfigError
 
-SYNTHETIC = dict(images=48)  # this module's arrows (tests/conftest.py)
+SYNTHETIC = dict(images=16)  # this module's arrows (tests/conftest.py): small, these tests check no learning
 
 
 @pytest.fixture

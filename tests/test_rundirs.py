@@ -20,7 +20,7 @@ from vlpeft.rundir import (VERSION_ENV, dump_name, find_latest_placement, reserv
 from vlpeft.search.placement import Placement, PlacementError
 
 ROOT = Path(__file__).resolve().parents[1]
-SYNTHETIC = dict(images=48)  # this module's arrows (tests/conftest.py)
+SYNTHETIC = dict(images=16)  # this module's arrows (tests/conftest.py): small, these tests check no learning
 
 
 @pytest.fixture(autouse=True)

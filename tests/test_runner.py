@@ -17,7 +17,7 @@ from vlpeft.search.placement import Placement, PlacementError
 from write_arrow.synthetic import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
-SYNTHETIC = dict(images=48)  # this module's arrows (tests/conftest.py)
+SYNTHETIC = dict(images=16)  # this module's arrows (tests/conftest.py): small, these tests check no learning
 
 
 def _updates(arrows: Path, log_dir: Path, **kw) -> dict:

@@ -117,7 +117,7 @@ import toy_task  # (one file: registers the task and its dataset before the conf
 import run
 from write_arrow.synthetic import write_synthetic
 
-write_synthetic({arrows!r}, seed=0, images=48, variants=("vqa",))
+write_synthetic({arrows!r}, seed=0, images=16, variants=("vqa",))
 common = dict(data_root={arrows!r}, log_dir={log!r}, datasets=["toy_qtype"], loss_names={{"toy_qtype": 1, "vqa": 0}},
               per_gpu_batchsize=16, batch_size=16, max_epoch=1, das_epoch=2, das_turn=1, num_workers=0)
 quiet = {{"--loglevel": "ERROR"}}

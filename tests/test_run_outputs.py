@@ -71,7 +71,7 @@ def test_data_splits_on_the_command_line_replaces_one_entry():
                        text=True, timeout=300)
     assert p.returncode == 0 and "ConfigAddedError" not in p.stderr, p.stderr[-2000:]
     out = re.sub(r"\x1b\[[0-9;]*m", "", p.stdout)
-    vqa = out.split("vqa:", 1)[1].split("\n", 4)[:4]
+    vqa = re.split(r"^\s*vqa:[ \t]*$", out, maxsplit=1, flags=re.M)[1].split("\n", 4)[:4]  # not tvqa:
     assert "test = ['vqav2_rest_val']" in vqa[1]  # the override
     assert "train = ['vqav2_train', 'vqav2_trainable_val']" in vqa[2]  # the rest of the default kept
 

@@ -35,6 +35,15 @@ The model (each part as the original computes it; the deliberate differences at 
   (``das_llama_router=False``). A vision build fed a batch without ``image`` treats every sample as image-less
   (LaVIN's indicator 0: "Image: N/A", modality row 0).
 
+- **DVP on ScienceQA** (``method=dvp``; hsb1357173526/Dynamic_Visual_Prompting ``Dynamic_Visual_Prompting_For_SQA``,
+  ``lavin/model.py``): an image sample's sequence gets one learned slot (``image_params``) right after its image
+  tokens; until LLaMA layer K (``insert_layer``, "insert" candidates) no later token reads it; before layer K it is
+  replaced by ``cross_attn(q, c)``: ``q`` the mean of the layer-K input over the prompt tokens after BOS, ``c`` CLIP's
+  last-block output over every token (no ``ln_post``), a ``CrossAttentionPrompt`` of width ``dvp_llama_xattn_dim``
+  (512, 16 heads, dropout 0.1); one per layer while searching (``search_stage``, KAB). Image-less samples get no slot.
+  The slot, the cross-attention(s) and LaVIN's modules train (the original's 'adapter' / 'cross_attn' /
+  'image_params' rule); the placeholder itself never reaches the loss there either.
+
 Batch keys (``vlpeft.backbones._generative``): ``text_ids`` / ``text_masks`` (right-padded prompt, BOS first),
 ``target_ids`` (answer + EOS, -100 padding; absent at test), optional ``image`` (B, 3, H, W) and ``has_image`` (B,)
 (1 = the sample has an image; default all 1 when ``image`` is given). Candidates: the LLaMA layers (skip); a skipped
@@ -49,6 +58,10 @@ Deliberate differences (the key that restores the original, where one does):
 - Generation is greedy; LaVIN samples with temperature 0.1, top-p 0.75. Generation recomputes the sequence each step
   (no KV cache).
 - fp16 casts (``.half()``, autocast) are left to ``plm_dtype`` and the trainer's precision.
+- DVP-SQA's training mask hides the slot from later tokens in every layer, also after layer K (the pre-K mask is
+  edited in place and reused), so its prompt never reaches the loss and its KAB rewards do not depend on K; its cached
+  generation lets answer tokens after the first read it. Here later tokens read the prompt from layer K on, in
+  training and generation; ``lavin_dvp_hide_after_insert=True`` restores the training mask (everywhere).
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 import run as run_py
-from vlpeft.config import NAMED_CONFIGS, ConfigError
+from vlpeft.config import NAMED_CONFIGS
 from vlpeft.named_configs.lavin_das import DVP_SQA_CONFIGS, LAVIN_CONFIGS
 from vlpeft.search.placement import Placement
 from write_arrow import (write_boolq_synthetic, write_csqa_synthetic, write_gsm8k_synthetic,
@@ -107,15 +108,25 @@ def test_search_train_test_only_through_run_py(sacred, arrows, tmp_path, bench):
         assert metrics["scienceqa_avg"] == pytest.approx(metrics["scienceqa_accuracy"])
 
 
-@pytest.mark.parametrize("name,message", [
-    ("dvp_search_llama_sqa", r"search=kab places a visual prompt before a unit, but backbone=test_lavin offers only"),
-    ("dvp_adaption_llama_sqa", r"method=dvp insert_layer=4 asks for DVP's visual prompt, but backbone=test_lavin has "
-                               r"no prompt layer"),
-])
-def test_dvp_on_scienceqa_is_refused_until_lavin_takes_a_prompt(sacred, arrows, tmp_path, name, message):
-    """The lavin backbone has no prompt layer yet: DVP's runs stop before a model is built instead of training LaVIN
-    without the prompt."""
-    with pytest.raises(ConfigError, match=message):
-        sacred(name, data_root=str(arrows), log_dir=str(tmp_path / "result"), backbone="test_lavin",
-               tokenizer="bert-base-uncased", num_gpus=0, num_workers=0, **TINY_CLIP)
-    assert not (tmp_path / "result").exists() or not any((tmp_path / "result").rglob("*.ckpt"))
+def test_dvp_on_scienceqa_search_train_test_only_through_run_py(sacred, arrows, tmp_path):
+    """DVP-SQA on LaVIN: the KAB search places the visual prompt at a LLaMA layer, training reads that placement
+    (cross-attention + slot + LaVIN's modules train) and test_only generates answers from the checkpoint."""
+    common = dict(data_root=str(arrows), log_dir=str(tmp_path / "result"), backbone="test_lavin",
+                  tokenizer="bert-base-uncased", per_gpu_batchsize=8, batch_size=8, num_gpus=0, num_workers=0,
+                  max_text_len=96, max_epoch=1, das_llama_adapter_dim=4, gen_max_length=4, dvp_llama_xattn_dim=16,
+                  num_heads=4, **TINY_CLIP)
+    r = sacred("dvp_search_llama_sqa", **common)
+    p = Placement.load(r.result["placement_path"])
+    assert p.method == "kab" and isinstance(p.insert_layer, int) and p.insert_layer >= 0
+    r = sacred("dvp_adaption_llama_sqa", placement="latest", **common)
+    run_dir = Path(r.result["run_dir"])
+    trained = set(load_file(str(run_dir / "trainable.safetensors")))
+    # the original's trainable set: every 'adapter', 'cross_attn' and 'image_params' parameter
+    assert {"backbone.image_params", "backbone.cross_attn.linear_q.weight", "backbone.adapter_proj.conv_A.weight",
+            "backbone.adapter_modality_embedding.weight"} <= trained
+    assert not any(n.startswith(("backbone.clip.", "backbone.plm.llama.", "backbone.lm_head")) for n in trained)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    r = sacred("dvp_adaption_llama_sqa", load_path=str(ckpt), test_only=True, placement="latest",
+               **dict(common, per_gpu_batchsize=4, batch_size=4))
+    rows = json.loads(next(Path(r.result["run_dir"]).glob("scienceqa_predict_*.json")).read_text())
+    assert len(rows) == 4 and all(isinstance(x["answer"], str) for x in rows)

@@ -65,7 +65,8 @@ def plm(settings: PlmSettings) -> Backbone:
 LAVIN_KEYS = declared_keys(LavinSettings)
 
 
-@BACKBONES.register("lavin", spec=LavinSettings, candidate_kinds=("skip",), capabilities=("generate", "text_only"))
+@BACKBONES.register("lavin", spec=LavinSettings, candidate_kinds=("skip", "insert"),
+                    capabilities=("generate", "text_only"))
 def lavin(settings: LavinSettings) -> Backbone:
     return build_lavin(settings)
 

@@ -35,6 +35,15 @@ The model (each part as the original computes it; the deliberate differences at 
   (``das_llama_router=False``). A vision build fed a batch without ``image`` treats every sample as image-less
   (LaVIN's indicator 0: "Image: N/A", modality row 0).
 
+- **DVP on ScienceQA** (``method=dvp``; hsb1357173526/Dynamic_Visual_Prompting ``Dynamic_Visual_Prompting_For_SQA``,
+  ``lavin/model.py``): an image sample's sequence gets one learned slot (``image_params``) right after its image
+  tokens; until LLaMA layer K (``insert_layer``, "insert" candidates) no later token reads it; before layer K it is
+  replaced by ``cross_attn(q, c)``: ``q`` the mean of the layer-K input over the prompt tokens after BOS, ``c`` CLIP's
+  last-block output over every token (no ``ln_post``), a ``CrossAttentionPrompt`` of width ``dvp_llama_xattn_dim``
+  (512, 16 heads, dropout 0.1); one per layer while searching (``search_stage``, KAB). Image-less samples get no slot.
+  The slot, the cross-attention(s) and LaVIN's modules train (the original's 'adapter' / 'cross_attn' /
+  'image_params' rule); the placeholder itself never reaches the loss there either.
+
 Batch keys (``vlpeft.backbones._generative``): ``text_ids`` / ``text_masks`` (right-padded prompt, BOS first),
 ``target_ids`` (answer + EOS, -100 padding; absent at test), optional ``image`` (B, 3, H, W) and ``has_image`` (B,)
 (1 = the sample has an image; default all 1 when ``image`` is given). Candidates: the LLaMA layers (skip); a skipped
@@ -49,6 +58,10 @@ Deliberate differences (the key that restores the original, where one does):
 - Generation is greedy; LaVIN samples with temperature 0.1, top-p 0.75. Generation recomputes the sequence each step
   (no KV cache).
 - fp16 casts (``.half()``, autocast) are left to ``plm_dtype`` and the trainer's precision.
+- DVP-SQA's training mask hides the slot from later tokens in every layer, also after layer K (the pre-K mask is
+  edited in place and reused), so its prompt never reaches the loss and its KAB rewards do not depend on K; its cached
+  generation lets answer tokens after the first read it. Here later tokens read the prompt from layer K on, in
+  training and generation; ``lavin_dvp_hide_after_insert=True`` restores the training mask (everywhere).
 """
 
 from __future__ import annotations
@@ -72,6 +85,7 @@ from vlpeft.backbones._variants import Variants
 from vlpeft.backbones.plm import truncate_layers
 from vlpeft.data.tokenizer import load_tokenizer, resolve_model_path
 from vlpeft.pet.das_lm import LaVINRouterAdapter
+from vlpeft.pet.prompts import CrossAttentionPrompt
 from vlpeft.sections import key, take
 
 # LLaMA shapes (random weights; pretrained ones come from the `tokenizer` folder). The PLM tables' LLaMA variants
@@ -125,6 +139,14 @@ class LavinSettings:
     plm_gguf_file: str | None = key(default=None, shared=True)
     plm_num_layers: int = key(default=0, shared=True)  # > 0: keep the first N LLaMA layers
     plm_dtype: str = key(default="fp32", shared=True)
+    # DVP on ScienceQA (method=dvp): the visual prompt's slot after the image tokens, filled at LLaMA layer K
+    method: str = key(default="das", shared=True)
+    search_stage: bool = key(default=False, shared=True)  # KAB search: one cross-attention per candidate layer
+    dvp_llama_xattn_dim: int = key(default=512, shared=True)
+    num_heads: int = key(default=12, shared=True)  # the cross-attention's heads (DVP-SQA: 16)
+    drop_rate: float = key(default=0.1, shared=True)
+    lavin_dvp_hide_after_insert: bool = False  # True: the prompt stays hidden from later tokens after layer K too
+    # (the original's training mask, which makes the prompt unread); False: later tokens read it from layer K on
 
 
 def _check(s: LavinSettings) -> LavinSettings:
@@ -148,6 +170,17 @@ def _check(s: LavinSettings) -> LavinSettings:
         raise ValueError(f"plm_config={s.plm_config!r} is not a LLaMA variant; use one of "
                          f"{sorted(LAVIN_LLAMA_VARIANTS) + sorted(PLM_VARIANTS['LLAMA'])}")
     plm_torch_dtype(s.plm_dtype)
+    if s.method == "dvp" and not s.lavin_clip_model:
+        raise ValueError("method=dvp on lavin needs CLIP for the visual prompt, but lavin_clip_model='' (text-only); "
+                         "set lavin_clip_model=<a CLIP variant or ViT-L-14.pt> or use method=das")
+    if s.method == "dvp":
+        w, h = s.dvp_llama_xattn_dim, s.num_heads
+        if isinstance(w, bool) or not isinstance(w, int) or isinstance(h, bool) or not isinstance(h, int) \
+                or w <= 0 or h <= 0 or w % h:
+            raise ValueError(f"dvp_llama_xattn_dim={w!r} must be a positive int divisible by num_heads={h!r} "
+                             f"(DVP-SQA: 512 and 16)")
+    if not isinstance(s.lavin_dvp_hide_after_insert, bool):
+        raise ValueError(f"lavin_dvp_hide_after_insert={s.lavin_dvp_hide_after_insert!r} must be True or False")
     return s
 
 
@@ -214,6 +247,17 @@ class LaVINBackbone(HostsPLM, Generative):
                                            t=cfg.lavin_visual_adapter_t)
                     self.clip_adapters.append(a)
                     layer.layer_norm1.register_forward_hook(_ClipAdapterHook(a, cfg.lavin_clip_route_batch0))
+        # DVP-SQA: a learned placeholder after the image tokens; at layer K a cross-attention from the pooled prompt
+        # tokens onto CLIP's last-block tokens overwrites it (per candidate layer while searching, as clip_plm)
+        self.dvp = clip is not None and cfg.method == "dvp"
+        if self.dvp:
+            self.image_params = nn.Parameter(torch.randn(1, d))
+            xattn = dict(query_dim=d, kv_dim=dv, inner_dim=int(cfg.dvp_llama_xattn_dim),
+                         num_heads=int(cfg.num_heads), dropout=float(cfg.drop_rate))
+            if cfg.search_stage:
+                self.cross_attn_options = nn.ModuleList(CrossAttentionPrompt(**xattn) for _ in range(plm.num_layers))
+            else:
+                self.cross_attn = CrossAttentionPrompt(**xattn)
         self._prefix = {k: self._encode(getattr(cfg, f"lavin_prefix_{k}")) for k in ("img", "nonimg")}
 
     def _encode(self, text: str) -> list[int]:
@@ -229,7 +273,7 @@ class LaVINBackbone(HostsPLM, Generative):
         return self.plm.num_layers
 
     def candidates(self) -> Candidates:
-        return Candidates(count=self.plm.num_layers, skip=True, insert=False)
+        return Candidates(count=self.plm.num_layers, skip=True, insert=self.dvp)
 
     def candidate_module(self, index: int) -> nn.Module:
         return self.plm.layers[index]
@@ -244,20 +288,27 @@ class LaVINBackbone(HostsPLM, Generative):
     def base_trainable(self, policy: str) -> list[tuple[str, nn.Parameter]]:
         """LaVIN's own modules (``adapter_proj``, the modality token, CLIP's adapters) train under every policy; the
         LLaMA per policy; CLIP and the LM head never."""
-        own = [(f"{name}.{n}", p) for name in ("adapter_proj", "adapter_modality_embedding", "clip_adapters")
+        own = [(f"{name}.{n}", p) for name in ("adapter_proj", "adapter_modality_embedding", "clip_adapters",
+                                                "cross_attn", "cross_attn_options")
                if hasattr(self, name) for n, p in getattr(self, name).named_parameters()]
+        if self.dvp:
+            own.append(("image_params", self.image_params))
         return own + [("plm.llama." + n, p) for n, p in self.plm.base_trainable(policy)]
 
     # -- vision -----------------------------------------------------------------------------------------------------
     def image_tokens(self, image: torch.Tensor) -> torch.Tensor:
         """(B, n_blocks // every, d): the class token after every ``lavin_clip_every``-th CLIP block, through
         ``adapter_proj``."""
+        return self._clip(image)[0]
+
+    def _clip(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image tokens and the last block's output (B, 1 + P, d_v): no ``ln_post`` (DVP's keys / values)."""
         assert self.clip is not None
         dtype = self.clip.embeddings.patch_embedding.weight.dtype
         hs = self.clip(pixel_values=image.to(dtype), output_hidden_states=True).hidden_states  # [embeds, block 1…]
         every = self.cfg.lavin_clip_every
         feats = torch.stack([hs[i][:, 0] for i in range(every, len(hs), every)], dim=1)
-        return self.adapter_proj(feats.to(self.adapter_proj.conv_A.weight.dtype))
+        return self.adapter_proj(feats.to(self.adapter_proj.conv_A.weight.dtype)), hs[-1]
 
     # -- the sequence -----------------------------------------------------------------------------------------------
     def _inputs(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -282,16 +333,19 @@ class LaVINBackbone(HostsPLM, Generative):
         return ids, masks, has
 
     def _rows(self, batch: Mapping[str, Any], extra: list[torch.Tensor] | None = None
-              ) -> tuple[list[torch.Tensor], list[int]]:
-        """Per sample: the input embeddings (n_b, d) and where the appended ``extra`` ids start."""
+              ) -> tuple[list[torch.Tensor], list[int], dict[str, Any] | None]:
+        """Per sample: the input embeddings (n_b, d) and where the appended ``extra`` ids start; with DVP, where the
+        prompt slot of each image row is (``rows``, ``slot``), the prompt tokens it pools (``span``: t_1 … t_n)
+        and CLIP's last-block tokens (``visual``)."""
         ids, masks, has = self._inputs(batch)
         emb = self.plm.llama.embed_tokens
-        img = None
+        img = visual = None
         if has is not None and bool(has.any()):
             image = batch["image"]
             image = image[0] if isinstance(image, (list, tuple)) else image
-            img = self.image_tokens(image.to(ids.device))
+            img, visual = self._clip(image.to(ids.device))
         rows, starts = [], []
+        dvp: dict[str, Any] = {"rows": [], "slot": [], "span": []}
         for b in range(ids.shape[0]):
             n = int(masks[b].sum())
             toks = ids[b, :n]
@@ -304,6 +358,15 @@ class LaVINBackbone(HostsPLM, Generative):
                 parts.append(emb(torch.tensor(prefix, dtype=torch.long, device=ids.device)))
                 if flag:
                     parts.append(img[b].to(emb.weight.dtype))
+                    if self.dvp:
+                        if n < 2:
+                            raise ValueError("lavin DVP: a prompt with an image has no token after BOS to form the "
+                                             "visual prompt's query from")
+                        slot = sum(p.shape[0] for p in parts)
+                        parts.append(self.image_params.to(emb.weight.dtype))
+                        dvp["rows"].append(b)
+                        dvp["slot"].append(slot)
+                        dvp["span"].append((slot + 1, slot + n))
                 parts.append(emb(toks[1:]))
             else:
                 parts.append(emb(toks))
@@ -312,10 +375,14 @@ class LaVINBackbone(HostsPLM, Generative):
                 parts.append(emb(extra[b]))
             rows.append(torch.cat(parts, dim=0))
             starts.append(start)
-        return rows, starts
+        if not dvp["rows"]:
+            return rows, starts, None
+        dvp["visual"] = visual[dvp["rows"]]
+        return rows, starts, dvp
 
-    def _run(self, rows: list[torch.Tensor], plan: LayerPlan) -> torch.Tensor:
-        """The final-normed hidden states (B, N, d) of the right-padded rows."""
+    def _run(self, rows: list[torch.Tensor], plan: LayerPlan, dvp: dict[str, Any] | None = None) -> torch.Tensor:
+        """The final-normed hidden states (B, N, d) of the right-padded rows; ``dvp`` (from ``_rows``): the prompt
+        slots, filled before layer ``plan.insert_layer``."""
         lengths = [r.shape[0] for r in rows]
         n, d = max(lengths), rows[0].shape[-1]
         h = rows[0].new_zeros(len(rows), n, d)
@@ -329,29 +396,50 @@ class LaVINBackbone(HostsPLM, Generative):
             allowed = allowed & ((pos[None, :] > 0) | (pos[:, None] == 0))[None, None]
         pos_ids = pos.unsqueeze(0).expand(len(rows), -1)
         rope = self.plm.llama.rotary_emb(h, position_ids=pos_ids)
-        state = PLMState(h=h, masks=real.long(), attn_mask=_additive(allowed, h.dtype),
-                         extra={"rope": rope, "pos": pos_ids})
-        skip = self.check_plan(plan).skip
+        plan = self.check_plan(plan)
+        skip, k = plan.skip, plan.insert_layer
+        after = _additive(allowed, h.dtype)
+        before = after
+        if dvp is not None:  # until layer K no later token reads the (placeholder) slot
+            r = torch.tensor(dvp["rows"], device=dev)
+            slot = torch.tensor(dvp["slot"], device=dev)
+            hidden = torch.zeros_like(allowed)
+            hidden[r, :, :, slot] = pos[None, None, :] > slot[:, None, None]  # (rows, 1, query position)
+            before = _additive(allowed & ~hidden, h.dtype)
+            if self.cfg.lavin_dvp_hide_after_insert:
+                after = before
+        state = PLMState(h=h, masks=real.long(), attn_mask=before, extra={"rope": rope, "pos": pos_ids})
         for i in range(self.num_layers):
+            if dvp is not None and i == k:
+                state = replace(state, h=self._fill_prompt(state.h, dvp, k), attn_mask=after)
             if i in skip:
                 state = replace(state, h=self.skip_adapters[i](state.h))
             else:
                 state = self.plm.run_layer(i, state)
         return self.plm.llama.norm(state.h)
 
+    def _fill_prompt(self, h: torch.Tensor, dvp: dict[str, Any], k: int) -> torch.Tensor:
+        """``h`` with each image row's slot replaced by ``xattn(mean of its prompt tokens, CLIP tokens)``."""
+        xattn = self.cross_attn_options[k] if self.cfg.search_stage else self.cross_attn
+        w = xattn.linear_q.weight.dtype
+        query = torch.stack([h[b, s:e].mean(0) for b, (s, e) in zip(dvp["rows"], dvp["span"])])
+        prompt = xattn(query.to(w), dvp["visual"].to(w))[:, 0].to(h.dtype)
+        r = torch.tensor(dvp["rows"], device=h.device)
+        return h.index_put((r, torch.tensor(dvp["slot"], device=h.device)), prompt)
+
     def forward(self, batch: Mapping[str, Any], plan: LayerPlan = LayerPlan(), **ctx: Any) -> dict[str, Any]:
         if ctx:
             raise TypeError(f"lavin takes no {sorted(ctx)}")
         targets = batch.get("target_ids")
         if targets is None:
-            rows, _ = self._rows(batch)
-            h = self._run(rows, plan)
+            rows, _, dvp = self._rows(batch)
+            h = self._run(rows, plan, dvp)
             return {"lm_logits": self.lm_head(h)}
         targets = batch["target_ids"].to(self.plm.llama.embed_tokens.weight.device)
         keep = targets != IGNORE_INDEX
         extra = [targets[b][keep[b]] for b in range(targets.shape[0])]
-        rows, starts = self._rows(batch, extra)
-        h = self._run(rows, plan)
+        rows, starts, dvp = self._rows(batch, extra)
+        h = self._run(rows, plan, dvp)
         # target t of row b is predicted at position start_b + t - 1 (only real targets; padding gathers position 0)
         T = targets.shape[1]
         rank = keep.long().cumsum(1) - 1
@@ -372,8 +460,8 @@ class LaVINBackbone(HostsPLM, Generative):
         out = [torch.zeros(0, dtype=torch.long, device=ids.device) for _ in range(b)]
         done = [False] * b
         for _ in range(int(max_new_tokens)):
-            rows, _ = self._rows(batch, out)
-            h = self._run(rows, plan)
+            rows, _, dvp = self._rows(batch, out)
+            h = self._run(rows, plan, dvp)
             last = torch.tensor([r.shape[0] - 1 for r in rows], device=h.device)
             nxt = self.lm_head(h[torch.arange(b, device=h.device), last]).argmax(-1)
             for i in range(b):

@@ -93,7 +93,8 @@ def register(named: Callable[..., None], loss_names: Callable[[dict[str, Any]], 
                method="dvp", pet="das_llama", das_llama_router=True, per_gpu_batchsize=8, max_text_len=512,
                learning_rate=1e-2 * _EFF_BATCH / 256, gen_max_length=64, lavin_clip_model="ViT-L/14",
                lavin_clip_every=4, lavin_hidden_proj=128, lavin_visual_adapter="router", lavin_visual_adapter_dim=8,
-               image_size=224, train_transform_keys=["lavin"], val_transform_keys=["lavin"])
+               image_size=224, train_transform_keys=["lavin"], val_transform_keys=["lavin"],
+               dvp_llama_xattn_dim=512, num_heads=16, drop_rate=0.1)  # Cross_Attention(mid 512, 16 heads, 0.1)
     named("dvp_search_llama_sqa", **dict(dvp, stage="search", search="kab", search_stage=True, max_epoch=2,
                                          warmup_steps=1 / 2, weight_decay=0.04))
     named("dvp_adaption_llama_sqa", **dict(dvp, stage="train", search="", search_stage=False, max_epoch=20,

@@ -189,6 +189,24 @@ def write_rows(dst: Path, schema: pa.Schema, items: Sequence[Any], make_row: Cal
     return Written(dst, n)
 
 
+def write_synthetic_splits(dst: str | Path, name: str, label: str, splits: Sequence[tuple[str, int]], seed: int,
+                           schema: pa.Schema, records: Callable[[random.Random, int, str], list[Any]],
+                           items: Callable[[str, list[Any]], Sequence[Any]],
+                           make_row: Callable[[str], Callable[[Any], dict[str, Any]]], *,
+                           progress: bool = False) -> dict[str, Written]:
+    """A synthetic text set in its converter's layout: ``<name>_<split>.arrow`` per (split, count) of ``splits``
+    (the first at least 4 records, the others at least 2), each split's records drawn from its own seeded stream."""
+    if splits[0][1] < 4 or any(n < 2 for _, n in splits[1:]):
+        counts = ", ".join(f"n_{split}={n}" for split, n in splits)
+        raise WriteArrowError(f"synthetic {label}: {counts} are too few (>= 4 and >= 2)")
+    written = {}
+    for split, n in splits:
+        recs = records(random.Random(f"{seed}:{name}:{split}"), n, split)
+        written[f"{name}_{split}"] = write_rows(Path(dst) / f"{name}_{split}.arrow", schema, items(split, recs),
+                                                make_row(split), progress=progress)
+    return written
+
+
 def _default_permissions(path: Path) -> None:
     """Temp files are created private (0600); give the final file the usual umask-based mode instead."""
     umask = os.umask(0)

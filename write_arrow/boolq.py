@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ._common import WriteArrowError, Written, load_json_lines, write_rows
+from ._common import WriteArrowError, Written, load_json_lines, write_rows, write_synthetic_splits
 
 BOOLQ_SCHEMA = pa.schema([
     ("questions", pa.list_(pa.string())),
@@ -88,16 +88,10 @@ def synthetic_records(rng: random.Random, n: int) -> list[dict[str, Any]]:
 def write_boolq_synthetic(dst: str | Path, *, seed: int = 0, n_train: int = 256, n_val: int = 64,
                           progress: bool = False) -> dict[str, Written]:
     """A synthetic BoolQ-style set (boolq_train / boolq_val) in the converter's layout."""
-    if n_train < 4 or n_val < 2:
-        raise WriteArrowError(f"synthetic BoolQ: n_train={n_train}, n_val={n_val} are too few (>= 4 and >= 2)")
-    dst = Path(dst)
-    written = {}
-    for split, n in (("train", n_train), ("val", n_val)):
-        recs = synthetic_records(random.Random(f"{seed}:boolq:{split}"), n)
-        written[f"boolq_{split}"] = write_rows(dst / f"boolq_{split}.arrow", BOOLQ_SCHEMA,
-                                               [(i, r, r["answer"]) for i, r in enumerate(recs)], _row(split),
-                                               progress=progress)
-    return written
+    return write_synthetic_splits(dst, "boolq", "BoolQ", (("train", n_train), ("val", n_val)), seed, BOOLQ_SCHEMA,
+                                  lambda rng, n, split: synthetic_records(rng, n),
+                                  lambda split, recs: [(i, r, r["answer"]) for i, r in enumerate(recs)], _row,
+                                  progress=progress)
 
 
 __all__ = ["BOOLQ_SCHEMA", "synthetic_records", "write_boolq", "write_boolq_synthetic"]

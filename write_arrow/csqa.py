@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ._common import WriteArrowError, Written, load_json_lines, write_rows
+from ._common import WriteArrowError, Written, load_json_lines, write_rows, write_synthetic_splits
 
 CSQA_SCHEMA = pa.schema([
     ("questions", pa.list_(pa.string())),
@@ -87,16 +87,10 @@ def synthetic_records(rng: random.Random, n: int, split: str) -> list[dict[str, 
 def write_csqa_synthetic(dst: str | Path, *, seed: int = 0, n_train: int = 64, n_val: int = 16,
                          progress: bool = False) -> dict[str, Written]:
     """A synthetic CommonsenseQA-style set (csqa_train / csqa_val) in the converter's layout."""
-    if n_train < 4 or n_val < 2:
-        raise WriteArrowError(f"synthetic CSQA: n_train={n_train}, n_val={n_val} are too few (>= 4 and >= 2)")
-    dst = Path(dst)
-    written = {}
-    for split, n in (("train", n_train), ("val", n_val)):
-        recs = synthetic_records(random.Random(f"{seed}:csqa:{split}"), n, split)
-        written[f"csqa_{split}"] = write_rows(dst / f"csqa_{split}.arrow", CSQA_SCHEMA,
-                                              [_row(Path(f"{split}.jsonl"), i, r) for i, r in enumerate(recs)],
-                                              lambda r: r, progress=progress)
-    return written
+    return write_synthetic_splits(dst, "csqa", "CSQA", (("train", n_train), ("val", n_val)), seed, CSQA_SCHEMA,
+                                  synthetic_records,
+                                  lambda split, recs: [_row(Path(f"{split}.jsonl"), i, r) for i, r in enumerate(recs)],
+                                  lambda split: (lambda r: r), progress=progress)
 
 
 __all__ = ["CSQA_SCHEMA", "synthetic_records", "write_csqa", "write_csqa_synthetic"]

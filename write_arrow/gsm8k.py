@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ._common import WriteArrowError, Written, load_json_lines, write_rows
+from ._common import WriteArrowError, Written, load_json_lines, write_rows, write_synthetic_splits
 
 GSM8K_SCHEMA = pa.schema([
     ("questions", pa.list_(pa.string())),
@@ -69,16 +69,11 @@ def synthetic_records(rng: random.Random, n: int) -> list[dict[str, Any]]:
 def write_gsm8k_synthetic(dst: str | Path, *, seed: int = 0, n_train: int = 64, n_test: int = 16,
                           progress: bool = False) -> dict[str, Written]:
     """A synthetic GSM8K-style set (gsm8k_train / gsm8k_test) in the converter's layout."""
-    if n_train < 4 or n_test < 2:
-        raise WriteArrowError(f"synthetic GSM8K: n_train={n_train}, n_test={n_test} are too few (>= 4 and >= 2)")
-    dst = Path(dst)
-    written = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        recs = synthetic_records(random.Random(f"{seed}:gsm8k:{split}"), n)
-        written[f"gsm8k_{split}"] = write_rows(dst / f"gsm8k_{split}.arrow", GSM8K_SCHEMA,
-                                               [_row(split, i, r, Path(f"{split}.jsonl")) for i, r in enumerate(recs)],
-                                               lambda r: r, progress=progress)
-    return written
+    return write_synthetic_splits(dst, "gsm8k", "GSM8K", (("train", n_train), ("test", n_test)), seed, GSM8K_SCHEMA,
+                                  lambda rng, n, split: synthetic_records(rng, n),
+                                  lambda split, recs: [_row(split, i, r, Path(f"{split}.jsonl"))
+                                                       for i, r in enumerate(recs)],
+                                  lambda split: (lambda r: r), progress=progress)
 
 
 __all__ = ["GSM8K_SCHEMA", "synthetic_records", "write_gsm8k", "write_gsm8k_synthetic"]

@@ -210,6 +210,61 @@ def test_video_single_adapter_trains_then_test_only_writes_the_dumps(sacred, tmp
         assert all(("ts" in r) == (stem == "tvc_test_predictions") for r in rows)
 
 
+@pytest.fixture(scope="module")
+def video_data(tmp_path_factory):
+    from write_arrow.synthetic_video import write_synthetic_video
+
+    data = tmp_path_factory.mktemp("video_das")
+    write_synthetic_video(data, seed=1, n_train=4, progress=False)
+    return data
+
+
+VIDEO_DUMPS = {"tvqa": "tvqa_test_predictions", "how2qa": "how2qa_test_public_predictions",
+               "tvc": "tvc_test_predictions", "yc2c": "yc2c_test_predictions"}
+
+
+@pytest.mark.parametrize("task", sorted(VIDEO_DUMPS))
+def test_video_task_das_search_then_train_then_test_only_through_run_py(task, video_data, sacred, tmp_path,
+                                                                        monkeypatch):
+    """Each video task through both stages: a DAS search over the tiny video VL-BART's layers (reward: minus the LM
+    loss on its video batches) writes placement.json; a train run reads it back (placement=latest); test_only from
+    that checkpoint writes the task's dump in the original's format."""
+    from vlpeft.tasks import caption_eval
+
+    monkeypatch.setattr(caption_eval, "java_available", lambda: False)
+    upd = dict(backbone="test_vl_bart_video", tokenizer="bert-base-uncased", pet="das", das_adapter_dim=4,
+               das_skip_adapter_dim=8, skip_num=1, das_turn=1, das_warmup_epoch=0, das_epoch=1, search="das",
+               datasets=[task], loss_names={**{k: 0 for k in DEFAULTS["loss_names"]}, task: 1}, data_root=str(video_data),
+               log_dir=str(tmp_path / "result"), per_gpu_batchsize=4, batch_size=4, max_epoch=1, warmup_steps=0,
+               learning_rate=3e-3, num_beams=1, gen_max_length=3, num_gpus=0, num_workers=0)
+    search = sacred("vladapter_video_single_adapter", **dict(upd, stage="search")).result
+    skip = json.loads(Path(search["placement_path"]).read_text())["skip"]
+    assert len(skip) == 1 and 0 <= skip[0] < 4  # 2 encoder + 2 decoder layers
+    train = sacred("vladapter_video_single_adapter", **dict(upd, stage="train", placement="latest")).result
+    run_dir = Path(train["run_dir"])
+    assert json.loads((run_dir / "run.json").read_text())["placement_source"] == search["placement_path"]
+    test = sacred("vladapter_video_single_adapter", **dict(upd, stage="train", test_only=True, placement="latest",
+                                                           load_path=str(run_dir / "checkpoints" / "last.ckpt"))).result
+    out = Path(test["run_dir"])
+    assert next(out.glob(f"{VIDEO_DUMPS[task]}_*"), None) is not None, sorted(p.name for p in out.iterdir())
+
+
+def test_a_search_over_several_generative_tasks_is_refused_before_the_build(video_data, sacred, tmp_path):
+    """A DAS search scores its plans on one task's val batches: the four-task video config with stage=search is one
+    clear error naming the fix, before a model is built or a run folder reserved."""
+    from vlpeft.config import ConfigError
+
+    log = tmp_path / "result"
+    upd = dict(backbone="test_vl_bart_video", tokenizer="bert-base-uncased", pet="das", search="das",
+               stage="search", das_epoch=2, das_warmup_epoch=0, data_root=str(video_data), log_dir=str(log),
+               per_gpu_batchsize=4, batch_size=4, max_epoch=2, num_gpus=0, num_workers=0)
+    with pytest.raises(ConfigError, match=r"stage=search on backbone=test_vl_bart_video \(generative\) scores its "
+                                          r"plans on one task's val batches, but datasets=\['tvqa', 'how2qa', 'tvc', "
+                                          r"'yc2c'\]; search on one task \(e.g. datasets=\['tvqa'\]"):
+        sacred("vladapter_video_single_adapter", **upd)
+    assert not list(log.rglob("version_*"))
+
+
 def test_per_task_modules_are_keyed_by_the_video_tasks():
     """A per-task recipe under a video config (``--use_tasks_prompts`` runs carry ``batch["task"]``) builds one module
     copy per video task name, the names the video batches carry."""

@@ -713,6 +713,13 @@ def _check_axes(config: dict[str, Any]) -> Axes:
                 raise ConfigError(f"search={axes.search} {what}, but backbone={axes.backbone} offers only {list(kinds)} "
                                   f"candidates; use a backbone with {need!r} candidates (e.g. "
                                   f"{'clip_plm' if need == 'insert' else 'vilt'}) or another search")
+            datasets = list(config.get("datasets") or [])
+            if config["stage"] == "search" and "generate" in caps and "classify" not in caps and len(datasets) > 1:
+                # the generative datamodule scores the plans on the val batches of one task
+                raise ConfigError(f"stage=search on backbone={axes.backbone} (generative) scores its plans on one "
+                                  f"task's val batches, but datasets={datasets}; search on one task (e.g. "
+                                  f"datasets=['{datasets[0]}'] with the others 0 in loss_names), then train every "
+                                  "task on its placement (stage=train placement=latest)")
     except RegistryError as e:
         raise ConfigError(str(e)) from None
     if config["stage"] == "search" and not axes.search:

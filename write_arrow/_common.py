@@ -189,6 +189,16 @@ def write_rows(dst: Path, schema: pa.Schema, items: Sequence[Any], make_row: Cal
     return Written(dst, n)
 
 
+def split_source(src: Path, stems: Sequence[str], what: str, expected: str) -> Path:
+    """The first of ``src/<stem>.jsonl`` that exists (a release names a split's file one of several ways), or one error
+    naming every name tried and the expected format."""
+    paths = [src / f"{s}.jsonl" for s in stems]
+    path = next((p for p in paths if p.is_file()), None)
+    if path is None:
+        raise WriteArrowError(f"{what}: none of {[str(p) for p in paths]} exists; expected {expected}")
+    return path
+
+
 def write_synthetic_splits(dst: str | Path, name: str, label: str, splits: Sequence[tuple[str, int]], seed: int,
                            schema: pa.Schema, records: Callable[[random.Random, int, str], list[Any]],
                            items: Callable[[str, list[Any]], Sequence[Any]],

@@ -15,7 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from ._common import WriteArrowError, Written, load_json_lines, write_rows, write_synthetic_splits
+from ._common import (WriteArrowError, Written, load_json_lines, split_source, write_rows,
+                      write_synthetic_splits)
 
 BOOLQ_SCHEMA = pa.schema([
     ("questions", pa.list_(pa.string())),
@@ -54,10 +55,7 @@ def write_boolq(src: str | Path, dst: str | Path, *, progress: bool = True) -> d
     src, dst = Path(src), Path(dst)
     written = {}
     for split, stems in SOURCES.items():
-        paths = [src / f"{s}.jsonl" for s in stems]
-        path = next((p for p in paths if p.is_file()), None)
-        if path is None:
-            raise WriteArrowError(f"BoolQ {split} split: none of {[str(p) for p in paths]} exists; expected {FORMAT}")
+        path = split_source(src, stems, f"BoolQ {split} split", FORMAT)
         records = load_json_lines(path, FORMAT)
         items = [(i, rec, _answer(rec, path, i)) for i, rec in enumerate(records)]
         written[f"boolq_{split}"] = write_rows(dst / f"boolq_{split}.arrow", BOOLQ_SCHEMA, items, _row(split),

@@ -16,7 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from ._common import WriteArrowError, Written, load_json_lines, write_rows, write_synthetic_splits
+from ._common import (WriteArrowError, Written, load_json_lines, split_source, write_rows,
+                      write_synthetic_splits)
 
 CSQA_SCHEMA = pa.schema([
     ("questions", pa.list_(pa.string())),
@@ -53,11 +54,7 @@ def write_csqa(src: str | Path, dst: str | Path, *, progress: bool = True) -> di
     src, dst = Path(src), Path(dst)
     written = {}
     for split, stems in SOURCES.items():
-        paths = [src / f"{s}.jsonl" for s in stems]
-        path = next((p for p in paths if p.is_file()), None)
-        if path is None:
-            raise WriteArrowError(f"CommonsenseQA {split} split: none of {[str(p) for p in paths]} exists; "
-                                  f"expected {FORMAT}")
+        path = split_source(src, stems, f"CommonsenseQA {split} split", FORMAT)
         rows = [_row(path, i, rec) for i, rec in enumerate(load_json_lines(path, FORMAT))]
         written[f"csqa_{split}"] = write_rows(dst / f"csqa_{split}.arrow", CSQA_SCHEMA, rows, lambda r: r,
                                               progress=progress, desc=f"csqa_{split}")

@@ -679,6 +679,17 @@ class HostsPLM:
     ``self.skip_adapters`` (CLIP+PLM, the plain PLM, ViT + GPT-2 / RoBERTa): the wrapper's sublayer sites, one skip
     site per candidate layer (``skip_site_meta`` says what a skip module may read), and the PLM's projections."""
 
+    @property
+    def hidden_size(self) -> int:
+        return self.plm.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.plm.num_layers
+
+    def candidate_module(self, index: int) -> nn.Module:
+        return self.plm.layers[index]  # the candidates are the hosted language model's layers
+
     def skip_site_meta(self, i: int) -> dict:
         return {}
 

@@ -149,14 +149,6 @@ class DVPBackbone(HostsPLM, Backbone):
 
     # -- structure -----------------------------------------------------------------------------------
     @property
-    def num_layers(self) -> int:
-        return self.plm.num_layers
-
-    @property
-    def hidden_size(self) -> int:
-        return self.plm.hidden_size
-
-    @property
     def candidate_layers(self) -> nn.ModuleList:
         """The PLM modules called once per candidate layer (BERT layers, T5 decoder blocks, LLaMA layers)."""
         return self.plm.layers
@@ -318,9 +310,6 @@ class DVPBackbone(HostsPLM, Backbone):
     # -- the backbone protocol -------------------------------------------------------------------------
     def candidates(self) -> Candidates:
         return Candidates(count=self.plm.num_layers, skip=True, insert=True)
-
-    def candidate_module(self, index: int) -> nn.Module:
-        return self.plm.layers[index]
 
     def skip_site_meta(self, i: int) -> dict[str, Any]:
         """LLaMA's pre-attention RMSNorm, which LaVIN's skip adapter reads."""

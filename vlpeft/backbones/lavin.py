@@ -264,19 +264,8 @@ class LaVINBackbone(HostsPLM, Generative):
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if self.tokenizer else []
 
     # -- protocol ---------------------------------------------------------------------------------------------------
-    @property
-    def hidden_size(self) -> int:
-        return self.plm.hidden_size
-
-    @property
-    def num_layers(self) -> int:
-        return self.plm.num_layers
-
     def candidates(self) -> Candidates:
         return Candidates(count=self.plm.num_layers, skip=True, insert=self.dvp)
-
-    def candidate_module(self, index: int) -> nn.Module:
-        return self.plm.layers[index]
 
     def candidate_name(self, index: int) -> str:
         return f"plm.llama.layers.{index}"

@@ -89,19 +89,8 @@ class PLMBackbone(HostsPLM, Backbone):
         self.skip_adapters = nn.ModuleList(nn.Sequential() for _ in range(plm.num_layers))  # empty = identity
 
     # -- structure -----------------------------------------------------------------------------------
-    @property
-    def hidden_size(self) -> int:
-        return self.plm.hidden_size
-
-    @property
-    def num_layers(self) -> int:
-        return self.plm.num_layers
-
     def candidates(self) -> Candidates:
         return Candidates(count=self.plm.num_layers, skip=True, insert=False)
-
-    def candidate_module(self, index: int) -> nn.Module:
-        return self.plm.layers[index]
 
     def candidate_name(self, index: int) -> str:
         hf = {"BERT": "bert.encoder.layer", "T5": "t5.decoder.block", "LLAMA": "llama.layers"}[self.plm.kind]

@@ -371,10 +371,6 @@ class _ViTLM(HostsPLM, Backbone):
         return self
 
     # -- protocol ---------------------------------------------------------------------------------------------------
-    @property
-    def hidden_size(self) -> int:
-        return self.plm.hidden_size
-
     def candidates(self) -> Candidates:
         return Candidates(count=self.plm.num_layers, skip=True, insert=False)
 

@@ -121,7 +121,7 @@ def test_build_tasks_picks_generative_variants():
                         settings_from_config({"num_beams": 5, "gen_max_length": 7}))
     assert [t.name for t in tasks] == ["vqa", "gqa", "nlvr2", "caption"]
     assert all(t.mode == "generate" and t.generative and t.head_names() == () for t in tasks)
-    assert tasks[0].generation == {"num_beams": 5, "max_new_tokens": 7}
+    assert tasks[0].generation == {"num_beams": 5, "gen_max_length": 7}
     # a classifying backbone keeps the classifiers; caption is refused there, naming the capability
     vqa = build_tasks({"vqa": 1}, frozenset({"classify"}), "vilt")[0]
     assert not vqa.generative and vqa.heads == ("vqa_classifier",)
@@ -220,7 +220,7 @@ def test_generation_scores_and_dumps(trained, tmp_path):
         return bb(b, None, **kw)
 
     out = compute(tasks, infer, None, batch, generate=True)
-    assert seen == {"generate": True, "max_new_tokens": 6, "num_beams": 3}
+    assert seen == {"generate": True, "gen_max_length": 6, "num_beams": 3}
     assert out["vqa_generated"] == ["red", "two dogs"]  # the planted answers
     # "red" scores 1.0; "two dogs" is normalised to "2 dogs", the label of score 0.6
     assert out["vqa_gen_scores"].tolist() == [1.0, 0.6]

@@ -80,6 +80,22 @@ def test_generate_equals_hf_generate(bare, beams):
     assert len(text) == 2 and all(isinstance(s, str) for s in text)
 
 
+@pytest.mark.parametrize("gen_max_length", [2, 5])
+def test_gen_max_length_is_the_originals_max_length(bare, gen_max_length):
+    """VL-Adapter / VL-PET decode with ``generate(max_length=gen_max_length)``: for an encoder-decoder that length
+    counts the decoder start token, so gen_max_length = N gives at most N − 1 new tokens. The run's flag (what the
+    tasks pass) must give exactly Hugging Face's ``max_length`` output; ``max_new_tokens`` stays a count of new ids."""
+    name, bb = bare
+    b = _batch()
+    with torch.no_grad():
+        ref = bb.seq2seq.generate(input_ids=b["text_ids"], attention_mask=b["text_masks"], num_beams=2,
+                                  max_length=gen_max_length, do_sample=False)
+        text = bb(b, PLAN, generate=True, num_beams=2, gen_max_length=gen_max_length)["generated"]
+    assert ref.shape[1] == gen_max_length  # random weights: no early EOS, the bound is reached
+    assert text == [s.strip() for s in bb.tokenizer.batch_decode(ref, skip_special_tokens=True)]
+    assert bb.new_tokens(gen_max_length) == gen_max_length - 1
+
+
 def test_generate_records_no_autograd_graph(bare):
     """Generation with grad enabled (a caller outside ``no_grad``) builds no graph for the encoder: transformers'
     ``generate`` runs its own encoder without one, and a graph would hold the encoder's activations for the whole

@@ -6,7 +6,9 @@ A backbone with the ``generate`` capability subclasses ``Generative`` and implem
   cross-entropy over ``target_ids`` positions that are not -100) when the batch has ``target_ids``;
   ``cls_feats`` too where the model can classify;
 - ``generate(batch, plan, *, num_beams, max_new_tokens)`` → the decoded strings, one per sample (special tokens
-  and surrounding blanks stripped). The backbone owns its tokenizer (``self.tokenizer``, built from the config's
+  and surrounding blanks stripped). Tasks pass the originals' ``gen_max_length`` instead; the backbone's
+  ``new_tokens`` turns it into ``max_new_tokens`` the way its original counted it
+  (``counts_start_token``: VL-BART / VL-T5 hand it to Hugging Face as ``max_length``, start token included). The backbone owns its tokenizer (``self.tokenizer``, built from the config's
   ``tokenizer`` like the datamodule's), so decoding needs nothing else;
 - ``tokenizer`` → the Hugging Face tokenizer that encodes ``text_ids`` / ``target_ids`` for it.
 
@@ -42,10 +44,19 @@ class Generative(Backbone):
 
     capabilities: frozenset[str] = frozenset({"generate"})
     tokenizer: Any = None
+    # the original passes its gen_max_length as Hugging Face's ``max_length`` of an encoder-decoder, which counts the
+    # decoder start token: at most gen_max_length - 1 new tokens (VL-Adapter / VL-PET's ``gen_kwargs['max_length']``)
+    counts_start_token: bool = False
+
+    def new_tokens(self, gen_max_length: int) -> int:
+        """The most new tokens the original generated for its flag ``gen_max_length`` (at least one)."""
+        return max(1, int(gen_max_length) - int(self.counts_start_token))
 
     def __call__(self, batch: Mapping[str, Any], plan: LayerPlan, *args: Any, generate: bool = False,
                  **kw: Any) -> Any:
         if generate:
+            if "gen_max_length" in kw:  # the run's flag (tasks), counted as this backbone's original counted it
+                kw["max_new_tokens"] = self.new_tokens(kw.pop("gen_max_length"))
             opts = {k: kw.pop(k, v) for k, v in GENERATE_DEFAULTS.items()}
             return {"generated": self.generate(batch, plan, **opts)}
         return super().__call__(batch, plan, *args, **kw)

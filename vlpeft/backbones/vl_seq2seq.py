@@ -256,6 +256,7 @@ class VLSeq2Seq(Generative):
     embedding and encoder steps HF's encoder would run, the sublayer hosts of the PET sites, its init rule)."""
 
     capabilities = frozenset({"generate"})
+    counts_start_token = True  # the originals' generate(max_length=gen_max_length): the start token counts
     family = ""  # the HF model_type: "bart" | "t5"
     _base_path = ""  # the HF module holding encoder / decoder, relative to seq2seq
     _layers_attr = ""  # the layer list's attribute in each stack

@@ -48,7 +48,8 @@ class TaskSettings:
     max_text_len: int = key(convert=_int_or(40), default=40, shared=True)
     # generate mode: beam width of validation / test decoding
     num_beams: int = key(convert=_int_or(1), default=1, shared=True)
-    # generate mode: most generated tokens (and the caption target truncation)
+    # generate mode: the originals' length flag (the backbone's ``new_tokens`` counts it as its original did) and the
+    # caption target truncation
     gen_max_length: int = key(convert=_int_or(20), default=20, shared=True)
     # generate mode: the originals' textual task prefixes
     use_tasks_prompts: bool = key(convert=bool, default=True, shared=True)
@@ -77,8 +78,9 @@ class TaskSettings:
         return replace(self, options=opts)
 
     def generation_options(self) -> dict[str, int]:
-        """generate()'s keywords from the originals' flags ``num_beams`` and ``gen_max_length``."""
-        return {"num_beams": int(self.num_beams or 1), "max_new_tokens": int(self.gen_max_length or 20)}
+        """The originals' flags ``num_beams`` and ``gen_max_length``, as a generative backbone's ``__call__`` takes
+        them (it turns the length into ``max_new_tokens`` the way its original counted it)."""
+        return {"num_beams": int(self.num_beams or 1), "gen_max_length": int(self.gen_max_length or 20)}
 
 
 def settings_from_config(config: Any) -> TaskSettings:

@@ -5,7 +5,7 @@ small *random* frozen CLIP, LaVIN's trainables (``adapter_proj``, the modality t
 ``das_llama`` router adapters, trained on a synthetic ScienceQA-style task: the image is a solid colour, the
 question lists four colours as (A)–(D) (in a random order per sample with ``--shuffle``), the answer is LaVIN's
 ``The answer is (X).`` text. Chance is 25 %; nothing in the text tells the colour. Accuracy = greedy generation +
-LaVIN's answer extraction (``lavin_answer_letter``) on held-out samples, before and after training.
+LaVIN's answer extraction (``vlpeft.tasks.scienceqa.answer_letter``) on held-out samples, before and after training.
 
 Then the DAS search (LaVIN-DAS's reward: exp(−LM loss on the answer), 3 candidate sets per round, one layer skipped,
 step 0.05 as ``engine.py``) on the trained model with one layer made the identity on purpose (its attention and MLP
@@ -39,7 +39,8 @@ import torch  # noqa: E402
 
 from vlpeft._protocol import LayerPlan  # noqa: E402
 from vlpeft.backbones._generative import pad_targets  # noqa: E402
-from vlpeft.backbones.lavin import build_lavin, lavin_answer_letter  # noqa: E402
+from vlpeft.backbones.lavin import build_lavin  # noqa: E402
+from vlpeft.tasks.scienceqa import answer_letter  # noqa: E402
 from vlpeft.config import DEFAULTS  # noqa: E402
 from vlpeft.pet import PRESETS, inject  # noqa: E402
 from vlpeft.pet.trainable import apply_trainable  # noqa: E402
@@ -90,7 +91,7 @@ def accuracy(bb, samples: list[dict], gen: torch.Generator, batch_size: int = 16
     for i in range(0, len(samples), batch_size):
         chunk = samples[i:i + batch_size]
         texts = bb.generate(to_batch(bb, chunk, False, gen), LayerPlan(), max_new_tokens=8)
-        hits += sum(lavin_answer_letter(t) == s["letter"] for t, s in zip(texts, chunk))
+        hits += sum(answer_letter(t) == s["letter"] for t, s in zip(texts, chunk))
     return hits / len(samples)
 
 

@@ -1,5 +1,5 @@
 """``bench/gpu_check.sh`` (issue 21 item 6): the GPU checks in one script. CI has no GPU, so its ``--cpu-smoke`` runs
-the same four steps, tiny, on the CPU: each step must run to the end and print its figures, and the script must
+the same five steps, tiny, on the CPU: each step must run to the end and print its figures, and the script must
 refuse a GPU run without a GPU with one clear message."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def test_cpu_smoke_runs_every_step_and_prints_its_figures(tmp_path):
                           capture_output=True, text=True, env=_env(), timeout=1500)
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-2000:]
-    for name in ("das_speedup", "mixed_precision", "memory", "demo"):
+    for name in ("das_speedup", "mixed_precision", "memory", "demo", "dvp_first_epoch"):
         assert re.search(rf"^  {name}: ok, \d+ s$", out, re.M), (name, out[-3000:])
         assert (tmp_path / f"{name}.log").is_file()
     # 1. DAS speed-up: a summary row per batch × k > 0, with ideal, speed-up [min, max], ratio and goal
@@ -43,6 +43,9 @@ def test_cpu_smoke_runs_every_step_and_prints_its_figures(tmp_path):
     # 3. memory against peft's LoRA; 4. the demo ran its four stages
     assert "lora (peft)" in out and "fits 80 GB" in out
     assert "[demo] summary" in out and re.search(r"^  demo \(its own clock\): .*total time +\d+ s", out, re.M)
+    # 5. DVP's first epoch: the precompute + cached step against the uncached one, search and train
+    dvp = json.loads((tmp_path / "dvp_first_epoch.json").read_text())
+    assert sorted(dvp["first_epoch"]) == ["search", "train"]
 
 
 def test_gpu_run_without_a_gpu_says_so_and_exits_2(tmp_path):

@@ -18,7 +18,8 @@ from vlpeft._protocol import LayerPlan
 from vlpeft.backbones import BACKBONES
 from vlpeft.backbones._clip import openai_to_hf_clip
 from vlpeft.backbones._generative import pad_targets
-from vlpeft.backbones.lavin import build_lavin, lavin_answer_letter
+from vlpeft.backbones.lavin import build_lavin
+from vlpeft.tasks.scienceqa import answer_letter
 from vlpeft.build import build_with_pet
 from vlpeft.config import DEFAULTS, NAMED_CONFIGS
 from vlpeft.pet import PRESETS, inject
@@ -56,9 +57,9 @@ def test_lavin_7b_search_stage_trains_both_adapters_of_every_layer():
 
 
 def test_answer_letter_extraction_as_lavin():
-    assert lavin_answer_letter("The answer is B. Because ...") == "B"
-    assert lavin_answer_letter("I think (C). maybe") == "C"  # the fallback pattern: first A-E followed by anything
-    assert lavin_answer_letter("no letter here") == "FAILED"
+    assert answer_letter("The answer is B. Because ...") == "B"
+    assert answer_letter("I think (C). maybe") == "C"  # the fallback pattern: first A-E followed by anything
+    assert answer_letter("no letter here") == "FAILED"
 
 
 # --- parity with LaVIN-DAS's own modules -------------------------------------------------------------------------

@@ -6,7 +6,6 @@ Public API::
     build_lavin(settings) -> LaVINBackbone          # registry name "lavin" (tiny entry "test_lavin")
     LaVINBackbone(batch, plan) -> {"lm_logits" (B, T, V), "lm_loss"}   # with batch["target_ids"]
     LaVINBackbone.generate(batch, plan, max_new_tokens=…) -> [str]    # greedy
-    lavin_answer_letter(text) -> str                # LaVIN's ScienceQA answer extraction ("FAILED" when none)
     LavinSettings, LAVIN_LLAMA_VARIANTS, LAVIN_CLIP_VARIANTS
 
 The model (each part as the original computes it; the deliberate differences at the end):
@@ -28,8 +27,9 @@ The model (each part as the original computes it; the deliberate differences at 
 - **Loss**: token cross-entropy of the next-token logits on the answer tokens only (LaVIN's labels are 0 on the
   prompt, image and padding, and its criterion ignores 0); ``target_ids`` carry -100 there instead.
 - **Generation**: the same sequence, then the answer token by token, stopping at EOS or ``max_new_tokens`` (LaVIN's
-  ``eval_scienceqa.py``: 64). ``lavin_answer_letter`` pulls the letter out as LaVIN does: the first match of
-  ``The answer is ([A-Z]).``, else of ``([A-E]).``, else ``FAILED`` (the task then draws a random choice).
+  ``eval_scienceqa.py``: 64). The ScienceQA task (``vlpeft.tasks.scienceqa.answer_letter``) pulls the letter out as
+  LaVIN does: the first match of ``The answer is ([A-Z]).``, else of ``([A-E]).``, else ``FAILED`` (the task then
+  draws a random choice).
 - **Text-only** (``lavin_clip_model=''``): LaVIN-DAS's language-only runs (BoolQ, CSQA, GSM8K) use ``PL_Transformer``:
   no CLIP, no modality token, no "Image:" prefix — the LM over the prompt alone, with the text adapters
   (``das_llama_router=False``). A vision build fed a batch without ``image`` treats every sample as image-less
@@ -66,7 +66,6 @@ Deliberate differences (the key that restores the original, where one does):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -104,20 +103,6 @@ LAVIN_CLIP_VARIANTS = Variants("CLIP vision tower", "transformers.CLIPVisionConf
                            image_size=224, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5),
 })
 VISUAL_ADAPTERS = ("router", "none")
-_ANSWER = re.compile(r"The answer is ([A-Z]).")
-_LETTER = re.compile(r"([A-E]).")
-
-
-def lavin_answer_letter(text: str) -> str:
-    """LaVIN's ScienceQA extraction: the first ``The answer is X.`` letter, else the first ``[A-E]`` followed by any
-    character, else ``"FAILED"`` (its caller then picks a random choice)."""
-    for pattern in (_ANSWER, _LETTER):
-        found = pattern.findall(text)
-        if found:
-            return found[0]
-    return "FAILED"
-
-
 @dataclass(frozen=True)
 class LavinSettings:
     """LaVIN's keys (its flags: ``--hidden_proj 128``, ``--adapter_dim 8``, ``--visual_adapter_type router``,
@@ -520,4 +505,4 @@ def build_lavin(settings: LavinSettings | Mapping[str, Any]) -> LaVINBackbone:
 
 
 __all__ = ["AdapterMLP", "LAVIN_CLIP_VARIANTS", "LAVIN_LLAMA_VARIANTS", "LaVINBackbone", "LavinSettings",
-           "build_lavin", "build_lavin_llama", "lavin_answer_letter"]
+           "build_lavin", "build_lavin_llama"]

@@ -44,12 +44,17 @@ def lavin_target(answer: int, lecture: str, solution: str) -> str:
     return f"The answer is {OPTIONS[int(answer)]}. BECAUSE: {lec} {sol}".replace("  ", " ").strip()
 
 
-def extract_choice(generated: str, num_choices: int, qid: Any) -> int:
-    """The choice index eval_scienceqa.py scores: the letter of "The answer is X", else the first "[A-E]." in the
-    text; a letter past the problem's choices, or none, is a random choice (seeded by the problem id here, so a
-    rerun scores the same)."""
+def answer_letter(generated: str) -> str:
+    """The letter eval_scienceqa.py reads: that of "The answer is X", else the first "[A-E]" followed by any
+    character; "FAILED" when neither matches."""
     found = ANSWER_IS.findall(str(generated)) or ANY_LETTER.findall(str(generated))
-    letter = found[0] if found else FAILED
+    return found[0] if found else FAILED
+
+
+def extract_choice(generated: str, num_choices: int, qid: Any) -> int:
+    """The choice index eval_scienceqa.py scores: ``answer_letter``'s; a letter past the problem's choices, or none,
+    is a random choice (seeded by the problem id here, so a rerun scores the same)."""
+    letter = answer_letter(generated)
     if letter in OPTIONS[:num_choices]:
         return OPTIONS.index(letter)
     return random.Random(f"scienceqa:{qid}").randrange(num_choices)

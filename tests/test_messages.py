@@ -58,7 +58,17 @@ def test_config_errors_name_key_and_fix(demo, arrows, tmp_path, updates, words):
     a_file.write_text("x")
     upd = {k: v.format(tmp=tmp_path, file=a_file) if isinstance(v, str) else v for k, v in updates.items()}
     with pytest.raises(ConfigError, match=words):
-        demo(**{"data_root": str(arrows), "log_dir": str(tmp_path / "r"), **upd})
+        demo(**{"data_root": str(arrows), "log_dir": str(tmp_path / "r" / "runs"), **upd})
+    assert not (tmp_path / "r").exists()  # a refused run leaves no (empty) log folder behind
+
+
+def test_log_dir_is_checked_without_being_created(tmp_path):
+    from vlpeft.config import _unwritable
+
+    (tmp_path / "a_file").write_text("x")
+    assert _unwritable(tmp_path / "new" / "deeper") is None and not (tmp_path / "new").exists()
+    assert "is a file" in _unwritable(tmp_path / "a_file" / "runs")
+    assert "is a file" in _unwritable(tmp_path / "a_file")
 
 
 def test_placement_of_a_deeper_backbone_names_the_file(demo, arrows, tmp_path):

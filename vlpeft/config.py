@@ -8,7 +8,9 @@ their scripts' command lines work; keys we add are listed in ``NEW_KEYS`` with w
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 from sacred import Experiment
@@ -729,8 +731,6 @@ def _check_axes(config: dict[str, Any]) -> Axes:
 
 def _check_paths(config: dict[str, Any]) -> None:
     """Files the run will need, checked before anything is built."""
-    import tempfile
-    from pathlib import Path
 
     if not config.get("data_root"):
         raise ConfigError("data_root is empty; set data_root=<folder with the .arrow files> (see DATA.md)")
@@ -748,14 +748,23 @@ def _check_paths(config: dict[str, Any]) -> None:
         elif p and not Path(p).is_file():
             raise ConfigError(f"load_path {p} does not exist; give the path of a .ckpt / .bin / .safetensors file "
                               "or a Hugging Face model folder")
-    log_dir = Path(config["log_dir"])
-    try:  # the run folder goes there: create it and write a probe now, not after the model is built
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=log_dir, prefix=".write-probe-"):
-            pass
-    except OSError as e:
-        raise ConfigError(f"log_dir={config['log_dir']} is not a writable folder ({e.strerror or e}); set "
-                          "log_dir=<a writable folder>") from None
+    problem = _unwritable(Path(config["log_dir"]))
+    if problem:  # checked now, not after the model is built; nothing is created until the run reserves its folder
+        raise ConfigError(f"log_dir={config['log_dir']} is not a writable folder ({problem}); set "
+                          "log_dir=<a writable folder>")
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` could not be made and written (None if it can), judged from its nearest existing ancestor
+    without creating anything: a refused run leaves no empty folder behind."""
+    here = folder.absolute()
+    while not here.exists() and here.parent != here:
+        here = here.parent
+    if not here.is_dir():
+        return f"{here} is a file"
+    if not os.access(here, os.W_OK | os.X_OK):
+        return f"permission denied on {here}"
+    return None
 
 
 def _closest(key: str) -> str:

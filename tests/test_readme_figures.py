@@ -70,11 +70,12 @@ def test_the_dvp_learning_check_script_runs_and_reports_its_reference(tmp_path, 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "figures.json"
     monkeypatch.setattr(sys, "argv", ["dvp_learns_synthetic.py", "--images", "16", "--epochs", "1", "--json", str(out),
-                                      "--work", str(tmp_path / "work")])
+                                      "--work", str(tmp_path / "work"), "--seed", "3"])
     monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts the repository first on it
     runpy.run_path(str(root / "scripts" / "dvp_learns_synthetic.py"), run_name="__main__")
     figures = json.loads(out.read_text())
-    assert figures["images"] == 16 and figures["epochs"] == 1
+    assert figures["images"] == 16 and figures["epochs"] == 1 and figures["seed"] == 3
+    assert list((tmp_path / "work" / "result").glob("DVP_seed3_*"))  # the run took the seed
     assert (tmp_path / "work" / "result").is_dir()  # --work keeps the run there (the default folder is removed)
     assert 0 <= figures["dvp_bert_val_vqa_score"] <= 100
     write_synthetic(tmp_path / "arrows", seed=0, images=16, variants=("vqa",))

@@ -731,7 +731,6 @@ def _check_axes(config: dict[str, Any]) -> Axes:
 
 def _check_paths(config: dict[str, Any]) -> None:
     """Files the run will need, checked before anything is built."""
-
     if not config.get("data_root"):
         raise ConfigError("data_root is empty; set data_root=<folder with the .arrow files> (see DATA.md)")
     if not Path(config["data_root"]).is_dir():

@@ -7,9 +7,9 @@ A backbone with the ``generate`` capability subclasses ``Generative`` and implem
   ``cls_feats`` too where the model can classify;
 - ``generate(batch, plan, *, num_beams, max_new_tokens)`` → the decoded strings, one per sample (special tokens
   and surrounding blanks stripped). Tasks pass the originals' ``gen_max_length`` instead; the backbone's
-  ``new_tokens`` turns it into ``max_new_tokens`` the way its original counted it
-  (``counts_start_token``: VL-BART / VL-T5 hand it to Hugging Face as ``max_length``, start token included). The backbone owns its tokenizer (``self.tokenizer``, built from the config's
-  ``tokenizer`` like the datamodule's), so decoding needs nothing else;
+  ``new_tokens`` turns it into ``max_new_tokens`` the way its original counted it (``counts_start_token``: VL-BART /
+  VL-T5 hand it to Hugging Face as ``max_length``, start token included). The backbone owns its tokenizer
+  (``self.tokenizer``, built from the config's ``tokenizer`` like the datamodule's), so decoding needs nothing else;
 - ``tokenizer`` → the Hugging Face tokenizer that encodes ``text_ids`` / ``target_ids`` for it.
 
 Batch keys of generative tasks (the collate of ``vlpeft.data`` writes them):

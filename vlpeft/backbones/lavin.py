@@ -103,6 +103,8 @@ LAVIN_CLIP_VARIANTS = Variants("CLIP vision tower", "transformers.CLIPVisionConf
                            image_size=224, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5),
 })
 VISUAL_ADAPTERS = ("router", "none")
+
+
 @dataclass(frozen=True)
 class LavinSettings:
     """LaVIN's keys (its flags: ``--hidden_proj 128``, ``--adapter_dim 8``, ``--visual_adapter_type router``,

@@ -28,7 +28,7 @@ def _restores() -> list[tuple[str, str]]:
 def test_the_section_lists_the_known_differences():
     rows = [line for line in _section().splitlines() if line.startswith("| ") and not line.startswith("| where")]
     assert len(rows) >= 20
-    for must in ("search_score_mode=train", "unsafe_pickle=True", "plm_dtype=fp16", "dvp_original_trainable=True",
+    for must in ("search_score_mode=train", "plm_dtype=fp16", "dvp_original_trainable=True",
                  "t5_original_position_bias=True", "das_round_timing=after_step"):
         assert must in _section(), must
 

@@ -57,10 +57,13 @@ def test_checkpoint_that_would_run_code_is_refused_and_never_run(tmp_path):
     with pytest.raises(CheckpointError) as e:
         read_checkpoint(evil)
     msg = str(e.value)
-    assert str(evil) in msg and "system" in msg and "unsafe_pickle=True" in msg and ".safetensors" in msg
+    assert str(evil) in msg and "system" in msg and "never unpickles" in msg and ".safetensors" in msg
+    assert "weights_only=False" in msg and "st.save_file" in msg  # how to re-save it, outside vlpeft
     assert not marker.exists()
-    # the export CLI reads it the same way; its opt-in is --unsafe-pickle
+    # the export CLI reads it the same way; its former opt-in is refused by name
     rc = export.main([str(evil), "--out", str(tmp_path / "out.ckpt")])
+    assert rc == 2 and not marker.exists() and not (tmp_path / "out.ckpt").exists()
+    rc = export.main([str(evil), "--out", str(tmp_path / "out.ckpt"), "--unsafe-pickle"])
     assert rc == 2 and not marker.exists() and not (tmp_path / "out.ckpt").exists()
 
 
@@ -69,22 +72,51 @@ def test_old_format_checkpoint_with_code_is_refused_too(tmp_path):
     path = tmp_path / "old_format.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(2)}, "x": _Payload(marker)}, path,
                _use_new_zipfile_serialization=False)
-    with pytest.raises(CheckpointError, match=r"old_format.ckpt holds something .*system.*unsafe_pickle=True"):
+    with pytest.raises(CheckpointError, match=r"old_format.ckpt holds something .*system.*never unpickles"):
         read_checkpoint(path)
     assert not marker.exists()
 
 
-def test_unsafe_pickle_is_the_one_named_opt_in(tmp_path, capsys):
+def test_there_is_no_opt_in_to_full_unpickling(tmp_path):
+    """vlpeft loads data, not code: no keyword, key or flag unpickles arbitrary objects (the former
+    ``unsafe_pickle=True`` is refused by name with the way to re-save the file, before anything is built)."""
+    import inspect
+
+    from vlpeft.config import ConfigError, validate_config
+
     evil, marker = _evil(tmp_path)
-    torch_load(evil, unsafe_pickle=True)
-    assert marker.exists()  # the opt-in really unpickles everything …
-    assert "WARNING: unsafe_pickle=True" in capsys.readouterr().out  # … and says what it risks
+    assert "unsafe_pickle" not in inspect.signature(torch_load).parameters
+    with pytest.raises(CheckpointError):
+        torch_load(evil)
+    with pytest.raises(ConfigError, match=r"unsafe_pickle was removed: vlpeft never unpickles.*st.save_file"):
+        validate_config({"unsafe_pickle": True})
+    assert not marker.exists()
+
+
+def test_the_printed_resave_command_works_as_written(tmp_path):
+    """A trusted file holding a refused object (here argparse's Namespace, as some training scripts save): the
+    refusal's one-line re-save, run as printed, gives a .safetensors file that loads with the same tensors."""
+    import argparse
+    import re
+    import subprocess
+    import sys
+
+    src = tmp_path / "trusted.ckpt"
+    w = torch.arange(6.0).reshape(2, 3)
+    torch.save({"state_dict": {"backbone.w": w}, "hyper_parameters": argparse.Namespace(lr=1e-4)}, src)
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(src)
+    assert "argparse.Namespace" in str(e.value)
+    code = re.search(r'python -c "(.*)"$', str(e.value)).group(1).replace("FILE", str(src))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=120)
+    sd, _ = read_checkpoint(tmp_path / "trusted.ckpt.safetensors")
+    assert list(sd) == ["backbone.w"] and torch.equal(sd["backbone.w"], w)
 
 
 def test_train_run_refuses_code_in_load_path(run_demo, tmp_path):
     evil, marker = _evil(tmp_path)
     log = tmp_path / "result"
-    with pytest.raises(CheckpointError, match="unsafe_pickle=True"):
+    with pytest.raises(CheckpointError, match="never unpickles"):
         run_demo(log, load_path=str(evil))
     assert not marker.exists()
     assert not list(log.glob("*/version_*"))  # failed before training: its run folder was given back

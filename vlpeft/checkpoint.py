@@ -74,8 +74,11 @@ def _as_list(load_path: str | Sequence[str] | None) -> list[str]:
 # checkpoints hold around their tensors, each replaced by an inert stand-in of our own (a plain dict / list / class
 # that runs nothing): sacred's read-only config containers (ViLT / METER save their sacred config as
 # hyper_parameters), Lightning's AttributeDict (hparams), and Lightning 1.x callback classes, which key
-# checkpoint["callbacks"] (PL < 1.5). Anything else is refused unless the run opts in with unsafe_pickle=True.
-UNSAFE_PICKLE_KEY = "unsafe_pickle"
+# checkpoint["callbacks"] (PL < 1.5). Anything else is refused: vlpeft never unpickles arbitrary objects. Running a
+# file's code stays the user's own decision, outside vlpeft: the refusal shows how to re-save the tensors.
+RESAVE = ("if you trust the file, re-save its tensors yourself and load that instead: python -c \"import torch, "
+          "safetensors.torch as st; c = torch.load('FILE', weights_only=False); sd = c.get('state_dict', c); "
+          "st.save_file({k: v.contiguous() for k, v in sd.items() if torch.is_tensor(v)}, 'FILE.safetensors')\"")
 
 
 class _AsDict:
@@ -133,19 +136,13 @@ def safe_globals_for(path: str | os.PathLike) -> list[tuple[type, str]]:
         raise CheckpointError(
             f"{path} holds pickled Python objects that loading would have to run or build: {', '.join(refused)}. "
             f"vlpeft loads checkpoints with torch's weights_only unpickler, which refuses them: a checkpoint from "
-            f"the internet can run code this way. Re-save the tensors as .safetensors, or, only for a file you "
-            f"trust, pass {UNSAFE_PICKLE_KEY}=True (python -m vlpeft.export: --unsafe-pickle)")
+            f"the internet can run code this way, so vlpeft never unpickles them. Use .safetensors: {RESAVE}")
     return allowed
 
 
-def torch_load(path: str | os.PathLike, *, unsafe_pickle: bool = False, mmap: bool = False) -> Any:
-    """``torch.load`` of a checkpoint file, safely: weights_only with the stand-ins above.
-
-    ``unsafe_pickle=True`` is the one opt-in to full unpickling (it can run code the file names); it warns."""
-    if unsafe_pickle:
-        print(f"[vlpeft] WARNING: {UNSAFE_PICKLE_KEY}=True: unpickling {path} without restrictions; a malicious "
-              "file runs its code now. Only do this for files you trust.", flush=True)
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)  # the named opt-in
+def torch_load(path: str | os.PathLike, *, mmap: bool = False) -> Any:
+    """``torch.load`` of a checkpoint file, safely: weights_only with the stand-ins above (the only way vlpeft
+    unpickles)."""
     with torch.serialization.safe_globals(safe_globals_for(path)):
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -155,12 +152,11 @@ def torch_load(path: str | os.PathLike, *, unsafe_pickle: bool = False, mmap: bo
             reason = (lines[0] if lines else str(e)).replace("WeightsUnpickler error: ", "").split(". ")[0]
             raise CheckpointError(
                 f"{path} holds something torch's weights_only unpickler refuses ({reason[:300]}); a checkpoint from "
-                f"the internet can run code this way. Re-save the tensors as .safetensors, or, only for a file you "
-                f"trust, pass {UNSAFE_PICKLE_KEY}=True (python -m vlpeft.export: --unsafe-pickle)") from None
+                f"the internet can run code this way, so vlpeft never unpickles it. Use .safetensors: {RESAVE}"
+            ) from None
 
 
-def read_checkpoint(path: str | os.PathLike, *, unsafe_pickle: bool = False
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The state dict of a ``.ckpt`` (Lightning / original ViLT: ``["state_dict"]``), a plain ``.pt``/``.bin`` state
     dict (e.g. transformers') or a ``.safetensors`` file, and the rest of the checkpoint dict (``extras``)."""
     p = Path(path)
@@ -172,7 +168,7 @@ def read_checkpoint(path: str | os.PathLike, *, unsafe_pickle: bool = False
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"{p} is not a readable safetensors file ({e})") from None
     try:
-        ckpt = torch_load(p, unsafe_pickle=unsafe_pickle)
+        ckpt = torch_load(p)
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
@@ -199,7 +195,7 @@ def hf_folder_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
-def read_hf_folder(path: str | os.PathLike, *, unsafe_pickle: bool = False) -> tuple[dict[str, torch.Tensor], str]:
+def read_hf_folder(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
     """The state dict of a Hugging Face model folder and its ``model_type``: ``model.safetensors`` (or its shards
     through ``model.safetensors.index.json``) preferred, else ``pytorch_model.bin`` (or its shards) through the
     weights_only loader."""
@@ -224,7 +220,7 @@ def read_hf_folder(path: str | os.PathLike, *, unsafe_pickle: bool = False) -> t
             continue
         sd: dict[str, torch.Tensor] = {}
         for f in files:
-            sd.update(read_checkpoint(f, unsafe_pickle=unsafe_pickle)[0])
+            sd.update(read_checkpoint(f)[0])
         return sd, model_type(p) or ""
     raise CheckpointError(hf_folder_problem(p) or f"{p}: no weights")  # pragma: no cover - checked above
 
@@ -305,7 +301,7 @@ def _shape_hint(module: nn.Module, backbones: list, key: str) -> str:
     return "the config (backbone size, hidden_size, head_hidden, label counts) does not match the checkpoint's"
 
 
-def load_weights(module, load_path, *, fresh_heads: bool = False, unsafe_pickle: bool = False) -> list[LoadReport]:
+def load_weights(module, load_path, *, fresh_heads: bool = False) -> list[LoadReport]:
     """Load every file of ``load_path`` into ``module`` (a VLPeftModule: ``backbone.*``, ``heads.*``), in order.
 
     A vlpeft checkpoint loads as is; an original ViLT (or transformers ViLT) file gets its top-level names mapped
@@ -320,14 +316,14 @@ def load_weights(module, load_path, *, fresh_heads: bool = False, unsafe_pickle:
             if hf_folder_problem(path):
                 raise CheckpointError(hf_folder_problem(path))
             check_hf_family(path, model_type(path) or "", module.backbone)  # before reading any tensor
-            sd, _ = read_hf_folder(path, unsafe_pickle=unsafe_pickle)
+            sd, _ = read_hf_folder(path)
             report = _load_original(module, sd, path, fresh_heads=fresh_heads)
             report.kind = "Hugging Face model folder"
             if report.loaded == 0:
                 raise CheckpointError(_matches_nothing(path, sd, module))
             reports.append(report)
             continue
-        sd, extras = read_checkpoint(path, unsafe_pickle=unsafe_pickle)
+        sd, extras = read_checkpoint(path)
         if Path(path).suffix == ".safetensors":
             report = load_state(module, sd, path, "trainable weights (safetensors)")
             # applied on top of the backbone: "missing" is everything frozen, not worth listing
@@ -394,10 +390,10 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def load_checkpoint_file(module: nn.Module, path: str | os.PathLike, prefix_map: Mapping[str, str] | None = None,
-                         *, unsafe_pickle: bool = False) -> LoadReport:
+def load_checkpoint_file(module: nn.Module, path: str | os.PathLike, prefix_map: Mapping[str, str] | None = None
+                         ) -> LoadReport:
     """One file into any module holding backbones (e.g. a backbone with heads beside it), through ``load_state``."""
-    sd, extras = read_checkpoint(path, unsafe_pickle=unsafe_pickle)
+    sd, extras = read_checkpoint(path)
     report = load_state(module, sd, path, "checkpoint", prefix_map)
     report.placement = extras.get("vlpeft_placement")
     return report

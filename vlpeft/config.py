@@ -11,14 +11,14 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from sacred import Experiment
 
 from vlpeft._registry import RegistryError
 from vlpeft.backbones import BACKBONES, task_gate
 from vlpeft.backbones._precheck import precheck
-from vlpeft.checkpoint import hf_folder_problem
+from vlpeft.checkpoint import RESAVE, hf_folder_problem
 from vlpeft.data.section import DataSection
 from vlpeft.data.splits import SPLITS
 from vlpeft.loggers import check_logger
@@ -118,7 +118,6 @@ NEW_KEYS: dict[str, Any] = {
     "full_finetune": False,  # train every parameter (the demo's stand-in for pre-training)
     "trainable": "original",  # original: what the original trains (every injected module; LaVIN-DAS: what the placement runs); used: only what the placement runs
     "allow_random_init": False,  # test_only: evaluate even if PET modules or heads are missing from load_path
-    "unsafe_pickle": False,  # load_path / resume_from: unpickle without weights_only (runs code the file names; trusted files only)
     "search_score_mode": "eval",  # eval (fix: dropout off while scoring) | train (the originals)
     "search_val_batch_size": 0,  # reward/mini-val batch; 0 = per_gpu_batchsize (DAS) or batch_size // 2 (DVP), as the originals
     "save_trainable": True,  # also save trainable weights alone (safetensors + JSON)
@@ -435,7 +434,6 @@ class RunSection:
     loss_names: dict
     data_splits: Any
     vqav2_label_size: int
-    unsafe_pickle: bool = False
     save_trainable: bool = True
     allow_random_init: bool = False
     export_pruned: bool = False
@@ -565,6 +563,11 @@ def check_search(rc: RunConfig) -> None:
                           "das_warmup_epoch")
 
 
+# keys of earlier releases: refused with why they went and what to do instead
+REMOVED_KEYS = {"unsafe_pickle": f"vlpeft never unpickles arbitrary objects from a checkpoint (they can run code); "
+                                 f"{RESAVE}"}
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Reject unknown keys and ill-typed values up front, before any model is built; messages name the key and fix."""
     return _validate(config)[0]
@@ -574,7 +577,7 @@ def _validate(config: dict[str, Any]) -> tuple[dict[str, Any], Axes | None]:
     """``validate_config``, and the axes it resolved (None for the demo, which resolves each stage's own)."""
     unknown = sorted(k for k in config if k not in ALL_KEYS and not k.startswith("_") and k != "seed")
     if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown} ({_closest(unknown[0])}); see README 'Config keys'")
+        raise unknown_key_error(unknown[0], others=unknown[1:])
     _check_loss_names(config.get("loss_names", {}))
     _check_data_splits(config.get("data_splits"))
     _check_values(config)
@@ -766,8 +769,14 @@ def _unwritable(folder: Path) -> str | None:
     return None
 
 
-def _closest(key: str) -> str:
+def unknown_key_error(key: str, others: Sequence[str] = ()) -> ConfigError:
+    """The refusal of a key no section declares (the front end's and the command line's): a removed key says why
+    it went and what to do instead; another names the closest known key."""
     import difflib
 
+    if key in REMOVED_KEYS:
+        return ConfigError(f"{key} was removed: {REMOVED_KEYS[key]}")
     match = difflib.get_close_matches(key, sorted(ALL_KEYS), n=1)
-    return f"did you mean {match[0]!r}?" if match else "no close match"
+    hint = f"did you mean {match[0]!r}?" if match else "see README 'Config keys'"
+    also = f"; also unknown: {list(others)}" if others else ""
+    return ConfigError(f"unknown config key {key!r} ({hint}){also}")

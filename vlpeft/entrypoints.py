@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vlpeft import experiment  # registers the experiment's main command
-from vlpeft.config import ALL_KEYS, NAMED_CONFIGS, ConfigError, ex
+from vlpeft.config import ALL_KEYS, NAMED_CONFIGS, ConfigError, ex, unknown_key_error
 
 _SCRIPT = {"search": "run_search.py", "train": "run_train.py"}
 
@@ -69,9 +69,7 @@ def check_command_line(argv: Sequence[str]) -> None:
     updates, named = get_config_updates(args["UPDATE"] or [])
     for key in updates:
         if key not in ALL_KEYS and not key.startswith("_"):
-            close = difflib.get_close_matches(key, sorted(ALL_KEYS), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "see README 'Config keys'"
-            raise ConfigError(f"unknown config key {key!r} ({hint})")
+            raise unknown_key_error(key)
     for name in named:
         if name not in NAMED_CONFIGS and not Path(name).is_file():
             close = difflib.get_close_matches(name, sorted(NAMED_CONFIGS), n=1)

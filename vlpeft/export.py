@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from vlpeft._io import DiskFullError
-from vlpeft.checkpoint import CheckpointError, read_checkpoint
+from vlpeft.checkpoint import RESAVE, CheckpointError, read_checkpoint
 from vlpeft.lightning import VLPeftModule
 from vlpeft.pruning import (EXPORT_KEY, PRUNED_FILE, ExportError, PrunedUnit, check_out,  # noqa: F401  (re-exported)
                             dropped_keys, dropped_prefixes, export_pruned, find_checkpoint, kept_prefixes,
@@ -29,13 +29,12 @@ from vlpeft.pruning import (EXPORT_KEY, PRUNED_FILE, ExportError, PrunedUnit, ch
 from vlpeft.search.placement import Placement
 
 
-def export_checkpoint(source: str | Path, out: str | Path, *, force: bool = False,
-                      unsafe_pickle: bool = False) -> Path:
+def export_checkpoint(source: str | Path, out: str | Path, *, force: bool = False) -> Path:
     """Build the model a Lightning checkpoint of ours was trained as (its saved config and placement), load it
     and export it pruned. ``out`` may not be the source, nor an existing file unless ``force``."""
     ckpt_path = find_checkpoint(source)
     out = check_out(out, ckpt_path, force=force)
-    sd, extras = read_checkpoint(ckpt_path, unsafe_pickle=unsafe_pickle)
+    sd, extras = read_checkpoint(ckpt_path)
     config = (extras.get("hyper_parameters") or {}).get("config")
     saved = extras.get("vlpeft_placement")
     if not config or not saved:
@@ -55,12 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("source", help="a run folder (its best checkpoint, else last.ckpt) or a .ckpt file")
     ap.add_argument("--out", required=True, help="the pruned checkpoint to write (a new file unless --force)")
     ap.add_argument("--force", action="store_true", help="replace --out if it exists (never the source itself)")
-    ap.add_argument("--unsafe-pickle", action="store_true",
-                    help="unpickle the source without torch's weights_only restrictions: it can run code the file "
-                         "names; only for a file you trust")
+    ap.add_argument("--unsafe-pickle", action="store_true", help=argparse.SUPPRESS)  # removed: refused by name
     args = ap.parse_args(argv)
+    if args.unsafe_pickle:
+        print(f"error: --unsafe-pickle was removed: vlpeft never unpickles arbitrary objects. {RESAVE}",
+              file=sys.stderr)
+        return 2
     try:
-        export_checkpoint(args.source, args.out, force=args.force, unsafe_pickle=args.unsafe_pickle)
+        export_checkpoint(args.source, args.out, force=args.force)
     except (ExportError, CheckpointError, DiskFullError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -254,7 +254,7 @@ def _build_module(rc: RunConfig, placement: Placement | None, *, fresh_heads: bo
     run_dir = rc.run.run_dir or rc.run.dump_dir
     if loaded and run_dir and Path(run_dir).is_dir() and os.environ.get("LOCAL_RANK", "0") == "0":
         update_run_info(run_dir, pretrained=loaded)  # which pretrained folders the run is on (name, layers, width)
-    reports = load_weights(module, rc.run.load_path, fresh_heads=fresh_heads, unsafe_pickle=bool(rc.run.unsafe_pickle))
+    reports = load_weights(module, rc.run.load_path, fresh_heads=fresh_heads)
     for report in reports:
         print(f"[vlpeft] {report.summary()}")
     return module, reports
@@ -281,14 +281,14 @@ def run_fit(config: RunConfig | dict[str, Any], *, search: bool) -> RunResult:
                                                       f"{module.search.plan_field})"))
             print(f"[vlpeft] {module.trainable_summary()}")
             trainer = build_trainer(rc, name, version)
-            resume, unsafe = r.resume_from, bool(r.unsafe_pickle)
-            allowed = safe_globals_for(resume) if resume and not unsafe else []
+            resume = r.resume_from
+            allowed = safe_globals_for(resume) if resume else []
         # training randomness (dropout, draws) starts from the seed whatever building the model consumed
         pl.seed_everything(r.seed, workers=True, verbose=False)
         try:
-            # resume_from is unpickled as load_path is: weights_only unless the run opts in with unsafe_pickle=True
+            # resume_from is unpickled as load_path is: weights_only, the containers' stand-ins only
             with torch.serialization.safe_globals(allowed):
-                trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=not unsafe)
+                trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
         except SIGTERMException:
             raise SystemExit(_preempted(run_dir, "search" if search else "train")) from None
         except OSError as e:
@@ -400,7 +400,7 @@ def run_test(config: RunConfig | dict[str, Any]) -> RunResult:
         cfg = rc.updated(stage="train", _dump_dir=str(run_dir), _dump_name=dump_name(r.load_path))
         placement = resolve_placement(rc)
         if placement is None:  # the plan the checkpoint was trained with (peeked before building the model)
-            placement = saved_placement(r.load_path, unsafe_pickle=bool(r.unsafe_pickle))
+            placement = saved_placement(r.load_path)
         module, reports = _build_module(cfg, placement, fresh_heads=False)
         check_loaded(module, reports, r)
         if r.merge_pet:
@@ -441,7 +441,7 @@ def merge_pet(module, r: RunSection) -> int:
     return n
 
 
-def saved_placement(load_path, *, unsafe_pickle: bool = False) -> Placement | None:
+def saved_placement(load_path) -> Placement | None:
     """The placement stored with the last file of ``load_path`` that has one (checkpoint entry or trainable.json)."""
     for path in reversed(_as_list(load_path)):
         p = Path(path)
@@ -449,7 +449,7 @@ def saved_placement(load_path, *, unsafe_pickle: bool = False) -> Placement | No
             side = p.with_name(TRAINABLE_CONFIG)
             saved = json.loads(side.read_text()).get("placement") if side.is_file() else None
         else:
-            saved = _peek(p, unsafe_pickle=unsafe_pickle).get("vlpeft_placement")
+            saved = _peek(p).get("vlpeft_placement")
         if saved:
             placement = Placement.from_dict(saved, source=str(p))
             object.__setattr__(placement, "source", str(p))  # the run's closing block names where its plan came from
@@ -480,16 +480,16 @@ def check_loaded(module, reports, r: RunSection) -> None:
     print(f"[vlpeft] WARNING: {msg}", flush=True)
 
 
-def _peek(path: Path, *, unsafe_pickle: bool = False) -> dict[str, Any]:
+def _peek(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}  # load_weights names the missing file
     try:  # memory-mapped: reading one entry of a large checkpoint costs little
-        ckpt = torch_load(path, unsafe_pickle=unsafe_pickle, mmap=True)
+        ckpt = torch_load(path, mmap=True)
     except CheckpointError:
         raise
     except Exception:  # noqa: BLE001 - an old (non-zip) file cannot be memory-mapped
         try:
-            ckpt = torch_load(path, unsafe_pickle=unsafe_pickle)
+            ckpt = torch_load(path)
         except CheckpointError:
             raise
         except Exception:  # noqa: BLE001 - load_weights reports what is wrong with the file
